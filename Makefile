@@ -1,0 +1,44 @@
+# vaegen: `make demo` runs the main job, `make test` runs the tests.  Both create the virtual
+# environment (.venv) and install the package with its pinned ranges on first use.
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+FMNIST_IDX ?= /usr/share/datasets/fashion-mnist
+DEMO_DIR ?= runs/demo
+PYTEST_ARGS ?=
+
+.PHONY: venv data demo test bench clean-venv
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+# Fashion-MNIST as a TFDS dataset: already prepared, else imported from local IDX files
+# (Debian's dataset-fashion-mnist), else downloaded by TFDS; as a last resort on Debian as root,
+# the Debian package is installed and imported.
+data: $(STAMP)
+	@$(BIN)/vaegen data prepare fashion_mnist || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && [ ! -d "$(FMNIST_IDX)" ]; then \
+	    echo "installing Debian's dataset-fashion-mnist"; \
+	    (DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dataset-fashion-mnist || \
+	     { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends dataset-fashion-mnist; }) && \
+	    $(BIN)/vaegen data prepare fashion_mnist --from-idx "$(FMNIST_IDX)"; \
+	  else exit 1; fi; }
+
+demo: data
+	$(BIN)/vaegen demo --workdir $(DEMO_DIR)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python scripts/bench_train.py
+
+clean-venv:
+	rm -rf $(VENV)
