@@ -1,0 +1,200 @@
+"""The generative model p(x, z) = p(z) p(x | z) and, beside it, the inference network q(z | x).
+
+:class:`LatentVariableModel` holds three sub-modules side by side -- ``prior`` (p(z)),
+``likelihood`` (p(x | z)) and ``posterior`` (q(z | x)) -- and exposes the generative process
+exactly as written in the papers::
+
+    p_z()              -> distrax distribution over z            event [D]
+    p_x_given_z(z)     -> distrax distribution over x            event [*x.shape], batch z.shape[:-1]
+    q_z_given_x(x)     -> distrax distribution over z            event [D]
+    log_joint(x, z)    =  log p(z) + log p(x | z)                [...] nats, for z [..., D]
+    sample(key, n)     :  z ~ p(z), x ~ p(x | z)                 [n, *x.shape]
+
+Parameters live in one tree ``{"params": {"prior": ..., "likelihood": ..., "posterior": ...}}``:
+the generative model's parameters are ``prior`` and ``likelihood``; the inference network's are
+``posterior``.
+
+An autoencoder is the same class with ``posterior`` a point mass and ``prior=None``: it has a
+decoder p(x | z) but no p(z), so ``p_z``, ``log_joint`` and ``sample`` raise
+:class:`NoPriorError` -- there is nothing to sample from until a density over the codes is
+supplied (e.g. a mixture fitted to the training codes, which then becomes ``prior``).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vaegen import likelihoods as likelihoods_lib
+from vaegen import networks as networks_lib
+from vaegen import posteriors as posteriors_lib
+from vaegen import priors as priors_lib
+
+
+class NoPriorError(RuntimeError):
+    """The model has no prior p(z): an autoencoder is not a generative model by itself."""
+
+
+NO_PRIOR_MESSAGE = (
+    "this model has no prior p(z) (an autoencoder: a point-mass encoder and a decoder, trained on "
+    "log p(x | z = f(x)) alone), so it defines no distribution over x to sample from or to "
+    "evaluate log p(x) under. Fit a density to its codes to make it generative "
+    "(an ex-post mixture prior), or train a VAE."
+)
+
+
+class LatentVariableModel(nn.Module):
+    """p(x, z) = p(z) p(x | z), with an amortized q(z | x) beside it.
+
+    Attributes:
+      prior: module returning p(z) (see :mod:`vaegen.priors`), or ``None`` for an autoencoder.
+      likelihood: module mapping ``z [..., D]`` to p(x | z) (see :mod:`vaegen.likelihoods`).
+      posterior: module mapping ``x [..., *event]`` to q(z | x) (see :mod:`vaegen.posteriors`).
+    """
+
+    prior: nn.Module | None
+    likelihood: nn.Module
+    posterior: nn.Module
+
+    # --- the generative process -------------------------------------------------------------
+    def p_z(self) -> distrax.Distribution:
+        """p(z): event shape [D]."""
+        if self.prior is None:
+            raise NoPriorError(NO_PRIOR_MESSAGE)
+        return self.prior(posterior=self.posterior)
+
+    def p_x_given_z(self, z: jax.Array) -> distrax.Distribution:
+        """p(x | z) for ``z [..., D]``: batch shape [...], event shape = one observation."""
+        return self.likelihood(z)
+
+    def log_likelihood(self, x: jax.Array, z: jax.Array) -> jax.Array:
+        """log p(x | z) in nats, ``[...]`` for ``x [*event]`` and ``z [..., D]``."""
+        return self.p_x_given_z(z).log_prob(x)
+
+    def log_joint(self, x: jax.Array, z: jax.Array) -> jax.Array:
+        """log p(x, z) = log p(z) + log p(x | z) in nats, ``[...]`` for ``z [..., D]``."""
+        return self.p_z().log_prob(z) + self.log_likelihood(x, z)
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """Ancestral samples x ~ p(x | z), z ~ p(z): ``[n, *event]``."""
+        return self.sample_with_latents(key, n)[1]
+
+    def sample_with_latents(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+        """Ancestral sampling returning ``(z [n, D], x [n, *event])``."""
+        key_z, key_x = jax.random.split(key)
+        z = self.p_z().sample(seed=key_z, sample_shape=(n,))
+        x = self.p_x_given_z(z).sample(seed=key_x)
+        return z, x
+
+    # --- inference, beside the model --------------------------------------------------------
+    def q_z_given_x(self, x: jax.Array) -> distrax.Distribution:
+        """q(z | x) for ``x [..., *event]``: batch shape [...], event shape [D]."""
+        return self.posterior(x)
+
+    @property
+    def is_autoencoder(self) -> bool:
+        """True when q(z | x) is a point mass (the deterministic autoencoder)."""
+        return posteriors_lib.is_point_mass(self.posterior)
+
+    @property
+    def has_prior(self) -> bool:
+        return self.prior is not None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Touches every sub-module (used by ``init``): returns log p(x | z = E_q[z]) in nats."""
+        z = self.q_z_given_x(x).mean()
+        if self.prior is not None:
+            self.p_z()
+        return self.log_likelihood(x, z)
+
+
+# --- construction from a config -------------------------------------------------------------
+
+NETWORKS: dict[str, type[nn.Module]] = {"mlp": networks_lib.MLP}
+
+
+def build_network(cfg: Mapping[str, Any], *, event_ndims: int) -> nn.Module:
+    """Builds a trunk from a config section ``{network, hidden, activation, ...}``."""
+    cfg = dict(cfg)
+    name = cfg.pop("network")
+    if name not in NETWORKS:
+        raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
+    return NETWORKS[name](event_ndims=event_ndims, **_tuples(cfg))
+
+
+def _tuples(d: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def build_model(model_cfg: Any, inference_cfg: Any, event_shape: tuple[int, ...]) -> LatentVariableModel:
+    """Builds a :class:`LatentVariableModel` from the ``model`` and ``inference`` config sections.
+
+    Args:
+      model_cfg: ``config.model`` (latent_dim, prior, likelihood, decoder, ...).
+      inference_cfg: ``config.inference`` (posterior, encoder, ...).
+      event_shape: shape of one observation, e.g. ``(28, 28, 1)``.
+    """
+    event_shape = tuple(int(s) for s in event_shape)
+    d = int(model_cfg.latent_dim)
+
+    if model_cfg.prior == "none":
+        prior = None
+    elif model_cfg.prior == "standard_normal":
+        prior = priors_lib.StandardNormal(latent_dim=d)
+    else:
+        raise ValueError(f"unknown prior {model_cfg.prior!r}")
+
+    decoder = build_network(model_cfg.decoder.to_dict(), event_ndims=1)
+    if model_cfg.likelihood == "bernoulli":
+        likelihood = likelihoods_lib.Bernoulli(decoder=decoder, event_shape=event_shape)
+    elif model_cfg.likelihood == "gaussian":
+        likelihood = likelihoods_lib.Gaussian(
+            decoder=decoder,
+            event_shape=event_shape,
+            scale=model_cfg.gaussian_scale,
+            fixed_scale=float(model_cfg.gaussian_fixed_scale),
+        )
+    else:
+        raise ValueError(f"unknown likelihood {model_cfg.likelihood!r}")
+
+    encoder = build_network(inference_cfg.encoder.to_dict(), event_ndims=len(event_shape))
+    kind = inference_cfg.posterior
+    if kind == "diagonal_gaussian":
+        posterior = posteriors_lib.DiagonalGaussian(
+            encoder=encoder,
+            latent_dim=d,
+            min_log_scale=float(inference_cfg.min_log_scale),
+            max_log_scale=float(inference_cfg.max_log_scale),
+        )
+    elif kind == "fixed_scale_gaussian":
+        posterior = posteriors_lib.FixedScaleGaussian(
+            encoder=encoder, latent_dim=d, scale=float(inference_cfg.posterior_scale)
+        )
+    elif kind == "point_mass":
+        posterior = posteriors_lib.PointMass(encoder=encoder, latent_dim=d)
+    else:
+        raise ValueError(f"unknown posterior {kind!r}")
+
+    return LatentVariableModel(prior=prior, likelihood=likelihood, posterior=posterior)
+
+
+def init_params(model: LatentVariableModel, key: jax.Array, event_shape: tuple[int, ...]):
+    """Initialises the parameters ``{"params": {...}}`` with a dummy observation."""
+    return model.init(key, jnp.zeros(tuple(event_shape), jnp.float32))
+
+
+def set_output_bias(variables, model: LatentVariableModel, data_mean) -> Any:
+    """Returns ``variables`` with the likelihood head's bias set so that p(x | z) starts at the
+    data mean (Bernoulli: logit of the pixel means), as in Burda et al. (2016)."""
+    head = type(model.likelihood).head_name
+    bias = jnp.asarray(type(model.likelihood).output_bias(data_mean), jnp.float32)
+    params = jax.tree_util.tree_map(lambda a: a, variables["params"])  # shallow copy of the tree
+    old = params["likelihood"][head]["bias"]
+    if old.shape != bias.shape:
+        raise ValueError(f"output bias of shape {bias.shape} does not fit head {head!r} {old.shape}")
+    params["likelihood"][head] = dict(params["likelihood"][head], bias=bias)
+    return {**variables, "params": params}
