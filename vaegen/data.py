@@ -1,0 +1,890 @@
+"""Datasets: loading, offline preparation, train/validation/test splits and binarization.
+
+Storage convention
+------------------
+Every dataset is returned as numpy ``uint8`` grey levels in ``0..255`` with shape
+``[N, H, W, C]`` (labels, where the dataset has them, as ``int64 [N]``).  The trainer puts
+these arrays on the device whole and converts batches to floats inside its jitted steps
+with :func:`to_float`.  ``binarized_mnist`` is stored by TFDS as ``{0, 1}``; it is
+multiplied by 255 on loading so that it follows the same convention.
+
+Datasets
+--------
+``fashion_mnist``, ``mnist`` and ``binarized_mnist`` come from TensorFlow Datasets (TFDS),
+read without TensorFlow: TFDS writes them as ``array_record`` files and they are read with
+``tfds.data_source``.  ``digits`` is scikit-learn's 8x8 digits (1797 images, bundled with
+scikit-learn, no download); its grey levels ``0..16`` are rescaled to ``round(v * 255 / 16)``
+and it is split deterministically: the first 1500 images are ``"train"``, the remaining 297
+``"test"``.
+
+Decoding 60k PNG records takes several seconds, so :func:`load_split` caches the decoded
+arrays in ``<data_dir>/<name>/<version>/vaegen_cache-<split>.npz`` next to the prepared
+dataset (skipped silently where that directory is read-only).
+
+Offline preparation
+-------------------
+TFDS downloads MNIST and Fashion-MNIST from their upstream hosts.  Without internet,
+:func:`prepare` imports the original IDX files (``train-images-idx3-ubyte[.gz]``,
+``train-labels-idx1-ubyte[.gz]``, ``t10k-images-idx3-ubyte[.gz]``,
+``t10k-labels-idx1-ubyte[.gz]``) from a local directory.  It runs TFDS's own builder for
+the dataset with only the file access replaced, so the result is the standard TFDS dataset
+(same name, version, features and splits) and ``tfds.builder(name)`` /
+``tfds.data_source(name)`` read it exactly as if TFDS had downloaded it.  On Debian and
+Ubuntu, ``apt-get install dataset-fashion-mnist`` installs the Fashion-MNIST IDX files in
+``/usr/share/datasets/fashion-mnist``; :func:`prepare` uses that directory automatically.
+
+Binarization protocols
+----------------------
+Models with a Bernoulli likelihood need binary data.  The protocol is explicit and named
+(:data:`BINARIZATIONS`):
+
+``dynamic``
+    a fresh Bernoulli draw with ``p = x / 255`` every time a batch is used (inside the
+    training step, :func:`to_float` with a new key each step);
+``static``
+    one Bernoulli draw with ``p = x / 255`` and a recorded seed, done once
+    (:func:`binarize_once`);
+``threshold``
+    ``x / 255 > 0.5``, done once;
+``none``
+    grey levels ``x / 255`` as floats in ``[0, 1]``.
+
+Validation and test sets are evaluated under :func:`eval_protocol` of the training
+protocol: ``dynamic`` training is evaluated on a ``static`` binarization with a fixed seed
+(the protocol of the VampPrior paper, Tomczak & Welling 2018); the other protocols are
+evaluated as they are trained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import gzip
+import hashlib
+import logging
+import os
+import re
+import socket
+import struct
+import tempfile
+import urllib.parse
+from pathlib import Path
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+TFDS_DATASETS: tuple[str, ...] = ("fashion_mnist", "mnist", "binarized_mnist")
+"""Datasets read through TFDS."""
+
+DATASETS: tuple[str, ...] = TFDS_DATASETS + ("digits",)
+"""Every dataset name :func:`load_split` and :func:`load_splits` accept."""
+
+IDX_DATASETS: tuple[str, ...] = ("fashion_mnist", "mnist")
+"""Datasets :func:`prepare` can import from local IDX files."""
+
+DEBIAN_IDX_DIRS: dict[str, str] = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
+"""Where Debian packages install IDX files (``apt-get install dataset-fashion-mnist``)."""
+
+BINARIZATIONS: tuple[str, ...] = ("dynamic", "static", "threshold", "none")
+"""Binarization protocols; see the module docstring."""
+
+DIGITS_TRAIN_SIZE = 1500
+"""``digits``: the first 1500 of scikit-learn's 1797 images are ``"train"``, the rest ``"test"``."""
+
+_IDX_FILES: dict[str, str] = {
+    "train_images": "train-images-idx3-ubyte",
+    "train_labels": "train-labels-idx1-ubyte",
+    "test_images": "t10k-images-idx3-ubyte",
+    "test_labels": "t10k-labels-idx1-ubyte",
+}
+_IDX_IMAGES_MAGIC = 0x00000803  # unsigned bytes, 3 dimensions
+_IDX_LABELS_MAGIC = 0x00000801  # unsigned bytes, 1 dimension
+_IDX_DTYPES: dict[int, np.dtype] = {
+    0x08: np.dtype(np.uint8),
+    0x09: np.dtype(np.int8),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+_MNIST_SHAPE = (28, 28)
+_NUM_CLASSES = 10
+
+_CACHE_FORMAT = 1  # bump when the cached arrays change meaning
+_READ_CHUNK = 8192  # records decoded per data-source call
+_REACHABILITY_TIMEOUT_S = 5.0
+
+
+class DatasetNotFoundError(RuntimeError):
+    """A dataset is not prepared in the TFDS data_dir and could not be prepared."""
+
+
+class IDXFormatError(ValueError):
+    """An IDX file is missing, corrupt or does not hold what the dataset needs."""
+
+
+# ----------------------------------------------------------------------------------------
+# Names, directories, messages
+# ----------------------------------------------------------------------------------------
+
+
+def _check_name(name: str) -> None:
+    if name not in DATASETS:
+        raise ValueError(f"Unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}.")
+
+
+def _tfds() -> Any:
+    """Imports TFDS lazily (it takes a second or two and is not needed for binarization)."""
+    import tensorflow_datasets as tfds
+
+    return tfds
+
+
+def default_data_dir() -> str:
+    """TFDS's default data directory: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
+
+    Resolved at call time, so a ``TFDS_DATA_DIR`` set after importing TFDS is honoured.
+    """
+    return os.path.expanduser(_tfds().core.constants.get_default_data_dir())
+
+
+def _resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> str:
+    return os.path.expanduser(os.fspath(data_dir)) if data_dir else default_data_dir()
+
+
+def how_to_get(name: str, data_dir: str | os.PathLike[str] | None = None) -> str:
+    """One line of instructions to prepare dataset ``name`` in ``data_dir``."""
+    _check_name(name)
+    if name == "digits":
+        return "'digits' is bundled with scikit-learn (pip install scikit-learn)"
+    data_dir = _resolve_data_dir(data_dir)
+    flag = "" if data_dir == default_data_dir() else f" --data-dir {data_dir}"
+    text = f"get it with `vaegen data prepare {name}{flag}` (needs internet)"
+    if name == "fashion_mnist":
+        src = DEBIAN_IDX_DIRS[name]
+        text += (f", or offline with `apt-get install dataset-fashion-mnist` then "
+                 f"`vaegen data prepare {name}{flag} --from-idx {src}`")
+    elif name == "mnist":
+        text += (", or offline from the four MNIST IDX files (train/t10k images and labels, .gz or not) "
+                 f"in a directory DIR: `vaegen data prepare {name}{flag} --from-idx DIR`")
+    return text
+
+
+def _not_found(name: str, data_dir: str, reason: str) -> DatasetNotFoundError:
+    return DatasetNotFoundError(
+        f"dataset {name!r} is not prepared in the TFDS data_dir {data_dir} ({reason}); "
+        + how_to_get(name, data_dir)
+    )
+
+
+def _builder(name: str, data_dir: str) -> Any:
+    """TFDS's registered builder for ``name`` (reads ``dataset_info.json`` if prepared)."""
+    return _tfds().builder(name, data_dir=data_dir, file_format="array_record")
+
+
+def _builder_prepared(builder: Any) -> bool:
+    # Checking for the file first avoids TFDS's warning about a missing dataset_info.json.
+    info_file = Path(os.fspath(builder.data_path)) / "dataset_info.json"
+    return info_file.is_file() and bool(builder.is_prepared())
+
+
+def is_prepared(name: str, data_dir: str | os.PathLike[str] | None = None) -> bool:
+    """Whether dataset ``name`` can be loaded from ``data_dir`` without preparing it.
+
+    ``digits`` is always prepared (it is bundled with scikit-learn).
+    """
+    _check_name(name)
+    if name == "digits":
+        return True
+    return _builder_prepared(_builder(name, _resolve_data_dir(data_dir)))
+
+
+# ----------------------------------------------------------------------------------------
+# IDX files
+# ----------------------------------------------------------------------------------------
+
+
+def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
+    """Reads an IDX file (gzip-compressed or not, detected from its first bytes).
+
+    The header is the magic number ``0x0000TTNN`` (``TT`` the element type, ``NN`` the
+    number of dimensions) followed by ``NN`` big-endian ``uint32`` sizes.
+
+    Returns:
+      The array with the header's dimensions and element type (``uint8`` for MNIST).
+
+    Raises:
+      IDXFormatError: the file is missing, not an IDX file, or its size does not match
+        its header; the message names the file.
+    """
+    return _read_idx(path)[1]
+
+
+def _read_idx(path: str | os.PathLike[str]) -> tuple[int, np.ndarray]:
+    """(magic number, array) of an IDX file; see :func:`read_idx`."""
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise IDXFormatError(f"IDX file not found: {path}") from None
+    except OSError as e:
+        raise IDXFormatError(f"Cannot read IDX file {path}: {e}") from e
+    if raw[:2] == b"\x1f\x8b":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, gzip.BadGzipFile) as e:
+            raise IDXFormatError(f"Corrupt gzip IDX file {path}: {e}") from e
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES or raw[3] == 0:
+        raise IDXFormatError(
+            f"{path} is not an IDX file: bad magic number {raw[:4].hex() or '(empty file)'}."
+        )
+    dtype, ndim = _IDX_DTYPES[raw[2]], raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise IDXFormatError(f"Truncated IDX header in {path}.")
+    dims = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise IDXFormatError(
+            f"IDX file {path} holds {len(raw) - header} bytes of data but its header "
+            f"(dims {list(dims)}, {dtype}) announces {expected}: the file is truncated or corrupt."
+        )
+    magic = int.from_bytes(raw[:4], "big")
+    return magic, np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+
+
+def read_idx_images(path: str | os.PathLike[str]) -> np.ndarray:
+    """Reads an IDX image file: ``uint8 [N, 28, 28]`` (magic ``0x00000803``).
+
+    Raises:
+      IDXFormatError: naming the file, if it is not a 28x28 ``uint8`` image file.
+    """
+    magic, x = _read_idx(path)
+    if magic != _IDX_IMAGES_MAGIC or x.shape[1:] != _MNIST_SHAPE:
+        raise IDXFormatError(
+            f"{path} is not an MNIST-style image file: magic 0x{magic:08x}, shape "
+            f"{list(x.shape)} (expected magic 0x{_IDX_IMAGES_MAGIC:08x}, shape [N, 28, 28])."
+        )
+    return x
+
+
+def read_idx_labels(path: str | os.PathLike[str]) -> np.ndarray:
+    """Reads an IDX label file: ``int64 [N]`` in ``0..9`` (magic ``0x00000801``).
+
+    Raises:
+      IDXFormatError: naming the file, if it is not a label file or has labels > 9.
+    """
+    magic, y = _read_idx(path)
+    if magic != _IDX_LABELS_MAGIC:
+        raise IDXFormatError(
+            f"{path} is not an MNIST-style label file: magic 0x{magic:08x} "
+            f"(expected 0x{_IDX_LABELS_MAGIC:08x})."
+        )
+    if y.size and int(y.max()) >= _NUM_CLASSES:
+        raise IDXFormatError(f"{path} holds label {int(y.max())}, outside 0..{_NUM_CLASSES - 1}.")
+    return y.astype(np.int64)
+
+
+def find_idx_file(source_dir: str | os.PathLike[str], stem: str) -> Path:
+    """Finds the IDX file ``stem`` (e.g. ``train-images-idx3-ubyte``) in ``source_dir``.
+
+    Accepts ``<stem>.gz``, ``<stem>`` and the ``train-images.idx3-ubyte`` spelling.
+
+    Raises:
+      IDXFormatError: naming the file names tried, if none exists.
+    """
+    source_dir = Path(source_dir)
+    dotted = stem.replace("-idx", ".idx")
+    candidates = [f"{stem}.gz", stem, f"{dotted}.gz", dotted]
+    for c in candidates:
+        if (source_dir / c).is_file():
+            return source_dir / c
+    raise IDXFormatError(
+        f"IDX file {stem}[.gz] not found in {source_dir} (tried {', '.join(candidates)})."
+    )
+
+
+def _check_idx_pair(images_path: str, labels_path: str, expected: int | None) -> int:
+    """Validates an images/labels pair of IDX files; returns their number of examples."""
+    n_images = read_idx_images(images_path).shape[0]
+    n_labels = read_idx_labels(labels_path).shape[0]
+    if n_images != n_labels:
+        raise IDXFormatError(
+            f"{images_path} holds {n_images} images but {labels_path} holds {n_labels} labels."
+        )
+    if expected is not None and n_images != expected:
+        raise IDXFormatError(
+            f"{images_path} holds {n_images} images; the standard dataset has {expected}. "
+            "Refusing to write it under the standard TFDS name (pass "
+            "require_standard_sizes=False to import it anyway)."
+        )
+    return n_images
+
+
+def _png_bytes(image: np.ndarray) -> bytes:
+    """Encodes a ``uint8 [H, W]`` grey image as (8-bit greyscale) PNG bytes."""
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+class _LocalIDX:
+    """Stands in for TFDS's download manager: maps each URL to the local IDX file with the
+    same name (``.gz`` or decompressed) in ``source_dir``."""
+
+    def __init__(self, source_dir: str | os.PathLike[str]):
+        self.source_dir = Path(source_dir)
+
+    def download_and_extract(self, url_or_urls: Any) -> Any:
+        def local(url: str) -> str:
+            name = os.path.basename(urllib.parse.urlparse(url).path)
+            stem = name[: -len(".gz")] if name.endswith(".gz") else name
+            return os.fspath(find_idx_file(self.source_dir, stem))
+
+        if isinstance(url_or_urls, dict):
+            return {k: local(v) for k, v in url_or_urls.items()}
+        if isinstance(url_or_urls, (list, tuple)):
+            return type(url_or_urls)(local(u) for u in url_or_urls)
+        return local(url_or_urls)
+
+
+class _DownloadOnly:
+    """TFDS's download manager with ``download_and_extract`` reduced to ``download``.
+
+    TFDS extracts archives with TensorFlow; :func:`read_idx` decompresses gzip itself.
+    """
+
+    def __init__(self, dl_manager: Any):
+        self._dl_manager = dl_manager
+
+    def download_and_extract(self, url_or_urls: Any) -> Any:
+        return self._dl_manager.download(url_or_urls)
+
+
+def _point_to_official_code(cls: type, base: type) -> None:
+    """Makes TFDS look for builder ``cls``'s files next to the official builder ``base``.
+
+    TFDS finds a builder's URL checksums (``code_path``) and metadata files such as
+    ``CITATIONS.bib`` (``pkg_dir_path``) next to its source file.  Pointing both at the
+    official builder's file gives the subclass the official checksums and metadata.  (It
+    also sidesteps TFDS's own ``code_path``, which needs the ``importlib_resources``
+    backport that TFDS does not install on Python >= 3.9.)
+    """
+    import inspect
+
+    from etils import epath
+
+    code_path = epath.Path(inspect.getfile(base))
+    cls.code_path = code_path  # type: ignore[attr-defined]
+    cls.pkg_dir_path = code_path.parent  # type: ignore[attr-defined]
+
+
+@functools.lru_cache(maxsize=None)
+def _idx_builder_class(name: str) -> type:
+    """TFDS's own MNIST / Fashion-MNIST builder with TensorFlow-free file access.
+
+    ``_split_generators`` is TFDS's, given a :class:`_LocalIDX` when importing local files
+    (``_vaegen_source_dir`` set), otherwise TFDS's download manager (which checks TFDS's
+    registered URL checksums) wrapped in :class:`_DownloadOnly`.  ``_generate_examples``
+    parses the IDX files with numpy and yields PNG bytes (TFDS encodes numpy images with
+    TensorFlow but stores bytes as given).  The number of examples comes from the IDX
+    headers; with ``_vaegen_strict`` it must equal TFDS's standard split size.
+    """
+    from tensorflow_datasets.image_classification import mnist as tfds_mnist
+
+    base = {"fashion_mnist": tfds_mnist.FashionMNIST, "mnist": tfds_mnist.MNIST}[name]
+
+    class _IDXBuilder(base, skip_registration=True):  # type: ignore[misc, valid-type]
+        _vaegen_source_dir: str | None = None
+        _vaegen_strict: bool = True
+
+        def _split_generators(self, dl_manager: Any) -> Any:
+            if self._vaegen_source_dir is not None:
+                dl_manager = _LocalIDX(self._vaegen_source_dir)
+            else:
+                dl_manager = _DownloadOnly(dl_manager)
+            generators = super()._split_generators(dl_manager)
+            for g in generators:  # validate every file before TFDS starts writing
+                kw = g.gen_kwargs
+                _check_idx_pair(
+                    kw["data_path"],
+                    kw["label_path"],
+                    kw["num_examples"] if self._vaegen_strict else None,
+                )
+            return generators
+
+        def _generate_examples(
+            self, num_examples: int, data_path: str, label_path: str
+        ) -> Iterator[tuple[int, dict[str, Any]]]:
+            del num_examples  # the IDX header's count is used (validated above)
+            images = read_idx_images(data_path)
+            labels = read_idx_labels(label_path)
+            for index, (image, label) in enumerate(zip(images, labels)):
+                yield index, {"image": _png_bytes(image), "label": int(label)}
+
+    _IDXBuilder.name = name
+    _point_to_official_code(_IDXBuilder, base)
+    return _IDXBuilder
+
+
+@functools.lru_cache(maxsize=None)
+def _binarized_mnist_builder_class() -> type:
+    """TFDS's ``binarized_mnist`` builder with TensorFlow-free parsing of the ``.amat``
+    files (values ``{0, 1}``, stored as PNG bytes)."""
+    from tensorflow_datasets.datasets.binarized_mnist import (
+        binarized_mnist_dataset_builder as tfds_bmnist,
+    )
+
+    base = tfds_bmnist.Builder
+
+    class _BinarizedMNIST(base, skip_registration=True):  # type: ignore[misc, valid-type]
+        URL = tfds_bmnist._URL  # download host (the builder joins file names to it itself)
+
+        def _generate_examples(self, data_path: str) -> Iterator[tuple[int, dict[str, Any]]]:
+            images = np.loadtxt(data_path, delimiter=" ", dtype=np.uint8)
+            images = images.reshape((-1,) + _MNIST_SHAPE)
+            for index, image in enumerate(images):
+                yield index, {"image": _png_bytes(image)}
+
+    _BinarizedMNIST.name = "binarized_mnist"
+    _point_to_official_code(_BinarizedMNIST, base)
+    return _BinarizedMNIST
+
+
+def _download_builder_class(name: str) -> type:
+    """The TensorFlow-free TFDS builder that downloads dataset ``name`` from ``cls.URL``."""
+    return _idx_builder_class(name) if name in IDX_DATASETS else _binarized_mnist_builder_class()
+
+
+def _host_and_port(url: str) -> tuple[str, int]:
+    u = urllib.parse.urlparse(url)
+    return u.hostname or "", u.port or (443 if u.scheme == "https" else 80)
+
+
+def _host_reachable(host: str, port: int, timeout: float = _REACHABILITY_TIMEOUT_S) -> str | None:
+    """``None`` if a TCP connection to ``host:port`` opens within ``timeout`` seconds, else
+    the reason it did not."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def prepare(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    from_idx: str | os.PathLike[str] | None = None,
+    download: bool = True,
+    *,
+    require_standard_sizes: bool = True,
+) -> str:
+    """Prepares dataset ``name`` in the TFDS ``data_dir`` as the standard TFDS dataset.
+
+    In order: if it is already prepared, nothing is done; if ``from_idx`` is given, the IDX
+    files in that directory are imported; for ``fashion_mnist``, the Debian directory
+    ``/usr/share/datasets/fashion-mnist`` is imported if it exists; otherwise, if
+    ``download``, TFDS downloads it (after checking within ~5 s that the download host is
+    reachable, so an offline machine fails fast).  TFDS shows its progress bars.
+
+    Args:
+      name: one of :data:`DATASETS`.
+      data_dir: TFDS data directory; ``None`` for TFDS's default.
+      from_idx: directory with the four IDX files (``.gz`` or not); mnist and
+        fashion_mnist only.
+      download: allow downloading.
+      require_standard_sizes: refuse IDX files whose example counts differ from the
+        standard dataset's (60000 train, 10000 test), since the result is written under
+        the standard TFDS name.
+
+    Returns:
+      The prepared dataset's directory ``<data_dir>/<name>/<version>`` (for ``digits``,
+      scikit-learn's data file).
+
+    Raises:
+      ValueError: unknown ``name``, or ``from_idx`` for a dataset without IDX files.
+      IDXFormatError: an IDX file is missing or corrupt (naming the file).
+      DatasetNotFoundError: the dataset could not be prepared, with how to get it.
+    """
+    _check_name(name)
+    if name == "digits":
+        import sklearn.datasets
+
+        return os.path.join(os.path.dirname(sklearn.datasets.__file__), "data", "digits.csv.gz")
+    data_dir = _resolve_data_dir(data_dir)
+    builder = _builder(name, data_dir)
+    if _builder_prepared(builder):
+        return os.fspath(builder.data_path)
+
+    source = from_idx
+    if source is None and name in DEBIAN_IDX_DIRS and os.path.isdir(DEBIAN_IDX_DIRS[name]):
+        source = DEBIAN_IDX_DIRS[name]
+    if source is not None:
+        if name not in IDX_DATASETS:
+            raise ValueError(f"from_idx applies to {', '.join(IDX_DATASETS)}, not {name!r}.")
+        if not os.path.isdir(source):
+            raise IDXFormatError(f"IDX source directory not found: {source}")
+        logger.info("Importing %s from IDX files in %s into %s", name, source, data_dir)
+        idx_builder = _idx_builder_class(name)(data_dir=data_dir, file_format="array_record")
+        idx_builder._vaegen_source_dir = os.fspath(source)
+        idx_builder._vaegen_strict = require_standard_sizes
+        idx_builder.download_and_prepare()
+        return os.fspath(idx_builder.data_path)
+
+    if not download:
+        raise _not_found(name, data_dir, "downloading not allowed")
+    cls = _download_builder_class(name)
+    host, port = _host_and_port(cls.URL)
+    reason = _host_reachable(host, port)
+    if reason is not None:
+        raise _not_found(name, data_dir, f"download host {host}:{port} unreachable: {reason}")
+    try:
+        dl_builder = cls(data_dir=data_dir, file_format="array_record")
+        dl_builder._vaegen_strict = require_standard_sizes
+        dl_builder.download_and_prepare()
+    except Exception as e:  # noqa: BLE001 - any download/preparation failure
+        raise _not_found(name, data_dir, f"download failed: {type(e).__name__}: {e}") from e
+    return os.fspath(dl_builder.data_path)
+
+
+# ----------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------
+
+
+def _load_digits(split: str) -> tuple[np.ndarray, np.ndarray]:
+    import sklearn.datasets
+
+    digits = sklearn.datasets.load_digits()
+    x = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)[..., None]
+    y = digits.target.astype(np.int64)
+    if split == "train":
+        return x[:DIGITS_TRAIN_SIZE], y[:DIGITS_TRAIN_SIZE]
+    if split == "test":
+        return x[DIGITS_TRAIN_SIZE:], y[DIGITS_TRAIN_SIZE:]
+    raise ValueError(f"'digits' has splits 'train' and 'test', not {split!r}.")
+
+
+def _cache_path(dataset_dir: Path, split: str) -> Path:
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", split)
+    if safe != split:
+        safe += "-" + hashlib.sha1(split.encode()).hexdigest()[:8]
+    return dataset_dir / f"vaegen_cache-{safe}.npz"
+
+
+def _fingerprint(dataset_dir: Path, split: str) -> str:
+    """Identifies the prepared dataset's content (its ``dataset_info.json``) and split."""
+    info = (dataset_dir / "dataset_info.json").read_bytes()
+    return hashlib.sha256(info + f"|{split}|{_CACHE_FORMAT}".encode()).hexdigest()
+
+
+def _read_cache(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if str(z["fingerprint"]) != fingerprint:
+                return None
+            labels = z["labels"] if bool(z["has_labels"]) else None
+            return z["images"], labels
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def _write_cache(
+    path: Path, fingerprint: str, images: np.ndarray, labels: np.ndarray | None
+) -> None:
+    """Writes the cache atomically; skipped (with a debug log) if the directory is read-only."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(
+                f,
+                images=images,
+                labels=labels if labels is not None else np.zeros((0,), np.int64),
+                has_labels=np.array(labels is not None),
+                fingerprint=np.array(fingerprint),
+            )
+        os.chmod(tmp, 0o644)  # mkstemp creates it private; the dataset may be shared
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        logger.debug("Not caching %s: %s", path, e)
+    finally:
+        if tmp is not None:
+            try:
+                os.remove(tmp)
+            except OSError:
+                pass
+
+
+def _read_data_source(
+    source: Any, image_shape: tuple[int, ...], has_labels: bool
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Reads every record of a TFDS data source into ``uint8 [N, *image_shape]`` images
+    and ``int64 [N]`` labels (``None`` without labels), in the source's order."""
+    n = len(source)
+    images = np.empty((n,) + tuple(image_shape), np.uint8)
+    labels = np.empty((n,), np.int64) if has_labels else None
+    batched = hasattr(source, "__getitems__")
+    for start in range(0, n, _READ_CHUNK):
+        keys = list(range(start, min(start + _READ_CHUNK, n)))
+        records = source.__getitems__(keys) if batched else [source[k] for k in keys]
+        for i, record in zip(keys, records):
+            images[i] = record["image"]
+            if labels is not None:
+                labels[i] = record["label"]
+    return images, labels
+
+
+def load_split(
+    name: str, split: str, data_dir: str | os.PathLike[str] | None = None
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Loads one split of a prepared dataset into memory.
+
+    Args:
+      name: one of :data:`DATASETS`.
+      split: a TFDS split (``"train"``, ``"test"``, ``"validation"`` for binarized_mnist,
+        slices such as ``"train[:1000]"``); ``"train"`` or ``"test"`` for ``digits``.
+      data_dir: TFDS data directory; ``None`` for TFDS's default.
+
+    Returns:
+      ``(images, labels)``: ``uint8 [N, H, W, C]`` grey levels 0..255 in the order TFDS
+      stores them, and ``int64 [N]`` labels, or ``None`` for datasets without labels
+      (binarized_mnist).
+
+    Raises:
+      ValueError: unknown ``name``.
+      DatasetNotFoundError: the dataset is not prepared in ``data_dir`` (see :func:`prepare`).
+    """
+    _check_name(name)
+    if name == "digits":
+        return _load_digits(split)
+    data_dir = _resolve_data_dir(data_dir)
+    builder = _builder(name, data_dir)
+    if not _builder_prepared(builder):
+        raise _not_found(name, data_dir, "no prepared dataset found")
+    dataset_dir = Path(os.fspath(builder.data_path))
+    cache = _cache_path(dataset_dir, split)
+    fingerprint = _fingerprint(dataset_dir, split)
+    cached = _read_cache(cache, fingerprint) if cache.exists() else None
+    if cached is not None:
+        return cached
+    source = _tfds().data_source(name, split=split, data_dir=data_dir, download=False)
+    features = builder.info.features
+    images, labels = _read_data_source(
+        source, tuple(features["image"].shape), has_labels="label" in features
+    )
+    if name == "binarized_mnist":
+        images *= 255  # stored as {0, 1}
+    _write_cache(cache, fingerprint, images, labels)
+    return images, labels
+
+
+# ----------------------------------------------------------------------------------------
+# Splits
+# ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Splits:
+    """Train / validation / test data, ``uint8 [N, H, W, C]`` grey levels 0..255.
+
+    ``validation`` may hold zero examples.  Labels are ``int64 [N]`` or ``None`` for
+    datasets without labels.  ``info`` records where the data came from: ``name``,
+    ``version`` (TFDS version string, or ``"sklearn"``), ``event_shape`` (list),
+    ``sizes`` (dict of split sizes), ``validation_seed``, ``source``, ``data_dir``.
+    """
+
+    train: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    train_labels: np.ndarray | None
+    validation_labels: np.ndarray | None
+    test_labels: np.ndarray | None
+    info: dict[str, Any]
+
+
+def load_splits(data_cfg: Any) -> Splits:
+    """Loads a dataset's train / validation / test splits as a config describes them.
+
+    The validation set is taken out of the dataset's train split: a permutation of the
+    train split seeded with ``validation_seed`` (``np.random.default_rng``) gives the
+    validation examples (its first ``validation_size`` entries) and the train examples
+    (the rest, in permuted order, of which the first ``max_train_examples`` are kept).
+    The test set is the first ``max_test_examples`` of the test split.
+
+    Args:
+      data_cfg: an ``ml_collections.ConfigDict`` (or any object with attributes):
+        ``name``; ``data_dir`` (``''`` = TFDS default); ``validation_size`` (0 = none);
+        ``validation_seed``; ``max_train_examples`` and ``max_test_examples`` (0 = all);
+        ``auto_prepare`` (prepare the dataset with :func:`prepare` if it is missing).
+        Missing optional fields take these defaults: ``''``, 0, 0, 0, 0, False.
+
+    Raises:
+      ValueError: unknown name, negative sizes, or ``validation_size`` not smaller than
+        the train split.
+      DatasetNotFoundError: the dataset is not prepared (and ``auto_prepare`` is off or
+        preparing failed).
+    """
+    name: str = data_cfg.name
+    _check_name(name)
+    data_dir = getattr(data_cfg, "data_dir", "") or None
+    validation_size = int(getattr(data_cfg, "validation_size", 0))
+    validation_seed = int(getattr(data_cfg, "validation_seed", 0))
+    max_train = int(getattr(data_cfg, "max_train_examples", 0))
+    max_test = int(getattr(data_cfg, "max_test_examples", 0))
+    auto_prepare = bool(getattr(data_cfg, "auto_prepare", False))
+    for field, value in [
+        ("validation_size", validation_size),
+        ("max_train_examples", max_train),
+        ("max_test_examples", max_test),
+    ]:
+        if value < 0:
+            raise ValueError(f"data.{field} must be >= 0, got {value}.")
+
+    if name == "digits":
+        version, source, resolved_dir = "sklearn", "sklearn.datasets.load_digits", None
+    else:
+        resolved_dir = _resolve_data_dir(data_dir)
+        builder = _builder(name, resolved_dir)
+        if not _builder_prepared(builder):
+            if not auto_prepare:
+                raise _not_found(name, resolved_dir, "data.auto_prepare is off")
+            prepare(name, resolved_dir)
+            builder = _builder(name, resolved_dir)
+        version, source = str(builder.info.version), f"tfds:{os.fspath(builder.data_path)}"
+
+    train_all, train_labels_all = load_split(name, "train", resolved_dir)
+    test, test_labels = load_split(name, "test", resolved_dir)
+    n_train = train_all.shape[0]
+    if validation_size >= n_train:
+        raise ValueError(
+            f"data.validation_size={validation_size} must be smaller than the {n_train} "
+            f"examples of {name!r}'s train split."
+        )
+    perm = np.random.default_rng(validation_seed).permutation(n_train)
+    val_idx, train_idx = perm[:validation_size], perm[validation_size:]
+    if max_train:
+        train_idx = train_idx[:max_train]
+    if max_test:
+        test = test[:max_test]
+        test_labels = test_labels[:max_test] if test_labels is not None else None
+
+    def take(labels: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
+        return labels[idx] if labels is not None else None
+
+    train, validation = train_all[train_idx], train_all[val_idx]
+    info = {
+        "name": name,
+        "version": version,
+        "event_shape": list(train.shape[1:]),
+        "sizes": {"train": len(train), "validation": len(validation), "test": len(test)},
+        "validation_seed": validation_seed,
+        "source": source,
+        "data_dir": resolved_dir,
+    }
+    return Splits(
+        train=train,
+        validation=validation,
+        test=test,
+        train_labels=take(train_labels_all, train_idx),
+        validation_labels=take(train_labels_all, val_idx),
+        test_labels=test_labels,
+        info=info,
+    )
+
+
+# ----------------------------------------------------------------------------------------
+# Binarization
+# ----------------------------------------------------------------------------------------
+
+
+def _check_protocol(protocol: str) -> None:
+    if protocol not in BINARIZATIONS:
+        raise ValueError(
+            f"Unknown binarization protocol {protocol!r}; choices: {', '.join(BINARIZATIONS)}."
+        )
+
+
+@jax.jit
+def _static_draw(key: jax.Array, x_u8: jax.Array) -> jax.Array:
+    p = x_u8.astype(jnp.float32) / 255.0
+    return jax.random.bernoulli(key, p).astype(jnp.uint8) * jnp.uint8(255)
+
+
+def binarize_once(x_u8: jax.Array | np.ndarray, protocol: str, seed: int) -> jax.Array:
+    """The array as stored on the device for a protocol, binarized once where it applies.
+
+    Args:
+      x_u8: ``uint8 [..., H, W, C]`` grey levels 0..255.
+      protocol: one of :data:`BINARIZATIONS`.
+      seed: seed of the ``static`` draw (``jax.random.key(seed)``); unused otherwise.
+
+    Returns:
+      ``uint8``, same shape: ``static``: a Bernoulli draw with ``p = x / 255``, stored as
+      ``{0, 255}``; ``threshold``: ``255 * (x / 255 > 0.5)``; ``dynamic`` and ``none``:
+      ``x`` unchanged.  Deterministic given ``seed`` (one draw over the whole array, so it
+      does not depend on the number of devices); peak memory is about 5 bytes per pixel.
+    """
+    _check_protocol(protocol)
+    x = jnp.asarray(x_u8)
+    if x.dtype != jnp.uint8:
+        raise TypeError(f"binarize_once expects uint8 grey levels, got {x.dtype}.")
+    if protocol == "static":
+        return _static_draw(jax.random.key(seed), x)
+    if protocol == "threshold":
+        # x / 255 > 0.5  <=>  x >= 128 for integers 0..255.
+        return jnp.where(x > 127, jnp.uint8(255), jnp.uint8(0))
+    return x
+
+
+def to_float(key: jax.Array | None, x_u8: jax.Array, protocol: str) -> jax.Array:
+    """What the model sees: a batch of stored ``uint8`` data as ``float32``, same shape.
+
+    ``dynamic``: a fresh Bernoulli draw ``bernoulli(key, x / 255)`` in ``{0, 1}`` (use a new
+    ``key`` every step); ``static``, ``threshold`` (already ``{0, 255}`` after
+    :func:`binarize_once`) and ``none``: ``x / 255`` in ``[0, 1]``.  Traceable inside jit;
+    ``key`` may be ``None`` for the non-dynamic protocols.
+    """
+    _check_protocol(protocol)
+    p = jnp.asarray(x_u8).astype(jnp.float32) / 255.0
+    if protocol == "dynamic":
+        if key is None:
+            raise ValueError("The 'dynamic' protocol needs a PRNG key.")
+        return jax.random.bernoulli(key, p).astype(jnp.float32)
+    return p
+
+
+def eval_protocol(protocol: str) -> str:
+    """The protocol for validation and test sets given the training protocol.
+
+    ``dynamic`` -> ``static``: evaluation data are binarized once with a fixed seed, so
+    every evaluation sees the same binary images (the VampPrior protocol); ``static``,
+    ``threshold`` and ``none`` are evaluated as they are trained.
+    """
+    _check_protocol(protocol)
+    return "static" if protocol == "dynamic" else protocol
+
+
+def data_mean(x_u8: jax.Array | np.ndarray, protocol: str) -> np.ndarray:
+    """Per-pixel mean of what the model sees, ``float64 [H, W, C]`` in ``[0, 1]``.
+
+    ``x_u8`` is ``uint8 [N, H, W, C]``, raw or as returned by :func:`binarize_once`.
+    ``dynamic``, ``static`` and ``none``: the mean of ``x / 255`` (for Bernoulli draws,
+    their expected mean on raw grey levels and their exact mean on stored binary data);
+    ``threshold``: the mean of ``x / 255 > 0.5``.  Used to initialise a decoder's
+    output bias.
+    """
+    _check_protocol(protocol)
+    x = np.asarray(x_u8)
+    if protocol == "threshold":
+        return (x > 127).mean(axis=0, dtype=np.float64)
+    return x.mean(axis=0, dtype=np.float64) / 255.0
