@@ -1,0 +1,121 @@
+"""The fused trainer: learning, exact resumption, sharding, workdir safety."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+import vaegen
+from vaegen import config as config_lib
+from vaegen import train as train_lib
+
+
+def _metrics(workdir):
+    return [json.loads(l) for l in (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()]
+
+
+def _snapshot(workdir):
+    return {str(p.relative_to(workdir)): p.read_bytes() for p in pathlib.Path(workdir).rglob("*") if p.is_file()}
+
+
+def test_training_raises_the_validation_bound(tmp_path):
+    cfg = config_lib.load_config("tiny", ["train.num_epochs=6", "optim.learning_rate=3e-3"])
+    train_lib.train_and_evaluate(cfg, tmp_path)
+    m = _metrics(tmp_path)
+    assert [r["epoch"] for r in m] == list(range(1, 7))
+    assert m[-1]["validation/elbo"] > m[0]["validation/elbo"] + 0.5
+    assert m[-1]["train/elbo"] > m[0]["train/elbo"]
+    for r in m:
+        assert r["train/elbo"] == pytest.approx(r["train/reconstruction"] - r["train/kl"], rel=1e-5)
+        assert r["train/grad_norm"] > 0 and r["steps_per_second"] > 0
+    for name in ("config.json", "run.json", "metrics.jsonl"):
+        assert (tmp_path / name).exists()
+
+
+def test_autoencoder_trains_with_the_same_trainer(tmp_path):
+    cfg = config_lib.load_config("tiny:ae", ["train.num_epochs=4", "optim.learning_rate=3e-3"])
+    train_lib.train_and_evaluate(cfg, tmp_path)
+    m = _metrics(tmp_path)
+    assert m[-1]["validation/reconstruction"] > m[0]["validation/reconstruction"]
+    assert "train/kl" not in m[0] and "validation/elbo" not in m[0]
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    full, part = tmp_path / "full", tmp_path / "part"
+    cfg4 = config_lib.load_config("tiny", ["train.num_epochs=4"])
+    cfg2 = config_lib.load_config("tiny", ["train.num_epochs=2"])
+    train_lib.train_and_evaluate(cfg4, full)
+    train_lib.train_and_evaluate(cfg2, part)
+    # Simulate a crash after epoch 3's metrics were written but before its checkpoint.
+    with open(part / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"epoch": 3, "stale": True}) + "\n")
+    train_lib.train_and_evaluate(cfg4, part)
+    a, b = vaegen.load(full), vaegen.load(part)
+    assert a.epoch == b.epoch == 4
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a.variables, b.variables)
+    ma, mb = _metrics(full), _metrics(part)
+    assert [r["epoch"] for r in mb] == [1, 2, 3, 4]
+    for ra, rb in zip(ma, mb):
+        for k in ("train/elbo", "train/grad_norm", "validation/elbo"):
+            assert ra[k] == rb[k], k
+
+
+def test_workdir_of_another_run_is_refused_and_untouched(tmp_path):
+    cfg = config_lib.load_config("tiny", ["train.num_epochs=1"])
+    train_lib.train_and_evaluate(cfg, tmp_path)
+    before = _snapshot(tmp_path)
+    other = config_lib.load_config("tiny", ["train.num_epochs=1", "model.latent_dim=3"])
+    with pytest.raises(train_lib.WorkdirError, match="model.latent_dim: 4 -> 3"):
+        train_lib.train_and_evaluate(other, tmp_path)
+    assert _snapshot(tmp_path) == before
+
+
+def test_non_empty_foreign_workdir_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(train_lib.WorkdirError, match="not empty"):
+        train_lib.train_and_evaluate(config_lib.load_config("tiny"), tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_batch_larger_than_dataset_is_an_error(tmp_path):
+    cfg = config_lib.load_config("tiny", ["train.batch_size=5000"])
+    with pytest.raises(config_lib.ConfigError, match="larger than the training set"):
+        train_lib.train_and_evaluate(cfg, tmp_path)
+    assert not (tmp_path / "config.json").exists()
+
+
+_SHARDING_SCRIPT = textwrap.dedent("""
+    import json, sys, jax, numpy as np
+    assert jax.device_count() == 8, jax.devices()
+    from vaegen import config, train
+    import vaegen
+    cfg = config.load_config("tiny", ["train.num_epochs=3", "train.batch_size=64"])
+    train.train_and_evaluate(cfg, sys.argv[1] + "/one", devices=jax.devices()[:1])
+    train.train_and_evaluate(cfg, sys.argv[1] + "/eight")
+    out = {}
+    for name in ("one", "eight"):
+        lines = [json.loads(l) for l in open(sys.argv[1] + f"/{name}/metrics.jsonl")]
+        out[name] = [[l["train/elbo"], l["validation/elbo"], l["train/grad_norm"]] for l in lines]
+        out[name + "_devices"] = len(json.load(open(sys.argv[1] + f"/{name}/run.json"))["devices"])
+    a, b = vaegen.load(sys.argv[1] + "/one"), vaegen.load(sys.argv[1] + "/eight")
+    out["max_param_diff"] = max(float(np.max(np.abs(np.asarray(x) - np.asarray(y)))) for x, y in zip(
+        jax.tree_util.tree_leaves(a.variables), jax.tree_util.tree_leaves(b.variables)))
+    print(json.dumps(out))
+""")
+
+
+def test_eight_devices_follow_the_one_device_trajectory(tmp_path):
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    proc = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["eight_devices"] == 8
+    np.testing.assert_allclose(np.array(out["eight"]), np.array(out["one"]), rtol=2e-4, atol=2e-4)
+    assert out["max_param_diff"] < 1e-3

@@ -1,0 +1,41 @@
+"""vaegen: deep latent-variable models in JAX.
+
+A model is its generative process, p(x, z) = p(z) p(x | z), written with distrax
+distributions; amortized inference q(z | x) sits beside it; the autoencoder is the same code
+with a point-mass posterior and no prior.
+
+Table of contents::
+
+    vaegen.LatentVariableModel      p(z), p(x|z) and q(z|x) side by side       (model.py)
+    vaegen.priors / likelihoods / posteriors / networks                        building blocks
+    vaegen.ELBO, IWAE, Autoencoder  per-example objectives, terms in nats      (objectives.py)
+    vaegen.train_and_evaluate       the fused, jitted trainer                  (train.py)
+    vaegen.load                     a trained run from its workdir             (run.py)
+    vaegen.evaluate                 bounds and log p(x) on held-out data       (evaluation.py)
+    vaegen.load_config              presets, overrides, validation             (config.py)
+"""
+
+from vaegen.config import ConfigError, load_config
+from vaegen.evaluation import evaluate
+from vaegen.model import LatentVariableModel, NoPriorError, build_model
+from vaegen.objectives import ELBO, IWAE, Autoencoder, UndefinedObjectiveError
+from vaegen.run import Run, load
+from vaegen.train import train_and_evaluate
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Autoencoder",
+    "ConfigError",
+    "ELBO",
+    "IWAE",
+    "LatentVariableModel",
+    "NoPriorError",
+    "Run",
+    "UndefinedObjectiveError",
+    "build_model",
+    "evaluate",
+    "load",
+    "load_config",
+    "train_and_evaluate",
+]

@@ -1,0 +1,216 @@
+"""The ``vaegen`` command: thin wrappers that parse arguments and call the library.
+
+    vaegen train     --config PRESET|FILE[:ARG] --workdir W [--config.key=value ...]
+    vaegen evaluate  --workdir W [--split test] [--k 1000]
+    vaegen sample    --workdir W [--n 64]
+    vaegen reconstruct --workdir W [--n 32]
+    vaegen data      prepare NAME [--from-idx DIR] | list
+    vaegen config    PRESET [--config.key=value ...]      (print the resolved config)
+    vaegen demo      [--workdir runs/demo]
+
+Errors a user can fix (bad config, missing data, bad workdir, ...) print one line,
+``vaegen: error: ...``, and exit with status 2; nothing in the workdir is modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+
+EXIT_USAGE = 2
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from vaegen import checkpoint, config, data, likelihoods, model, objectives, train
+
+    return (config.ConfigError, data.DatasetNotFoundError, likelihoods.SupportError, train.WorkdirError,
+            checkpoint.CheckpointError, model.NoPriorError, objectives.UndefinedObjectiveError,
+            getattr(data, "IDXFormatError", config.ConfigError), FileNotFoundError)
+
+
+def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
+    rest, overrides = [], []
+    for a in argv:
+        (overrides if a.startswith("--config.") else rest).append(a)
+    return rest, overrides
+
+
+def cmd_train(args, overrides) -> int:
+    from vaegen import config as config_lib
+    from vaegen import train as train_lib
+
+    config = config_lib.load_config(args.config, overrides)
+    workdir = args.workdir or os.path.join("runs", args.config.split(":")[0].split("/")[-1].removesuffix(".py"))
+    last = train_lib.train_and_evaluate(config, workdir)
+    bound = {"elbo": "elbo", "iwae": "iwae", "ae": "reconstruction"}[config.objective.name]
+    if last:
+        val = last.get(f"validation/{bound}")
+        msg = f"epoch {last['epoch']}: train {bound} {last[f'train/{bound}']:.3f} nats"
+        if val is not None:
+            msg += f", validation {bound} {val:.3f} nats"
+        print(msg)
+    print(f"workdir: {workdir}")
+    return 0
+
+
+def cmd_evaluate(args, overrides) -> int:
+    import vaegen
+    from vaegen import evaluation as evaluate_lib
+
+    run = vaegen.load(args.workdir)
+    result = evaluate_lib.evaluate(run, split=args.split, num_samples=args.k, seed=args.seed,
+                                   max_examples=args.max_examples, batch_size=args.batch_size)
+    print(evaluate_lib.format_table(result))
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "eval.json"
+    evaluate_lib.write_json(out, result)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_sample(args, overrides) -> int:
+    import jax
+    import numpy as np
+
+    import vaegen
+    from vaegen import figures, model as model_lib
+
+    run = vaegen.load(args.workdir)
+    if not run.has_prior:
+        raise model_lib.NoPriorError(f"cannot sample from {args.workdir}: {model_lib.NO_PRIOR_MESSAGE}")
+    z, _ = run.sample_with_latents(jax.random.key(args.seed), args.n)
+    images = np.asarray(run.decode(z).mean())  # E[x | z]: pixel probabilities for a Bernoulli
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "samples.png"
+    figures.save_grid(out, images, title=f"E[x | z], z ~ p(z) ({args.n} prior samples)")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_reconstruct(args, overrides) -> int:
+    import numpy as np
+
+    import vaegen
+    from vaegen import figures
+
+    run = vaegen.load(args.workdir)
+    x = run.split(args.split, max_examples=args.n)
+    z = run.encode(x).mean()
+    recon = np.asarray(run.decode(z).mean())
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "reconstructions.png"
+    ncols = min(8, args.n)
+    figures.save_grid(out, figures.interleave_rows(x, recon, ncols), ncols=ncols,
+                      title="data (odd rows) and E[x | z = E_q[z|x]] (even rows)")
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_data(args, overrides) -> int:
+    from vaegen import data as data_lib
+
+    if args.action == "list":
+        for name in data_lib.DATASETS:
+            status = "prepared" if data_lib.is_prepared(name, args.data_dir or None) else "not prepared"
+            print(f"{name:<18}{status}")
+        return 0
+    path = data_lib.prepare(args.name, data_dir=args.data_dir or None, from_idx=args.from_idx,
+                            download=not args.no_download)
+    print(f"{args.name} ready in {path}")
+    return 0
+
+
+def cmd_config(args, overrides) -> int:
+    from vaegen import config as config_lib
+
+    if not args.preset:
+        print("presets: " + ", ".join(config_lib.presets()))
+        return 0
+    print(config_lib.to_json(config_lib.load_config(args.preset, overrides)))
+    return 0
+
+
+def cmd_demo(args, overrides) -> int:
+    from vaegen import demo
+
+    demo.run(args.workdir, overrides=overrides, epochs=args.epochs, k=args.k)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vaegen", description="Deep latent-variable models in JAX: train, evaluate, sample.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="train a model (resumes if the workdir has a checkpoint)",
+                       description="Train a model. Any config key can be overridden with --config.KEY=VALUE "
+                                   "(e.g. --config.model.latent_dim=2); unknown keys are errors.")
+    t.add_argument("--config", required=True, help="preset name (see `vaegen config`) or path to a config .py, optionally :ARG")
+    t.add_argument("--workdir", help="run directory (default runs/<preset>)")
+    t.set_defaults(func=cmd_train)
+
+    e = sub.add_parser("evaluate", help="bounds and log-likelihood on a held-out split; writes eval.json")
+    e.add_argument("--workdir", required=True)
+    e.add_argument("--split", default="test", choices=("test", "validation"))
+    e.add_argument("--k", type=int, default=None, help="importance samples for IWAE_k / log p(x) (default config.eval.num_samples)")
+    e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--max-examples", type=int, default=0, help="evaluate the first n examples only")
+    e.add_argument("--batch-size", type=int, default=None, help="examples per chunk (memory only)")
+    e.add_argument("--out", help="JSON output path (default WORKDIR/eval.json)")
+    e.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("sample", help="PNG grid of ancestral samples z ~ p(z), x ~ p(x|z)")
+    s.add_argument("--workdir", required=True)
+    s.add_argument("--n", type=int, default=64)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", help="PNG path (default WORKDIR/samples.png)")
+    s.set_defaults(func=cmd_sample)
+
+    r = sub.add_parser("reconstruct", help="PNG grid of held-out images and their reconstructions")
+    r.add_argument("--workdir", required=True)
+    r.add_argument("--n", type=int, default=32)
+    r.add_argument("--split", default="test", choices=("test", "validation"))
+    r.add_argument("--out", help="PNG path (default WORKDIR/reconstructions.png)")
+    r.set_defaults(func=cmd_reconstruct)
+
+    d = sub.add_parser("data", help="prepare or list datasets")
+    dsub = d.add_subparsers(dest="action", required=True)
+    dp = dsub.add_parser("prepare", help="prepare a TFDS dataset: download, or import local IDX files")
+    dp.add_argument("name")
+    dp.add_argument("--from-idx", help="directory with the dataset's IDX files (.gz or not), e.g. /usr/share/datasets/fashion-mnist")
+    dp.add_argument("--data-dir", help="TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
+    dp.add_argument("--no-download", action="store_true", help="never try to download")
+    dl = dsub.add_parser("list", help="known datasets and whether they are prepared")
+    dl.add_argument("--data-dir")
+    d.set_defaults(func=cmd_data)
+
+    c = sub.add_parser("config", help="list presets, or print a preset's resolved config")
+    c.add_argument("preset", nargs="?")
+    c.set_defaults(func=cmd_config)
+
+    m = sub.add_parser("demo", help="the main job: VAE and AE with identical nets on Fashion-MNIST, evaluated, with figures and a summary")
+    m.add_argument("--workdir", default="runs/demo")
+    m.add_argument("--epochs", type=int, default=None, help="epochs for each model (default: the presets')")
+    m.add_argument("--k", type=int, default=1000, help="importance samples for the VAE's test log p(x)")
+    m.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rest, overrides = _split_config_overrides(argv)
+    parser = build_parser()
+    args = parser.parse_args(rest)
+    if overrides and args.command not in ("train", "config", "demo"):
+        parser.error(f"--config.* overrides only apply to train, config and demo, not {args.command}")
+    try:
+        return args.func(args, [o.removeprefix("--") for o in overrides])
+    except _user_errors() as e:
+        msg = str(e).strip() or type(e).__name__
+        print(f"vaegen: error: {msg}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("vaegen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

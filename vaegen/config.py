@@ -1,0 +1,289 @@
+"""Loading, overriding and validating configurations.
+
+A configuration is an ``ml_collections.ConfigDict`` built by a preset's ``get_config(arg)``
+(a module in :mod:`vaegen.configs`, or any Python file), locked so that only existing keys can
+be set.  Overrides ``config.a.b=value`` are parsed as Python *literals* (``ast.literal_eval``,
+never evaluated as code) and must match the key's type.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+import json
+import pathlib
+import pkgutil
+from typing import Any, Iterable
+
+import ml_collections
+
+from vaegen import configs as configs_pkg
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used: unknown key or preset, wrong type, invalid value."""
+
+
+def presets() -> list[str]:
+    """Names of the presets shipped in :mod:`vaegen.configs`."""
+    return sorted(m.name for m in pkgutil.iter_modules(configs_pkg.__path__) if m.name != "default")
+
+
+def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.ConfigDict:
+    """Loads a preset or config file and applies overrides.
+
+    Args:
+      spec: a preset name (``vae_mlp_fmnist``), or a path to a Python file defining
+        ``get_config(arg)``; either may carry an argument after a colon (``tiny:ae``).
+      overrides: strings ``"a.b=value"`` (the ``--config.`` prefix optional).
+    Returns:
+      The locked, validated ConfigDict.
+    """
+    name, _, arg = spec.partition(":")
+    arg = arg or None
+    if name.endswith(".py") or "/" in name:
+        path = pathlib.Path(name)
+        if not path.is_file():
+            raise ConfigError(f"config file {name!r} does not exist")
+        module_spec = importlib.util.spec_from_file_location(f"_vaegen_config_{path.stem}", path)
+        module = importlib.util.module_from_spec(module_spec)
+        module_spec.loader.exec_module(module)
+    else:
+        if name not in presets() and name != "default":
+            raise ConfigError(
+                f"unknown config preset {name!r}; presets: {', '.join(presets())} "
+                "(or give a path to a config .py file)"
+            )
+        module = importlib.import_module(f"vaegen.configs.{name}")
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config {spec!r} defines no get_config()")
+    try:
+        config = module.get_config(arg)
+    except ValueError as e:
+        raise ConfigError(f"config {spec!r}: {e}") from None
+    config = ml_collections.ConfigDict(config)
+    config.lock()
+    apply_overrides(config, overrides)
+    validate(config)
+    return config
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+    if isinstance(current, str):
+        # Strings are taken verbatim (quotes optional).
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            return text[1:-1]
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        if isinstance(current, bool) and text.lower() in ("true", "false"):
+            return text.lower() == "true"
+        raise ConfigError(
+            f"config.{key}: cannot parse {text!r} as a {type(current).__name__} literal"
+        ) from None
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(current, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif isinstance(current, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(current, (tuple, list)):
+        if isinstance(value, (tuple, list)):
+            return tuple(value)
+        if isinstance(value, (int, float)):
+            return (value,)
+    raise ConfigError(
+        f"config.{key} expects a {type(current).__name__} (currently {current!r}), got {text!r}"
+    )
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
+    """Applies ``"a.b=value"`` overrides in place; unknown keys and wrong types are errors."""
+    for item in overrides:
+        item = item.removeprefix("--").removeprefix("config.")
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} must look like --config.key=value")
+        key, text = item.split("=", 1)
+        *parents, leaf = key.split(".")
+        node = config
+        for i, p in enumerate(parents):
+            if not isinstance(node, ml_collections.ConfigDict) or p not in node:
+                raise ConfigError(f"unknown config key {'.'.join(parents[: i + 1])!r} (in override {item!r})")
+            node = node[p]
+        if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+            raise ConfigError(_unknown_key_message(config, key))
+        current = node[leaf]
+        if isinstance(current, ml_collections.ConfigDict):
+            raise ConfigError(f"config.{key} is a section; set one of its keys: {sorted(current.keys())}")
+        value = _parse_value(text, current, key)
+        with node.unlocked():
+            node[leaf] = value
+
+
+def _unknown_key_message(config: ml_collections.ConfigDict, key: str) -> str:
+    import difflib
+
+    keys = flat_keys(config)
+    close = difflib.get_close_matches(key, keys, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    return f"unknown config key {key!r}{hint}"
+
+
+def flat_keys(config: ml_collections.ConfigDict, prefix: str = "") -> list[str]:
+    out = []
+    for k, v in config.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            out += flat_keys(v, f"{prefix}{k}.")
+        else:
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def flatten(config: ml_collections.ConfigDict | dict) -> dict[str, Any]:
+    """``{"a.b": value}`` for every leaf."""
+    d = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else config
+    out: dict[str, Any] = {}
+
+    def rec(node, prefix):
+        for k, v in node.items():
+            if isinstance(v, dict):
+                rec(v, f"{prefix}{k}.")
+            else:
+                out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+
+    rec(d, "")
+    return out
+
+
+def to_json(config: ml_collections.ConfigDict) -> str:
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list)
+
+
+def from_json(text: str) -> ml_collections.ConfigDict:
+    """Rebuilds a locked config from :func:`to_json` output, on top of the current defaults so
+    that keys added since are present with their defaults."""
+    from vaegen.configs import default
+
+    stored = json.loads(text)
+    config = default.get_config()
+    config.lock()
+    unknown = []
+    for key, value in flatten(stored).items():
+        *parents, leaf = key.split(".")
+        node = config
+        try:
+            for p in parents:
+                node = node[p]
+            current = node[leaf]
+        except (KeyError, AttributeError):
+            unknown.append(key)
+            continue
+        if isinstance(current, tuple) and isinstance(value, list):
+            value = tuple(value)
+        with node.unlocked():
+            node[leaf] = value
+    if unknown:
+        raise ConfigError(f"stored config has keys this version does not know: {unknown}")
+    return config
+
+
+# Keys that may differ between a run and its resumption (they do not change the result of the
+# steps already taken).
+RESUMABLE_KEYS = ("train.num_epochs", "train.progress", "train.eval_every_epochs",
+                  "train.checkpoint_every_epochs", "train.keep_checkpoints", "eval.")
+
+
+def differences(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict, *, ignore: Iterable[str] = RESUMABLE_KEYS) -> list[str]:
+    """Human-readable differences ``key: a -> b`` between two configs, skipping ``ignore``
+    (exact keys, or prefixes ending in '.')."""
+    fa, fb = flatten(a), flatten(b)
+    ignore = tuple(ignore)
+
+    def ignored(k):
+        return any(k == i or (i.endswith(".") and k.startswith(i)) for i in ignore)
+
+    return [f"{k}: {fa.get(k)!r} -> {fb.get(k)!r}" for k in sorted(set(fa) | set(fb))
+            if not ignored(k) and fa.get(k) != fb.get(k)]
+
+
+# --- validation ------------------------------------------------------------------------------
+
+def _choice(value: Any, choices: Iterable[str], key: str) -> None:
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"config.{key}={value!r} is not one of {', '.join(choices)}")
+
+
+def _positive(value: Any, key: str, *, allow_zero: bool = False) -> None:
+    if allow_zero and value < 0 or not allow_zero and value <= 0:
+        rel = ">= 0" if allow_zero else "> 0"
+        raise ConfigError(f"config.{key}={value!r} must be {rel}")
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+    """Checks values and their combinations; raises :class:`ConfigError` naming the key."""
+    from vaegen import data as data_lib
+    from vaegen import model as model_lib
+
+    _choice(c.data.binarization, data_lib.BINARIZATIONS, "data.binarization")
+    for k in ("validation_size", "max_train_examples", "max_test_examples"):
+        _positive(c.data[k], f"data.{k}", allow_zero=True)
+
+    _positive(c.model.latent_dim, "model.latent_dim")
+    _choice(c.model.prior, ("standard_normal", "none"), "model.prior")
+    _choice(c.model.likelihood, ("bernoulli", "gaussian"), "model.likelihood")
+    _choice(c.model.gaussian_scale, ("fixed", "learned", "per_pixel"), "model.gaussian_scale")
+    _positive(c.model.gaussian_fixed_scale, "model.gaussian_fixed_scale")
+    for section in (c.model.decoder, c.inference.encoder):
+        _choice(section.network, model_lib.NETWORKS, "network")
+        if any(int(h) <= 0 for h in section.hidden):
+            raise ConfigError(f"hidden widths must be positive, got {section.hidden}")
+        from vaegen.networks import ACTIVATIONS
+        _choice(section.activation, ACTIVATIONS, "activation")
+
+    _choice(c.inference.posterior, ("diagonal_gaussian", "fixed_scale_gaussian", "point_mass"), "inference.posterior")
+    _positive(c.inference.posterior_scale, "inference.posterior_scale")
+    if c.inference.min_log_scale >= c.inference.max_log_scale:
+        raise ConfigError("config.inference.min_log_scale must be below max_log_scale")
+
+    _choice(c.objective.name, ("elbo", "iwae", "ae"), "objective.name")
+    _positive(c.objective.num_samples, "objective.num_samples")
+    _positive(c.objective.beta, "objective.beta", allow_zero=True)
+    _positive(c.objective.kl_warmup_epochs, "objective.kl_warmup_epochs", allow_zero=True)
+    _positive(c.objective.code_penalty, "objective.code_penalty", allow_zero=True)
+    point_mass = c.inference.posterior == "point_mass"
+    if c.objective.name in ("elbo", "iwae"):
+        if point_mass:
+            raise ConfigError(
+                f"objective {c.objective.name!r} is undefined for a point-mass posterior (its KL to "
+                "p(z) is +inf); use --config.objective.name=ae for an autoencoder"
+            )
+        if c.model.prior == "none":
+            raise ConfigError(f"objective {c.objective.name!r} needs a prior; set config.model.prior")
+    if c.objective.name == "ae" and not point_mass:
+        raise ConfigError(
+            "objective 'ae' (log p(x | z = f(x))) needs a deterministic encoder: "
+            "set --config.inference.posterior=point_mass"
+        )
+
+    _choice(c.optim.optimizer, ("adam", "adamw", "sgd"), "optim.optimizer")
+    _positive(c.optim.learning_rate, "optim.learning_rate")
+    _choice(c.optim.schedule, ("constant", "cosine", "exponential"), "optim.schedule")
+    for k in ("warmup_epochs", "grad_clip_norm", "weight_decay", "momentum", "final_lr_fraction"):
+        _positive(c.optim[k], f"optim.{k}", allow_zero=True)
+    _positive(c.optim.decay_epochs, "optim.decay_epochs")
+    _positive(c.optim.decay_rate, "optim.decay_rate")
+
+    _positive(c.train.batch_size, "train.batch_size")
+    _positive(c.train.num_epochs, "train.num_epochs", allow_zero=True)
+    _positive(c.train.eval_every_epochs, "train.eval_every_epochs", allow_zero=True)
+    _positive(c.train.checkpoint_every_epochs, "train.checkpoint_every_epochs")
+    _positive(c.train.keep_checkpoints, "train.keep_checkpoints")
+    _positive(c.eval.batch_size, "eval.batch_size")
+    _positive(c.eval.num_samples, "eval.num_samples")
+    _positive(c.eval.validation_num_samples, "eval.validation_num_samples")

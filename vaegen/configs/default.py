@@ -1,0 +1,93 @@
+"""The complete configuration schema with its defaults; every preset starts from it.
+
+Every key a run may set is here: ``--config.a.b=value`` may only change an existing key, and
+its new value must have the key's type (ints are accepted for floats).
+"""
+
+import ml_collections
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    del arg
+    c = ml_collections.ConfigDict()
+    c.seed = 0  # root of every random stream (init, data order, noise, evaluation)
+
+    # --- data --------------------------------------------------------------------------------
+    c.data = ml_collections.ConfigDict()
+    c.data.name = "fashion_mnist"  # fashion_mnist | mnist | binarized_mnist (TFDS) | digits (scikit-learn)
+    c.data.data_dir = ""  # TFDS data dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets
+    c.data.auto_prepare = True  # prepare the TFDS dataset (download / local import) if missing
+    # dynamic: fresh Bernoulli draw of the grey levels each time a batch is used;
+    # static: one draw with binarization_seed; threshold: x > 0.5; none: grey levels in [0, 1].
+    # Validation and test sets under 'dynamic' are binarized once (static, binarization_seed).
+    c.data.binarization = "dynamic"
+    c.data.binarization_seed = 0
+    c.data.validation_size = 10000  # held out of the training split by a seeded permutation
+    c.data.validation_seed = 0
+    c.data.max_train_examples = 0  # 0 = all
+    c.data.max_test_examples = 0  # 0 = all
+
+    # --- the generative model p(x, z) = p(z) p(x | z) ---------------------------------------
+    c.model = ml_collections.ConfigDict()
+    c.model.latent_dim = 50
+    c.model.prior = "standard_normal"  # standard_normal | none (an autoencoder has no p(z))
+    c.model.likelihood = "bernoulli"  # bernoulli | gaussian
+    c.model.gaussian_scale = "fixed"  # fixed | learned | per_pixel
+    c.model.gaussian_fixed_scale = 1.0
+    c.model.init_output_bias_from_data = True  # decoder output bias at the data mean (logit)
+    c.model.decoder = ml_collections.ConfigDict()
+    c.model.decoder.network = "mlp"
+    c.model.decoder.hidden = (200, 200)
+    c.model.decoder.activation = "tanh"
+
+    # --- inference q(z | x), beside the model -----------------------------------------------
+    c.inference = ml_collections.ConfigDict()
+    c.inference.posterior = "diagonal_gaussian"  # diagonal_gaussian | fixed_scale_gaussian | point_mass
+    c.inference.min_log_scale = -10.0
+    c.inference.max_log_scale = 3.0
+    c.inference.posterior_scale = 1.0  # the constant scale of fixed_scale_gaussian
+    c.inference.encoder = ml_collections.ConfigDict()
+    c.inference.encoder.network = "mlp"
+    c.inference.encoder.hidden = (200, 200)
+    c.inference.encoder.activation = "tanh"
+
+    # --- objective ---------------------------------------------------------------------------
+    c.objective = ml_collections.ConfigDict()
+    c.objective.name = "elbo"  # elbo | iwae | ae
+    c.objective.num_samples = 1  # S for the ELBO, k for IWAE
+    c.objective.analytic_kl = True
+    c.objective.beta = 1.0  # weight of the KL in the training objective
+    c.objective.kl_warmup_epochs = 0.0  # linear warm-up of the KL weight from 0 to beta
+    c.objective.code_penalty = 0.0  # ae: lambda in - lambda/2 ||f(x)||^2 (the RAE penalty)
+
+    # --- optimisation ------------------------------------------------------------------------
+    c.optim = ml_collections.ConfigDict()
+    c.optim.optimizer = "adam"  # adam | adamw | sgd
+    c.optim.learning_rate = 1e-3
+    c.optim.b1 = 0.9
+    c.optim.b2 = 0.999
+    c.optim.eps = 1e-8
+    c.optim.weight_decay = 0.0  # adamw only
+    c.optim.momentum = 0.0  # sgd only
+    c.optim.schedule = "constant"  # constant | cosine | exponential
+    c.optim.warmup_epochs = 0.0  # linear learning-rate warm-up
+    c.optim.decay_rate = 0.1  # exponential: factor per decay_epochs
+    c.optim.decay_epochs = 100.0  # exponential: period of decay_rate; cosine: length of the decay
+    c.optim.final_lr_fraction = 0.0  # cosine: final lr / initial lr
+    c.optim.grad_clip_norm = 0.0  # 0 = no clipping
+
+    # --- training ----------------------------------------------------------------------------
+    c.train = ml_collections.ConfigDict()
+    c.train.batch_size = 128  # global batch, split over all devices
+    c.train.num_epochs = 10  # one epoch = one fused device call (lax.scan over its steps)
+    c.train.eval_every_epochs = 1  # validation bound every n epochs (0 = never)
+    c.train.checkpoint_every_epochs = 1
+    c.train.keep_checkpoints = 2
+    c.train.progress = True  # progress bar
+
+    # --- evaluation --------------------------------------------------------------------------
+    c.eval = ml_collections.ConfigDict()
+    c.eval.batch_size = 100  # examples per vmapped chunk (memory, not results)
+    c.eval.num_samples = 1000  # k of the importance-sampled log p(x) (IWAE_k) at evaluation
+    c.eval.validation_num_samples = 1  # k of the bound tracked on the validation set in training
+    return c
