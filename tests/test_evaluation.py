@@ -55,11 +55,11 @@ def test_evaluate_every_estimator_from_the_command_line(vae_workdir, capsys):
 
 def test_results_do_not_depend_on_batch_size(vae_workdir):
     run = vaegen.load(vae_workdir)
-    kw = dict(estimators="elbo,is", num_samples=32, max_examples=40, seed=1)
+    kw = dict(estimators="is", num_samples=32, max_examples=40, seed=1)
     a = evaluation.evaluate(run, **kw)
     b = evaluation.evaluate(run, batch_size=7, chunk_size=5, **kw)
-    for name in ("elbo", "log_px"):
-        assert a["metrics"][name]["mean"] == pytest.approx(b["metrics"][name]["mean"], rel=1e-5)
+    assert a["metrics"]["log_px"]["mean"] == pytest.approx(b["metrics"]["log_px"]["mean"], rel=1e-6)
+    assert a["metrics"]["log_px"]["stderr"] == pytest.approx(b["metrics"]["log_px"]["stderr"], rel=1e-4)
     c = evaluation.evaluate(run, **dict(kw, seed=2))
     assert c["metrics"]["log_px"]["mean"] != a["metrics"]["log_px"]["mean"]
 

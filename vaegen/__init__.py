@@ -12,9 +12,12 @@ Table of contents::
     vaegen.train_and_evaluate       the fused, jitted trainer                  (train.py)
     vaegen.load                     a trained run from its workdir             (run.py)
     vaegen.evaluate                 bounds and log p(x) on held-out data       (evaluation.py)
+    vaegen.estimators               IS, AIS with HMC, BDMC for any log p(x, z)  (estimators.py)
+    vaegen.diagnostics              KL per unit, active units, rate, I_q(x; z)  (diagnostics.py)
     vaegen.load_config              presets, overrides, validation             (config.py)
 """
 
+from vaegen import diagnostics, estimators
 from vaegen.config import ConfigError, load_config
 from vaegen.evaluation import evaluate
 from vaegen.model import LatentVariableModel, NoPriorError, build_model
@@ -34,6 +37,8 @@ __all__ = [
     "Run",
     "UndefinedObjectiveError",
     "build_model",
+    "diagnostics",
+    "estimators",
     "evaluate",
     "load",
     "load_config",

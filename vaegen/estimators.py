@@ -213,12 +213,14 @@ def map_examples(fn: Callable[[Any, jax.Array], Any], data: Any, key: jax.Array,
     devices = jax.local_devices() if devices is None else list(devices)
     mesh = sharding_lib.data_mesh(devices)
     n_dev = mesh.devices.size
-    b = max(1, min(int(batch_size), -(-n // n_dev)))
-    per_step = n_dev * b
-    steps = -(-n // per_step)
+    n_local = -(-n // n_dev)                                   # examples per device
+    b = max(1, min(int(batch_size), n_local))
+    steps = -(-n_local // b)                                   # lax.map steps per device
     blocks = min(steps, max_blocks) if progress else 1
-    block = per_step * -(-steps // blocks)
-    blocks = -(-n // block)
+    steps_per_block = -(-steps // blocks)
+    blocks = -(-steps // steps_per_block)
+    b = -(-n_local // (blocks * steps_per_block))              # the same steps, least padding
+    block = n_dev * b * steps_per_block
     n_pad = blocks * block
 
     def pad(a):
@@ -459,7 +461,7 @@ class AIS:
         return annealing_schedule(self.num_steps, self.schedule, self.sigmoid_radius)
 
     def _batch_size(self, batch_size):
-        return int(batch_size or max(1, default_rows() // (self.num_chains * 4)))
+        return int(batch_size or max(1, default_rows() // self.num_chains))
 
     def forward(self, log_joint: LogJoint, initial: Proposal, xs: jax.Array, key: jax.Array, *,
                 batch_size: int | None = None, devices=None, progress: bool = False) -> Estimates:

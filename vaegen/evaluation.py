@@ -266,6 +266,8 @@ def evaluate(run, *, split: str = "test", num_samples: int | None = None, batch_
                                                        f"{ais.num_leapfrog} leapfrog steps")
                 metrics["ais_acceptance"] = summarize(est["acceptance"], None)
                 metrics["ais_step_size"] = summarize(est["step_size"], None)
+            if "bdmc" in names and not bdmc_examples:
+                undefined["bdmc"] = "not run: no simulated data sets (bdmc_examples = 0)"
             if "bdmc" in names and bdmc_examples:
                 sampler = estimators_lib.model_sampler(model, variables)
                 est = jax.device_get(timed("bdmc", lambda: estimators_lib.bdmc(
