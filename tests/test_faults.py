@@ -104,54 +104,54 @@ class InjectNonFinite:
         return dict(terms, objective=objective)
 
 
+# Shared by the next two tests, which so compile the same program (the compilation cache).
+INJECT = dict(nan_loss_steps=(2,), nan_grad_steps=(5,), nan_from=30)
+MAX_SKIPS = 4
+
+
 def test_nonfinite_steps_are_skipped_on_the_device_and_counted():
     cfg = config_lib.load_config("tiny")
-    splits = data_lib.load_splits(cfg.data)
+    splits = train_lib.load_data(cfg)
     event_shape = splits.train.shape[1:]
     setup = train_lib.build_setup(cfg, event_shape, splits.train.shape[0])
     mesh = sharding_lib.data_mesh(jax.devices()[:1])
-    objective = InjectNonFinite(setup.objective, nan_loss_steps=(1,), nan_grad_steps=(3,), nan_from=6)
     steps = train_lib.make_train_steps(
-        setup.model, objective, setup.optimizer, batch_size=50, steps_per_epoch=setup.steps_per_epoch,
-        num_steps=6, protocol="dynamic", seed=0, mesh=mesh, max_consecutive_skips=8,
-        num_examples=splits.train.shape[0])
-    rows = sharding_lib.shard_rows(splits.train, mesh)
+        setup.model, InjectNonFinite(setup.objective, **INJECT), setup.optimizer, batch_size=50,
+        steps_per_epoch=setup.steps_per_epoch, num_steps=CHUNK, protocol="dynamic", seed=0, mesh=mesh,
+        max_consecutive_skips=MAX_SKIPS, num_examples=splits.train.shape[0])
+    rows = sharding_lib.shard_rows(np.asarray(train_lib.stored_split(cfg, splits.train, "train")), mesh)
     params = vaegen.model.init_params(setup.model, jax.random.key(0), event_shape)
     state = train_lib.TrainState(step=jnp.int32(0), params=params, opt_state=setup.optimizer.init(params))
+    state = jax.device_put(state, sharding_lib.replicated(mesh))
 
-    # Steps 0..5: NaN objective at 1, NaN gradient (finite objective) at 3.
+    # Steps 0..12: a NaN objective at step 2, a NaN gradient of a finite objective at step 5.
     state, m = steps(state, rows, jnp.int32(0), jnp.int32(0))
-    assert m["finite"].tolist() == [True, False, True, False, True, True]
-    assert np.isnan(m["objective"][1]) and np.isfinite(m["objective"][3]) and not np.isfinite(m["grad_norm"][3])
-    assert int(state.step) == 6 and int(state.skipped_steps) == 2 and int(state.consecutive_skips) == 0
+    assert np.flatnonzero(~m["finite"]).tolist() == [2, 5] and m["ran"].all()
+    assert np.isnan(m["objective"][2]) and np.isfinite(m["objective"][5]) and not np.isfinite(m["grad_norm"][5])
+    assert int(state.step) == CHUNK and int(state.skipped_steps) == 2 and int(state.consecutive_skips) == 0
     adam = state.opt_state[0]
-    assert isinstance(adam, optax.ScaleByAdamState) and int(adam.count) == 4  # only applied updates count
+    assert isinstance(adam, optax.ScaleByAdamState) and int(adam.count) == CHUNK - 2  # applied updates only
     assert train_lib.faults_lib.all_finite(state.params)
 
-    # Steps 6..11, all non-finite: parameters and optimizer state are not touched at all.
+    # Steps 30..: every one non-finite.  Parameters and optimizer state are not touched, and the
+    # 4th consecutive skip (step 33) stops the call: the later steps do nothing.
+    state = state.replace(step=jnp.int32(30))
     before = jax.device_get((state.params, state.opt_state))
-    state, m = steps(state, rows, jnp.int32(0), jnp.int32(6))
-    assert not m["finite"].any() and m["ran"].all()
+    state, m = steps(state, rows, jnp.int32(1), jnp.int32(4))
+    assert m["ran"].tolist() == [True] * MAX_SKIPS + [False] * (CHUNK - MAX_SKIPS) and not m["finite"].any()
     _assert_same_params(before, (state.params, state.opt_state))
-    assert int(state.step) == 12 and int(state.skipped_steps) == 8 and int(state.consecutive_skips) == 6
-
-    # Steps 12..: the 8th consecutive skip (step 13) stops the call; later steps do nothing.
-    state, m = steps(state, rows, jnp.int32(0), jnp.int32(12))
-    assert m["ran"].tolist() == [True, True, False, False, False, False]
-    assert int(state.step) == 14 and int(state.consecutive_skips) == 8 and int(state.skipped_steps) == 10
-    _assert_same_params(before, (state.params, state.opt_state))
+    assert int(state.step) == 34 and int(state.consecutive_skips) == MAX_SKIPS and int(state.skipped_steps) == 6
 
     log = train_lib.EpochLog(m)
-    assert log.skipped_at() == [12, 13] and log.last_finite() is None
+    assert log.skipped_at() == [30, 31, 32, 33] and log.last_finite() is None
 
 
 def test_consecutive_nonfinite_steps_stop_the_run_with_one_clear_line(tmp_path, capsys, monkeypatch):
     build = objectives_lib.build_objective
-    monkeypatch.setattr(objectives_lib, "build_objective", lambda cfg, **kw: InjectNonFinite(
-        build(cfg, **kw), nan_loss_steps=(2,), nan_grad_steps=(5,), nan_from=30))
+    monkeypatch.setattr(objectives_lib, "build_objective", lambda cfg, **kw: InjectNonFinite(build(cfg, **kw), **INJECT))
     w = tmp_path / "run"
     code = cli.main(["train", "--config", "tiny", "--workdir", str(w), "--config.train.num_epochs=3",
-                     "--config.train.max_consecutive_skips=4"])
+                     f"--config.train.max_consecutive_skips={MAX_SKIPS}", f"--config.train.steps_per_call={CHUNK}"])
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2
     assert err[-1].startswith("vaegen: error: training stopped at step 33 (epoch 2): 4 consecutive steps (30..33)")

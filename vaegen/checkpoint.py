@@ -170,10 +170,12 @@ def _quiet_absl():
 
 
 def _abstract(tree: Any) -> Any:
+    """Restore targets: the shardings of the given arrays, or this process's first device for
+    leaves without one (so a checkpoint written on a pod loads on a laptop and vice versa)."""
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
     def leaf(x):
-        if isinstance(x, jax.ShapeDtypeStruct):
-            return x
-        sharding = getattr(x, "sharding", None)
+        sharding = getattr(x, "sharding", None) or default
         return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding)
 
     return jax.tree_util.tree_map(leaf, tree)
