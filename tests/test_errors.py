@@ -79,7 +79,10 @@ def test_bad_input_on_the_command_line(case, argv, message, workdir, tmp_path, c
     if argv[0] == "train":
         argv += ["--workdir", str(workdir)]
     before = _snapshot(workdir)
-    code = cli.main(argv)
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
     err = capsys.readouterr().err
     assert code == 2
     assert err.startswith("vaegen: error: ") and err.count("\n") == 1, err

@@ -245,12 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = _split_config_overrides(argv)
     parser = build_parser()
-    try:
-        args = parser.parse_args(rest)
-        if overrides and args.command not in ("train", "config", "demo"):
-            parser.error(f"--config.* overrides only apply to train, config and demo, not {args.command}")
-    except SystemExit as e:  # --help (0) or a usage error (2, already printed on one line)
-        return e.code if isinstance(e.code, int) else EXIT_USAGE
+    args = parser.parse_args(rest)  # a usage error: one line and SystemExit(2)
+    if overrides and args.command not in ("train", "config", "demo"):
+        parser.error(f"--config.* overrides only apply to train, config and demo, not {args.command}")
     try:
         return args.func(args, [o.removeprefix("--") for o in overrides])
     except _user_errors() as e:

@@ -176,6 +176,15 @@ def make_train_steps(
     ``grad_norm``, ``param_norm``, ``step`` (global index), ``finite`` (the update was applied)
     and ``ran`` (False for the steps after a stop).
     """
+    return jax.jit(_train_steps_fn(model, objective, optimizer, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                                   num_steps=num_steps, protocol=protocol, seed=seed, mesh=mesh,
+                                   max_consecutive_skips=max_consecutive_skips, num_examples=num_examples),
+                   donate_argnums=(0,))
+
+
+def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch, num_steps, protocol, seed, mesh,
+                    max_consecutive_skips, num_examples):
+    """The function :func:`make_train_steps` jits."""
     shuffle_root = purpose_key(seed, "shuffle")
     noise_root = purpose_key(seed, "noise")
     n_examples = steps_per_epoch * batch_size
@@ -227,7 +236,7 @@ def make_train_steps(
 
         return jax.lax.scan(body, state, batches)
 
-    return jax.jit(train_steps, donate_argnums=(0,))
+    return train_steps
 
 
 def make_train_epoch(
@@ -244,17 +253,22 @@ def make_train_epoch(
     num_examples: int | None = None,
 ) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
     """``train_epoch(state, train_rows, epoch) -> (state, metrics)``: a whole epoch in one
-    device call, metrics averaged over its applied (finite) steps.  See
-    :func:`make_train_steps`."""
-    steps = make_train_steps(model, objective, optimizer, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-                             num_steps=steps_per_epoch, protocol=protocol, seed=seed, mesh=mesh,
-                             max_consecutive_skips=max_consecutive_skips, num_examples=num_examples)
+    device call (jitted, state donated), ``metrics`` averaged on the device over the epoch's
+    applied (finite) steps, with ``skipped_steps`` their count.  See :func:`make_train_steps`
+    (the trainer uses that, to split epochs and log every step)."""
+    steps = _train_steps_fn(model, objective, optimizer, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                            num_steps=steps_per_epoch, protocol=protocol, seed=seed, mesh=mesh,
+                            max_consecutive_skips=max_consecutive_skips, num_examples=num_examples)
 
     def train_epoch(state, train_rows, epoch):
-        state, metrics = steps(state, train_rows, epoch, jnp.int32(0))
-        return state, EpochLog(metrics).means()
+        state, m = steps(state, train_rows, epoch, jnp.int32(0))
+        ok = m["finite"] & m["ran"]
+        count = jnp.maximum(jnp.sum(ok), 1).astype(jnp.float32)
+        means = {k: jnp.sum(jnp.where(ok, v, 0.0)) / count for k, v in m.items() if k not in ("step", "finite", "ran")}
+        means["skipped_steps"] = jnp.sum(m["ran"] & ~m["finite"])
+        return state, means
 
-    return train_epoch
+    return jax.jit(train_epoch, donate_argnums=(0,))
 
 
 class EpochLog:
