@@ -29,6 +29,7 @@ from typing import Any, Iterator
 
 import jax
 import jax.numpy as jnp
+import optax
 
 
 class NonFiniteError(RuntimeError):
@@ -60,6 +61,15 @@ def all_finite(*trees: Any) -> jax.Array:
     """bool ``[]``: every leaf of every tree is finite."""
     leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree_util.tree_leaves(t)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def finite_step(loss: jax.Array, grad_norm: jax.Array, updates: Any) -> jax.Array:
+    """bool ``[]``: the step may be applied.  The loss, the gradient's global norm and the
+    optimizer's update are finite (a NaN or infinity anywhere in a tree makes its norm NaN or
+    infinite; so does a norm that overflows float32, ||g||^2 > 3.4e38, which is skipped too).
+    Norms rather than elementwise checks: ``grad_norm`` is computed for the metrics anyway, and
+    the selection then fuses with the parameter update."""
+    return jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
 
 
 def guard_update(finite: jax.Array, new: Any, old: Any) -> Any:

@@ -201,13 +201,14 @@ def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch,
             return -jnp.mean(terms["objective"]), terms                # nats per example
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        finite = faults_lib.finite_step(loss, grad_norm, updates)
         params = optax.apply_updates(state.params, updates)
-        finite = jnp.isfinite(loss) & faults_lib.all_finite(grads, params)
         params, opt_state = faults_lib.guard_update(finite, (params, opt_state), (state.params, state.opt_state))
         skipped = jnp.logical_not(finite).astype(jnp.int32)
         metrics = {k: jnp.mean(v) for k, v in terms.items()}
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = grad_norm
         metrics["param_norm"] = optax.global_norm(params)
         metrics["step"] = state.step
         metrics["finite"] = finite
@@ -783,8 +784,11 @@ def _restore(state: TrainState, fingerprint: str, checkpointer: checkpoint_lib.C
             f"checkpoint {manager.path(key)} was written under a different config "
             f"(fingerprint {meta.get('config_fingerprint')} != {fingerprint}); use a new --workdir"
         )
-    params, rest = manager.restore(key, state.params, state.checkpoint_items(), meta=meta)
-    restored = TrainState(params=params, **rest)
+    items = state.checkpoint_items()
+    if "checksums" not in meta:  # written by vaegen 0.1.0, before the skip counters were stored
+        items = {"step": items["step"], "opt_state": items["opt_state"]}
+    params, rest = manager.restore(key, state.params, items, meta=meta)
+    restored = state.replace(params=params, **rest)
     log = EpochLog.from_json(meta["epoch_log"]) if "epoch_log" in meta else EpochLog()
     return _Resume(state=restored, epoch=int(meta["epoch"]), offset=int(meta.get("offset", 0)), log=log,
                    last_finite=_last_finite_from_json(meta.get("last_finite")))
