@@ -331,3 +331,15 @@ def test_workdir_trained_on_other_data_is_refused(reference, tmp_path):
     with pytest.raises(train_lib.WorkdirError, match="trained on other data"):
         train_lib.train_and_evaluate(cfg, w, splits=other)
     assert _snapshot(w) == before
+
+
+def test_gradient_clipping_bounds_the_global_norm():
+    cfg = config_lib.load_config("tiny", ["optim.optimizer=sgd", "optim.learning_rate=1.0", "optim.grad_clip_norm=2.0"])
+    opt = train_lib.make_optimizer(cfg.optim, steps_per_epoch=10)
+    params = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
+    grads = {"a": jnp.full(3, 100.0), "b": jnp.full((2, 2), -50.0)}
+    updates, _ = opt.update(grads, opt.init(params), params)
+    assert float(optax.global_norm(updates)) == pytest.approx(2.0, rel=1e-6)
+    small = jax.tree_util.tree_map(lambda g: g * 1e-3, grads)  # below the threshold: untouched
+    updates, _ = opt.update(small, opt.init(params), params)
+    np.testing.assert_allclose(np.asarray(updates["a"]), -np.asarray(small["a"]), rtol=1e-6)
