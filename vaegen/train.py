@@ -167,7 +167,7 @@ def make_train_steps(
     ``(seed, epoch)``; step ``t`` (global) draws its noise from ``(seed, t)``.  Which steps
     share a call does not change the result.
 
-    A step whose loss, gradient or updated parameters are not finite leaves ``params`` and
+    A step whose loss, gradient or optimizer update is not finite leaves ``params`` and
     ``opt_state`` as they were (``vaegen.faults``) and is counted in ``skipped_steps`` and
     ``consecutive_skips``; once ``consecutive_skips`` reaches ``max_consecutive_skips`` the
     remaining steps of the call do nothing (the host then stops the run).
