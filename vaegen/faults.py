@@ -1,8 +1,8 @@
 """Faults a long run must survive: non-finite steps and stop signals.
 
 Non-finite steps
-    A step whose loss, gradient or optimizer update is not finite (:func:`finite_step`) is **skipped on the
-    device**: parameters and optimizer state keep their values (the optimizer's step count,
+    A step whose loss, gradient or optimizer update is not finite (:func:`finite_step`) is
+    **skipped on the device**: parameters and optimizer state keep their values (the optimizer's step count,
     hence its learning-rate schedule, does not advance), the step counter does (the batch and
     its noise are consumed).  :func:`guard_update` does the selection inside the jitted step.
     Skips are counted in the train state and logged in ``metrics.jsonl``; after
