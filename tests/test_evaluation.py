@@ -20,7 +20,10 @@ def vae_workdir(tmp_path_factory):
 
 
 def _run(capsys, *argv):
-    code = cli.main([str(a) for a in argv])
+    try:
+        code = cli.main([str(a) for a in argv])
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -67,7 +70,8 @@ def test_results_do_not_depend_on_batch_size(vae_workdir):
 @pytest.mark.parametrize("args, message", [
     (["--estimators", "elbo,foo"], "unknown estimator(s) foo"),
     (["--ks", "1,100", "--k", "10"], "between 1 and the number of importance samples"),
-    (["--ais-steps", "0", "--estimators", "ais"], "num_steps must be > 0"),
+    (["--ais-steps", "0", "--estimators", "ais"], "argument --ais-steps: must be >= 1, got 0"),
+    (["--estimators", "ais", "--step-size", "-0.1"], "AIS step_size must be > 0"),
     (["--estimators", "ais", "--schedule", "linear", "--target-accept", "1.5"], "target_accept"),
 ])
 def test_bad_estimator_settings_are_one_clear_line(vae_workdir, capsys, args, message):
