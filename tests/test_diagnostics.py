@@ -37,7 +37,7 @@ def test_diagnostics_of_a_linear_gaussian_model_with_an_unused_unit():
     np.testing.assert_allclose(out["active_unit_variance"], m.var(0), rtol=1e-3, atol=1e-6)
     assert out["active"] == [True, True, False] and out["active_units"] == 2
     assert out["collapsed_units"] == 1 and out["posterior_collapse"] is False
-    assert "2 of 3 units" in out["collapse_reason"]
+    assert "2 of 3 units have mean KL" in out["collapse_reason"] and "1 collapsed" in out["collapse_reason"]
     # Rate + distortion = -ELBO; the exact ELBO of this q is log p(x) - KL(q || p(z|x)).
     exact_elbo = lg.elbo(xs, m, v).mean()
     assert out["elbo"] == pytest.approx(-(out["rate"]["mean"] + out["distortion"]["mean"]))

@@ -256,7 +256,11 @@ def diagnose(model: model_lib.LatentVariableModel, variables: Any, xs: jax.Array
             reason = f"every unit has mean KL(q(z_d|x) || p(z_d)) < {collapse_threshold} nats"
         else:
             k = int(collapsed.sum())
-            reason = (f"{d - k} of {d} units carry information" + (f"; {k} collapsed to the prior" if k else ""))
+            if "kl_per_dim" in out:
+                reason = (f"{d - k} of {d} units have mean KL(q(z_d|x) || p(z_d)) >= {collapse_threshold} nats"
+                          + (f"; {k} collapsed to the prior" if k else ""))
+            else:
+                reason = f"{d - k} of {d} units active" + (f"; {k} inactive" if k else "")
         out["collapse_reason"] = reason
     if undefined:
         out["undefined"] = undefined
