@@ -231,7 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--schedule", choices=("sigmoid", "linear"), default=None, help="AIS: inverse-temperature schedule")
     e.add_argument("--ais-start", choices=("prior", "posterior"), default=None, help="AIS: start from p(z) or q(z|x)")
     e.add_argument("--ais-examples", type=_non_negative_int, default=None, help="AIS on the first n examples only (0 = all)")
-    e.add_argument("--bdmc-examples", type=_non_negative_int, default=None, help="BDMC: data sets simulated from the model")
+    e.add_argument("--bdmc-examples", type=_non_negative_int, default=None, help="BDMC: examples (x, z) simulated from the model")
     e.add_argument("--mi-samples", type=_positive_int, default=None, help="diagnostics: z ~ q(z|x) per example for I_q(x; z)")
     e.add_argument("--seed", type=_non_negative_int, default=0)
     e.add_argument("--max-examples", type=_non_negative_int, default=0, help="evaluate the first n examples only")

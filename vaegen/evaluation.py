@@ -140,7 +140,7 @@ def evaluate(run, *, split: str = "test", num_samples: int | None = None, batch_
       ais: :class:`vaegen.estimators.AIS` settings, or a dict of overrides of ``eval.ais``.
       ais_start: ``prior`` or ``posterior`` (q(z|x)): pi_0 of AIS and BDMC.
       ais_examples: run AIS on the first n examples only (0 = all of them).
-      bdmc_examples: data sets simulated for BDMC.
+      bdmc_examples: examples (x, z) simulated from the model for BDMC.
       mi_samples: z ~ q(z|x) per example for I_q(x; z).
       devices: devices to shard examples over (default: all local devices).
       progress: show progress bars.
@@ -267,7 +267,7 @@ def evaluate(run, *, split: str = "test", num_samples: int | None = None, batch_
                 metrics["ais_acceptance"] = summarize(est["acceptance"], None)
                 metrics["ais_step_size"] = summarize(est["step_size"], None)
             if "bdmc" in names and not bdmc_examples:
-                undefined["bdmc"] = "not run: no simulated data sets (bdmc_examples = 0)"
+                undefined["bdmc"] = "not run: no simulated examples (bdmc_examples = 0)"
             if "bdmc" in names and bdmc_examples:
                 sampler = estimators_lib.model_sampler(model, variables)
                 est = jax.device_get(timed("bdmc", lambda: estimators_lib.bdmc(

@@ -119,5 +119,5 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.ais.schedule = "sigmoid"  # sigmoid | linear inverse temperatures
     c.eval.ais.start = "prior"  # prior: p(z) | posterior: q(z|x)  (pi_0 of the annealing path)
     c.eval.ais.max_examples = 0  # AIS on the first n examples of the split only (0 = all)
-    c.eval.ais.bdmc_examples = 100  # data sets simulated from the model for BDMC
+    c.eval.ais.bdmc_examples = 100  # examples (x, z) simulated from the model for BDMC
     return c
