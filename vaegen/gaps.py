@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import json
 import math
@@ -66,7 +67,7 @@ def _importance_sampling(log_joint: Callable, proposal: Callable, xs: jax.Array,
     """log p(x) ~= log 1/k sum_i p(x, z_i) / q(z_i | x), z_i ~ q(z | x), per example ``[N]`` (nats).
 
     Example ``i`` draws from ``fold_in(key, i)``; ``chunk_size`` examples are vmapped at a time and
-    ``batch_size`` samples drawn at a time (memory only).  Returns ``{"log_px": [N]}`` and
+    ``batch_size`` samples drawn at a time (memory only).  Traceable: call it inside ``jax.jit``.  Returns ``{"log_px": [N]}`` and
     ``{f"iwae_{k}": [N]}`` for each k in ``ks`` (the bound from the first k samples).
     """
     k = int(num_samples)
@@ -93,24 +94,41 @@ def _importance_sampling(log_joint: Callable, proposal: Callable, xs: jax.Array,
 
     n = xs.shape[0]
     chunk = int(chunk_size or max(1, min(500, 50_000 // sb)))
-    return jax.jit(lambda xs: jax.lax.map(one, (jnp.arange(n), xs), batch_size=min(chunk, max(n, 1))))(xs)
+    return jax.lax.map(one, (jnp.arange(n), xs), batch_size=min(chunk, max(n, 1)))
+
+
+@functools.lru_cache(maxsize=32)
+def _amortized_runner(model, elbo_samples: int, log_px_samples: int, chunk: int, n: int) -> Callable:
+    """The jitted ``run(variables, xs, key) -> (elbo [N], log_px [N])`` of :func:`amortized_bounds`
+    (cached: one compilation per model, settings and size)."""
+
+    def run(variables, xs, key):
+        def one(args):
+            i, x = args
+            k = jax.random.fold_in(key, i)
+            t = inference_lib.elbo_of(model, variables, lambda m: m.q_z_given_x(x), x, k, elbo_samples)
+            return t["elbo"], t["mc_stderr"]
+
+        elbo, mc_stderr = jax.lax.map(one, (jnp.arange(n), xs), batch_size=chunk)
+        log_joint, proposal = _model_functions(model, variables)
+        log_px = _importance_sampling(log_joint, proposal, xs, jax.random.fold_in(key, 1 << 20),
+                                      num_samples=log_px_samples, chunk_size=chunk)["log_px"]
+        return elbo, mc_stderr, log_px
+
+    return jax.jit(run)
 
 
 def amortized_bounds(model, variables, xs: jax.Array, key: jax.Array, *, elbo_samples: int, log_px_samples: int,
                      chunk_size: int = 500) -> dict[str, np.ndarray]:
-    """L[q] (``elbo_samples`` samples, analytic KL where available) and the importance-sampled
-    log p(x) with the amortized q as the proposal, per example ``[N]`` (nats)."""
-    def one(args):
-        i, x = args
-        k = jax.random.fold_in(key, i)
-        return inference_lib.elbo_of(model, variables, lambda m: m.q_z_given_x(x), x, k, elbo_samples)["elbo"]
-
-    n = xs.shape[0]
-    elbo = jax.jit(lambda xs: jax.lax.map(one, (jnp.arange(n), xs), batch_size=min(chunk_size, n)))(xs)
-    log_joint, proposal = _model_functions(model, variables)
-    log_px = _importance_sampling(log_joint, proposal, xs, jax.random.fold_in(key, 1 << 20),
-                                  num_samples=log_px_samples)["log_px"]
-    return {"elbo": np.asarray(elbo, np.float64), "log_px": np.asarray(log_px, np.float64)}
+    """L[q] (``elbo_samples`` samples, analytic KL where available; ``elbo_mc_stderr`` its Monte
+    Carlo standard error) and the importance-sampled log p(x) with the amortized q as the
+    proposal, per example ``[N]`` (nats)."""
+    n = int(xs.shape[0])
+    chunk = max(1, min(int(chunk_size), n, max(1, 50_000 // min(int(log_px_samples), 1000))))
+    elbo, mc_stderr, log_px = _amortized_runner(model, int(elbo_samples), int(log_px_samples), chunk, n)(
+        variables, xs, key)
+    return {"elbo": np.asarray(elbo, np.float64), "elbo_mc_stderr": np.asarray(mc_stderr, np.float64),
+            "log_px": np.asarray(log_px, np.float64)}
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -180,6 +198,15 @@ def compute_gaps(run, *, families: Sequence[str] = ("diag",), splits: Sequence[s
         raise inference_lib.InferenceError(
             "the gap decomposition needs a model with a prior p(z) and a posterior with a density; "
             f"{run.workdir} holds an autoencoder (no p(z), point-mass q(z|x))")
+    settings.validate()
+    if init not in ("amortized", "prior"):
+        raise inference_lib.InferenceError(f"unknown initialisation {init!r}; choose 'amortized' or 'prior'")
+    for k, v in (("elbo_samples", elbo_samples), ("log_px_samples", log_px_samples), ("chunk_size", chunk_size)):
+        if int(v) < 1:
+            raise inference_lib.InferenceError(f"{k} must be >= 1, got {v}")
+    for split in splits:
+        if split not in SPLITS:
+            raise inference_lib.InferenceError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     families = [inference_lib.FAMILY_ALIASES.get(f.strip(), f.strip()) for f in families]
     cfg_inf = run.config.inference
     flow_options = dict(num_layers=int(cfg_inf.flow_layers), hidden=tuple(cfg_inf.flow_hidden),
@@ -199,7 +226,8 @@ def compute_gaps(run, *, families: Sequence[str] = ("diag",), splits: Sequence[s
         amortized = amortized_bounds(run.model, run.variables, xs, jax.random.fold_in(k_split, 0),
                                      elbo_samples=elbo_samples, log_px_samples=log_px_samples, chunk_size=chunk_size)
         timings[f"{split}/amortized_seconds"] = time.perf_counter() - t
-        arrays = {"elbo_amortized": amortized["elbo"], "log_px/amortized": amortized["log_px"]}
+        arrays = {"elbo_amortized": amortized["elbo"], "elbo_amortized_mc_stderr": amortized["elbo_mc_stderr"],
+                  "log_px/amortized": amortized["log_px"]}
         for f_idx, name in enumerate(families):
             fit = inference_lib.fit_local(run.model, run.variables, xs, jax.random.fold_in(k_split, 1 + f_idx),
                                           family=family_objs[name], settings=settings, init=init,
@@ -208,6 +236,7 @@ def compute_gaps(run, *, families: Sequence[str] = ("diag",), splits: Sequence[s
                                           progress=progress, description=f"q*_{name} ({split})")
             timings[f"{split}/{name}_seconds"] = fit.seconds
             arrays[f"elbo_star/{name}"] = np.asarray(fit.elbo, np.float64)
+            arrays[f"elbo_star_mc_stderr/{name}"] = np.asarray(fit.elbo_mc_stderr, np.float64)
             arrays[f"elbo_init/{name}"] = np.asarray(fit.elbo_init, np.float64)
             arrays[f"improved/{name}"] = np.asarray(fit.improved)
             arrays[f"log_px/{name}"] = np.asarray(fit.log_px, np.float64)

@@ -34,6 +34,7 @@ of a chunk and ``lax.scan``-ned over the steps, one jitted call per chunk.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any, Callable
 
@@ -252,7 +253,8 @@ def elbo_of(model: LatentVariableModel, variables: Any, q: distrax.Distribution 
         distribution -- the same q built from stop-gradient parameters gives the path-derivative
         ("sticking the landing", Roeder et al. 2017) gradient: the same value, lower variance.
     Returns:
-      ``{"elbo", "reconstruction", "kl"}`` in nats (scalars).
+      ``{"elbo", "reconstruction", "kl", "mc_stderr"}`` in nats (scalars); ``mc_stderr`` is the
+      Monte Carlo standard error of the ``elbo`` estimate (NaN for one sample).
     """
 
     def terms(m: LatentVariableModel) -> Terms:
@@ -264,9 +266,13 @@ def elbo_of(model: LatentVariableModel, variables: Any, q: distrax.Distribution 
         if kl is None:
             if q_density is not None:
                 log_q = q_density.log_prob(z)
+            per_sample = log_px_z + p.log_prob(z) - log_q                         # [S]
             kl = jnp.mean(log_q - p.log_prob(z))
+        else:
+            per_sample = log_px_z - kl
         reconstruction = jnp.mean(log_px_z)
-        return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl}
+        mc_stderr = jnp.std(per_sample) / math.sqrt(num_samples) if num_samples > 1 else jnp.asarray(jnp.nan)
+        return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl, "mc_stderr": mc_stderr}
 
     return model.apply(variables, method=terms)
 
@@ -397,6 +403,7 @@ class LocalInference:
 
     Attributes:
       elbo: ``[N]`` L(x; q*), estimated with ``eval_samples`` fresh samples.
+      elbo_mc_stderr: ``[N]`` the Monte Carlo standard error of each ``elbo`` estimate.
       elbo_init: ``[N]`` L(x; phi_0) with the same estimator and the same noise.
       trace: ``[N, T]`` the optimiser's single-sample ELBO estimates, averaged over windows of
         ``num_steps / T`` steps (the learning curve per example).
@@ -408,6 +415,7 @@ class LocalInference:
     """
 
     elbo: np.ndarray
+    elbo_mc_stderr: np.ndarray
     elbo_init: np.ndarray
     trace: np.ndarray
     improved: np.ndarray
@@ -419,11 +427,51 @@ class LocalInference:
     seconds: float = 0.0
 
 
+@functools.lru_cache(maxsize=32)
+def _chunk_runner(model: LatentVariableModel, family: Family, settings: SVISettings, init: str, eval_samples: int,
+                  log_px_samples: int, is_batch: int, keep_parameters: bool, t_points: int, chunk: int) -> Callable:
+    """The jitted ``run_chunk(variables, data, ids, start, key)`` of :func:`fit_local`, cached so that
+    repeated calls with the same model, family and settings (other splits, other checkpoints)
+    reuse one compilation."""
+    steps = settings.num_steps
+
+    def one(variables, x, i, key):
+        k = jax.random.fold_in(key, i)
+        k_opt, k_select, k_eval, k_is = (jax.random.fold_in(k, j) for j in range(4))
+        phi0 = initial_parameters(family, init, model, variables, x)
+        phi_k, elbos = refine(model, variables, family, phi0, x, k_opt, settings)
+
+        def estimate(phi, k_):
+            return elbo_of(model, variables, family.distribution(phi), x, k_, eval_samples,
+                           analytic_kl=settings.analytic_kl)
+
+        improved = estimate(phi_k, k_select)["elbo"] >= estimate(phi0, k_select)["elbo"]
+        phi_star = jax.tree_util.tree_map(lambda a, b: jnp.where(improved, a, b), phi_k, phi0)
+        final = estimate(phi_star, k_eval)
+        out = {"elbo": final["elbo"], "elbo_mc_stderr": final["mc_stderr"],
+               "elbo_init": estimate(phi0, k_eval)["elbo"], "improved": improved,
+               "trace": elbos.reshape(t_points, -1).mean(-1) if steps else jnp.zeros((0,))}
+        if log_px_samples:
+            out["log_px"] = log_px_importance_sampled(model, variables, family.distribution(phi_star), x, k_is,
+                                                      log_px_samples, sample_batch=is_batch)
+        if keep_parameters:
+            out["phi"] = phi_star
+        return out
+
+    @jax.jit
+    def run_chunk(variables, data, ids, start, key):
+        x = jax.lax.dynamic_slice_in_dim(data, start, chunk)             # [chunk, *event]
+        idx = jax.lax.dynamic_slice_in_dim(ids, start, chunk)            # [chunk] example ids
+        return jax.vmap(one, in_axes=(None, 0, 0, None))(variables, x, idx, key)
+
+    return run_chunk
+
+
 def fit_local(model: LatentVariableModel, variables: Any, xs: jax.Array | np.ndarray, key: jax.Array, *,
               family: Family | str | None = None, settings: SVISettings = SVISettings(), init: str = "amortized",
               chunk_size: int = 500, eval_samples: int = 100, log_px_samples: int = 0,
               keep_parameters: bool = True, trace_points: int = 50, progress: bool = True,
-              description: str = "q*") -> LocalInference:
+              description: str = "q*", example_ids: np.ndarray | None = None) -> LocalInference:
     """Non-amortized inference: q*_F(z | x) for every example of ``xs``, by per-example SVI.
 
     The examples are processed ``chunk_size`` at a time: one jitted call per chunk ``vmap``-s
@@ -442,6 +490,8 @@ def fit_local(model: LatentVariableModel, variables: Any, xs: jax.Array | np.nda
       chunk_size: examples per vmapped chunk (memory and speed, never results).
       keep_parameters: return phi of q* per example (large for flows: all their weights).
       trace_points: length T of the returned learning curves.
+      example_ids: ``[N]`` the indices i of ``fold_in(key, i)`` (default 0..N-1): an example
+        given its id gets the same noise, hence the same q*, alone or among others.
     Returns:
       :class:`LocalInference`.
     """
@@ -466,6 +516,10 @@ def fit_local(model: LatentVariableModel, variables: Any, xs: jax.Array | np.nda
     num_chunks = -(-n // chunk)
     pad = num_chunks * chunk - n
     xs_padded = jnp.concatenate([xs, jnp.repeat(xs[-1:], pad, 0)]) if pad else xs
+    ids = np.arange(n) if example_ids is None else np.asarray(example_ids, np.int64).reshape(-1)
+    if ids.shape[0] != n:
+        raise InferenceError(f"example_ids has {ids.shape[0]} entries for {n} examples")
+    ids_padded = jnp.asarray(np.concatenate([ids, np.repeat(ids[-1:], pad)]), jnp.int32)
     steps = settings.num_steps
     t_points = max(1, min(int(trace_points), steps)) if steps else 0
     is_batch = max(1, 50_000 // chunk) if log_px_samples else 1
@@ -473,45 +527,21 @@ def fit_local(model: LatentVariableModel, variables: Any, xs: jax.Array | np.nda
     if steps and steps % t_points:
         t_points = math.gcd(steps, t_points)
 
-    def one(variables, x, i):
-        k = jax.random.fold_in(key, i)
-        k_opt, k_select, k_eval, k_is = (jax.random.fold_in(k, j) for j in range(4))
-        phi0 = initial_parameters(family, init, model, variables, x)
-        phi_k, elbos = refine(model, variables, family, phi0, x, k_opt, settings)
-
-        def estimate(phi, k_):
-            return elbo_of(model, variables, family.distribution(phi), x, k_, eval_samples,
-                           analytic_kl=settings.analytic_kl)["elbo"]
-
-        improved = estimate(phi_k, k_select) >= estimate(phi0, k_select)
-        phi_star = jax.tree_util.tree_map(lambda a, b: jnp.where(improved, a, b), phi_k, phi0)
-        out = {"elbo": estimate(phi_star, k_eval), "elbo_init": estimate(phi0, k_eval), "improved": improved,
-               "trace": elbos.reshape(t_points, -1).mean(-1) if steps else jnp.zeros((0,))}
-        if log_px_samples:
-            out["log_px"] = log_px_importance_sampled(model, variables, family.distribution(phi_star), x, k_is,
-                                                      log_px_samples, sample_batch=is_batch)
-        if keep_parameters:
-            out["phi"] = phi_star
-        return out
-
-    @jax.jit
-    def run_chunk(variables, data, start):
-        x = jax.lax.dynamic_slice_in_dim(data, start, chunk)             # [chunk, *event]
-        idx = start + jnp.arange(chunk)                                  # global example indices
-        return jax.vmap(one, in_axes=(None, 0, 0))(variables, x, idx)
-
+    run_chunk = _chunk_runner(model, family, settings, init, int(eval_samples), int(log_px_samples), is_batch,
+                              bool(keep_parameters), t_points, chunk)
     t0 = time.perf_counter()
     outputs = []
     bar = tqdm(total=n, unit="ex", desc=description, disable=not progress, dynamic_ncols=True)
     for c in range(num_chunks):
-        out = run_chunk(variables, xs_padded, jnp.int32(c * chunk))
+        out = run_chunk(variables, xs_padded, ids_padded, jnp.int32(c * chunk), key)
         jax.block_until_ready(out["elbo"])
         outputs.append(out)
         bar.update(min(chunk, n - c * chunk))
     bar.close()
     seconds = time.perf_counter() - t0
     cat = jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(v) for v in a])[:n], *outputs)
-    return LocalInference(elbo=cat["elbo"], elbo_init=cat["elbo_init"], trace=cat["trace"], improved=cat["improved"],
+    return LocalInference(elbo=cat["elbo"], elbo_mc_stderr=cat["elbo_mc_stderr"], elbo_init=cat["elbo_init"],
+                          trace=cat["trace"], improved=cat["improved"],
                           log_px=cat.get("log_px"), phi=cat.get("phi"), settings=settings, family=family,
                           init=init, seconds=seconds)
 
