@@ -136,3 +136,21 @@ def test_new_config_keys_are_validated(override, message):
         config_lib.load_config("tiny", [override])
     with pytest.raises(config_lib.ConfigError, match="semi_amortized"):
         config_lib.load_config("tiny:ae", ["objective.name=semi_amortized"])
+
+
+def test_runs_trained_before_new_config_keys_still_load(tiny_run, monkeypatch):
+    """Adding keys to the schema (as this library's amortization keys were) must not orphan older runs."""
+    import vaegen
+    from vaegen.configs import default
+
+    get_config = default.get_config
+
+    def with_a_new_key(arg=None):
+        c = get_config(arg)
+        c.eval.gaps.some_future_option = 1
+        c.objective.some_future_option = 1.0
+        return c
+
+    monkeypatch.setattr(default, "get_config", with_a_new_key)
+    run = vaegen.load(tiny_run)
+    assert run.config.objective.some_future_option == 1.0 and run.epoch == 2

@@ -412,6 +412,8 @@ class LocalInference:
       log_px: ``[N]`` importance-sampled log p(x) with q* as the proposal (if asked for).
       phi: the per-example parameters of q*, leaves ``[N, ...]`` (if kept).
       settings, family, init: what produced it.
+      seconds, chunk_seconds: wall-clock time in all and per chunk (the first includes compilation,
+        unless an earlier call with the same model, family, settings and chunk size compiled it).
     """
 
     elbo: np.ndarray
@@ -425,6 +427,7 @@ class LocalInference:
     family: Family
     init: str
     seconds: float = 0.0
+    chunk_seconds: list[float] = dataclasses.field(default_factory=list)
 
 
 @functools.lru_cache(maxsize=32)
@@ -530,11 +533,13 @@ def fit_local(model: LatentVariableModel, variables: Any, xs: jax.Array | np.nda
     run_chunk = _chunk_runner(model, family, settings, init, int(eval_samples), int(log_px_samples), is_batch,
                               bool(keep_parameters), t_points, chunk)
     t0 = time.perf_counter()
-    outputs = []
+    outputs, chunk_seconds = [], []
     bar = tqdm(total=n, unit="ex", desc=description, disable=not progress, dynamic_ncols=True)
     for c in range(num_chunks):
+        t = time.perf_counter()
         out = run_chunk(variables, xs_padded, ids_padded, jnp.int32(c * chunk), key)
         jax.block_until_ready(out["elbo"])
+        chunk_seconds.append(time.perf_counter() - t)
         outputs.append(out)
         bar.update(min(chunk, n - c * chunk))
     bar.close()
@@ -543,7 +548,7 @@ def fit_local(model: LatentVariableModel, variables: Any, xs: jax.Array | np.nda
     return LocalInference(elbo=cat["elbo"], elbo_mc_stderr=cat["elbo_mc_stderr"], elbo_init=cat["elbo_init"],
                           trace=cat["trace"], improved=cat["improved"],
                           log_px=cat.get("log_px"), phi=cat.get("phi"), settings=settings, family=family,
-                          init=init, seconds=seconds)
+                          init=init, seconds=seconds, chunk_seconds=chunk_seconds)
 
 
 # --- semi-amortized training ------------------------------------------------------------------
