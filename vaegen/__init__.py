@@ -13,6 +13,9 @@ Table of contents::
     vaegen.load                     a trained run from its workdir             (run.py)
     vaegen.evaluate                 bounds and log p(x) on held-out data       (evaluation.py)
     vaegen.load_config              presets, overrides, validation             (config.py)
+    vaegen.fit_local                q*(z|x) per example by SVI, vmapped        (inference.py)
+    vaegen.SemiAmortizedELBO        K SVI steps inside the training step       (inference.py)
+    vaegen.compute_gaps             approximation and amortization gaps        (gaps.py)
 """
 
 from vaegen.config import ConfigError, load_config
@@ -21,6 +24,9 @@ from vaegen.model import LatentVariableModel, NoPriorError, build_model
 from vaegen.objectives import ELBO, IWAE, Autoencoder, UndefinedObjectiveError
 from vaegen.run import Run, load
 from vaegen.train import train_and_evaluate
+
+from vaegen.gaps import compute_gaps
+from vaegen.inference import SemiAmortizedELBO, SVISettings, fit_local
 
 __version__ = "0.1.0"
 
@@ -39,3 +45,4 @@ __all__ = [
     "load_config",
     "train_and_evaluate",
 ]
+__all__ += ["SVISettings", "SemiAmortizedELBO", "compute_gaps", "fit_local"]

@@ -8,6 +8,13 @@ generative model p(x, z) (:mod:`vaegen.model`), never inside it.
 * :class:`FixedScaleGaussian` -- q(z | x) = N(z; mu(x), s^2 I) with a constant s: the path from a
   VAE to an AE as s -> 0.
 * :class:`PointMass` -- q(z | x) = delta(z - f(x)): the autoencoder.
+* :class:`FullCovarianceGaussian` -- q(z | x) = N(z; mu(x), L(x) L(x)^T), L(x) a Cholesky factor.
+* :class:`FlowPosterior` -- a coupling flow (RealNVP layers from ``distrax.MaskedCoupling``) on a
+  diagonal Gaussian base, conditioned on a context c(x).
+
+The last two (and the diagonal Gaussian) are also available as pure functions of per-example
+parameters phi (``diagonal_gaussian``, ``full_covariance_gaussian``, ``flow_distribution``): the
+non-amortized inference of :mod:`vaegen.inference` optimises phi per example in the same family.
 
 Why the ELBO does not exist for the AE: ELBO(x) = E_q[log p(x | z)] - KL(q(z|x) || p(z)), and
 for a point mass KL(delta_f(x) || p(z)) = -H[delta] - log p(f(x)) with differential entropy
