@@ -65,8 +65,8 @@ def test_diag_q_star_attains_the_closed_form_optimum(lg, xs, fits):
     best = lg.elbo(xs, lg.posterior_mean(xs), lg.optimal_diagonal_variance())
     attained = lg.elbo(xs, q_mean, q_var)  # exact ELBO of the q* found
     assert np.all(best - attained < 0.01) and np.all(best - attained >= -1e-9)
-    # The reported Monte Carlo estimate of L[q*] agrees with the exact value.
-    np.testing.assert_allclose(fits["diag"].elbo, attained, atol=0.05)
+    # The reported Monte Carlo estimate of L[q*] agrees with the exact value within its Monte Carlo error.
+    assert np.all(np.abs(fits["diag"].elbo - attained) < 4 * fits["diag"].elbo_mc_stderr + 1e-3)
     # Refinement from the poor encoder closes a large amortization gap.
     assert np.all(fits["diag"].elbo - fits["diag"].elbo_init > 1.0) and fits["diag"].improved.all()
 
