@@ -589,7 +589,7 @@ class SemiAmortizedELBO:
       family: the family refined; None = the family of the model's q(z | x).
     """
 
-    settings: SVISettings = SVISettings(num_steps=10, learning_rate=0.1, schedule="constant", path_gradient=False)
+    settings: SVISettings = SVISettings(num_steps=10, learning_rate=0.05, schedule="constant", path_gradient=False)
     init: str = "amortized"
     gradient: str = "unrolled"
     num_samples: int = 1

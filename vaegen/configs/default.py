@@ -72,8 +72,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # svi_gradient: unrolled (through the K steps to the encoder; SA-VAE) | total (theta's gradient
     # also through the steps) | stop (q_K held fixed; the encoder trained on its own ELBO: VAE+SVI).
     c.objective.svi_steps = 10  # K
-    c.objective.svi_learning_rate = 0.1  # inner step size
-    c.objective.svi_optimizer = "sgd"  # sgd | adam (inner optimiser, optax)
+    c.objective.svi_learning_rate = 0.05  # inner step size
+    c.objective.svi_optimizer = "adam"  # adam | sgd (inner optimiser, optax; Kim et al. used sgd + momentum)
     c.objective.svi_momentum = 0.5  # sgd only
     c.objective.svi_num_samples = 1  # z samples per inner step
     c.objective.svi_grad_clip_norm = 0.0  # clip each example's inner gradient (0 = off)
