@@ -100,7 +100,8 @@ def test_gaps_command_writes_markdown_csv_and_json(tiny_run, capsys):
 @pytest.mark.parametrize("argv, message", [
     (["--family", "gaussian_mixture"], "unknown family 'gaussian_mixture'"),
     (["--split", "holdout"], "unknown split 'holdout'"),
-    (["--steps", "-1"], "num_steps must be >= 0"),
+    (["--steps", "-1"], "--steps: must be >= 0"),
+    (["--lr", "0"], "learning_rate must be > 0"),
 ])
 def test_gaps_bad_input_is_one_line(tiny_run, capsys, argv, message):
     code = cli.main(["gaps", "--workdir", str(tiny_run), "--test-examples", "4", *argv])
