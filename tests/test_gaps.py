@@ -104,7 +104,10 @@ def test_gaps_command_writes_markdown_csv_and_json(tiny_run, capsys):
     (["--lr", "0"], "learning_rate must be > 0"),
 ])
 def test_gaps_bad_input_is_one_line(tiny_run, capsys, argv, message):
-    code = cli.main(["gaps", "--workdir", str(tiny_run), "--test-examples", "4", *argv])
+    try:
+        code = cli.main(["gaps", "--workdir", str(tiny_run), "--test-examples", "4", *argv])
+    except SystemExit as e:  # argument errors exit from the parser, with the same one line
+        code = e.code
     err = capsys.readouterr().err
     assert code == 2 and message in err and err.count("\n") == 1
 
