@@ -84,6 +84,10 @@ def test_is_matches_its_definition_whatever_the_chunks_and_batches(lg, xs):
     np.testing.assert_allclose(a["iwae_7"], lme(groups, 2).mean(1), rtol=1e-5)
     w = np.exp(lw - lw.max(1, keepdims=True))
     np.testing.assert_allclose(a["ess"], w.sum(1) ** 2 / (w**2).sum(1), rtol=1e-4)
+    # One example on its own, with its own key, is the same computation.
+    one = E.importance_sampling_one(log_joint, q, xs[3], jax.random.fold_in(key, 3), num_samples=300, ks=(7,),
+                                    chunk_size=64)
+    np.testing.assert_allclose([one["log_px"], one["iwae_7"]], [a["log_px"][3], a["iwae_7"][3]], rtol=1e-5)
     # Deterministic given the key; another key gives other samples.
     again = E.importance_sampling(log_joint, q, xs, key, num_samples=300, ks=(1, 7, 300), chunk_size=300)
     np.testing.assert_array_equal(a["log_px"], again["log_px"])

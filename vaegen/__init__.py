@@ -16,6 +16,9 @@ Table of contents::
     vaegen.estimators               IS, AIS with HMC, BDMC for any log p(x, z)  (estimators.py)
     vaegen.diagnostics              KL per unit, active units, rate, I_q(x; z)  (diagnostics.py)
     vaegen.load_config              presets, overrides, validation             (config.py)
+    vaegen.fit_local                q*(z|x) per example by SVI, vmapped        (inference.py)
+    vaegen.SemiAmortizedELBO        K SVI steps inside the training step       (inference.py)
+    vaegen.compute_gaps             approximation and amortization gaps        (gaps.py)
 """
 
 from vaegen import diagnostics, estimators
@@ -27,6 +30,9 @@ from vaegen.run import Run, load
 from vaegen.train import train_and_evaluate
 from vaegen.faults import NonFiniteError, TrainingInterrupted
 from vaegen.inputs import DataError
+
+from vaegen.gaps import compute_gaps
+from vaegen.inference import SemiAmortizedELBO, SVISettings, fit_local
 
 __version__ = "0.1.0"
 
@@ -50,3 +56,4 @@ __all__ = [
     "load_config",
     "train_and_evaluate",
 ]
+__all__ += ["SVISettings", "SemiAmortizedELBO", "compute_gaps", "fit_local"]

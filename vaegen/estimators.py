@@ -199,6 +199,9 @@ def map_examples(fn: Callable[[Any, jax.Array], Any], data: Any, key: jax.Array,
       progress: show a tqdm bar (the set is then dispatched in up to ``max_blocks`` blocks).
     Returns:
       The outputs stacked along a leading axis ``[N, ...]`` (device arrays).
+
+    Traceable: inside ``jax.jit`` it becomes a ``lax.map`` in the enclosing program (same keys,
+    same numbers), placed and sharded by that program.
     """
     leaves, treedef = jax.tree_util.tree_flatten(fn)
     dyn_pos = tuple(i for i, leaf in enumerate(leaves) if _is_array(leaf))
@@ -210,6 +213,12 @@ def map_examples(fn: Callable[[Any, jax.Array], Any], data: Any, key: jax.Array,
         raise ValueError("all data arrays must have the same number of examples (leading axis)")
     if n == 0:
         raise ValueError("no examples to evaluate")
+    if any(isinstance(a, jax.core.Tracer) for a in [*data_leaves, *dyn, key]):
+        # Called inside jax.jit (or another transformation): the same per-example computation,
+        # traced into the caller's program, which decides placement; no blocks, no progress bar.
+        b = max(1, min(int(batch_size), n))
+        return jax.lax.map(lambda a: fn(jax.tree_util.tree_unflatten(data_def, a[1]), jax.random.fold_in(key, a[0])),
+                           (jnp.arange(n), data_leaves), batch_size=b)
     devices = jax.local_devices() if devices is None else list(devices)
     mesh = sharding_lib.data_mesh(devices)
     n_dev = mesh.devices.size
@@ -331,6 +340,19 @@ def check_ks(ks, num_samples: int) -> tuple[int, ...]:
     return ks
 
 
+def importance_sampling_one(log_joint: LogJoint, proposal: Proposal, x: jax.Array, key: jax.Array, *,
+                            num_samples: int, ks=(), chunk_size: int | None = None) -> Estimates:
+    """:func:`importance_sampling` for one example ``x [*event]`` with its own ``key`` (sample j
+    from ``fold_in(key, j)``): scalars ``log_px``, ``ess`` and ``iwae_{k}``.  Traceable and
+    vmappable, for use inside other per-example computations (e.g. with a fitted per-example
+    proposal: ``proposal = lambda x: q_star``)."""
+    K = int(num_samples)
+    if K < 1:
+        raise config_lib.ConfigError(f"the number of importance samples must be >= 1, got {K}")
+    C = max(1, min(K, int(chunk_size or 1024)))
+    return _ImportanceSampling(K, check_ks(ks, K), C)((log_joint, proposal), x, key)
+
+
 def importance_sampling(log_joint: LogJoint, proposal: Proposal, xs: jax.Array, key: jax.Array, *,
                         num_samples: int, ks=(), chunk_size: int | None = None, batch_size: int | None = None,
                         devices=None, progress: bool = False) -> Estimates:
@@ -359,6 +381,7 @@ def importance_sampling(log_joint: LogJoint, proposal: Proposal, xs: jax.Array, 
         batch_size x chunk_size near :func:`default_rows`).
       devices: devices to shard the examples over (default: all local devices).
       progress: show a progress bar.
+    Traceable: may be called inside ``jax.jit`` (see :func:`map_examples`).
     Returns:
       ``[N]`` arrays (nats): ``log_px``, ``ess`` (effective sample size of the normalised
       weights, (sum w)^2 / sum w^2, between 1 and K) and ``iwae_{k}`` for each k in ``ks``.

@@ -224,6 +224,10 @@ def build_objective(cfg: Any, *, steps_per_epoch: int = 1) -> Objective:
         return IWAE(num_samples=int(cfg.num_samples))
     if name == "ae":
         return Autoencoder(code_penalty=float(cfg.code_penalty))
+    if name == "semi_amortized":
+        from vaegen.inference import semi_amortized_from_config
+
+        return semi_amortized_from_config(cfg)
     raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
 
 

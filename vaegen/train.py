@@ -137,6 +137,8 @@ def validation_objective(config: ml_collections.ConfigDict) -> objectives_lib.Ob
                                    analytic_kl=bool(config.objective.analytic_kl))
     if name == "iwae":
         return objectives_lib.IWAE(num_samples=int(config.objective.num_samples))
+    if name == "semi_amortized":  # the refined bound L[q_K] (and the amortized L[q_0] beside it)
+        return objectives_lib.build_objective(config.objective)
     return objectives_lib.Autoencoder(code_penalty=0.0)
 
 
