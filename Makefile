@@ -9,7 +9,7 @@ FMNIST_IDX ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
 
-.PHONY: venv data demo test bench clean-venv
+.PHONY: venv data demo test bench bench-eval clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_train.py
+
+# Likelihood estimators (IS k=5000, AIS 1000x16x10) on the MLP VAE; JSON on stdout.
+# BENCH_EVAL_ARGS="--n-images 1000 --ais-images 8" for a small CPU.
+bench-eval: $(STAMP)
+	$(BIN)/python scripts/bench_eval.py $(BENCH_EVAL_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)

@@ -39,7 +39,14 @@ def test_autoencoder_cli_says_there_is_no_prior(tmp_path, capsys):
     assert code == 0 and "undefined" in out
     result = json.loads((tmp_path / "ae" / "eval.json").read_text())
     assert set(result["metrics"]) == {"reconstruction", "code_norm_sq"}
-    assert set(result["undefined"]) == {"elbo", "kl", "log_px"}
+    assert set(result["undefined"]) == {"elbo", "kl", "iwae", "log_px"}
+    diag = result["diagnostics"]  # what exists for an autoencoder: statistics of its codes
+    assert 0 <= diag["active_units"] <= 4 and diag["distortion"]["mean"] == pytest.approx(
+        -result["metrics"]["reconstruction"]["mean"], rel=1e-5)
+    assert {"rate", "mutual_information", "kl_per_dim"} <= set(diag["undefined"])
+    code, out, _ = _run(capsys, "evaluate", "--workdir", w, "--estimators", "is,ais,bdmc")
+    assert code == 0 and "no p(z)" in out
+    assert set(json.loads((tmp_path / "ae" / "eval.json").read_text())["undefined"]) == {"log_px", "log_px_ais", "bdmc"}
     code, _, err = _run(capsys, "sample", "--workdir", w)
     assert code == 2 and "no prior p(z)" in err and err.count("\n") == 1
     assert not (tmp_path / "ae" / "samples.png").exists()

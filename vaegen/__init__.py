@@ -13,12 +13,15 @@ Table of contents::
     vaegen.faults / inputs / sharding  non-finite steps, signals, data checks, multi-host
     vaegen.load                     a trained run from its workdir             (run.py)
     vaegen.evaluate                 bounds and log p(x) on held-out data       (evaluation.py)
+    vaegen.estimators               IS, AIS with HMC, BDMC for any log p(x, z)  (estimators.py)
+    vaegen.diagnostics              KL per unit, active units, rate, I_q(x; z)  (diagnostics.py)
     vaegen.load_config              presets, overrides, validation             (config.py)
     vaegen.fit_local                q*(z|x) per example by SVI, vmapped        (inference.py)
     vaegen.SemiAmortizedELBO        K SVI steps inside the training step       (inference.py)
     vaegen.compute_gaps             approximation and amortization gaps        (gaps.py)
 """
 
+from vaegen import diagnostics, estimators
 from vaegen.config import ConfigError, load_config
 from vaegen.evaluation import evaluate
 from vaegen.model import LatentVariableModel, NoPriorError, build_model
@@ -46,6 +49,8 @@ __all__ = [
     "TrainingInterrupted",
     "UndefinedObjectiveError",
     "build_model",
+    "diagnostics",
+    "estimators",
     "evaluate",
     "load",
     "load_config",

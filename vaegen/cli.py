@@ -1,7 +1,8 @@
 """The ``vaegen`` command: thin wrappers that parse arguments and call the library.
 
     vaegen train     --config PRESET|FILE[:ARG] --workdir W [--config.key=value ...]
-    vaegen evaluate  --workdir W [--split test] [--k 1000]
+    vaegen evaluate  --workdir W [--estimators elbo,iwae,is,ais,bdmc,diagnostics] [--k 5000]
+                     [--ks 1,5,50] [--ais-steps 1000 --ais-chains 16 --leapfrog 10] ...
     vaegen gaps      --workdir W [--family diag,fullcov,flow] [--steps 500] [--k 1000]
     vaegen sample    --workdir W [--n 64]
     vaegen reconstruct --workdir W [--n 32]
@@ -104,8 +105,16 @@ def cmd_evaluate(args, overrides) -> int:
     from vaegen import evaluation as evaluate_lib
 
     run = vaegen.load(args.workdir)
+    ais = {"num_steps": args.ais_steps, "num_chains": args.ais_chains, "num_leapfrog": args.leapfrog,
+           "step_size": args.step_size, "target_accept": args.target_accept, "schedule": args.schedule,
+           "adapt_step_size": False if args.no_adapt_step_size else None}
     result = evaluate_lib.evaluate(run, split=args.split, num_samples=args.k, seed=args.seed,
-                                   max_examples=args.max_examples, batch_size=args.batch_size)
+                                   max_examples=args.max_examples, batch_size=args.batch_size,
+                                   estimators=args.estimators, ks=args.ks, chunk_size=args.chunk_size,
+                                   is_proposal=args.is_proposal, elbo_samples=args.elbo_samples, ais=ais,
+                                   ais_start=args.ais_start, ais_examples=args.ais_examples,
+                                   bdmc_examples=args.bdmc_examples, mi_samples=args.mi_samples,
+                                   progress=not args.no_progress)
     print(evaluate_lib.format_table(result))
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "eval.json"
     evaluate_lib.write_json(out, result)
@@ -222,6 +231,13 @@ def cmd_demo(args, overrides) -> int:
     return 0
 
 
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vaegen", description="Deep latent-variable models in JAX: train, evaluate, sample.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -237,13 +253,33 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--process-id", type=_non_negative_int, help="this process's index, 0 .. num-processes - 1")
     t.set_defaults(func=cmd_train)
 
-    e = sub.add_parser("evaluate", help="bounds and log-likelihood on a held-out split; writes eval.json")
+    e = sub.add_parser("evaluate", help="bounds, log-likelihood estimates and diagnostics on a held-out split; writes eval.json",
+                       description="Evaluate a trained run with the chosen estimators (elbo, iwae, is, ais, bdmc, "
+                                   "diagnostics). Options left out take their values from the run's config.eval.")
     e.add_argument("--workdir", required=True)
     e.add_argument("--split", default="test", choices=("test", "validation"))
+    e.add_argument("--estimators", default=None,
+                   help="comma-separated: elbo,iwae,is,ais,bdmc,diagnostics or 'all' (default config.eval.estimators)")
     e.add_argument("--k", type=_positive_int, default=None, help="importance samples for IWAE_k / log p(x) (default config.eval.num_samples)")
+    e.add_argument("--ks", type=_int_list, default=None, help="IWAE k's from the same samples, e.g. 1,5,50 (each <= --k)")
+    e.add_argument("--chunk-size", type=_positive_int, default=None, help="importance samples drawn at once per example (memory only)")
+    e.add_argument("--is-proposal", choices=("posterior", "prior"), default=None, help="proposal of IS: q(z|x) or p(z)")
+    e.add_argument("--elbo-samples", type=_positive_int, default=None, help="z ~ q(z|x) per example for the ELBO's reconstruction term")
+    e.add_argument("--ais-steps", type=_positive_int, default=None, help="AIS: number of intermediate distributions")
+    e.add_argument("--ais-chains", type=_positive_int, default=None, help="AIS: chains per example")
+    e.add_argument("--leapfrog", type=_positive_int, default=None, help="AIS: leapfrog steps per HMC transition")
+    e.add_argument("--step-size", type=float, default=None, help="AIS: initial HMC step size")
+    e.add_argument("--target-accept", type=float, default=None, help="AIS: acceptance rate the step size adapts toward")
+    e.add_argument("--no-adapt-step-size", action="store_true", help="AIS: keep the step size fixed")
+    e.add_argument("--schedule", choices=("sigmoid", "linear"), default=None, help="AIS: inverse-temperature schedule")
+    e.add_argument("--ais-start", choices=("prior", "posterior"), default=None, help="AIS: start from p(z) or q(z|x)")
+    e.add_argument("--ais-examples", type=_non_negative_int, default=None, help="AIS on the first n examples only (0 = all)")
+    e.add_argument("--bdmc-examples", type=_non_negative_int, default=None, help="BDMC: examples (x, z) simulated from the model")
+    e.add_argument("--mi-samples", type=_positive_int, default=None, help="diagnostics: z ~ q(z|x) per example for I_q(x; z)")
     e.add_argument("--seed", type=_non_negative_int, default=0)
     e.add_argument("--max-examples", type=_non_negative_int, default=0, help="evaluate the first n examples only")
-    e.add_argument("--batch-size", type=_positive_int, default=None, help="examples per chunk (memory only)")
+    e.add_argument("--batch-size", type=_positive_int, default=None, help="examples vmapped together per device (memory only)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.add_argument("--out", help="JSON output path (default WORKDIR/eval.json)")
     e.set_defaults(func=cmd_evaluate)
 

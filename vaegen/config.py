@@ -293,6 +293,29 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _positive(c.eval.batch_size, "eval.batch_size")
     _positive(c.eval.num_samples, "eval.num_samples")
     _positive(c.eval.validation_num_samples, "eval.validation_num_samples")
+    _validate_eval(c.eval)
+
+
+def _validate_eval(e: ml_collections.ConfigDict) -> None:
+    """The estimator settings of ``vaegen evaluate`` (``config.eval``)."""
+    from vaegen import estimators, evaluation
+
+    evaluation.parse_estimators(e.estimators)
+    if any(int(k) < 1 for k in e.ks):
+        raise ConfigError(f"config.eval.ks must be positive, got {e.ks}")
+    _positive(e.chunk_size, "eval.chunk_size", allow_zero=True)
+    _choice(e.is_proposal, estimators.STARTS, "eval.is_proposal")
+    _positive(e.elbo_samples, "eval.elbo_samples")
+    _positive(e.mi_samples, "eval.mi_samples")
+    _positive(e.active_unit_threshold, "eval.active_unit_threshold", allow_zero=True)
+    _positive(e.collapse_threshold, "eval.collapse_threshold", allow_zero=True)
+    _choice(e.ais.start, estimators.STARTS, "eval.ais.start")
+    _positive(e.ais.max_examples, "eval.ais.max_examples", allow_zero=True)
+    _positive(e.ais.bdmc_examples, "eval.ais.bdmc_examples", allow_zero=True)
+    try:
+        evaluation.ais_from_config(e.ais)
+    except ConfigError as err:
+        raise ConfigError(f"config.eval.ais: {err}") from None
 
 
 def _validate_amortization(c: ml_collections.ConfigDict) -> None:

@@ -37,6 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaegen import data as data_lib
+from vaegen import estimators as estimators_lib
 from vaegen import inference as inference_lib
 from vaegen import train as train_lib
 
@@ -52,50 +53,7 @@ LABELS = {
 }
 
 
-# --- log p(x) by importance sampling with the amortized q ------------------------------------------
-
-def _model_functions(model, variables) -> tuple[Callable, Callable]:
-    """``(log_joint(x, z), proposal(x))`` of a model with its variables bound."""
-    log_joint = lambda x, z: model.apply(variables, x, z, method="log_joint")
-    proposal = lambda x: model.apply(variables, x, method="q_z_given_x")
-    return log_joint, proposal
-
-
-def _importance_sampling(log_joint: Callable, proposal: Callable, xs: jax.Array, key: jax.Array, *,
-                         num_samples: int, ks: Sequence[int] = (), chunk_size: int | None = None,
-                         batch_size: int | None = None) -> dict[str, jax.Array]:
-    """log p(x) ~= log 1/k sum_i p(x, z_i) / q(z_i | x), z_i ~ q(z | x), per example ``[N]`` (nats).
-
-    Example ``i`` draws from ``fold_in(key, i)``; ``chunk_size`` examples are vmapped at a time and
-    ``batch_size`` samples drawn at a time (memory only).  Traceable: call it inside ``jax.jit``.  Returns ``{"log_px": [N]}`` and
-    ``{f"iwae_{k}": [N]}`` for each k in ``ks`` (the bound from the first k samples).
-    """
-    k = int(num_samples)
-    sb = int(batch_size or min(k, 1000))
-    while k % sb:
-        sb -= 1
-    ks = tuple(int(j) for j in ks)
-
-    def one(args):
-        i, x = args
-        q = proposal(x)
-        ki = jax.random.fold_in(key, i)
-
-        def body(_, b):
-            z, log_q = q.sample_and_log_prob(seed=jax.random.fold_in(ki, b), sample_shape=(sb,))
-            return None, log_joint(x, z) - log_q                                # [sb]
-
-        _, log_w = jax.lax.scan(body, None, jnp.arange(k // sb))                # [k / sb, sb]
-        log_w = log_w.reshape(-1)
-        out = {"log_px": jax.nn.logsumexp(log_w) - math.log(k)}
-        for j in ks:
-            out[f"iwae_{j}"] = jax.nn.logsumexp(log_w[:j]) - math.log(j)
-        return out
-
-    n = xs.shape[0]
-    chunk = int(chunk_size or max(1, min(500, 50_000 // sb)))
-    return jax.lax.map(one, (jnp.arange(n), xs), batch_size=min(chunk, max(n, 1)))
-
+# --- L[q] and log p(x) by importance sampling with the amortized q ------------------------------
 
 @functools.lru_cache(maxsize=32)
 def _amortized_runner(model, elbo_samples: int, log_px_samples: int, chunk: int, n: int) -> Callable:
@@ -110,9 +68,9 @@ def _amortized_runner(model, elbo_samples: int, log_px_samples: int, chunk: int,
             return t["elbo"], t["mc_stderr"]
 
         elbo, mc_stderr = jax.lax.map(one, (jnp.arange(n), xs), batch_size=chunk)
-        log_joint, proposal = _model_functions(model, variables)
-        log_px = _importance_sampling(log_joint, proposal, xs, jax.random.fold_in(key, 1 << 20),
-                                      num_samples=log_px_samples, chunk_size=chunk)["log_px"]
+        log_joint, proposal = estimators_lib.model_functions(model, variables)
+        log_px = estimators_lib.importance_sampling(log_joint, proposal, xs, jax.random.fold_in(key, 1 << 20),
+                                                    num_samples=log_px_samples, batch_size=chunk)["log_px"]
         return elbo, mc_stderr, log_px
 
     return jax.jit(run)

@@ -44,6 +44,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vaegen import estimators as estimators_lib
 from vaegen import posteriors as posteriors_lib
 from vaegen.model import LatentVariableModel
 
@@ -280,24 +281,15 @@ def elbo_of(model: LatentVariableModel, variables: Any, q: distrax.Distribution 
 def log_px_importance_sampled(model: LatentVariableModel, variables: Any, q: distrax.Distribution | Callable,
                               x: jax.Array, key: jax.Array, num_samples: int, *, sample_batch: int | None = None) -> jax.Array:
     """log p(x) ~= log 1/k sum_i p(x, z_i) / q(z_i),  z_i ~ q: the importance-sampling estimate with
-    proposal q (a stochastic lower bound, IWAE_k), in nats; samples drawn ``sample_batch`` at a
-    time (memory only: the estimate does not depend on it) with a running log-sum-exp."""
-    k = int(num_samples)
-    sb = int(sample_batch or k)
-    sb = max(1, min(sb, k))
-    while k % sb:
-        sb -= 1
+    proposal q (a stochastic lower bound, IWAE_k), in nats
+    (:func:`vaegen.estimators.importance_sampling_one`); samples drawn ``sample_batch`` at a time
+    with a running log-sum-exp (memory only: sample i comes from ``fold_in(key, i)``, so the
+    estimate does not depend on it)."""
 
     def run(m: LatentVariableModel) -> jax.Array:
         dist = q(m) if callable(q) and not isinstance(q, distrax.Distribution) else q
-
-        def body(acc, b):
-            z, log_q = dist.sample_and_log_prob(seed=jax.random.fold_in(key, b), sample_shape=(sb,))
-            log_w = m.log_joint(x, z) - log_q                                       # [sb]
-            return jnp.logaddexp(acc, jax.nn.logsumexp(log_w)), None
-
-        acc, _ = jax.lax.scan(body, jnp.asarray(-jnp.inf, jnp.float32), jnp.arange(k // sb))
-        return acc - math.log(k)
+        return estimators_lib.importance_sampling_one(m.log_joint, lambda _: dist, x, key, num_samples=int(num_samples),
+                                                      chunk_size=sample_batch)["log_px"]
 
     return model.apply(variables, method=run)
 

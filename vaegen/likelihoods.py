@@ -31,8 +31,46 @@ def _head(features: jax.Array, event_shape: Sequence[int], num_params: int, bias
     size = math.prod(event_shape)
     out = nn.Dense(size * num_params, name=name, bias_init=bias_init)(features)
     out = out.reshape(features.shape[:-1] + (num_params,) + tuple(event_shape))
-    axis = -len(event_shape) - 1
-    return [jnp.take(out, i, axis=axis) for i in range(num_params)]
+    axis = out.ndim - len(event_shape) - 1
+    # Static slices (not jnp.take, whose gather makes XLA copy the [..., *event] outputs).
+    return [jax.lax.index_in_dim(out, i, axis=axis, keepdims=False) for i in range(num_params)]
+
+
+class _Observation(distrax.Independent):
+    """``distrax.Independent`` over the dimensions of one observation whose ``log_prob`` sums the
+    elementwise log-densities over the *flattened* observation, ``[..., H*W*C]`` rather than
+    ``[..., H, W, C]``: the same value, but XLA fuses the decoder's output layer with a one-axis
+    reduction about twice as fast on CPU (the inner loop of training and of every estimator).
+
+    Args:
+      distribution: the elementwise distribution, batch shape ``[..., *event]``.
+      reinterpreted_batch_ndims: ``len(event)``.
+      flat: the same distribution with parameters reshaped to ``[..., prod(event)]``.
+    """
+
+    def __init__(self, distribution, reinterpreted_batch_ndims: int, flat):
+        super().__init__(distribution, reinterpreted_batch_ndims=reinterpreted_batch_ndims)
+        self._flat = flat
+
+    def log_prob(self, value):
+        n = self.reinterpreted_batch_ndims
+        value = jnp.asarray(value)
+        return jnp.sum(self._flat.log_prob(value.reshape(value.shape[: value.ndim - n] + (-1,))), -1)
+
+
+def _flatten(a: jax.Array, event_ndims: int) -> jax.Array:
+    return a.reshape(a.shape[: a.ndim - event_ndims] + (-1,))
+
+
+class _BernoulliLogits(distrax.Bernoulli):
+    """``distrax.Bernoulli`` whose log-probability from logits l is x l - softplus(l) (the same
+    value as distrax's -softplus(-l) x - softplus(l) (1 - x) for finite logits, with one softplus
+    instead of two: this is the inner loop of every likelihood estimate)."""
+
+    def log_prob(self, value):
+        if self._logits is None:
+            return super().log_prob(value)
+        return value * self._logits - jax.nn.softplus(self._logits)
 
 
 class Bernoulli(nn.Module):
@@ -50,9 +88,8 @@ class Bernoulli(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> distrax.Distribution:
         (logits,) = _head(self.decoder(z), self.event_shape, 1, nn.initializers.zeros, "logits")
-        return distrax.Independent(
-            distrax.Bernoulli(logits=logits), reinterpreted_batch_ndims=len(self.event_shape)
-        )
+        n = len(self.event_shape)
+        return _Observation(_BernoulliLogits(logits=logits), n, _BernoulliLogits(logits=_flatten(logits, n)))
 
     @staticmethod
     def output_bias(data_mean: np.ndarray) -> np.ndarray:
@@ -98,9 +135,9 @@ class Gaussian(nn.Module):
                 f"unknown Gaussian scale {self.scale!r}; choose 'fixed', 'learned' or 'per_pixel'"
             )
         sigma = jnp.broadcast_to(sigma, loc.shape)
-        return distrax.Independent(
-            distrax.Normal(loc=loc, scale=sigma), reinterpreted_batch_ndims=len(self.event_shape)
-        )
+        n = len(self.event_shape)
+        return _Observation(distrax.Normal(loc=loc, scale=sigma), n,
+                            distrax.Normal(loc=_flatten(loc, n), scale=_flatten(sigma, n)))
 
     @staticmethod
     def output_bias(data_mean: np.ndarray) -> np.ndarray:

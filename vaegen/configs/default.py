@@ -118,6 +118,28 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.batch_size = 100  # examples per vmapped chunk (memory, not results)
     c.eval.num_samples = 1000  # k of the importance-sampled log p(x) (IWAE_k) at evaluation
     c.eval.validation_num_samples = 1  # k of the bound tracked on the validation set in training
+    # `vaegen evaluate` (vaegen.evaluation, vaegen.estimators, vaegen.diagnostics); CLI options override.
+    c.eval.estimators = "elbo,iwae,is,diagnostics"  # comma-separated: elbo, iwae, is, ais, bdmc, diagnostics | all
+    c.eval.ks = (1, 10, 100)  # IWAE-k bounds from the IS pass (k above eval.num_samples skipped)
+    c.eval.chunk_size = 0  # importance samples drawn at once per example (0 = min(k, 1024)); memory only
+    c.eval.is_proposal = "posterior"  # posterior: q(z|x) | prior: p(z)
+    c.eval.elbo_samples = 1  # z ~ q(z|x) per example for the ELBO's reconstruction term and the distortion
+    c.eval.mi_samples = 1  # z ~ q(z|x) per example for the I_q(x; z) estimate
+    c.eval.active_unit_threshold = 0.01  # unit d is active if Var_x E_q[z_d|x] > this (Burda et al. 2016)
+    c.eval.collapse_threshold = 0.01  # nats: a unit with mean KL(q(z_d|x) || p(z_d)) below this is collapsed
+    c.eval.ais = ml_collections.ConfigDict()  # annealed importance sampling with HMC (and BDMC)
+    c.eval.ais.num_steps = 1000  # T intermediate distributions
+    c.eval.ais.num_chains = 16  # chains per example
+    c.eval.ais.num_leapfrog = 10  # leapfrog steps per HMC transition
+    c.eval.ais.step_size = 0.01  # initial leapfrog step size
+    c.eval.ais.adapt_step_size = True  # per chain, toward target_accept (x1.02 / x0.98 per step)
+    c.eval.ais.target_accept = 0.65
+    c.eval.ais.min_step_size = 1e-4
+    c.eval.ais.max_step_size = 0.5
+    c.eval.ais.schedule = "sigmoid"  # sigmoid | linear inverse temperatures
+    c.eval.ais.start = "prior"  # prior: p(z) | posterior: q(z|x)  (pi_0 of the annealing path)
+    c.eval.ais.max_examples = 0  # AIS on the first n examples of the split only (0 = all)
+    c.eval.ais.bdmc_examples = 100  # examples (x, z) simulated from the model for BDMC
     # The gap decomposition (`vaegen gaps`): q* per example by SVI, and log p(x) by importance
     # sampling; command-line flags override these.
     c.eval.gaps = ml_collections.ConfigDict()
