@@ -66,6 +66,23 @@ def test_resume_equals_uninterrupted(tmp_path):
             assert ra[k] == rb[k], k
 
 
+def test_runs_from_before_new_config_keys_resume(tmp_path, monkeypatch):
+    """A key added to the schema (with its default) must not orphan a run trained before it."""
+    from vaegen.configs import default
+
+    train_lib.train_and_evaluate(config_lib.load_config("tiny", ["train.num_epochs=1"]), tmp_path)
+    get_config = default.get_config
+
+    def with_a_new_key(arg=None):
+        c = get_config(arg)
+        c.objective.some_future_option = 1.0
+        return c
+
+    monkeypatch.setattr(default, "get_config", with_a_new_key)
+    last = train_lib.train_and_evaluate(config_lib.load_config("tiny", ["train.num_epochs=2"]), tmp_path)
+    assert last["epoch"] == 2 and vaegen.load(tmp_path).epoch == 2
+
+
 def test_workdir_of_another_run_is_refused_and_untouched(tmp_path):
     cfg = config_lib.load_config("tiny", ["train.num_epochs=1"])
     train_lib.train_and_evaluate(cfg, tmp_path)

@@ -416,9 +416,9 @@ def build_setup(config: ml_collections.ConfigDict, event_shape: tuple[int, ...],
     return Setup(config, model, tuple(event_shape), steps_per_epoch, objective, optimizer)
 
 
-def config_fingerprint(config: ml_collections.ConfigDict) -> str:
+def config_fingerprint(config: ml_collections.ConfigDict | dict) -> str:
     """A hash of everything in the config that determines the trajectory of a run (all keys but
-    ``config.RESUMABLE_KEYS``)."""
+    ``config.RESUMABLE_KEYS``); a config and its JSON (``config.json``) hash alike."""
     flat = {k: v for k, v in config_lib.flatten(config).items() if not _resumable(k)}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
@@ -604,7 +604,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     state = TrainState(step=jnp.zeros((), jnp.int32), params=variables, opt_state=setup.optimizer.init(variables))
     state = jax.device_put(state, replicated)
 
-    fingerprint = config_fingerprint(config)
+    # A resumed run is identified by its config as written: keys added to the schema since then
+    # (filled in with their defaults, which _check_workdir has compared) do not orphan it.
+    fingerprint = (config_fingerprint(json.loads((workdir / "config.json").read_text())) if resuming
+                   else config_fingerprint(config))
     checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", int(config.train.keep_checkpoints),
                                                read_only=not workdir.exists())
     interrupts = checkpoint_lib.Checkpointer(workdir / INTERRUPTED_DIR, 1, read_only=not workdir.exists())
