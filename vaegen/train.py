@@ -103,6 +103,12 @@ def validation_objective(config: ml_collections.ConfigDict) -> objectives_lib.Ob
                                    analytic_kl=bool(config.objective.analytic_kl))
     if name == "iwae":
         return objectives_lib.IWAE(num_samples=int(config.objective.num_samples))
+    if name == "dae":  # log P(x | x~) without the walk
+        from vaegen import dae
+
+        return dae.validation_objective(config.objective)
+    if name == "exact":
+        return objectives_lib.build_objective(config.objective)
     return objectives_lib.Autoencoder(code_penalty=0.0)
 
 
