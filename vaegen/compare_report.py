@@ -333,21 +333,25 @@ def metric_table(rows, results) -> str:
     return "\n".join(lines)
 
 
-def _cmp(a: float, b: float, more: str, less: str, same: str = "the same as") -> str:
-    if a is None or b is None:
-        return same
-    if abs(a - b) <= 1e-9 + 1e-3 * max(abs(a), abs(b)):
+def _cmp(a: float | None, b: float | None, more: str, less: str, same: str, tol: float = 0.0) -> str:
+    """``more`` if a > b + tol, ``less`` if a < b - tol, else ``same`` (each a full comparative phrase)."""
+    if a is None or b is None or abs(a - b) <= tol:
         return same
     return more if a > b else less
 
 
+def _pct(v: float) -> str:
+    return f"{100 * v:.0f}%"
+
+
 def answer(rows, results, study) -> str:
-    """The plain-language answer, worded from the numbers (every comparison is computed)."""
+    """The plain-language answer, worded from the numbers: every comparative word is computed."""
     R = {r.name: results[r.name] for r in rows}
     g = lambda name, *keys: _get(R.get(name, {}), *keys)
+    se = lambda name, key: g(name, key, "stderr") or 0.0
     paras = []
     vae_lp, vae_fd = g("vae", "log_px", "mean"), g("vae", "samples", "fd")
-    data_fd = g("data", "samples", "fd")
+    data_fd, data_classes = g("data", "samples", "fd"), g("data", "samples", "effective_classes")
     ae_rec, vae_rec = g("ae", "reconstruction", "mean"), g("vae", "reconstruction", "mean")
     aen_fd, aen_lp, aen_off = g("ae+n01", "samples", "fd"), g("ae+n01", "log_px", "mean"), g("ae+n01", "prior_mass_off_codes")
     vae_off, vae_floor = g("vae", "prior_mass_off_codes"), g("vae", "held_out_codes_off_codes")
@@ -361,80 +365,96 @@ def answer(rows, results, study) -> str:
              f"images at FD {vae_fd:.2f}")
         p += f" (held-out data: {data_fd:.2f})." if data_fd is not None else "."
         if vae_off is not None:
-            p += (f" {100 * vae_off:.0f}% of its prior's samples fall outside the codes' neighbourhoods, against "
-                  f"{100 * vae_floor:.0f}% for held-out codes — the floor of this measure.")
+            p += (f" {_pct(vae_off)} of its prior's draws fall outside the codes' neighbourhoods, against "
+                  f"{_pct(vae_floor)} for held-out codes, the value of this measure when prior and codes match.")
         paras.append(p)
     if ae_rec is not None:
         p = ("**Why the AE is not.** The AE defines p(x | z) only at z = f(x): it has no p(z), hence no p(x) to "
              "evaluate and nothing to sample, and its ELBO is −∞ (the KL from a point mass to any density is +∞). "
-             f"Free of the KL, it reconstructs {_cmp(ae_rec, vae_rec, 'better', 'worse')} than the VAE "
-             f"({ae_rec:.1f} vs {vae_rec:.1f} nats).")
+             f"Free of the KL, it reconstructs {_cmp(ae_rec, vae_rec, 'better than', 'worse than', 'as well as', se('ae', 'reconstruction'))} "
+             f"the VAE ({ae_rec:.1f} vs {vae_rec:.1f} nats).")
         if aen_fd is not None:
-            p += (f" Attaching N(0, I) to it anyway does give a (bad) generative model: FD {aen_fd:.2f}, "
-                  f"{_cmp(aen_fd, vae_fd, 'worse', 'better')} than the VAE's {vae_fd:.2f}")
-            p += f", and log p(x) {aen_lp:.1f} nats" if aen_lp is not None else ""
+            p += (f" Attaching N(0, I) to it anyway does give a generative model, and a "
+                  f"{_cmp(aen_fd, vae_fd, 'worse', 'better', 'no better')} one than the VAE: FD {aen_fd:.2f} "
+                  f"against {vae_fd:.2f}")
+            p += f", log p(x) {aen_lp:.1f} against {vae_lp:.1f} nats" if aen_lp is not None and vae_lp is not None else ""
             p += "."
             if aen_off is not None:
-                p += (f" The reason is the mismatch between its codes and the prior: {100 * aen_off:.0f}% of N(0, I)'s "
-                      f"samples lie where no AE code lies (held-out codes: {100 * ae_floor:.0f}%), so the decoder is asked "
-                      "about regions it never saw.")
+                p += (f" The reason is the mismatch between its codes and the prior: {_pct(aen_off)} of N(0, I)'s draws "
+                      f"lie where no AE code lies (held-out codes: {_pct(ae_floor)}), so the decoder is asked about "
+                      "regions it never saw in training.")
         paras.append(p)
-    path = sorted([r for r in rows if r.variant and r.variant.startswith("fixed_scale_") and r.prior == "own"],
+    path = sorted([r for r in rows if r.variant and r.variant.startswith("fixed_scale_") and r.prior == "own"
+                   and g(r.name, "elbo", "mean") is not None],
                   key=lambda r: (-float(r.variant.split("_")[-1]), -float(r.variant.split("_")[2])))
     if path:
         items = [f"σ = {r.variant.split('_')[2]}, β = {r.variant.split('_')[-1]}: ELBO {g(r.name, 'elbo', 'mean'):.1f}, "
-                 f"reconstruction {g(r.name, 'reconstruction', 'mean'):.1f}, FD {g(r.name, 'samples', 'fd'):.2f}"
-                 for r in path if g(r.name, "elbo", "mean") is not None]
-        d = None
-        p = ("**The AE is a limit of the VAE.** Fixing the encoder's standard deviation at σ and shrinking it, the "
-             "KL to N(0, I) contains −D log σ, so the ELBO falls toward −∞ while its gradient becomes that of "
-             "log p(x | z = f(x)) − β/2 ‖f(x)‖²: the RAE's objective; with β → 0 as well it is the plain AE's. "
-             "Measured: " + "; ".join(items) + ".")
+                 f"log p(x) {g(r.name, 'log_px', 'mean'):.1f}, reconstruction {g(r.name, 'reconstruction', 'mean'):.1f}, "
+                 f"FD {g(r.name, 'samples', 'fd'):.2f}" for r in path]
+        p = ("**The AE is a limit of the VAE.** Fix the encoder's standard deviation at σ and shrink it: the KL to "
+             "N(0, I) contains −D log σ, so the ELBO falls toward −∞, while its gradient becomes that of "
+             "log p(x | z = f(x)) − β/2 ‖f(x)‖², the RAE's objective; with β → 0 as well, the plain AE's. Measured: "
+             + "; ".join(items) + ".")
+        last = path[-1]
+        if ae_rec is not None:
+            p += (f" The reconstruction approaches the AE's ({ae_rec:.1f}), and the prior mass off the codes is "
+                  f"{_pct(g(last.name, 'prior_mass_off_codes'))} at σ = {last.variant.split('_')[2]}: the codes no longer "
+                  "fill the prior.")
         paras.append(p)
     fixes = []
+    k = int(study.expost.num_components)
     if aeg_fd is not None:
-        s = (f"fitting a {int(study.expost.num_components)}-component Gaussian mixture to the AE's codes and sampling it moves FD from "
+        s = (f"fitting a {k}-component Gaussian mixture to the AE's codes and sampling it moves FD from "
              f"{aen_fd:.2f} (N(0, I)) to {aeg_fd:.2f}" if aen_fd is not None else f"an ex-post GMM gives FD {aeg_fd:.2f}")
         if aeg_lp is not None and aen_lp is not None:
             s += f" and log p(x) from {aen_lp:.1f} to {aeg_lp:.1f} nats"
         if aeg_off is not None:
-            s += f"; the GMM leaves {100 * aeg_off:.0f}% of its mass off the codes"
+            s += f"; {_pct(aeg_off)} of the mixture's draws fall off the codes (held-out codes: {_pct(ae_floor)})"
         fixes.append(s)
     rg_fd = g("rae+gmm", "samples", "fd")
     if rg_fd is not None:
-        s = f"the regularised AE (‖z‖² and decoder-L2 penalties) with the same ex-post GMM reaches FD {rg_fd:.2f}"
+        s = f"the regularised AE (‖z‖² and decoder-L2 penalties) with an ex-post GMM reaches FD {rg_fd:.2f}"
         if g("rae+n01", "samples", "fd") is not None:
-            s += f" (RAE + N(0, I): {g('rae+n01', 'samples', 'fd'):.2f})"
+            s += f" (from N(0, I): {g('rae+n01', 'samples', 'fd'):.2f})"
         fixes.append(s)
     vg_fd = g("vae+gmm", "samples", "fd")
     if vg_fd is not None and vae_fd is not None:
-        fixes.append(f"the same ex-post GMM on the VAE's codes gives FD {vg_fd:.2f} ({_cmp(vg_fd, vae_fd, 'worse', 'better')} "
-                     f"than its own prior's {vae_fd:.2f})")
-    dae_fd = g("dae", "samples", "fd")
+        fixes.append(f"the same recipe on the VAE's codes gives FD {vg_fd:.2f}, "
+                     f"{_cmp(vg_fd, vae_fd, 'worse than', 'better than', 'the same as')} its own prior's {vae_fd:.2f}")
+    dae_fd, dae_classes = g("dae", "samples", "fd"), g("dae", "samples", "effective_classes")
     if dae_fd is not None:
-        fixes.append(f"the denoising AE becomes generative through its corruption–reconstruction Markov chain "
-                     f"(FD {dae_fd:.2f} after {int(study.dae.chain_steps)} steps from noise), but its p(x) is implicit: "
-                     "no log-likelihood can be reported")
+        s = (f"the denoising AE is generative through its corruption–reconstruction Markov chain "
+             f"(FD {dae_fd:.2f} after {int(study.dae.chain_steps)} steps from noise)")
+        if dae_classes is not None and data_classes is not None and dae_classes < 0.7 * data_classes:
+            s += (f", but the chain mixes poorly: its samples spread over {dae_classes:.1f} effective classes against "
+                  f"the data's {data_classes:.1f}")
+        s += "; its p(x) is the chain's stationary distribution, with no tractable likelihood"
+        fixes.append(s)
     if fixes:
-        paras.append("**Making an AE generative.** It needs a distribution to sample from, supplied after training: "
+        paras.append("**Making an AE generative** takes a distribution to sample from, supplied after training: "
                      + "; ".join(fixes) + ".")
     made_lp, made_fd = g("made", "log_px", "mean"), g("made", "samples", "fd")
     if made_lp is not None:
         p = (f"**A latent variable is not what makes a model generative.** MADE has no z at all; its log p(x) is exact, "
              f"{made_lp:.1f} nats")
         if vae_lp is not None:
-            p += f" ({_cmp(made_lp, vae_lp, 'higher', 'lower')} than the VAE's {vae_lp:.1f}, which is an importance-sampling lower bound)"
+            p += (f", {_cmp(made_lp, vae_lp, 'higher than', 'lower than', 'close to', se('vae', 'log_px'))} the VAE's "
+                  f"{vae_lp:.1f} (itself an importance-sampling lower bound)")
         if made_fd is not None:
             p += f", and its pixel-by-pixel samples score FD {made_fd:.2f}"
-        p += ". What makes a model generative is a normalised distribution over x that can be sampled — the VAE has one by construction, the AE only once a p(z) (or a chain) is added."
+        p += (". What makes a model generative is a normalised distribution over x that can be sampled: the VAE has "
+              "one by construction, the AE only once a p(z) (or a chain) is added.")
+        lps = {r.name: g(r.name, "log_px", "mean") for r in rows if g(r.name, "log_px", "mean") is not None}
+        fds = {r.name: g(r.name, "samples", "fd") for r in rows if r.prior not in ("data", "none")
+               and g(r.name, "samples", "fd") is not None}
+        if lps and fds and max(lps, key=lps.get) != min(fds, key=fds.get):
+            best_lp, best_fd = max(lps, key=lps.get), min(fds, key=fds.get)
+            label = {r.name: r.label for r in rows}
+            p += (f" Likelihood and sample quality need not agree (Theis et al. 2016): the highest log p(x) here is "
+                  f"{label[best_lp]}'s ({lps[best_lp]:.1f}), the lowest FD {label[best_fd]}'s ({fds[best_fd]:.2f}).")
         paras.append(p)
-    scored = {r.label: g(r.name, "samples", "fd") for r in rows if r.prior not in ("data", "none")
-              and g(r.name, "samples", "fd") is not None}
-    if scored:
-        best = min(scored, key=scored.get)
-        paras.append(f"Of the models sampled here, **{best}** has the lowest FD ({scored[best]:.2f}); "
-                     "these are short training runs, so the ranking of close numbers is not settled — the full preset "
-                     "trains every model for longer.")
+    paras.append("These are short training runs: differences within a few standard errors, or a few FD points, are not "
+                 "settled here; the full preset trains every model for longer.")
     return "\n\n".join(paras)
 
 
