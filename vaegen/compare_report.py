@@ -97,13 +97,13 @@ def samples_figures(ctx, rows, results, out: pathlib.Path) -> dict[str, pathlib.
             continue
         fd = results[r.name].get("samples", {}).get("fd")
         title = f"{r.label}\nfrom {r.sampled_from}" + (f"\nFD {fd:.2f}" if fd is not None else "")
-        panels[r.name] = (title, images)
+        panels[r.name] = (title, images, r.label + (f"\nFD {fd:.2f}" if fd is not None else ""))
     paths = {}
     if panels:
-        paths["samples"] = panels_figure(out / "samples.png", list(panels.values()), per_panel=36,
+        paths["samples"] = panels_figure(out / "samples.png", [(t, im) for t, im, _ in panels.values()], per_panel=36,
                                          panel_cols=6, fig_cols=5)
         headline = ["data", "vae", "ae+n01", "ae+gmm", "rae+gmm", "dae", "made"]
-        chosen = [panels[n] for n in headline if n in panels]
+        chosen = [(short, panels[n][1]) for n in headline if n in panels for short in [panels[n][2]]]
         if chosen:
             paths["headline"] = panels_figure(out / "headline.png", chosen, per_panel=16, panel_cols=4,
                                               fig_cols=len(chosen), panel_inches=1.45, fontsize=7, dpi=80)
@@ -183,9 +183,11 @@ def latent_map_figure(ctx, out: pathlib.Path, results_2d: dict[str, float]) -> p
         hi = np.maximum(np.percentile(codes, 99.5, 0), 3.0) + 0.5
         gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 160), np.linspace(lo[1], hi[1], 160))
         grid = jnp.asarray(np.stack([gx, gy], -1).reshape(-1, 2), jnp.float32)
-        density = np.exp(np.asarray(jax.jit(log_prob)(grid))).reshape(gx.shape)
-        ax.contourf(gx, gy, density, levels=12, cmap="Greys", alpha=0.55)
-        ax.contour(gx, gy, density, levels=6, colors="k", linewidths=0.4)
+        log_density = np.asarray(jax.jit(log_prob)(grid), np.float64).reshape(gx.shape)
+        top = float(np.max(log_density))
+        levels = np.linspace(top - 8.0, top, 9)       # log p(z) down to 8 nats below its maximum
+        ax.contourf(gx, gy, np.maximum(log_density, top - 8.0), levels=levels, cmap="Greys", alpha=0.6)
+        ax.contour(gx, gy, log_density, levels=levels[1:-1:2], colors="k", linewidths=0.4)
         c = labels[:n] if labels is not None else None
         ax.scatter(codes[:, 0], codes[:, 1], c=c, cmap=cmap_points, s=2, alpha=0.8, vmin=0, vmax=9)
         off = results_2d.get(f"{name}|{prior_name}")
@@ -197,8 +199,8 @@ def latent_map_figure(ctx, out: pathlib.Path, results_2d: dict[str, float]) -> p
         ax.set_ylim(lo[1], hi[1])
         ax.set_aspect("equal")
         ax.tick_params(labelsize=6)
-    fig.suptitle("2-D latent space: E_q[z|x] of test images (colour = class) and the density p(z) samples are drawn from",
-                 fontsize=9)
+    fig.suptitle("2-D latent space: E_q[z|x] of test images (colour = class) over log p(z) of the prior samples are drawn "
+                 "from (grey: down to 8 nats below its maximum)", fontsize=9)
     fig.tight_layout()
     return _save(fig, out / "latent_map.png")
 
