@@ -103,3 +103,17 @@ def test_report_builds_with_figures_and_answer(tiny_study):
     for label in ("VAE", "AE + ex-post GMM", "DAE (walkback)", "MADE (no z)", "data (held-out images)"):
         assert f"| {label} |" in report, label
     assert summary["machine"]["cpu_count"] >= 1 and summary["timings_seconds"]["total_wall"] > 0
+
+
+def test_expost_command_makes_the_trained_ae_generative(tiny_study, capsys):
+    workdir, _ = tiny_study
+    code = cli.main(["expost", "--workdir", str(workdir / "ae"), "--components", "3", "--max-codes", "300",
+                     "--k", "4", "--max-examples", "20", "--n", "16"])
+    out = capsys.readouterr().out
+    assert code == 0 and "iwae_4" in out and "log_px" in out
+    result = json.loads((workdir / "ae" / "expost" / "eval.json").read_text())
+    assert result["num_examples"] == 20 and "CodeProposal" in result["proposal"]
+    assert np.isfinite(result["metrics"]["log_px"]["mean"])
+    assert (workdir / "ae" / "expost" / "samples.png").stat().st_size > 0
+    code = cli.main(["expost", "--workdir", str(workdir / "made")])
+    assert code == 2 and "no latent variable" in capsys.readouterr().err

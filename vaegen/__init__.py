@@ -13,6 +13,10 @@ Table of contents::
     vaegen.load                     a trained run from its workdir             (run.py)
     vaegen.evaluate                 bounds and log p(x) on held-out data       (evaluation.py)
     vaegen.load_config              presets, overrides, validation             (config.py)
+    vaegen.expost                   an AE made generative: a mixture fitted to its codes as p(z)
+    vaegen.rae, dae, autoregressive the RAE, the denoising AE and its chain, MADE (no z)
+    vaegen.metrics                  FD/precision/recall in a classifier's features, prior holes
+    vaegen.compare                  the VAE-vs-AE study and its report (`vaegen compare`)
 """
 
 from vaegen.config import ConfigError, load_config

@@ -82,22 +82,22 @@ def study_config(preset: str = "quick") -> ml_collections.ConfigDict:
     s.preset = preset
     s.base = "vae_mlp_fmnist"  # the config preset every model starts from (data, nets, likelihood, optimiser)
     s.seed = 0
-    s.epochs = 5  # training epochs of every model
+    s.epochs = 4  # training epochs of every model
     s.betas = (0.1, 4.0)  # the beta-VAE sweep (beta = 1 is the vae)
     # Fixed-variance VAEs (posterior_scale, beta) on the way to the AE: s -> 0 (and beta -> 0 too).
     s.path = ((0.1, 1.0), (0.01, 1.0))
     s.rae = ml_collections.ConfigDict({"code_penalty": 1.0, "decoder_l2": 1e-3})
-    # Walkback matters: with at most 3 steps (continue 0.5) the quick preset's chains collapse onto
-    # trousers within 100 steps (FD 219 after 8 epochs); with 5 steps (continue 0.8) they move between
-    # classes (FD 67).
-    s.dae = ml_collections.ConfigDict({"corruption": "salt_and_pepper", "noise_level": 0.3, "walkback_steps": 5,
+    # Walkback matters: with at most 3 steps (continue 0.5) the chains collapse onto trousers within
+    # 100 steps (FD 219 after 8 epochs); with 5 steps (continue 0.8) they move between classes (FD 67).
+    # Each walkback step costs one more forward and backward pass.
+    s.dae = ml_collections.ConfigDict({"corruption": "salt_and_pepper", "noise_level": 0.3, "walkback_steps": 4,
                                        "walkback_continue": 0.8, "chain_steps": 50})
     s.made = ml_collections.ConfigDict({"hidden": (500,)})
-    s.latent_map = ml_collections.ConfigDict({"enabled": True, "epochs": 5})  # 2-D variants of the VAE and AE
+    s.latent_map = ml_collections.ConfigDict({"enabled": True, "epochs": 3})  # 2-D variants of the VAE and AE
     s.expost = ml_collections.ConfigDict({"num_components": 10, "max_codes": 5000, "bayesian": True})
     s.eval = ml_collections.ConfigDict()
     s.eval.k = 100  # importance samples per test image for log p(x)
-    s.eval.max_test_examples = 1000  # test images for log p(x) and reconstruction (0 = all)
+    s.eval.max_test_examples = 500  # test images for log p(x) and reconstruction (0 = all)
     s.eval.num_samples = 2000  # samples per row for the sample metrics (and reference images)
     s.eval.nn_k = 3  # k of the k-NN balls (precision, recall, prior mass off the codes)
     s.eval.num_codes = 5000  # training codes (aggregate-posterior draws) for the k-NN balls
@@ -117,7 +117,6 @@ def study_config(preset: str = "quick") -> ml_collections.ConfigDict:
         s.eval.num_samples = 10000
         s.eval.num_codes = 20000
         s.eval.num_prior_samples = 10000
-        s.classifier_epochs = 10
     elif preset == "tiny":
         s.base = "tiny"
         s.epochs = 2
@@ -292,20 +291,9 @@ def _mixture(ctx: _Context, name: str) -> expost_lib.Mixture:
         run = ctx.runs[name]
         e = ctx.study.expost
         codes = _codes(ctx, name)["train"][: int(e.max_codes)]
-        settings = {"num_components": int(e.num_components), "num_codes": int(codes.shape[0]),
-                    "bayesian": bool(e.bayesian), "seed": int(ctx.study.seed), "epoch": int(run.epoch)}
-        directory = pathlib.Path(run.workdir) / "expost"
-        mixture = None
-        if (directory / "mixture.npz").exists():
-            stored = expost_lib.Mixture.load(directory)
-            if stored.info.get("settings") == settings:
-                mixture = stored
-        if mixture is None:
-            mixture = expost_lib.fit_mixture(codes, num_components=int(e.num_components), seed=int(ctx.study.seed),
-                                             bayesian=bool(e.bayesian))
-            mixture = dataclasses.replace(mixture, info={**mixture.info, "settings": settings})
-            mixture.save(directory)
-        ctx.mixtures[name] = mixture
+        ctx.mixtures[name] = expost_lib.fit_or_load(codes, pathlib.Path(run.workdir) / "expost",
+                                                    num_components=int(e.num_components), seed=int(ctx.study.seed),
+                                                    bayesian=bool(e.bayesian))
     return ctx.mixtures[name]
 
 

@@ -329,7 +329,8 @@ def metric_table(rows, results) -> str:
         s = res.get("samples", {})
         off = res.get("prior_mass_off_codes")
         off_cell = "—" if off is None else f"{100 * off:.0f}% ({100 * res['held_out_codes_off_codes']:.0f}%)"
-        lines.append(f"| {r.label} | {r.sampled_from} | {log_px} | {elbo} | {_pm(res.get('reconstruction'))} | "
+        cell = lambda text: str(text).replace("|", "\\|")
+        lines.append(f"| {cell(r.label)} | {cell(r.sampled_from)} | {log_px} | {elbo} | {_pm(res.get('reconstruction'))} | "
                      f"{_num(s.get('fd'))} | {_num(s.get('precision'))} | {_num(s.get('recall'))} | "
                      f"{_num(s.get('confidence'))} | {_num(s.get('effective_classes'), '{:.1f}')} | {off_cell} |")
     return "\n".join(lines)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import os
 import pathlib
@@ -288,19 +289,33 @@ def fit(run, *, num_components: int = 10, max_codes: int = 20000, seed: int = 0,
     """Fits the ex-post mixture to ``run``'s training codes and returns ``(generative_run, mixture,
     codes)``; saves the mixture in ``directory`` (default ``<workdir>/expost``) and reuses a saved
     one fitted with the same settings."""
+    if not getattr(run.model, "has_latents", True):
+        from vaegen.autoregressive import NO_LATENT_MESSAGE, NoLatentError
+
+        raise NoLatentError(NO_LATENT_MESSAGE)
     directory = pathlib.Path(directory) if directory is not None else pathlib.Path(run.workdir) / "expost"
-    settings = {"num_components": int(num_components), "max_codes": int(max_codes), "seed": int(seed),
-                "bayesian": bool(bayesian), "covariance_type": covariance_type, "epoch": int(run.epoch)}
     x = training_images(run, max_examples=max_codes, seed=seed)
     codes = encode_codes(run.model, run.variables, x, jax.random.key(seed))
-    mixture = None
+    mixture = fit_or_load(codes, directory, num_components=num_components, seed=seed, bayesian=bayesian,
+                          covariance_type=covariance_type)
+    return generative(run, "expost_mixture", mixture=mixture, code_scale=codes.std(0)), mixture, codes
+
+
+def fit_or_load(codes: np.ndarray, directory: str | os.PathLike, *, num_components: int = 10, seed: int = 0,
+                bayesian: bool = True, covariance_type: str = "full") -> Mixture:
+    """:func:`fit_mixture`, reusing the mixture saved in ``directory`` if it was fitted to the very same
+    codes (by hash) with the same settings; otherwise fits and saves it there."""
+    directory = pathlib.Path(directory)
+    codes = np.ascontiguousarray(codes, np.float32)
+    settings = {"num_components": int(num_components), "seed": int(seed), "bayesian": bool(bayesian),
+                "covariance_type": covariance_type, "codes_sha256": hashlib.sha256(codes.tobytes()).hexdigest()[:16],
+                "codes_shape": list(codes.shape)}
     if (directory / "mixture.npz").exists():
         stored = Mixture.load(directory)
         if stored.info.get("settings") == settings:
-            mixture = stored
-    if mixture is None:
-        mixture = fit_mixture(codes, num_components=num_components, covariance_type=covariance_type, seed=seed,
-                              bayesian=bayesian)
-        mixture = dataclasses.replace(mixture, info={**mixture.info, "settings": settings})
-        mixture.save(directory)
-    return generative(run, "expost_mixture", mixture=mixture, code_scale=codes.std(0)), mixture, codes
+            return stored
+    mixture = fit_mixture(codes, num_components=num_components, covariance_type=covariance_type, seed=seed,
+                          bayesian=bayesian)
+    mixture = dataclasses.replace(mixture, info={**mixture.info, "settings": settings})
+    mixture.save(directory)
+    return mixture
