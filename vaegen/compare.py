@@ -565,7 +565,8 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
     ctx = _Context(study=study, workdir=workdir, splits=splits, base_config=base_config, runs=runs, space=space,
                    x_test=x_test, reference=reference, reference_features=reference_features,
                    key=jax.random.key(int(study.seed)))
-    table_rows = [r for r in rows(study) if r.variant is None or r.variant in runs]
+    table_rows = [r for r in rows(study) if (r.variant is None or r.variant in runs)
+                  and (r.prior != "data" or splits.validation.shape[0] > int(ev.nn_k))]  # the floor needs held-out images
     results: dict[str, Any] = {}
     for r in tqdm(table_rows, desc="evaluate", unit="row", disable=not progress):
         fingerprint = _fingerprint({"eval": study.eval.to_dict(), "expost": study.expost.to_dict(), "row": dataclasses.asdict(r),
