@@ -5,6 +5,19 @@ import os
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
+import atexit
+import shutil
+import tempfile
+
+# Many tests (and their subprocesses, which inherit the environment) compile the same tiny
+# programs: JAX's persistent compilation cache, in a directory private to this session, compiles
+# each once.  Results do not change (the cached executable is the compiled one).
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    _JAX_CACHE = tempfile.mkdtemp(prefix="vaegen-test-jax-cache-")
+    atexit.register(shutil.rmtree, _JAX_CACHE, True)
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
 import pathlib
 
 import pytest

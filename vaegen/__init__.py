@@ -10,6 +10,7 @@ Table of contents::
     vaegen.priors / likelihoods / posteriors / networks                        building blocks
     vaegen.ELBO, IWAE, Autoencoder  per-example objectives, terms in nats      (objectives.py)
     vaegen.train_and_evaluate       the fused, jitted trainer                  (train.py)
+    vaegen.faults / inputs / sharding  non-finite steps, signals, data checks, multi-host
     vaegen.load                     a trained run from its workdir             (run.py)
     vaegen.evaluate                 bounds and log p(x) on held-out data       (evaluation.py)
     vaegen.load_config              presets, overrides, validation             (config.py)
@@ -25,17 +26,22 @@ from vaegen.model import LatentVariableModel, NoPriorError, build_model
 from vaegen.objectives import ELBO, IWAE, Autoencoder, UndefinedObjectiveError
 from vaegen.run import Run, load
 from vaegen.train import train_and_evaluate
+from vaegen.faults import NonFiniteError, TrainingInterrupted
+from vaegen.inputs import DataError
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Autoencoder",
     "ConfigError",
+    "DataError",
     "ELBO",
     "IWAE",
     "LatentVariableModel",
     "NoPriorError",
+    "NonFiniteError",
     "Run",
+    "TrainingInterrupted",
     "UndefinedObjectiveError",
     "build_model",
     "evaluate",

@@ -25,12 +25,48 @@ EXIT_USAGE = 2
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from vaegen import autoregressive, checkpoint, config, data, likelihoods, model, objectives, train
+    from vaegen import autoregressive, checkpoint, config, data, faults, inputs, likelihoods, model, objectives, train
 
     return (config.ConfigError, data.DatasetNotFoundError, likelihoods.SupportError, train.WorkdirError,
             checkpoint.CheckpointError, model.NoPriorError, objectives.UndefinedObjectiveError,
             getattr(data, "IDXFormatError", config.ConfigError), FileNotFoundError,
-            autoregressive.NoLatentError)
+            inputs.DataError, faults.NonFiniteError, autoregressive.NoLatentError)
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (a bad value is a one-line error, exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line, ``vaegen: error: ...``, exit 2 (the usage
+    is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"vaegen: error: {self.prog.removeprefix('vaegen ')}: {message}\n"
+                  if self.prog != "vaegen" else f"vaegen: error: {message}\n")
+
+
+def _interrupted() -> type[BaseException]:
+    from vaegen import faults
+
+    return faults.TrainingInterrupted
 
 
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -44,9 +80,15 @@ def cmd_train(args, overrides) -> int:
     from vaegen import config as config_lib
     from vaegen import train as train_lib
 
+    from vaegen import sharding as sharding_lib
+
+    sharding_lib.initialize_distributed(coordinator_address=args.coordinator_address,
+                                        num_processes=args.num_processes, process_id=args.process_id)
     config = config_lib.load_config(args.config, overrides)
     workdir = args.workdir or os.path.join("runs", args.config.split(":")[0].split("/")[-1].removesuffix(".py"))
     last = train_lib.train_and_evaluate(config, workdir)
+    if not sharding_lib.is_primary():
+        return 0
     bound = {"elbo": "elbo", "iwae": "iwae", "ae": "reconstruction"}.get(config.objective.name)
     if bound is None:
         from vaegen import objectives as objectives_lib
@@ -192,36 +234,40 @@ def cmd_compare(args, overrides) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="vaegen", description="Deep latent-variable models in JAX: train, evaluate, sample.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    p = _Parser(prog="vaegen", description="Deep latent-variable models in JAX: train, evaluate, sample.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model (resumes if the workdir has a checkpoint)",
                        description="Train a model. Any config key can be overridden with --config.KEY=VALUE "
                                    "(e.g. --config.model.latent_dim=2); unknown keys are errors.")
     t.add_argument("--config", required=True, help="preset name (see `vaegen config`) or path to a config .py, optionally :ARG")
     t.add_argument("--workdir", help="run directory (default runs/<preset>)")
+    dist = t.add_argument_group("multi-host (docs/scaling.md); detected automatically on SLURM, Open MPI and Cloud TPU")
+    dist.add_argument("--coordinator-address", help="host:port of process 0, for jax.distributed")
+    dist.add_argument("--num-processes", type=_positive_int, help="number of processes (hosts)")
+    dist.add_argument("--process-id", type=_non_negative_int, help="this process's index, 0 .. num-processes - 1")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="bounds and log-likelihood on a held-out split; writes eval.json")
     e.add_argument("--workdir", required=True)
     e.add_argument("--split", default="test", choices=("test", "validation"))
-    e.add_argument("--k", type=int, default=None, help="importance samples for IWAE_k / log p(x) (default config.eval.num_samples)")
-    e.add_argument("--seed", type=int, default=0)
-    e.add_argument("--max-examples", type=int, default=0, help="evaluate the first n examples only")
-    e.add_argument("--batch-size", type=int, default=None, help="examples per chunk (memory only)")
+    e.add_argument("--k", type=_positive_int, default=None, help="importance samples for IWAE_k / log p(x) (default config.eval.num_samples)")
+    e.add_argument("--seed", type=_non_negative_int, default=0)
+    e.add_argument("--max-examples", type=_non_negative_int, default=0, help="evaluate the first n examples only")
+    e.add_argument("--batch-size", type=_positive_int, default=None, help="examples per chunk (memory only)")
     e.add_argument("--out", help="JSON output path (default WORKDIR/eval.json)")
     e.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("sample", help="PNG grid of ancestral samples z ~ p(z), x ~ p(x|z)")
     s.add_argument("--workdir", required=True)
-    s.add_argument("--n", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n", type=_positive_int, default=64)
+    s.add_argument("--seed", type=_non_negative_int, default=0)
     s.add_argument("--out", help="PNG path (default WORKDIR/samples.png)")
     s.set_defaults(func=cmd_sample)
 
     r = sub.add_parser("reconstruct", help="PNG grid of held-out images and their reconstructions")
     r.add_argument("--workdir", required=True)
-    r.add_argument("--n", type=int, default=32)
+    r.add_argument("--n", type=_positive_int, default=32)
     r.add_argument("--split", default="test", choices=("test", "validation"))
     r.add_argument("--out", help="PNG path (default WORKDIR/reconstructions.png)")
     r.set_defaults(func=cmd_reconstruct)
@@ -243,8 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     m = sub.add_parser("demo", help="the main job: VAE and AE with identical nets on Fashion-MNIST, evaluated, with figures and a summary")
     m.add_argument("--workdir", default="runs/demo")
-    m.add_argument("--epochs", type=int, default=None, help="epochs for each model (default: the presets')")
-    m.add_argument("--k", type=int, default=1000, help="importance samples for the VAE's test log p(x)")
+    m.add_argument("--epochs", type=_positive_int, default=None, help="epochs for each model (default: the presets')")
+    m.add_argument("--k", type=_positive_int, default=1000, help="importance samples for the VAE's test log p(x)")
     m.set_defaults(func=cmd_demo)
 
     x = sub.add_parser("expost", help="make a trained AE (or VAE) generative: fit a Gaussian mixture to its codes as p(z)",
@@ -252,11 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "saves it in WORKDIR/expost, samples z ~ mixture, x ~ p(x|z) (expost/samples.png) "
                                    "and estimates test log p(x) by importance sampling (expost/eval.json).")
     x.add_argument("--workdir", required=True)
-    x.add_argument("--components", type=int, default=10)
-    x.add_argument("--max-codes", type=int, default=20000, help="training codes to fit to")
-    x.add_argument("--n", type=int, default=64, help="samples in the grid")
-    x.add_argument("--k", type=int, default=100, help="importance samples for log p(x) (0: skip the evaluation)")
-    x.add_argument("--max-examples", type=int, default=1000, help="test images to evaluate (0 = all)")
+    x.add_argument("--components", type=_positive_int, default=10)
+    x.add_argument("--max-codes", type=_positive_int, default=20000, help="training codes to fit to")
+    x.add_argument("--n", type=_positive_int, default=64, help="samples in the grid")
+    x.add_argument("--k", type=_non_negative_int, default=100, help="importance samples for log p(x) (0: skip the evaluation)")
+    x.add_argument("--max-examples", type=_non_negative_int, default=1000, help="test images to evaluate (0 = all)")
     x.add_argument("--seed", type=int, default=0)
     x.set_defaults(func=cmd_expost)
 
@@ -271,7 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--workdir", default="runs/compare")
     cp.add_argument("--set", action="append", metavar="KEY=VALUE",
                     help="change a study setting, e.g. --set eval.k=500 --set betas=(0.1,0.5) (repeatable)")
-    cp.add_argument("--epochs", type=int, default=None, help="epochs of every model (sets epochs and latent_map.epochs)")
+    cp.add_argument("--epochs", type=_positive_int, default=None, help="epochs of every model (sets epochs and latent_map.epochs)")
     cp.add_argument("--only", default="", help="comma-separated variants to run, e.g. vae,ae (default: all)")
     cp.add_argument("--no-progress", action="store_true", help="no progress bars")
     cp.set_defaults(func=cmd_compare)
@@ -282,15 +328,18 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     rest, overrides = _split_config_overrides(argv)
     parser = build_parser()
-    args = parser.parse_args(rest)
+    args = parser.parse_args(rest)  # a usage error: one line and SystemExit(2)
     if overrides and args.command not in ("train", "config", "demo", "compare"):
         parser.error(f"--config.* overrides only apply to train, config, demo and compare, not {args.command}")
     try:
         return args.func(args, [o.removeprefix("--") for o in overrides])
     except _user_errors() as e:
-        msg = str(e).strip() or type(e).__name__
+        msg = " ".join(str(e).split()) or type(e).__name__
         print(f"vaegen: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
+    except _interrupted() as e:
+        print(f"vaegen: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt:
         print("vaegen: interrupted", file=sys.stderr)
         return 130

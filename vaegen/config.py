@@ -195,7 +195,8 @@ def from_json(text: str) -> ml_collections.ConfigDict:
 # Keys that may differ between a run and its resumption (they do not change the result of the
 # steps already taken).
 RESUMABLE_KEYS = ("train.num_epochs", "train.progress", "train.eval_every_epochs",
-                  "train.checkpoint_every_epochs", "train.keep_checkpoints", "eval.")
+                  "train.checkpoint_every_epochs", "train.keep_checkpoints", "eval.",
+                  "train.steps_per_call", "train.max_consecutive_skips", "train.handle_signals")
 
 
 def differences(a: ml_collections.ConfigDict, b: ml_collections.ConfigDict, *, ignore: Iterable[str] = RESUMABLE_KEYS) -> list[str]:
@@ -230,6 +231,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     from vaegen import data as data_lib
     from vaegen import model as model_lib
 
+    _choice(c.data.name, data_lib.DATASETS, "data.name")
     _choice(c.data.binarization, data_lib.BINARIZATIONS, "data.binarization")
     for k in ("validation_size", "max_train_examples", "max_test_examples"):
         _positive(c.data[k], f"data.{k}", allow_zero=True)
@@ -285,6 +287,8 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _positive(c.train.eval_every_epochs, "train.eval_every_epochs", allow_zero=True)
     _positive(c.train.checkpoint_every_epochs, "train.checkpoint_every_epochs")
     _positive(c.train.keep_checkpoints, "train.keep_checkpoints")
+    _positive(c.train.max_consecutive_skips, "train.max_consecutive_skips")
+    _positive(c.train.steps_per_call, "train.steps_per_call", allow_zero=True)
     _positive(c.eval.batch_size, "eval.batch_size")
     _positive(c.eval.num_samples, "eval.num_samples")
     _positive(c.eval.validation_num_samples, "eval.validation_num_samples")

@@ -1,46 +1,200 @@
-"""Device meshes and data-parallel shardings.
+"""Device meshes, data-parallel shardings and multi-host runs.
 
-vaegen trains data-parallel over all devices with one code path: parameters and the
-(device-resident, uint8) dataset are replicated, every batch is split along its first axis
-over the mesh axis ``"data"``, and XLA inserts the gradient all-reduce.  A single device is
-the 1-device mesh.  On several hosts, :func:`initialize_distributed` must run first.
+vaegen trains data-parallel over all devices of all processes with **one** code path; a
+single device is the 1-device mesh, and a multi-host run (a multi-node GPU cluster, a TPU pod
+slice) is the same program started once per host after :func:`initialize_distributed`.
+
+* Parameters and optimizer state are replicated (``P()``).
+* Each device-resident split is **sharded by rows** over the mesh axis ``"data"``
+  (:func:`shard_rows`): every device holds ``ceil(N / devices)`` examples, and every host
+  places on its devices only the rows they hold (``jax.make_array_from_callback``), so device
+  memory per host falls as hosts are added.
+* A step's **global batch** (``batch_size`` examples, the same indices as on one device) is
+  gathered from the sharded rows by :func:`gather_rows`: each device contributes the
+  examples it holds and a reduce-scatter leaves every device its ``batch_size / devices``
+  slice of the batch.  XLA inserts the gradient all-reduce.  Because the batch is the same
+  whatever the number of devices, a run on 8 devices follows the 1-device trajectory up to
+  the order of floating-point reductions.
+* Per-example work on held-out data (:func:`map_examples`) runs on each device's own rows,
+  example ``i`` keyed by its global index, so the numbers do not depend on the device count.
+
+See ``docs/scaling.md`` for launch recipes (multi-GPU, multi-node, TPU pod slices).
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import os
+from typing import Any, Callable
+
 import jax
+import jax.numpy as jnp
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 DATA_AXIS = "data"
+
+logger = logging.getLogger(__name__)
 
 
 def data_mesh(devices=None) -> Mesh:
     """A 1-D mesh over ``devices`` (default: all devices of all processes)."""
     devices = jax.devices() if devices is None else list(devices)
-    return Mesh(devices, (DATA_AXIS,))
+    return Mesh(np.asarray(devices), (DATA_AXIS,))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:
-    """Sharding that keeps a full copy on every device (parameters, optimizer state, dataset)."""
+    """Sharding that keeps a full copy on every device (parameters, optimizer state)."""
     return NamedSharding(mesh, P())
 
 
 def batch_sharded(mesh: Mesh) -> NamedSharding:
-    """Sharding that splits the leading (batch) axis over the mesh."""
+    """Sharding that splits the leading (batch / example) axis over the mesh."""
     return NamedSharding(mesh, P(DATA_AXIS))
 
 
-def initialize_distributed(**kwargs) -> None:
+# --- multi-host ---------------------------------------------------------------------------------
+
+def initialize_distributed(coordinator_address: str | None = None, num_processes: int | None = None,
+                           process_id: int | None = None, **kwargs) -> bool:
     """Starts the multi-process runtime (``jax.distributed.initialize``) when more than one
-    process takes part; a no-op for a single process.  Keyword arguments go to
-    ``jax.distributed.initialize`` (coordinator_address, num_processes, process_id); on TPU pods
-    and SLURM/Open MPI clusters they are discovered automatically."""
-    if kwargs or _cluster_detected():
-        jax.distributed.initialize(**kwargs)
+    process takes part; returns whether it did.
+
+    With no arguments it starts only where a cluster of several processes is detected (SLURM
+    with ``SLURM_NTASKS > 1``, Open MPI with ``OMPI_COMM_WORLD_SIZE > 1``, a multi-host Cloud
+    TPU slice, or ``JAX_COORDINATOR_ADDRESS`` with ``JAX_NUM_PROCESSES > 1``), and JAX
+    discovers the coordinator and the process ids itself.  Elsewhere, pass
+    ``coordinator_address="host0:1234"``, ``num_processes`` and ``process_id`` (the same on
+    every host but the id).  Must run before anything touches a device.
+    """
+    explicit = {k: v for k, v in dict(coordinator_address=coordinator_address, num_processes=num_processes,
+                                      process_id=process_id, **kwargs).items() if v is not None}
+    if not explicit and not cluster_detected():
+        return False
+    if _distributed_started():
+        return True
+    jax.distributed.initialize(**explicit)
+    logger.info("jax.distributed: process %d of %d, %d local / %d global devices", jax.process_index(),
+                jax.process_count(), jax.local_device_count(), jax.device_count())
+    return True
 
 
-def _cluster_detected() -> bool:
-    import os
+def cluster_detected(environ: dict[str, str] | None = None) -> bool:
+    """Whether the environment describes a job of several processes that JAX can join by itself."""
+    env = os.environ if environ is None else environ
 
-    return any(v in os.environ for v in ("SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE", "TPU_WORKER_HOSTNAMES",
-                                          "JAX_COORDINATOR_ADDRESS"))
+    def more_than_one(name: str) -> bool:
+        try:
+            return int(env.get(name, "1")) > 1
+        except ValueError:
+            return False
+
+    if more_than_one("SLURM_NTASKS") or more_than_one("OMPI_COMM_WORLD_SIZE"):
+        return True
+    if "," in env.get("TPU_WORKER_HOSTNAMES", ""):
+        return True
+    return bool(env.get("JAX_COORDINATOR_ADDRESS")) and more_than_one("JAX_NUM_PROCESSES")
+
+
+def _distributed_started() -> bool:
+    try:
+        from jax._src import distributed
+
+        return distributed.global_state.client is not None
+    except (ImportError, AttributeError):  # private API moved: assume not started
+        return False
+
+
+def is_primary() -> bool:
+    """Whether this process writes the run's files (process 0; always True on one host)."""
+    return jax.process_index() == 0
+
+
+def any_process(flag: bool) -> bool:
+    """True on every process if ``flag`` is True on any (a host-side vote, e.g. to stop)."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    from jax.experimental import multihost_utils
+
+    votes = multihost_utils.process_allgather(np.asarray(int(bool(flag)), np.int32))
+    return bool(np.max(votes))
+
+
+# --- sharded rows ------------------------------------------------------------------------------
+
+def padded_rows(n: int, mesh: Mesh) -> int:
+    """``n`` rounded up to a multiple of the number of devices."""
+    d = mesh.devices.size
+    return d * max(1, math.ceil(n / d))
+
+
+def shard_rows(x: np.ndarray, mesh: Mesh) -> jax.Array:
+    """Places ``x [N, ...]`` on the mesh sharded by rows, zero-padded to
+    :func:`padded_rows` (padding rows are never used as examples).
+
+    Every process passes the same host array (each host reads the small datasets whole) and
+    puts on its own devices only the rows those devices hold.
+    """
+    x = np.asarray(x)
+    n_pad = padded_rows(x.shape[0], mesh)
+    shape = (n_pad, *x.shape[1:])
+    sharding = batch_sharded(mesh)
+
+    def rows(index: tuple[slice, ...]) -> np.ndarray:
+        r = index[0]
+        start, stop = r.start or 0, shape[0] if r.stop is None else r.stop
+        block = np.zeros((stop - start, *x.shape[1:]), x.dtype)
+        have = max(0, min(stop, x.shape[0]) - start)
+        block[:have] = x[start:start + have]
+        return block
+
+    return jax.make_array_from_callback(shape, sharding, rows)
+
+
+def gather_rows(data: jax.Array, idx: jax.Array, mesh: Mesh) -> jax.Array:
+    """``data[idx]`` for row-sharded ``data [N_pad, ...]`` and replicated ``idx [B]``: the
+    global batch ``[B, ...]``, sharded over the batch axis.
+
+    Each device selects the requested rows it holds (zeros for the others) and a
+    reduce-scatter over the mesh leaves device ``d`` the rows ``d*B/D .. (d+1)*B/D``; the
+    traffic per step is one batch, whatever the size of the dataset.  ``B`` must be divisible
+    by the number of devices.
+    """
+
+    def local(shard, idx):                                      # shard [M, ...], idx [B]
+        m = shard.shape[0]
+        local_idx = idx - jax.lax.axis_index(DATA_AXIS) * m     # [B]
+        mine = (local_idx >= 0) & (local_idx < m)
+        rows = shard[jnp.clip(local_idx, 0, m - 1)]             # [B, ...]
+        rows = jnp.where(mine.reshape((-1,) + (1,) * (rows.ndim - 1)), rows, jnp.zeros_like(rows))
+        # Exactly one device holds each row, so the sum is that row (exact, also for uint8).
+        return jax.lax.psum_scatter(rows, DATA_AXIS, scatter_dimension=0, tiled=True)  # [B/D, ...]
+
+    return jax.shard_map(local, mesh=mesh, in_specs=(P(DATA_AXIS), P()), out_specs=P(DATA_AXIS))(data, idx)
+
+
+def map_examples(fn: Callable[[Any, jax.Array, jax.Array], Any], mesh: Mesh, *, batch_size: int
+                 ) -> Callable[[Any, jax.Array], Any]:
+    """Builds ``apply(params, data)``: ``fn(params, x_i, i)`` for every row ``i`` of the
+    row-sharded ``data [N_pad, ...]`` (from :func:`shard_rows`), each device on its own rows
+    in chunks of ``batch_size`` (``lax.map``), ``i`` the **global** row index.
+
+    Returns per-row outputs ``[N_pad, ...]``, replicated on every device (and process), so a
+    host can read them; callers drop the padding rows.
+    """
+
+    def local(params, shard):                                   # shard [M, ...]
+        m = shard.shape[0]
+        first = jax.lax.axis_index(DATA_AXIS) * m
+        index = first + jnp.arange(m)                           # global row indices [M]
+        return jax.lax.map(lambda a: fn(params, a[1], a[0]), (index, shard),
+                           batch_size=max(1, min(batch_size, m)))
+
+    mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(DATA_AXIS)), out_specs=P(DATA_AXIS))
+
+    def apply(params, data):
+        out = mapped(params, data)
+        return jax.lax.with_sharding_constraint(out, replicated(mesh))
+
+    return apply

@@ -99,6 +99,14 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.checkpoint_every_epochs = 1
     c.train.keep_checkpoints = 2
     c.train.progress = True  # progress bar
+    # Faults (docs/errors.md): a step with a non-finite loss or gradient is skipped on the device
+    # (parameters and optimizer state untouched) and counted; this many consecutive skips stop the
+    # run with an error naming the step and the last finite metrics.
+    c.train.max_consecutive_skips = 10
+    # Steps per device call (0 = a whole epoch).  SIGINT/SIGTERM are honoured when a call returns
+    # (checkpoint, then exit), so this bounds how long a stop request waits; results do not depend on it.
+    c.train.steps_per_call = 0
+    c.train.handle_signals = True  # SIGINT/SIGTERM: save a checkpoint and stop (main thread only)
 
     # --- evaluation --------------------------------------------------------------------------
     c.eval = ml_collections.ConfigDict()

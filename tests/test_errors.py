@@ -1,0 +1,147 @@
+"""Bad input: each row of the table in docs/errors.md gets its one-line message and exit code,
+and the workdir it was pointed at is left exactly as it was."""
+
+import dataclasses
+import json
+import pathlib
+import re
+
+import numpy as np
+import pytest
+
+from vaegen import cli
+from vaegen import config as config_lib
+from vaegen import data as data_lib
+from vaegen import inputs as inputs_lib
+from vaegen import likelihoods as likelihoods_lib
+from vaegen import train as train_lib
+
+DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+
+# (id, vaegen arguments, message fragment). Every one exits with status 2.
+CLI_CASES = [
+    ("unknown-key", ["train", "--config", "tiny", "--config.model.latent_dimm=3"],
+     "unknown config key 'model.latent_dimm'; did you mean model.latent_dim?"),
+    ("unknown-preset", ["train", "--config", "nope"], "unknown config preset 'nope'"),
+    ("missing-config-file", ["train", "--config", "no/such.py"], "config file 'no/such.py' does not exist"),
+    ("wrong-type", ["train", "--config", "tiny", "--config.model.latent_dim=2.5"],
+     "config.model.latent_dim expects a int (currently 4), got '2.5'"),
+    ("not-a-literal", ["train", "--config", "tiny", "--config.model.latent_dim=__import__('os').getpid()"],
+     "cannot parse \"__import__('os').getpid()\" as a int literal"),
+    ("latent-dim", ["train", "--config", "tiny", "--config.model.latent_dim=0"], "config.model.latent_dim=0 must be > 0"),
+    ("k", ["train", "--config", "tiny", "--config.objective.name=iwae", "--config.objective.num_samples=0"],
+     "config.objective.num_samples=0 must be > 0"),
+    ("learning-rate", ["train", "--config", "tiny", "--config.optim.learning_rate=-0.001"],
+     "config.optim.learning_rate=-0.001 must be > 0"),
+    ("batch-size", ["train", "--config", "tiny", "--config.train.batch_size=5000"],
+     "config.train.batch_size=5000 is larger than the training set (1300 examples)"),
+    ("max-skips", ["train", "--config", "tiny", "--config.train.max_consecutive_skips=0"],
+     "config.train.max_consecutive_skips=0 must be > 0"),
+    ("point-mass-elbo", ["train", "--config", "tiny", "--config.inference.posterior=point_mass"],
+     "objective 'elbo' is undefined for a point-mass posterior"),
+    ("unknown-dataset", ["train", "--config", "tiny", "--config.data.name=cifar"],
+     "config.data.name='cifar' is not one of fashion_mnist, mnist, binarized_mnist, digits"),
+    ("missing-dataset", ["train", "--config", "tiny", "--config.data.name=mnist", "--config.data.data_dir={tmp}/empty",
+                         "--config.data.auto_prepare=False"],
+     "dataset 'mnist' is not prepared in the TFDS data_dir"),
+    ("validation-size", ["train", "--config", "tiny", "--config.data.validation_size=1500"],
+     "data.validation_size=1500 must be smaller than the 1500 examples"),
+    ("support", ["train", "--config", "tiny", "--config.data.binarization=none"],
+     "has values outside {0, 1}"),
+    ("other-run", ["train", "--config", "tiny", "--config.model.latent_dim=3"],
+     "belongs to a run with a different config (model.latent_dim: 4 -> 3)"),
+    ("eval-k", ["evaluate", "--workdir", "{workdir}", "--k", "0"], "evaluate: argument --k: must be >= 1, got 0"),
+    ("sample-n", ["sample", "--workdir", "{workdir}", "--n", "-3"], "sample: argument --n: must be >= 1, got -3"),
+    ("no-run", ["evaluate", "--workdir", "{tmp}/nothing"], "holds no vaegen run"),
+    ("no-checkpoint", ["evaluate", "--workdir", "{workdir}"], "has no checkpoint yet"),
+]
+
+
+def _snapshot(path):
+    path = pathlib.Path(path)
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    """A workdir that holds (the beginning of) a tiny run: its config, and nothing else yet."""
+    w = tmp_path / "run"
+    w.mkdir()
+    (w / "config.json").write_text(config_lib.to_json(config_lib.load_config("tiny")) + "\n")
+    (w / "run.json").write_text(json.dumps({"event_shape": [8, 8, 1]}) + "\n")
+    (w / "notes.txt").write_text("mine")
+    return w
+
+
+@pytest.mark.parametrize("case, argv, message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_bad_input_on_the_command_line(case, argv, message, workdir, tmp_path, capsys):
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{workdir}", str(workdir)) for a in argv]
+    if argv[0] == "train":
+        argv += ["--workdir", str(workdir)]
+    before = _snapshot(workdir)
+    try:
+        code = cli.main(argv)
+    except SystemExit as e:  # argparse's usage errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("vaegen: error: ") and err.count("\n") == 1, err
+    assert message in err, err
+    assert _snapshot(workdir) == before
+
+
+def _splits():
+    return data_lib.load_splits(config_lib.load_config("tiny").data)
+
+
+def _grey_float(s):
+    return dataclasses.replace(s, train=s.train.astype(np.float32) / 255.0)
+
+
+def _nan(s):
+    x = s.train.astype(np.float32)
+    x[7, 3, 3, 0] = np.nan
+    return dataclasses.replace(s, train=x)
+
+
+# (id, data transformation, config overrides, error class, message fragment)
+API_CASES = [
+    ("flat", lambda s: dataclasses.replace(s, train=s.train.reshape(len(s.train), -1)), [], inputs_lib.DataError,
+     "the train split has shape (1300, 64), but a split is [N, H, W, C]; reshape flat vectors to images"),
+    ("no-channel", lambda s: dataclasses.replace(s, validation=s.validation[..., 0]), [], inputs_lib.DataError,
+     "the validation split has shape (200, 8, 8), but a split is [N, H, W, C]; add the channel axis"),
+    ("dtype", _grey_float, [], inputs_lib.DataError,
+     "the train split has dtype float32, but vaegen stores data as uint8 grey levels 0..255"),
+    ("nan", _nan, [], inputs_lib.DataError, "the train split contains 1 NaN or infinite values (first in example 7)"),
+    ("empty", lambda s: dataclasses.replace(s, train=s.train[:0]), [], inputs_lib.DataError, "the train split is empty"),
+    ("event-shape", lambda s: dataclasses.replace(s, test=s.test[:, :4]), [], inputs_lib.DataError,
+     "the test split has examples of shape (4, 8, 1), the train split (8, 8, 1)"),
+    ("support", lambda s: s, ["data.binarization=none"], likelihoods_lib.SupportError,
+     "the train split of digits (binarization 'none') has values outside {0, 1}"),
+    ("not-an-array", lambda s: dataclasses.replace(s, train=s.train.tolist()), [], inputs_lib.DataError,
+     "the train split must be an array of uint8 grey levels [N, H, W, C], got list"),
+]
+
+
+@pytest.mark.parametrize("case, transform, overrides, error, message", API_CASES, ids=[c[0] for c in API_CASES])
+def test_bad_data_through_the_python_api(case, transform, overrides, error, message, workdir):
+    cfg = config_lib.load_config("tiny", overrides)
+    before = _snapshot(workdir)
+    with pytest.raises(error) as info:
+        train_lib.train_and_evaluate(cfg, workdir, splits=transform(_splits()))
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert error in cli._user_errors() or any(issubclass(error, c) for c in cli._user_errors())
+    assert _snapshot(workdir) == before
+
+
+def test_the_table_in_the_docs_lists_every_case():
+    text = DOC.read_text()
+    rows = [l for l in text.splitlines() if l.startswith("|")]
+    for case, *_, message in CLI_CASES:
+        assert any(f"`{case}`" in r for r in rows), case
+    for case, *_ in API_CASES:
+        assert any(f"`api:{case}`" in r for r in rows), case
+    # Every documented message fragment is one the code produces.
+    produced = [c[-1] for c in CLI_CASES] + [c[-1] for c in API_CASES]
+    for fragment in re.findall(r"«(.+?)»", text):
+        assert any(fragment in m for m in produced), fragment

@@ -1,0 +1,141 @@
+"""Faults a long run must survive: non-finite steps and stop signals.
+
+Non-finite steps
+    A step whose loss, gradient or optimizer update is not finite (:func:`finite_step`) is
+    **skipped on the device**: parameters and optimizer state keep their values (the optimizer's step count,
+    hence its learning-rate schedule, does not advance), the step counter does (the batch and
+    its noise are consumed).  :func:`guard_update` does the selection inside the jitted step.
+    Skips are counted in the train state and logged in ``metrics.jsonl``; after
+    ``train.max_consecutive_skips`` consecutive skips the remaining steps of the device call
+    do nothing and the trainer raises :class:`NonFiniteError`, naming the step and the last
+    finite metrics.
+
+Stop signals
+    An epoch (or ``train.steps_per_call`` steps) is one device call, which cannot be
+    interrupted.  :class:`StopSignals` turns SIGINT and SIGTERM into a request that the
+    trainer honours when the current call returns: it writes a checkpoint and raises
+    :class:`TrainingInterrupted`; running the same command again resumes exactly.  A second
+    SIGINT aborts at once without saving (the latest checkpoint is kept).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import signal
+import sys
+import threading
+from typing import Any, Iterator
+
+import jax
+import jax.numpy as jnp
+import optax
+
+
+class NonFiniteError(RuntimeError):
+    """Training stopped: too many consecutive steps had a non-finite loss or gradient."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT/SIGTERM after writing a checkpoint.
+
+    Attributes:
+      signum: the signal number.
+      step: the global step of the checkpoint written.
+      checkpoint: its directory.
+    """
+
+    def __init__(self, message: str, *, signum: int, step: int, checkpoint: str):
+        super().__init__(message)
+        self.signum, self.step, self.checkpoint = signum, step, checkpoint
+
+    @property
+    def exit_code(self) -> int:
+        """The shell's convention for death by signal: 128 + signal number."""
+        return 128 + int(self.signum)
+
+
+# --- on the device -----------------------------------------------------------------------------
+
+def all_finite(*trees: Any) -> jax.Array:
+    """bool ``[]``: every leaf of every tree is finite."""
+    leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree_util.tree_leaves(t)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def finite_step(loss: jax.Array, grad_norm: jax.Array, updates: Any) -> jax.Array:
+    """bool ``[]``: the step may be applied.  The loss, the gradient's global norm and the
+    optimizer's update are finite (a NaN or infinity anywhere in a tree makes its norm NaN or
+    infinite; so does a norm that overflows float32, ||g||^2 > 3.4e38, which is skipped too).
+    Norms rather than elementwise checks: ``grad_norm`` is computed for the metrics anyway, and
+    the selection then fuses with the parameter update."""
+    return jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(optax.global_norm(updates))
+
+
+def guard_update(finite: jax.Array, new: Any, old: Any) -> Any:
+    """``new`` where ``finite`` else ``old``, leaf by leaf (both trees of the same structure)."""
+    return jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+
+# --- on the host -------------------------------------------------------------------------------
+
+def finite_or_none(value: float) -> float | None:
+    """A metric as JSON can hold it: ``None`` for NaN or infinity."""
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def format_metrics(metrics: dict[str, float], keys: tuple[str, ...] | None = None) -> str:
+    """``"elbo=-45.21, kl=3.1"``: short, for one-line messages."""
+    items = [(k, v) for k, v in metrics.items() if keys is None or k in keys]
+    return ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
+
+
+_STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s)
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM request a stop instead of killing the process.
+
+    ``requested`` is the first signal received (``None`` if none).  A second SIGINT raises
+    ``KeyboardInterrupt`` at once.  Handlers can only be installed from the main thread;
+    elsewhere the context does nothing (signals keep their usual effect).
+    """
+
+    def __init__(self, *, announce: bool = True):
+        self.requested: int | None = None
+        self.announce = announce
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.requested is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if self.requested is None:
+            self.requested = signum
+            if self.announce:
+                name = signal.Signals(signum).name
+                print(f"vaegen: {name} received: saving a checkpoint when the current device call returns"
+                      + (" (Ctrl-C again to abort without saving)" if signum == signal.SIGINT else ""),
+                      file=sys.stderr, flush=True)
+
+    def __enter__(self) -> "StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            for s in _STOP_SIGNALS:
+                self._previous[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+        self._previous.clear()
+
+
+@contextlib.contextmanager
+def stop_signals(enabled: bool = True, **kwargs) -> Iterator[StopSignals]:
+    """:class:`StopSignals` if ``enabled``, else an inert one."""
+    stop = StopSignals(**kwargs)
+    if not enabled:
+        yield stop
+        return
+    with stop:
+        yield stop
