@@ -14,6 +14,9 @@ Table of contents::
     vaegen.load                     a trained run from its workdir             (run.py)
     vaegen.evaluate                 bounds and log p(x) on held-out data       (evaluation.py)
     vaegen.load_config              presets, overrides, validation             (config.py)
+    vaegen.fit_local                q*(z|x) per example by SVI, vmapped        (inference.py)
+    vaegen.SemiAmortizedELBO        K SVI steps inside the training step       (inference.py)
+    vaegen.compute_gaps             approximation and amortization gaps        (gaps.py)
     vaegen.expost                   an AE made generative: a mixture fitted to its codes as p(z)
     vaegen.rae, dae, autoregressive the RAE, the denoising AE and its chain, MADE (no z)
     vaegen.metrics                  FD/precision/recall in a classifier's features, prior holes
@@ -28,6 +31,9 @@ from vaegen.run import Run, load
 from vaegen.train import train_and_evaluate
 from vaegen.faults import NonFiniteError, TrainingInterrupted
 from vaegen.inputs import DataError
+
+from vaegen.gaps import compute_gaps
+from vaegen.inference import SemiAmortizedELBO, SVISettings, fit_local
 
 __version__ = "0.1.0"
 
@@ -49,3 +55,4 @@ __all__ = [
     "load_config",
     "train_and_evaluate",
 ]
+__all__ += ["SVISettings", "SemiAmortizedELBO", "compute_gaps", "fit_local"]

@@ -2,6 +2,7 @@
 
     vaegen train     --config PRESET|FILE[:ARG] --workdir W [--config.key=value ...]
     vaegen evaluate  --workdir W [--split test] [--k 1000]
+    vaegen gaps      --workdir W [--family diag,fullcov,flow] [--steps 500] [--k 1000]
     vaegen sample    --workdir W [--n 64]
     vaegen reconstruct --workdir W [--n 32]
     vaegen data      prepare NAME [--from-idx DIR] | list
@@ -25,12 +26,12 @@ EXIT_USAGE = 2
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from vaegen import autoregressive, checkpoint, config, data, faults, inputs, likelihoods, model, objectives, train
+    from vaegen import autoregressive, checkpoint, config, data, faults, inference, inputs, likelihoods, model, objectives, train
 
     return (config.ConfigError, data.DatasetNotFoundError, likelihoods.SupportError, train.WorkdirError,
             checkpoint.CheckpointError, model.NoPriorError, objectives.UndefinedObjectiveError,
             getattr(data, "IDXFormatError", config.ConfigError), FileNotFoundError,
-            inputs.DataError, faults.NonFiniteError, autoregressive.NoLatentError)
+            inputs.DataError, faults.NonFiniteError, inference.InferenceError, autoregressive.NoLatentError)
 
 
 def _positive_int(text: str) -> int:
@@ -115,6 +116,48 @@ def cmd_evaluate(args, overrides) -> int:
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "eval.json"
     evaluate_lib.write_json(out, result)
     print(f"wrote {out}")
+    return 0
+
+
+def cmd_gaps(args, overrides) -> int:
+    import vaegen
+    from vaegen import gaps as gaps_lib
+    from vaegen import inference as inference_lib
+
+    run = vaegen.load(args.workdir, epoch=args.epoch)
+    kw = gaps_lib.settings_from_config(run.config)
+    g = run.config.eval.gaps
+    if args.family:
+        kw["families"] = [f.strip() for f in args.family.split(",") if f.strip()]
+    for f in kw["families"]:
+        if f not in inference_lib.FAMILY_ALIASES:
+            raise inference_lib.InferenceError(f"unknown family {f!r} in --family; choose from diag, fullcov, flow")
+    if args.split:
+        kw["splits"] = [s.strip() for s in args.split.split(",") if s.strip()]
+        for s in kw["splits"]:
+            if s not in gaps_lib.SPLITS:
+                raise inference_lib.InferenceError(f"unknown split {s!r} in --split; choose from {', '.join(gaps_lib.SPLITS)}")
+    kw["settings"] = inference_lib.SVISettings(
+        num_steps=args.steps if args.steps is not None else int(g.num_steps),
+        learning_rate=args.lr if args.lr is not None else float(g.learning_rate),
+        num_samples=args.samples_per_step if args.samples_per_step is not None else int(g.num_samples))
+    for name, attr in (("init", "init"), ("elbo_samples", "elbo_samples"), ("log_px_samples", "k"),
+                       ("chunk_size", "chunk_size")):
+        if getattr(args, attr) is not None:
+            kw[name] = getattr(args, attr)
+    if args.test_examples is not None:
+        kw["max_examples"]["test"] = args.test_examples
+    if args.train_examples is not None:
+        kw["max_examples"]["train"] = args.train_examples
+        if args.train_examples == 0 and not args.split:
+            kw["splits"] = [s for s in kw["splits"] if s != "train"]
+        elif not args.split and "train" not in kw["splits"]:
+            kw["splits"].append("train")
+    report = gaps_lib.compute_gaps(run, seed=args.seed, **kw)
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "gaps"
+    paths = gaps_lib.write_tables(report, out)
+    print(gaps_lib.markdown_table(report.rows))
+    print(f"wrote {paths['md']}, {paths['csv']}, {paths['json']}")
     return 0
 
 
@@ -257,6 +300,27 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive_int, default=None, help="examples per chunk (memory only)")
     e.add_argument("--out", help="JSON output path (default WORKDIR/eval.json)")
     e.set_defaults(func=cmd_evaluate)
+
+    g = sub.add_parser("gaps", help="the inference gap split into approximation and amortization gaps (Cremer et al.)",
+                       description="Per example: log p(x) (importance sampling), L[q*_F] (per-example SVI in each "
+                                   "family F) and L[q] (the encoder); writes gaps.md, gaps.csv, gaps.json. Defaults "
+                                   "come from the run's config.eval.gaps.")
+    g.add_argument("--workdir", required=True)
+    g.add_argument("--family", help="comma-separated families: diag, fullcov, flow (default config.eval.gaps.families)")
+    g.add_argument("--split", help="comma-separated splits: test, train, validation (default test and a train subset)")
+    g.add_argument("--steps", type=_non_negative_int, help="SVI steps per example for q*")
+    g.add_argument("--lr", type=float, help="Adam learning rate of the SVI steps (cosine-decayed)")
+    g.add_argument("--samples-per-step", type=_positive_int, help="z samples per SVI step")
+    g.add_argument("--init", choices=("amortized", "prior"), help="start q* from the encoder's q or from N(0, I)")
+    g.add_argument("--elbo-samples", type=_positive_int, help="z samples for each reported ELBO")
+    g.add_argument("--k", type=_positive_int, help="importance samples for log p(x)")
+    g.add_argument("--test-examples", type=_non_negative_int, help="first n test examples (0 = all)")
+    g.add_argument("--train-examples", type=_non_negative_int, help="size of the training subset (0 = no training split)")
+    g.add_argument("--chunk-size", type=_positive_int, help="examples per vmapped chunk (memory only)")
+    g.add_argument("--epoch", type=_positive_int, help="checkpoint epoch (default the latest)")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--out", help="output directory (default WORKDIR/gaps)")
+    g.set_defaults(func=cmd_gaps)
 
     s = sub.add_parser("sample", help="PNG grid of ancestral samples z ~ p(z), x ~ p(x|z)")
     s.add_argument("--workdir", required=True)

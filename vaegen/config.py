@@ -248,7 +248,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
         from vaegen.networks import ACTIVATIONS
         _choice(section.activation, ACTIVATIONS, "activation")
 
-    _choice(c.inference.posterior, ("diagonal_gaussian", "fixed_scale_gaussian", "point_mass"), "inference.posterior")
+    _choice(c.inference.posterior, ("diagonal_gaussian", "fixed_scale_gaussian", "point_mass", "full_covariance_gaussian",
+                                    "flow"), "inference.posterior")
+    _validate_amortization(c)
     _positive(c.inference.posterior_scale, "inference.posterior_scale")
     if c.inference.min_log_scale >= c.inference.max_log_scale:
         raise ConfigError("config.inference.min_log_scale must be below max_log_scale")
@@ -259,7 +261,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _positive(c.objective.kl_warmup_epochs, "objective.kl_warmup_epochs", allow_zero=True)
     _positive(c.objective.code_penalty, "objective.code_penalty", allow_zero=True)
     point_mass = c.inference.posterior == "point_mass"
-    if c.objective.name in ("elbo", "iwae"):
+    if c.objective.name in ("elbo", "iwae", "semi_amortized"):
         if point_mass:
             raise ConfigError(
                 f"objective {c.objective.name!r} is undefined for a point-mass posterior (its KL to "
@@ -294,7 +296,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _positive(c.eval.validation_num_samples, "eval.validation_num_samples")
 
 
-OBJECTIVE_NAMES = ("elbo", "iwae", "ae", "rae", "dae", "exact")
+OBJECTIVE_NAMES = ("elbo", "iwae", "ae", "semi_amortized", "rae", "dae", "exact")
 
 
 def _validate_study_objectives(c: ml_collections.ConfigDict, point_mass: bool) -> None:
@@ -333,3 +335,38 @@ def _validate_study_objectives(c: ml_collections.ConfigDict, point_mass: bool) -
 
         _choice(c.model.made.activation, ACTIVATIONS, "model.made.activation")
         _choice(c.model.made.ordering, ("natural", "random"), "model.made.ordering")
+
+
+def _validate_amortization(c: ml_collections.ConfigDict) -> None:
+    """The flow posterior, semi-amortized training and gap-evaluation keys."""
+    from vaegen.networks import ACTIVATIONS
+
+    _positive(c.inference.flow_layers, "inference.flow_layers")
+    _positive(c.inference.flow_context_dim, "inference.flow_context_dim", allow_zero=True)
+    if any(int(h) <= 0 for h in c.inference.flow_hidden):
+        raise ConfigError(f"config.inference.flow_hidden widths must be positive, got {c.inference.flow_hidden}")
+    _choice(c.inference.flow_activation, ACTIVATIONS, "inference.flow_activation")
+    if c.inference.posterior == "flow" and c.model.latent_dim < 2:
+        raise ConfigError("config.inference.posterior=flow needs config.model.latent_dim >= 2")
+    _positive(c.objective.svi_steps, "objective.svi_steps", allow_zero=True)
+    _positive(c.objective.svi_learning_rate, "objective.svi_learning_rate")
+    _choice(c.objective.svi_optimizer, ("sgd", "adam"), "objective.svi_optimizer")
+    _positive(c.objective.svi_momentum, "objective.svi_momentum", allow_zero=True)
+    _positive(c.objective.svi_num_samples, "objective.svi_num_samples")
+    _positive(c.objective.svi_grad_clip_norm, "objective.svi_grad_clip_norm", allow_zero=True)
+    _choice(c.objective.svi_init, ("amortized", "prior"), "objective.svi_init")
+    _choice(c.objective.svi_gradient, ("unrolled", "total", "stop"), "objective.svi_gradient")
+    if c.objective.name == "semi_amortized" and c.inference.posterior not in (
+            "diagonal_gaussian", "full_covariance_gaussian", "flow"):
+        raise ConfigError("objective 'semi_amortized' refines a diagonal_gaussian, full_covariance_gaussian or flow "
+                          f"posterior, not {c.inference.posterior!r}")
+    g = c.eval.gaps
+    for name in str(g.families).split(","):
+        _choice(name.strip(), ("diag", "fullcov", "flow"), "eval.gaps.families")
+    if "flow" in str(g.families) and c.model.latent_dim < 2:
+        raise ConfigError("config.eval.gaps.families: the flow family needs config.model.latent_dim >= 2")
+    _choice(g.init, ("amortized", "prior"), "eval.gaps.init")
+    for k in ("num_steps", "test_examples", "train_examples"):
+        _positive(g[k], f"eval.gaps.{k}", allow_zero=True)
+    for k in ("learning_rate", "num_samples", "elbo_samples", "log_px_samples", "chunk_size"):
+        _positive(g[k], f"eval.gaps.{k}")

@@ -180,6 +180,24 @@ def build_model(model_cfg: Any, inference_cfg: Any, event_shape: tuple[int, ...]
         )
     elif kind == "point_mass":
         posterior = posteriors_lib.PointMass(encoder=encoder, latent_dim=d)
+    elif kind == "full_covariance_gaussian":
+        posterior = posteriors_lib.FullCovarianceGaussian(
+            encoder=encoder,
+            latent_dim=d,
+            min_log_scale=float(inference_cfg.min_log_scale),
+            max_log_scale=float(inference_cfg.max_log_scale),
+        )
+    elif kind == "flow":
+        posterior = posteriors_lib.FlowPosterior(
+            encoder=encoder,
+            latent_dim=d,
+            num_layers=int(inference_cfg.flow_layers),
+            hidden=tuple(int(h) for h in inference_cfg.flow_hidden),
+            context_dim=int(inference_cfg.flow_context_dim),
+            activation=inference_cfg.flow_activation,
+            min_log_scale=float(inference_cfg.min_log_scale),
+            max_log_scale=float(inference_cfg.max_log_scale),
+        )
     else:
         raise ValueError(f"unknown posterior {kind!r}")
 

@@ -236,6 +236,10 @@ def build_objective(cfg: Any, *, steps_per_epoch: int = 1) -> Objective:
         from vaegen import autoregressive
 
         return autoregressive.ExactLogLikelihood()
+    if name == "semi_amortized":
+        from vaegen.inference import semi_amortized_from_config
+
+        return semi_amortized_from_config(cfg)
     raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
 
 

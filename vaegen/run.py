@@ -123,7 +123,10 @@ def load(workdir: str | pathlib.Path, *, epoch: int | None = None) -> Run:
             raise FileNotFoundError(f"{workdir} has no checkpoint of epoch {epoch} (it has {sorted(epochs)})")
         meta = checkpointer.restore_meta(epoch)
         fingerprint = train_lib.config_fingerprint(config)
-        if meta.get("config_fingerprint") != fingerprint:
+        # The config as it was written: a run trained before config keys were added (which
+        # from_json fills with their defaults) is still the run its checkpoint was written by.
+        as_written = train_lib.config_fingerprint(json.loads(cfg_path.read_text()))
+        if meta.get("config_fingerprint") not in (fingerprint, as_written):
             raise checkpoint_lib.CheckpointError(
                 f"checkpoint of epoch {epoch} in {workdir} was written under a different config than "
                 f"{cfg_path}; the workdir is inconsistent"

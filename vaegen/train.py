@@ -141,7 +141,7 @@ def validation_objective(config: ml_collections.ConfigDict) -> objectives_lib.Ob
         from vaegen import dae
 
         return dae.validation_objective(config.objective)
-    if name == "exact":
+    if name in ("exact", "semi_amortized"):  # semi_amortized: the refined bound L[q_K] (and L[q_0] beside it)
         return objectives_lib.build_objective(config.objective)
     return objectives_lib.Autoencoder(code_penalty=0.0)
 

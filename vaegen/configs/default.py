@@ -51,10 +51,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # --- inference q(z | x), beside the model -----------------------------------------------
     c.inference = ml_collections.ConfigDict()
-    c.inference.posterior = "diagonal_gaussian"  # diagonal_gaussian | fixed_scale_gaussian | point_mass
+    # diagonal_gaussian | full_covariance_gaussian | flow | fixed_scale_gaussian | point_mass
+    c.inference.posterior = "diagonal_gaussian"
     c.inference.min_log_scale = -10.0
     c.inference.max_log_scale = 3.0
     c.inference.posterior_scale = 1.0  # the constant scale of fixed_scale_gaussian
+    # flow: affine coupling layers (RealNVP, distrax.MaskedCoupling) on a diagonal Gaussian base,
+    # each conditioned on a context c(x) from the encoder; also the architecture of the 'flow'
+    # family of `vaegen gaps` for models whose q(z|x) is not a flow.
+    c.inference.flow_layers = 4
+    c.inference.flow_hidden = (64,)  # hidden widths of each coupling layer's network
+    c.inference.flow_context_dim = 16
+    c.inference.flow_activation = "tanh"
     c.inference.encoder = ml_collections.ConfigDict()
     c.inference.encoder.network = "mlp"
     c.inference.encoder.hidden = (200, 200)
@@ -74,6 +82,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.objective.noise_level = 0.3  # prob. of a pixel being salted/flipped; std of gaussian noise
     c.objective.walkback_steps = 1  # most corruption-reconstruction steps per example (1 = plain DAE)
     c.objective.walkback_continue = 0.5  # prob. of walking one step further (geometric walk length)
+    # semi_amortized (Kim et al. 2018): K SVI steps on each example's ELBO inside the training step,
+    # from the encoder's q (svi_init=amortized) or from N(0, I) (svi_init=prior: non-amortized SVI).
+    # svi_gradient: unrolled (through the K steps to the encoder; SA-VAE) | total (theta's gradient
+    # also through the steps) | stop (q_K held fixed; the encoder trained on its own ELBO: VAE+SVI).
+    c.objective.svi_steps = 10  # K
+    c.objective.svi_learning_rate = 0.05  # inner step size
+    c.objective.svi_optimizer = "adam"  # adam | sgd (inner optimiser, optax; Kim et al. used sgd + momentum)
+    c.objective.svi_momentum = 0.5  # sgd only
+    c.objective.svi_num_samples = 1  # z samples per inner step
+    c.objective.svi_grad_clip_norm = 0.0  # clip each example's inner gradient (0 = off)
+    c.objective.svi_init = "amortized"  # amortized | prior
+    c.objective.svi_gradient = "unrolled"  # unrolled | total | stop
 
     # --- optimisation ------------------------------------------------------------------------
     c.optim = ml_collections.ConfigDict()
@@ -113,4 +133,17 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.eval.batch_size = 100  # examples per vmapped chunk (memory, not results)
     c.eval.num_samples = 1000  # k of the importance-sampled log p(x) (IWAE_k) at evaluation
     c.eval.validation_num_samples = 1  # k of the bound tracked on the validation set in training
+    # The gap decomposition (`vaegen gaps`): q* per example by SVI, and log p(x) by importance
+    # sampling; command-line flags override these.
+    c.eval.gaps = ml_collections.ConfigDict()
+    c.eval.gaps.families = "diag"  # comma-separated: diag, fullcov, flow
+    c.eval.gaps.num_steps = 500  # SVI steps per example for q*
+    c.eval.gaps.learning_rate = 1e-2  # Adam, cosine-decayed to 0 over the steps
+    c.eval.gaps.num_samples = 1  # z samples per SVI step
+    c.eval.gaps.init = "amortized"  # amortized | prior: where each q* starts
+    c.eval.gaps.elbo_samples = 100  # samples for each reported ELBO, L[q] and L[q*]
+    c.eval.gaps.log_px_samples = 1000  # k of each importance-sampled log p(x)
+    c.eval.gaps.test_examples = 0  # 0 = the whole test set
+    c.eval.gaps.train_examples = 1000  # training subset (binarized once); 0 = none
+    c.eval.gaps.chunk_size = 500  # examples per vmapped chunk (memory, not results)
     return c

@@ -1,0 +1,234 @@
+"""The amortization study: train a grid of models and decompose their inference gaps over training.
+
+For every cell of a grid (``configs/quick.py``, ``configs/full.py``, or any file with the same
+``EPOCHS``, ``VARIANTS`` and ``get_config``), the model is trained in stages up to each epoch in
+``EPOCHS`` (the trainer resumes exactly where it stopped), and after each stage the gap
+decomposition of :mod:`vaegen.gaps` is measured on a test subset and a training subset:
+log p(x), L[q*_F], L[q], the approximation gap log p(x) - L[q*_F] and the amortization gap
+L[q*_F] - L[q], each per example and summarised with its standard error.
+
+Outputs in ``--out``::
+
+    <cell>/                       the cell's run (vaegen workdir) and gaps/epoch_<e>/ tables
+    results.csv                   every (cell, epoch, split, family) row
+    results.md                    the final-epoch table and the gaps over epochs
+    figures/gaps_over_epochs.png  approximation and amortization gaps over training, train vs test
+    figures/gaps_by_axis.png      final gaps per ablation axis (encoder, decoder, K, training)
+
+Everything is cached: rerunning skips finished stages and measurements, so an interrupted study
+resumes and ``--only`` can add cells.
+
+    python experiments/amortization/run.py --grid quick --out runs/amortization/quick
+    python experiments/amortization/run.py --grid full --out runs/amortization/full      # a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import io
+import json
+import pathlib
+import sys
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+QUANTITIES = ("log_px", "elbo_star", "elbo_amortized", "approximation_gap", "amortization_gap")
+
+
+def load_grid(spec: str):
+    path = pathlib.Path(spec)
+    if not path.suffix:
+        path = HERE / "configs" / f"{spec}.py"
+    if not path.is_file():
+        raise SystemExit(f"run.py: error: no grid {spec!r} (looked for {path})")
+    module_spec = importlib.util.spec_from_file_location(f"_amortization_grid_{path.stem}", path)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    module.PATH = str(path)
+    return module
+
+
+def train_seconds(workdir: pathlib.Path) -> float:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines() if (workdir / "metrics.jsonl").exists() else []
+    return float(sum(json.loads(l).get("epoch_seconds", 0.0) + json.loads(l).get("compile_seconds", 0.0)
+                     for l in lines if l.strip()))
+
+
+def run_cell(grid, name: str, out: pathlib.Path, splits_cache: dict, log) -> list[dict]:
+    import ml_collections
+
+    import vaegen
+    from vaegen import config as config_lib
+    from vaegen import gaps as gaps_lib
+    from vaegen import train as train_lib
+
+    axis, value, _ = grid.VARIANTS[name]
+    config = ml_collections.ConfigDict(grid.get_config(name))
+    config_lib.validate(config)
+    data_key = json.dumps(config.data.to_dict(), sort_keys=True)
+    if data_key not in splits_cache:
+        splits_cache[data_key] = train_lib.load_data(config)
+    splits = splits_cache[data_key]
+    workdir = out / name
+    rows = []
+    for epoch in grid.EPOCHS:
+        stage = ml_collections.ConfigDict(config.to_dict())
+        stage.train.num_epochs = int(epoch)
+        stage.lock()
+        t = time.perf_counter()
+        train_lib.train_and_evaluate(stage, workdir, splits=splits)
+        log(f"[{name}] trained to epoch {epoch} ({time.perf_counter() - t:.0f} s)")
+        gap_dir = workdir / "gaps" / f"epoch_{epoch}"
+        if not (gap_dir / "gaps.json").exists():
+            t = time.perf_counter()
+            run = vaegen.load(workdir, epoch=epoch)
+            kw = gaps_lib.settings_from_config(stage)
+            report = gaps_lib.compute_gaps(run, progress=False, **kw)
+            gaps_lib.write_tables(report, gap_dir)
+            log(f"[{name}] gaps at epoch {epoch} ({time.perf_counter() - t:.0f} s)")
+        result = json.loads((gap_dir / "gaps.json").read_text())
+        metrics = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
+        last = next(m for m in metrics if m["epoch"] == epoch)
+        for r in result["rows"]:
+            rows.append({"cell": name, "axis": axis, "value": value, "epoch": epoch, "split": r["split"],
+                         "family": r["family"], "num_examples": r["num_examples"],
+                         "validation_elbo": last.get("validation/elbo"),
+                         "train_seconds": train_seconds(workdir),
+                         **{q: r[q]["mean"] for q in QUANTITIES}, **{f"{q}_stderr": r[q]["stderr"] for q in QUANTITIES}})
+    return rows
+
+
+def write_results(rows: list[dict], out: pathlib.Path, grid) -> None:
+    fields = ["cell", "axis", "value", "epoch", "split", "family", "num_examples", "validation_elbo", "train_seconds"]
+    fields += [f for q in QUANTITIES for f in (q, f"{q}_stderr")]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: (f"{v:.4f}" if isinstance(v, float) else v) for k, v in r.items() if k in fields})
+    (out / "results.csv").write_text(buf.getvalue())
+
+    final = max(grid.EPOCHS)
+    pm = lambda r, q: f"{r[q]:.2f} ± {r[q + '_stderr']:.2f}"
+    lines = [f"Amortization study ({pathlib.Path(grid.PATH).name}), nats per example, mean ± standard error.",
+             "", f"Final epoch ({final}):", "",
+             "| cell | axis | value | split | F | log p(x) | L[q*_F] | L[q] | approximation gap | amortization gap "
+             "| validation bound | train s |",
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        if r["epoch"] == final:
+            val = f"{r['validation_elbo']:.2f}" if r.get("validation_elbo") is not None else ""
+            lines.append(f"| {r['cell']} | {r['axis']} | {r['value']} | {r['split']} | {r['family']} | {pm(r, 'log_px')} | "
+                         f"{pm(r, 'elbo_star')} | {pm(r, 'elbo_amortized')} | {pm(r, 'approximation_gap')} | "
+                         f"{pm(r, 'amortization_gap')} | {val} | {r['train_seconds']:.0f} |")
+    lines += ["", "validation bound: the training objective's bound on the validation set (for semi-amortized and "
+              "SVI training the refined L[q_K], for ELBO training L[q]); train s: training seconds."]
+    lines += ["", "Gaps over training (family diag; test / train):", "",
+              "| cell | " + " | ".join(f"epoch {e}: approx." for e in grid.EPOCHS) + " | "
+              + " | ".join(f"epoch {e}: amort." for e in grid.EPOCHS) + " |",
+              "|---|" + "---:|" * (2 * len(grid.EPOCHS))]
+    for cell in dict.fromkeys(r["cell"] for r in rows):
+        def cells(q):
+            out_ = []
+            for e in grid.EPOCHS:
+                vals = {r["split"]: r[q] for r in rows if r["cell"] == cell and r["epoch"] == e and r["family"] == "diag"}
+                out_.append(" / ".join(f"{vals[s]:.2f}" for s in ("test", "train") if s in vals))
+            return out_
+        lines.append(f"| {cell} | " + " | ".join(cells("approximation_gap") + cells("amortization_gap")) + " |")
+    (out / "results.md").write_text("\n".join(lines) + "\n")
+
+
+def plot(rows: list[dict], out: pathlib.Path, grid) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    figdir = out / "figures"
+    figdir.mkdir(parents=True, exist_ok=True)
+    diag = [r for r in rows if r["family"] == "diag"]
+    cells = list(dict.fromkeys(r["cell"] for r in diag))
+    fig = Figure(figsize=(11, 4.2))
+    for i, q in enumerate(("approximation_gap", "amortization_gap")):
+        ax = fig.add_subplot(1, 2, i + 1)
+        for j, cell in enumerate(cells):
+            color = f"C{j % 10}"
+            for split, style in (("test", "-"), ("train", "--")):
+                pts = sorted((r["epoch"], r[q], r[q + "_stderr"]) for r in diag if r["cell"] == cell and r["split"] == split)
+                if pts:
+                    e, v, s = zip(*pts)
+                    ax.errorbar(e, v, yerr=s, fmt=style, marker="o", ms=3, color=color,
+                                label=cell if split == "test" else None)
+        ax.set_xscale("log")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{q.replace('_', ' ')} (nats)")
+        ax.set_title(f"{q.replace('_', ' ')}: test (solid), train (dashed)", fontsize=9)
+        ax.grid(alpha=0.3)
+    fig.axes[1].legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(figdir / "gaps_over_epochs.png", dpi=110)
+
+    final = max(grid.EPOCHS)
+    test = [r for r in diag if r["epoch"] == final and r["split"] == "test"]
+    axes = [a for a in dict.fromkeys(r["axis"] for r in test) if a != "baseline"]
+    base = [r for r in test if r["axis"] == "baseline"]
+    fig = Figure(figsize=(3.2 * max(1, len(axes)), 3.8))
+    for i, a in enumerate(axes):
+        ax = fig.add_subplot(1, len(axes), i + 1)
+        group = base + [r for r in test if r["axis"] == a]
+        labels = [r["value"] if r["axis"] != "baseline" else "base" for r in group]
+        x = range(len(group))
+        for k, (q, off) in enumerate((("approximation_gap", -0.2), ("amortization_gap", 0.2))):
+            ax.bar([v + off for v in x], [r[q] for r in group], width=0.4, yerr=[r[q + "_stderr"] for r in group],
+                   color=f"C{k}", label=q.replace("_", " ") if i == 0 else None)
+        ax.set_xticks(list(x))
+        ax.set_xticklabels(labels, rotation=30, ha="right", fontsize=7)
+        ax.set_title(a, fontsize=9)
+        ax.set_ylabel("nats (test, final epoch)")
+    if axes:
+        fig.legend(loc="upper center", ncol=2, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0, 1, 0.9))
+    fig.savefig(figdir / "gaps_by_axis.png", dpi=110)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description="Train a grid of models and decompose their inference gaps over training.")
+    p.add_argument("--grid", default="quick", help="quick, full, or a path to a grid file")
+    p.add_argument("--out", help="output directory (default runs/amortization/<grid>)")
+    p.add_argument("--only", help="comma-separated cells to run (default all)")
+    args = p.parse_args(argv)
+    grid = load_grid(args.grid)
+    out = pathlib.Path(args.out or f"runs/amortization/{pathlib.Path(grid.PATH).stem}")
+    out.mkdir(parents=True, exist_ok=True)
+    names = [n.strip() for n in args.only.split(",")] if args.only else list(grid.VARIANTS)
+    unknown = [n for n in names if n not in grid.VARIANTS]
+    if unknown:
+        raise SystemExit(f"run.py: error: unknown cells {unknown}; cells: {', '.join(grid.VARIANTS)}")
+
+    from tqdm.auto import tqdm
+
+    t0 = time.perf_counter()
+    log = lambda msg: tqdm.write(f"{time.perf_counter() - t0:7.0f}s {msg}")
+    rows, splits_cache = [], {}
+    for name in tqdm(list(grid.VARIANTS) if not args.only else names, desc="cells", unit="cell"):
+        if name in names:
+            rows += run_cell(grid, name, out, splits_cache, log)
+    # Also report cells finished by earlier invocations.
+    done = {r["cell"] for r in rows}
+    for name in grid.VARIANTS:
+        if name not in done and all((out / name / "gaps" / f"epoch_{e}" / "gaps.json").exists() for e in grid.EPOCHS):
+            rows += run_cell(grid, name, out, splits_cache, log)
+    order = list(grid.VARIANTS)
+    rows.sort(key=lambda r: (order.index(r["cell"]), r["epoch"], r["split"] != "test", r["family"]))
+    write_results(rows, out, grid)
+    plot(rows, out, grid)
+    print((out / "results.md").read_text())
+    print(f"wrote {out / 'results.md'}, {out / 'results.csv'}, {out / 'figures'}; {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(HERE.parents[1]))  # run from a checkout without installing
+    sys.exit(main())
