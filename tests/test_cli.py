@@ -71,7 +71,7 @@ def test_bad_input_is_one_clear_line_and_nothing_written(tmp_path, capsys, args,
 def test_help_of_every_command(capsys):
     proc = subprocess.run([sys.executable, "-m", "vaegen.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage: vaegen" in proc.stdout
-    for command in ("train", "evaluate", "gaps", "sample", "reconstruct", "data", "config", "demo"):
+    for command in ("train", "evaluate", "gaps", "sample", "reconstruct", "data", "config", "demo", "compare"):
         with pytest.raises(SystemExit) as exit_info:
             cli.main([command, "--help"])
         assert exit_info.value.code == 0

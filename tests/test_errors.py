@@ -54,6 +54,13 @@ CLI_CASES = [
     ("sample-n", ["sample", "--workdir", "{workdir}", "--n", "-3"], "sample: argument --n: must be >= 1, got -3"),
     ("no-run", ["evaluate", "--workdir", "{tmp}/nothing"], "holds no vaegen run"),
     ("no-checkpoint", ["evaluate", "--workdir", "{workdir}"], "has no checkpoint yet"),
+    ("dae-encoder", ["train", "--config", "tiny", "--config.objective.name=dae"],
+     "objective 'dae' trains an autoencoder and needs a deterministic encoder"),
+    ("made-objective", ["train", "--config", "tiny", "--config.model.kind=autoregressive"],
+     "is trained on its exact log p(x) (config.objective.name=exact), and only it: set both or neither"),
+    ("study-setting", ["compare", "--preset", "tiny", "--workdir", "{workdir}", "--set", "eval.kk=5"],
+     "unknown config key 'eval.kk'; did you mean eval.k"),
+    ("expost-no-run", ["expost", "--workdir", "{tmp}/nothing"], "holds no vaegen run"),
 ]
 
 

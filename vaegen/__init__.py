@@ -19,6 +19,10 @@ Table of contents::
     vaegen.fit_local                q*(z|x) per example by SVI, vmapped        (inference.py)
     vaegen.SemiAmortizedELBO        K SVI steps inside the training step       (inference.py)
     vaegen.compute_gaps             approximation and amortization gaps        (gaps.py)
+    vaegen.expost                   an AE made generative: a mixture fitted to its codes as p(z)
+    vaegen.rae, dae, autoregressive the RAE, the denoising AE and its chain, MADE (no z)
+    vaegen.metrics                  FD/precision/recall in a classifier's features, prior holes
+    vaegen.compare                  the VAE-vs-AE study and its report (`vaegen compare`)
 """
 
 from vaegen import diagnostics, estimators

@@ -255,7 +255,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     if c.inference.min_log_scale >= c.inference.max_log_scale:
         raise ConfigError("config.inference.min_log_scale must be below max_log_scale")
 
-    _choice(c.objective.name, ("elbo", "iwae", "ae", "semi_amortized"), "objective.name")
+    _choice(c.objective.name, OBJECTIVE_NAMES, "objective.name")
     _positive(c.objective.num_samples, "objective.num_samples")
     _positive(c.objective.beta, "objective.beta", allow_zero=True)
     _positive(c.objective.kl_warmup_epochs, "objective.kl_warmup_epochs", allow_zero=True)
@@ -274,6 +274,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
             "objective 'ae' (log p(x | z = f(x))) needs a deterministic encoder: "
             "set --config.inference.posterior=point_mass"
         )
+    _validate_study_objectives(c, point_mass)
 
     _choice(c.optim.optimizer, ("adam", "adamw", "sgd"), "optim.optimizer")
     _positive(c.optim.learning_rate, "optim.learning_rate")
@@ -316,6 +317,47 @@ def _validate_eval(e: ml_collections.ConfigDict) -> None:
         evaluation.ais_from_config(e.ais)
     except ConfigError as err:
         raise ConfigError(f"config.eval.ais: {err}") from None
+
+
+OBJECTIVE_NAMES = ("elbo", "iwae", "ae", "semi_amortized", "rae", "dae", "exact")
+
+
+def _validate_study_objectives(c: ml_collections.ConfigDict, point_mass: bool) -> None:
+    """The regularised and denoising autoencoders and the autoregressive model (model.kind)."""
+    _choice(c.model.kind, ("latent_variable", "autoregressive"), "model.kind")
+    name = c.objective.name
+    if name in ("rae", "dae") and not point_mass:
+        raise ConfigError(
+            f"objective {name!r} trains an autoencoder and needs a deterministic encoder: "
+            "set --config.inference.posterior=point_mass"
+        )
+    _positive(c.objective.decoder_l2, "objective.decoder_l2", allow_zero=True)
+    _choice(c.objective.corruption, ("salt_and_pepper", "bit_flip", "gaussian"), "objective.corruption")
+    if name == "dae":
+        if c.objective.corruption == "gaussian":
+            _positive(c.objective.noise_level, "objective.noise_level")
+        elif not 0.0 < c.objective.noise_level < 1.0:
+            raise ConfigError(f"config.objective.noise_level={c.objective.noise_level!r} is the probability that "
+                              f"{c.objective.corruption} corrupts a pixel and must lie in (0, 1)")
+        _positive(c.objective.walkback_steps, "objective.walkback_steps")
+        if not 0.0 <= c.objective.walkback_continue <= 1.0:
+            raise ConfigError(f"config.objective.walkback_continue={c.objective.walkback_continue!r} must lie in [0, 1]")
+    autoregressive = c.model.kind == "autoregressive"
+    if autoregressive != (name == "exact"):
+        raise ConfigError(
+            "an autoregressive model (config.model.kind=autoregressive) is trained on its exact log p(x) "
+            "(config.objective.name=exact), and only it: set both or neither"
+        )
+    if autoregressive:
+        if c.model.likelihood != "bernoulli":
+            raise ConfigError("config.model.kind=autoregressive (MADE) models binary data: set "
+                              "config.model.likelihood=bernoulli and a binarization protocol")
+        if not c.model.made.hidden or any(int(h) <= 0 for h in c.model.made.hidden):
+            raise ConfigError(f"config.model.made.hidden needs at least one positive width, got {c.model.made.hidden}")
+        from vaegen.networks import ACTIVATIONS
+
+        _choice(c.model.made.activation, ACTIVATIONS, "model.made.activation")
+        _choice(c.model.made.ordering, ("natural", "random"), "model.made.ordering")
 
 
 def _validate_amortization(c: ml_collections.ConfigDict) -> None:

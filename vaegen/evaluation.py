@@ -147,6 +147,10 @@ def evaluate(run, *, split: str = "test", num_samples: int | None = None, batch_
     Returns:
       A JSON-able dict: settings, and per metric ``{mean, stderr, bits_per_dim}`` in nats.
     """
+    if not getattr(run.model, "has_latents", True):  # autoregressive: exact log p(x)
+        from vaegen import autoregressive
+
+        return autoregressive.evaluate(run, split=split, batch_size=batch_size, seed=seed, max_examples=max_examples)
     config = run.config
     k = int(num_samples or config.eval.num_samples)
     x_u8 = getattr(train_lib.load_data(config), split)

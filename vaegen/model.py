@@ -139,6 +139,10 @@ def build_model(model_cfg: Any, inference_cfg: Any, event_shape: tuple[int, ...]
       event_shape: shape of one observation, e.g. ``(28, 28, 1)``.
     """
     event_shape = tuple(int(s) for s in event_shape)
+    if model_cfg.get("kind", "latent_variable") == "autoregressive":
+        from vaegen import autoregressive  # a model with no z: MADE, exact log p(x)
+
+        return autoregressive.build(model_cfg, event_shape)
     d = int(model_cfg.latent_dim)
 
     if model_cfg.prior == "none":
@@ -208,6 +212,9 @@ def init_params(model: LatentVariableModel, key: jax.Array, event_shape: tuple[i
 def set_output_bias(variables, model: LatentVariableModel, data_mean) -> Any:
     """Returns ``variables`` with the likelihood head's bias set so that p(x | z) starts at the
     data mean (Bernoulli: logit of the pixel means), as in Burda et al. (2016)."""
+    custom = getattr(model, "with_output_bias", None)  # models without p(x | z) (autoregressive)
+    if custom is not None:
+        return custom(variables, data_mean)
     head = type(model.likelihood).head_name
     bias = jnp.asarray(type(model.likelihood).output_bias(data_mean), jnp.float32)
     params = jax.tree_util.tree_map(lambda a: a, variables["params"])  # shallow copy of the tree

@@ -224,6 +224,18 @@ def build_objective(cfg: Any, *, steps_per_epoch: int = 1) -> Objective:
         return IWAE(num_samples=int(cfg.num_samples))
     if name == "ae":
         return Autoencoder(code_penalty=float(cfg.code_penalty))
+    if name == "rae":  # regularised autoencoder (Ghosh et al. 2020)
+        from vaegen import rae
+
+        return rae.build_objective(cfg)
+    if name == "dae":  # denoising autoencoder with walkback (Bengio et al. 2013)
+        from vaegen import dae
+
+        return dae.build_objective(cfg)
+    if name == "exact":  # exact log p(x) of a model without latents (autoregressive)
+        from vaegen import autoregressive
+
+        return autoregressive.ExactLogLikelihood()
     if name == "semi_amortized":
         from vaegen.inference import semi_amortized_from_config
 

@@ -137,7 +137,11 @@ def validation_objective(config: ml_collections.ConfigDict) -> objectives_lib.Ob
                                    analytic_kl=bool(config.objective.analytic_kl))
     if name == "iwae":
         return objectives_lib.IWAE(num_samples=int(config.objective.num_samples))
-    if name == "semi_amortized":  # the refined bound L[q_K] (and the amortized L[q_0] beside it)
+    if name == "dae":  # log P(x | x~) without the walk
+        from vaegen import dae
+
+        return dae.validation_objective(config.objective)
+    if name in ("exact", "semi_amortized"):  # semi_amortized: the refined bound L[q_K] (and L[q_0] beside it)
         return objectives_lib.build_objective(config.objective)
     return objectives_lib.Autoencoder(code_penalty=0.0)
 

@@ -39,6 +39,15 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.model.decoder.network = "mlp"
     c.model.decoder.hidden = (200, 200)
     c.model.decoder.activation = "tanh"
+    # latent_variable: p(z) p(x | z) with q(z | x) beside it (everything above);
+    # autoregressive: no z at all, p(x) = prod_i p(x_i | x_<i) by a MADE (model.made), trained
+    # and evaluated on its exact log p(x) (objective.name=exact).
+    c.model.kind = "latent_variable"
+    c.model.made = ml_collections.ConfigDict()
+    c.model.made.hidden = (500,)  # widths of the masked hidden layers
+    c.model.made.activation = "relu"
+    c.model.made.ordering = "natural"  # natural (raster order) | random (a permutation drawn from ordering_seed)
+    c.model.made.ordering_seed = 0  # also seeds the hidden units' connectivity degrees
 
     # --- inference q(z | x), beside the model -----------------------------------------------
     c.inference = ml_collections.ConfigDict()
@@ -61,12 +70,18 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
     # --- objective ---------------------------------------------------------------------------
     c.objective = ml_collections.ConfigDict()
-    c.objective.name = "elbo"  # elbo | iwae | ae
+    c.objective.name = "elbo"  # elbo | iwae | ae | rae | dae | exact
     c.objective.num_samples = 1  # S for the ELBO, k for IWAE
     c.objective.analytic_kl = True
     c.objective.beta = 1.0  # weight of the KL in the training objective
     c.objective.kl_warmup_epochs = 0.0  # linear warm-up of the KL weight from 0 to beta
-    c.objective.code_penalty = 0.0  # ae: lambda in - lambda/2 ||f(x)||^2 (the RAE penalty)
+    c.objective.code_penalty = 0.0  # ae, rae: lambda in - lambda/2 ||f(x)||^2 (the RAE penalty)
+    c.objective.decoder_l2 = 0.0  # rae: gamma in - gamma/2 ||theta_decoder||^2 (RAE-L2, Ghosh et al. 2020)
+    # dae: the denoising autoencoder's corruption C(x~ | x) and walkback (Bengio et al. 2013).
+    c.objective.corruption = "salt_and_pepper"  # salt_and_pepper | bit_flip | gaussian
+    c.objective.noise_level = 0.3  # prob. of a pixel being salted/flipped; std of gaussian noise
+    c.objective.walkback_steps = 1  # most corruption-reconstruction steps per example (1 = plain DAE)
+    c.objective.walkback_continue = 0.5  # prob. of walking one step further (geometric walk length)
     # semi_amortized (Kim et al. 2018): K SVI steps on each example's ELBO inside the training step,
     # from the encoder's q (svi_init=amortized) or from N(0, I) (svi_init=prior: non-amortized SVI).
     # svi_gradient: unrolled (through the K steps to the encoder; SA-VAE) | total (theta's gradient

@@ -1,0 +1,120 @@
+"""The headline study: every variant through the one trainer, every row measured, the report built."""
+
+import json
+
+import numpy as np
+import pytest
+
+from vaegen import cli, compare, config
+
+
+def test_variants_share_networks_and_likelihood():
+    study = compare.load_study("quick")
+    base = config.load_config(study.base)
+    shared = ("model.decoder", "inference.encoder", "model.likelihood", "data.", "optim.", "train.batch_size")
+    names = set()
+    for v in compare.variants(study):
+        cfg = compare.model_config(study, v)
+        names.add(v.name)
+        diff = {d.split(":")[0] for d in config.differences(
+            base, cfg, ignore=("train.num_epochs", "train.progress", "train.checkpoint_every_epochs"))}
+        if v.group == "made":  # no encoder or decoder: only the MADE keys and the objective differ
+            assert {"model.kind", "objective.name"} <= diff <= {"model.kind", "objective.name", "model.made.hidden"}
+            continue
+        assert not [d for d in diff if d.startswith(shared)], (v.name, diff)
+        assert diff <= {"model.prior", "inference.posterior", "inference.posterior_scale", "objective.name",
+                        "objective.beta", "objective.code_penalty", "objective.decoder_l2", "objective.corruption",
+                        "objective.noise_level", "objective.walkback_steps", "objective.walkback_continue",
+                        "model.latent_dim"}, (v.name, diff)
+        assert ("model.latent_dim" in diff) == (v.group == "map")
+    assert {"vae", "beta_0.1", "beta_4", "fixed_scale_0.1_beta_1", "fixed_scale_0.01_beta_1", "ae", "rae", "dae",
+            "made", "vae_2d", "ae_2d"} <= names
+    row_names = [r.name for r in compare.rows(study)]
+    assert {"data", "vae", "vae+gmm", "ae", "ae+n01", "ae+gmm", "rae+n01", "rae+gmm", "dae", "made"} <= set(row_names)
+
+
+@pytest.mark.parametrize("settings, message", [
+    (["nope=1"], "unknown config key 'nope'"),
+    (["betas=(-1.0,)"], "betas must be > 0"),
+    (["path=((0.1,),)"], "path entries"),
+    (["eval.k=0"], "eval.k must be >= 1"),
+])
+def test_bad_study_settings(settings, message):
+    with pytest.raises(config.ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        compare.load_study("tiny", settings)
+
+
+def test_cli_errors_are_one_line(tmp_path, capsys):
+    for argv, message in ((["--set", "eval.nn_k=abc"], "cannot parse"), (["--only", "vae,nope"], "unknown variants")):
+        code = cli.main(["compare", "--preset", "tiny", "--workdir", str(tmp_path / "w"), *argv])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "w").exists() or not any((tmp_path / "w").iterdir())
+
+
+@pytest.fixture(scope="module")
+def tiny_study(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("study")
+    summary = compare.run_study(workdir, preset="tiny", progress=False, log=lambda s: None)
+    return workdir, summary
+
+
+def test_every_variant_trains_through_the_same_trainer(tiny_study):
+    workdir, summary = tiny_study
+    bounds = {"vae": "elbo", "fixed_scale_0.1_beta_1": "elbo", "ae": "reconstruction",
+              "rae": "reconstruction", "dae": "denoising", "made": "log_px", "vae_2d": "elbo", "ae_2d": "reconstruction"}
+    for name, bound in bounds.items():
+        lines = [json.loads(l) for l in (workdir / name / "metrics.jsonl").read_text().splitlines()]
+        assert [l["epoch"] for l in lines] == [1, 2], name
+        assert np.isfinite(lines[-1][f"train/{bound}"]) and f"validation/{bound}" in lines[-1], name
+        assert (workdir / name / "checkpoints").is_dir()
+    dae_cfg = json.loads((workdir / "dae" / "config.json").read_text())
+    assert dae_cfg["objective"]["walkback_steps"] == 2 and dae_cfg["inference"]["posterior"] == "point_mass"
+
+
+def test_rows_are_measured_honestly(tiny_study):
+    _, summary = tiny_study
+    rows = summary["rows"]
+    vae = rows["vae"]
+    assert vae["elbo"]["mean"] <= vae["log_px"]["mean"] + 3 * vae["log_px"]["stderr"]
+    assert "q(z|x)" in vae["log_px"]["estimator"]
+    assert "log_px" not in rows["ae"] and "no p(z)" in rows["ae"]["log_px_undefined"] and "samples" not in rows["ae"]
+    assert "scale mixture" in rows["ae+gmm"]["log_px"]["estimator"] and rows["ae+gmm"]["mixture"]["num_components"] == 3
+    assert "stationary distribution" in rows["dae"]["log_px_undefined"] and rows["dae"]["samples"]["num_samples"] == 64
+    assert rows["made"]["log_px"]["estimator"] == "exact" and "reconstruction" not in rows["made"]
+    for name in ("vae", "ae+n01", "ae+gmm", "rae+gmm"):
+        assert 0.0 <= rows[name]["prior_mass_off_codes"] <= 1.0
+        assert 0.0 <= rows[name]["held_out_codes_off_codes"] <= 1.0
+    for name, res in rows.items():
+        if "samples" in res:
+            s = res["samples"]
+            assert s["fd"] >= 0 and 0 <= s["precision"] <= 1 and 0 <= s["recall"] <= 1, name
+    # The AE's reconstruction is the same quantity in each of its rows.
+    assert rows["ae"]["reconstruction"] == rows["ae+gmm"]["reconstruction"]
+
+
+def test_report_builds_with_figures_and_answer(tiny_study):
+    workdir, summary = tiny_study
+    report = (workdir / "report" / "report.md").read_text()
+    for png in ("headline", "samples", "latent_map", "reconstructions", "interpolations", "dae_chain"):
+        path = workdir / "report" / f"{png}.png"
+        assert path.stat().st_size > 1000, png
+        assert f"({png}.png)" in report, png
+    assert "## The answer" in report and "Why the AE is not" in report and "not FID" in report
+    for label in ("VAE", "AE + ex-post GMM", "DAE (walkback)", "MADE (no z)", "data (held-out images)"):
+        assert f"| {label} |" in report, label
+    assert summary["machine"]["cpu_count"] >= 1 and summary["timings_seconds"]["total_wall"] > 0
+
+
+def test_expost_command_makes_the_trained_ae_generative(tiny_study, capsys):
+    workdir, _ = tiny_study
+    code = cli.main(["expost", "--workdir", str(workdir / "ae"), "--components", "3", "--max-codes", "300",
+                     "--k", "4", "--max-examples", "20", "--n", "16"])
+    out = capsys.readouterr().out
+    assert code == 0 and "iwae_4" in out and "log_px" in out
+    result = json.loads((workdir / "ae" / "expost" / "eval.json").read_text())
+    assert result["num_examples"] == 20 and "CodeProposal" in result["proposal"]
+    assert np.isfinite(result["metrics"]["log_px"]["mean"])
+    assert (workdir / "ae" / "expost" / "samples.png").stat().st_size > 0
+    code = cli.main(["expost", "--workdir", str(workdir / "made")])
+    assert code == 2 and "no latent variable" in capsys.readouterr().err
