@@ -57,6 +57,7 @@ import numpy as np
 
 from vaegen import config as config_lib
 from vaegen import data as data_lib
+from vaegen import estimators as estimators_lib
 from vaegen import evaluation as evaluation_lib
 from vaegen import expost as expost_lib
 from vaegen import metrics as metrics_lib
@@ -366,13 +367,14 @@ def _reconstruction_terms(model, batch_size: int, variables, x):
 
 
 def log_px_is(run: run_lib.Run, x: jax.Array, key: jax.Array, *, k: int, with_elbo: bool) -> dict[str, Any]:
-    """Importance-sampled log p(x) (IWAE_k with the model's q(z|x) as proposal) and optionally the
-    ELBO, per example over ``x [M, *event]``, summarised in nats (as :func:`vaegen.evaluate`)."""
+    """Importance-sampled log p(x) (k samples from the model's q(z|x), :mod:`vaegen.estimators`)
+    and optionally the ELBO, per example over ``x [M, *event]``, summarised in nats (as
+    :func:`vaegen.evaluate`)."""
     dims = int(np.prod(run.event_shape))
-    chunk = max(1, min(500, 50_000 // k, x.shape[0]))
     out = {}
-    iw = _per_example(run.model, objectives_lib.IWAE(num_samples=k), chunk, run.variables, x, jax.random.fold_in(key, 1))
-    out["log_px"] = evaluation_lib.summarize(np.asarray(iw["iwae"]), dims)
+    log_joint, proposal = estimators_lib.model_functions(run.model, run.variables)
+    est = estimators_lib.importance_sampling(log_joint, proposal, x, jax.random.fold_in(key, 1), num_samples=k)
+    out["log_px"] = evaluation_lib.summarize(np.asarray(est["log_px"]), dims)
     if with_elbo:
         el = _per_example(run.model, objectives_lib.ELBO(), min(500, x.shape[0]), run.variables, x, jax.random.fold_in(key, 0))
         out["elbo"] = evaluation_lib.summarize(np.asarray(el["elbo"]), dims)
