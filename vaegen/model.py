@@ -113,21 +113,94 @@ class LatentVariableModel(nn.Module):
 
 
 # --- construction from a config -------------------------------------------------------------
+#
+# A model is assembled from four parts, each built by its own function from its config section:
+# the prior p(z) (build_prior), the likelihood p(x | z) (build_likelihood, on a decoder trunk),
+# the posterior q(z | x) (build_posterior, on an encoder trunk), and the trunks themselves
+# (build_network).  Two stochastic layers (config.model.top_latent_dim > 0) are assembled by
+# vaegen.hierarchical from the same parts.
 
 NETWORKS: dict[str, type[nn.Module]] = {"mlp": networks_lib.MLP}
 
 
-def build_network(cfg: Mapping[str, Any], *, event_ndims: int) -> nn.Module:
-    """Builds a trunk from a config section ``{network, hidden, activation, ...}``."""
+def build_network(cfg: Mapping[str, Any], *, event_ndims: int, output_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """Builds a trunk from a config section ``{network, hidden, activation, ...}``.
+
+    Args:
+      cfg: the section as a dict.
+      event_ndims: trailing input dimensions that form one example (3 for images, 1 for z).
+      output_shape: the observation's shape, for decoder trunks that produce per-pixel features
+        (e.g. a convolutional decoder); ``None`` elsewhere.
+    """
     cfg = dict(cfg)
     name = cfg.pop("network")
     if name not in NETWORKS:
         raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
-    return NETWORKS[name](event_ndims=event_ndims, **_tuples(cfg))
+    return networks_lib.from_config(NETWORKS[name], cfg, event_ndims=event_ndims, output_shape=output_shape)
 
 
 def _tuples(d: Mapping[str, Any]) -> dict[str, Any]:
     return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
+def build_prior(model_cfg: Any, latent_dim: int, event_shape: tuple[int, ...]) -> nn.Module | None:
+    """p(z) over ``latent_dim`` dimensions from ``config.model`` (``None``: no prior, an AE)."""
+    name = model_cfg.prior
+    if name == "none":
+        return None
+    if name == "standard_normal":
+        return priors_lib.StandardNormal(latent_dim=latent_dim)
+    raise ValueError(f"unknown prior {name!r}")
+
+
+def build_likelihood(model_cfg: Any, decoder: nn.Module, event_shape: tuple[int, ...]) -> nn.Module:
+    """p(x | z) from ``config.model`` on a decoder trunk."""
+    name = model_cfg.likelihood
+    if name == "bernoulli":
+        return likelihoods_lib.Bernoulli(decoder=decoder, event_shape=event_shape)
+    if name == "gaussian":
+        return likelihoods_lib.Gaussian(
+            decoder=decoder,
+            event_shape=event_shape,
+            scale=model_cfg.gaussian_scale,
+            fixed_scale=float(model_cfg.gaussian_fixed_scale),
+        )
+    raise ValueError(f"unknown likelihood {name!r}")
+
+
+def build_posterior(inference_cfg: Any, encoder: nn.Module, latent_dim: int) -> nn.Module:
+    """q(z | x) over ``latent_dim`` dimensions from ``config.inference`` on an encoder trunk."""
+    kind, d = inference_cfg.posterior, latent_dim
+    if kind == "diagonal_gaussian":
+        return posteriors_lib.DiagonalGaussian(
+            encoder=encoder,
+            latent_dim=d,
+            min_log_scale=float(inference_cfg.min_log_scale),
+            max_log_scale=float(inference_cfg.max_log_scale),
+        )
+    if kind == "fixed_scale_gaussian":
+        return posteriors_lib.FixedScaleGaussian(encoder=encoder, latent_dim=d, scale=float(inference_cfg.posterior_scale))
+    if kind == "point_mass":
+        return posteriors_lib.PointMass(encoder=encoder, latent_dim=d)
+    if kind == "full_covariance_gaussian":
+        return posteriors_lib.FullCovarianceGaussian(
+            encoder=encoder,
+            latent_dim=d,
+            min_log_scale=float(inference_cfg.min_log_scale),
+            max_log_scale=float(inference_cfg.max_log_scale),
+        )
+    if kind == "flow":
+        return posteriors_lib.FlowPosterior(
+            encoder=encoder,
+            latent_dim=d,
+            num_layers=int(inference_cfg.flow_layers),
+            hidden=tuple(int(h) for h in inference_cfg.flow_hidden),
+            context_dim=int(inference_cfg.flow_context_dim),
+            activation=inference_cfg.flow_activation,
+            min_log_scale=float(inference_cfg.min_log_scale),
+            max_log_scale=float(inference_cfg.max_log_scale),
+        )
+    raise ValueError(f"unknown posterior {kind!r}")
 
 
 def build_model(model_cfg: Any, inference_cfg: Any, event_shape: tuple[int, ...]) -> LatentVariableModel:
@@ -143,64 +216,16 @@ def build_model(model_cfg: Any, inference_cfg: Any, event_shape: tuple[int, ...]
         from vaegen import autoregressive  # a model with no z: MADE, exact log p(x)
 
         return autoregressive.build(model_cfg, event_shape)
+    if int(model_cfg.get("top_latent_dim", 0)) > 0:
+        from vaegen import hierarchical  # two stochastic layers, z = [z1, z2]
+
+        return hierarchical.build(model_cfg, inference_cfg, event_shape)
     d = int(model_cfg.latent_dim)
-
-    if model_cfg.prior == "none":
-        prior = None
-    elif model_cfg.prior == "standard_normal":
-        prior = priors_lib.StandardNormal(latent_dim=d)
-    else:
-        raise ValueError(f"unknown prior {model_cfg.prior!r}")
-
-    decoder = build_network(model_cfg.decoder.to_dict(), event_ndims=1)
-    if model_cfg.likelihood == "bernoulli":
-        likelihood = likelihoods_lib.Bernoulli(decoder=decoder, event_shape=event_shape)
-    elif model_cfg.likelihood == "gaussian":
-        likelihood = likelihoods_lib.Gaussian(
-            decoder=decoder,
-            event_shape=event_shape,
-            scale=model_cfg.gaussian_scale,
-            fixed_scale=float(model_cfg.gaussian_fixed_scale),
-        )
-    else:
-        raise ValueError(f"unknown likelihood {model_cfg.likelihood!r}")
-
+    prior = build_prior(model_cfg, d, event_shape)
+    decoder = build_network(model_cfg.decoder.to_dict(), event_ndims=1, output_shape=event_shape)
+    likelihood = build_likelihood(model_cfg, decoder, event_shape)
     encoder = build_network(inference_cfg.encoder.to_dict(), event_ndims=len(event_shape))
-    kind = inference_cfg.posterior
-    if kind == "diagonal_gaussian":
-        posterior = posteriors_lib.DiagonalGaussian(
-            encoder=encoder,
-            latent_dim=d,
-            min_log_scale=float(inference_cfg.min_log_scale),
-            max_log_scale=float(inference_cfg.max_log_scale),
-        )
-    elif kind == "fixed_scale_gaussian":
-        posterior = posteriors_lib.FixedScaleGaussian(
-            encoder=encoder, latent_dim=d, scale=float(inference_cfg.posterior_scale)
-        )
-    elif kind == "point_mass":
-        posterior = posteriors_lib.PointMass(encoder=encoder, latent_dim=d)
-    elif kind == "full_covariance_gaussian":
-        posterior = posteriors_lib.FullCovarianceGaussian(
-            encoder=encoder,
-            latent_dim=d,
-            min_log_scale=float(inference_cfg.min_log_scale),
-            max_log_scale=float(inference_cfg.max_log_scale),
-        )
-    elif kind == "flow":
-        posterior = posteriors_lib.FlowPosterior(
-            encoder=encoder,
-            latent_dim=d,
-            num_layers=int(inference_cfg.flow_layers),
-            hidden=tuple(int(h) for h in inference_cfg.flow_hidden),
-            context_dim=int(inference_cfg.flow_context_dim),
-            activation=inference_cfg.flow_activation,
-            min_log_scale=float(inference_cfg.min_log_scale),
-            max_log_scale=float(inference_cfg.max_log_scale),
-        )
-    else:
-        raise ValueError(f"unknown posterior {kind!r}")
-
+    posterior = build_posterior(inference_cfg, encoder, d)
     return LatentVariableModel(prior=prior, likelihood=likelihood, posterior=posterior)
 
 

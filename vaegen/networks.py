@@ -64,3 +64,18 @@ class MLP(nn.Module):
         for i, width in enumerate(self.hidden):
             h = act(nn.Dense(width, name=f"dense_{i}")(h))
         return h
+
+
+def from_config(cls: type[nn.Module], cfg: dict, *, event_ndims: int, output_shape: tuple[int, ...] | None = None) -> nn.Module:
+    """Builds trunk ``cls`` from a config section (without its ``network`` key): list values
+    become tuples, and keys the class does not take are dropped, so one section schema serves
+    every trunk."""
+    import dataclasses
+
+    fields = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in fields}
+    if "event_ndims" in fields:
+        kwargs["event_ndims"] = event_ndims
+    if "output_shape" in fields and output_shape is not None:
+        kwargs["output_shape"] = tuple(output_shape)
+    return cls(**kwargs)

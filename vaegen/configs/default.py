@@ -7,6 +7,27 @@ its new value must have the key's type (ints are accepted for floats).
 import ml_collections
 
 
+def trunk(network: str = "mlp", hidden=(200, 200), activation: str = "tanh") -> ml_collections.ConfigDict:
+    """One network trunk's section (nets only, no probability; see vaegen.networks).
+
+    network: mlp | conv_encoder | conv_decoder.  Every trunk has every key; a trunk uses the keys
+    that apply to it.
+    """
+    t = ml_collections.ConfigDict()
+    t.network = network
+    t.hidden = tuple(hidden)  # dense widths (conv_encoder: after the convolutions; conv_decoder: before them)
+    t.activation = activation  # see vaegen.networks.ACTIVATIONS ('none': linear, e.g. inside gated layers)
+    t.gated = False  # gated layers h(x) * sigmoid(g(x)) (GatedDense / GatedConv2d, Dauphin et al. 2017; VampPrior nets)
+    # Where a net joins two inputs (p(x | z1, z2); q(z1 | x, z2)): each input first passes its own
+    # dense (or, for x, convolutional) branch of these widths, then the branches are concatenated.
+    t.branch_hidden = ()
+    t.conv_channels = (32, 32, 64, 64)  # output channels of each convolution
+    t.conv_kernels = (3, 3, 3, 3)  # kernel size of each convolution
+    t.conv_strides = (1, 2, 1, 2)  # stride of each (conv_decoder: upsampling factor of each)
+    t.reshape_channels = 1  # conv_decoder: the dense output is reshaped to [H / up, W / up, reshape_channels]
+    return t
+
+
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     del arg
     c = ml_collections.ConfigDict()
@@ -24,21 +45,43 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.data.binarization_seed = 0
     c.data.validation_size = 10000  # held out of the training split by a seeded permutation
     c.data.validation_seed = 0
+    # How the validation split is taken out of the train split: random (a permutation seeded with
+    # validation_seed), tail (the last validation_size examples, unshuffled: the IWAE protocol's
+    # 59,600 / 400 split of MNIST), or split (the dataset's own 'validation' split, binarized_mnist).
+    c.data.validation_mode = "random"
+    # A named data protocol (vaegen.protocols): '' = the data keys as set; a name checks that the
+    # data keys are that protocol's and records it with the run (config.json).
+    c.data.protocol = ""
     c.data.max_train_examples = 0  # 0 = all
     c.data.max_test_examples = 0  # 0 = all
 
     # --- the generative model p(x, z) = p(z) p(x | z) ---------------------------------------
     c.model = ml_collections.ConfigDict()
     c.model.latent_dim = 50
-    c.model.prior = "standard_normal"  # standard_normal | none (an autoencoder has no p(z))
-    c.model.likelihood = "bernoulli"  # bernoulli | gaussian
+    # standard_normal | mixture (learnable mixture of Gaussians) | vampprior (Tomczak & Welling 2018:
+    # p(z) = 1/K sum_k q(z | u_k), K learned pseudo-inputs through the encoder) | none (an AE has no p(z))
+    c.model.prior = "standard_normal"
+    c.model.prior_components = 500  # K: mixture components or VampPrior pseudo-inputs
+    c.model.vampprior_init = "random"  # random: u_k = sigmoid(w_k), w_k ~ N(init_mean, init_std) | data: K training examples
+    c.model.vampprior_init_mean = -0.05
+    c.model.vampprior_init_std = 0.01
+    c.model.likelihood = "bernoulli"  # bernoulli | gaussian | discretized_logistic (8-bit data, bits/dim)
+    c.model.logistic_mixtures = 1  # discretized_logistic: mixture components per pixel (PixelCNN++ style)
+    # discretized_logistic with 3 channels: the mean of channel c depends linearly on the channels
+    # before it in the same pixel (PixelCNN++, Salimans et al. 2017)
+    c.model.logistic_channel_coupling = True
     c.model.gaussian_scale = "fixed"  # fixed | learned | per_pixel
     c.model.gaussian_fixed_scale = 1.0
     c.model.init_output_bias_from_data = True  # decoder output bias at the data mean (logit)
-    c.model.decoder = ml_collections.ConfigDict()
-    c.model.decoder.network = "mlp"
-    c.model.decoder.hidden = (200, 200)
-    c.model.decoder.activation = "tanh"
+    c.model.decoder = trunk()  # p(x | z)'s trunk
+    # Two stochastic layers z = [z1, z2] (vaegen.hierarchical): p(z2) is the prior above,
+    # p(z1 | z2) a diagonal Gaussian on the top_decoder trunk, and p(x | z1) -- or p(x | z1, z2)
+    # with decoder_sees_top -- the likelihood above.  latent_dim is z1's dimension.
+    c.model.top_latent_dim = 0  # z2's dimension; 0 = one stochastic layer
+    c.model.top_decoder = trunk(hidden=(100, 100))  # p(z1 | z2)
+    c.model.decoder_sees_top = False  # p(x | z1, z2) (VampPrior HVAE) rather than p(x | z1) (IWAE)
+    c.model.min_log_scale = -10.0  # bounds on log sigma of p(z1 | z2)
+    c.model.max_log_scale = 3.0
     # latent_variable: p(z) p(x | z) with q(z | x) beside it (everything above);
     # autoregressive: no z at all, p(x) = prod_i p(x_i | x_<i) by a MADE (model.made), trained
     # and evaluated on its exact log p(x) (objective.name=exact).
@@ -63,10 +106,12 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.inference.flow_hidden = (64,)  # hidden widths of each coupling layer's network
     c.inference.flow_context_dim = 16
     c.inference.flow_activation = "tanh"
-    c.inference.encoder = ml_collections.ConfigDict()
-    c.inference.encoder.network = "mlp"
-    c.inference.encoder.hidden = (200, 200)
-    c.inference.encoder.activation = "tanh"
+    c.inference.encoder = trunk()
+    # Two stochastic layers: bottom_up, q(z1 | x) q(z2 | z1) (IWAE; top_encoder is q(z2 | z1)'s trunk) or
+    # top_down, q(z2 | x) q(z1 | x, z2) (VampPrior HVAE; encoder is q(z2 | x)'s trunk, top_encoder
+    # q(z1 | x, z2)'s, with one branch for x and one for z2).
+    c.inference.hierarchy = "bottom_up"
+    c.inference.top_encoder = trunk(hidden=(100, 100))
 
     # --- objective ---------------------------------------------------------------------------
     c.objective = ml_collections.ConfigDict()
@@ -104,12 +149,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.optim.eps = 1e-8
     c.optim.weight_decay = 0.0  # adamw only
     c.optim.momentum = 0.0  # sgd only
-    c.optim.schedule = "constant"  # constant | cosine | exponential
+    # constant | cosine | exponential | stages (piecewise constant: learning_rate * stage_factors[i] for
+    # stage_epochs[i] epochs; the IWAE paper's 3^i epochs at 10^(-i/7))
+    c.optim.schedule = "constant"
+    c.optim.stage_epochs = (1, 3, 9, 27, 81, 243, 729, 2187)
+    c.optim.stage_factors = (1.0, 0.72, 0.52, 0.37, 0.27, 0.19, 0.14, 0.1)
     c.optim.warmup_epochs = 0.0  # linear learning-rate warm-up
     c.optim.decay_rate = 0.1  # exponential: factor per decay_epochs
     c.optim.decay_epochs = 100.0  # exponential: period of decay_rate; cosine: length of the decay
     c.optim.final_lr_fraction = 0.0  # cosine: final lr / initial lr
     c.optim.grad_clip_norm = 0.0  # 0 = no clipping
+    # none | per_tensor: each parameter's gradient scaled to unit norm before the optimiser
+    # (the VampPrior code's AdamNormGrad) | global: the whole gradient scaled to unit norm
+    c.optim.normalize_gradients = "none"
 
     # --- training ----------------------------------------------------------------------------
     c.train = ml_collections.ConfigDict()
@@ -117,6 +169,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.num_epochs = 10  # one epoch = one fused device call (lax.scan over its steps)
     c.train.eval_every_epochs = 1  # validation bound every n epochs (0 = never)
     c.train.checkpoint_every_epochs = 1
+    # Early stopping on the validation bound (validation/<bound>, evaluated every eval_every_epochs):
+    # stop after this many evaluations without improvement (0 = never); the best parameters are
+    # kept in <workdir>/best/ and are what vaegen.load and vaegen evaluate use.
+    c.train.early_stopping_patience = 0
+    c.train.early_stopping_min_epochs = 0  # no stopping (and no patience counted) before this epoch (KL warm-up)
     c.train.keep_checkpoints = 2
     c.train.progress = True  # progress bar
     # Faults (docs/errors.md): a step with a non-finite loss or gradient is skipped on the device
