@@ -95,6 +95,19 @@ def summarize(values: np.ndarray, num_dims: int | None) -> dict[str, float]:
     return out
 
 
+def bits_per_dim_definition(likelihood: str, event_shape) -> str:
+    """What the ``bits_per_dim`` of a model with this likelihood measures: -log2 p(x) / D with
+    D = H*W*C the dimensions of one observation."""
+    shape = tuple(int(s) for s in event_shape)
+    dims = f"D = {math.prod(shape)} = {' x '.join(map(str, shape))}"
+    if likelihood == "discretized_logistic":
+        return f"-log2 p(x) / D over the {dims} sub-pixels of the 8-bit image (p(x) a probability over 256 levels each)"
+    if likelihood == "bernoulli":
+        return f"-log2 p(x) / D over the {dims} binary pixels"
+    return (f"-log2 p(x) / D, {dims}, with p(x) a density over [0, 1]^D: not a code length, and not "
+            "comparable with the bits/dim of discrete 8-bit data")
+
+
 @dataclasses.dataclass(frozen=True)
 class _ObjectiveTerms:
     """One example's terms of a per-example objective (for :func:`vaegen.estimators.map_examples`)."""
@@ -196,6 +209,7 @@ def evaluate(run, *, split: str = "test", num_samples: int | None = None, batch_
     result: dict[str, Any] = {
         "workdir": str(run.workdir), "epoch": run.epoch, "split": split, "num_examples": int(x_u8.shape[0]),
         "seed": seed, "protocol": protocol, "num_samples": k, "estimators": list(names),
+        "bits_per_dim_definition": bits_per_dim_definition(config.model.likelihood, run.event_shape),
         "settings": {
             "num_samples": k, "ks": list(ks), "chunk_size": chunk_size, "batch_size": batch_size,
             "is_proposal": is_proposal, "elbo_samples": elbo_samples, "mi_samples": mi_samples,
@@ -295,8 +309,10 @@ def evaluate(run, *, split: str = "test", num_samples: int | None = None, batch_
 
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of an evaluation result."""
-    rows = [f"{result['split']} split, {result['num_examples']} examples, epoch {result['epoch']} (nats per example)",
-            f"{'metric':<18}{'mean':>12}{'stderr':>10}{'bits/dim':>10}{'n':>8}"]
+    rows = [f"{result['split']} split, {result['num_examples']} examples, epoch {result['epoch']} (nats per example)"]
+    if "bits_per_dim_definition" in result:
+        rows.append(f"bits/dim: {result['bits_per_dim_definition']}")
+    rows.append(f"{'metric':<18}{'mean':>12}{'stderr':>10}{'bits/dim':>10}{'n':>8}")
     for name, m in result["metrics"].items():
         bpd = f"{m['bits_per_dim']:>10.4f}" if "bits_per_dim" in m else f"{'':>10}"
         n = f"{m['n']:>8d}" if "n" in m else f"{'':>8}"

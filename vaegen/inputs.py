@@ -66,7 +66,8 @@ def check_splits(splits: Any, config: Any) -> None:
     """Checks every split of ``splits`` (:class:`vaegen.data.Splits`) for a run of ``config``:
     dtype and rank (:func:`check_array`), a non-empty training split, one event shape, and
     the likelihood's support of what the model will see (binary data for a Bernoulli
-    likelihood under ``data.binarization=none``).
+    likelihood under ``data.binarization=none``; a discretized logistic needs no check here:
+    uint8 data under ``none``, which the config requires, are always its levels k / 255).
 
     Raises :class:`DataError` or :class:`vaegen.likelihoods.SupportError`.
     """
