@@ -372,8 +372,8 @@ def test_prepare_offline_fails_fast(tmp_path, monkeypatch):
 
 
 def test_unknown_names():
-    with pytest.raises(ValueError, match="fashion_mnist, mnist, binarized_mnist, digits"):
-        data.load_split("cifar10", "train")
+    with pytest.raises(ValueError, match="fashion_mnist, mnist, binarized_mnist, cifar10, digits"):
+        data.load_split("cifar100", "train")
     with pytest.raises(ValueError, match="known datasets"):
         data.load_splits(_cfg(name="nope"))
     with pytest.raises(ValueError, match="from_idx"):

@@ -6,7 +6,7 @@
     vaegen gaps      --workdir W [--family diag,fullcov,flow] [--steps 500] [--k 1000]
     vaegen sample    --workdir W [--n 64]
     vaegen reconstruct --workdir W [--n 32]
-    vaegen data      prepare NAME [--from-idx DIR] | list
+    vaegen data      prepare NAME [--from-dir DIR | --from-idx DIR] | list
     vaegen config    PRESET [--config.key=value ...]      (print the resolved config)
     vaegen demo      [--workdir runs/demo]
     vaegen compare   [--preset quick|full|tiny] [--workdir runs/compare] [--set KEY=VALUE ...]
@@ -31,7 +31,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (config.ConfigError, data.DatasetNotFoundError, likelihoods.SupportError, train.WorkdirError,
             checkpoint.CheckpointError, model.NoPriorError, objectives.UndefinedObjectiveError,
-            getattr(data, "IDXFormatError", config.ConfigError), FileNotFoundError,
+            data.SourceFormatError, FileNotFoundError,
             inputs.DataError, faults.NonFiniteError, inference.InferenceError, autoregressive.NoLatentError)
 
 
@@ -220,8 +220,15 @@ def cmd_data(args, overrides) -> int:
             status = "prepared" if data_lib.is_prepared(name, args.data_dir or None) else "not prepared"
             print(f"{name:<18}{status}")
         return 0
-    path = data_lib.prepare(args.name, data_dir=args.data_dir or None, from_idx=args.from_idx,
-                            download=not args.no_download)
+    try:
+        path = data_lib.prepare(args.name, data_dir=args.data_dir or None, from_idx=args.from_idx,
+                                from_dir=args.from_dir, download=not args.no_download)
+    except ValueError as e:
+        if type(e) is not ValueError:  # e.g. SourceFormatError: already a user error of its own
+            raise
+        from vaegen import config as config_lib
+
+        raise config_lib.ConfigError(str(e).rstrip(".")) from None
     print(f"{args.name} ready in {path}")
     return 0
 
@@ -374,9 +381,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("data", help="prepare or list datasets")
     dsub = d.add_subparsers(dest="action", required=True)
-    dp = dsub.add_parser("prepare", help="prepare a TFDS dataset: download, or import local IDX files")
+    dp = dsub.add_parser("prepare", help="prepare a TFDS dataset: download, or import local files")
     dp.add_argument("name")
-    dp.add_argument("--from-idx", help="directory with the dataset's IDX files (.gz or not), e.g. /usr/share/datasets/fashion-mnist")
+    source = dp.add_mutually_exclusive_group()
+    source.add_argument("--from-dir", help="directory with the dataset's original files: the four IDX files "
+                                           "(mnist, fashion_mnist), or cifar-10-binary.tar.gz or its extracted "
+                                           "cifar-10-batches-bin/ folder (cifar10)")
+    source.add_argument("--from-idx", help="directory with the dataset's IDX files (.gz or not), e.g. /usr/share/datasets/fashion-mnist")
     dp.add_argument("--data-dir", help="TFDS data dir (default $TFDS_DATA_DIR or ~/tensorflow_datasets)")
     dp.add_argument("--no-download", action="store_true", help="never try to download")
     dl = dsub.add_parser("list", help="known datasets and whether they are prepared")

@@ -10,7 +10,8 @@ multiplied by 255 on loading so that it follows the same convention.
 
 Datasets
 --------
-``fashion_mnist``, ``mnist`` and ``binarized_mnist`` come from TensorFlow Datasets (TFDS),
+``fashion_mnist``, ``mnist``, ``binarized_mnist`` and ``cifar10`` (``uint8 [N, 32, 32, 3]``
+colour images, 50000 train and 10000 test, labels 0..9) come from TensorFlow Datasets (TFDS),
 read without TensorFlow: TFDS writes them as ``array_record`` files and they are read with
 ``tfds.data_source``.  ``digits`` is scikit-learn's 8x8 digits (1797 images, bundled with
 scikit-learn, no download); its grey levels ``0..16`` are rescaled to ``round(v * 255 / 16)``
@@ -32,6 +33,9 @@ the dataset with only the file access replaced, so the result is the standard TF
 ``tfds.data_source(name)`` read it exactly as if TFDS had downloaded it.  On Debian and
 Ubuntu, ``apt-get install dataset-fashion-mnist`` installs the Fashion-MNIST IDX files in
 ``/usr/share/datasets/fashion-mnist``; :func:`prepare` uses that directory automatically.
+CIFAR-10 is imported the same way from a directory holding the official binary version,
+``cifar-10-binary.tar.gz`` or its extracted ``cifar-10-batches-bin/`` folder
+(``vaegen data prepare cifar10 --from-dir DIR``).
 
 Binarization protocols
 ----------------------
@@ -57,6 +61,7 @@ evaluated as they are trained.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import gzip
@@ -77,7 +82,7 @@ import numpy as np
 
 logger = logging.getLogger(__name__)
 
-TFDS_DATASETS: tuple[str, ...] = ("fashion_mnist", "mnist", "binarized_mnist")
+TFDS_DATASETS: tuple[str, ...] = ("fashion_mnist", "mnist", "binarized_mnist", "cifar10")
 """Datasets read through TFDS."""
 
 DATASETS: tuple[str, ...] = TFDS_DATASETS + ("digits",)
@@ -86,11 +91,26 @@ DATASETS: tuple[str, ...] = TFDS_DATASETS + ("digits",)
 IDX_DATASETS: tuple[str, ...] = ("fashion_mnist", "mnist")
 """Datasets :func:`prepare` can import from local IDX files."""
 
+CIFAR_DATASETS: tuple[str, ...] = ("cifar10",)
+"""Datasets :func:`prepare` can import from the official CIFAR binary version."""
+
+CIFAR10_HOMEPAGE = "https://www.cs.toronto.edu/~kriz/cifar.html"
+CIFAR10_ARCHIVE = "cifar-10-binary.tar.gz"
+CIFAR10_FOLDER = "cifar-10-batches-bin"
+CIFAR10_TRAIN_FILES: tuple[str, ...] = tuple(f"data_batch_{i}.bin" for i in range(1, 6))
+CIFAR10_TEST_FILES: tuple[str, ...] = ("test_batch.bin",)
+CIFAR10_META_FILE = "batches.meta.txt"
+
 DEBIAN_IDX_DIRS: dict[str, str] = {"fashion_mnist": "/usr/share/datasets/fashion-mnist"}
 """Where Debian packages install IDX files (``apt-get install dataset-fashion-mnist``)."""
 
 BINARIZATIONS: tuple[str, ...] = ("dynamic", "static", "threshold", "none")
 """Binarization protocols; see the module docstring."""
+
+VALIDATION_MODES: tuple[str, ...] = ("random", "tail", "split")
+"""How :func:`load_splits` takes the validation split: ``random`` (a seeded permutation of the
+train split), ``tail`` (its last ``validation_size`` examples, unshuffled: the IWAE protocol),
+``split`` (the dataset's own ``validation`` split; binarized_mnist)."""
 
 DIGITS_TRAIN_SIZE = 1500
 """``digits``: the first 1500 of scikit-learn's 1797 images are ``"train"``, the rest ``"test"``."""
@@ -113,6 +133,9 @@ _IDX_DTYPES: dict[int, np.dtype] = {
 }
 _MNIST_SHAPE = (28, 28)
 _NUM_CLASSES = 10
+_CIFAR_SIZE = 32
+_CIFAR_RECORD_BYTES = 1 + 3 * _CIFAR_SIZE * _CIFAR_SIZE  # a label byte, then the R, G and B planes
+_CIFAR10_RECORDS_PER_FILE = 10000
 
 _CACHE_FORMAT = 1  # bump when the cached arrays change meaning
 _READ_CHUNK = 8192  # records decoded per data-source call
@@ -123,7 +146,12 @@ class DatasetNotFoundError(RuntimeError):
     """A dataset is not prepared in the TFDS data_dir and could not be prepared."""
 
 
-class IDXFormatError(ValueError):
+class SourceFormatError(ValueError):
+    """Local files to import (``prepare(..., from_dir=...)``) are missing, corrupt or do not hold
+    what the dataset needs."""
+
+
+class IDXFormatError(SourceFormatError):
     """An IDX file is missing, corrupt or does not hold what the dataset needs."""
 
 
@@ -171,6 +199,10 @@ def how_to_get(name: str, data_dir: str | os.PathLike[str] | None = None) -> str
     elif name == "mnist":
         text += (", or offline from the four MNIST IDX files (train/t10k images and labels, .gz or not) "
                  f"in a directory DIR: `vaegen data prepare {name}{flag} --from-idx DIR`")
+    elif name == "cifar10":
+        text += (f", or offline from the CIFAR-10 binary version ({CIFAR10_ARCHIVE} from {CIFAR10_HOMEPAGE}, or "
+                 f"its extracted {CIFAR10_FOLDER}/ folder) in a directory DIR: "
+                 f"`vaegen data prepare {name}{flag} --from-dir DIR`")
     return text
 
 
@@ -326,7 +358,7 @@ def _check_idx_pair(images_path: str, labels_path: str, expected: int | None) ->
 
 
 def _png_bytes(image: np.ndarray) -> bytes:
-    """Encodes a ``uint8 [H, W]`` grey image as (8-bit greyscale) PNG bytes."""
+    """Encodes a ``uint8 [H, W]`` grey or ``[H, W, 3]`` RGB image as (8-bit) PNG bytes."""
     import io
 
     from PIL import Image
@@ -459,9 +491,198 @@ def _binarized_mnist_builder_class() -> type:
     return _BinarizedMNIST
 
 
+# ----------------------------------------------------------------------------------------
+# CIFAR-10 binary files
+# ----------------------------------------------------------------------------------------
+
+
+def read_cifar_batch(path: str | os.PathLike[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a CIFAR-10 binary batch file (``data_batch_1.bin``, ..., ``test_batch.bin``).
+
+    Each record is 3073 bytes: the label (0..9), then the 1024 red, the 1024 green and the
+    1024 blue values of the 32x32 image, each plane row by row.
+
+    Returns:
+      ``(images, labels)``: ``uint8 [N, 32, 32, 3]`` and ``int64 [N]``.
+
+    Raises:
+      SourceFormatError: naming the file, if it is missing, not a whole number of records,
+        or holds a label above 9.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise SourceFormatError(f"cannot read CIFAR-10 file {path}: {e}") from e
+    if not raw or len(raw) % _CIFAR_RECORD_BYTES:
+        raise SourceFormatError(
+            f"{path} holds {len(raw)} bytes, not a whole number of CIFAR-10 records of {_CIFAR_RECORD_BYTES} bytes "
+            "(a label byte and 32x32x3 pixel bytes): the file is truncated or corrupt."
+        )
+    records = np.frombuffer(raw, np.uint8).reshape(-1, _CIFAR_RECORD_BYTES)
+    labels = records[:, 0].astype(np.int64)
+    if int(labels.max()) >= _NUM_CLASSES:
+        raise SourceFormatError(f"{path} holds label {int(labels.max())}, outside 0..{_NUM_CLASSES - 1}: "
+                                "it is not a CIFAR-10 batch file.")
+    images = records[:, 1:].reshape(-1, 3, _CIFAR_SIZE, _CIFAR_SIZE).transpose(0, 2, 3, 1)
+    return np.ascontiguousarray(images), labels
+
+
+def _extract_cifar10(archive: str | os.PathLike[str], dest: str | os.PathLike[str]) -> Path:
+    """Extracts the CIFAR-10 files (and nothing else) of ``archive`` into
+    ``dest/cifar-10-batches-bin/``; returns ``dest``.  Members are read by their expected names,
+    so no path from the archive is ever written."""
+    import tarfile
+
+    archive, dest = Path(archive), Path(dest)
+    folder = dest / CIFAR10_FOLDER
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            for name in CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES + (CIFAR10_META_FILE,):
+                try:
+                    member = tar.getmember(f"{CIFAR10_FOLDER}/{name}")
+                except KeyError:
+                    raise SourceFormatError(f"{archive} holds no {CIFAR10_FOLDER}/{name}: it is not the CIFAR-10 "
+                                            f"binary version ({CIFAR10_HOMEPAGE})") from None
+                source = tar.extractfile(member) if member.isfile() else None
+                if source is None:
+                    raise SourceFormatError(f"{CIFAR10_FOLDER}/{name} in {archive} is not a regular file")
+                with source, open(folder / name, "wb") as out:
+                    while chunk := source.read(1 << 20):
+                        out.write(chunk)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise SourceFormatError(f"cannot read the CIFAR-10 archive {archive}: {type(e).__name__}: {e}") from e
+    return dest
+
+
+def _find_cifar10(source_dir: str | os.PathLike[str]) -> tuple[Path, Path | None]:
+    """``(root, None)`` with ``root/cifar-10-batches-bin/`` for a ``--from-dir`` source that is or
+    holds the extracted folder, or ``(source, archive)`` for one that holds the archive."""
+    source = Path(source_dir)
+    if (source / CIFAR10_FOLDER).is_dir():
+        return source, None
+    if source.name == CIFAR10_FOLDER and (source / CIFAR10_TRAIN_FILES[0]).is_file():
+        return source.parent, None
+    if (source / CIFAR10_ARCHIVE).is_file():
+        return source, source / CIFAR10_ARCHIVE
+    raise SourceFormatError(
+        f"{source} holds neither {CIFAR10_ARCHIVE} nor its extracted {CIFAR10_FOLDER}/ folder: download the "
+        f"CIFAR-10 binary version from {CIFAR10_HOMEPAGE}"
+    )
+
+
+def _cifar10_root(source_dir: str | os.PathLike[str], scratch: str | os.PathLike[str] | None) -> Path:
+    """The directory that holds ``cifar-10-batches-bin/`` for a ``--from-dir`` source: the source
+    itself, its parent if it is that folder, or ``scratch`` after extracting the archive."""
+    root, archive = _find_cifar10(source_dir)
+    if archive is None:
+        return root
+    if scratch is None:
+        raise RuntimeError("extracting the CIFAR-10 archive needs a scratch directory")
+    return _extract_cifar10(archive, scratch)
+
+
+def _check_cifar10_folder(folder: Path, strict: bool) -> None:
+    """Validates every CIFAR-10 file in ``folder`` before TFDS starts writing."""
+    for name in CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES:
+        path = folder / name
+        if not path.is_file():
+            raise SourceFormatError(f"CIFAR-10 file {name} not found in {folder}")
+        n = read_cifar_batch(path)[1].shape[0]
+        if strict and n != _CIFAR10_RECORDS_PER_FILE:
+            raise SourceFormatError(
+                f"{path} holds {n} images; the standard dataset has {_CIFAR10_RECORDS_PER_FILE} per file. "
+                "Refusing to write it under the standard TFDS name (pass require_standard_sizes=False to "
+                "import it anyway)."
+            )
+    meta = folder / CIFAR10_META_FILE
+    try:
+        names = [line for line in meta.read_text().split("\n") if line.strip()]
+    except (OSError, UnicodeDecodeError) as e:
+        raise SourceFormatError(f"cannot read the CIFAR-10 class names {meta}: {e}") from e
+    if len(names) != _NUM_CLASSES:
+        raise SourceFormatError(f"{meta} names {len(names)} classes; CIFAR-10 has {_NUM_CLASSES}")
+
+
+class _CIFAR10Files:
+    """Stands in for TFDS's download manager in the CIFAR-10 builder: ``download_and_extract``
+    of the archive's URL returns a directory holding ``cifar-10-batches-bin/`` -- from the local
+    ``source_dir``, or downloaded by TFDS's ``dl_manager`` (which checks TFDS's registered URL
+    checksums) and extracted with :mod:`tarfile` (TFDS extracts with TensorFlow) -- after
+    validating every file."""
+
+    def __init__(self, source_dir: str | None, dl_manager: Any, scratch: str | None, strict: bool):
+        self.source_dir, self.dl_manager, self.scratch, self.strict = source_dir, dl_manager, scratch, strict
+
+    def download_and_extract(self, url: str) -> str:
+        if self.source_dir is not None:
+            root = _cifar10_root(self.source_dir, self.scratch)
+        else:
+            if self.scratch is None:
+                raise RuntimeError("extracting the CIFAR-10 archive needs a scratch directory")
+            root = _extract_cifar10(self.dl_manager.download(url), self.scratch)
+        _check_cifar10_folder(root / CIFAR10_FOLDER, self.strict)
+        return os.fspath(root)
+
+
+@functools.lru_cache(maxsize=None)
+def _cifar10_builder_class() -> type:
+    """TFDS's own CIFAR-10 builder with TensorFlow-free file access.
+
+    ``_split_generators`` is TFDS's (it reads the class names and lists the batch files), given
+    a :class:`_CIFAR10Files` as its download manager; ``_generate_examples`` is TFDS's with the
+    batch files parsed by numpy (:func:`read_cifar_batch`) and the images given as PNG bytes
+    (TFDS encodes numpy images with TensorFlow but stores bytes as given).  The archive's URL
+    is ``URL + cifar-10-binary.tar.gz``.
+    """
+    from tensorflow_datasets.image_classification import cifar as tfds_cifar
+
+    base = tfds_cifar.Cifar10
+
+    class _Cifar10(base, skip_registration=True):  # type: ignore[misc, valid-type]
+        URL = "https://www.cs.toronto.edu/~kriz/"  # download host of the official archive
+        _vaegen_source_dir: str | None = None
+        _vaegen_strict: bool = True
+        _vaegen_scratch: str | None = None
+
+        @property
+        def _cifar_info(self) -> Any:
+            return super()._cifar_info._replace(url=urllib.parse.urljoin(self.URL, CIFAR10_ARCHIVE))
+
+        def _split_generators(self, dl_manager: Any) -> Any:
+            files = _CIFAR10Files(self._vaegen_source_dir, dl_manager, self._vaegen_scratch, self._vaegen_strict)
+            return super()._split_generators(files)
+
+        def _generate_examples(self, split_prefix: str, filepaths: Any) -> Iterator[tuple[int, dict[str, Any]]]:
+            index = 0  # TFDS's keys: the record's position in the split
+            for path in filepaths:
+                images, labels = read_cifar_batch(path)
+                for image, label in zip(images, labels):
+                    yield index, {"id": f"{split_prefix}{index:05d}", "image": _png_bytes(image), "label": int(label)}
+                    index += 1
+
+    _Cifar10.name = "cifar10"
+    _point_to_official_code(_Cifar10, base)
+    return _Cifar10
+
+
+@contextlib.contextmanager
+def _scratch_dir(data_dir: str) -> Iterator[str]:
+    """A temporary directory inside ``data_dir`` (where there is room for the extracted files),
+    removed afterwards."""
+    os.makedirs(data_dir, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".vaegen-extract-", dir=data_dir) as scratch:
+        yield scratch
+
+
 def _download_builder_class(name: str) -> type:
     """The TensorFlow-free TFDS builder that downloads dataset ``name`` from ``cls.URL``."""
-    return _idx_builder_class(name) if name in IDX_DATASETS else _binarized_mnist_builder_class()
+    if name in IDX_DATASETS:
+        return _idx_builder_class(name)
+    if name == "cifar10":
+        return _cifar10_builder_class()
+    return _binarized_mnist_builder_class()
 
 
 def _host_and_port(url: str) -> tuple[str, int]:
@@ -485,13 +706,14 @@ def prepare(
     from_idx: str | os.PathLike[str] | None = None,
     download: bool = True,
     *,
+    from_dir: str | os.PathLike[str] | None = None,
     require_standard_sizes: bool = True,
 ) -> str:
     """Prepares dataset ``name`` in the TFDS ``data_dir`` as the standard TFDS dataset.
 
-    In order: if it is already prepared, nothing is done; if ``from_idx`` is given, the IDX
-    files in that directory are imported; for ``fashion_mnist``, the Debian directory
-    ``/usr/share/datasets/fashion-mnist`` is imported if it exists; otherwise, if
+    In order: if it is already prepared, nothing is done; if ``from_dir`` (or ``from_idx``) is
+    given, the local files in that directory are imported; for ``fashion_mnist``, the Debian
+    directory ``/usr/share/datasets/fashion-mnist`` is imported if it exists; otherwise, if
     ``download``, TFDS downloads it (after checking within ~5 s that the download host is
     reachable, so an offline machine fails fast).  TFDS shows its progress bars.
 
@@ -501,17 +723,22 @@ def prepare(
       from_idx: directory with the four IDX files (``.gz`` or not); mnist and
         fashion_mnist only.
       download: allow downloading.
-      require_standard_sizes: refuse IDX files whose example counts differ from the
-        standard dataset's (60000 train, 10000 test), since the result is written under
-        the standard TFDS name.
+      from_dir: directory with the dataset's original files: the four IDX files (mnist,
+        fashion_mnist), or ``cifar-10-binary.tar.gz`` or its extracted
+        ``cifar-10-batches-bin/`` folder (cifar10; the folder itself may be given).
+      require_standard_sizes: refuse files whose example counts differ from the standard
+        dataset's (MNIST: 60000 train, 10000 test; CIFAR-10: 10000 per batch file), since
+        the result is written under the standard TFDS name.
 
     Returns:
       The prepared dataset's directory ``<data_dir>/<name>/<version>`` (for ``digits``,
       scikit-learn's data file).
 
     Raises:
-      ValueError: unknown ``name``, or ``from_idx`` for a dataset without IDX files.
-      IDXFormatError: an IDX file is missing or corrupt (naming the file).
+      ValueError: unknown ``name``, ``from_idx`` for a dataset without IDX files, or
+        ``from_dir`` for a dataset without an offline import.
+      SourceFormatError: a local file is missing or corrupt (naming the file);
+        ``IDXFormatError`` for IDX files.
       DatasetNotFoundError: the dataset could not be prepared, with how to get it.
     """
     _check_name(name)
@@ -524,12 +751,29 @@ def prepare(
     if _builder_prepared(builder):
         return os.fspath(builder.data_path)
 
-    source = from_idx
+    if from_idx is not None and name not in IDX_DATASETS:
+        raise ValueError(f"from_idx applies to {', '.join(IDX_DATASETS)}, not {name!r}.")
+    if from_idx is not None and from_dir is not None:
+        raise ValueError("give the source directory once: from_dir (or from_idx, IDX files only), not both.")
+    source = from_dir if from_dir is not None else from_idx
     if source is None and name in DEBIAN_IDX_DIRS and os.path.isdir(DEBIAN_IDX_DIRS[name]):
         source = DEBIAN_IDX_DIRS[name]
+    if source is not None and name in CIFAR_DATASETS:
+        if not os.path.isdir(source):
+            raise SourceFormatError(f"CIFAR-10 source directory not found: {source}")
+        _find_cifar10(source)  # fails before TFDS creates any directory
+        logger.info("Importing %s from %s into %s", name, source, data_dir)
+        cifar_builder = _cifar10_builder_class()(data_dir=data_dir, file_format="array_record")
+        cifar_builder._vaegen_source_dir = os.fspath(source)
+        cifar_builder._vaegen_strict = require_standard_sizes
+        with _scratch_dir(data_dir) as scratch:
+            cifar_builder._vaegen_scratch = scratch
+            cifar_builder.download_and_prepare()
+        return os.fspath(cifar_builder.data_path)
     if source is not None:
         if name not in IDX_DATASETS:
-            raise ValueError(f"from_idx applies to {', '.join(IDX_DATASETS)}, not {name!r}.")
+            raise ValueError(f"{name!r} has no offline import; from_dir applies to "
+                             f"{', '.join(IDX_DATASETS + CIFAR_DATASETS)}.")
         if not os.path.isdir(source):
             raise IDXFormatError(f"IDX source directory not found: {source}")
         logger.info("Importing %s from IDX files in %s into %s", name, source, data_dir)
@@ -549,7 +793,9 @@ def prepare(
     try:
         dl_builder = cls(data_dir=data_dir, file_format="array_record")
         dl_builder._vaegen_strict = require_standard_sizes
-        dl_builder.download_and_prepare()
+        with _scratch_dir(data_dir) as scratch:
+            dl_builder._vaegen_scratch = scratch
+            dl_builder.download_and_prepare()
     except Exception as e:  # noqa: BLE001 - any download/preparation failure
         raise _not_found(name, data_dir, f"download failed: {type(e).__name__}: {e}") from e
     return os.fspath(dl_builder.data_path)
@@ -715,16 +961,20 @@ class Splits:
 def load_splits(data_cfg: Any) -> Splits:
     """Loads a dataset's train / validation / test splits as a config describes them.
 
-    The validation set is taken out of the dataset's train split: a permutation of the
-    train split seeded with ``validation_seed`` (``np.random.default_rng``) gives the
-    validation examples (its first ``validation_size`` entries) and the train examples
-    (the rest, in permuted order, of which the first ``max_train_examples`` are kept).
-    The test set is the first ``max_test_examples`` of the test split.
+    The validation set is taken out of the dataset's train split (``validation_mode``):
+    ``random``, a permutation of the train split seeded with ``validation_seed``
+    (``np.random.default_rng``) gives the validation examples (its first ``validation_size``
+    entries) and the train examples (the rest, in permuted order); ``tail``, the last
+    ``validation_size`` examples are the validation set and the others, in order, the train
+    set; ``split``, the dataset's own ``validation`` split (``validation_size`` unused).  Of
+    the train examples the first ``max_train_examples`` are kept.  The test set is the first
+    ``max_test_examples`` of the test split.
 
     Args:
       data_cfg: an ``ml_collections.ConfigDict`` (or any object with attributes):
         ``name``; ``data_dir`` (``''`` = TFDS default); ``validation_size`` (0 = none);
-        ``validation_seed``; ``max_train_examples`` and ``max_test_examples`` (0 = all);
+        ``validation_seed``; ``validation_mode`` (``random``); ``max_train_examples`` and
+        ``max_test_examples`` (0 = all);
         ``auto_prepare`` (prepare the dataset with :func:`prepare` if it is missing).
         Missing optional fields take these defaults: ``''``, 0, 0, 0, 0, False.
 
@@ -742,6 +992,9 @@ def load_splits(data_cfg: Any) -> Splits:
     max_train = int(getattr(data_cfg, "max_train_examples", 0))
     max_test = int(getattr(data_cfg, "max_test_examples", 0))
     auto_prepare = bool(getattr(data_cfg, "auto_prepare", False))
+    validation_mode = str(getattr(data_cfg, "validation_mode", "random"))
+    if validation_mode not in VALIDATION_MODES:
+        raise ValueError(f"data.validation_mode={validation_mode!r} is not one of {', '.join(VALIDATION_MODES)}.")
     for field, value in [
         ("validation_size", validation_size),
         ("max_train_examples", max_train),
@@ -765,29 +1018,41 @@ def load_splits(data_cfg: Any) -> Splits:
     train_all, train_labels_all = load_split(name, "train", resolved_dir)
     test, test_labels = load_split(name, "test", resolved_dir)
     n_train = train_all.shape[0]
-    if validation_size >= n_train:
-        raise ValueError(
-            f"data.validation_size={validation_size} must be smaller than the {n_train} "
-            f"examples of {name!r}'s train split."
-        )
-    perm = np.random.default_rng(validation_seed).permutation(n_train)
-    val_idx, train_idx = perm[:validation_size], perm[validation_size:]
+
+    def take(labels: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
+        return labels[idx] if labels is not None else None
+
+    if validation_mode == "split":
+        # The dataset's own validation split (binarized_mnist: Larochelle's 50k / 10k / 10k).
+        validation, validation_labels = load_split(name, "validation", resolved_dir)
+        train_idx = np.arange(n_train)
+    else:
+        if validation_size >= n_train:
+            raise ValueError(
+                f"data.validation_size={validation_size} must be smaller than the {n_train} "
+                f"examples of {name!r}'s train split."
+            )
+        if validation_mode == "tail":  # the IWAE code's split: the last examples, unshuffled
+            order = np.arange(n_train)
+            val_idx, train_idx = order[n_train - validation_size:], order[: n_train - validation_size]
+        else:
+            perm = np.random.default_rng(validation_seed).permutation(n_train)
+            val_idx, train_idx = perm[:validation_size], perm[validation_size:]
+        validation, validation_labels = train_all[val_idx], take(train_labels_all, val_idx)
     if max_train:
         train_idx = train_idx[:max_train]
     if max_test:
         test = test[:max_test]
         test_labels = test_labels[:max_test] if test_labels is not None else None
 
-    def take(labels: np.ndarray | None, idx: np.ndarray) -> np.ndarray | None:
-        return labels[idx] if labels is not None else None
-
-    train, validation = train_all[train_idx], train_all[val_idx]
+    train = train_all[train_idx]
     info = {
         "name": name,
         "version": version,
         "event_shape": list(train.shape[1:]),
         "sizes": {"train": len(train), "validation": len(validation), "test": len(test)},
         "validation_seed": validation_seed,
+        "validation_mode": validation_mode,
         "source": source,
         "data_dir": resolved_dir,
     }
@@ -796,7 +1061,7 @@ def load_splits(data_cfg: Any) -> Splits:
         validation=validation,
         test=test,
         train_labels=take(train_labels_all, train_idx),
-        validation_labels=take(train_labels_all, val_idx),
+        validation_labels=validation_labels,
         test_labels=test_labels,
         info=info,
     )
