@@ -96,8 +96,13 @@ class Run:
         return np.asarray(data_lib.to_float(None, stored, train_lib.split_protocol(self.config, name)))
 
 
-def load(workdir: str | pathlib.Path, *, epoch: int | None = None) -> Run:
+def load(workdir: str | pathlib.Path, *, epoch: int | None = None, best: bool | None = None) -> Run:
     """Loads the run in ``workdir`` at its latest checkpoint (or ``epoch``).
+
+    A run trained with early stopping (``train.early_stopping_patience``) keeps the parameters
+    of its best validation bound in ``<workdir>/best/``; those are loaded by default
+    (``best=None``: the best checkpoint if there is one and no ``epoch`` is asked for;
+    ``best=True``: it must exist; ``best=False``: the latest end-of-epoch checkpoint).
 
     Raises:
       FileNotFoundError: the workdir holds no vaegen run or no checkpoint.
@@ -112,7 +117,15 @@ def load(workdir: str | pathlib.Path, *, epoch: int | None = None) -> Run:
     event_shape = tuple(info["event_shape"])
     model = model_lib.build_model(config.model, config.inference, event_shape)
     template = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0), event_shape))
-    checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", read_only=True)
+    best_dir = workdir / train_lib.BEST_DIR
+    if best and epoch is not None:
+        raise ValueError("load: ask for the best checkpoint or for an epoch, not both")
+    if best is None:
+        best = epoch is None and best_dir.is_dir() and any(p.name.isdigit() for p in best_dir.iterdir())
+    if best and not best_dir.is_dir():
+        raise FileNotFoundError(f"{workdir} has no best checkpoint ({best_dir}); it was not trained with "
+                                "early stopping (config.train.early_stopping_patience)")
+    checkpointer = checkpoint_lib.Checkpointer(best_dir if best else workdir / "checkpoints", read_only=True)
     try:
         epochs = checkpointer.all_epochs()
         if not epochs:

@@ -109,6 +109,8 @@ def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> opta
         schedule = optax.cosine_decay_schedule(lr, decay_steps, alpha=float(cfg.final_lr_fraction))
     elif cfg.schedule == "exponential":
         schedule = optax.exponential_decay(lr, transition_steps=decay_steps, decay_rate=float(cfg.decay_rate))
+    elif cfg.schedule == "stages":
+        schedule = stage_schedule(lr, cfg.stage_epochs, cfg.stage_factors, steps_per_epoch)
     else:
         raise config_lib.ConfigError(f"unknown schedule {cfg.schedule!r}")
     if warmup > 0:
@@ -123,9 +125,46 @@ def make_optimizer(cfg: ml_collections.ConfigDict, steps_per_epoch: int) -> opta
         opt = optax.sgd(schedule, momentum=float(cfg.momentum) or None)
     else:
         raise config_lib.ConfigError(f"unknown optimizer {cfg.optimizer!r}")
+    if cfg.normalize_gradients != "none":
+        opt = optax.chain(normalize_gradients(cfg.normalize_gradients), opt)
     if float(cfg.grad_clip_norm) > 0:
         opt = optax.chain(optax.clip_by_global_norm(float(cfg.grad_clip_norm)), opt)
     return opt
+
+
+def stage_schedule(lr: float, stage_epochs, stage_factors, steps_per_epoch: int) -> optax.Schedule:
+    """A piecewise-constant learning rate: ``lr * stage_factors[i]`` for ``stage_epochs[i]`` epochs,
+    the last factor thereafter (the IWAE paper's schedule: 3^i epochs at 1e-3 * 10^(-i/7),
+    i = 0..7, 3,280 epochs in all)."""
+    factors = [float(f) for f in stage_factors]
+    ends = np.cumsum([int(e) * steps_per_epoch for e in stage_epochs])[:-1]
+    values = jnp.asarray([lr * f for f in factors], jnp.float32)
+    bounds = jnp.asarray(ends, jnp.int32)
+
+    def schedule(step):
+        return values[jnp.searchsorted(bounds, step, side="right")]
+
+    return schedule
+
+
+def normalize_gradients(mode: str, eps: float = 1e-7) -> optax.GradientTransformation:
+    """Scales the gradient to unit norm before the optimiser: ``per_tensor`` divides each
+    parameter's gradient by its own norm (+ eps), as the VampPrior code's AdamNormGrad does;
+    ``global`` divides the whole gradient by its global norm."""
+    if mode == "per_tensor":
+        def per_tensor(grads, params):
+            del params
+            return jax.tree_util.tree_map(lambda g: g / (jnp.linalg.norm(g) + eps), grads)
+
+        return optax.stateless(per_tensor)
+    if mode == "global":
+        def global_(grads, params):
+            del params
+            norm = optax.global_norm(grads)
+            return jax.tree_util.tree_map(lambda g: g / (norm + eps), grads)
+
+        return optax.stateless(global_)
+    raise config_lib.ConfigError(f"unknown optim.normalize_gradients {mode!r}; choose none, per_tensor or global")
 
 
 def validation_objective(config: ml_collections.ConfigDict) -> objectives_lib.Objective:
@@ -552,6 +591,22 @@ def load_data(config: ml_collections.ConfigDict) -> data_lib.Splits:
     return splits
 
 
+def init_pseudo_inputs(config: ml_collections.ConfigDict, variables: Any, train_u8: np.ndarray) -> Any:
+    """``variables`` with the VampPrior's K pseudo-inputs set to K training examples (grey levels
+    / 255 as stored for the run's protocol), drawn without replacement by the run's init seed."""
+    from vaegen import priors as priors_lib
+
+    k = int(config.model.prior_components)
+    if k > train_u8.shape[0]:
+        raise config_lib.ConfigError(
+            f"config.model.vampprior_init=data takes {k} pseudo-inputs (config.model.prior_components) from "
+            f"{train_u8.shape[0]} training examples; lower prior_components or use vampprior_init=random")
+    rows = np.asarray(jax.random.choice(jax.random.fold_in(purpose_key(int(config.seed), "init"), 1),
+                                        train_u8.shape[0], (k,), replace=False))
+    x = np.asarray(stored_split(config, train_u8[np.sort(rows)], "train"), np.float32) / 255.0
+    return priors_lib.init_pseudo_inputs_from_data(variables, x)
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.PathLike, *,
                        splits: data_lib.Splits | None = None, devices=None) -> dict[str, Any]:
     """Trains the model of ``config`` in ``workdir`` (resuming if it holds a checkpoint).
@@ -605,6 +660,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
     variables = model_lib.init_params(model, purpose_key(seed, "init"), event_shape)
     if config.model.init_output_bias_from_data:
         variables = model_lib.set_output_bias(variables, model, data_lib.data_mean(splits.train, protocol))
+    if config.model.prior == "vampprior" and config.model.vampprior_init == "data":
+        variables = init_pseudo_inputs(config, variables, splits.train)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=variables, opt_state=setup.optimizer.init(variables))
     state = jax.device_put(state, replicated)
 
@@ -623,6 +680,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         raise
     state = resume.state
     start_epoch, start_offset, epoch_log, last_finite = resume.epoch, resume.offset, resume.log, resume.last_finite
+    patience = int(config.train.early_stopping_patience)
+    stopper = EarlyStopping.from_json(resume.early_stopping, patience=patience,
+                                      min_epochs=int(config.train.early_stopping_min_epochs))
 
     # --- from here on the workdir is written ---------------------------------------------------
     checkpointer.close()
@@ -646,11 +706,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
         _truncate_metrics(metrics_path, start_epoch)
     checkpointer = checkpoint_lib.Checkpointer(workdir / "checkpoints", int(config.train.keep_checkpoints))
     interrupts = checkpoint_lib.Checkpointer(workdir / INTERRUPTED_DIR, 1)
+    best = checkpoint_lib.Checkpointer(workdir / BEST_DIR, 1) if patience else None
 
     num_epochs = int(config.train.num_epochs)
-    if start_epoch >= num_epochs:
+    if start_epoch >= num_epochs or stopper.stopped:
         checkpointer.close()
         interrupts.close()
+        if best is not None:
+            best.close()
         return _last_metrics(metrics_path)
 
     train_rows = sharding_lib.shard_rows(np.asarray(stored_split(config, splits.train, "train")), mesh)
@@ -677,7 +740,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
 
     def meta(epoch: int, **extra) -> dict[str, Any]:
         return {"epoch": epoch, "step": int(state.step), "config_fingerprint": fingerprint,
-                "last_finite": _last_finite_json(last_finite), **extra}
+                "last_finite": _last_finite_json(last_finite), "early_stopping": stopper.to_json(), **extra}
 
     last: dict[str, Any] = {}
     bar = tqdm(range(start_epoch, num_epochs), initial=start_epoch, total=num_epochs, unit="epoch",
@@ -733,6 +796,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 if num_val and every and ((epoch + 1) % every == 0 or epoch + 1 == num_epochs):
                     terms = jax.device_get(evaluate(state.params, val_rows, val_key))
                     line.update({f"validation/{k}": float(np.mean(v[:num_val])) for k, v in terms.items()})
+                if patience and f"validation/{bound}" in line:
+                    if stopper.update(epoch + 1, line[f"validation/{bound}"]):
+                        best.save(epoch + 1, state.params, {"step": state.step}, meta(epoch + 1, bound=bound))
+                    line.update(stopper.metrics())
                 if primary:
                     _append_jsonl(metrics_path, line)
                 last = line
@@ -743,7 +810,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                     postfix[f"val_{bound}"] = f"{line[f'validation/{bound}']:.2f}"
                 bar.set_postfix(postfix)
                 stopping = epoch + 1 < num_epochs and sharding_lib.any_process(stop.requested is not None)
-                if (epoch + 1) % int(config.train.checkpoint_every_epochs) == 0 or epoch + 1 == num_epochs or stopping:
+                if ((epoch + 1) % int(config.train.checkpoint_every_epochs) == 0 or epoch + 1 == num_epochs or stopping
+                        or stopper.stopped):
                     checkpointer.save(epoch + 1, state.params, state.checkpoint_items(), meta(epoch + 1))
                     for key in interrupts.all_epochs():  # superseded interrupt checkpoints
                         interrupts.delete(key)
@@ -753,11 +821,72 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | os.Path
                 if stopping:
                     raise _interrupted(stop.requested, int(state.step), checkpointer.path(epoch + 1),
                                        epoch + 1, 0, spe)
+                if stopper.stopped:
+                    logger.info("early stopping at epoch %d: validation %s has not improved on %.4f (epoch %d) "
+                                "for %d evaluations", epoch + 1, bound, stopper.best_value, stopper.best_epoch,
+                                patience)
+                    break
     finally:
         bar.close()
         checkpointer.close()
         interrupts.close()
+        if best is not None:
+            best.close()
     return last
+
+
+@dataclasses.dataclass
+class EarlyStopping:
+    """Early stopping on a validation bound (higher is better), as in the VampPrior code.
+
+    Every validation result ``update``s it: a better value becomes the best (its parameters are
+    saved by the trainer in ``<workdir>/best/``) and resets the count of evaluations without
+    improvement; otherwise the count grows, except before ``min_epochs`` (e.g. during a KL
+    warm-up, when the bound being trained is not yet the ELBO).  Once the count reaches
+    ``patience`` the run is ``stopped``.  The state is stored in every checkpoint, so a resumed
+    run stops where an uninterrupted one would.
+    """
+
+    patience: int
+    min_epochs: int = 0
+    best_value: float = -math.inf
+    best_epoch: int = 0
+    bad_evaluations: int = 0
+    stopped: bool = False
+
+    def update(self, epoch: int, value: float) -> bool:
+        """Records the validation value after ``epoch``; returns whether it is the best so far."""
+        if math.isfinite(value) and value > self.best_value:
+            self.best_value, self.best_epoch, self.bad_evaluations = float(value), int(epoch), 0
+            return True
+        if epoch > self.min_epochs:
+            self.bad_evaluations += 1
+        self.stopped = self.bad_evaluations >= self.patience
+        return False
+
+    def metrics(self) -> dict[str, Any]:
+        return {"early_stopping/best": self.best_value, "early_stopping/best_epoch": self.best_epoch,
+                "early_stopping/bad_evaluations": self.bad_evaluations, "early_stopping/stopped": self.stopped}
+
+    def to_json(self) -> dict[str, Any] | None:
+        if not self.patience:
+            return None
+        return {"best_value": self.best_value if math.isfinite(self.best_value) else None,
+                "best_epoch": self.best_epoch, "bad_evaluations": self.bad_evaluations, "stopped": self.stopped}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None, *, patience: int, min_epochs: int) -> "EarlyStopping":
+        out = cls(patience=patience, min_epochs=min_epochs)
+        if data and patience:
+            best = data.get("best_value")
+            out.best_value = -math.inf if best is None else float(best)
+            out.best_epoch = int(data.get("best_epoch", 0))
+            out.bad_evaluations = int(data.get("bad_evaluations", 0))
+            out.stopped = bool(data.get("stopped", False))
+        return out
+
+
+BEST_DIR = "best"
 
 
 INTERRUPTED_DIR = "interrupted"
@@ -772,6 +901,7 @@ class _Resume:
     offset: int = 0  # steps of epoch ``epoch`` already taken (interrupt checkpoints)
     log: "EpochLog" = dataclasses.field(default_factory=lambda: EpochLog())
     last_finite: tuple[int, dict[str, float]] | None = None
+    early_stopping: dict[str, Any] | None = None
 
 
 def _restore(state: TrainState, fingerprint: str, checkpointer: checkpoint_lib.Checkpointer,
@@ -800,7 +930,8 @@ def _restore(state: TrainState, fingerprint: str, checkpointer: checkpoint_lib.C
     restored = state.replace(params=params, **rest)
     log = EpochLog.from_json(meta["epoch_log"]) if "epoch_log" in meta else EpochLog()
     return _Resume(state=restored, epoch=int(meta["epoch"]), offset=int(meta.get("offset", 0)), log=log,
-                   last_finite=_last_finite_from_json(meta.get("last_finite")))
+                   last_finite=_last_finite_from_json(meta.get("last_finite")),
+                   early_stopping=meta.get("early_stopping"))
 
 
 def _last_finite_json(last_finite):
