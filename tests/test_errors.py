@@ -21,7 +21,7 @@ DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "errors.md"
 # (id, vaegen arguments, message fragment). Every one exits with status 2.
 CLI_CASES = [
     ("unknown-key", ["train", "--config", "tiny", "--config.model.latent_dimm=3"],
-     "unknown config key 'model.latent_dimm'; did you mean model.latent_dim?"),
+     "unknown config key 'model.latent_dimm'; did you mean model.latent_dim"),
     ("unknown-preset", ["train", "--config", "nope"], "unknown config preset 'nope'"),
     ("missing-config-file", ["train", "--config", "no/such.py"], "config file 'no/such.py' does not exist"),
     ("wrong-type", ["train", "--config", "tiny", "--config.model.latent_dim=2.5"],
@@ -40,7 +40,7 @@ CLI_CASES = [
     ("point-mass-elbo", ["train", "--config", "tiny", "--config.inference.posterior=point_mass"],
      "objective 'elbo' is undefined for a point-mass posterior"),
     ("unknown-dataset", ["train", "--config", "tiny", "--config.data.name=cifar"],
-     "config.data.name='cifar' is not one of fashion_mnist, mnist, binarized_mnist, digits"),
+     "config.data.name='cifar' is not one of fashion_mnist, mnist, binarized_mnist, cifar10, digits"),
     ("missing-dataset", ["train", "--config", "tiny", "--config.data.name=mnist", "--config.data.data_dir={tmp}/empty",
                          "--config.data.auto_prepare=False"],
      "dataset 'mnist' is not prepared in the TFDS data_dir"),
@@ -58,6 +58,33 @@ CLI_CASES = [
      "objective 'dae' trains an autoencoder and needs a deterministic encoder"),
     ("made-objective", ["train", "--config", "tiny", "--config.model.kind=autoregressive"],
      "is trained on its exact log p(x) (config.objective.name=exact), and only it: set both or neither"),
+    ("prior-components", ["train", "--config", "tiny", "--config.model.prior=mixture", "--config.model.prior_components=0"],
+     "config.model.prior_components=0 must be > 0"),
+    ("vampprior-posterior", ["train", "--config", "tiny", "--config.model.prior=vampprior",
+                             "--config.inference.posterior=flow"],
+     "config.model.prior=vampprior (p(z) = 1/K sum_k q(z | u_k)) needs a posterior with a density on a batch of "
+     "pseudo-inputs"),
+    ("vampprior-init-std", ["train", "--config", "tiny", "--config.model.prior=vampprior",
+                            "--config.model.vampprior_init_std=0.0"],
+     "config.model.vampprior_init_std=0.0 must be > 0"),
+    ("trunk-network", ["train", "--config", "tiny", "--config.model.decoder.network=conv_encoder"],
+     "config.model.decoder.network='conv_encoder' cannot serve this trunk; choose one of mlp, conv_decoder"),
+    ("conv-lengths", ["train", "--config", "tiny", "--config.inference.encoder.network=conv_encoder",
+                      "--config.inference.encoder.conv_kernels=(3,3)"],
+     "config.inference.encoder: conv_channels, conv_kernels and conv_strides need one entry per convolution, "
+     "got lengths 4, 2 and 4"),
+    ("conv-decoder-shape", ["train", "--config", "tiny", "--config.model.decoder.network=conv_decoder",
+                            "--config.model.decoder.conv_strides=(1,3,1,1)"],
+     "conv_decoder: conv_strides (1, 3, 1, 1) upsample by 3 in all, which must divide the observation's height "
+     "and width (8, 8)"),
+    ("logistic-binarization", ["train", "--config", "tiny", "--config.model.likelihood=discretized_logistic"],
+     "config.model.likelihood=discretized_logistic models the 256 grey levels of 8-bit data, but "
+     "config.data.binarization='dynamic' makes the data binary"),
+    ("logistic-mixtures", ["train", "--config", "tiny", "--config.model.likelihood=discretized_logistic",
+                           "--config.data.binarization=none", "--config.model.logistic_mixtures=0"],
+     "config.model.logistic_mixtures=0 must be > 0"),
+    ("cifar-source", ["data", "prepare", "cifar10", "--from-dir", "{tmp}", "--data-dir", "{tmp}/tfds"],
+     "holds neither cifar-10-binary.tar.gz nor its extracted cifar-10-batches-bin/ folder"),
     ("study-setting", ["compare", "--preset", "tiny", "--workdir", "{workdir}", "--set", "eval.kk=5"],
      "unknown config key 'eval.kk'; did you mean eval.k"),
     ("expost-no-run", ["expost", "--workdir", "{tmp}/nothing"], "holds no vaegen run"),
@@ -130,6 +157,22 @@ API_CASES = [
 ]
 
 
+# (id, call, error class, message fragment): errors raised by library functions called directly.
+PYTHON_CASES = [
+    ("logistic-support", lambda: likelihoods_lib.check_support("discretized_logistic", np.array([0.0, 0.5 / 255]),
+                                                               what="the batch"),
+     likelihoods_lib.SupportError, "the batch has values that are not 8-bit grey levels k/255, k in 0..255"),
+]
+
+
+@pytest.mark.parametrize("case, call, error, message", PYTHON_CASES, ids=[c[0] for c in PYTHON_CASES])
+def test_bad_input_to_the_library(case, call, error, message):
+    with pytest.raises(error) as info:
+        call()
+    assert message in str(info.value) and "\n" not in str(info.value)
+    assert any(issubclass(error, c) for c in cli._user_errors())
+
+
 @pytest.mark.parametrize("case, transform, overrides, error, message", API_CASES, ids=[c[0] for c in API_CASES])
 def test_bad_data_through_the_python_api(case, transform, overrides, error, message, workdir):
     cfg = config_lib.load_config("tiny", overrides)
@@ -148,7 +191,9 @@ def test_the_table_in_the_docs_lists_every_case():
         assert any(f"`{case}`" in r for r in rows), case
     for case, *_ in API_CASES:
         assert any(f"`api:{case}`" in r for r in rows), case
+    for case, *_ in PYTHON_CASES:
+        assert any(f"`py:{case}`" in r for r in rows), case
     # Every documented message fragment is one the code produces.
-    produced = [c[-1] for c in CLI_CASES] + [c[-1] for c in API_CASES]
+    produced = [c[-1] for c in CLI_CASES] + [c[-1] for c in API_CASES] + [c[-1] for c in PYTHON_CASES]
     for fragment in re.findall(r"«(.+?)»", text):
         assert any(fragment in m for m in produced), fragment

@@ -237,16 +237,18 @@ def validate(c: ml_collections.ConfigDict) -> None:
         _positive(c.data[k], f"data.{k}", allow_zero=True)
 
     _positive(c.model.latent_dim, "model.latent_dim")
-    _choice(c.model.prior, ("standard_normal", "none"), "model.prior")
-    _choice(c.model.likelihood, ("bernoulli", "gaussian"), "model.likelihood")
+    _validate_prior(c)
+    _choice(c.model.likelihood, ("bernoulli", "gaussian", "discretized_logistic"), "model.likelihood")
+    _positive(c.model.logistic_mixtures, "model.logistic_mixtures")
+    if c.model.likelihood == "discretized_logistic" and c.data.binarization != "none":
+        raise ConfigError(
+            "config.model.likelihood=discretized_logistic models the 256 grey levels of 8-bit data, but "
+            f"config.data.binarization={c.data.binarization!r} makes the data binary: set "
+            "--config.data.binarization=none (or use --config.model.likelihood=bernoulli for binary data)"
+        )
     _choice(c.model.gaussian_scale, ("fixed", "learned", "per_pixel"), "model.gaussian_scale")
     _positive(c.model.gaussian_fixed_scale, "model.gaussian_fixed_scale")
-    for section in (c.model.decoder, c.inference.encoder):
-        _choice(section.network, model_lib.NETWORKS, "network")
-        if any(int(h) <= 0 for h in section.hidden):
-            raise ConfigError(f"hidden widths must be positive, got {section.hidden}")
-        from vaegen.networks import ACTIVATIONS
-        _choice(section.activation, ACTIVATIONS, "activation")
+    _validate_networks(c, model_lib.NETWORKS)
 
     _choice(c.inference.posterior, ("diagonal_gaussian", "fixed_scale_gaussian", "point_mass", "full_covariance_gaussian",
                                     "flow"), "inference.posterior")
@@ -278,7 +280,13 @@ def validate(c: ml_collections.ConfigDict) -> None:
 
     _choice(c.optim.optimizer, ("adam", "adamw", "sgd"), "optim.optimizer")
     _positive(c.optim.learning_rate, "optim.learning_rate")
-    _choice(c.optim.schedule, ("constant", "cosine", "exponential"), "optim.schedule")
+    _choice(c.optim.schedule, ("constant", "cosine", "exponential", "stages"), "optim.schedule")
+    if not c.optim.stage_epochs or len(c.optim.stage_epochs) != len(c.optim.stage_factors):
+        raise ConfigError("config.optim.stage_epochs and stage_factors must be non-empty and of equal length, got "
+                          f"{len(c.optim.stage_epochs)} and {len(c.optim.stage_factors)}")
+    if any(int(e) <= 0 for e in c.optim.stage_epochs) or any(float(f) <= 0 for f in c.optim.stage_factors):
+        raise ConfigError("config.optim.stage_epochs and stage_factors must be positive")
+    _choice(c.optim.normalize_gradients, ("none", "per_tensor", "global"), "optim.normalize_gradients")
     for k in ("warmup_epochs", "grad_clip_norm", "weight_decay", "momentum", "final_lr_fraction"):
         _positive(c.optim[k], f"optim.{k}", allow_zero=True)
     _positive(c.optim.decay_epochs, "optim.decay_epochs")
@@ -291,10 +299,112 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _positive(c.train.keep_checkpoints, "train.keep_checkpoints")
     _positive(c.train.max_consecutive_skips, "train.max_consecutive_skips")
     _positive(c.train.steps_per_call, "train.steps_per_call", allow_zero=True)
+    _positive(c.train.early_stopping_patience, "train.early_stopping_patience", allow_zero=True)
+    _positive(c.train.early_stopping_min_epochs, "train.early_stopping_min_epochs", allow_zero=True)
+    if c.train.early_stopping_patience and not (c.data.validation_size or c.data.validation_mode == "split"):
+        raise ConfigError("config.train.early_stopping_patience needs a validation split: set "
+                          "config.data.validation_size > 0")
+    if c.train.early_stopping_patience and not c.train.eval_every_epochs:
+        raise ConfigError("config.train.early_stopping_patience needs validation: set config.train.eval_every_epochs > 0")
+    _validate_hierarchy(c)
+    _validate_protocol(c)
     _positive(c.eval.batch_size, "eval.batch_size")
     _positive(c.eval.num_samples, "eval.num_samples")
     _positive(c.eval.validation_num_samples, "eval.validation_num_samples")
     _validate_eval(c.eval)
+
+
+def _validate_hierarchy(c: ml_collections.ConfigDict) -> None:
+    """Two stochastic layers (config.model.top_latent_dim > 0, vaegen.hierarchical)."""
+    _positive(c.model.top_latent_dim, "model.top_latent_dim", allow_zero=True)
+    _choice(c.inference.hierarchy, ("bottom_up", "top_down"), "inference.hierarchy")
+    if c.model.min_log_scale >= c.model.max_log_scale:
+        raise ConfigError("config.model.min_log_scale must be below max_log_scale")
+    if not c.model.top_latent_dim:
+        return
+    if c.inference.posterior != "diagonal_gaussian":
+        raise ConfigError("with two stochastic layers (config.model.top_latent_dim > 0) each factor of q is a "
+                          "diagonal Gaussian: set config.inference.posterior=diagonal_gaussian")
+    if c.model.prior == "none":
+        raise ConfigError("a model with two stochastic layers needs a prior p(z2): set config.model.prior")
+    if c.model.prior == "vampprior" and c.inference.hierarchy != "top_down":
+        raise ConfigError("a VampPrior on z2 is 1/K sum_k q(z2 | u_k) and needs q(z2 | x): set "
+                          "config.inference.hierarchy=top_down (bottom_up inference has only q(z2 | z1))")
+    if c.objective.name not in ("elbo", "iwae"):
+        raise ConfigError(f"objective {c.objective.name!r} is not available with two stochastic layers; "
+                          "use elbo or iwae")
+
+
+def _validate_protocol(c: ml_collections.ConfigDict) -> None:
+    """The validation-split mode and a named data protocol (vaegen.protocols)."""
+    from vaegen import protocols
+
+    _choice(c.data.validation_mode, ("random", "tail", "split"), "data.validation_mode")
+    if c.data.validation_mode == "split" and c.data.name != "binarized_mnist":
+        raise ConfigError("config.data.validation_mode=split uses the dataset's own validation split, which only "
+                          "binarized_mnist has; use random or tail")
+    if c.data.protocol:
+        protocols.check(c)
+
+
+PRIORS = ("standard_normal", "mixture", "vampprior", "none")
+# Posteriors whose q(z | u) has a density and takes a batch of pseudo-inputs (the VampPrior's components).
+VAMPPRIOR_POSTERIORS = ("diagonal_gaussian", "full_covariance_gaussian", "fixed_scale_gaussian")
+
+
+def _validate_prior(c: ml_collections.ConfigDict) -> None:
+    """p(z): its choice, the mixture's and the VampPrior's settings."""
+    _choice(c.model.prior, PRIORS, "model.prior")
+    _positive(c.model.prior_components, "model.prior_components")
+    _choice(c.model.vampprior_init, ("random", "data"), "model.vampprior_init")
+    _positive(c.model.vampprior_init_std, "model.vampprior_init_std")
+    if c.model.prior == "vampprior" and c.inference.posterior not in VAMPPRIOR_POSTERIORS:
+        raise ConfigError(
+            f"config.model.prior=vampprior (p(z) = 1/K sum_k q(z | u_k)) needs a posterior with a density on a batch "
+            f"of pseudo-inputs ({', '.join(VAMPPRIOR_POSTERIORS)}), not config.inference.posterior="
+            f"{c.inference.posterior!r}")
+
+
+# Trunk sections: (key, the networks it may be).  A conv_decoder produces per-pixel features for
+# p(x | z); a conv_encoder reads images (x, or x's branch of a two-input trunk).
+TRUNK_SECTIONS = (
+    ("model.decoder", ("mlp", "conv_decoder")),
+    ("model.top_decoder", ("mlp",)),
+    ("inference.encoder", ("mlp", "conv_encoder")),
+    ("inference.top_encoder", ("mlp", "conv_encoder")),
+)
+
+
+def _validate_networks(c: ml_collections.ConfigDict, networks: Iterable[str]) -> None:
+    """Every trunk section (the schema of vaegen.configs.default.trunk)."""
+    from vaegen.networks import ACTIVATIONS
+
+    networks = tuple(networks)
+    for key, allowed in TRUNK_SECTIONS:
+        parent, name = key.split(".")
+        section = c[parent][name]
+        _choice(section.network, networks, f"{key}.network")
+        if section.network not in allowed:
+            raise ConfigError(f"config.{key}.network={section.network!r} cannot serve this trunk; choose one of "
+                              f"{', '.join(allowed)}")
+        if section.network == "conv_encoder" and key == "inference.top_encoder" and \
+                c.inference.get("hierarchy", "bottom_up") == "bottom_up":
+            raise ConfigError("config.inference.top_encoder.network='conv_encoder' reads images, but with "
+                              "config.inference.hierarchy=bottom_up q(z2 | z1) reads z1; use an mlp")
+        for widths in ("hidden", "branch_hidden"):
+            if any(int(h) <= 0 for h in section.get(widths, ())):
+                raise ConfigError(f"config.{key}.{widths} widths must be positive, got {tuple(section[widths])}")
+        _choice(section.activation, ACTIVATIONS, f"{key}.activation")
+        if section.network in ("conv_encoder", "conv_decoder"):
+            lengths = tuple(len(section[k]) for k in ("conv_channels", "conv_kernels", "conv_strides"))
+            if len(set(lengths)) != 1:
+                raise ConfigError(
+                    f"config.{key}: conv_channels, conv_kernels and conv_strides need one entry per convolution, "
+                    f"got lengths {lengths[0]}, {lengths[1]} and {lengths[2]}")
+            for k in ("conv_channels", "conv_kernels", "conv_strides"):
+                if any(int(v) <= 0 for v in section[k]):
+                    raise ConfigError(f"config.{key}.{k} must be positive, got {tuple(section[k])}")
+            _positive(section.reshape_channels, f"{key}.reshape_channels")
 
 
 def _validate_eval(e: ml_collections.ConfigDict) -> None:

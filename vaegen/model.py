@@ -108,7 +108,7 @@ class LatentVariableModel(nn.Module):
         """Touches every sub-module (used by ``init``): returns log p(x | z = E_q[z]) in nats."""
         z = self.q_z_given_x(x).mean()
         if self.prior is not None:
-            self.p_z()
+            self.p_z().log_prob(z)  # creates the parameters of every factor of p(z)
         return self.log_likelihood(x, z)
 
 
@@ -120,7 +120,11 @@ class LatentVariableModel(nn.Module):
 # (build_network).  Two stochastic layers (config.model.top_latent_dim > 0) are assembled by
 # vaegen.hierarchical from the same parts.
 
-NETWORKS: dict[str, type[nn.Module]] = {"mlp": networks_lib.MLP}
+NETWORKS: dict[str, type[nn.Module]] = {
+    "mlp": networks_lib.MLP,
+    "conv_encoder": networks_lib.ConvEncoder,
+    "conv_decoder": networks_lib.ConvDecoder,
+}
 
 
 def build_network(cfg: Mapping[str, Any], *, event_ndims: int, output_shape: tuple[int, ...] | None = None) -> nn.Module:
@@ -150,6 +154,16 @@ def build_prior(model_cfg: Any, latent_dim: int, event_shape: tuple[int, ...]) -
         return None
     if name == "standard_normal":
         return priors_lib.StandardNormal(latent_dim=latent_dim)
+    if name == "mixture":
+        return priors_lib.MixtureOfGaussians(latent_dim=latent_dim, num_components=int(model_cfg.prior_components))
+    if name == "vampprior":  # p(z) = 1/K sum_k q(z | u_k): the pseudo-inputs u_k have the data's shape
+        return priors_lib.VampPrior(
+            latent_dim=latent_dim,
+            num_components=int(model_cfg.prior_components),
+            event_shape=tuple(int(s) for s in event_shape),
+            init_mean=float(model_cfg.vampprior_init_mean),
+            init_std=float(model_cfg.vampprior_init_std),
+        )
     raise ValueError(f"unknown prior {name!r}")
 
 
@@ -164,6 +178,13 @@ def build_likelihood(model_cfg: Any, decoder: nn.Module, event_shape: tuple[int,
             event_shape=event_shape,
             scale=model_cfg.gaussian_scale,
             fixed_scale=float(model_cfg.gaussian_fixed_scale),
+        )
+    if name == "discretized_logistic":
+        return likelihoods_lib.DiscretizedLogistic(
+            decoder=decoder,
+            event_shape=event_shape,
+            num_mixtures=int(model_cfg.logistic_mixtures),
+            channel_coupling=bool(model_cfg.logistic_channel_coupling),
         )
     raise ValueError(f"unknown likelihood {name!r}")
 
@@ -236,12 +257,15 @@ def init_params(model: LatentVariableModel, key: jax.Array, event_shape: tuple[i
 
 def set_output_bias(variables, model: LatentVariableModel, data_mean) -> Any:
     """Returns ``variables`` with the likelihood head's bias set so that p(x | z) starts at the
-    data mean (Bernoulli: logit of the pixel means), as in Burda et al. (2016)."""
+    data mean ``[H, W, C]`` (Bernoulli: logit of the pixel means, as in Burda et al. 2016;
+    Gaussian: the means; discretized logistic: every component's mean).  A head on a spatial
+    decoder trunk (``spatial_output``) has one bias per channel, set from each channel's mean
+    over the pixels (:func:`vaegen.likelihoods.output_bias`)."""
     custom = getattr(model, "with_output_bias", None)  # models without p(x | z) (autoregressive)
     if custom is not None:
         return custom(variables, data_mean)
     head = type(model.likelihood).head_name
-    bias = jnp.asarray(type(model.likelihood).output_bias(data_mean), jnp.float32)
+    bias = jnp.asarray(likelihoods_lib.output_bias(model.likelihood, data_mean), jnp.float32)
     params = jax.tree_util.tree_map(lambda a: a, variables["params"])  # shallow copy of the tree
     old = params["likelihood"][head]["bias"]
     if old.shape != bias.shape:
