@@ -102,26 +102,15 @@ class TwoStage(distrax.Distribution):
         return self._join(a, self._conditional(a).mean())
 
 
-class ConditionalGaussian(nn.Module):
-    """A diagonal Gaussian whose parameters are networks of an input vector:
-    N(mu(h), diag sigma(h)^2) with h = trunk(inputs) and log sigma softly bounded.
-
-    Used for p(z1 | z2) and, bottom-up, q(z2 | z1).  ``__call__(v [..., D_in])`` returns a
-    ``distrax.MultivariateNormalDiag`` with event ``[latent_dim]`` and batch ``[...]``.
-    """
-
-    trunk: nn.Module
-    latent_dim: int
-    min_log_scale: float = -10.0
-    max_log_scale: float = 3.0
-
-    @nn.compact
-    def __call__(self, v: jax.Array) -> distrax.Distribution:
-        h = self.trunk(v)
-        loc = nn.Dense(self.latent_dim, name="loc")(h)
-        log_scale = posteriors_lib.soft_clip(nn.Dense(self.latent_dim, name="log_scale")(h),
-                                             self.min_log_scale, self.max_log_scale)
-        return distrax.MultivariateNormalDiag(loc, jnp.exp(log_scale))
+def ConditionalGaussian(trunk: nn.Module, latent_dim: int, min_log_scale: float = -10.0,
+                        max_log_scale: float = 3.0) -> nn.Module:
+    """A diagonal Gaussian whose parameters are networks of an input vector, N(mu(h), diag
+    sigma(h)^2) with h = trunk(v) and log sigma softly bounded: p(z1 | z2) and, bottom-up,
+    q(z2 | z1).  The same module as the amortized :class:`vaegen.posteriors.DiagonalGaussian`
+    (its ``encoder`` is the trunk): ``__call__(v [..., D_in])`` returns a
+    ``distrax.MultivariateNormalDiag`` with event ``[latent_dim]`` and batch ``[...]``."""
+    return posteriors_lib.DiagonalGaussian(encoder=trunk, latent_dim=latent_dim, min_log_scale=min_log_scale,
+                                           max_log_scale=max_log_scale)
 
 
 class JoinedTrunk(nn.Module):
@@ -173,12 +162,12 @@ class TwoLayerPrior(nn.Module):
     Attributes:
       top: the prior module of z2 (:mod:`vaegen.priors`); a VampPrior gets q(z2 | x) through the
         model's top-down posterior.
-      conditional: :class:`ConditionalGaussian` for p(z1 | z2).
+      conditional: :func:`ConditionalGaussian` for p(z1 | z2).
       dims: ``(D1, D2)``.
     """
 
     top: nn.Module
-    conditional: ConditionalGaussian
+    conditional: nn.Module  # ConditionalGaussian
     dims: tuple[int, int]
 
     def __call__(self, posterior: Any = None) -> distrax.Distribution:
@@ -192,12 +181,12 @@ class BottomUpPosterior(nn.Module):
 
     Attributes:
       q_z1_given_x: a :class:`vaegen.posteriors.DiagonalGaussian` on an encoder of x.
-      q_z2_given_z1: a :class:`ConditionalGaussian` on z1.
+      q_z2_given_z1: a :func:`ConditionalGaussian` on z1.
       dims: ``(D1, D2)``.
     """
 
     q_z1_given_x: nn.Module
-    q_z2_given_z1: ConditionalGaussian
+    q_z2_given_z1: nn.Module  # ConditionalGaussian
     dims: tuple[int, int]
 
     @property
