@@ -12,16 +12,18 @@ Measured: ``vaegen``, the trainer's own fused epoch (``vaegen.train.make_train_e
 ``lax.scan`` per epoch, donated state); ``jax_step_loop``, the same step jitted alone and
 dispatched once per batch from Python (what a naive loop does); ``torch_eager``, an eager
 PyTorch training loop of the same model (if torch is installed).  Timings exclude compilation
-and the first epoch.
+and a warm-up epoch; the implementations are timed in interleaved rounds (``--repeats``) and the
+best and median rates reported, so that a machine shared with other work slows all alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import os
 import platform
 import time
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -34,7 +36,8 @@ def _data(n=N):
     return np.random.RandomState(0).randint(0, 256, size=(n, 28, 28, 1)).astype(np.uint8)
 
 
-def bench_vaegen(batch: int, epochs: int) -> dict:
+def bench_vaegen(batch: int) -> tuple[dict, Callable[[int], float]]:
+    """vaegen's fused epoch: ``(info, run)``, ``run(epoch)`` trains one epoch and returns seconds."""
     from vaegen import config, model, sharding, train
 
     cfg = config.load_config("vae_mlp_fmnist", [f"train.batch_size={batch}"])
@@ -48,19 +51,20 @@ def bench_vaegen(batch: int, epochs: int) -> dict:
                                       steps_per_epoch=setup.steps_per_epoch, protocol="dynamic", seed=0, mesh=mesh)
     t = time.perf_counter()
     compiled = epoch_fn.lower(state, data, jnp.int32(0)).compile()
-    compile_s = time.perf_counter() - t
-    state, m = compiled(state, data, jnp.int32(0))
-    jax.block_until_ready(m)
-    t = time.perf_counter()
-    for e in range(1, epochs + 1):
-        state, m = compiled(state, data, jnp.int32(e))
-    jax.block_until_ready(m)
-    dt = time.perf_counter() - t
-    return {"examples_per_second": epochs * setup.steps_per_epoch * batch / dt, "compile_seconds": compile_s,
-            "final_train_elbo": float(m["elbo"])}
+    info = {"compile_seconds": time.perf_counter() - t, "examples_per_epoch": setup.steps_per_epoch * batch}
+    box = {"state": state}
+
+    def run(epoch: int) -> float:
+        t = time.perf_counter()
+        box["state"], m = compiled(box["state"], data, jnp.int32(epoch))
+        jax.block_until_ready(m)
+        info["final_train_elbo"] = float(m["elbo"])
+        return time.perf_counter() - t
+
+    return info, run
 
 
-def bench_jax_step_loop(batch: int, epochs: int) -> dict:
+def bench_jax_step_loop(batch: int) -> tuple[dict, Callable[[int], float]]:
     """The same step, jitted alone and dispatched once per batch (for comparison)."""
     import optax
 
@@ -89,18 +93,24 @@ def bench_jax_step_loop(batch: int, epochs: int) -> dict:
     perm = np.random.RandomState(1).permutation(N)[: steps * batch].reshape(steps, batch)
     perm = jax.device_put(perm)
     key = jax.random.key(0)
+    box = {"v": v, "opt_state": opt_state}
     v, opt_state, l = step(v, opt_state, perm[0], key)
     jax.block_until_ready(l)
-    t = time.perf_counter()
-    for e in range(epochs):
+
+    def run(epoch: int) -> float:
+        v, opt_state = box["v"], box["opt_state"]
+        t = time.perf_counter()
         for i in range(steps):
-            v, opt_state, l = step(v, opt_state, perm[i], jax.random.fold_in(key, e * steps + i))
-    jax.block_until_ready(l)
-    dt = time.perf_counter() - t
-    return {"examples_per_second": epochs * steps * batch / dt}
+            v, opt_state, l = step(v, opt_state, perm[i], jax.random.fold_in(key, epoch * steps + i))
+        jax.block_until_ready(l)
+        box["v"], box["opt_state"] = v, opt_state
+        return time.perf_counter() - t
+
+    return {"examples_per_epoch": steps * batch}, run
 
 
-def bench_torch_eager(batch: int, epochs: int) -> dict:
+def bench_torch_eager(batch: int) -> tuple[dict, Callable[[int], float]]:
+    """An eager PyTorch loop of the same model (torch's own threads: all cores)."""
     import torch
     from torch import nn
 
@@ -127,7 +137,7 @@ def bench_torch_eager(batch: int, epochs: int) -> dict:
     data = torch.from_numpy(_data().reshape(N, 784))
     steps = N // batch
 
-    def epoch():
+    def epoch_loop():
         perm = torch.randperm(N)
         for i in range(steps):
             x = torch.bernoulli(data[perm[i * batch:(i + 1) * batch]].float() / 255)
@@ -137,35 +147,57 @@ def bench_torch_eager(batch: int, epochs: int) -> dict:
             opt.step()
         return loss
 
-    epoch()
-    t = time.perf_counter()
-    for _ in range(epochs):
-        epoch()
-    dt = time.perf_counter() - t
-    return {"examples_per_second": epochs * steps * batch / dt, "torch": torch.__version__,
-            "threads": torch.get_num_threads()}
+    def run(epoch: int) -> float:
+        del epoch
+        t = time.perf_counter()
+        epoch_loop()
+        return time.perf_counter() - t
+
+    epoch_loop()  # warm-up
+    return {"examples_per_epoch": steps * batch, "torch": torch.__version__, "threads": torch.get_num_threads()}, run
+
+
+def measure(benches: dict, repeats: int) -> dict:
+    """Times one epoch of every implementation per round, ``repeats`` interleaved rounds (after
+    each one's warm-up), so that a busy machine slows all of them alike; reports the best and the
+    median examples/s."""
+    runners = {name: make() for name, make in benches.items()}
+    seconds = {name: [] for name in benches}
+    for r in range(repeats):
+        for name, (_, run) in runners.items():
+            seconds[name].append(run(r + 1))
+    out = {}
+    for name, (info, _) in runners.items():
+        rates = sorted(info["examples_per_epoch"] / s for s in seconds[name])
+        out[name] = {"examples_per_second_best": rates[-1], "examples_per_second_median": float(np.median(rates)),
+                     "rounds": repeats, **{k: v for k, v in info.items() if k != "examples_per_epoch"}}
+    return out
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-sizes", default="128,1024")
-    p.add_argument("--epochs", type=int, default=3, help="timed epochs per measurement (after a warm-up epoch)")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timed epochs per implementation (after a warm-up)")
     p.add_argument("--baselines", default="", help="comma-separated: jax_step_loop, torch")
     args = p.parse_args()
     out = {
         "model": "MLP VAE 784-200-200-50 tanh, Bernoulli, analytic-KL ELBO, Adam; 60,000 examples/epoch",
         "device": str(jax.devices()[0].device_kind if hasattr(jax.devices()[0], "device_kind") else jax.devices()[0]),
         "backend": jax.default_backend(), "num_devices": jax.device_count(), "cpu": platform.processor() or platform.machine(),
-        "jax": jax.__version__, "results": {},
+        "cpu_count": os.cpu_count(), "jax": jax.__version__, "results": {},
     }
     baselines = [b for b in args.baselines.split(",") if b]
     for b in (int(s) for s in args.batch_sizes.split(",")):
-        r = {"vaegen": bench_vaegen(b, args.epochs)}
+        benches = {"vaegen": lambda b=b: bench_vaegen(b)}
         if "jax_step_loop" in baselines:
-            r["jax_step_loop"] = bench_jax_step_loop(b, max(1, args.epochs // 2))
+            benches["jax_step_loop"] = lambda b=b: bench_jax_step_loop(b)
         if "torch" in baselines:
-            r["torch_eager"] = bench_torch_eager(b, args.epochs)
-            r["speedup_vs_torch_eager"] = r["vaegen"]["examples_per_second"] / r["torch_eager"]["examples_per_second"]
+            benches["torch_eager"] = lambda b=b: bench_torch_eager(b)
+        r = measure(benches, args.repeats)
+        if "torch_eager" in r:
+            for stat in ("best", "median"):
+                r[f"speedup_vs_torch_eager_{stat}"] = (r["vaegen"][f"examples_per_second_{stat}"]
+                                                       / r["torch_eager"][f"examples_per_second_{stat}"])
         out["results"][f"batch_{b}"] = r
     print(json.dumps(out, indent=2))
 
