@@ -8,6 +8,8 @@ STAMP := $(VENV)/.installed
 FMNIST_IDX ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
+# Test processes (pytest-xdist); each test runs whole in one of them.
+TEST_WORKERS ?= 2
 
 .PHONY: venv data demo test bench bench-eval clean-venv
 
@@ -35,7 +37,7 @@ demo: data
 	$(BIN)/vaegen demo --workdir $(DEMO_DIR)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_train.py
