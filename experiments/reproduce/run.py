@@ -107,14 +107,17 @@ def run_row(name: str, out: pathlib.Path, overrides: list[str], k: int, test_exa
         "train_seconds": train_seconds(workdir),
         "eval_seconds": result.get("eval_seconds"),
         "overrides": overrides,
-        "deviations": deviations(config, overrides, test_examples),
+        "deviations": deviations(overrides, test_examples),
         "machine": machine(),
         "command": command(name, overrides, k, test_examples),
     }
 
 
-def deviations(config, overrides, test_examples) -> list[str]:
-    out = [f"--set {o}" for o in overrides]
+COSMETIC_KEYS = ("train.progress",)  # overrides that change nothing a run computes
+
+
+def deviations(overrides, test_examples) -> list[str]:
+    out = [f"--set {o}" for o in overrides if o.split("=", 1)[0].removeprefix("config.") not in COSMETIC_KEYS]
     if test_examples:
         out.append(f"first {test_examples} test images")
     return out
