@@ -1,6 +1,6 @@
 """Training throughput of vaegen's trainer, in examples per second; prints JSON.
 
-The model is the one of Burda et al. (2016) and the speed table in REFERENCES.md: a
+The model is the one of Burda et al. (2016) and of the project's reference speed table: a
 784-200-200-50 tanh MLP VAE with a Bernoulli likelihood, N(0, I) prior, diagonal Gaussian
 q(z|x), single-sample ELBO with analytic KL, Adam; 60,000 examples per epoch resident on the
 device, dynamically binarized inside the step.
