@@ -80,7 +80,7 @@ def main() -> None:
         kw = dict(family=family, settings=settings, chunk_size=chunk, eval_samples=args.eval_samples,
                   keep_parameters=False, progress=False)
         t = time.perf_counter()
-        inference.fit_local(model, variables, xs[:chunk], key, **kw)  # compiles (same chunk shape)
+        inference.fit_local(model, variables, xs[:chunk * jax.local_device_count()], key, **kw)  # compiles (same dispatch shape)
         warmup = time.perf_counter() - t
         fit = inference.fit_local(model, variables, xs, key, **kw)
         results.append({

@@ -191,30 +191,70 @@ def test_step_size_adapts_toward_the_target_acceptance():
     assert np.all((out["step_size"] > 0.02) & (out["step_size"] < 0.2)), out["step_size"]
 
 
+def test_ais_does_not_depend_on_the_batch_size_and_is_deterministic(lg, xs):
+    log_joint, q = E.model_functions(lg.model(), lg.variables())
+    ais = E.AIS(num_steps=20, num_chains=4, num_leapfrog=3, max_step_size=0.25)
+    x, key = xs[:5], jax.random.key(5)
+    names = ("log_px", "acceptance", "step_size", "ess", "log_w")
+    whole = ais.forward(log_joint, q, x, key, batch_size=5)
+    pairs = ais.forward(log_joint, q, x, key, batch_size=2)          # 3 batches of 2, one padding row
+    for name in names:
+        np.testing.assert_allclose(pairs[name], whole[name], rtol=1e-5, atol=1e-6, err_msg=name)
+    again = ais.forward(log_joint, q, x, key, batch_size=5)
+    for name in names:
+        np.testing.assert_array_equal(again[name], whole[name], err_msg=name)
+    other = ais.forward(log_joint, q, x, jax.random.key(6), batch_size=5)
+    assert not np.allclose(other["log_px"], whole["log_px"])
+    assert np.ptp(np.asarray(whole["log_px"])) > 0.1                  # examples get their own chains
+
+
 _SHARDING_SCRIPT = textwrap.dedent("""
     import json, jax, numpy as np
     assert jax.device_count() == 8, jax.devices()
-    from vaegen import estimators as E, exact
+    from vaegen import estimators as E, exact, inference
     lg = exact.LinearGaussian.random(jax.random.key(0), data_dim=6, latent_dim=3, s=0.6)
     xs = lg.sample(jax.random.key(1), 13).astype(np.float32)      # 13: not a multiple of 8
     model, v = lg.model(), lg.variables()
     lj, q = E.model_functions(model, v)
+    lj_prior, prior = E.model_functions(model, v, proposal="prior")
+    ais = E.AIS(num_steps=20, num_chains=4, num_leapfrog=3, max_step_size=0.25)
+    svi = inference.SVISettings(num_steps=10, learning_rate=0.1, num_samples=2)
+    arrays = lambda r, names: {k: np.asarray(r[k]).tolist() for k in names}
     out = {}
     for name, devices in (("one", jax.devices()[:1]), ("eight", None)):
         r = E.importance_sampling(lj, q, xs, jax.random.key(0), num_samples=200, ks=(1, 10), chunk_size=64,
                                   batch_size=2, devices=devices, progress=True)
-        out[name] = {k: np.asarray(r[k]).tolist() for k in ("log_px", "iwae_1", "iwae_10")}
+        res = {"is": arrays(r, ("log_px", "iwae_1", "iwae_10"))}
         out[name + "_devices"] = len(r["log_px"].sharding.device_set)
+        fit = inference.fit_local(model, v, xs, jax.random.key(2), family="diag", settings=svi, init="prior",
+                                  chunk_size=3, eval_samples=8, trace_points=5, progress=False, devices=devices)
+        res["fit_local"] = {"elbo": fit.elbo.tolist(), "elbo_init": fit.elbo_init.tolist(),
+                            "trace": fit.trace.tolist(), "loc": fit.phi["loc"].tolist(),
+                            "log_scale": fit.phi["log_scale"].tolist()}
+        out[name + "_dispatches"] = len(fit.chunk_seconds)
+        # The same shapes in AIS.forward and in BDMC's forward pass: one compilation for both.
+        res["ais"] = arrays(ais.forward(lj_prior, prior, xs, jax.random.key(3), batch_size=2, devices=devices),
+                            ("log_px", "acceptance", "step_size", "log_w"))
+        res["bdmc"] = arrays(E.bdmc(ais, lj_prior, prior, E.model_sampler(model, v), jax.random.key(4),
+                                    num_examples=13, batch_size=2, devices=devices), ("lower", "upper", "xs"))
+        out[name] = res
     print(json.dumps(out))
 """)
 
 
 def test_eight_devices_give_the_one_device_numbers():
+    """IS, AIS, BDMC and per-example q* (fit_local), sharded over 8 CPU devices, give the
+    1-device numbers example by example."""
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["one_devices"] == 1 and out["eight_devices"] == 8
-    for name in ("log_px", "iwae_1", "iwae_10"):
-        np.testing.assert_allclose(out["eight"][name], out["one"][name], rtol=1e-5, err_msg=name)
+    # fit_local: 13 examples in chunks of 3 on one device; one dispatch of 8 x 2 on eight.
+    assert out["one_dispatches"] == 5 and out["eight_dispatches"] == 1
+    for part, values in out["one"].items():
+        for name, expected in values.items():
+            np.testing.assert_allclose(out["eight"][part][name], expected, rtol=1e-5, atol=1e-6,
+                                       err_msg=f"{part}/{name}")
+    assert np.ptp(out["one"]["fit_local"]["elbo"]) > 0 and np.all(np.isfinite(out["one"]["bdmc"]["upper"]))

@@ -147,6 +147,7 @@ def test_flow_q_star_beats_the_best_diagonal_gaussian(lg, xs):
     log_px = lg.log_marginal(xs[:2])
     # It starts exactly at the best diagonal q (identity flow) and closes most of its gap.
     np.testing.assert_allclose(fit.elbo_init, best_diag, atol=0.05)
+    assert fit.phi["context"].shape == (2, 0) and fit.phi["loc"].shape == (2, 3)   # an empty context comes back
     assert np.all(fit.elbo > best_diag + 0.5 * (log_px - best_diag)), (fit.elbo, best_diag, log_px)
     assert np.all(fit.elbo <= log_px + 0.05)
 

@@ -16,7 +16,7 @@ Table of contents::
     vaegen.estimators               IS, AIS with HMC, BDMC for any log p(x, z)  (estimators.py)
     vaegen.diagnostics              KL per unit, active units, rate, I_q(x; z)  (diagnostics.py)
     vaegen.load_config              presets, overrides, validation             (config.py)
-    vaegen.fit_local                q*(z|x) per example by SVI, vmapped        (inference.py)
+    vaegen.fit_local                q*(z|x) per example by SVI, sharded, vmapped  (inference.py)
     vaegen.SemiAmortizedELBO        K SVI steps inside the training step       (inference.py)
     vaegen.compute_gaps             approximation and amortization gaps        (gaps.py)
     vaegen.expost                   an AE made generative: a mixture fitted to its codes as p(z)

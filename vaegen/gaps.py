@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import io
 import json
 import math
 import os
 import pathlib
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -55,36 +54,40 @@ LABELS = {
 
 # --- L[q] and log p(x) by importance sampling with the amortized q ------------------------------
 
-@functools.lru_cache(maxsize=32)
-def _amortized_runner(model, elbo_samples: int, log_px_samples: int, chunk: int, n: int) -> Callable:
-    """The jitted ``run(variables, xs, key) -> (elbo [N], log_px [N])`` of :func:`amortized_bounds`
-    (cached: one compilation per model, settings and size)."""
+@dataclasses.dataclass(frozen=True)
+class _AmortizedELBO:
+    """L[q] of one example: ``_AmortizedELBO(model, S)(variables, x, key) -> (elbo, mc_stderr)``
+    (nats, scalars), ``S`` samples of z ~ q(z | x)."""
 
-    def run(variables, xs, key):
-        def one(args):
-            i, x = args
-            k = jax.random.fold_in(key, i)
-            t = inference_lib.elbo_of(model, variables, lambda m: m.q_z_given_x(x), x, k, elbo_samples)
-            return t["elbo"], t["mc_stderr"]
+    model: Any
+    elbo_samples: int
 
-        elbo, mc_stderr = jax.lax.map(one, (jnp.arange(n), xs), batch_size=chunk)
-        log_joint, proposal = estimators_lib.model_functions(model, variables)
-        log_px = estimators_lib.importance_sampling(log_joint, proposal, xs, jax.random.fold_in(key, 1 << 20),
-                                                    num_samples=log_px_samples, batch_size=chunk)["log_px"]
-        return elbo, mc_stderr, log_px
-
-    return jax.jit(run)
+    def __call__(self, variables, x, key):
+        t = inference_lib.elbo_of(self.model, variables, lambda m: m.q_z_given_x(x), x, key, self.elbo_samples)
+        return t["elbo"], t["mc_stderr"]
 
 
 def amortized_bounds(model, variables, xs: jax.Array, key: jax.Array, *, elbo_samples: int, log_px_samples: int,
-                     chunk_size: int = 500) -> dict[str, np.ndarray]:
+                     chunk_size: int = 500, devices=None, progress: bool = False) -> dict[str, np.ndarray]:
     """L[q] (``elbo_samples`` samples, analytic KL where available; ``elbo_mc_stderr`` its Monte
     Carlo standard error) and the importance-sampled log p(x) with the amortized q as the
-    proposal, per example ``[N]`` (nats)."""
+    proposal, per example ``[N]`` (nats).
+
+    Both run sharded over ``devices`` (default: all local devices) through
+    :func:`vaegen.estimators.map_examples`, up to ``chunk_size`` examples vmapped together per
+    device; example i's ELBO uses ``fold_in(key, i)`` and its importance samples
+    ``fold_in(fold_in(key, 2**20), i)``, whatever the chunk size and the number of devices.
+    """
     n = int(xs.shape[0])
     chunk = max(1, min(int(chunk_size), n, max(1, 50_000 // min(int(log_px_samples), 1000))))
-    elbo, mc_stderr, log_px = _amortized_runner(model, int(elbo_samples), int(log_px_samples), chunk, n)(
-        variables, xs, key)
+    xs = jnp.asarray(xs, jnp.float32)
+    elbo_fn = jax.tree_util.Partial(_AmortizedELBO(model, int(elbo_samples)), variables)
+    elbo, mc_stderr = estimators_lib.map_examples(elbo_fn, xs, key, batch_size=chunk, devices=devices,
+                                                  progress=progress, desc="L[q]")
+    log_joint, proposal = estimators_lib.model_functions(model, variables)
+    log_px = estimators_lib.importance_sampling(log_joint, proposal, xs, jax.random.fold_in(key, 1 << 20),
+                                                num_samples=int(log_px_samples), batch_size=chunk,
+                                                devices=devices, progress=progress)["log_px"]
     return {"elbo": np.asarray(elbo, np.float64), "elbo_mc_stderr": np.asarray(mc_stderr, np.float64),
             "log_px": np.asarray(log_px, np.float64)}
 
@@ -139,7 +142,7 @@ def compute_gaps(run, *, families: Sequence[str] = ("diag",), splits: Sequence[s
                  settings: inference_lib.SVISettings = inference_lib.SVISettings(), init: str = "amortized",
                  elbo_samples: int = 100, log_px_samples: int = 1000, max_examples: dict[str, int] | None = None,
                  chunk_size: int = 500, seed: int = 0, progress: bool = True,
-                 data: dict[str, np.ndarray] | None = None) -> GapReport:
+                 data: dict[str, np.ndarray] | None = None, devices=None) -> GapReport:
     """The gap decomposition of ``run`` (from :func:`vaegen.load`) for each family and split.
 
     Args:
@@ -151,6 +154,9 @@ def compute_gaps(run, *, families: Sequence[str] = ("diag",), splits: Sequence[s
       log_px_samples: k of every importance-sampled log p(x).
       max_examples: per split, the number of examples (0 or missing = all).
       data: per split, the observations to use instead of :func:`split_data` (float ``[N, *event]``).
+      chunk_size: examples vmapped together per device (memory and speed, never results).
+      devices: devices to shard the examples over (default: all local devices); the numbers do
+        not depend on them.
     """
     if run.is_autoencoder or not run.has_prior:
         raise inference_lib.InferenceError(
@@ -166,6 +172,7 @@ def compute_gaps(run, *, families: Sequence[str] = ("diag",), splits: Sequence[s
         if split not in SPLITS:
             raise inference_lib.InferenceError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
     families = [inference_lib.FAMILY_ALIASES.get(f.strip(), f.strip()) for f in families]
+    devices = None if devices is None else list(devices)
     cfg_inf = run.config.inference
     flow_options = dict(num_layers=int(cfg_inf.flow_layers), hidden=tuple(cfg_inf.flow_hidden),
                         context_dim=int(cfg_inf.flow_context_dim), activation=cfg_inf.flow_activation)
@@ -182,7 +189,8 @@ def compute_gaps(run, *, families: Sequence[str] = ("diag",), splits: Sequence[s
         k_split = jax.random.fold_in(key, 100 + s_idx)
         t = time.perf_counter()
         amortized = amortized_bounds(run.model, run.variables, xs, jax.random.fold_in(k_split, 0),
-                                     elbo_samples=elbo_samples, log_px_samples=log_px_samples, chunk_size=chunk_size)
+                                     elbo_samples=elbo_samples, log_px_samples=log_px_samples, chunk_size=chunk_size,
+                                     devices=devices, progress=progress)
         timings[f"{split}/amortized_seconds"] = time.perf_counter() - t
         arrays = {"elbo_amortized": amortized["elbo"], "elbo_amortized_mc_stderr": amortized["elbo_mc_stderr"],
                   "log_px/amortized": amortized["log_px"]}
@@ -191,7 +199,8 @@ def compute_gaps(run, *, families: Sequence[str] = ("diag",), splits: Sequence[s
                                           family=family_objs[name], settings=settings, init=init,
                                           chunk_size=chunk_size, eval_samples=elbo_samples,
                                           log_px_samples=log_px_samples, keep_parameters=False,
-                                          progress=progress, description=f"q*_{name} ({split})")
+                                          progress=progress, description=f"q*_{name} ({split})",
+                                          devices=devices)
             timings[f"{split}/{name}_seconds"] = fit.seconds
             arrays[f"elbo_star/{name}"] = np.asarray(fit.elbo, np.float64)
             arrays[f"elbo_star_mc_stderr/{name}"] = np.asarray(fit.elbo_mc_stderr, np.float64)
@@ -225,7 +234,7 @@ def compute_gaps(run, *, families: Sequence[str] = ("diag",), splits: Sequence[s
         "svi": dataclasses.asdict(settings), "init": init, "elbo_samples": elbo_samples,
         "log_px_samples": log_px_samples, "chunk_size": chunk_size, "seed": seed,
         "max_examples": max_examples, "timings_seconds": timings,
-        "devices": [str(d) for d in jax.devices()],
+        "devices": [str(d) for d in (jax.local_devices() if devices is None else devices)],
     }
     return GapReport(rows=rows, per_example=per_example, settings=settings_out)
 

@@ -27,14 +27,15 @@ For the flow, q*_F optimises *every* parameter of the flow per example, its coup
 included: F is the set of all flows of that architecture.
 
 Every per-example computation takes its noise from ``fold_in(key, example_index)``, so results
-do not depend on how the examples are chunked; the optimiser is ``vmap``-ped over the examples
-of a chunk and ``lax.scan``-ned over the steps, one jitted call per chunk.
+do not depend on how the examples are chunked or on the number of devices.  :func:`fit_local`
+shards the examples over the local devices with :func:`vaegen.estimators.map_examples` (the
+engine of importance sampling and AIS); on each device the optimiser is ``vmap``-ped over a
+chunk of examples and ``lax.scan``-ned over the steps, one compiled call per group of chunks.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable
 
@@ -43,9 +44,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import NamedSharding, PartitionSpec
 
 from vaegen import estimators as estimators_lib
 from vaegen import posteriors as posteriors_lib
+from vaegen import sharding as sharding_lib
 from vaegen.model import LatentVariableModel
 
 Phi = dict  # local variational parameters of one example (or, with a leading [N], of many)
@@ -404,8 +407,9 @@ class LocalInference:
       log_px: ``[N]`` importance-sampled log p(x) with q* as the proposal (if asked for).
       phi: the per-example parameters of q*, leaves ``[N, ...]`` (if kept).
       settings, family, init: what produced it.
-      seconds, chunk_seconds: wall-clock time in all and per chunk (the first includes compilation,
-        unless an earlier call with the same model, family, settings and chunk size compiled it).
+      seconds, chunk_seconds: wall-clock time in all and per dispatch of ``chunk_size`` examples
+        per device (the first includes compilation, unless an earlier call with the same model,
+        family, settings, chunk size and devices compiled it).
     """
 
     elbo: np.ndarray
@@ -422,22 +426,34 @@ class LocalInference:
     chunk_seconds: list[float] = dataclasses.field(default_factory=list)
 
 
-@functools.lru_cache(maxsize=32)
-def _chunk_runner(model: LatentVariableModel, family: Family, settings: SVISettings, init: str, eval_samples: int,
-                  log_px_samples: int, is_batch: int, keep_parameters: bool, t_points: int, chunk: int) -> Callable:
-    """The jitted ``run_chunk(variables, data, ids, start, key)`` of :func:`fit_local`, cached so that
-    repeated calls with the same model, family and settings (other splits, other checkpoints)
-    reuse one compilation."""
-    steps = settings.num_steps
+@dataclasses.dataclass(frozen=True)
+class _LocalFit:
+    """q* of one example (see :func:`fit_local`), as a hashable callable whose arrays come in as
+    arguments: ``_LocalFit(...)((variables, key), (x, i), _)`` takes all its noise from
+    ``fold_in(key, i)``, ``i`` the example's id (the key :func:`vaegen.estimators.map_examples`
+    derives from the example's position in a dispatch is not used)."""
 
-    def one(variables, x, i, key):
+    model: LatentVariableModel
+    family: Family
+    settings: SVISettings
+    init: str
+    eval_samples: int
+    log_px_samples: int
+    is_batch: int
+    keep_parameters: bool
+    t_points: int
+
+    def __call__(self, arrays, data, _position_key):
+        variables, key = arrays
+        x, i = data                                                        # [*event], [] example id
+        model, family, settings = self.model, self.family, self.settings
         k = jax.random.fold_in(key, i)
         k_opt, k_select, k_eval, k_is = (jax.random.fold_in(k, j) for j in range(4))
-        phi0 = initial_parameters(family, init, model, variables, x)
+        phi0 = initial_parameters(family, self.init, model, variables, x)
         phi_k, elbos = refine(model, variables, family, phi0, x, k_opt, settings)
 
         def estimate(phi, k_):
-            return elbo_of(model, variables, family.distribution(phi), x, k_, eval_samples,
+            return elbo_of(model, variables, family.distribution(phi), x, k_, self.eval_samples,
                            analytic_kl=settings.analytic_kl)
 
         improved = estimate(phi_k, k_select)["elbo"] >= estimate(phi0, k_select)["elbo"]
@@ -445,34 +461,32 @@ def _chunk_runner(model: LatentVariableModel, family: Family, settings: SVISetti
         final = estimate(phi_star, k_eval)
         out = {"elbo": final["elbo"], "elbo_mc_stderr": final["mc_stderr"],
                "elbo_init": estimate(phi0, k_eval)["elbo"], "improved": improved,
-               "trace": elbos.reshape(t_points, -1).mean(-1) if steps else jnp.zeros((0,))}
-        if log_px_samples:
+               "trace": elbos.reshape(self.t_points, -1).mean(-1) if settings.num_steps else jnp.zeros((0,))}
+        if self.log_px_samples:
             out["log_px"] = log_px_importance_sampled(model, variables, family.distribution(phi_star), x, k_is,
-                                                      log_px_samples, sample_batch=is_batch)
-        if keep_parameters:
-            out["phi"] = phi_star
+                                                      self.log_px_samples, sample_batch=self.is_batch)
+        if self.keep_parameters:
+            # lax.map cannot return zero-size leaves (a flow's empty context): a scalar stands in
+            # for each, and fit_local puts the empty array back.
+            out["phi"] = jax.tree_util.tree_map(lambda a: a if a.size else jnp.zeros((), a.dtype), phi_star)
         return out
-
-    @jax.jit
-    def run_chunk(variables, data, ids, start, key):
-        x = jax.lax.dynamic_slice_in_dim(data, start, chunk)             # [chunk, *event]
-        idx = jax.lax.dynamic_slice_in_dim(ids, start, chunk)            # [chunk] example ids
-        return jax.vmap(one, in_axes=(None, 0, 0, None))(variables, x, idx, key)
-
-    return run_chunk
 
 
 def fit_local(model: LatentVariableModel, variables: Any, xs: jax.Array | np.ndarray, key: jax.Array, *,
               family: Family | str | None = None, settings: SVISettings = SVISettings(), init: str = "amortized",
               chunk_size: int = 500, eval_samples: int = 100, log_px_samples: int = 0,
               keep_parameters: bool = True, trace_points: int = 50, progress: bool = True,
-              description: str = "q*", example_ids: np.ndarray | None = None) -> LocalInference:
+              description: str = "q*", example_ids: np.ndarray | None = None, devices=None) -> LocalInference:
     """Non-amortized inference: q*_F(z | x) for every example of ``xs``, by per-example SVI.
 
-    The examples are processed ``chunk_size`` at a time: one jitted call per chunk ``vmap``-s
-    the optimiser over the chunk's examples and ``lax.scan``-s it over the K steps; the data stay
-    on the device and the chunks share one compilation (the last is padded).  Example ``i`` takes
-    all its noise from ``fold_in(key, i)`` -- results do not depend on ``chunk_size``.
+    The examples are sharded over ``devices`` (``shard_map`` over the ``"data"`` mesh, through
+    :func:`vaegen.estimators.map_examples`, as importance sampling and AIS are): each dispatch
+    gives every device a chunk of up to ``chunk_size`` examples, ``vmap``-s the optimiser over
+    them and ``lax.scan``-s it over the K steps.  Only one group of ``chunk_size x devices``
+    examples and its outputs are on the devices at a time, every group has the same shape (the
+    last is padded), so all share one compilation.  Example ``i`` takes all its noise from
+    ``fold_in(key, i)`` -- results do not depend on ``chunk_size`` or on the number of devices
+    (up to float rounding).
 
     Per example: phi_0 from ``init``; K optimiser steps (``settings``); q* = the better of phi_K
     and phi_0 on a selection estimate of L with ``eval_samples`` samples; then L(x; q*) and
@@ -482,11 +496,13 @@ def fit_local(model: LatentVariableModel, variables: Any, xs: jax.Array | np.nda
     Args:
       xs: ``[N, *event]`` observations as the model sees them (floats).
       family: a :data:`Family`, a family name, or None for the family of the model's q(z | x).
-      chunk_size: examples per vmapped chunk (memory and speed, never results).
+      chunk_size: examples per vmapped chunk on each device (memory and speed, never results).
       keep_parameters: return phi of q* per example (large for flows: all their weights).
       trace_points: length T of the returned learning curves.
+      progress: show a progress bar (examples done), labelled ``description``.
       example_ids: ``[N]`` the indices i of ``fold_in(key, i)`` (default 0..N-1): an example
         given its id gets the same noise, hence the same q*, alone or among others.
+      devices: devices to shard the examples over (default: all local devices).
     Returns:
       :class:`LocalInference`.
     """
@@ -503,18 +519,21 @@ def fit_local(model: LatentVariableModel, variables: Any, xs: jax.Array | np.nda
         raise InferenceError(f"unknown initialisation {init!r}; choose 'amortized' or 'prior'")
     if eval_samples < 1:
         raise InferenceError("eval_samples must be >= 1")
-    xs = jnp.asarray(xs, jnp.float32)
+    xs = np.asarray(xs, np.float32)
     n = int(xs.shape[0])
     if n == 0:
         raise InferenceError("no examples to infer")
-    chunk = max(1, min(int(chunk_size), n))
-    num_chunks = -(-n // chunk)
-    pad = num_chunks * chunk - n
-    xs_padded = jnp.concatenate([xs, jnp.repeat(xs[-1:], pad, 0)]) if pad else xs
     ids = np.arange(n) if example_ids is None else np.asarray(example_ids, np.int64).reshape(-1)
     if ids.shape[0] != n:
         raise InferenceError(f"example_ids has {ids.shape[0]} entries for {n} examples")
-    ids_padded = jnp.asarray(np.concatenate([ids, np.repeat(ids[-1:], pad)]), jnp.int32)
+    devices = jax.local_devices() if devices is None else list(devices)
+    n_dev = len(devices)
+    chunk = max(1, min(int(chunk_size), -(-n // n_dev)))              # examples per device and dispatch
+    group = chunk * n_dev                                             # examples per dispatch
+    num_groups = -(-n // group)
+    pad = num_groups * group - n
+    xs_padded = np.concatenate([xs, np.repeat(xs[-1:], pad, 0)]) if pad else xs
+    ids_padded = np.concatenate([ids, np.repeat(ids[-1:], pad)]).astype(np.int32)
     steps = settings.num_steps
     t_points = max(1, min(int(trace_points), steps)) if steps else 0
     is_batch = max(1, 50_000 // chunk) if log_px_samples else 1
@@ -522,21 +541,28 @@ def fit_local(model: LatentVariableModel, variables: Any, xs: jax.Array | np.nda
     if steps and steps % t_points:
         t_points = math.gcd(steps, t_points)
 
-    run_chunk = _chunk_runner(model, family, settings, init, int(eval_samples), int(log_px_samples), is_batch,
-                              bool(keep_parameters), t_points, chunk)
+    one = _LocalFit(model, family, settings, init, int(eval_samples), int(log_px_samples), is_batch,
+                    bool(keep_parameters), t_points)
+    replicated = NamedSharding(sharding_lib.data_mesh(devices), PartitionSpec())
+    fn = jax.tree_util.Partial(one, jax.device_put((variables, key), replicated))
     t0 = time.perf_counter()
     outputs, chunk_seconds = [], []
     bar = tqdm(total=n, unit="ex", desc=description, disable=not progress, dynamic_ncols=True)
-    for c in range(num_chunks):
+    for g in range(num_groups):
         t = time.perf_counter()
-        out = run_chunk(variables, xs_padded, ids_padded, jnp.int32(c * chunk), key)
-        jax.block_until_ready(out["elbo"])
+        s = slice(g * group, (g + 1) * group)
+        out = estimators_lib.map_examples(fn, (xs_padded[s], ids_padded[s]), key, batch_size=chunk,
+                                          devices=devices)
+        outputs.append(jax.tree_util.tree_map(np.asarray, out))       # waits; frees the devices' copy
         chunk_seconds.append(time.perf_counter() - t)
-        outputs.append(out)
-        bar.update(min(chunk, n - c * chunk))
+        bar.update(min(group, n - g * group))
     bar.close()
     seconds = time.perf_counter() - t0
-    cat = jax.tree_util.tree_map(lambda *a: np.concatenate([np.asarray(v) for v in a])[:n], *outputs)
+    cat = jax.tree_util.tree_map(lambda *a: np.concatenate(a)[:n], *outputs)
+    if keep_parameters:
+        shapes = jax.eval_shape(lambda v, x: initial_parameters(family, init, model, v, x), variables, xs[0])
+        cat["phi"] = jax.tree_util.tree_map(lambda a, s: a if math.prod(s.shape) else np.zeros((n, *s.shape), s.dtype),
+                                            cat["phi"], shapes)
     return LocalInference(elbo=cat["elbo"], elbo_mc_stderr=cat["elbo_mc_stderr"], elbo_init=cat["elbo_init"],
                           trace=cat["trace"], improved=cat["improved"],
                           log_px=cat.get("log_px"), phi=cat.get("phi"), settings=settings, family=family,
