@@ -4,8 +4,12 @@ import json
 import subprocess
 import sys
 
+import distrax
+import jax
+import numpy as np
 import pytest
 
+import vaegen
 from vaegen import cli
 
 
@@ -30,6 +34,42 @@ def test_train_evaluate_sample_reconstruct(tmp_path, capsys):
     assert code == 0 and (tmp_path / "vae" / "samples.png").stat().st_size > 0
     code, out, _ = _run(capsys, "reconstruct", "--workdir", w, "--n", "8")
     assert code == 0 and (tmp_path / "vae" / "reconstructions.png").exists()
+    _check_the_python_api(w)
+
+
+def _check_the_python_api(workdir):
+    """`vaegen.load` on the run just trained: the shapes of vaegen/run.py's table, finite values,
+    and log p(x, z) = log p(z) + log p(x | z) from its own distributions.  (One jitted function:
+    op by op, the many small programs would take longer to compile than the run took to train.)"""
+    run = vaegen.load(workdir)
+    assert run.epoch == 2 and run.event_shape == (8, 8, 1)
+    x = run.split("test", max_examples=8)  # as `vaegen reconstruct --n 8` used it
+    assert x.shape == (8, 8, 8, 1) and x.dtype == np.float32 and set(np.unique(x)) <= {0.0, 1.0}
+    shapes = {}
+
+    def terms(x, key):
+        q = run.encode(x)
+        z = q.sample(seed=jax.random.fold_in(key, 0), sample_shape=(3,))
+        p_x = run.decode(z)
+        prior = run.prior()
+        for name, d in (("q", q), ("p_x", p_x), ("prior", prior)):
+            assert isinstance(d, distrax.Distribution), name
+            shapes[name] = (tuple(d.batch_shape), tuple(d.event_shape))
+        return {"z": z, "log_joint": run.log_joint(x, z), "log_joint_one_z": run.log_joint(x, z[0]),
+                "log_prior": prior.log_prob(z), "log_likelihood": p_x.log_prob(x), "log_q": q.log_prob(z),
+                "samples": run.sample(jax.random.fold_in(key, 1), 7)}
+
+    out = jax.device_get(jax.jit(terms)(x, jax.random.key(0)))
+    assert shapes == {"q": ((8,), (4,)), "p_x": ((3, 8), (8, 8, 1)), "prior": ((), (4,))}
+    assert out["z"].shape == (3, 8, 4) and out["samples"].shape == (7, 8, 8, 1)
+    for name in ("log_joint", "log_prior", "log_likelihood", "log_q"):
+        assert out[name].shape == (3, 8) and np.isfinite(out[name]).all(), name
+    assert np.isfinite(out["z"]).all() and (out["log_joint"] < 0).all() and (out["log_likelihood"] < 0).all()
+    np.testing.assert_allclose(out["log_joint"], out["log_prior"] + out["log_likelihood"], rtol=1e-6, atol=1e-5)
+    # One z per example (z [8, D] against x [8, *event]) gives the first row of the same table.
+    np.testing.assert_allclose(out["log_joint_one_z"], out["log_joint"][0], rtol=1e-6, atol=1e-5)
+    assert set(np.unique(out["samples"])) <= {0.0, 1.0}  # x ~ p(x | z), Bernoulli
+    assert out["samples"].std() > 0
 
 
 def test_autoencoder_cli_says_there_is_no_prior(tmp_path, capsys):

@@ -3,20 +3,30 @@ and the workdir it was pointed at is left exactly as it was."""
 
 import dataclasses
 import json
+import os
 import pathlib
 import re
+import subprocess
+import sys
 
+import jax
 import numpy as np
 import pytest
 
+from vaegen import autoregressive as autoregressive_lib
 from vaegen import cli
 from vaegen import config as config_lib
 from vaegen import data as data_lib
+from vaegen import estimators as estimators_lib
+from vaegen import evaluation as evaluation_lib
 from vaegen import inputs as inputs_lib
 from vaegen import likelihoods as likelihoods_lib
+from vaegen import model as model_lib
+from vaegen import run as run_lib
 from vaegen import train as train_lib
 
-DOC = pathlib.Path(__file__).resolve().parents[1] / "docs" / "errors.md"
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "errors.md"
 
 # (id, vaegen arguments, message fragment). Every one exits with status 2.
 CLI_CASES = [
@@ -106,6 +116,24 @@ CLI_CASES = [
     ("two-layer-vampprior", ["train", "--config", "tiny", "--config.model.top_latent_dim=2",
                              "--config.model.prior=vampprior"],
      "a VampPrior on z2 is 1/K sum_k q(z2 | u_k) and needs q(z2 | x)"),
+    ("workdir-not-empty", ["train", "--config", "tiny", "--workdir", "{tmp}"],
+     "is not empty and holds no vaegen run (no config.json)"),
+    ("workdir-file", ["train", "--config", "tiny", "--workdir", "{workdir}/notes.txt"],
+     "notes.txt is a file, not a directory; choose another --workdir"),
+    ("workdir-under-file", ["train", "--config", "tiny", "--workdir", "{workdir}/notes.txt/run"],
+     "cannot create workdir"),
+    ("workdir-not-writable", ["train", "--config", "tiny", "--workdir", "{locked}"],
+     "is not writable; choose another --workdir"),
+    ("ais-steps", ["evaluate", "--workdir", "{workdir}", "--ais-steps", "0"],
+     "evaluate: argument --ais-steps: must be >= 1, got 0"),
+]
+
+# (id, vaegen arguments, environment, message fragment): cases that need a process of their own,
+# because JAX fixes its devices when it starts.  Every one exits with status 2.
+PROCESS_CASES = [
+    ("batch-devices", ["train", "--config", "tiny", "--workdir", "{workdir}"],
+     {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+     "config.train.batch_size=50 must be divisible by the number of devices (8)"),
 ]
 
 
@@ -120,17 +148,30 @@ def workdir(tmp_path):
     w = tmp_path / "run"
     w.mkdir()
     (w / "config.json").write_text(config_lib.to_json(config_lib.load_config("tiny")) + "\n")
-    (w / "run.json").write_text(json.dumps({"event_shape": [8, 8, 1]}) + "\n")
+    (w / "run.json").write_text(json.dumps({"event_shape": [8, 8, 1],
+                                            "data_fingerprint": train_lib.data_fingerprint(_splits())}) + "\n")
     (w / "notes.txt").write_text("mine")
     return w
 
 
-@pytest.mark.parametrize("case, argv, message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
-def test_bad_input_on_the_command_line(case, argv, message, workdir, tmp_path, capsys):
-    argv = [a.replace("{tmp}", str(tmp_path)).replace("{workdir}", str(workdir)) for a in argv]
-    if argv[0] == "train":
+def _arguments(argv, workdir, tmp_path):
+    argv = [a.replace("{tmp}", str(tmp_path)).replace("{workdir}", str(workdir))
+            .replace("{locked}", str(tmp_path / "locked")) for a in argv]
+    if argv[0] == "train" and "--workdir" not in argv:
         argv += ["--workdir", str(workdir)]
-    before = _snapshot(workdir)
+    return argv
+
+
+@pytest.mark.parametrize("case, argv, message", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_bad_input_on_the_command_line(case, argv, message, workdir, tmp_path, capsys, monkeypatch):
+    if any("{locked}" in a for a in argv):
+        # A directory without write permission, as access(2) reports it (root may write anywhere).
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        access = os.access
+        monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if pathlib.Path(p) == locked else access(p, mode, **kw))
+    argv = _arguments(argv, workdir, tmp_path)
+    before = _snapshot(tmp_path)
     try:
         code = cli.main(argv)
     except SystemExit as e:  # argparse's usage errors
@@ -139,7 +180,19 @@ def test_bad_input_on_the_command_line(case, argv, message, workdir, tmp_path, c
     assert code == 2
     assert err.startswith("vaegen: error: ") and err.count("\n") == 1, err
     assert message in err, err
-    assert _snapshot(workdir) == before
+    assert _snapshot(tmp_path) == before
+
+
+@pytest.mark.parametrize("case, argv, env, message", PROCESS_CASES, ids=[c[0] for c in PROCESS_CASES])
+def test_bad_input_on_the_command_line_of_a_new_process(case, argv, env, message, workdir, tmp_path):
+    env = dict(os.environ, **{k: f"{os.environ.get(k, '')} {v}".strip() for k, v in env.items()})
+    before = _snapshot(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "vaegen.cli", *_arguments(argv, workdir, tmp_path)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.startswith("vaegen: error: ") and proc.stderr.count("\n") == 1, proc.stderr[-2000:]
+    assert message in proc.stderr, proc.stderr
+    assert _snapshot(tmp_path) == before
 
 
 def _splits():
@@ -172,7 +225,20 @@ API_CASES = [
      "the train split of digits (binarization 'none') has values outside {0, 1}"),
     ("not-an-array", lambda s: dataclasses.replace(s, train=s.train.tolist()), [], inputs_lib.DataError,
      "the train split must be an array of uint8 grey levels [N, H, W, C], got list"),
+    ("other-data", lambda s: dataclasses.replace(s, train=255 - s.train), [], train_lib.WorkdirError,
+     "belongs to a run trained on other data"),
 ]
+
+
+def _model_run(spec, overrides=()):
+    """A run of the model of ``spec`` without trained parameters (for errors raised before any)."""
+    cfg = config_lib.load_config(spec, list(overrides))
+    model = model_lib.build_model(cfg.model, cfg.inference, (8, 8, 1))
+    return run_lib.Run(workdir=pathlib.Path("untrained"), config=cfg, model=model, variables={},
+                       event_shape=(8, 8, 1), epoch=0, info={})
+
+
+_MADE = ["model.kind=autoregressive", "objective.name=exact"]
 
 
 # (id, call, error class, message fragment): errors raised by library functions called directly.
@@ -180,6 +246,20 @@ PYTHON_CASES = [
     ("logistic-support", lambda: likelihoods_lib.check_support("discretized_logistic", np.array([0.0, 0.5 / 255]),
                                                                what="the batch"),
      likelihoods_lib.SupportError, "the batch has values that are not 8-bit grey levels k/255, k in 0..255"),
+    ("no-latent", lambda: _model_run("tiny", _MADE).encode(np.zeros((1, 8, 8, 1), np.float32)),
+     autoregressive_lib.NoLatentError, "this model is autoregressive (MADE): it has no latent variable z"),
+    ("no-prior", lambda: _model_run("tiny:ae").sample(jax.random.key(0), 2), model_lib.NoPriorError,
+     "this model has no prior p(z)"),
+    ("unknown-estimator", lambda: evaluation_lib.parse_estimators("elbo,foo"), config_lib.ConfigError,
+     "unknown estimator(s) foo; choose from elbo, iwae, is, ais, bdmc, diagnostics or 'all'"),
+    ("iwae-k", lambda: estimators_lib.check_ks([1, 100], 10), config_lib.ConfigError,
+     "IWAE k must be between 1 and the number of importance samples (10); got [100]"),
+    ("ais-step-size", lambda: estimators_lib.AIS(step_size=-0.1), config_lib.ConfigError,
+     "AIS step_size must be > 0, got -0.1"),
+    ("ais-target-accept", lambda: estimators_lib.AIS(target_accept=1.5), config_lib.ConfigError,
+     "AIS target_accept must be in (0, 1), got 1.5"),
+    ("undefined-log-px", lambda: estimators_lib.model_functions(_model_run("tiny:ae").model, {}),
+     estimators_lib.UndefinedEstimateError, "log p(x) does not exist for this model: it has no prior p(z)"),
 ]
 
 
@@ -205,13 +285,23 @@ def test_bad_data_through_the_python_api(case, transform, overrides, error, mess
 def test_the_table_in_the_docs_lists_every_case():
     text = DOC.read_text()
     rows = [l for l in text.splitlines() if l.startswith("|")]
-    for case, *_, message in CLI_CASES:
+    ids = ([c[0] for c in CLI_CASES + PROCESS_CASES] + [f"api:{c[0]}" for c in API_CASES]
+           + [f"py:{c[0]}" for c in PYTHON_CASES])
+    assert len(ids) == len(set(ids))
+    for case in ids:
         assert any(f"`{case}`" in r for r in rows), case
-    for case, *_ in API_CASES:
-        assert any(f"`api:{case}`" in r for r in rows), case
-    for case, *_ in PYTHON_CASES:
-        assert any(f"`py:{case}`" in r for r in rows), case
+    # Every row of a table with an id column names a case.
+    first_column = None
+    for r in rows:
+        cells = [c.strip() for c in r.strip("|").split("|")]
+        if set(r) <= set("|-: "):
+            continue
+        if cells[0] in ("id", "fault"):
+            first_column = cells[0]
+        elif first_column == "id":
+            documented = re.fullmatch(r"`([^`]+)`", cells[0])
+            assert documented and documented[1] in ids, r
     # Every documented message fragment is one the code produces.
-    produced = [c[-1] for c in CLI_CASES] + [c[-1] for c in API_CASES] + [c[-1] for c in PYTHON_CASES]
+    produced = [c[-1] for c in CLI_CASES + PROCESS_CASES + API_CASES + PYTHON_CASES]
     for fragment in re.findall(r"«(.+?)»", text):
         assert any(fragment in m for m in produced), fragment

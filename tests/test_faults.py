@@ -11,6 +11,7 @@ import os
 import pathlib
 import pickle
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -204,6 +205,12 @@ def test_sigterm_then_sigkill_resume_to_the_uninterrupted_parameters(reference, 
 
     # 3. Resuming once more completes the run: bitwise the parameters of the uninterrupted run,
     #    and the same metrics, although it ran in three processes and two calls per epoch.
+    _resume_to_the_reference(reference, w)
+
+
+def _resume_to_the_reference(reference, w):
+    """Resumes the tiny run in ``w`` (two device calls per epoch) to the end and checks that it
+    ends with the reference run's parameters, bit for bit, and its metrics."""
     train_lib.train_and_evaluate(config_lib.load_config("tiny", [f"train.num_epochs={EPOCHS}",
                                                                  f"train.steps_per_call={CHUNK}"]), w)
     a, b = vaegen.load(reference), vaegen.load(w)
@@ -216,6 +223,42 @@ def test_sigterm_then_sigkill_resume_to_the_uninterrupted_parameters(reference, 
             if k.startswith(("train/", "validation/")):
                 assert ra[k] == rb[k], (ra["epoch"], k)
     assert not (w / train_lib.INTERRUPTED_DIR).exists()
+
+
+def test_sigint_from_outside_stops_with_status_130_and_resumes_to_the_uninterrupted_parameters(reference, tmp_path):
+    """Ctrl-C on the `vaegen train` process: a checkpoint, exit status 128 + SIGINT (not the 143
+    of SIGTERM), and the same command resumes to the uninterrupted run."""
+    w = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "vaegen.cli", "train", "--config", "tiny", "--workdir", str(w),
+                             f"--config.train.num_epochs={EPOCHS}", f"--config.train.steps_per_call={CHUNK}"],
+                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.time() + 240
+        while not (w / "checkpoints" / "1").exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)  # training has started: the first epoch is saved
+        proc.send_signal(signal.SIGINT)
+        stderr = proc.communicate(timeout=240)[1].decode()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 128 + signal.SIGINT == 130, f"exit {proc.returncode}: {stderr[-2000:]}"
+    lines = stderr.strip().splitlines()
+    assert "vaegen: SIGINT received: saving a checkpoint when the current device call returns" in stderr, stderr
+    stopped = re.fullmatch(r"vaegen: stopped by SIGINT at step (\d+) \((.+)\); checkpoint written to (\S+); "
+                           r"run the same command again to resume", lines[-1])
+    assert stopped, lines[-1]
+    # In the middle of an epoch, an interrupt checkpoint named by its step; at the end of one,
+    # that epoch's checkpoint.
+    step, checkpoint = int(stopped[1]), pathlib.Path(stopped[3])
+    assert 0 < step < EPOCHS * 2 * CHUNK
+    assert checkpoint.parent in (w / train_lib.INTERRUPTED_DIR, w / "checkpoints")
+    assert int(checkpoint.name) in _epochs(checkpoint.parent)
+    if checkpoint.parent.name == train_lib.INTERRUPTED_DIR:
+        assert int(checkpoint.name) == step and stopped[2].endswith(f"step {CHUNK} of {2 * CHUNK}")
+    else:
+        assert int(checkpoint.name) < EPOCHS and stopped[2] == f"end of epoch {checkpoint.name}"
+    _resume_to_the_reference(reference, w)
 
 
 def test_torn_metrics_line_from_a_killed_writer_is_dropped_on_resume(reference, tmp_path):

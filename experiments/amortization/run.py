@@ -50,10 +50,12 @@ def load_grid(spec: str):
     return module
 
 
-def train_seconds(workdir: pathlib.Path) -> float:
+def train_seconds(workdir: pathlib.Path, epoch: int) -> float:
+    """Seconds spent training the run in ``workdir`` up to ``epoch`` (the same on a rerun)."""
     lines = (workdir / "metrics.jsonl").read_text().splitlines() if (workdir / "metrics.jsonl").exists() else []
-    return float(sum(json.loads(l).get("epoch_seconds", 0.0) + json.loads(l).get("compile_seconds", 0.0)
-                     for l in lines if l.strip()))
+    metrics = [json.loads(l) for l in lines if l.strip()]
+    return float(sum(m.get("epoch_seconds", 0.0) + m.get("compile_seconds", 0.0)
+                     for m in metrics if m.get("epoch", 0) <= epoch))
 
 
 def run_cell(grid, name: str, out: pathlib.Path, splits_cache: dict, log) -> list[dict]:
@@ -95,7 +97,7 @@ def run_cell(grid, name: str, out: pathlib.Path, splits_cache: dict, log) -> lis
             rows.append({"cell": name, "axis": axis, "value": value, "epoch": epoch, "split": r["split"],
                          "family": r["family"], "num_examples": r["num_examples"],
                          "validation_elbo": last.get("validation/elbo"),
-                         "train_seconds": train_seconds(workdir),
+                         "train_seconds": train_seconds(workdir, epoch),
                          **{q: r[q]["mean"] for q in QUANTITIES}, **{f"{q}_stderr": r[q]["stderr"] for q in QUANTITIES}})
     return rows
 
