@@ -8,8 +8,9 @@ Command::
     # or: vaegen train --config experiments/reproduce/configs/fmnist_vae_standard.py --workdir runs/reproduce/fmnist_vae_standard
     #     vaegen evaluate --workdir runs/reproduce/fmnist_vae_standard --k 5000
 
-Runtime: early stopping decides (typically several hundred epochs); about 10 s per epoch on a
-2-core CPU, a fraction of a second per epoch on one GPU.
+Runtime: early stopping decides: measured on a 2-core CPU, 622 epochs (best 572) at about 4 s
+each, 78 min, then 6.5 min for IS with k = 5000 over the test set; log p(x) = -228.77 ± 0.76
+(README, "Reproducing published numbers").
 Published: -228.70 ± 0.15 nats.
 """
 
