@@ -71,3 +71,18 @@ def test_no_latent_variable_to_encode():
 def test_config_errors(overrides, message):
     with pytest.raises(config.ConfigError, match=message):
         config.load_config("tiny", overrides)
+
+
+def test_exact_evaluation_reports_its_per_example_values(tmp_path):
+    import vaegen
+    from vaegen import evaluation
+    from vaegen import train as train_lib
+
+    cfg = config.load_config("tiny", ["model.kind=autoregressive", "objective.name=exact", "train.num_epochs=1",
+                                      "train.progress=False"])
+    train_lib.train_and_evaluate(cfg, tmp_path)
+    per_example = {}
+    result = evaluation.evaluate(vaegen.load(tmp_path), max_examples=25, per_example=per_example)
+    assert set(per_example) == {"log_px"} and per_example["log_px"].shape == (25,)
+    assert per_example["log_px"].mean() == pytest.approx(result["metrics"]["log_px"]["mean"], rel=1e-12)
+    assert np.all(per_example["log_px"] < 0)          # log-probabilities of binary images

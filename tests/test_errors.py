@@ -126,6 +126,8 @@ CLI_CASES = [
      "is not writable; choose another --workdir"),
     ("ais-steps", ["evaluate", "--workdir", "{workdir}", "--ais-steps", "0"],
      "evaluate: argument --ais-steps: must be >= 1, got 0"),
+    ("per-example-path", ["evaluate", "--workdir", "{workdir}", "--per-example", "{tmp}/values.csv"],
+     "--per-example writes an .npz file"),
 ]
 
 # (id, vaegen arguments, environment, message fragment): cases that need a process of their own,

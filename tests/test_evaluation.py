@@ -56,6 +56,41 @@ def test_evaluate_every_estimator_from_the_command_line(vae_workdir, capsys):
     assert set(result["timings"]) == {"elbo", "is", "ais", "bdmc", "diagnostics"}
 
 
+def test_per_example_values_back_every_reported_mean(vae_workdir, capsys):
+    npz, out_path = vae_workdir / "per_example.npz", vae_workdir / "pe.json"
+    code, out, _ = _run(capsys, "evaluate", "--workdir", vae_workdir, "--estimators", "elbo,iwae,is,ais", "--k", 16,
+                        "--ks", "1,4", "--ais-steps", 10, "--ais-chains", 2, "--leapfrog", 2, "--ais-examples", 5,
+                        "--max-examples", 30, "--out", out_path, "--per-example", npz)
+    assert code == 0 and f"wrote {npz}" in out
+    m = json.loads(out_path.read_text())["metrics"]
+    with np.load(npz) as f:
+        assert f["example_index"].tolist() == list(range(30))
+        assert json.loads(str(f["evaluation"]))["num_examples"] == 30
+        for name in ("elbo", "reconstruction", "kl", "iwae_1", "iwae_4", "iwae_16", "log_px", "is_ess", "log_px_ais"):
+            values = f[name]
+            assert values.dtype == np.float64 and values.shape == ((5,) if name == "log_px_ais" else (30,)), name
+            assert values.mean() == pytest.approx(m[name]["mean"], rel=1e-12), name
+            assert evaluation.summarize(values, None)["stderr"] == pytest.approx(m[name]["stderr"], rel=1e-12)
+        # Each image's ELBO is at most its IWAE_16 up to Monte Carlo error: a paired comparison.
+        d = evaluation.paired_difference(f["log_px"], f["elbo"])
+    assert d["n"] == 30 and d["mean"] > 0 and d["stderr"] < m["log_px"]["stderr"]
+    code, _, err = _run(capsys, "evaluate", "--workdir", vae_workdir, "--per-example", vae_workdir / "pe.csv")
+    assert code == 2 and "--per-example writes an .npz file" in err and err.count("\n") == 1
+
+
+def test_paired_difference_is_the_mean_and_standard_error_of_the_differences():
+    rng = np.random.RandomState(0)
+    per_image = rng.normal(-230.0, 50.0, size=400)              # images differ far more than the models
+    a, b = per_image + 1.0 + rng.normal(0, 0.1, 400), per_image
+    d = evaluation.paired_difference(a, b, num_dims=784)
+    diff = a - b
+    assert d["mean"] == pytest.approx(diff.mean()) and d["stderr"] == pytest.approx(diff.std(ddof=1) / 20)
+    assert d["bits_per_dim"] == pytest.approx(diff.mean() / (784 * np.log(2)))
+    assert d["stderr"] < 0.01 < evaluation.summarize(a, None)["stderr"]
+    with pytest.raises(ValueError, match="same examples"):
+        evaluation.paired_difference(a, b[:-1])
+
+
 def test_results_do_not_depend_on_batch_size(vae_workdir):
     run = vaegen.load(vae_workdir)
     kw = dict(estimators="is", num_samples=32, max_examples=40, seed=1)

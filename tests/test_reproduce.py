@@ -93,6 +93,12 @@ def test_runner_trains_evaluates_and_tabulates_a_row(tmp_path, capsys):
     assert r["epochs_trained"] <= 2 and "--set data.max_train_examples=300" in r["deviations"]
     table = (tmp_path / "table.md").read_text()
     assert "VAE, Gaussian prior" in table and "-228.70 ± 0.15" in table and "--set data.protocol=" in table
+    with np.load(r["per_example"]) as f:                              # the per-image values behind the row
+        assert f["log_px"].shape == (40,) and f["log_px"].mean() == pytest.approx(r["log_px"], rel=1e-12)
+    assert not (tmp_path / "paired.md").exists()                       # one row: nothing to pair
+    other = dict(r, title="the same run again")
+    assert "| VAE, Gaussian prior | the same run again | 40 | +0.00 ± 0.00 |" in run.paired([r, other])
+    assert run.paired([r, dict(other, protocol="iwae_mnist")]) == ""    # other data: never paired
     # A second call reuses the trained run and its evaluation.
     before = (tmp_path / "fmnist_vae_standard" / "metrics.jsonl").read_text()
     assert run.main(argv) == 0

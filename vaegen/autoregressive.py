@@ -241,8 +241,9 @@ class ExactLogLikelihood:
 
 
 def evaluate(run, *, split: str = "test", batch_size: int | None = None, seed: int = 0,
-             max_examples: int = 0, **unused) -> dict[str, Any]:
-    """Exact test log p(x) of an autoregressive run, in the format of :func:`vaegen.evaluate`."""
+             max_examples: int = 0, per_example: dict | None = None, **unused) -> dict[str, Any]:
+    """Exact test log p(x) of an autoregressive run, in the format of :func:`vaegen.evaluate`
+    (``per_example``, if given, receives ``log_px`` per example, ``[N]`` nats)."""
     from vaegen import evaluation as evaluation_lib
     from vaegen import train as train_lib
 
@@ -256,7 +257,10 @@ def evaluate(run, *, split: str = "test", batch_size: int | None = None, seed: i
     key = train_lib.purpose_key(seed, "evaluation")
     terms = train_lib.make_evaluate(run.model, ExactLogLikelihood(), protocol=protocol,
                                     batch_size=batch_size or 500)(run.variables, stored, key)
-    log_px = evaluation_lib.summarize(jax.device_get(terms["log_px"]), int(np.prod(run.event_shape)))
+    values = np.asarray(jax.device_get(terms["log_px"]), np.float64)
+    if per_example is not None:
+        per_example["log_px"] = values
+    log_px = evaluation_lib.summarize(values, int(np.prod(run.event_shape)))
     return {
         "workdir": str(run.workdir), "epoch": run.epoch, "split": split, "num_examples": int(x_u8.shape[0]),
         "seed": seed, "protocol": protocol, "num_samples": 0,

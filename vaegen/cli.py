@@ -110,21 +110,28 @@ def cmd_evaluate(args, overrides) -> int:
     import vaegen
     from vaegen import evaluation as evaluate_lib
 
+    if args.per_example and not args.per_example.endswith(".npz"):
+        from vaegen import config as config_lib
+
+        raise config_lib.ConfigError(f"--per-example writes an .npz file; got {args.per_example!r}")
     run = vaegen.load(args.workdir)
     ais = {"num_steps": args.ais_steps, "num_chains": args.ais_chains, "num_leapfrog": args.leapfrog,
            "step_size": args.step_size, "target_accept": args.target_accept, "schedule": args.schedule,
            "adapt_step_size": False if args.no_adapt_step_size else None}
+    per_example = {} if args.per_example else None
     result = evaluate_lib.evaluate(run, split=args.split, num_samples=args.k, seed=args.seed,
                                    max_examples=args.max_examples, batch_size=args.batch_size,
                                    estimators=args.estimators, ks=args.ks, chunk_size=args.chunk_size,
                                    is_proposal=args.is_proposal, elbo_samples=args.elbo_samples, ais=ais,
                                    ais_start=args.ais_start, ais_examples=args.ais_examples,
                                    bdmc_examples=args.bdmc_examples, mi_samples=args.mi_samples,
-                                   progress=not args.no_progress)
+                                   progress=not args.no_progress, per_example=per_example)
     print(evaluate_lib.format_table(result))
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "eval.json"
     evaluate_lib.write_json(out, result)
     print(f"wrote {out}")
+    if args.per_example:
+        print(f"wrote {evaluate_lib.write_per_example(args.per_example, per_example, result)}")
     return 0
 
 
@@ -342,6 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive_int, default=None, help="examples vmapped together per device (memory only)")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
     e.add_argument("--out", help="JSON output path (default WORKDIR/eval.json)")
+    e.add_argument("--per-example", metavar="PATH.npz",
+                   help="also write every metric's per-example values (nats) to this .npz, for paired comparisons")
     e.set_defaults(func=cmd_evaluate)
 
     g = sub.add_parser("gaps", help="the inference gap split into approximation and amortization gaps (Cremer et al.)",

@@ -8,6 +8,8 @@ the test set, and a line is added to::
 
     <out>/results.json   every row: published and measured values, settings, times, machine
     <out>/table.md       the Markdown table of README.md
+    <out>/paired.md      paired differences of log p(x) between rows evaluated on the same images
+    <out>/<row>/reproduce_eval_*.npz   the row's per-image log p(x) and ELBO (nats)
 
     python experiments/reproduce/run.py --rows fmnist --out runs/reproduce           # the Fashion-MNIST rows
     python experiments/reproduce/run.py --rows mnist_iwae_k50 --out runs/reproduce   # one row (needs TFDS MNIST)
@@ -78,13 +80,16 @@ def run_row(name: str, out: pathlib.Path, overrides: list[str], k: int, test_exa
     metrics = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
     settings = {"k": k, "test_examples": test_examples, "seed": seed, "epoch": run.epoch}
     eval_path = workdir / f"reproduce_eval_k{k}_n{test_examples}_s{seed}.json"
+    per_example_path = eval_path.with_suffix(".npz")
     result = json.loads(eval_path.read_text()) if eval_path.exists() else None
-    if result is None or result.get("reproduce_settings") != settings:
+    if result is None or result.get("reproduce_settings") != settings or not per_example_path.exists():
         t = time.perf_counter()
+        per_example = {}
         result = vaegen.evaluate(run, num_samples=k, max_examples=test_examples, seed=seed,
-                                 estimators="elbo,is", progress=True)
+                                 estimators="elbo,is", progress=True, per_example=per_example)
         result["reproduce_settings"] = settings
         result["eval_seconds"] = time.perf_counter() - t
+        evaluation.write_per_example(per_example_path, per_example, result)
         evaluation.write_json(eval_path, result)
     m = result["metrics"]
     final = metrics[-1] if metrics else last
@@ -110,6 +115,7 @@ def run_row(name: str, out: pathlib.Path, overrides: list[str], k: int, test_exa
         "deviations": deviations(overrides, test_examples),
         "machine": machine(),
         "command": command(name, overrides, k, test_examples),
+        "per_example": str(per_example_path),
     }
 
 
@@ -155,6 +161,40 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def paired(rows: list[dict]) -> str:
+    """Paired differences of per-image log p(x) between every two rows evaluated on the same
+    test images (same protocol, image count, k and evaluation seed), as a Markdown table; "" if
+    there is no such pair.
+
+    Each row's own standard error is dominated by how much the images differ from one another;
+    the difference between two models on the same images is known far more precisely.
+    """
+    import numpy as np
+
+    from vaegen import evaluation
+
+    loaded = []
+    for r in rows:
+        path = pathlib.Path(r.get("per_example") or "")
+        if path.suffix == ".npz" and path.exists():
+            with np.load(path) as f:
+                loaded.append((r, f["log_px"]))
+    lines = []
+    for i, (a, va) in enumerate(loaded):
+        for b, vb in loaded[i + 1:]:
+            same = (a["protocol"] == b["protocol"] and va.shape == vb.shape
+                    and pathlib.Path(a["per_example"]).name == pathlib.Path(b["per_example"]).name)
+            if not same:  # other data, other images, other k or seed
+                continue
+            d = evaluation.paired_difference(va, vb)
+            lines.append(f"| {a['title']} | {b['title']} | {va.size} | {d['mean']:+.2f} ± {d['stderr']:.2f} "
+                         f"| {a['log_px'] - b['log_px']:+.2f} ± {np.hypot(a['log_px_stderr'], b['log_px_stderr']):.2f} |")
+    if not lines:
+        return ""
+    return "\n".join(["| model A | model B | test images | log p(x) A − B, paired | unpaired |",
+                       "|---|---|---:|---:|---:|", *lines]) + "\n"
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -197,6 +237,10 @@ def main(argv=None) -> int:
     ordered = [results[n] for n in reproduce.ROWS if n in results]
     (args.out / "table.md").write_text(table(ordered))
     print(table(ordered))
+    pairs = paired(ordered)
+    if pairs:
+        (args.out / "paired.md").write_text(pairs)
+        print(pairs)
     return 0
 
 
