@@ -69,7 +69,7 @@ def main() -> None:
         number of calls that make ``steps`` steps."""
         finite_step = faults_lib.finite_step
         if not guarded:
-            faults_lib.finite_step = lambda *args: jnp.asarray(True)  # the selection folds away: no guard
+            faults_lib.finite_step = lambda *args: jnp.asarray(True)  # the cond folds away: no guard
         try:
             fn = build(num_steps)
             state = fresh_state()

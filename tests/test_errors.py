@@ -43,6 +43,8 @@ CLI_CASES = [
      "config.objective.num_samples=0 must be > 0"),
     ("learning-rate", ["train", "--config", "tiny", "--config.optim.learning_rate=-0.001"],
      "config.optim.learning_rate=-0.001 must be > 0"),
+    ("adam-eps", ["train", "--config", "tiny", "--config.optim.eps=0.0"], "config.optim.eps=0.0 must be > 0"),
+    ("adam-beta", ["train", "--config", "tiny", "--config.optim.b2=1.0"], "optim.b2=1.0 must be in [0, 1)"),
     ("batch-size", ["train", "--config", "tiny", "--config.train.batch_size=5000"],
      "config.train.batch_size=5000 is larger than the training set (1300 examples)"),
     ("max-skips", ["train", "--config", "tiny", "--config.train.max_consecutive_skips=0"],

@@ -289,6 +289,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
     _choice(c.optim.normalize_gradients, ("none", "per_tensor", "global"), "optim.normalize_gradients")
     for k in ("warmup_epochs", "grad_clip_norm", "weight_decay", "momentum", "final_lr_fraction"):
         _positive(c.optim[k], f"optim.{k}", allow_zero=True)
+    _positive(c.optim.eps, "optim.eps")  # a finite gradient then gives a finite Adam update (see vaegen.faults)
+    if not 0 <= c.optim.b1 < 1 or not 0 <= c.optim.b2 < 1:
+        raise ConfigError(f"config.optim.b1={c.optim.b1!r} and optim.b2={c.optim.b2!r} must be in [0, 1)")
     _positive(c.optim.decay_epochs, "optim.decay_epochs")
     _positive(c.optim.decay_rate, "optim.decay_rate")
 

@@ -212,8 +212,8 @@ def make_train_steps(
     ``(seed, epoch)``; step ``t`` (global) draws its noise from ``(seed, t)``.  Which steps
     share a call does not change the result.
 
-    A step whose loss, gradient or optimizer update is not finite leaves ``params`` and
-    ``opt_state`` as they were (``vaegen.faults``) and is counted in ``skipped_steps`` and
+    A step whose loss or gradient is not finite leaves ``params`` and ``opt_state`` as they
+    were: the optimizer does not run (``vaegen.faults``) and is counted in ``skipped_steps`` and
     ``consecutive_skips``; once ``consecutive_skips`` reaches ``max_consecutive_skips`` the
     remaining steps of the call do nothing (the host then stops the run).
 
@@ -235,6 +235,11 @@ def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch,
     n_examples = steps_per_epoch * batch_size
 
     def step_fn(state: TrainState, idx: jax.Array, train_rows: jax.Array):
+        # After max_consecutive_skips consecutive skips the call has halted: the remaining steps
+        # apply nothing, count nothing and report NaN metrics with ran = False.  Halting is folded
+        # into the update's predicate and a few scalar selections rather than a cond around the
+        # whole step, which would cost every healthy step a copy of the carried state.
+        halted = state.consecutive_skips >= max_consecutive_skips
         key = jax.random.fold_in(noise_root, state.step)
         key_data, key_obj = jax.random.split(key)
         x = sharding_lib.gather_rows(train_rows, idx, mesh)            # [B, *event] uint8, batch-sharded
@@ -247,28 +252,27 @@ def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch,
 
         (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
         grad_norm = optax.global_norm(grads)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        finite = faults_lib.finite_step(loss, grad_norm, updates)
-        params = optax.apply_updates(state.params, updates)
-        params, opt_state = faults_lib.guard_update(finite, (params, opt_state), (state.params, state.opt_state))
-        skipped = jnp.logical_not(finite).astype(jnp.int32)
+        finite = faults_lib.finite_step(loss, grad_norm)
+
+        def update(params, opt_state):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        params, opt_state = faults_lib.guard_update(finite & ~halted, update, state.params, state.opt_state)
+        skipped = (~finite & ~halted).astype(jnp.int32)
         metrics = {k: jnp.mean(v) for k, v in terms.items()}
         metrics["grad_norm"] = grad_norm
         metrics["param_norm"] = optax.global_norm(params)
+        metrics = {k: jnp.where(halted, jnp.nan if jnp.issubdtype(v.dtype, jnp.floating) else 0, v)
+                   for k, v in metrics.items()}
         metrics["step"] = state.step
-        metrics["finite"] = finite
-        metrics["ran"] = jnp.asarray(True)
-        new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state,
-                               skipped_steps=state.skipped_steps + skipped,
-                               consecutive_skips=(state.consecutive_skips + 1) * skipped)
+        metrics["finite"] = finite & ~halted
+        metrics["ran"] = ~halted
+        new_state = TrainState(step=state.step + (~halted).astype(state.step.dtype), params=params,
+                               opt_state=opt_state, skipped_steps=state.skipped_steps + skipped,
+                               consecutive_skips=jnp.where(halted, state.consecutive_skips,
+                                                           (state.consecutive_skips + 1) * skipped))
         return new_state, metrics
-
-    def halted_fn(state: TrainState, idx: jax.Array, train_rows: jax.Array):
-        shapes = jax.eval_shape(step_fn, state, idx, train_rows)[1]
-        metrics = {k: jnp.full(v.shape, jnp.nan, v.dtype) if jnp.issubdtype(v.dtype, jnp.floating)
-                   else jnp.zeros(v.shape, v.dtype) for k, v in shapes.items()}
-        metrics["step"] = state.step
-        return state, metrics
 
     def train_steps(state: TrainState, train_rows: jax.Array, epoch: jax.Array, offset: jax.Array):
         n = num_examples or train_rows.shape[0]                        # the split's rows, not the padding
@@ -277,8 +281,7 @@ def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch,
         batches = jax.lax.dynamic_slice_in_dim(batches, offset, num_steps, axis=0)  # [num_steps, B]
 
         def body(s, idx):
-            return jax.lax.cond(s.consecutive_skips >= max_consecutive_skips,
-                                halted_fn, step_fn, s, idx, train_rows)
+            return step_fn(s, idx, train_rows)
 
         return jax.lax.scan(body, state, batches)
 
