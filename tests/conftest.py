@@ -18,6 +18,18 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = _JAX_CACHE
     os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 
+# Compiling is most of the tests' time on a small CPU.  LLVM's optimisation level 1 cuts it by
+# 40% (HLO passes and float semantics are unchanged); level 0 would cut a little more but leaves
+# convolution gradients as unvectorised loops, 14x slower to run.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=1").strip()
+
+
+def xla_flags(**flags):
+    """This session's XLA_FLAGS plus ``--name=value`` for each keyword (for subprocesses)."""
+    extra = " ".join(f"--{name}={value}" for name, value in flags.items())
+    return (os.environ.get("XLA_FLAGS", "") + " " + extra).strip()
+
 import pathlib
 
 import pytest

@@ -24,6 +24,7 @@ from vaegen import likelihoods as likelihoods_lib
 from vaegen import model as model_lib
 from vaegen import run as run_lib
 from vaegen import train as train_lib
+from conftest import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "errors.md"
@@ -136,7 +137,7 @@ CLI_CASES = [
 # because JAX fixes its devices when it starts.  Every one exits with status 2.
 PROCESS_CASES = [
     ("batch-devices", ["train", "--config", "tiny", "--workdir", "{workdir}"],
-     {"XLA_FLAGS": "--xla_force_host_platform_device_count=8"},
+     {"XLA_FLAGS": xla_flags(xla_force_host_platform_device_count=8)},
      "config.train.batch_size=50 must be divisible by the number of devices (8)"),
 ]
 

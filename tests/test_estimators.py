@@ -15,6 +15,7 @@ from vaegen import config as config_lib
 from vaegen import estimators as E
 from vaegen import exact
 from vaegen.model import build_model, init_params
+from conftest import xla_flags
 
 
 @pytest.fixture(scope="module")
@@ -245,7 +246,7 @@ _SHARDING_SCRIPT = textwrap.dedent("""
 def test_eight_devices_give_the_one_device_numbers():
     """IS, AIS, BDMC and per-example q* (fit_local), sharded over 8 CPU devices, give the
     1-device numbers example by example."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(xla_force_host_platform_device_count=8), JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -18,6 +18,7 @@ import vaegen
 from vaegen import config as config_lib
 from vaegen import sharding as sharding_lib
 from vaegen import train as train_lib
+from conftest import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -74,7 +75,7 @@ def _free_port() -> int:
 
 def test_two_processes_of_four_devices_shard_rows_evaluate_and_train_as_one_device(tmp_path):
     port, hosts = _free_port(), tmp_path / "two_hosts"
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(xla_force_host_platform_device_count=4), JAX_PLATFORMS="cpu")
     procs = [subprocess.Popen([sys.executable, "-c", _WORKER, str(i), str(port), str(hosts)], env=env, cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     logs = [p.communicate(timeout=500)[0] for p in procs]

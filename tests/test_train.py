@@ -14,6 +14,7 @@ import pytest
 import vaegen
 from vaegen import config as config_lib
 from vaegen import train as train_lib
+from conftest import xla_flags
 
 
 def _metrics(workdir):
@@ -128,7 +129,7 @@ _SHARDING_SCRIPT = textwrap.dedent("""
 
 
 def test_eight_devices_follow_the_one_device_trajectory(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(xla_force_host_platform_device_count=8), JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT, str(tmp_path)], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
