@@ -509,6 +509,43 @@ def test_dynamic_draws(grey):
     np.testing.assert_allclose(mean, grey / 255.0, atol=0.05)
 
 
+def test_grey_level_draws_follow_every_level_exactly_at_the_ends():
+    """Every grey level g is drawn 1 with frequency g / 255 (z-scores over 4000 draws), g = 0 never
+    and g = 255 always."""
+    x = jnp.asarray(np.tile(np.arange(256, dtype=np.uint8), (2, 1)))        # [2, 256]
+    keys = jax.random.split(jax.random.key(3), 4000)
+    draws = np.asarray(jax.jit(jax.vmap(lambda k: data.bernoulli_grey_levels(k, x)))(keys))
+    assert draws.dtype == np.float32 and set(np.unique(draws).tolist()) == {0.0, 1.0}
+    freq, p = draws.mean(axis=0), np.asarray(x) / 255.0
+    assert np.all(freq[:, 0] == 0.0) and np.all(freq[:, 255] == 1.0)
+    inner = (p > 0) & (p < 1)
+    z = (freq - p)[inner] / np.sqrt(p * (1 - p) / len(keys))[inner]
+    assert np.abs(z).max() < 4.5 and 0.8 < np.mean(z ** 2) < 1.2
+
+
+def test_grey_level_draws_are_independent_within_a_threefry_block_and_row_local():
+    """Pixels j and j + D/2 of a row come from one threefry2x32 block: uncorrelated.  A row's draw
+    depends on the key and its position only, not on the other rows; odd widths, any event shape
+    and other PRNG implementations work."""
+    x = jnp.full((4, 200), 128, jnp.uint8)
+    keys = jax.random.split(jax.random.key(4), 3000)
+    d = np.asarray(jax.jit(jax.vmap(lambda k: data.bernoulli_grey_levels(k, x)))(keys))   # [3000, 4, 200]
+    a, b = d[:, :, :100] - d[:, :, :100].mean(0), d[:, :, 100:] - d[:, :, 100:].mean(0)
+    corr = (a * b).mean(0) / (a.std(0) * b.std(0))                                     # 400 pairs
+    assert abs(corr.mean()) < 4 / np.sqrt(len(keys) * corr.size) and np.abs(corr).max() < 0.1
+    key = jax.random.key(5)
+    other = x.at[1:].set(7)
+    np.testing.assert_array_equal(data.bernoulli_grey_levels(key, x)[0], data.bernoulli_grey_levels(key, other)[0])
+    img = jnp.asarray(np.random.default_rng(1).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8))
+    out = data.bernoulli_grey_levels(key, img)
+    assert out.shape == img.shape and np.array_equal(np.asarray(out)[np.asarray(img) == 255], np.ones(int((img == 255).sum())))
+    odd = jnp.full((1000, 3), 51, jnp.uint8)
+    for k in (jax.random.key(6), jax.random.key(6, impl="rbg")):
+        assert abs(float(data.bernoulli_grey_levels(k, odd).mean()) - 0.2) < 0.03
+    with pytest.raises(TypeError, match="uint8"):
+        data.bernoulli_grey_levels(key, x.astype(jnp.float32))
+
+
 @pytest.mark.parametrize("protocol", ["static", "threshold", "none"])
 def test_to_float_non_dynamic(grey, protocol):
     stored = data.binarize_once(grey, protocol, seed=0)
