@@ -258,7 +258,8 @@ def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch,
             updates, opt_state = optimizer.update(grads, opt_state, params)
             return optax.apply_updates(params, updates), opt_state
 
-        params, opt_state = faults_lib.guard_update(finite & ~halted, update, state.params, state.opt_state)
+        applied = finite & ~halted
+        params, opt_state = faults_lib.guard_update(applied, update, state.params, state.opt_state)
         skipped = (~finite & ~halted).astype(jnp.int32)
         metrics = {k: jnp.mean(v) for k, v in terms.items()}
         metrics["grad_norm"] = grad_norm
@@ -266,7 +267,7 @@ def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch,
         metrics = {k: jnp.where(halted, jnp.nan if jnp.issubdtype(v.dtype, jnp.floating) else 0, v)
                    for k, v in metrics.items()}
         metrics["step"] = state.step
-        metrics["finite"] = finite & ~halted
+        metrics["finite"] = applied
         metrics["ran"] = ~halted
         new_state = TrainState(step=state.step + (~halted).astype(state.step.dtype), params=params,
                                opt_state=opt_state, skipped_steps=state.skipped_steps + skipped,

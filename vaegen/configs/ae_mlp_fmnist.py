@@ -6,8 +6,9 @@ Command::
 
     vaegen train --config ae_mlp_fmnist --workdir runs/ae
 
-Runtime: as the VAE (~10 s per epoch on a 2-core CPU).
-Expected: a far better reconstruction log-likelihood than the VAE's (no KL to pay), and no
+Runtime: as the VAE (~2 s per epoch on a 2-core CPU).
+Expected: a far better reconstruction log-likelihood than the VAE's (about -193 against -226
+nats after 30 epochs: no KL to pay), and no
 log p(x) and no samples: ``vaegen sample`` explains that there is no p(z).
 """
 
