@@ -544,6 +544,9 @@ def test_grey_level_draws_are_independent_within_a_threefry_block_and_row_local(
         assert abs(float(data.bernoulli_grey_levels(k, odd).mean()) - 0.2) < 0.03
     with pytest.raises(TypeError, match="uint8"):
         data.bernoulli_grey_levels(key, x.astype(jnp.float32))
+    huge = jax.ShapeDtypeStruct((2**17, 2**15 + 1), jnp.uint8)        # more pixels than 32-bit counters
+    with pytest.raises(ValueError, match="exceeds 2\\*\\*32 counters"):
+        jax.eval_shape(lambda a: data.bernoulli_grey_levels(key, a), huge)
 
 
 @pytest.mark.parametrize("protocol", ["static", "threshold", "none"])

@@ -1131,8 +1131,10 @@ def _uniform_words(key: jax.Array, shape: tuple[int, int]) -> jax.Array:
     """
     if jax.random.key_impl(key) != "threefry2x32":
         return jax.random.bits(key, shape, jnp.uint32)
-    key_words = jax.random.key_data(key)
     rows, cols = shape
+    if rows * cols > 2**32:
+        raise ValueError(f"one draw of {rows} x {cols} grey levels exceeds 2**32 counters; draw in batches.")
+    key_words = jax.random.key_data(key)
     counts = (lax.broadcasted_iota(jnp.uint32, shape, 0) * jnp.uint32(cols)
               + lax.broadcasted_iota(jnp.uint32, shape, 1))
     return jax.vmap(lambda c: jax_random_ext.threefry_2x32(key_words, c))(counts)
