@@ -5,6 +5,7 @@ figures, and the reuse of finished stages."""
 import csv
 import importlib.util
 import io
+import json
 import itertools
 import math
 import pathlib
@@ -114,3 +115,27 @@ def test_study_runner_trains_measures_tabulates_and_resumes(tmp_path, capsys):
     assert run.main(argv) == 0
     assert _stage_files(out) == before
     assert (out / "results.csv").read_text() == csv_before
+
+    # --seeds adds training runs of a cell: seed 0 is the run above (reused), seed 1 a new one on
+    # the same images; the tables then give each cell's mean and spread over its runs.
+    for bad in ("0,x", "-1"):
+        with pytest.raises(SystemExit, match="--seeds"):
+            run.main([*argv, "--seeds", bad])
+    assert run.main([*argv, "--only", "base", "--seeds", "0,1"]) == 0
+    assert _stage_files(out) == before
+    assert (out / "base.seed1" / "gaps" / "epoch_2" / "gaps.json").is_file()
+    assert json.loads((out / "base.seed1" / "config.json").read_text())["seed"] == 1
+    rows2 = _rows(out)
+    assert sorted({(r["cell"], r["seed"]) for r in rows2}) == [("base", "0"), ("base", "1"), ("calls_13", "0")]
+    assert [r for r in rows2 if r["seed"] == "0"] == rows
+    final = {(r["seed"], r["split"]): r for r in rows2 if r["cell"] == "base" and r["epoch"] == "2"}
+    assert final[("0", "test")]["log_px"] != final[("1", "test")]["log_px"]
+    md = (out / "results.md").read_text()
+    assert "| base (seed 0) |" in md and "| base (seed 1) |" in md and "Over training runs" in md
+    across = [l for l in md.splitlines() if l.startswith("| base | test | diag | 2 |")]
+    assert len(across) == 1
+    q = "amortization_gap"
+    gaps = [float(final[(s, "test")][q]) for s in ("0", "1")]
+    mean, se = (float(v) for v in re.search(r"\| 2 \|(?: [^|]+\|){4} (-?[\d.]+) ± ([\d.]+) \|", across[0]).groups())
+    assert mean == pytest.approx(sum(gaps) / 2, abs=0.006)
+    assert se == pytest.approx(abs(gaps[0] - gaps[1]) / 2, abs=0.006)   # sd / sqrt(2) of two values

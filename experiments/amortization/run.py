@@ -10,15 +10,24 @@ L[q*_F] - L[q], each per example and summarised with its standard error.
 Outputs in ``--out``::
 
     <cell>/                       the cell's run (vaegen workdir) and gaps/epoch_<e>/ tables
-    results.csv                   every (cell, epoch, split, family) row
-    results.md                    the final-epoch table and the gaps over epochs
+    <cell>.seed<s>/               the same cell trained with config.seed = s (``--seeds``)
+    results.csv                   every (cell, seed, epoch, split, family) row
+    results.md                    the final-epoch table, the gaps over epochs and, with several
+                                  seeds, each cell's mean and spread over its training runs
     figures/gaps_over_epochs.png  approximation and amortization gaps over training, train vs test
     figures/gaps_by_axis.png      final gaps per ablation axis (encoder, decoder, K, training)
 
+The ± of a run are standard errors over the measured images: they say how well the images pin
+down that run's gaps, not how much another training run would differ.  ``--seeds 0,1,2`` trains
+every cell once per seed (the root of its initialisation, data order and noise; the data, the
+measured images and the measurement's own randomness stay fixed), and the tables and figures
+then give each cell's mean over its runs with the standard error across runs.
+
 Everything is cached: rerunning skips finished stages and measurements, so an interrupted study
-resumes and ``--only`` can add cells.
+resumes and ``--only`` or ``--seeds`` can add cells or runs.
 
     python experiments/amortization/run.py --grid quick --out runs/amortization/quick
+    python experiments/amortization/run.py --grid quick --out runs/amortization/quick --seeds 0,1,2
     python experiments/amortization/run.py --grid full --out runs/amortization/full      # a GPU
 """
 
@@ -29,7 +38,10 @@ import csv
 import importlib.util
 import io
 import json
+import math
 import pathlib
+import re
+import statistics
 import sys
 import time
 
@@ -58,7 +70,19 @@ def train_seconds(workdir: pathlib.Path, epoch: int) -> float:
                      for m in metrics if m.get("epoch", 0) <= epoch))
 
 
-def run_cell(grid, name: str, out: pathlib.Path, splits_cache: dict, log) -> list[dict]:
+def cell_config(grid, name: str, seed: int | None = None):
+    """The config of cell ``name`` (with ``seed`` as ``config.seed`` when given) and its workdir
+    name: ``<cell>`` for the grid's own seed, ``<cell>.seed<s>`` for another."""
+    import ml_collections
+
+    config = ml_collections.ConfigDict(grid.get_config(name))
+    own = int(config.seed)
+    if seed is not None:
+        config.seed = int(seed)
+    return config, (name if int(config.seed) == own else f"{name}.seed{int(config.seed)}")
+
+
+def run_cell(grid, name: str, out: pathlib.Path, splits_cache: dict, log, seed: int | None = None) -> list[dict]:
     import ml_collections
 
     import vaegen
@@ -67,13 +91,13 @@ def run_cell(grid, name: str, out: pathlib.Path, splits_cache: dict, log) -> lis
     from vaegen import train as train_lib
 
     axis, value, _ = grid.VARIANTS[name]
-    config = ml_collections.ConfigDict(grid.get_config(name))
+    config, run_name = cell_config(grid, name, seed)
     config_lib.validate(config)
     data_key = json.dumps(config.data.to_dict(), sort_keys=True)
     if data_key not in splits_cache:
         splits_cache[data_key] = train_lib.load_data(config)
     splits = splits_cache[data_key]
-    workdir = out / name
+    workdir = out / run_name
     rows = []
     for epoch in grid.EPOCHS:
         stage = ml_collections.ConfigDict(config.to_dict())
@@ -81,7 +105,7 @@ def run_cell(grid, name: str, out: pathlib.Path, splits_cache: dict, log) -> lis
         stage.lock()
         t = time.perf_counter()
         train_lib.train_and_evaluate(stage, workdir, splits=splits)
-        log(f"[{name}] trained to epoch {epoch} ({time.perf_counter() - t:.0f} s)")
+        log(f"[{run_name}] trained to epoch {epoch} ({time.perf_counter() - t:.0f} s)")
         gap_dir = workdir / "gaps" / f"epoch_{epoch}"
         if not (gap_dir / "gaps.json").exists():
             t = time.perf_counter()
@@ -89,12 +113,13 @@ def run_cell(grid, name: str, out: pathlib.Path, splits_cache: dict, log) -> lis
             kw = gaps_lib.settings_from_config(stage)
             report = gaps_lib.compute_gaps(run, progress=False, **kw)
             gaps_lib.write_tables(report, gap_dir)
-            log(f"[{name}] gaps at epoch {epoch} ({time.perf_counter() - t:.0f} s)")
+            log(f"[{run_name}] gaps at epoch {epoch} ({time.perf_counter() - t:.0f} s)")
         result = json.loads((gap_dir / "gaps.json").read_text())
         metrics = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
         last = next(m for m in metrics if m["epoch"] == epoch)
         for r in result["rows"]:
-            rows.append({"cell": name, "axis": axis, "value": value, "epoch": epoch, "split": r["split"],
+            rows.append({"cell": name, "seed": int(config.seed), "axis": axis, "value": value, "epoch": epoch,
+                         "split": r["split"],
                          "family": r["family"], "num_examples": r["num_examples"],
                          "validation_elbo": last.get("validation/elbo"),
                          "train_seconds": train_seconds(workdir, epoch),
@@ -102,8 +127,33 @@ def run_cell(grid, name: str, out: pathlib.Path, splits_cache: dict, log) -> lis
     return rows
 
 
+def over_seeds(rows: list[dict]) -> list[dict]:
+    """One row per (cell, epoch, split, family), in first-seen order: each quantity's mean over the
+    cell's training runs, and as its ``_stderr`` the standard error across runs (with one run,
+    that run's own standard error over images); ``seeds`` lists the runs."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["cell"], r["epoch"], r["split"], r["family"]), []).append(r)
+    merged = []
+    for group in groups.values():
+        m = {k: v for k, v in group[0].items() if k != "seed"}
+        m["seeds"] = sorted(r["seed"] for r in group)
+        if len(group) > 1:
+            for q in QUANTITIES:
+                values = [r[q] for r in group]
+                m[q] = statistics.fmean(values)
+                m[q + "_stderr"] = statistics.stdev(values) / math.sqrt(len(values))
+                m[q + "_sd"] = statistics.stdev(values)
+            vals = [r["validation_elbo"] for r in group if r.get("validation_elbo") is not None]
+            m["validation_elbo"] = statistics.fmean(vals) if vals else None
+            m["train_seconds"] = statistics.fmean(r["train_seconds"] for r in group)
+        merged.append(m)
+    return merged
+
+
 def write_results(rows: list[dict], out: pathlib.Path, grid) -> None:
-    fields = ["cell", "axis", "value", "epoch", "split", "family", "num_examples", "validation_elbo", "train_seconds"]
+    fields = ["cell", "seed", "axis", "value", "epoch", "split", "family", "num_examples", "validation_elbo",
+              "train_seconds"]
     fields += [f for q in QUANTITIES for f in (q, f"{q}_stderr")]
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
@@ -113,6 +163,8 @@ def write_results(rows: list[dict], out: pathlib.Path, grid) -> None:
     (out / "results.csv").write_text(buf.getvalue())
 
     final = max(grid.EPOCHS)
+    seeds = {c: sorted({r["seed"] for r in rows if r["cell"] == c}) for c in dict.fromkeys(r["cell"] for r in rows)}
+    label = lambda r: r["cell"] if len(seeds[r["cell"]]) == 1 else f"{r['cell']} (seed {r['seed']})"
     pm = lambda r, q: f"{r[q]:.2f} ± {r[q + '_stderr']:.2f}"
     lines = [f"Amortization study ({pathlib.Path(grid.PATH).name}), nats per example, mean ± standard error.",
              "", f"Final epoch ({final}):", "",
@@ -122,20 +174,37 @@ def write_results(rows: list[dict], out: pathlib.Path, grid) -> None:
     for r in rows:
         if r["epoch"] == final:
             val = f"{r['validation_elbo']:.2f}" if r.get("validation_elbo") is not None else ""
-            lines.append(f"| {r['cell']} | {r['axis']} | {r['value']} | {r['split']} | {r['family']} | {pm(r, 'log_px')} | "
+            lines.append(f"| {label(r)} | {r['axis']} | {r['value']} | {r['split']} | {r['family']} | {pm(r, 'log_px')} | "
                          f"{pm(r, 'elbo_star')} | {pm(r, 'elbo_amortized')} | {pm(r, 'approximation_gap')} | "
                          f"{pm(r, 'amortization_gap')} | {val} | {r['train_seconds']:.0f} |")
     lines += ["", "validation bound: the training objective's bound on the validation set (for semi-amortized and "
-              "SVI training the refined L[q_K], for ELBO training L[q]); train s: training seconds."]
-    lines += ["", "Gaps over training (family diag; test / train):", "",
+              "SVI training the refined L[q_K], for ELBO training L[q]); train s: training seconds.  ± : standard "
+              "error over the measured images (one training run)."]
+    merged = over_seeds(rows)
+    several = any(len(v) > 1 for v in seeds.values())
+    if several:
+        lines += ["", f"Over training runs (final epoch {final}; mean over the runs ± standard error across them, "
+                  "sd: their standard deviation -- the spread training randomness alone gives, same images; "
+                  "a cell with one run: its standard error over images):", "",
+                  "| cell | split | F | runs | log p(x) | L[q*_F] | L[q] | approximation gap | amortization gap "
+                  "| sd of approx. gap | sd of amort. gap |",
+                  "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+        for m in merged:
+            if m["epoch"] == final:
+                sd = lambda q: f"{m[q + '_sd']:.2f}" if q + "_sd" in m else "—"
+                lines.append(f"| {m['cell']} | {m['split']} | {m['family']} | {len(m['seeds'])} | {pm(m, 'log_px')} | "
+                             f"{pm(m, 'elbo_star')} | {pm(m, 'elbo_amortized')} | {pm(m, 'approximation_gap')} | "
+                             f"{pm(m, 'amortization_gap')} | {sd('approximation_gap')} | {sd('amortization_gap')} |")
+    lines += ["", "Gaps over training (family diag; test / train" + ("; the mean over a cell's runs" if several else "")
+              + "):", "",
               "| cell | " + " | ".join(f"epoch {e}: approx." for e in grid.EPOCHS) + " | "
               + " | ".join(f"epoch {e}: amort." for e in grid.EPOCHS) + " |",
               "|---|" + "---:|" * (2 * len(grid.EPOCHS))]
-    for cell in dict.fromkeys(r["cell"] for r in rows):
+    for cell in seeds:
         def cells(q):
             out_ = []
             for e in grid.EPOCHS:
-                vals = {r["split"]: r[q] for r in rows if r["cell"] == cell and r["epoch"] == e and r["family"] == "diag"}
+                vals = {m["split"]: m[q] for m in merged if m["cell"] == cell and m["epoch"] == e and m["family"] == "diag"}
                 out_.append(" / ".join(f"{vals[s]:.2f}" for s in ("test", "train") if s in vals))
             return out_
         lines.append(f"| {cell} | " + " | ".join(cells("approximation_gap") + cells("amortization_gap")) + " |")
@@ -150,7 +219,7 @@ def plot(rows: list[dict], out: pathlib.Path, grid) -> None:
 
     figdir = out / "figures"
     figdir.mkdir(parents=True, exist_ok=True)
-    diag = [r for r in rows if r["family"] == "diag"]
+    diag = [r for r in over_seeds(rows) if r["family"] == "diag"]  # error bars: across runs where several
     cells = list(dict.fromkeys(r["cell"] for r in diag))
     fig = Figure(figsize=(11, 4.2))
     for i, q in enumerate(("approximation_gap", "amortization_gap")):
@@ -200,30 +269,44 @@ def main(argv=None) -> int:
     p.add_argument("--grid", default="quick", help="quick, full, or a path to a grid file")
     p.add_argument("--out", help="output directory (default runs/amortization/<grid>)")
     p.add_argument("--only", help="comma-separated cells to run (default all)")
+    p.add_argument("--seeds", help="comma-separated training seeds: every cell once per seed (default: the grid's own)")
     args = p.parse_args(argv)
     grid = load_grid(args.grid)
     out = pathlib.Path(args.out or f"runs/amortization/{pathlib.Path(grid.PATH).stem}")
-    out.mkdir(parents=True, exist_ok=True)
     names = [n.strip() for n in args.only.split(",")] if args.only else list(grid.VARIANTS)
     unknown = [n for n in names if n not in grid.VARIANTS]
     if unknown:
         raise SystemExit(f"run.py: error: unknown cells {unknown}; cells: {', '.join(grid.VARIANTS)}")
+    seeds: list[int | None] = [None]
+    if args.seeds is not None:
+        try:
+            seeds = list(dict.fromkeys(int(x) for x in args.seeds.split(",")))
+        except ValueError:
+            raise SystemExit(f"run.py: error: --seeds takes comma-separated integers, e.g. 0,1,2; got {args.seeds!r}")
+        if any(x < 0 for x in seeds):
+            raise SystemExit(f"run.py: error: --seeds must be >= 0; got {args.seeds!r}")
+    out.mkdir(parents=True, exist_ok=True)
 
     from tqdm.auto import tqdm
 
     t0 = time.perf_counter()
     log = lambda msg: tqdm.write(f"{time.perf_counter() - t0:7.0f}s {msg}")
     rows, splits_cache = [], {}
-    for name in tqdm(list(grid.VARIANTS) if not args.only else names, desc="cells", unit="cell"):
-        if name in names:
-            rows += run_cell(grid, name, out, splits_cache, log)
-    # Also report cells finished by earlier invocations.
-    done = {r["cell"] for r in rows}
+    for name, seed in tqdm([(n, x) for n in names for x in seeds], desc="runs", unit="run"):
+        rows += run_cell(grid, name, out, splits_cache, log, seed)
+    # Also report runs finished by earlier invocations (any cell, any seed).
+    done = {(r["cell"], r["seed"]) for r in rows}
+    finished = lambda d: all((d / "gaps" / f"epoch_{e}" / "gaps.json").exists() for e in grid.EPOCHS)
     for name in grid.VARIANTS:
-        if name not in done and all((out / name / "gaps" / f"epoch_{e}" / "gaps.json").exists() for e in grid.EPOCHS):
-            rows += run_cell(grid, name, out, splits_cache, log)
+        earlier = [(None, out / name)] + [(int(m.group(1)), d) for d in sorted(out.glob(f"{name}.seed*"))
+                                          if (m := re.fullmatch(re.escape(name) + r"\.seed(\d+)", d.name))]
+        for seed, d in earlier:
+            actual = int(cell_config(grid, name, seed)[0].seed)
+            if (name, actual) not in done and d.is_dir() and finished(d):
+                rows += run_cell(grid, name, out, splits_cache, log, seed)
+                done.add((name, actual))
     order = list(grid.VARIANTS)
-    rows.sort(key=lambda r: (order.index(r["cell"]), r["epoch"], r["split"] != "test", r["family"]))
+    rows.sort(key=lambda r: (order.index(r["cell"]), r["seed"], r["epoch"], r["split"] != "test", r["family"]))
     write_results(rows, out, grid)
     plot(rows, out, grid)
     print((out / "results.md").read_text())

@@ -22,18 +22,18 @@ Command::
     python experiments/amortization/run.py --grid quick --out runs/amortization/quick
     vaegen train --config experiments/amortization/configs/quick.py:sa_k5 --workdir /tmp/sa_k5   # one cell
 
-Runtime: 28 minutes measured on the shared 2-core CPU (load average 8-15 from other jobs):
-training ~10 minutes, the SVI-in-the-loop cells the slowest; each gap measurement ~20 s after
-its cell's first compilation (~1 min).
-Expected (measured, test split, epoch 10, family diag; mean ± s.e. over 300 images):
-the base model has log p(x) ~ -256 nats, an approximation gap of 1.7 ± 0.04 and an amortization
-gap of 3.6 ± 0.2 nats; both shrink over these first 10 epochs (5.8 -> 3.6 for the amortization
-gap) and train and test agree (no overfitting yet at this budget).  A narrower encoder has a
-larger amortization gap (enc_32: 5.6) and the same approximation gap; a smaller decoder a smaller
-amortization gap and a larger approximation gap (dec_64: 3.1 and 2.3).  Semi-amortized training
-gives encoders that are good *initialisations* rather than good posteriors (amortization gaps of
-9-11 nats for L[q] alone) at a slightly better log p(x); VAE+SVI the best log p(x) (-254.9);
-non-amortized SVI from N(0, I) with K = 10 trains a much worse model (-308) in this budget.
+Runtime: 6 minutes per seed on a 2-core CPU (``--seeds 0,1,2``: 17 minutes): training ~3
+minutes, the SVI-in-the-loop cells the slowest; each gap measurement a few seconds after its
+cell's first compilation.
+Expected (measured over seeds 0, 1, 2; test split, epoch 10, family diag; mean ± s.e. across the
+three runs): the base model has log p(x) ~ -256 nats, an approximation gap of 1.8 ± 0.03 and an
+amortization gap of 3.5 ± 0.2 nats; both shrink over these first 10 epochs (4.8 -> 3.5 for the
+amortization gap) and train and test agree (no overfitting yet at this budget).  A narrower
+encoder has a larger amortization gap (enc_32: 5.6 ± 0.1) and the same approximation gap.
+Semi-amortized training gives encoders that are good *initialisations* rather than good
+posteriors (amortization gaps of 6.7 ± 0.7 at K = 2 and 10.7 ± 0.6 at K = 5 for L[q] alone, with
+a run-to-run sd of about 1.1 nats); non-amortized SVI from N(0, I) with K = 10 trains a much worse
+model (-307) in this budget.  A single run's ± are over images, not runs: use ``--seeds``.
 """
 
 import importlib.util
