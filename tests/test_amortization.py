@@ -116,12 +116,12 @@ def test_study_runner_trains_measures_tabulates_and_resumes(tmp_path, capsys):
     assert _stage_files(out) == before
     assert (out / "results.csv").read_text() == csv_before
 
-    # --seeds adds training runs of a cell: seed 0 is the run above (reused), seed 1 a new one on
+    # --train-seeds adds training runs of a cell: seed 0 is the run above (reused), seed 1 a new one on
     # the same images; the tables then give each cell's mean and spread over its runs.
     for bad in ("0,x", "-1"):
-        with pytest.raises(SystemExit, match="--seeds"):
-            run.main([*argv, "--seeds", bad])
-    assert run.main([*argv, "--only", "base", "--seeds", "0,1"]) == 0
+        with pytest.raises(SystemExit, match="--train-seeds"):
+            run.main([*argv, "--train-seeds", bad])
+    assert run.main([*argv, "--only", "base", "--train-seeds", "0,1"]) == 0
     assert _stage_files(out) == before
     assert (out / "base.seed1" / "gaps" / "epoch_2" / "gaps.json").is_file()
     assert json.loads((out / "base.seed1" / "config.json").read_text())["seed"] == 1

@@ -96,7 +96,7 @@ def test_runner_trains_evaluates_and_tabulates_a_row(tmp_path, capsys):
     with np.load(r["per_example"]) as f:                              # the per-image values behind the row
         assert f["log_px"].shape == (40,) and f["log_px"].mean() == pytest.approx(r["log_px"], rel=1e-12)
     assert not (tmp_path / "paired.md").exists()                       # one row: nothing to pair
-    other = dict(r, title="the same run again")
+    other = dict(r, title="the same run again", row="another_row")
     assert "| VAE, Gaussian prior | the same run again | 40 | +0.00 ± 0.00 |" in run.paired([r, other])
     assert run.paired([r, dict(other, protocol="iwae_mnist")]) == ""    # other data: never paired
     # A second call reuses the trained run and its evaluation.
@@ -105,3 +105,50 @@ def test_runner_trains_evaluates_and_tabulates_a_row(tmp_path, capsys):
     assert (tmp_path / "fmnist_vae_standard" / "metrics.jsonl").read_text() == before
     with pytest.raises(SystemExit):
         run.main(["--rows", "fmnist_vae_gaussian", "--out", str(tmp_path)])
+
+    # --train-seeds: the config's own seed (14) is the run above, reused; seed 15 is a new run.
+    own = json.loads((tmp_path / "fmnist_vae_standard" / "config.json").read_text())["seed"]
+    with pytest.raises(SystemExit):
+        run.main([*argv, "--train-seeds", f"{own},one"])
+    assert run.main([*argv, "--train-seeds", f"{own},{own + 1}"]) == 0
+    assert (tmp_path / "fmnist_vae_standard" / "metrics.jsonl").read_text() == before
+    results = json.loads((tmp_path / "results.json").read_text())
+    new = f"fmnist_vae_standard.seed{own + 1}"
+    assert sorted(results) == ["fmnist_vae_standard", new]
+    r0, r1 = results["fmnist_vae_standard"], results[new]
+    assert (r0["train_seed"], r1["train_seed"], r1["run"]) == (own, own + 1, new)
+    assert json.loads((tmp_path / new / "config.json").read_text())["seed"] == own + 1
+    assert r1["log_px"] != r0["log_px"] and f"--train-seeds {own + 1}" in r1["command"]
+    assert r1["deviations"] == r0["deviations"]
+    table = (tmp_path / "table.md").read_text()
+    assert f"VAE, Gaussian prior (seed {own})" in table and f"VAE, Gaussian prior (seed {own + 1})" in table
+    mean, sd = (r0["log_px"] + r1["log_px"]) / 2, abs(r0["log_px"] - r1["log_px"]) / 2 ** 0.5
+    assert f"| VAE, Gaussian prior | 2 ({own}, {own + 1}) | {mean:.2f} ± {sd / 2 ** 0.5:.2f} | {sd:.2f} |" in table
+    assert (f"| VAE, Gaussian prior (seed {own}) | VAE, Gaussian prior (seed {own + 1}) | 40 |"
+            in (tmp_path / "paired.md").read_text())
+
+
+def test_paired_differences_over_training_seeds(tmp_path):
+    """Two rows with two common seeds: the per-seed paired differences, averaged over the seeds, with
+    the standard error across seeds; runs on other images are never paired."""
+    run = _load_script()
+    rng = np.random.default_rng(0)
+    base = rng.normal(-230, 10, 50)                                   # image difficulty, shared by all
+    rows = []
+    for row, title, shift in (("a", "model A", 2.0), ("b", "model B", 0.0)):
+        for seed, noise in ((0, 0.3), (1, -0.5)):
+            path = tmp_path / f"{row}{seed}" / "reproduce_eval_k20_n50_s0.npz"
+            path.parent.mkdir()
+            values = base + shift + (noise if row == "a" else 0.0) + rng.normal(0, 0.01, 50)
+            np.savez(path, log_px=values)
+            rows.append({"row": row, "title": title, "train_seed": seed, "protocol": "vampprior_fmnist",
+                         "per_example": str(path), "log_px": float(values.mean()), "log_px_stderr": 1.4})
+    text = run.paired(rows)
+    d0 = float(np.mean(np.load(rows[0]["per_example"])["log_px"] - np.load(rows[2]["per_example"])["log_px"]))
+    d1 = float(np.mean(np.load(rows[1]["per_example"])["log_px"] - np.load(rows[3]["per_example"])["log_px"]))
+    sd = abs(d0 - d1) / 2 ** 0.5
+    assert f"| model A | model B | 50 | 0, 1 | {(d0 + d1) / 2:+.2f} ± {sd / 2 ** 0.5:.2f} | {sd:.2f} |" in text
+    assert "| model A (seed 0) | model B (seed 0) | 50 |" in text
+    other = dict(rows[3], per_example=str(tmp_path / "b1" / "reproduce_eval_k20_n40_s0.npz"))
+    np.savez(other["per_example"], log_px=base[:40])
+    assert "Over training runs" in text and "Over training runs" not in run.paired(rows[:3] + [other])

@@ -10,7 +10,7 @@ L[q*_F] - L[q], each per example and summarised with its standard error.
 Outputs in ``--out``::
 
     <cell>/                       the cell's run (vaegen workdir) and gaps/epoch_<e>/ tables
-    <cell>.seed<s>/               the same cell trained with config.seed = s (``--seeds``)
+    <cell>.seed<s>/               the same cell trained with config.seed = s (``--train-seeds``)
     results.csv                   every (cell, seed, epoch, split, family) row
     results.md                    the final-epoch table, the gaps over epochs and, with several
                                   seeds, each cell's mean and spread over its training runs
@@ -18,16 +18,16 @@ Outputs in ``--out``::
     figures/gaps_by_axis.png      final gaps per ablation axis (encoder, decoder, K, training)
 
 The ± of a run are standard errors over the measured images: they say how well the images pin
-down that run's gaps, not how much another training run would differ.  ``--seeds 0,1,2`` trains
-every cell once per seed (the root of its initialisation, data order and noise; the data, the
-measured images and the measurement's own randomness stay fixed), and the tables and figures
+down that run's gaps, not how much another training run would differ.  ``--train-seeds 0,1,2``
+trains every cell once per seed (the root of its initialisation, data order and noise; the data,
+the measured images and the measurement's own randomness stay fixed), and the tables and figures
 then give each cell's mean over its runs with the standard error across runs.
 
 Everything is cached: rerunning skips finished stages and measurements, so an interrupted study
-resumes and ``--only`` or ``--seeds`` can add cells or runs.
+resumes and ``--only`` or ``--train-seeds`` can add cells or runs.
 
     python experiments/amortization/run.py --grid quick --out runs/amortization/quick
-    python experiments/amortization/run.py --grid quick --out runs/amortization/quick --seeds 0,1,2
+    python experiments/amortization/run.py --grid quick --out runs/amortization/quick --train-seeds 0,1,2
     python experiments/amortization/run.py --grid full --out runs/amortization/full      # a GPU
 """
 
@@ -269,7 +269,8 @@ def main(argv=None) -> int:
     p.add_argument("--grid", default="quick", help="quick, full, or a path to a grid file")
     p.add_argument("--out", help="output directory (default runs/amortization/<grid>)")
     p.add_argument("--only", help="comma-separated cells to run (default all)")
-    p.add_argument("--seeds", help="comma-separated training seeds: every cell once per seed (default: the grid's own)")
+    p.add_argument("--train-seeds",
+                   help="comma-separated training seeds: every cell once per seed (default: the grid's own)")
     args = p.parse_args(argv)
     grid = load_grid(args.grid)
     out = pathlib.Path(args.out or f"runs/amortization/{pathlib.Path(grid.PATH).stem}")
@@ -278,13 +279,14 @@ def main(argv=None) -> int:
     if unknown:
         raise SystemExit(f"run.py: error: unknown cells {unknown}; cells: {', '.join(grid.VARIANTS)}")
     seeds: list[int | None] = [None]
-    if args.seeds is not None:
+    if args.train_seeds is not None:
         try:
-            seeds = list(dict.fromkeys(int(x) for x in args.seeds.split(",")))
+            seeds = list(dict.fromkeys(int(x) for x in args.train_seeds.split(",")))
         except ValueError:
-            raise SystemExit(f"run.py: error: --seeds takes comma-separated integers, e.g. 0,1,2; got {args.seeds!r}")
+            raise SystemExit("run.py: error: --train-seeds takes comma-separated integers, e.g. 0,1,2; "
+                             f"got {args.train_seeds!r}")
         if any(x < 0 for x in seeds):
-            raise SystemExit(f"run.py: error: --seeds must be >= 0; got {args.seeds!r}")
+            raise SystemExit(f"run.py: error: --train-seeds must be >= 0; got {args.train_seeds!r}")
     out.mkdir(parents=True, exist_ok=True)
 
     from tqdm.auto import tqdm

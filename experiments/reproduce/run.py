@@ -19,6 +19,15 @@ the test set, and a line is added to::
 ``--set KEY=VALUE`` overrides a config key of every row asked for (recorded with the row, and the
 row is marked as deviating from the published protocol); ``--test-examples`` evaluates on the first
 n test images only (also marked).
+
+A row's ± is a standard error over test images: it does not say how much another training run of
+the same recipe would differ.  ``--train-seeds 0,1,2`` trains every row once per seed (the root of
+its initialisation, data order and noise; ``<row>.seed<s>`` beside ``<row>``, which keeps the
+config's own seed); table.md then adds each row's mean over its runs with the standard error
+across them, and paired.md the paired difference of two rows averaged over their common seeds
+with its standard error across seeds -- the comparison that counts training noise:
+
+    python experiments/reproduce/run.py --rows fmnist_vae_vampprior,fmnist_hvae_vampprior --train-seeds 0,1,2
 """
 
 from __future__ import annotations
@@ -64,7 +73,8 @@ def train_seconds(workdir: pathlib.Path) -> float:
     return float(sum(r.get("epoch_seconds", 0.0) + r.get("compile_seconds", 0.0) for r in lines))
 
 
-def run_row(name: str, out: pathlib.Path, overrides: list[str], k: int, test_examples: int, seed: int) -> dict:
+def run_row(name: str, out: pathlib.Path, overrides: list[str], k: int, test_examples: int, seed: int,
+            train_seed: int | None = None) -> dict:
     import vaegen
     from vaegen import config as config_lib
     from vaegen import evaluation, reproduce
@@ -73,8 +83,12 @@ def run_row(name: str, out: pathlib.Path, overrides: list[str], k: int, test_exa
     config = row.config()
     config.lock()
     config_lib.apply_overrides(config, overrides)
+    own_seed = int(config.seed)
+    if train_seed is not None:
+        config.seed = int(train_seed)
     config_lib.validate(config)
-    workdir = out / name
+    key = name if int(config.seed) == own_seed else f"{name}.seed{int(config.seed)}"
+    workdir = out / key
     last = vaegen.train_and_evaluate(config, workdir) or {}
     run = vaegen.load(workdir)
     metrics = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
@@ -95,6 +109,8 @@ def run_row(name: str, out: pathlib.Path, overrides: list[str], k: int, test_exa
     final = metrics[-1] if metrics else last
     return {
         "row": name,
+        "run": key,
+        "train_seed": int(config.seed),
         "title": row.title,
         "source": row.source,
         "protocol": config.data.protocol,
@@ -114,7 +130,7 @@ def run_row(name: str, out: pathlib.Path, overrides: list[str], k: int, test_exa
         "overrides": overrides,
         "deviations": deviations(overrides, test_examples),
         "machine": machine(),
-        "command": command(name, overrides, k, test_examples),
+        "command": command(name, overrides, k, test_examples, None if key == name else int(config.seed)),
         "per_example": str(per_example_path),
     }
 
@@ -129,8 +145,10 @@ def deviations(overrides, test_examples) -> list[str]:
     return out
 
 
-def command(name, overrides, k, test_examples) -> str:
+def command(name, overrides, k, test_examples, train_seed=None) -> str:
     parts = ["python experiments/reproduce/run.py", f"--rows {name}"]
+    if train_seed is not None:
+        parts.append(f"--train-seeds {train_seed}")
     parts += [f"--set {o}" for o in overrides]
     if k != 5000:
         parts.append(f"--k {k}")
@@ -145,7 +163,20 @@ def fmt_value(v, se) -> str:
     return f"{v:.2f}" + (f" ± {se:.2f}" if se is not None else "")
 
 
+def _runs_per_row(rows: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["row"]] = counts.get(r["row"], 0) + 1
+    return counts
+
+
+def label(r: dict, counts: dict[str, int]) -> str:
+    """A row's title, with its training seed where the row has several runs."""
+    return r["title"] if counts.get(r["row"], 1) == 1 else f"{r['title']} (seed {r.get('train_seed', 0)})"
+
+
 def table(rows: list[dict]) -> str:
+    counts = _runs_per_row(rows)
     lines = ["| paper | model | protocol | published log p(x) | vaegen log p(x) (IS) | difference | trained | "
              "machine | command |",
              "|---|---|---|---:|---:|---:|---|---|---|"]
@@ -155,44 +186,86 @@ def table(rows: list[dict]) -> str:
         if r["deviations"]:
             trained += "; " + ", ".join(r["deviations"])
         lines.append(
-            f"| {r['source']} | {r['title']} | {r['protocol']} | {fmt_value(r['published'], r['published_stderr'])} "
+            f"| {r['source']} | {label(r, counts)} | {r['protocol']} | {fmt_value(r['published'], r['published_stderr'])} "
             f"| {fmt_value(r['log_px'], r['log_px_stderr'])} (k = {r['k']}, {r['test_examples']} images) "
             f"| {diff:+.2f} | {trained} | {r['machine']} | `{r['command']}` |")
-    return "\n".join(lines) + "\n"
+    text = "\n".join(lines) + "\n"
+    if any(n > 1 for n in counts.values()):
+        import statistics
+
+        lines = ["", "Over training runs (each row's runs: mean log p(x) ± standard error across them, and their "
+                 "standard deviation; ± above is over test images within one run):", "",
+                 "| model | runs (seeds) | mean log p(x) | sd across runs | published | difference |",
+                 "|---|---|---:|---:|---:|---:|"]
+        for name, n in counts.items():
+            runs = [r for r in rows if r["row"] == name]
+            if n < 2:
+                continue
+            v = [r["log_px"] for r in runs]
+            sd = statistics.stdev(v)
+            mean = statistics.fmean(v)
+            seeds = ", ".join(str(r.get("train_seed", 0)) for r in runs)
+            lines.append(f"| {runs[0]['title']} | {n} ({seeds}) | {mean:.2f} ± {sd / n ** 0.5:.2f} | {sd:.2f} "
+                         f"| {fmt_value(runs[0]['published'], runs[0]['published_stderr'])} "
+                         f"| {mean - runs[0]['published']:+.2f} |")
+        text += "\n".join(lines) + "\n"
+    return text
 
 
 def paired(rows: list[dict]) -> str:
-    """Paired differences of per-image log p(x) between every two rows evaluated on the same
+    """Paired differences of per-image log p(x) between every two runs evaluated on the same
     test images (same protocol, image count, k and evaluation seed), as a Markdown table; "" if
-    there is no such pair.
+    there is no such pair.  Where two rows share two or more training seeds, a second table
+    averages their per-seed paired differences over those seeds, with the standard error across
+    seeds.
 
-    Each row's own standard error is dominated by how much the images differ from one another;
-    the difference between two models on the same images is known far more precisely.
+    Each run's own standard error is dominated by how much the images differ from one another;
+    the difference between two models on the same images is known far more precisely -- for
+    those two trained models.  Training noise only shows across seeds.
     """
+    import statistics
+
     import numpy as np
 
     from vaegen import evaluation
 
+    counts = _runs_per_row(rows)
     loaded = []
     for r in rows:
         path = pathlib.Path(r.get("per_example") or "")
         if path.suffix == ".npz" and path.exists():
             with np.load(path) as f:
                 loaded.append((r, f["log_px"]))
-    lines = []
+    same_images = lambda a, va, b, vb: (a["protocol"] == b["protocol"] and va.shape == vb.shape
+                                        and pathlib.Path(a["per_example"]).name == pathlib.Path(b["per_example"]).name)
+    lines, per_seed = [], {}
     for i, (a, va) in enumerate(loaded):
         for b, vb in loaded[i + 1:]:
-            same = (a["protocol"] == b["protocol"] and va.shape == vb.shape
-                    and pathlib.Path(a["per_example"]).name == pathlib.Path(b["per_example"]).name)
-            if not same:  # other data, other images, other k or seed
+            if not same_images(a, va, b, vb):  # other data, other images, other k or seed
                 continue
             d = evaluation.paired_difference(va, vb)
-            lines.append(f"| {a['title']} | {b['title']} | {va.size} | {d['mean']:+.2f} ± {d['stderr']:.2f} "
+            lines.append(f"| {label(a, counts)} | {label(b, counts)} | {va.size} | {d['mean']:+.2f} ± {d['stderr']:.2f} "
                          f"| {a['log_px'] - b['log_px']:+.2f} ± {np.hypot(a['log_px_stderr'], b['log_px_stderr']):.2f} |")
+            seed_a, seed_b = a.get("train_seed", 0), b.get("train_seed", 0)
+            if a["row"] != b["row"] and seed_a == seed_b:
+                per_seed.setdefault((a["row"], b["row"], a["title"], b["title"], va.size), []).append((seed_a, d["mean"]))
     if not lines:
         return ""
-    return "\n".join(["| model A | model B | test images | log p(x) A − B, paired | unpaired |",
-                       "|---|---|---:|---:|---:|", *lines]) + "\n"
+    text = "\n".join(["| model A | model B | test images | log p(x) A − B, paired | unpaired |",
+                      "|---|---|---:|---:|---:|", *lines]) + "\n"
+    across = [(key, v) for key, v in per_seed.items() if len(v) >= 2]
+    if across:
+        out = ["", "Over training runs (the paired difference of each common seed, averaged over the seeds ± "
+               "standard error across them):", "",
+               "| model A | model B | test images | seeds | log p(x) A − B | sd across seeds |",
+               "|---|---|---:|---|---:|---:|"]
+        for (_, _, title_a, title_b, n), v in across:
+            diffs = [d for _, d in v]
+            sd = statistics.stdev(diffs)
+            out.append(f"| {title_a} | {title_b} | {n} | {', '.join(str(s) for s, _ in v)} "
+                       f"| {statistics.fmean(diffs):+.2f} ± {sd / len(diffs) ** 0.5:.2f} | {sd:.2f} |")
+        text += "\n".join(out) + "\n"
+    return text
 
 
 def main(argv=None) -> int:
@@ -203,6 +276,8 @@ def main(argv=None) -> int:
     parser.add_argument("--k", type=int, default=5000, help="importance samples per test image (published: 5000)")
     parser.add_argument("--test-examples", type=int, default=0, help="evaluate on the first n test images (0 = all)")
     parser.add_argument("--seed", type=int, default=0, help="evaluation seed")
+    parser.add_argument("--train-seeds", help="comma-separated training seeds: every row once per seed "
+                        "(default: each config's own)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config key of every row (marks the row as deviating)")
     parser.add_argument("--list", action="store_true", help="list the rows and their published values, then exit")
@@ -219,22 +294,33 @@ def main(argv=None) -> int:
     if args.k < 1 or args.test_examples < 0:
         parser.error("--k must be >= 1 and --test-examples >= 0")
     names = select(args.rows, reproduce.ROWS)
+    train_seeds: list[int | None] = [None]
+    if args.train_seeds is not None:
+        try:
+            train_seeds = list(dict.fromkeys(int(x) for x in args.train_seeds.split(",")))
+        except ValueError:
+            parser.error(f"--train-seeds takes comma-separated integers, e.g. 0,1,2; got {args.train_seeds!r}")
+        if any(x < 0 for x in train_seeds):
+            parser.error(f"--train-seeds must be >= 0; got {args.train_seeds!r}")
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
-    for name in names:
-        print(f"== {name}: {reproduce.ROWS[name].title}", flush=True)
+    for name, train_seed in [(n, x) for n in names for x in train_seeds]:
+        print(f"== {name}: {reproduce.ROWS[name].title}" + ("" if train_seed is None else f", seed {train_seed}"),
+              flush=True)
         try:
-            results[name] = run_row(name, args.out, list(args.set), args.k, args.test_examples, args.seed)
+            r = run_row(name, args.out, list(args.set), args.k, args.test_examples, args.seed, train_seed)
         except ConfigError as e:
             parser.exit(2, f"run.py: error: {name}: {e}\n")
-        r = results[name]
+        results[r["run"]] = r
         print(f"   log p(x) = {r['log_px']:.2f} ± {r['log_px_stderr']:.2f} (published {r['published']:.2f}), "
               f"{r['epochs_trained']} epochs, {r['train_seconds'] / 60:.1f} min", flush=True)
         tmp = results_path.with_suffix(".json.tmp")
         tmp.write_text(json.dumps(results, indent=2) + "\n")
         os.replace(tmp, results_path)
-    ordered = [results[n] for n in reproduce.ROWS if n in results]
+    # Each row's runs together, in the table's row order: the config's own seed first, then by seed.
+    ordered = sorted(results.values(), key=lambda r: (list(reproduce.ROWS).index(r["row"]),
+                                                      r.get("run", r["row"]) != r["row"], r.get("train_seed", 0)))
     (args.out / "table.md").write_text(table(ordered))
     print(table(ordered))
     pairs = paired(ordered)

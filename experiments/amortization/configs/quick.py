@@ -22,7 +22,7 @@ Command::
     python experiments/amortization/run.py --grid quick --out runs/amortization/quick
     vaegen train --config experiments/amortization/configs/quick.py:sa_k5 --workdir /tmp/sa_k5   # one cell
 
-Runtime: 6 minutes per seed on a 2-core CPU (``--seeds 0,1,2``: 17 minutes): training ~3
+Runtime: 6 minutes per seed on a 2-core CPU (``--train-seeds 0,1,2``: 17 minutes): training ~3
 minutes, the SVI-in-the-loop cells the slowest; each gap measurement a few seconds after its
 cell's first compilation.
 Expected (measured over seeds 0, 1, 2; test split, epoch 10, family diag; mean ± s.e. across the
@@ -33,7 +33,7 @@ encoder has a larger amortization gap (enc_32: 5.6 ± 0.1) and the same approxim
 Semi-amortized training gives encoders that are good *initialisations* rather than good
 posteriors (amortization gaps of 6.7 ± 0.7 at K = 2 and 10.7 ± 0.6 at K = 5 for L[q] alone, with
 a run-to-run sd of about 1.1 nats); non-amortized SVI from N(0, I) with K = 10 trains a much worse
-model (-307) in this budget.  A single run's ± are over images, not runs: use ``--seeds``.
+model (-307) in this budget.  A single run's ± are over images, not runs: use ``--train-seeds``.
 """
 
 import importlib.util
