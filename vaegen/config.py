@@ -102,6 +102,26 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
     )
 
 
+def parse_seeds(text: str, flag: str = "--train-seeds") -> list[int]:
+    """Training seeds of replicate runs from ``"0,1,2"``: non-negative integers, in order, each once.
+
+    Raises ``ValueError`` naming ``flag`` for anything else (the study runners turn it into their
+    one-line usage error)."""
+    try:
+        seeds = list(dict.fromkeys(int(x) for x in text.split(",")))
+    except ValueError:
+        raise ValueError(f"{flag} takes comma-separated integers, e.g. 0,1,2; got {text!r}") from None
+    if any(s < 0 for s in seeds):
+        raise ValueError(f"{flag} must be >= 0; got {text!r}")
+    return seeds
+
+
+def seeded_run_name(name: str, seed: int, own_seed: int) -> str:
+    """The workdir name of a replicate run: ``name`` for the config's own seed, ``name.seed<s>``
+    for another (the study runners' layout, so an existing run is reused as one replicate)."""
+    return name if int(seed) == int(own_seed) else f"{name}.seed{int(seed)}"
+
+
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
     """Applies ``"a.b=value"`` overrides in place; unknown keys and wrong types are errors."""
     for item in overrides:

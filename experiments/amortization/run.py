@@ -75,11 +75,13 @@ def cell_config(grid, name: str, seed: int | None = None):
     name: ``<cell>`` for the grid's own seed, ``<cell>.seed<s>`` for another."""
     import ml_collections
 
+    from vaegen.config import seeded_run_name
+
     config = ml_collections.ConfigDict(grid.get_config(name))
     own = int(config.seed)
     if seed is not None:
         config.seed = int(seed)
-    return config, (name if int(config.seed) == own else f"{name}.seed{int(config.seed)}")
+    return config, seeded_run_name(name, config.seed, own)
 
 
 def run_cell(grid, name: str, out: pathlib.Path, splits_cache: dict, log, seed: int | None = None) -> list[dict]:
@@ -280,13 +282,12 @@ def main(argv=None) -> int:
         raise SystemExit(f"run.py: error: unknown cells {unknown}; cells: {', '.join(grid.VARIANTS)}")
     seeds: list[int | None] = [None]
     if args.train_seeds is not None:
+        from vaegen.config import parse_seeds
+
         try:
-            seeds = list(dict.fromkeys(int(x) for x in args.train_seeds.split(",")))
-        except ValueError:
-            raise SystemExit("run.py: error: --train-seeds takes comma-separated integers, e.g. 0,1,2; "
-                             f"got {args.train_seeds!r}")
-        if any(x < 0 for x in seeds):
-            raise SystemExit(f"run.py: error: --train-seeds must be >= 0; got {args.train_seeds!r}")
+            seeds = parse_seeds(args.train_seeds)
+        except ValueError as e:
+            raise SystemExit(f"run.py: error: {e}")
     out.mkdir(parents=True, exist_ok=True)
 
     from tqdm.auto import tqdm

@@ -87,7 +87,7 @@ def run_row(name: str, out: pathlib.Path, overrides: list[str], k: int, test_exa
     if train_seed is not None:
         config.seed = int(train_seed)
     config_lib.validate(config)
-    key = name if int(config.seed) == own_seed else f"{name}.seed{int(config.seed)}"
+    key = config_lib.seeded_run_name(name, config.seed, own_seed)
     workdir = out / key
     last = vaegen.train_and_evaluate(config, workdir) or {}
     run = vaegen.load(workdir)
@@ -285,7 +285,7 @@ def main(argv=None) -> int:
 
     sys.path.insert(0, str(HERE.parents[1]))
     from vaegen import reproduce
-    from vaegen.config import ConfigError
+    from vaegen.config import ConfigError, parse_seeds
 
     if args.list:
         for name, row in reproduce.ROWS.items():
@@ -297,11 +297,9 @@ def main(argv=None) -> int:
     train_seeds: list[int | None] = [None]
     if args.train_seeds is not None:
         try:
-            train_seeds = list(dict.fromkeys(int(x) for x in args.train_seeds.split(",")))
-        except ValueError:
-            parser.error(f"--train-seeds takes comma-separated integers, e.g. 0,1,2; got {args.train_seeds!r}")
-        if any(x < 0 for x in train_seeds):
-            parser.error(f"--train-seeds must be >= 0; got {args.train_seeds!r}")
+            train_seeds = parse_seeds(args.train_seeds)
+        except ValueError as e:
+            parser.error(str(e))
     args.out.mkdir(parents=True, exist_ok=True)
     results_path = args.out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
