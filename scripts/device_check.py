@@ -2,8 +2,8 @@
 
 Runs the three benchmark scripts one after another, each under its own time limit, keeps each
 one's JSON and log in ``--out``, and writes ``summary.json``: every target with its measured
-value and whether it was met.  Sized to finish within about 8 minutes on one H100/H200 (most of
-it compilation), so that one command on a lent GPU machine measures everything:
+value and whether it was met.  The stages' time limits add up to 570 s, so that one command on a
+lent GPU machine (at most 600 s) measures everything; how long they take there is not measured yet:
 
     python scripts/device_check.py --out $OUT                 # on the GPU machine
     python scripts/device_check.py --out /tmp/dc --tiny       # a CPU smoke run of the same path

@@ -22,7 +22,7 @@ Command::
     python experiments/amortization/run.py --grid quick --out runs/amortization/quick
     vaegen train --config experiments/amortization/configs/quick.py:sa_k5 --workdir /tmp/sa_k5   # one cell
 
-Runtime: 6 minutes per seed on a 2-core CPU (``--train-seeds 0,1,2``: 17 minutes): training ~3
+Runtime: 6 minutes per seed on a 2-core CPU (``--train-seeds 0,1,2``: 17 minutes): training ~2.5
 minutes, the SVI-in-the-loop cells the slowest; each gap measurement a few seconds after its
 cell's first compilation.
 Expected (measured over seeds 0, 1, 2; test split, epoch 10, family diag; mean ± s.e. across the
