@@ -38,7 +38,14 @@ def main():
     args = p.parse_args()
     s = lambda n: max(8, int(n * args.scale))
 
-    from vaegen import autoregressive, compare, config, dae, expost, metrics, model as model_lib, objectives
+    from vaegen.model import autoregressive as autoregressive
+    from vaegen.studies import compare as compare
+    from vaegen.config import loading as config
+    from vaegen.objectives import denoising as dae
+    from vaegen.studies import expost as expost
+    from vaegen.studies import metrics as metrics
+    from vaegen.model import latent as model_lib
+    from vaegen.objectives import bounds as objectives
 
     event = (28, 28, 1)
     out = {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "num_devices": jax.device_count(),

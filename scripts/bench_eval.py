@@ -61,11 +61,11 @@ def _timed(f):
 
 
 def _model_and_data(args):
-    from vaegen import config as config_lib
-    from vaegen import data as data_lib
-    from vaegen import model as model_lib
-    from vaegen import run as run_lib
-    from vaegen import train as train_lib
+    from vaegen.config import loading as config_lib
+    from vaegen.data import datasets as data_lib
+    from vaegen.model import latent as model_lib
+    from vaegen.evaluation import run as run_lib
+    from vaegen.train import trainer as train_lib
 
     if args.workdir:
         run = run_lib.load(args.workdir)
@@ -153,7 +153,7 @@ def main(argv=None) -> int:
                    help="without a prepared dataset, time on random binary images of its shape (recorded as 'data')")
     args = p.parse_args(argv)
 
-    from vaegen import estimators as E
+    from vaegen.estimators import importance as E
 
     config, model, variables, xs, source = _model_and_data(args)
     n, k = int(xs.shape[0]), int(args.k)

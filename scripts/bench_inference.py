@@ -30,9 +30,10 @@ import numpy as np
 
 
 def _model_and_data(workdir: str | None, n: int):
-    from vaegen import config as config_lib
-    from vaegen import data as data_lib
-    from vaegen import gaps, model as model_lib
+    from vaegen.config import loading as config_lib
+    from vaegen.data import datasets as data_lib
+    from vaegen.studies import gaps as gaps
+    from vaegen.model import latent as model_lib
 
     if workdir:
         import vaegen
@@ -66,7 +67,7 @@ def main() -> None:
     p.add_argument("--workdir", help="a trained run (default: a fresh vae_mlp_fmnist model)")
     args = p.parse_args()
 
-    from vaegen import inference
+    from vaegen.inference import svi as inference
 
     model, variables, xs, source = _model_and_data(args.workdir, args.num_examples)
     backend = jax.default_backend()

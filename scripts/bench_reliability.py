@@ -36,12 +36,12 @@ def main() -> None:
     p.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = p.parse_args()
 
-    from vaegen import checkpoint as checkpoint_lib
-    from vaegen import config as config_lib
-    from vaegen import faults as faults_lib
-    from vaegen import model as model_lib
+    from vaegen.train import checkpoint as checkpoint_lib
+    from vaegen.config import loading as config_lib
+    from vaegen.train import faults as faults_lib
+    from vaegen.model import latent as model_lib
     from vaegen import sharding as sharding_lib
-    from vaegen import train as train_lib
+    from vaegen.train import trainer as train_lib
 
     cfg = config_lib.load_config(args.config, args.overrides)
     splits = train_lib.load_data(cfg)

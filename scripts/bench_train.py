@@ -38,7 +38,10 @@ def _data(n=N):
 
 def bench_vaegen(batch: int) -> tuple[dict, Callable[[int], float]]:
     """vaegen's fused epoch: ``(info, run)``, ``run(epoch)`` trains one epoch and returns seconds."""
-    from vaegen import config, model, sharding, train
+    from vaegen import sharding
+    from vaegen.config import loading as config
+    from vaegen.model import latent as model
+    from vaegen.train import trainer as train
 
     cfg = config.load_config("vae_mlp_fmnist", [f"train.batch_size={batch}"])
     setup = train.build_setup(cfg, (28, 28, 1), N)
@@ -68,7 +71,11 @@ def bench_jax_step_loop(batch: int) -> tuple[dict, Callable[[int], float]]:
     """The same step, jitted alone and dispatched once per batch (for comparison)."""
     import optax
 
-    from vaegen import config, data as data_lib, model, objectives, train
+    from vaegen.config import loading as config
+    from vaegen.data import datasets as data_lib
+    from vaegen.model import latent as model
+    from vaegen.objectives import bounds as objectives
+    from vaegen.train import trainer as train
 
     cfg = config.load_config("vae_mlp_fmnist", [f"train.batch_size={batch}"])
     setup = train.build_setup(cfg, (28, 28, 1), N)

@@ -49,6 +49,6 @@ def require_fashion_mnist():
 
 @pytest.fixture
 def tiny_config():
-    from vaegen import config
+    from vaegen.config import loading as config
 
     return config.load_config("tiny")

@@ -33,7 +33,7 @@ GRID = textwrap.dedent('''
 
 
     def get_config(arg=None):
-        from vaegen import config as config_lib
+        from vaegen.config import loading as config_lib
 
         name = arg or "base"
         return config_lib.load_config("tiny", GAPS + VARIANTS[name][2] + [f"train.num_epochs={EPOCHS[-1]}"])

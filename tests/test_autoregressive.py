@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaegen import autoregressive, config
+from vaegen.model import autoregressive as autoregressive
+from vaegen.config import loading as config
 
 
 def _made(event=(6,), hidden=(16, 16), ordering="natural", seed=0):
@@ -75,8 +76,8 @@ def test_config_errors(overrides, message):
 
 def test_exact_evaluation_reports_its_per_example_values(tmp_path):
     import vaegen
-    from vaegen import evaluation
-    from vaegen import train as train_lib
+    from vaegen.evaluation import evaluate as evaluation
+    from vaegen.train import trainer as train_lib
 
     cfg = config.load_config("tiny", ["model.kind=autoregressive", "objective.name=exact", "train.num_epochs=1",
                                       "train.progress=False"])

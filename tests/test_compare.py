@@ -5,7 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from vaegen import cli, compare, config
+from vaegen import cli
+from vaegen.studies import compare as compare
+from vaegen.config import loading as config
 
 
 def test_variants_share_networks_and_likelihood():

@@ -2,7 +2,7 @@
 
 import pytest
 
-from vaegen import config
+from vaegen.config import loading as config
 
 
 def test_presets_load_and_validate():

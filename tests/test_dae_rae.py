@@ -5,7 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaegen import config, dae, model as model_lib, rae
+from vaegen.config import loading as config
+from vaegen.objectives import denoising as dae
+from vaegen.model import latent as model_lib
+from vaegen.objectives import rae as rae
 
 EVENT = (8, 8, 1)
 

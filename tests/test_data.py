@@ -17,7 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from vaegen import data
+from vaegen.data import datasets as data
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
 

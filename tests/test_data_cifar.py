@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from vaegen import cli
-from vaegen import data
+from vaegen.data import datasets as data
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SIZES = {"data_batch_1.bin": 3, "data_batch_2.bin": 2, "data_batch_3.bin": 4, "data_batch_4.bin": 1,

@@ -4,10 +4,10 @@ import jax
 import numpy as np
 import pytest
 
-from vaegen import config as config_lib
-from vaegen import diagnostics as D
-from vaegen import exact
-from vaegen.model import build_model, init_params
+from vaegen.config import loading as config_lib
+from vaegen.estimators import diagnostics as D
+from vaegen.model import linear_gaussian as exact
+from vaegen.model.latent import build_model, init_params
 
 
 def _exact_mutual_information(lg):

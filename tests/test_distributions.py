@@ -7,7 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaegen import likelihoods, networks, posteriors, priors
+from vaegen.blocks import likelihoods as likelihoods
+from vaegen.blocks import networks as networks
+from vaegen.blocks import posteriors as posteriors
+from vaegen.blocks import priors as priors
 
 
 def _apply(module, x, key=0):

@@ -13,17 +13,17 @@ import jax
 import numpy as np
 import pytest
 
-from vaegen import autoregressive as autoregressive_lib
+from vaegen.model import autoregressive as autoregressive_lib
 from vaegen import cli
-from vaegen import config as config_lib
-from vaegen import data as data_lib
-from vaegen import estimators as estimators_lib
-from vaegen import evaluation as evaluation_lib
-from vaegen import inputs as inputs_lib
-from vaegen import likelihoods as likelihoods_lib
-from vaegen import model as model_lib
-from vaegen import run as run_lib
-from vaegen import train as train_lib
+from vaegen.config import loading as config_lib
+from vaegen.data import datasets as data_lib
+from vaegen.estimators import importance as estimators_lib
+from vaegen.evaluation import evaluate as evaluation_lib
+from vaegen.data import checks as inputs_lib
+from vaegen.blocks import likelihoods as likelihoods_lib
+from vaegen.model import latent as model_lib
+from vaegen.evaluation import run as run_lib
+from vaegen.train import trainer as train_lib
 from conftest import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -11,10 +11,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaegen import config as config_lib
-from vaegen import estimators as E
-from vaegen import exact
-from vaegen.model import build_model, init_params
+from vaegen.config import loading as config_lib
+from vaegen.estimators import importance as E
+from vaegen.model import linear_gaussian as exact
+from vaegen.model.latent import build_model, init_params
 from conftest import xla_flags
 
 
@@ -212,7 +212,9 @@ def test_ais_does_not_depend_on_the_batch_size_and_is_deterministic(lg, xs):
 _SHARDING_SCRIPT = textwrap.dedent("""
     import json, jax, numpy as np
     assert jax.device_count() == 8, jax.devices()
-    from vaegen import estimators as E, exact, inference
+    from vaegen.estimators import importance as E
+    from vaegen.model import linear_gaussian as exact
+    from vaegen.inference import svi as inference
     lg = exact.LinearGaussian.random(jax.random.key(0), data_dim=6, latent_dim=3, s=0.6)
     xs = lg.sample(jax.random.key(1), 13).astype(np.float32)      # 13: not a multiple of 8
     model, v = lg.model(), lg.variables()

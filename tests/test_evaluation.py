@@ -7,9 +7,9 @@ import pytest
 
 import vaegen
 from vaegen import cli
-from vaegen import config as config_lib
-from vaegen import evaluation
-from vaegen import train as train_lib
+from vaegen.config import loading as config_lib
+from vaegen.evaluation import evaluate as evaluation
+from vaegen.train import trainer as train_lib
 
 
 @pytest.fixture(scope="module")

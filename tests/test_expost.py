@@ -8,7 +8,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaegen import config, exact, expost, model as model_lib, networks, objectives, posteriors, run as run_lib
+from vaegen.config import loading as config
+from vaegen.model import linear_gaussian as exact
+from vaegen.studies import expost as expost
+from vaegen.model import latent as model_lib
+from vaegen.blocks import networks as networks
+from vaegen.objectives import bounds as objectives
+from vaegen.blocks import posteriors as posteriors
+from vaegen.evaluation import run as run_lib
 
 
 def test_fit_recovers_separated_clusters_and_matches_sklearn_density():

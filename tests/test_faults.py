@@ -25,14 +25,15 @@ import optax
 import pytest
 
 import vaegen
-from vaegen import checkpoint as checkpoint_lib
+from vaegen.train import checkpoint as checkpoint_lib
 from vaegen import cli
-from vaegen import config as config_lib
-from vaegen import data as data_lib
-from vaegen import faults
-from vaegen import objectives as objectives_lib
+from vaegen.config import loading as config_lib
+from vaegen.data import datasets as data_lib
+from vaegen.train import faults as faults
+from vaegen.objectives import bounds as objectives_lib
+from vaegen.model import latent as model_lib
 from vaegen import sharding as sharding_lib
-from vaegen import train as train_lib
+from vaegen.train import trainer as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EPOCHS = 12
@@ -121,7 +122,7 @@ def test_nonfinite_steps_are_skipped_on_the_device_and_counted():
         steps_per_epoch=setup.steps_per_epoch, num_steps=CHUNK, protocol="dynamic", seed=0, mesh=mesh,
         max_consecutive_skips=MAX_SKIPS, num_examples=splits.train.shape[0])
     rows = sharding_lib.shard_rows(np.asarray(train_lib.stored_split(cfg, splits.train, "train")), mesh)
-    params = vaegen.model.init_params(setup.model, jax.random.key(0), event_shape)
+    params = model_lib.init_params(setup.model, jax.random.key(0), event_shape)
     state = train_lib.TrainState(step=jnp.int32(0), params=params, opt_state=setup.optimizer.init(params))
     state = jax.device_put(state, sharding_lib.replicated(mesh))
 

@@ -10,8 +10,13 @@ import jax
 import numpy as np
 import pytest
 
-from vaegen import cli, config as config_lib, exact, gaps, inference, run as run_lib
-from vaegen import train as train_lib
+from vaegen import cli
+from vaegen.config import loading as config_lib
+from vaegen.model import linear_gaussian as exact
+from vaegen.studies import gaps as gaps
+from vaegen.inference import svi as inference
+from vaegen.evaluation import run as run_lib
+from vaegen.train import trainer as train_lib
 
 SETTINGS = inference.SVISettings(num_steps=200, learning_rate=0.1, num_samples=16)
 

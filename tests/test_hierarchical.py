@@ -7,10 +7,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from vaegen import config as config_lib
-from vaegen import estimators, hierarchical, objectives
-from vaegen import model as model_lib
-from vaegen.posteriors import soft_clip
+from vaegen.config import loading as config_lib
+from vaegen.estimators import importance as estimators
+from vaegen.model import two_layer as hierarchical
+from vaegen.objectives import bounds as objectives
+from vaegen.model import latent as model_lib
+from vaegen.blocks.posteriors import soft_clip
 
 EVENT = (6,)
 D1, D2 = 3, 2

@@ -6,7 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaegen import exact, inference, networks, objectives, posteriors, priors
+from vaegen.model import linear_gaussian as exact
+from vaegen.inference import svi as inference
+from vaegen.blocks import networks as networks
+from vaegen.objectives import bounds as objectives
+from vaegen.blocks import posteriors as posteriors
+from vaegen.blocks import priors as priors
 
 SETTINGS = inference.SVISettings(num_steps=200, learning_rate=0.1, num_samples=16)
 
@@ -217,7 +222,8 @@ def test_semi_amortized_refinement_and_its_gradients(lg, xs, poor_encoder):
 
 @pytest.mark.parametrize("posterior", ["full_covariance_gaussian", "flow"])
 def test_richer_posteriors_build_from_the_config_and_train_on_the_elbo(posterior):
-    from vaegen import config as config_lib, model as model_lib
+    from vaegen.config import loading as config_lib
+    from vaegen.model import latent as model_lib
 
     cfg = config_lib.load_config("tiny", [f"inference.posterior={posterior}", "inference.flow_hidden=(8,)"])
     model = model_lib.build_model(cfg.model, cfg.inference, (8, 8, 1))

@@ -13,15 +13,15 @@ import scipy.stats
 from scipy.special import logsumexp
 
 import vaegen
-from vaegen import config as config_lib
-from vaegen import data as data_lib
-from vaegen import evaluation as evaluation_lib
-from vaegen import likelihoods
-from vaegen import model as model_lib
-from vaegen import networks
-from vaegen import posteriors
-from vaegen import priors
-from vaegen import train as train_lib
+from vaegen.config import loading as config_lib
+from vaegen.data import datasets as data_lib
+from vaegen.evaluation import evaluate as evaluation_lib
+from vaegen.blocks import likelihoods as likelihoods
+from vaegen.model import latent as model_lib
+from vaegen.blocks import networks as networks
+from vaegen.blocks import posteriors as posteriors
+from vaegen.blocks import priors as priors
+from vaegen.train import trainer as train_lib
 
 LEVELS = np.arange(256) / 255.0
 CASES = [(1, False), (1, True), (3, False), (3, True)]

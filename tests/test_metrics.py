@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
-from vaegen import metrics
+from vaegen.studies import metrics as metrics
 
 
 def _gaussian_set(seed, n=400, dim=6, shift=0.0):

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaegen import model as model_lib
-from vaegen.config import load_config
+from vaegen.model import latent as model_lib
+from vaegen.config.loading import load_config
 
 EVENT = (8, 8, 1)
 

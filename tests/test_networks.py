@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from scipy import special
 
-from vaegen import model as model_lib
-from vaegen import networks, objectives
-from vaegen.config import ConfigError, load_config
+from vaegen.model import latent as model_lib
+from vaegen.blocks import networks as networks
+from vaegen.objectives import bounds as objectives
+from vaegen.config.loading import ConfigError, load_config
 
 # The VampPrior's convolutional HVAE (Tomczak & Welling 2018) on 28x28x1 images.
 VAMP_ENCODER = dict(conv_channels=(32, 32, 64, 64, 6), conv_kernels=(7, 3, 5, 3, 3), conv_strides=(1, 2, 1, 2, 1),

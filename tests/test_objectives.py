@@ -5,9 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaegen import exact, objectives
-from vaegen.config import load_config
-from vaegen.model import build_model, init_params
+from vaegen.model import linear_gaussian as exact
+from vaegen.objectives import bounds as objectives
+from vaegen.config.loading import load_config
+from vaegen.model.latent import build_model, init_params
 
 
 @pytest.fixture(scope="module")

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
-from vaegen import model as model_lib
-from vaegen import objectives, priors
-from vaegen import train as train_lib
-from vaegen.config import ConfigError, load_config
+from vaegen.model import latent as model_lib
+from vaegen.objectives import bounds as objectives
+from vaegen.blocks import priors as priors
+from vaegen.train import trainer as train_lib
+from vaegen.config.loading import ConfigError, load_config
 
 EVENT = (8, 8, 1)
 

@@ -10,10 +10,10 @@ import optax
 import pytest
 
 import vaegen
-from vaegen import config as config_lib
-from vaegen import data as data_lib
-from vaegen import protocols
-from vaegen import train as train_lib
+from vaegen.config import loading as config_lib
+from vaegen.data import datasets as data_lib
+from vaegen.data import protocols as protocols
+from vaegen.train import trainer as train_lib
 
 
 def _metrics(workdir):

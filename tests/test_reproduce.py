@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from conftest import require_fashion_mnist
-from vaegen import config as config_lib
-from vaegen import model as model_lib
-from vaegen import reproduce, sharding
-from vaegen import train as train_lib
+from vaegen.config import loading as config_lib
+from vaegen.model import latent as model_lib
+from vaegen import sharding
+from vaegen.studies import reproduce as reproduce
+from vaegen.train import trainer as train_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "experiments" / "reproduce" / "configs"

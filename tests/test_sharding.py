@@ -15,9 +15,9 @@ import jax
 import numpy as np
 
 import vaegen
-from vaegen import config as config_lib
+from vaegen.config import loading as config_lib
 from vaegen import sharding as sharding_lib
-from vaegen import train as train_lib
+from vaegen.train import trainer as train_lib
 from conftest import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -30,7 +30,10 @@ _WORKER = textwrap.dedent("""
     import jax, jax.numpy as jnp, numpy as np
     from jax.experimental import multihost_utils
     import vaegen
-    from vaegen import config, objectives, train
+    from vaegen.config import loading as config
+    from vaegen.objectives import bounds as objectives
+    from vaegen.train import trainer as train
+    from vaegen.model import latent
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 8, 4)
     mesh = sharding.data_mesh()
     out = {}
@@ -49,7 +52,7 @@ _WORKER = textwrap.dedent("""
     cfg = config.load_config("tiny", ["train.num_epochs=2", "train.batch_size=64"])
     splits = train.load_data(cfg)
     setup = train.build_setup(cfg, splits.train.shape[1:], splits.train.shape[0])
-    params = vaegen.model.init_params(setup.model, jax.random.key(1), splits.train.shape[1:])
+    params = latent.init_params(setup.model, jax.random.key(1), splits.train.shape[1:])
     stored = np.asarray(train.stored_split(cfg, splits.validation[:197], "validation"))
     objective, key = objectives.IWAE(num_samples=5), jax.random.key(7)
     local = jax.local_devices()[0]

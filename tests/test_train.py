@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import vaegen
-from vaegen import config as config_lib
-from vaegen import train as train_lib
+from vaegen.config import loading as config_lib
+from vaegen.train import trainer as train_lib
 from conftest import xla_flags
 
 
@@ -111,7 +111,8 @@ def test_batch_larger_than_dataset_is_an_error(tmp_path):
 _SHARDING_SCRIPT = textwrap.dedent("""
     import json, sys, jax, numpy as np
     assert jax.device_count() == 8, jax.devices()
-    from vaegen import config, train
+    from vaegen.config import loading as config
+    from vaegen.train import trainer as train
     import vaegen
     cfg = config.load_config("tiny", ["train.num_epochs=3", "train.batch_size=64"])
     train.train_and_evaluate(cfg, sys.argv[1] + "/one", devices=jax.devices()[:1])

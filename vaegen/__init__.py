@@ -25,18 +25,19 @@ Table of contents::
     vaegen.compare                  the VAE-vs-AE study and its report (`vaegen compare`)
 """
 
-from vaegen import diagnostics, estimators
-from vaegen.config import ConfigError, load_config
-from vaegen.evaluation import evaluate
-from vaegen.model import LatentVariableModel, NoPriorError, build_model
-from vaegen.objectives import ELBO, IWAE, Autoencoder, UndefinedObjectiveError
-from vaegen.run import Run, load
-from vaegen.train import train_and_evaluate
-from vaegen.faults import NonFiniteError, TrainingInterrupted
-from vaegen.inputs import DataError
+from vaegen.estimators import diagnostics as diagnostics
+from vaegen.estimators import importance as estimators
+from vaegen.config.loading import ConfigError, load_config
+from vaegen.evaluation.evaluate import evaluate
+from vaegen.model.latent import LatentVariableModel, NoPriorError, build_model
+from vaegen.objectives.bounds import ELBO, IWAE, Autoencoder, UndefinedObjectiveError
+from vaegen.evaluation.run import Run, load
+from vaegen.train.trainer import train_and_evaluate
+from vaegen.train.faults import NonFiniteError, TrainingInterrupted
+from vaegen.data.checks import DataError
 
-from vaegen.gaps import compute_gaps
-from vaegen.inference import SemiAmortizedELBO, SVISettings, fit_local
+from vaegen.studies.gaps import compute_gaps
+from vaegen.inference.svi import SemiAmortizedELBO, SVISettings, fit_local
 
 __version__ = "0.1.0"
 

@@ -27,7 +27,17 @@ EXIT_USAGE = 2
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from vaegen import autoregressive, checkpoint, config, data, faults, inference, inputs, likelihoods, model, objectives, train
+    from vaegen.model import autoregressive as autoregressive
+    from vaegen.train import checkpoint as checkpoint
+    from vaegen.config import loading as config
+    from vaegen.data import datasets as data
+    from vaegen.train import faults as faults
+    from vaegen.inference import svi as inference
+    from vaegen.data import checks as inputs
+    from vaegen.blocks import likelihoods as likelihoods
+    from vaegen.model import latent as model
+    from vaegen.objectives import bounds as objectives
+    from vaegen.train import trainer as train
 
     return (config.ConfigError, data.DatasetNotFoundError, likelihoods.SupportError, train.WorkdirError,
             checkpoint.CheckpointError, model.NoPriorError, objectives.UndefinedObjectiveError,
@@ -66,7 +76,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _interrupted() -> type[BaseException]:
-    from vaegen import faults
+    from vaegen.train import faults as faults
 
     return faults.TrainingInterrupted
 
@@ -79,8 +89,8 @@ def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_train(args, overrides) -> int:
-    from vaegen import config as config_lib
-    from vaegen import train as train_lib
+    from vaegen.config import loading as config_lib
+    from vaegen.train import trainer as train_lib
 
     from vaegen import sharding as sharding_lib
 
@@ -93,7 +103,7 @@ def cmd_train(args, overrides) -> int:
         return 0
     bound = {"elbo": "elbo", "iwae": "iwae", "ae": "reconstruction"}.get(config.objective.name)
     if bound is None:
-        from vaegen import objectives as objectives_lib
+        from vaegen.objectives import bounds as objectives_lib
 
         bound = objectives_lib.build_objective(config.objective).bound_name
     if last:
@@ -108,10 +118,10 @@ def cmd_train(args, overrides) -> int:
 
 def cmd_evaluate(args, overrides) -> int:
     import vaegen
-    from vaegen import evaluation as evaluate_lib
+    from vaegen.evaluation import evaluate as evaluate_lib
 
     if args.per_example and not args.per_example.endswith(".npz"):
-        from vaegen import config as config_lib
+        from vaegen.config import loading as config_lib
 
         raise config_lib.ConfigError(f"--per-example writes an .npz file; got {args.per_example!r}")
     run = vaegen.load(args.workdir)
@@ -137,8 +147,8 @@ def cmd_evaluate(args, overrides) -> int:
 
 def cmd_gaps(args, overrides) -> int:
     import vaegen
-    from vaegen import gaps as gaps_lib
-    from vaegen import inference as inference_lib
+    from vaegen.studies import gaps as gaps_lib
+    from vaegen.inference import svi as inference_lib
 
     run = vaegen.load(args.workdir, epoch=args.epoch)
     kw = gaps_lib.settings_from_config(run.config)
@@ -182,7 +192,8 @@ def cmd_sample(args, overrides) -> int:
     import numpy as np
 
     import vaegen
-    from vaegen import figures, model as model_lib
+    from vaegen.studies import figures as figures
+    from vaegen.model import latent as model_lib
 
     run = vaegen.load(args.workdir)
     if not getattr(run.model, "has_latents", True):  # autoregressive: x ~ p(x), pixel by pixel
@@ -205,7 +216,7 @@ def cmd_reconstruct(args, overrides) -> int:
     import numpy as np
 
     import vaegen
-    from vaegen import figures
+    from vaegen.studies import figures as figures
 
     run = vaegen.load(args.workdir)
     x = run.split(args.split, max_examples=args.n)
@@ -220,7 +231,7 @@ def cmd_reconstruct(args, overrides) -> int:
 
 
 def cmd_data(args, overrides) -> int:
-    from vaegen import data as data_lib
+    from vaegen.data import datasets as data_lib
 
     if args.action == "list":
         for name in data_lib.DATASETS:
@@ -233,7 +244,7 @@ def cmd_data(args, overrides) -> int:
     except ValueError as e:
         if type(e) is not ValueError:  # e.g. SourceFormatError: already a user error of its own
             raise
-        from vaegen import config as config_lib
+        from vaegen.config import loading as config_lib
 
         raise config_lib.ConfigError(str(e).rstrip(".")) from None
     print(f"{args.name} ready in {path}")
@@ -241,7 +252,7 @@ def cmd_data(args, overrides) -> int:
 
 
 def cmd_config(args, overrides) -> int:
-    from vaegen import config as config_lib
+    from vaegen.config import loading as config_lib
 
     if not args.preset:
         print("presets: " + ", ".join(config_lib.presets()))
@@ -251,7 +262,7 @@ def cmd_config(args, overrides) -> int:
 
 
 def cmd_demo(args, overrides) -> int:
-    from vaegen import demo
+    from vaegen.studies import demo as demo
 
     demo.run(args.workdir, overrides=overrides, epochs=args.epochs, k=args.k)
     return 0
@@ -269,8 +280,9 @@ def cmd_expost(args, overrides) -> int:
     import numpy as np
 
     import vaegen
-    from vaegen import evaluation as evaluate_lib
-    from vaegen import expost, figures
+    from vaegen.evaluation import evaluate as evaluate_lib
+    from vaegen.studies import expost as expost
+    from vaegen.studies import figures as figures
 
     run = vaegen.load(args.workdir)
     gen, mixture, codes = expost.fit(run, num_components=args.components, max_codes=args.max_codes, seed=args.seed)
@@ -294,7 +306,7 @@ def cmd_expost(args, overrides) -> int:
 
 
 def cmd_compare(args, overrides) -> int:
-    from vaegen import compare
+    from vaegen.studies import compare as compare
 
     only = [s for s in args.only.split(",") if s] if args.only else None
     settings = list(args.set or [])

@@ -37,7 +37,8 @@ def main(argv=None) -> int:
     import numpy as np
 
     import vaegen
-    from vaegen import gaps, inference
+    from vaegen.studies import gaps as gaps
+    from vaegen.inference import svi as inference
 
     run = vaegen.load(args.workdir)
     xs = gaps.split_data(run, "test", args.num_examples)

@@ -75,7 +75,7 @@ def cell_config(grid, name: str, seed: int | None = None):
     name: ``<cell>`` for the grid's own seed, ``<cell>.seed<s>`` for another."""
     import ml_collections
 
-    from vaegen.config import seeded_run_name
+    from vaegen.config.loading import seeded_run_name
 
     config = ml_collections.ConfigDict(grid.get_config(name))
     own = int(config.seed)
@@ -88,9 +88,9 @@ def run_cell(grid, name: str, out: pathlib.Path, splits_cache: dict, log, seed: 
     import ml_collections
 
     import vaegen
-    from vaegen import config as config_lib
-    from vaegen import gaps as gaps_lib
-    from vaegen import train as train_lib
+    from vaegen.config import loading as config_lib
+    from vaegen.studies import gaps as gaps_lib
+    from vaegen.train import trainer as train_lib
 
     axis, value, _ = grid.VARIANTS[name]
     config, run_name = cell_config(grid, name, seed)
@@ -282,7 +282,7 @@ def main(argv=None) -> int:
         raise SystemExit(f"run.py: error: unknown cells {unknown}; cells: {', '.join(grid.VARIANTS)}")
     seeds: list[int | None] = [None]
     if args.train_seeds is not None:
-        from vaegen.config import parse_seeds
+        from vaegen.config.loading import parse_seeds
 
         try:
             seeds = parse_seeds(args.train_seeds)

@@ -76,8 +76,9 @@ def train_seconds(workdir: pathlib.Path) -> float:
 def run_row(name: str, out: pathlib.Path, overrides: list[str], k: int, test_examples: int, seed: int,
             train_seed: int | None = None) -> dict:
     import vaegen
-    from vaegen import config as config_lib
-    from vaegen import evaluation, reproduce
+    from vaegen.config import loading as config_lib
+    from vaegen.evaluation import evaluate as evaluation
+    from vaegen.studies import reproduce as reproduce
 
     row = reproduce.ROWS[name]
     config = row.config()
@@ -227,7 +228,7 @@ def paired(rows: list[dict]) -> str:
 
     import numpy as np
 
-    from vaegen import evaluation
+    from vaegen.evaluation import evaluate as evaluation
 
     counts = _runs_per_row(rows)
     loaded = []
@@ -284,8 +285,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(HERE.parents[1]))
-    from vaegen import reproduce
-    from vaegen.config import ConfigError, parse_seeds
+    from vaegen.studies import reproduce as reproduce
+    from vaegen.config.loading import ConfigError, parse_seeds
 
     if args.list:
         for name, row in reproduce.ROWS.items():

@@ -70,7 +70,7 @@ def _base():
 
 
 def get_config(arg: str | None = None):
-    from vaegen import config as config_lib
+    from vaegen.config import loading as config_lib
 
     name = arg or "base"
     if name not in VARIANTS:

@@ -12,7 +12,7 @@ Runtime: early stopping decides; gated convolutions at 28x28 make it a GPU confi
 Published: -225.38 ± 0.08 nats.
 """
 
-from vaegen import reproduce
+from vaegen.studies import reproduce as reproduce
 
 ROW = reproduce.ROWS["fmnist_convhvae_standard"]
 

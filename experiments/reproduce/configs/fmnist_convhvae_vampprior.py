@@ -13,7 +13,7 @@ encoder every step).
 Published: -224.67 ± 0.03 nats.
 """
 
-from vaegen import reproduce
+from vaegen.studies import reproduce as reproduce
 
 ROW = reproduce.ROWS["fmnist_convhvae_vampprior"]
 

@@ -12,7 +12,7 @@ Runtime: early stopping decides; about 2x the one-layer VampPrior's cost per epo
 Published: -226.72 ± 0.08 nats.
 """
 
-from vaegen import reproduce
+from vaegen.studies import reproduce as reproduce
 
 ROW = reproduce.ROWS["fmnist_hvae_vampprior"]
 

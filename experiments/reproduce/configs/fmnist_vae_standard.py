@@ -14,7 +14,7 @@ each, 78 min, then 6.5 min for IS with k = 5000 over the test set; log p(x) = -2
 Published: -228.70 ± 0.15 nats.
 """
 
-from vaegen import reproduce
+from vaegen.studies import reproduce as reproduce
 
 ROW = reproduce.ROWS["fmnist_vae_standard"]
 

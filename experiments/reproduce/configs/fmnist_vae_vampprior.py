@@ -13,7 +13,7 @@ epoch on a 2-core CPU (5x the VAE's), so hours there; a GPU config.
 Published: -227.35 ± 0.05 nats.
 """
 
-from vaegen import reproduce
+from vaegen.studies import reproduce as reproduce
 
 ROW = reproduce.ROWS["fmnist_vae_vampprior"]
 

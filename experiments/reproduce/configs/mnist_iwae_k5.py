@@ -10,7 +10,7 @@ Runtime: 3,280 epochs of 2,980 steps (batch 20), 5 samples per example: hours on
 Published: log p(x) = -85.54 nats.
 """
 
-from vaegen import reproduce
+from vaegen.studies import reproduce as reproduce
 
 ROW = reproduce.ROWS["mnist_iwae_k5"]
 

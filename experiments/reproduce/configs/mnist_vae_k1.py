@@ -10,7 +10,7 @@ Runtime: 3,280 epochs of 2,980 steps (batch 20): hours on one GPU, not a CPU con
 Published: log p(x) = -86.76 nats.
 """
 
-from vaegen import reproduce
+from vaegen.studies import reproduce as reproduce
 
 ROW = reproduce.ROWS["mnist_vae_k1"]
 

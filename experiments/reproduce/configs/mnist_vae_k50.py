@@ -10,7 +10,7 @@ Runtime: 3,280 epochs of 2,980 steps (batch 20), 50 samples per example: hours o
 Published: log p(x) = -86.35 nats.
 """
 
-from vaegen import reproduce
+from vaegen.studies import reproduce as reproduce
 
 ROW = reproduce.ROWS["mnist_vae_k50"]
 

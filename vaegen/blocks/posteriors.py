@@ -1,0 +1,350 @@
+"""Amortized inference networks q(z | x).
+
+An inference network is an encoder trunk (:mod:`vaegen.networks`) followed by a head that
+returns a distrax distribution over ``z`` with event shape ``[D]``.  It sits *beside* the
+generative model p(x, z) (:mod:`vaegen.model`), never inside it.
+
+* :class:`DiagonalGaussian` -- q(z | x) = N(z; mu(x), diag sigma(x)^2): the VAE.
+* :class:`FixedScaleGaussian` -- q(z | x) = N(z; mu(x), s^2 I) with a constant s: the path from a
+  VAE to an AE as s -> 0.
+* :class:`PointMass` -- q(z | x) = delta(z - f(x)): the autoencoder.
+* :class:`FullCovarianceGaussian` -- q(z | x) = N(z; mu(x), L(x) L(x)^T), L(x) a Cholesky factor.
+* :class:`FlowPosterior` -- a coupling flow (RealNVP layers from ``distrax.MaskedCoupling``) on a
+  diagonal Gaussian base, conditioned on a context c(x).
+
+The last two (and the diagonal Gaussian) are also available as pure functions of per-example
+parameters phi (``diagonal_gaussian``, ``full_covariance_gaussian``, ``flow_distribution``): the
+non-amortized inference of :mod:`vaegen.inference` optimises phi per example in the same family.
+
+Why the ELBO does not exist for the AE: ELBO(x) = E_q[log p(x | z)] - KL(q(z|x) || p(z)), and
+for a point mass KL(delta_f(x) || p(z)) = -H[delta] - log p(f(x)) with differential entropy
+H[delta] = -inf, so the KL is +inf and the bound is -inf for every encoder: it cannot rank
+models or be optimised.  What is left is the reconstruction term log p(x | z = f(x)) -- the AE
+objective (:class:`vaegen.objectives.Autoencoder`) -- and without a p(z) nothing to sample from.
+"""
+
+from __future__ import annotations
+
+import distrax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from vaegen.blocks.networks import activation as activation_fn
+
+
+def soft_clip(x: jax.Array, low: float, high: float) -> jax.Array:
+    """Smoothly clips ``x`` to ``[low, high]`` (identity well inside, softplus near the ends)."""
+    x = low + nn.softplus(x - low)
+    return high - nn.softplus(high - x)
+
+
+def soft_clip_inverse(y: jax.Array, low: float, high: float) -> jax.Array:
+    """The ``x`` with ``soft_clip(x, low, high) == y`` for ``low < y < high``."""
+    softplus_inv = lambda v: v + jnp.log(-jnp.expm1(-v))  # log(exp(v) - 1), stable
+    u = high - softplus_inv(high - y)
+    return low + softplus_inv(u - low)
+
+
+class DiagonalGaussian(nn.Module):
+    """q(z | x) = N(z; mu(x), diag(sigma(x)^2)), log sigma softly bounded.
+
+    Attributes:
+      encoder: trunk mapping ``x [..., *event]`` to features ``[..., F]``.
+      latent_dim: D.
+      min_log_scale, max_log_scale: bounds on log sigma (numerical safety, not a modelling
+        choice: the defaults allow sigma in [4.5e-5, 20]).
+    """
+
+    encoder: nn.Module
+    latent_dim: int
+    min_log_scale: float = -10.0
+    max_log_scale: float = 3.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> distrax.Distribution:
+        h = self.encoder(x)
+        loc = nn.Dense(self.latent_dim, name="loc")(h)
+        raw = nn.Dense(self.latent_dim, name="log_scale")(h)
+        log_scale = soft_clip(raw, self.min_log_scale, self.max_log_scale)
+        return distrax.MultivariateNormalDiag(loc, jnp.exp(log_scale))
+
+
+class FixedScaleGaussian(nn.Module):
+    """q(z | x) = N(z; mu(x), s^2 I) with a constant s; as s -> 0 this tends to the AE's point mass.
+
+    Attributes:
+      encoder: trunk mapping ``x`` to features.
+      latent_dim: D.
+      scale: the constant s > 0.
+    """
+
+    encoder: nn.Module
+    latent_dim: int
+    scale: float = 1.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> distrax.Distribution:
+        loc = nn.Dense(self.latent_dim, name="loc")(self.encoder(x))
+        return distrax.MultivariateNormalDiag(loc, jnp.full_like(loc, self.scale))
+
+
+class PointMass(nn.Module):
+    """q(z | x) = delta(z - f(x)): the deterministic encoder of an autoencoder.
+
+    Same trunk and the same ``loc`` head as :class:`DiagonalGaussian`; there is no scale.
+    ``sample`` returns f(x); ``log_prob`` is 0 at f(x) and -inf elsewhere (a point mass has no
+    density on R^D, see the module docstring).
+    """
+
+    encoder: nn.Module
+    latent_dim: int
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> distrax.Distribution:
+        loc = nn.Dense(self.latent_dim, name="loc")(self.encoder(x))
+        return distrax.Independent(distrax.Deterministic(loc=loc), reinterpreted_batch_ndims=1)
+
+
+POSTERIORS = {
+    "diagonal_gaussian": DiagonalGaussian,
+    "fixed_scale_gaussian": FixedScaleGaussian,
+    "point_mass": PointMass,
+}
+
+
+def is_point_mass(posterior: nn.Module) -> bool:
+    """Whether ``posterior`` is deterministic (the autoencoder case)."""
+    return isinstance(posterior, PointMass)
+
+
+# --- richer families: full-covariance Gaussian and a normalizing flow --------------------------
+#
+# Each family below is defined by its *local parameters* phi, a pytree per example, and a pure
+# function phi -> distrax distribution (``full_covariance_gaussian``, ``flow_distribution``).
+# The amortized modules compute phi = phi(x) with an encoder (``parameters(x)``); the
+# non-amortized inference of :mod:`vaegen.inference` optimises a free phi per example with the
+# same functions, so an amortized q and its per-example optimum q* are members of one family.
+
+
+def num_tril(latent_dim: int) -> int:
+    """Number of strictly-lower-triangular entries of a D x D matrix: D (D - 1) / 2."""
+    return latent_dim * (latent_dim - 1) // 2
+
+
+def scale_tril(log_scale: jax.Array, tril: jax.Array) -> jax.Array:
+    """The Cholesky factor L = diag(exp(log_scale)) + strictly_lower(tril).
+
+    Args:
+      log_scale: ``[..., D]`` log of L's diagonal (positive diagonal: L is a valid Cholesky factor).
+      tril: ``[..., D (D - 1) / 2]`` the strictly-lower entries, row-major (``np.tril_indices(D, -1)``).
+    Returns:
+      ``[..., D, D]`` lower-triangular.
+    """
+    d = log_scale.shape[-1]
+    rows, cols = jnp.tril_indices(d, -1)
+    L = jnp.zeros(tril.shape[:-1] + (d, d), tril.dtype).at[..., rows, cols].set(tril)
+    return L + jnp.exp(log_scale)[..., None] * jnp.eye(d, dtype=log_scale.dtype)
+
+
+def full_covariance_gaussian(phi: dict) -> distrax.MultivariateNormalTri:
+    """q(z) = N(z; loc, L L^T) from ``phi = {"loc" [..., D], "log_scale" [..., D], "tril" [..., D(D-1)/2]}``."""
+    return distrax.MultivariateNormalTri(phi["loc"], scale_tril(phi["log_scale"], phi["tril"]))
+
+
+def diagonal_gaussian(phi: dict) -> distrax.MultivariateNormalDiag:
+    """q(z) = N(z; loc, diag(exp(2 log_scale))) from ``phi = {"loc" [..., D], "log_scale" [..., D]}``."""
+    return distrax.MultivariateNormalDiag(phi["loc"], jnp.exp(phi["log_scale"]))
+
+
+class FullCovarianceGaussian(nn.Module):
+    """q(z | x) = N(z; mu(x), L(x) L(x)^T), L(x) lower triangular with a positive diagonal.
+
+    The encoder's heads give mu(x) ``[D]``, log diag L(x) ``[D]`` (softly bounded like
+    :class:`DiagonalGaussian`'s log sigma) and the D (D - 1) / 2 entries below the diagonal,
+    initialised at zero so that training starts from a diagonal Gaussian.
+
+    ``parameters(x)`` returns the local parameters phi(x) = ``{"loc", "log_scale", "tril"}``;
+    ``__call__(x)`` returns ``full_covariance_gaussian(phi(x))`` (a ``distrax.MultivariateNormalTri``,
+    with a closed-form KL to Gaussian priors).
+    """
+
+    encoder: nn.Module
+    latent_dim: int
+    min_log_scale: float = -10.0
+    max_log_scale: float = 3.0
+
+    @nn.compact
+    def parameters(self, x: jax.Array) -> dict:
+        h = self.encoder(x)
+        loc = nn.Dense(self.latent_dim, name="loc")(h)
+        raw = nn.Dense(self.latent_dim, name="log_scale")(h)
+        tril = nn.Dense(num_tril(self.latent_dim), name="tril", kernel_init=nn.initializers.zeros)(h)
+        return {"loc": loc, "log_scale": soft_clip(raw, self.min_log_scale, self.max_log_scale), "tril": tril}
+
+    def __call__(self, x: jax.Array) -> distrax.Distribution:
+        return full_covariance_gaussian(self.parameters(x))
+
+
+def coupling_masks(latent_dim: int, num_layers: int) -> list[jax.Array]:
+    """Boolean masks ``[D]`` of the coupling layers (True = passed through, conditions the rest).
+
+    Layers alternate parity masks (even / odd coordinates) and half masks (first / second half),
+    so that after four layers every coordinate has been transformed conditioned on every other
+    group.
+    """
+    idx = jnp.arange(latent_dim)
+    masks = []
+    for layer in range(num_layers):
+        if (layer // 2) % 2 == 0:
+            m = idx % 2 == 0
+        else:
+            m = idx < latent_dim // 2
+        masks.append(m if layer % 2 == 0 else ~m)
+    return masks
+
+
+def _mlp_apply(layer: dict, h: jax.Array, activation) -> jax.Array:
+    """A dense MLP from a parameter dict ``{"dense_0": {"kernel", "bias"}, ...}``; no activation
+    after the last layer."""
+    n = len(layer)
+    for j in range(n):
+        p = layer[f"dense_{j}"]
+        h = h @ p["kernel"] + p["bias"]
+        if j < n - 1:
+            h = activation(h)
+    return h
+
+
+def coupling_flow_bijector(flow: dict, context: jax.Array, *, activation: str = "tanh",
+                           max_log_scale: float = 3.0) -> distrax.Bijector:
+    """The bijector z = T(z0) of a stack of affine coupling layers (RealNVP), conditioned on a context.
+
+    Layer l keeps the coordinates where ``mask_l`` is True and maps the others by
+    z_i -> z_i exp(s_i) + t_i, with (s, t) = MLP_l([mask_l * z, context]) and
+    s = max_log_scale * tanh(raw / max_log_scale) (a soft bound on the log-scale per layer).
+    The last dense layer of every MLP starts at zero, so a fresh flow is the identity.
+
+    Args:
+      flow: ``{"layer_0": {"dense_0": {"kernel", "bias"}, ...}, ...}`` (see :class:`CouplingFlow`).
+      context: ``[..., C]`` (C may be 0): broadcast against the leading dimensions of z.
+    Returns:
+      A ``distrax.Chain`` acting on events ``[D]``; arrays only, so it can be built inside any
+      jitted or vmapped function.
+    """
+    act = activation_fn(activation)
+    num_layers = len(flow)
+    latent_dim = flow["layer_0"][f"dense_{len(flow['layer_0']) - 1}"]["bias"].shape[-1] // 2
+    layers = []
+    for l, mask in enumerate(coupling_masks(latent_dim, num_layers)):
+        params = flow[f"layer_{l}"]
+
+        def conditioner(z_masked, params=params):
+            c = jnp.broadcast_to(context, z_masked.shape[:-1] + context.shape[-1:])
+            out = _mlp_apply(params, jnp.concatenate([z_masked, c], -1), act)  # [..., 2D]
+            shift, raw = jnp.split(out, 2, axis=-1)
+            return shift, max_log_scale * jnp.tanh(raw / max_log_scale)
+
+        layers.append(distrax.MaskedCoupling(
+            mask=mask, conditioner=conditioner,
+            bijector=lambda p: distrax.ScalarAffine(shift=p[0], log_scale=p[1])))
+    return distrax.Chain(layers[::-1])  # Chain applies its last element first: layer 0 acts first
+
+
+class FlowDistribution(distrax.Transformed):
+    """q(z) = T_# N(loc, diag sigma^2): a Gaussian base pushed through a coupling flow T.
+
+    ``mean()`` returns T(loc), the flow's image of the base mean: the point used as *the* code
+    (reconstructions, initialisation). It is not E_q[z], which has no closed form for a flow.
+    """
+
+    def mean(self) -> jax.Array:
+        return self.bijector.forward(self.distribution.mean())
+
+    def kl_divergence(self, other_dist, **kwargs):
+        """No closed form: KL terms involving a flow are estimated by Monte Carlo."""
+        raise NotImplementedError("KL(flow || .) has no closed form; estimate it by Monte Carlo")
+
+
+def flow_distribution(phi: dict, *, activation: str = "tanh", max_log_scale: float = 3.0) -> FlowDistribution:
+    """q(z) from ``phi = {"loc" [..., D], "log_scale" [..., D], "context" [..., C], "flow": {...}}``."""
+    base = distrax.MultivariateNormalDiag(phi["loc"], jnp.exp(phi["log_scale"]))
+    bijector = coupling_flow_bijector(phi["flow"], phi["context"], activation=activation,
+                                      max_log_scale=max_log_scale)
+    return FlowDistribution(base, bijector)
+
+
+def init_coupling_flow(key: jax.Array, latent_dim: int, context_dim: int, num_layers: int,
+                       hidden: tuple[int, ...]) -> dict:
+    """Parameters of a fresh coupling flow (the identity map): LeCun-normal hidden layers, zero
+    last layer; ``{"layer_l": {"dense_j": {"kernel", "bias"}}}``."""
+    if latent_dim < 2:
+        raise ValueError("a coupling flow needs latent_dim >= 2 (each layer conditions one group of "
+                         "coordinates on another)")
+    sizes = [latent_dim + context_dim, *hidden, 2 * latent_dim]
+    flow = {}
+    for l, k in enumerate(jax.random.split(key, num_layers)):
+        layer = {}
+        for j, kj in enumerate(jax.random.split(k, len(sizes) - 1)):
+            last = j == len(sizes) - 2
+            init = nn.initializers.zeros if last else nn.initializers.lecun_normal()
+            layer[f"dense_{j}"] = {"kernel": init(kj, (sizes[j], sizes[j + 1]), jnp.float32),
+                                   "bias": jnp.zeros((sizes[j + 1],), jnp.float32)}
+        flow[f"layer_{l}"] = layer
+    return flow
+
+
+class CouplingFlow(nn.Module):
+    """The parameters of a coupling flow (see :func:`coupling_flow_bijector`) as a Flax module:
+    calling it returns the parameter tree, shared by every x of an amortized posterior."""
+
+    latent_dim: int
+    context_dim: int = 16
+    num_layers: int = 4
+    hidden: tuple[int, ...] = (64,)
+
+    @nn.compact
+    def __call__(self) -> dict:
+        return self.param("layers", lambda key: init_coupling_flow(
+            key, self.latent_dim, self.context_dim, self.num_layers, tuple(self.hidden)))
+
+
+class FlowPosterior(nn.Module):
+    """q(z | x) = T(. ; c(x))_# N(mu(x), diag sigma(x)^2): a normalizing flow on a Gaussian base
+    (inverse-autoregressive-flow style amortization, Kingma et al. 2016, with RealNVP coupling
+    layers built from ``distrax.MaskedCoupling``).
+
+    The encoder gives the base's mu(x), log sigma(x) (softly bounded) and a context c(x) ``[C]``
+    that conditions every coupling layer; the coupling networks are shared across x.  A fresh
+    flow is the identity, so training starts from the diagonal Gaussian.
+
+    ``parameters(x)`` returns phi(x) = ``{"loc", "log_scale", "context", "flow"}`` (``flow``: the
+    shared coupling parameters); ``__call__(x)`` returns ``flow_distribution(phi(x))``.  The
+    density is exact: log q(z) = log N(z0) - log |det dT/dz0|, and sampling is one pass.
+    """
+
+    encoder: nn.Module
+    latent_dim: int
+    num_layers: int = 4
+    hidden: tuple[int, ...] = (64,)
+    context_dim: int = 16
+    activation: str = "tanh"
+    min_log_scale: float = -10.0
+    max_log_scale: float = 3.0
+
+    @nn.compact
+    def parameters(self, x: jax.Array) -> dict:
+        h = self.encoder(x)
+        loc = nn.Dense(self.latent_dim, name="loc")(h)
+        raw = nn.Dense(self.latent_dim, name="log_scale")(h)
+        context = nn.Dense(self.context_dim, name="context")(h)
+        flow = CouplingFlow(self.latent_dim, self.context_dim, self.num_layers, tuple(self.hidden), name="flow")()
+        return {"loc": loc, "log_scale": soft_clip(raw, self.min_log_scale, self.max_log_scale),
+                "context": context, "flow": flow}
+
+    def __call__(self, x: jax.Array) -> distrax.Distribution:
+        return flow_distribution(self.parameters(x), activation=self.activation)
+
+
+POSTERIORS["full_covariance_gaussian"] = FullCovarianceGaussian
+POSTERIORS["flow"] = FlowPosterior

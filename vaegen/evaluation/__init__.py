@@ -1,0 +1,1 @@
+"""A trained run loaded from its workdir, and its evaluation on held-out data."""

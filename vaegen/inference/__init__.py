@@ -1,0 +1,1 @@
+"""Inference beside the model: per-example variational families, SVI, semi-amortized training."""

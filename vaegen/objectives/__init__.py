@@ -1,0 +1,1 @@
+"""Training objectives: bounds on log p(x) (ELBO, IWAE) and the autoencoders' objectives."""

@@ -1,0 +1,552 @@
+"""Figures and the Markdown report of ``vaegen compare`` (:mod:`vaegen.compare`).
+
+``write_report(ctx, rows, results, ...)`` writes ``<workdir>/report/``:
+
+* ``report.md`` -- the metric table, the figures and a plain-language answer whose every
+  comparative word is chosen by comparing the measured numbers;
+* ``headline.png`` -- a strip of samples: data, VAE, AE + N(0, I), AE + ex-post GMM, RAE + GMM,
+  DAE chain, MADE;
+* ``samples.png`` -- a grid of samples for every row;
+* ``reconstructions.png``, ``interpolations.png``, ``latent_map.png`` (2-D variants with the
+  prior's contours over the codes), ``dae_chain.png``, ``path.png`` (the fixed-variance path).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pathlib
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from vaegen.studies import figures as figures
+
+
+def _figure(width: float, height: float):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def _save(fig, path: pathlib.Path, dpi: int = 100) -> pathlib.Path:
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    os.replace(tmp, path)
+    return path
+
+
+def _imshow(ax, grid: np.ndarray) -> None:
+    if grid.shape[-1] == 1:
+        ax.imshow(grid[..., 0], cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    else:
+        ax.imshow(grid, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def panels_figure(path: pathlib.Path, panels: Sequence[tuple[str, np.ndarray]], *, per_panel: int, panel_cols: int,
+                  fig_cols: int, panel_inches: float = 1.9, fontsize: int = 8, dpi: int = 100) -> pathlib.Path:
+    """One figure of image-grid panels: ``panels`` = [(title, images [N, H, W, C])]."""
+    n = len(panels)
+    cols = min(fig_cols, n)
+    rows = math.ceil(n / cols)
+    fig = _figure(cols * panel_inches, rows * (panel_inches + 0.35))
+    for i, (title, images) in enumerate(panels):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        _imshow(ax, figures.image_grid(np.asarray(images[:per_panel], np.float32), panel_cols))
+        ax.set_title(title, fontsize=fontsize)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+def labelled_rows_figure(path: pathlib.Path, rows: Sequence[tuple[str, np.ndarray]], *, title: str,
+                         row_inches: float = 0.62, dpi: int = 100) -> pathlib.Path:
+    """Rows of images, each with a label on the left: ``rows`` = [(label, images [N, H, W, C])]."""
+    ncols = max(len(images) for _, images in rows)
+    fig = _figure(1.6 + ncols * row_inches, 0.3 + len(rows) * row_inches)
+    for i, (label, images) in enumerate(rows):
+        ax = fig.add_subplot(len(rows), 1, i + 1)
+        _imshow(ax, figures.image_grid(np.asarray(images, np.float32), ncols))
+        ax.set_ylabel(label, rotation=0, ha="right", va="center", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return _save(fig, path, dpi)
+
+
+# --- individual figures ----------------------------------------------------------------------------
+
+def _display(ctx, name: str) -> np.ndarray | None:
+    path = ctx.workdir / "rows" / f"{name}.samples.npz"
+    if not path.exists():
+        return None
+    with np.load(path) as f:
+        return np.asarray(f["display"], np.float32)
+
+
+def samples_figures(ctx, rows, results, out: pathlib.Path) -> dict[str, pathlib.Path]:
+    panels = {}
+    for r in rows:
+        images = _display(ctx, r.name)
+        if images is None:
+            continue
+        fd = results[r.name].get("samples", {}).get("fd")
+        title = f"{r.label}\nfrom {r.sampled_from}" + (f"\nFD {fd:.2f}" if fd is not None else "")
+        panels[r.name] = (title, images, r.label + (f"\nFD {fd:.2f}" if fd is not None else ""))
+    paths = {}
+    if panels:
+        paths["samples"] = panels_figure(out / "samples.png", [(t, im) for t, im, _ in panels.values()], per_panel=36,
+                                         panel_cols=6, fig_cols=5)
+        headline = ["data", "vae", "ae+n01", "ae+gmm", "rae+gmm", "dae", "made"]
+        chosen = [(short, panels[n][1]) for n in headline if n in panels for short in [panels[n][2]]]
+        if chosen:
+            paths["headline"] = panels_figure(out / "headline.png", chosen, per_panel=16, panel_cols=4,
+                                              fig_cols=len(chosen), panel_inches=1.45, fontsize=7, dpi=80)
+    return paths
+
+
+def reconstructions_figure(ctx, out: pathlib.Path, n: int = 10) -> pathlib.Path | None:
+    x = ctx.x_test[:n]
+    rows = [("test images", np.asarray(x))]
+    for name, run in ctx.runs.items():
+        if not getattr(run.model, "has_latents", True) or name.endswith("_2d"):
+            continue
+        rec = jax.jit(lambda v, x: run.model.apply(v, method=lambda m: m.p_x_given_z(m.q_z_given_x(x).mean()).mean()))(
+            run.variables, x)
+        rows.append((_label(ctx, name), np.asarray(rec)))
+    if len(rows) < 2:
+        return None
+    return labelled_rows_figure(out / "reconstructions.png", rows,
+                                title="Reconstructions E[x | z = E_q[z|x]] of the same test images")
+
+
+def interpolations_figure(ctx, out: pathlib.Path, steps: int = 10) -> pathlib.Path | None:
+    labels = ctx.splits.test_labels
+    names = [n for n in ("vae", "ae", "rae", "fixed_scale_0.01_beta_1") if n in ctx.runs]
+    if not names:
+        return None
+    # Two pairs of test images of different classes (the first found).
+    pairs, i = [], 0
+    while len(pairs) < 2 and i + 1 < ctx.x_test.shape[0]:
+        if labels is None or labels[i] != labels[i + 1]:
+            pairs.append((i, i + 1))
+        i += 2
+    t = jnp.linspace(0.0, 1.0, steps)[:, None]
+    rows = []
+    for name in names:
+        run = ctx.runs[name]
+        for a, b in pairs:
+            xs = ctx.x_test[jnp.array([a, b])]
+
+            def interp(v, xs):
+                def f(m):
+                    z = m.q_z_given_x(xs).mean()                       # [2, D]
+                    zt = (1 - t) * z[0] + t * z[1]                      # [steps, D]
+                    return m.p_x_given_z(zt).mean()
+                return run.model.apply(v, method=f)
+
+            decoded = np.asarray(jax.jit(interp)(run.variables, xs))
+            rows.append((f"{_label(ctx, name)}", np.concatenate([np.asarray(xs[:1]), decoded, np.asarray(xs[1:])])))
+    return labelled_rows_figure(out / "interpolations.png", rows,
+                                title="Two test images (ends) and E[x|z] along the line between their codes")
+
+
+def latent_map_figure(ctx, out: pathlib.Path, results_2d: dict[str, float]) -> pathlib.Path | None:
+    from vaegen.studies import compare as compare_lib
+    from vaegen.blocks import priors as priors_lib
+
+    if "vae_2d" not in ctx.runs and "ae_2d" not in ctx.runs:
+        return None
+    labels = ctx.splits.test_labels
+    n = min(2000, int(ctx.x_test.shape[0]))
+    x = ctx.x_test[:n]
+    panels = []
+    for name in ("vae_2d", "ae_2d"):
+        if name not in ctx.runs:
+            continue
+        run = ctx.runs[name]
+        means = np.asarray(jax.jit(lambda v, x: run.model.apply(v, x, method="q_z_given_x").mean())(run.variables, x))
+        panels.append((name, "N(0, I)", means, lambda g: priors_lib.StandardNormal(latent_dim=2).apply({}).log_prob(g)))
+        if name == "ae_2d":
+            mixture = compare_lib._mixture(ctx, name)
+            panels.append((name, "ex-post GMM", means, lambda g, m=mixture: m.distribution().log_prob(g)))
+    fig = _figure(4.2 * len(panels), 4.2)
+    cmap_points = "tab10"
+    for i, (name, prior_name, codes, log_prob) in enumerate(panels):
+        ax = fig.add_subplot(1, len(panels), i + 1)
+        lo = np.minimum(np.percentile(codes, 0.5, 0), -3.0) - 0.5
+        hi = np.maximum(np.percentile(codes, 99.5, 0), 3.0) + 0.5
+        gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 160), np.linspace(lo[1], hi[1], 160))
+        grid = jnp.asarray(np.stack([gx, gy], -1).reshape(-1, 2), jnp.float32)
+        log_density = np.asarray(jax.jit(log_prob)(grid), np.float64).reshape(gx.shape)
+        top = float(np.max(log_density))
+        levels = np.linspace(top - 8.0, top, 9)       # log p(z) down to 8 nats below its maximum
+        ax.contourf(gx, gy, np.maximum(log_density, top - 8.0), levels=levels, cmap="Greys", alpha=0.6)
+        ax.contour(gx, gy, log_density, levels=levels[1:-1:2], colors="k", linewidths=0.4)
+        c = labels[:n] if labels is not None else None
+        ax.scatter(codes[:, 0], codes[:, 1], c=c, cmap=cmap_points, s=2, alpha=0.8, vmin=0, vmax=9)
+        off = results_2d.get(f"{name}|{prior_name}")
+        title = f"{_label(ctx, name)}: codes over p(z) = {prior_name}"
+        if off is not None:
+            title += f"\n{100 * off:.0f}% of p(z)'s mass lies off the codes"
+        ax.set_title(title, fontsize=8)
+        ax.set_xlim(lo[0], hi[0])
+        ax.set_ylim(lo[1], hi[1])
+        ax.set_aspect("equal")
+        ax.tick_params(labelsize=6)
+    fig.suptitle("2-D latent space: E_q[z|x] of test images (colour = class) over log p(z) of the prior samples are drawn "
+                 "from (grey: down to 8 nats below its maximum)", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out / "latent_map.png")
+
+
+def latent_map_numbers(ctx) -> dict[str, float]:
+    """Prior mass off the codes for the 2-D variants (N(0, I) and, for the AE, the ex-post GMM)."""
+    from vaegen.studies import compare as compare_lib
+    from vaegen.studies import metrics as metrics_lib
+
+    out = {}
+    ev = ctx.study.eval
+    for name in ("vae_2d", "ae_2d"):
+        if name not in ctx.runs:
+            continue
+        codes = compare_lib._codes(ctx, name)["train"][: int(ev.num_codes)]
+        key = jax.random.fold_in(ctx.key, 99)
+        priors = {"N(0, I)": np.asarray(jax.random.normal(key, (int(ev.num_prior_samples), 2)))}
+        if name == "ae_2d":
+            mixture = compare_lib._mixture(ctx, name)
+            priors["ex-post GMM"] = np.asarray(jax.jit(lambda k: mixture.distribution().sample(
+                seed=k, sample_shape=(int(ev.num_prior_samples),)))(key))
+        for prior_name, z in priors.items():
+            out[f"{name}|{prior_name}"] = metrics_lib.prior_mass_off_codes(codes, z, k=int(ev.nn_k))
+    return out
+
+
+def dae_chain_figure(ctx, out: pathlib.Path, chains: int = 8, columns: int = 10) -> pathlib.Path | None:
+    from vaegen.studies import compare as compare_lib
+
+    if "dae" not in ctx.runs:
+        return None
+    steps = int(ctx.study.dae.chain_steps)
+    every = max(1, steps // columns)
+    steps = every * max(1, steps // every)
+    res = compare_lib.dae_chain(ctx.runs["dae"], jax.random.fold_in(ctx.key, 7), chains, num_steps=steps, keep_every=every)
+    traj = np.asarray(res["trajectory"])                                  # [T', chains, *event]
+    rows = [(f"chain {i + 1}", traj[:, i]) for i in range(chains)]
+    return labelled_rows_figure(out / "dae_chain.png", rows,
+                                title=f"DAE Markov chains from noise: E[x | x~_t] every {every} steps (t = {every} .. {steps})")
+
+
+def path_figure(ctx, rows, results, out: pathlib.Path) -> pathlib.Path | None:
+    path_rows = [r for r in rows if r.variant and r.variant.startswith("fixed_scale_") and r.prior == "own"
+                 and r.variant.endswith("_beta_1")]
+    if len(path_rows) < 2:
+        return None
+    sigma = lambda r: float(r.variant.split("_")[2])
+    path_rows.sort(key=sigma)
+    s = np.array([sigma(r) for r in path_rows])
+    get = lambda r, *keys: _get(results[r.name], *keys)
+    fig = _figure(9.0, 3.4)
+    ax = fig.add_subplot(1, 2, 1)
+    for keys, label, style in ((("elbo", "mean"), "ELBO", "o-"), (("log_px", "mean"), "log p(x) (IS)", "s-"),
+                               (("reconstruction", "mean"), "log p(x | z = E_q[z|x])", "^-")):
+        ax.plot(s, [get(r, *keys) for r in path_rows], style, label=label, ms=4)
+    for name, style, label in (("vae", "--", "VAE (learned σ(x)): log p(x)"), ("ae", ":", "AE: log p(x | z = f(x))")):
+        key = ("log_px", "mean") if name == "vae" else ("reconstruction", "mean")
+        if name in results and _get(results[name], *key) is not None:
+            ax.axhline(_get(results[name], *key), ls=style, color="gray", lw=1, label=label)
+    ax.set_xscale("log")
+    ax.set_xlabel("fixed encoder standard deviation σ (β = 1)")
+    ax.set_ylabel("nats per test image")
+    ax.legend(fontsize=7)
+    ax.set_title("ELBO → −∞ as σ → 0; the AE is the limit", fontsize=9)
+    ax2 = fig.add_subplot(1, 2, 2)
+    ax2.plot(s, [get(r, "samples", "fd") for r in path_rows], "o-", ms=4, label="FD of prior samples")
+    ax2.set_xscale("log")
+    ax2.set_xlabel("fixed encoder standard deviation σ (β = 1)")
+    ax2.set_ylabel("FD (classifier features)")
+    ax3 = ax2.twinx()
+    ax3.plot(s, [get(r, "prior_mass_off_codes") for r in path_rows], "s--", color="C3", ms=4,
+             label="prior mass off the codes")
+    ax3.set_ylabel("fraction of z ~ p(z) off the codes", color="C3")
+    ax3.set_ylim(0, 1)
+    ax2.set_title("Sample quality along the path", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out / "path.png")
+
+
+# --- the Markdown --------------------------------------------------------------------------------
+
+def _get(res: dict, *keys):
+    for k in keys:
+        if not isinstance(res, dict) or k not in res:
+            return None
+        res = res[k]
+    return res
+
+
+def _label(ctx, name: str) -> str:
+    from vaegen.studies import compare as compare_lib
+
+    for v in compare_lib.variants(ctx.study):
+        if v.name == name:
+            return v.label
+    return name
+
+
+def _pm(m: dict | None, digits: int = 1) -> str:
+    if not m:
+        return "—"
+    return f"{m['mean']:.{digits}f} ± {m['stderr']:.{digits}f}"
+
+
+def _num(v, fmt: str = "{:.2f}") -> str:
+    return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
+
+
+def metric_table(rows, results) -> str:
+    head = ("| model | samples drawn from | test log p(x) | ELBO | reconstruction log p(x \\| ẑ) | FD ↓ | precision ↑ "
+            "| recall ↑ | confidence | classes | prior mass off codes (held-out floor) |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        res = results[r.name]
+        log_px = _pm(res.get("log_px")) if "log_px" in res else ("undefined" if r.prior != "data" else "—")
+        if r.prior == "chain":
+            log_px = "intractable"
+        if "elbo" in res:
+            elbo = _pm(res["elbo"])
+        elif r.prior in ("none", "chain"):
+            elbo = "undefined"  # no p(z)
+        elif r.prior in ("standard_normal", "expost_mixture") and res.get("point_mass"):
+            elbo = "−∞"  # a point-mass q(z|x) has KL +inf to any density
+        else:
+            elbo = "—"
+        s = res.get("samples", {})
+        off = res.get("prior_mass_off_codes")
+        off_cell = "—" if off is None else f"{100 * off:.0f}% ({100 * res['held_out_codes_off_codes']:.0f}%)"
+        cell = lambda text: str(text).replace("|", "\\|")
+        lines.append(f"| {cell(r.label)} | {cell(r.sampled_from)} | {log_px} | {elbo} | {_pm(res.get('reconstruction'))} | "
+                     f"{_num(s.get('fd'))} | {_num(s.get('precision'))} | {_num(s.get('recall'))} | "
+                     f"{_num(s.get('confidence'))} | {_num(s.get('effective_classes'), '{:.1f}')} | {off_cell} |")
+    return "\n".join(lines)
+
+
+def _cmp(a: float | None, b: float | None, more: str, less: str, same: str, tol: float = 0.0) -> str:
+    """``more`` if a > b + tol, ``less`` if a < b - tol, else ``same`` (each a full comparative phrase)."""
+    if a is None or b is None or abs(a - b) <= tol:
+        return same
+    return more if a > b else less
+
+
+def _pct(v: float) -> str:
+    return f"{100 * v:.0f}%"
+
+
+def answer(rows, results, study) -> str:
+    """The plain-language answer, worded from the numbers: every comparative word is computed."""
+    R = {r.name: results[r.name] for r in rows}
+    g = lambda name, *keys: _get(R.get(name, {}), *keys)
+    se = lambda name, key: g(name, key, "stderr") or 0.0
+    paras = []
+    vae_lp, vae_fd = g("vae", "log_px", "mean"), g("vae", "samples", "fd")
+    data_fd, data_classes = g("data", "samples", "fd"), g("data", "samples", "effective_classes")
+    ae_rec, vae_rec = g("ae", "reconstruction", "mean"), g("vae", "reconstruction", "mean")
+    aen_fd, aen_lp, aen_off = g("ae+n01", "samples", "fd"), g("ae+n01", "log_px", "mean"), g("ae+n01", "prior_mass_off_codes")
+    vae_off, vae_floor = g("vae", "prior_mass_off_codes"), g("vae", "held_out_codes_off_codes")
+    aeg_fd, aeg_lp, aeg_off = g("ae+gmm", "samples", "fd"), g("ae+gmm", "log_px", "mean"), g("ae+gmm", "prior_mass_off_codes")
+    ae_floor = g("ae+n01", "held_out_codes_off_codes")
+    if vae_lp is not None and vae_fd is not None:
+        p = ("**Why the VAE is generative.** A generative model is a distribution over x that can be sampled and "
+             "evaluated. The VAE is one by construction: p(x) = ∫ p(z) p(x|z) dz with p(z) = N(0, I) fixed before "
+             "training, and its objective, the ELBO, is a lower bound on log p(x) whose KL term pulls the codes onto "
+             f"that prior. Its test log p(x) is {vae_lp:.1f} nats (importance sampling), and decoding z ~ p(z) gives "
+             f"images at FD {vae_fd:.2f}")
+        p += f" (held-out data: {data_fd:.2f})." if data_fd is not None else "."
+        if vae_off is not None:
+            p += (f" {_pct(vae_off)} of its prior's draws fall outside the codes' neighbourhoods, against "
+                  f"{_pct(vae_floor)} for held-out codes, the value of this measure when prior and codes match.")
+        paras.append(p)
+    if ae_rec is not None:
+        p = ("**Why the AE is not.** The AE defines p(x | z) only at z = f(x): it has no p(z), hence no p(x) to "
+             "evaluate and nothing to sample, and its ELBO is −∞ (the KL from a point mass to any density is +∞). "
+             f"Free of the KL, it reconstructs {_cmp(ae_rec, vae_rec, 'better than', 'worse than', 'as well as', se('ae', 'reconstruction'))} "
+             f"the VAE ({ae_rec:.1f} vs {vae_rec:.1f} nats).")
+        if aen_fd is not None:
+            p += (f" Attaching N(0, I) to it anyway does give a generative model, and a "
+                  f"{_cmp(aen_fd, vae_fd, 'worse', 'better', 'no better')} one than the VAE: FD {aen_fd:.2f} "
+                  f"against {vae_fd:.2f}")
+            p += f", log p(x) {aen_lp:.1f} against {vae_lp:.1f} nats" if aen_lp is not None and vae_lp is not None else ""
+            p += "."
+            if aen_off is not None:
+                p += (f" The reason is the mismatch between its codes and the prior: {_pct(aen_off)} of N(0, I)'s draws "
+                      f"lie where no AE code lies (held-out codes: {_pct(ae_floor)}), so the decoder is asked about "
+                      "regions it never saw in training.")
+        paras.append(p)
+    path = sorted([r for r in rows if r.variant and r.variant.startswith("fixed_scale_") and r.prior == "own"
+                   and g(r.name, "elbo", "mean") is not None],
+                  key=lambda r: (-float(r.variant.split("_")[-1]), -float(r.variant.split("_")[2])))
+    if path:
+        items = [f"σ = {r.variant.split('_')[2]}, β = {r.variant.split('_')[-1]}: ELBO {g(r.name, 'elbo', 'mean'):.1f}, "
+                 f"log p(x) {g(r.name, 'log_px', 'mean'):.1f}, reconstruction {g(r.name, 'reconstruction', 'mean'):.1f}, "
+                 f"FD {g(r.name, 'samples', 'fd'):.2f}" for r in path]
+        p = ("**The AE is a limit of the VAE.** Fix the encoder's standard deviation at σ and shrink it: the KL to "
+             "N(0, I) contains −D log σ, so the ELBO falls toward −∞, while its gradient becomes that of "
+             "log p(x | z = f(x)) − β/2 ‖f(x)‖², the RAE's objective; with β → 0 as well, the plain AE's. Measured: "
+             + "; ".join(items) + ".")
+        last = path[-1]
+        if ae_rec is not None:
+            p += (f" The reconstruction approaches the AE's ({ae_rec:.1f}), and the prior mass off the codes is "
+                  f"{_pct(g(last.name, 'prior_mass_off_codes'))} at σ = {last.variant.split('_')[2]}: the codes no longer "
+                  "fill the prior.")
+        paras.append(p)
+    fixes = []
+    k = int(study.expost.num_components)
+    if aeg_fd is not None:
+        s = (f"fitting a {k}-component Gaussian mixture to the AE's codes and sampling it moves FD from "
+             f"{aen_fd:.2f} (N(0, I)) to {aeg_fd:.2f}" if aen_fd is not None else f"an ex-post GMM gives FD {aeg_fd:.2f}")
+        if aeg_lp is not None and aen_lp is not None:
+            s += f" and log p(x) from {aen_lp:.1f} to {aeg_lp:.1f} nats"
+        if aeg_off is not None:
+            s += f"; {_pct(aeg_off)} of the mixture's draws fall off the codes (held-out codes: {_pct(ae_floor)})"
+        fixes.append(s)
+    rg_fd = g("rae+gmm", "samples", "fd")
+    if rg_fd is not None:
+        s = f"the regularised AE (‖z‖² and decoder-L2 penalties) with an ex-post GMM reaches FD {rg_fd:.2f}"
+        if g("rae+n01", "samples", "fd") is not None:
+            s += f" (from N(0, I): {g('rae+n01', 'samples', 'fd'):.2f})"
+        fixes.append(s)
+    vg_fd = g("vae+gmm", "samples", "fd")
+    if vg_fd is not None and vae_fd is not None:
+        fixes.append(f"the same recipe on the VAE's codes gives FD {vg_fd:.2f}, "
+                     f"{_cmp(vg_fd, vae_fd, 'worse than', 'better than', 'the same as')} its own prior's {vae_fd:.2f}")
+    dae_fd, dae_classes = g("dae", "samples", "fd"), g("dae", "samples", "effective_classes")
+    if dae_fd is not None:
+        s = (f"the denoising AE is generative through its corruption–reconstruction Markov chain "
+             f"(FD {dae_fd:.2f} after {int(study.dae.chain_steps)} steps from noise)")
+        if dae_classes is not None and data_classes is not None and dae_classes < 0.7 * data_classes:
+            s += (f", but the chain mixes poorly: its samples spread over {dae_classes:.1f} effective classes against "
+                  f"the data's {data_classes:.1f}")
+        s += "; its p(x) is the chain's stationary distribution, with no tractable likelihood"
+        fixes.append(s)
+    if fixes:
+        paras.append("**Making an AE generative** takes a distribution to sample from, supplied after training: "
+                     + "; ".join(fixes) + ".")
+    made_lp, made_fd = g("made", "log_px", "mean"), g("made", "samples", "fd")
+    if made_lp is not None:
+        p = (f"**A latent variable is not what makes a model generative.** MADE has no z at all; its log p(x) is exact, "
+             f"{made_lp:.1f} nats")
+        if vae_lp is not None:
+            p += (f", {_cmp(made_lp, vae_lp, 'higher than', 'lower than', 'close to', se('vae', 'log_px'))} the VAE's "
+                  f"{vae_lp:.1f} (itself an importance-sampling lower bound)")
+        if made_fd is not None:
+            p += f", and its pixel-by-pixel samples score FD {made_fd:.2f}"
+        p += (". What makes a model generative is a normalised distribution over x that can be sampled: the VAE has "
+              "one by construction, the AE only once a p(z) (or a chain) is added.")
+        lps = {r.name: g(r.name, "log_px", "mean") for r in rows if g(r.name, "log_px", "mean") is not None}
+        fds = {r.name: g(r.name, "samples", "fd") for r in rows if r.prior not in ("data", "none")
+               and g(r.name, "samples", "fd") is not None}
+        if lps and fds and max(lps, key=lps.get) != min(fds, key=fds.get):
+            best_lp, best_fd = max(lps, key=lps.get), min(fds, key=fds.get)
+            label = {r.name: r.label for r in rows}
+            p += (f" Likelihood and sample quality need not agree (Theis et al. 2016): the highest log p(x) here is "
+                  f"{label[best_lp]}'s ({lps[best_lp]:.1f}), the lowest FD {label[best_fd]}'s ({fds[best_fd]:.2f}).")
+        paras.append(p)
+    paras.append("These are short training runs: differences within a few standard errors, or a few FD points, are not "
+                 "settled here; the full preset trains every model for longer.")
+    return "\n\n".join(paras)
+
+
+def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, settings: Sequence[str],
+                 overrides: Sequence[str]) -> pathlib.Path:
+    from vaegen.studies import compare as compare_lib
+
+    out = ctx.workdir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    figs = samples_figures(ctx, rows, results, out)
+    for name, fn in (("reconstructions", lambda: reconstructions_figure(ctx, out)),
+                     ("interpolations", lambda: interpolations_figure(ctx, out)),
+                     ("dae_chain", lambda: dae_chain_figure(ctx, out)),
+                     ("path", lambda: path_figure(ctx, rows, results, out))):
+        p = fn()
+        if p is not None:
+            figs[name] = p
+    numbers_2d = latent_map_numbers(ctx)
+    p = latent_map_figure(ctx, out, numbers_2d)
+    if p is not None:
+        figs["latent_map"] = p
+
+    study = ctx.study
+    cfg = ctx.base_config
+    machine = compare_lib.machine()
+    cmd = f"vaegen compare --preset {preset} --workdir {ctx.workdir}" + "".join(f" --set {s}" for s in settings) + "".join(
+        f" --config.{o}" for o in overrides)
+    lines = [
+        "# Why is a VAE generative and an AE not? — vaegen compare",
+        "",
+        f"`{cmd}` — {cfg.data.name}, binarization `{cfg.data.binarization}`; every model: encoder "
+        f"{tuple(cfg.inference.encoder.hidden)} {cfg.inference.encoder.activation}, decoder {tuple(cfg.model.decoder.hidden)} "
+        f"{cfg.model.decoder.activation}, latent dimension {cfg.model.latent_dim}, {cfg.model.likelihood} likelihood, "
+        f"{study.epochs} epochs of {cfg.optim.optimizer} (lr {cfg.optim.learning_rate}, batch {cfg.train.batch_size}), the same trainer. "
+        f"MADE: masked hidden layers {tuple(study.made.hidden)}, no latent variable.",
+        "",
+    ]
+    if "headline" in figs:
+        lines += ["![samples of each model](headline.png)", ""]
+    lines += ["## The answer", "", answer(rows, results, study), "", "## Metrics", "", metric_table(rows, results), ""]
+    n_test = int(ctx.x_test.shape[0])
+    lines += [
+        f"Test log p(x), ELBO and reconstruction: nats per image (± standard error) on the first {n_test} test images. "
+        f"log p(x) is estimated by importance sampling with k = {int(study.eval.k)} — a stochastic lower bound — with "
+        "q(z|x) as proposal for the VAEs, and for autoencoders (whose q is a point mass, no proposal) a scale mixture of "
+        "Gaussians centred at the code, N(f(x), (s·σ_codes)²) with s ∈ {0.01, 0.03, 0.1, 0.3, 1} (vaegen.expost.CodeProposal); "
+        "MADE's is exact; the DAE's Markov chain has no tractable density. ẑ = E_q[z|x] (f(x) for autoencoders).",
+        "",
+        f"Sample metrics on {int(study.eval.num_samples)} samples per row against {int(study.eval.num_samples)} test "
+        f"images, in the 128-d feature space of a classifier vaegen trains on the same data (test accuracy "
+        f"{ctx.space.info.get('test_accuracy', float('nan')):.3f}; recipe in `vaegen.metrics`). **FD is a dataset-specific "
+        "Fréchet distance, not FID**: comparable only within this table; the data row is its finite-sample floor. "
+        f"Precision/recall: k-NN manifolds, k = {int(study.eval.nn_k)} (Kynkäänniemi et al. 2019). Confidence: the "
+        "classifier's mean max-probability; classes: exp(entropy) of its predicted labels.",
+        "",
+        f"Prior mass off codes: the fraction of {int(study.eval.num_prior_samples)} draws z ~ p(z) outside every training "
+        f"code's {int(study.eval.nn_k)}-NN ball ({int(study.eval.num_codes)} codes: draws z ~ q(z|x) for VAEs, f(x) for "
+        "autoencoders); in parentheses the same for held-out test codes, i.e. its value when p(z) matches the codes.",
+        "",
+    ]
+    captions = {
+        "samples": "Samples of every row (E[x|z] for latent-variable models, p(x_d = 1 | x_<d) along each MADE sample, "
+                   "the last reconstruction mean of the DAE chain).",
+        "latent_map": "2-D latent variants: codes of test images over the density samples are drawn from.",
+        "reconstructions": "Reconstructions.",
+        "interpolations": "Interpolations in code space.",
+        "dae_chain": "The DAE's Markov chain.",
+        "path": "The fixed-variance path from the VAE to the AE.",
+    }
+    lines += ["## Figures", ""]
+    for name in ("samples", "latent_map", "path", "reconstructions", "interpolations", "dae_chain"):
+        if name in figs:
+            lines += [f"**{captions[name]}**", "", f"![{name}]({figs[name].name})", ""]
+    if numbers_2d:
+        lines += ["2-D variants, prior mass off the codes: " + ", ".join(
+            f"{k.replace('|', ' with ')}: {100 * v:.0f}%" for k, v in numbers_2d.items()) + ".", ""]
+    lines += ["## Run", "",
+              f"Machine: {machine['cpu_count']} CPUs ({machine['processor']}), JAX backend `{machine['jax_backend']}`, "
+              f"jax {machine['jax']}.", "",
+              "| model | parameters (generative / total) | training seconds |", "|---|---|---|"]
+    for name, run in ctx.runs.items():
+        np_ = compare_lib.num_params(run)
+        params = f"{np_['generative']:,} / {np_['total']:,}"
+        lines.append(f"| {_label(ctx, name)} | {params} | {compare_lib.train_seconds(run.workdir):.0f} |")
+    lines += ["", "Seconds: " + ", ".join(f"{label} {timings[k]:.0f}" for k, label in (
+        ("classifier", "feature classifier (this invocation; 0 when reused)"),
+        ("evaluation", "evaluating every row (when computed)"), ("report", "figures")) if k in timings) + ".", ""]
+    path = out / "report.md"
+    tmp = out / ".report.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,1 @@
+"""The one trainer: fused epochs, optimizer, random streams, workdir, checkpoints, faults."""
