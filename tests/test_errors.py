@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from vaegen.model import autoregressive as autoregressive_lib
-from vaegen import cli
+from vaegen import cli, errors
 from vaegen.config import loading as config_lib
 from vaegen.data import datasets as data_lib
 from vaegen.estimators import importance as estimators_lib
@@ -273,7 +273,7 @@ def test_bad_input_to_the_library(case, call, error, message):
     with pytest.raises(error) as info:
         call()
     assert message in str(info.value) and "\n" not in str(info.value)
-    assert any(issubclass(error, c) for c in cli._user_errors())
+    assert any(issubclass(error, c) for c in errors.USER_ERRORS)
 
 
 @pytest.mark.parametrize("case, transform, overrides, error, message", API_CASES, ids=[c[0] for c in API_CASES])
@@ -283,7 +283,7 @@ def test_bad_data_through_the_python_api(case, transform, overrides, error, mess
     with pytest.raises(error) as info:
         train_lib.train_and_evaluate(cfg, workdir, splits=transform(_splits()))
     assert message in str(info.value) and "\n" not in str(info.value)
-    assert error in cli._user_errors() or any(issubclass(error, c) for c in cli._user_errors())
+    assert error in errors.USER_ERRORS or any(issubclass(error, c) for c in errors.USER_ERRORS)
     assert _snapshot(workdir) == before
 
 

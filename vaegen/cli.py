@@ -23,26 +23,9 @@ import os
 import pathlib
 import sys
 
+from vaegen.errors import NO_PRIOR_MESSAGE, USER_ERRORS, NoPriorError, TrainingInterrupted
+
 EXIT_USAGE = 2
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from vaegen.model import autoregressive as autoregressive
-    from vaegen.train import checkpoint as checkpoint
-    from vaegen.config import loading as config
-    from vaegen.data import datasets as data
-    from vaegen.train import faults as faults
-    from vaegen.inference import svi as inference
-    from vaegen.data import checks as inputs
-    from vaegen.blocks import likelihoods as likelihoods
-    from vaegen.model import latent as model
-    from vaegen.objectives import bounds as objectives
-    from vaegen.train import trainer as train
-
-    return (config.ConfigError, data.DatasetNotFoundError, likelihoods.SupportError, train.WorkdirError,
-            checkpoint.CheckpointError, model.NoPriorError, objectives.UndefinedObjectiveError,
-            data.SourceFormatError, FileNotFoundError,
-            inputs.DataError, faults.NonFiniteError, inference.InferenceError, autoregressive.NoLatentError)
 
 
 def _positive_int(text: str) -> int:
@@ -73,12 +56,6 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(EXIT_USAGE, f"vaegen: error: {self.prog.removeprefix('vaegen ')}: {message}\n"
                   if self.prog != "vaegen" else f"vaegen: error: {message}\n")
-
-
-def _interrupted() -> type[BaseException]:
-    from vaegen.train import faults as faults
-
-    return faults.TrainingInterrupted
 
 
 def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
@@ -203,7 +180,7 @@ def cmd_sample(args, overrides) -> int:
         print(f"wrote {out}")
         return 0
     if not run.has_prior:
-        raise model_lib.NoPriorError(f"cannot sample from {args.workdir}: {model_lib.NO_PRIOR_MESSAGE}")
+        raise NoPriorError(f"cannot sample from {args.workdir}: {NO_PRIOR_MESSAGE}")
     z, _ = run.sample_with_latents(jax.random.key(args.seed), args.n)
     images = np.asarray(run.decode(z).mean())  # E[x | z]: pixel probabilities for a Bernoulli
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "samples.png"
@@ -465,11 +442,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--config.* overrides only apply to train, config, demo and compare, not {args.command}")
     try:
         return args.func(args, [o.removeprefix("--") for o in overrides])
-    except _user_errors() as e:
+    except USER_ERRORS as e:
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"vaegen: error: {msg}", file=sys.stderr)
         return EXIT_USAGE
-    except _interrupted() as e:
+    except TrainingInterrupted as e:
         print(f"vaegen: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:

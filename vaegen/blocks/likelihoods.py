@@ -26,10 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-
-
-class SupportError(ValueError):
-    """Data lie outside the support of the likelihood they are given to."""
+from vaegen.errors import SupportError
 
 
 def _is_spatial(decoder: nn.Module | None) -> bool:

@@ -30,6 +30,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vaegen.errors import ConfigError
+
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
     "relu": nn.relu,
@@ -53,12 +55,6 @@ def activation(name: str) -> Callable[[jax.Array], jax.Array]:
         ) from None
 
 
-def _config_error(message: str) -> Exception:
-    from vaegen.config.loading import ConfigError  # a ValueError the command line reports on one line
-
-    return ConfigError(message)
-
-
 def _layer(make: Callable[[str], nn.Module], name: str, x: jax.Array, act, gated: bool) -> jax.Array:
     """act(layer(x)), or with ``gated`` act(layer(x)) * sigmoid(gate(x)); ``make(name)`` builds
     a layer (dense or convolution) of that name."""
@@ -71,11 +67,11 @@ def _layer(make: Callable[[str], nn.Module], name: str, x: jax.Array, act, gated
 def _check_conv_stack(kind: str, channels, kernels, strides) -> None:
     lengths = (len(channels), len(kernels), len(strides))
     if len(set(lengths)) != 1:
-        raise _config_error(f"{kind}: conv_channels, conv_kernels and conv_strides need one entry per convolution, "
+        raise ConfigError(f"{kind}: conv_channels, conv_kernels and conv_strides need one entry per convolution, "
                             f"got lengths {lengths[0]}, {lengths[1]} and {lengths[2]}")
     for key, values in (("conv_channels", channels), ("conv_kernels", kernels), ("conv_strides", strides)):
         if any(int(v) <= 0 for v in values):
-            raise _config_error(f"{kind}: {key} must be positive, got {tuple(values)}")
+            raise ConfigError(f"{kind}: {key} must be positive, got {tuple(values)}")
 
 
 class MLP(nn.Module):
@@ -137,7 +133,7 @@ class ConvEncoder(nn.Module):
 
     def __post_init__(self):
         if self.event_ndims != 3:
-            raise _config_error(f"conv_encoder takes images [H, W, C] (3 event dimensions), not inputs with "
+            raise ConfigError(f"conv_encoder takes images [H, W, C] (3 event dimensions), not inputs with "
                                 f"{self.event_ndims}; use an mlp for this trunk")
         _check_conv_stack("conv_encoder", self.conv_channels, self.conv_kernels, self.conv_strides)
         super().__post_init__()
@@ -205,15 +201,15 @@ class ConvDecoder(nn.Module):
 
     def __post_init__(self):
         if self.output_shape is None or len(self.output_shape) != 3:
-            raise _config_error(f"conv_decoder produces images [H, W, C]; the observation shape is "
+            raise ConfigError(f"conv_decoder produces images [H, W, C]; the observation shape is "
                                 f"{None if self.output_shape is None else tuple(self.output_shape)}")
         _check_conv_stack("conv_decoder", self.conv_channels, self.conv_kernels, self.conv_strides)
         if int(self.reshape_channels) <= 0:
-            raise _config_error(f"conv_decoder: reshape_channels must be positive, got {self.reshape_channels}")
+            raise ConfigError(f"conv_decoder: reshape_channels must be positive, got {self.reshape_channels}")
         up = self.upsampling
         height, width = self.output_shape[:2]
         if height % up or width % up:
-            raise _config_error(
+            raise ConfigError(
                 f"conv_decoder: conv_strides {tuple(self.conv_strides)} upsample by {up} in all, which must divide "
                 f"the observation's height and width ({height}, {width}); choose strides whose product divides both")
         super().__post_init__()

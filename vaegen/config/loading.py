@@ -19,10 +19,7 @@ from typing import Any, Iterable
 import ml_collections
 
 from vaegen import configs as configs_pkg
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used: unknown key or preset, wrong type, invalid value."""
+from vaegen.errors import ConfigError
 
 
 def presets() -> list[str]:

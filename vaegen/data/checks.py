@@ -14,10 +14,7 @@ from typing import Any
 import numpy as np
 
 from vaegen.blocks import likelihoods as likelihoods_lib
-
-
-class DataError(ValueError):
-    """Data that the trainer cannot use: wrong shape or dtype, NaN, an empty split."""
+from vaegen.errors import DataError
 
 
 _SPLITS = ("train", "validation", "test")

@@ -82,6 +82,7 @@ import jax.extend.random as jax_random_ext
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+from vaegen.errors import DatasetNotFoundError, IDXFormatError, SourceFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -143,19 +144,6 @@ _CIFAR10_RECORDS_PER_FILE = 10000
 _CACHE_FORMAT = 1  # bump when the cached arrays change meaning
 _READ_CHUNK = 8192  # records decoded per data-source call
 _REACHABILITY_TIMEOUT_S = 5.0
-
-
-class DatasetNotFoundError(RuntimeError):
-    """A dataset is not prepared in the TFDS data_dir and could not be prepared."""
-
-
-class SourceFormatError(ValueError):
-    """Local files to import (``prepare(..., from_dir=...)``) are missing, corrupt or do not hold
-    what the dataset needs."""
-
-
-class IDXFormatError(SourceFormatError):
-    """An IDX file is missing, corrupt or does not hold what the dataset needs."""
 
 
 # ----------------------------------------------------------------------------------------

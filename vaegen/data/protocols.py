@@ -28,6 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from vaegen.errors import ConfigError
+
 PROTOCOLS: dict[str, dict[str, Any]] = {
     "vampprior_fmnist": {"name": "fashion_mnist", "binarization": "dynamic", "validation_mode": "random",
                          "validation_size": 10000},
@@ -44,8 +46,6 @@ _ALL_EXAMPLES = {"max_train_examples": 0, "max_test_examples": 0}
 
 def settings(name: str) -> dict[str, Any]:
     """The ``config.data`` keys of protocol ``name``."""
-    from vaegen.config.loading import ConfigError
-
     if name not in PROTOCOLS:
         raise ConfigError(f"unknown data protocol {name!r}; protocols: {', '.join(PROTOCOLS)} "
                           "(or '' for the data keys as set)")
@@ -61,8 +61,6 @@ def apply(config: Any, name: str) -> None:
 
 def check(config: Any) -> None:
     """Raises :class:`vaegen.ConfigError` if ``config.data`` differs from its named protocol."""
-    from vaegen.config.loading import ConfigError
-
     name = config.data.protocol
     wrong = [f"data.{k}={config.data[k]!r} (the protocol's is {v!r})"
              for k, v in settings(name).items() if config.data[k] != v]

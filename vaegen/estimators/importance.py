@@ -48,21 +48,11 @@ from vaegen.config import loading as config_lib
 from vaegen.model import latent as model_lib
 from vaegen.objectives import bounds as objectives_lib
 from vaegen import sharding as sharding_lib
+from vaegen.errors import POINT_MASS_PROPOSAL, UndefinedEstimateError
 
 LogJoint = Callable[[jax.Array, jax.Array], jax.Array]
 Proposal = Callable[[jax.Array], distrax.Distribution]
 Estimates = dict[str, jax.Array]
-
-
-class UndefinedEstimateError(objectives_lib.UndefinedObjectiveError):
-    """The quantity does not exist for this model (e.g. log p(x) without a prior p(z))."""
-
-
-POINT_MASS_PROPOSAL = (
-    "importance sampling needs a proposal with a density, and q(z|x) is a point mass "
-    "delta(z - f(x)) (an autoencoder): its weights p(x, z) / q(z | x) are undefined. Use the prior "
-    "as the proposal (--is-proposal prior) or AIS from the prior, if the model has one"
-)
 
 
 # --- the model as two functions ----------------------------------------------------------------

@@ -50,13 +50,10 @@ from vaegen.estimators import importance as estimators_lib
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen import sharding as sharding_lib
 from vaegen.model.latent import LatentVariableModel
+from vaegen.errors import InferenceError
 
 Phi = dict  # local variational parameters of one example (or, with a leading [N], of many)
 Terms = dict[str, jax.Array]
-
-
-class InferenceError(ValueError):
-    """A family, an initialisation or inference settings that cannot be used with this model."""
 
 
 # --- families ---------------------------------------------------------------------------------

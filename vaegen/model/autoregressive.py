@@ -32,15 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaegen.blocks import networks as networks_lib
-
-
-class NoLatentError(RuntimeError):
-    """The model has no latent variable z (an autoregressive model): nothing to encode or decode."""
-
-
-NO_LATENT_MESSAGE = ("this model is autoregressive (MADE): it has no latent variable z, hence no q(z|x), "
-                     "no p(z) and no codes to reconstruct from; it defines p(x) directly, with an exact "
-                     "log-likelihood (`vaegen evaluate`) and pixel-by-pixel samples (`vaegen sample`)")
+from vaegen.errors import NO_LATENT_MESSAGE, NoLatentError
 
 
 @functools.lru_cache(maxsize=16)

@@ -33,18 +33,7 @@ from vaegen.blocks import likelihoods as likelihoods_lib
 from vaegen.blocks import networks as networks_lib
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.blocks import priors as priors_lib
-
-
-class NoPriorError(RuntimeError):
-    """The model has no prior p(z): an autoencoder is not a generative model by itself."""
-
-
-NO_PRIOR_MESSAGE = (
-    "this model has no prior p(z) (an autoencoder: a point-mass encoder and a decoder, trained on "
-    "log p(x | z = f(x)) alone), so it defines no distribution over x to sample from or to "
-    "evaluate log p(x) under. Fit a density to its codes to make it generative "
-    "(an ex-post mixture prior), or train a VAE."
-)
+from vaegen.errors import NO_PRIOR_MESSAGE, NoPriorError
 
 
 class LatentVariableModel(nn.Module):

@@ -32,12 +32,9 @@ import jax.numpy as jnp
 import optax
 
 from vaegen.model.latent import LatentVariableModel
+from vaegen.errors import UndefinedObjectiveError
 
 Terms = dict[str, jax.Array]
-
-
-class UndefinedObjectiveError(ValueError):
-    """The objective does not exist for this model (e.g. an ELBO for a point-mass posterior)."""
 
 
 def kl_divergence(q: distrax.Distribution, p: distrax.Distribution, z: jax.Array) -> tuple[jax.Array, bool]:

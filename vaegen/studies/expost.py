@@ -48,6 +48,7 @@ from vaegen.data import datasets as data_lib
 from vaegen.model import latent as model_lib
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.blocks import priors as priors_lib
+from vaegen.errors import NO_LATENT_MESSAGE, NoLatentError
 
 DEFAULT_RELATIVE_SCALES = (0.01, 0.03, 0.1, 0.3, 1.0)
 PRIORS = ("expost_mixture", "standard_normal")
@@ -255,8 +256,6 @@ def generative(run, prior: str = "expost_mixture", *, mixture: Mixture | None = 
     """
     base = run.model
     if not getattr(base, "has_latents", True):
-        from vaegen.model.autoregressive import NO_LATENT_MESSAGE, NoLatentError
-
         raise NoLatentError(NO_LATENT_MESSAGE)
     d = int(run.config.model.latent_dim)
     params = dict(run.variables["params"])
@@ -290,8 +289,6 @@ def fit(run, *, num_components: int = 10, max_codes: int = 20000, seed: int = 0,
     codes)``; saves the mixture in ``directory`` (default ``<workdir>/expost``) and reuses a saved
     one fitted with the same settings."""
     if not getattr(run.model, "has_latents", True):
-        from vaegen.model.autoregressive import NO_LATENT_MESSAGE, NoLatentError
-
         raise NoLatentError(NO_LATENT_MESSAGE)
     directory = pathlib.Path(directory) if directory is not None else pathlib.Path(run.workdir) / "expost"
     x = training_images(run, max_examples=max_codes, seed=seed)

@@ -29,10 +29,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be used with this run (corrupt, or from another config)."""
+from vaegen.errors import CheckpointError
 
 
 class Checkpointer:

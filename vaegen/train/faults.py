@@ -33,29 +33,7 @@ from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
-
-
-class NonFiniteError(RuntimeError):
-    """Training stopped: too many consecutive steps had a non-finite loss or gradient."""
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on SIGINT/SIGTERM after writing a checkpoint.
-
-    Attributes:
-      signum: the signal number.
-      step: the global step of the checkpoint written.
-      checkpoint: its directory.
-    """
-
-    def __init__(self, message: str, *, signum: int, step: int, checkpoint: str):
-        super().__init__(message)
-        self.signum, self.step, self.checkpoint = signum, step, checkpoint
-
-    @property
-    def exit_code(self) -> int:
-        """The shell's convention for death by signal: 128 + signal number."""
-        return 128 + int(self.signum)
+from vaegen.errors import NonFiniteError, TrainingInterrupted
 
 
 # --- on the device -----------------------------------------------------------------------------

@@ -60,6 +60,7 @@ from vaegen.data import checks as inputs_lib
 from vaegen.model import latent as model_lib
 from vaegen.objectives import bounds as objectives_lib
 from vaegen import sharding as sharding_lib
+from vaegen.errors import WorkdirError
 
 # --- stateless randomness ----------------------------------------------------------------------
 
@@ -433,10 +434,6 @@ def make_sharded_evaluate(
 
 
 # --- the run -----------------------------------------------------------------------------------
-
-class WorkdirError(RuntimeError):
-    """The workdir cannot be used for this run (another run's, or not writable)."""
-
 
 @dataclasses.dataclass
 class Setup:
