@@ -41,11 +41,13 @@ def main():
     from vaegen.model import autoregressive as autoregressive
     from vaegen.studies import compare as compare
     from vaegen.config import loading as config
+    from vaegen.config.schema import to_spec
     from vaegen.objectives import denoising as dae
     from vaegen.studies import expost as expost
     from vaegen.studies import metrics as metrics
     from vaegen.model import latent as model_lib
     from vaegen.objectives import bounds as objectives
+    from vaegen.runs.run import Run
 
     event = (28, 28, 1)
     out = {"device": str(jax.devices()[0]), "backend": jax.default_backend(), "num_devices": jax.device_count(),
@@ -53,21 +55,21 @@ def main():
     r = out["results"]
     key = jax.random.key(0)
 
-    vae_cfg = config.load_config("vae_mlp_fmnist")
-    vae = model_lib.build_model(vae_cfg.model, vae_cfg.inference, event)
+    vae_spec = to_spec(config.load_config("vae_mlp_fmnist"))
+    vae = model_lib.build_model(vae_spec.model, vae_spec.inference, event)
     v_vae = model_lib.init_params(vae, key, event)
     n = s(10000)
     dt = _time(lambda k: compare._ancestral(vae, n, v_vae, k), key)
     r["vae_ancestral_samples_per_second"] = n / dt
 
-    ae_cfg = config.load_config("ae_mlp_fmnist")
-    ae = model_lib.build_model(ae_cfg.model, ae_cfg.inference, event)
+    ae_spec = to_spec(config.load_config("ae_mlp_fmnist"))
+    ae = model_lib.build_model(ae_spec.model, ae_spec.inference, event)
     v_ae = model_lib.init_params(ae, key, event)
     codes = np.random.RandomState(0).normal(size=(s(20000), 50))
     t = time.perf_counter()
     mixture = expost.fit_mixture(codes, num_components=10, seed=0)
     r["gmm_fit_seconds"] = {"seconds": time.perf_counter() - t, "num_codes": codes.shape[0], "latent_dim": 50}
-    run = compare.run_lib.Run(workdir=None, config=ae_cfg, model=ae, variables=v_ae, event_shape=event, epoch=0, info={})
+    run = Run(workdir=None, spec=ae_spec, model=ae, variables=v_ae, event_shape=event, epoch=0, info={})
     gen = expost.generative(run, "expost_mixture", mixture=mixture, code_scale=codes.std(0))
     dt = _time(lambda k: compare._ancestral(gen.model, n, gen.variables, k), key)
     r["ae_gmm_ancestral_samples_per_second"] = n / dt

@@ -3,7 +3,7 @@
 Measures, on whatever device JAX finds (GPU, TPU or CPU):
 
 * ``is``: importance-sampled log p(x) with k samples over n test images
-  (:func:`vaegen.estimators.importance_sampling`, IWAE-k bounds of ``--ks`` from the same pass);
+  (:func:`vaegen.estimators.importance.importance_sampling`, IWAE-k bounds of ``--ks`` from the same pass);
 * ``bare_is``: the same estimate written as bare JAX (one jitted ``lax.map`` over batches of
   examples, no chunking over k, no distrax/flax), the reference point for the library's overhead;
 * ``ais``: forward AIS with HMC (``--ais-steps`` distributions, ``--ais-chains`` chains,
@@ -62,35 +62,37 @@ def _timed(f):
 
 def _model_and_data(args):
     from vaegen.config import loading as config_lib
-    from vaegen.data import datasets as data_lib
+    from vaegen.config.schema import to_spec
+    from vaegen.data import binarization
+    from vaegen.data import splits as splits_lib
     from vaegen.model import latent as model_lib
-    from vaegen.evaluation import run as run_lib
+    from vaegen.runs import run as run_lib
     from vaegen.train import trainer as train_lib
 
     if args.workdir:
         run = run_lib.load(args.workdir)
-        config, model, variables = run.config, run.model, run.variables
+        spec, model, variables = run.spec, run.model, run.variables
     else:
-        config = config_lib.load_config(args.config)
-    protocol = train_lib.split_protocol(config, "test")
+        spec = to_spec(config_lib.load_config(args.config))
+    protocol = splits_lib.split_protocol(spec.data, "test")
     try:
-        splits = train_lib.load_data(config)
-        test, train, source = splits.test, splits.train, f"{config.data.name} test split"
+        splits = train_lib.load_data(spec)
+        test, train, source = splits.test, splits.train, f"{spec.data.name} test split"
     except Exception as e:  # e.g. no prepared dataset on an offline GPU machine
         if args.workdir or not args.synthetic_if_missing:
             raise
         # Random binary images of the dataset's shape: the timings do not depend on the pixels.
         test = (np.random.RandomState(0).rand(10000, 28, 28, 1) < 0.3).astype(np.uint8) * np.uint8(255)
-        train, source = test, f"random binary 28x28 images ({config.data.name} unavailable: {type(e).__name__})"
+        train, source = test, f"random binary 28x28 images ({spec.data.name} unavailable: {type(e).__name__})"
     reps = -(-args.n_images // test.shape[0])
     x_u8 = np.concatenate([test] * reps)[: args.n_images]
-    xs = data_lib.to_float(None, train_lib.stored_split(config, x_u8, "test"), protocol)
+    xs = binarization.to_float(None, splits_lib.stored_split(spec.data, x_u8, "test"), protocol)
     if not args.workdir:
         event_shape = tuple(test.shape[1:])
-        model = model_lib.build_model(config.model, config.inference, event_shape)
+        model = model_lib.build_model(spec.model, spec.inference, event_shape)
         variables = model_lib.init_params(model, jax.random.key(0), event_shape)
-        variables = model_lib.set_output_bias(variables, model, data_lib.data_mean(train, protocol))
-    return config, model, variables, xs, source
+        variables = model_lib.set_output_bias(variables, model, binarization.data_mean(train, protocol))
+    return spec, model, variables, xs, source
 
 
 def _bare_is(params, xs, key, k, batch):
@@ -153,9 +155,11 @@ def main(argv=None) -> int:
                    help="without a prepared dataset, time on random binary images of its shape (recorded as 'data')")
     args = p.parse_args(argv)
 
+    from vaegen import sharding
+    from vaegen.estimators import ais as ais_lib
     from vaegen.estimators import importance as E
 
-    config, model, variables, xs, source = _model_and_data(args)
+    spec, model, variables, xs, source = _model_and_data(args)
     n, k = int(xs.shape[0]), int(args.k)
     ks = tuple(int(v) for v in args.ks.split(",") if v.strip() and int(v) <= k)
     key = jax.random.key(0)
@@ -180,7 +184,7 @@ def main(argv=None) -> int:
 
     if not args.skip_bare:
         params = _bare_params(variables)
-        bare_batch = int(args.bare_batch or max(1, E.default_rows() // k))
+        bare_batch = int(args.bare_batch or max(1, sharding.default_rows() // k))
         f = jax.jit(lambda p, x, key: _bare_is(p, x, key, k, bare_batch))
         bare, first = _timed(lambda: f(params, xs, key))
         bare, steady = _timed(lambda: f(params, xs, key))
@@ -190,7 +194,7 @@ def main(argv=None) -> int:
 
     ais_images = n if args.ais_images is None else int(args.ais_images)
     if ais_images:
-        settings = E.AIS(num_steps=args.ais_steps, num_chains=args.ais_chains, num_leapfrog=args.leapfrog)
+        settings = ais_lib.AIS(num_steps=args.ais_steps, num_chains=args.ais_chains, num_leapfrog=args.leapfrog)
         log_joint, prior = E.model_functions(model, variables, proposal="prior")
         xa = xs[:ais_images]
         run_ais = lambda: settings.forward(log_joint, prior, xa, jax.random.key(1))

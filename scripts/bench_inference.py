@@ -4,7 +4,7 @@ The model is the 784-200-200-50 tanh MLP VAE of ``vae_mlp_fmnist`` (Bernoulli li
 N(0, I) prior).  For each of ``--num-examples`` test images, q*_F(z | x) is found by
 ``--steps`` Adam steps on the per-example ELBO (one reparameterised sample per step, analytic
 KL), vmapped over a chunk of examples and ``lax.scan``-ned over the steps
-(:func:`vaegen.inference.fit_local`), followed by the selection and a 100-sample ELBO estimate of
+(:func:`vaegen.inference.svi.fit_local`), followed by the selection and a 100-sample ELBO estimate of
 q* and of the initial q.  The issue's target: 10,000 images x 500 steps in <= 60 s on one H100.
 
     python scripts/bench_inference.py                                   # 10,000 x 500, diag
@@ -31,6 +31,8 @@ import numpy as np
 
 def _model_and_data(workdir: str | None, n: int):
     from vaegen.config import loading as config_lib
+    from vaegen.config.schema import to_spec
+    from vaegen.data import binarization
     from vaegen.data import datasets as data_lib
     from vaegen.studies import gaps as gaps
     from vaegen.model import latent as model_lib
@@ -40,13 +42,13 @@ def _model_and_data(workdir: str | None, n: int):
 
         run = vaegen.load(workdir)
         return run.model, run.variables, gaps.split_data(run, "test", n), f"test split of {workdir}"
-    cfg = config_lib.load_config("vae_mlp_fmnist")
-    model = model_lib.build_model(cfg.model, cfg.inference, (28, 28, 1))
+    spec = to_spec(config_lib.load_config("vae_mlp_fmnist"))
+    model = model_lib.build_model(spec.model, spec.inference, (28, 28, 1))
     variables = model_lib.init_params(model, jax.random.key(0), (28, 28, 1))
     try:
-        test = data_lib.load_splits(cfg.data).test[:n]
-        stored = data_lib.binarize_once(test, "static", 2)
-        xs, source = np.asarray(data_lib.to_float(None, stored, "static")), "fashion_mnist test (static binarization)"
+        test = data_lib.load_splits(spec.data).test[:n]
+        stored = binarization.binarize_once(test, "static", 2)
+        xs, source = np.asarray(binarization.to_float(None, stored, "static")), "fashion_mnist test (static binarization)"
     except Exception:  # no prepared dataset: the timing does not depend on the pixels
         xs = (np.random.RandomState(0).rand(n, 28, 28, 1) < 0.3).astype(np.float32)
         source = "random binary images"
@@ -95,7 +97,7 @@ def main() -> None:
             "fraction_improved": float(np.mean(fit.improved)),
         })
     print(json.dumps({
-        "benchmark": "q* by per-example SVI (vaegen.inference.fit_local)",
+        "benchmark": "q* by per-example SVI (vaegen.inference.svi.fit_local)",
         "model": "784-200-200-50 tanh MLP VAE, Bernoulli p(x|z), N(0, I) p(z)",
         "data": source,
         "num_examples": args.num_examples, "steps": args.steps, "chunk_size": chunk,

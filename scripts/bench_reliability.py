@@ -38,31 +38,34 @@ def main() -> None:
 
     from vaegen.train import checkpoint as checkpoint_lib
     from vaegen.config import loading as config_lib
+    from vaegen.config.schema import to_spec
+    from vaegen.data import splits as splits_lib
     from vaegen.train import faults as faults_lib
     from vaegen.model import latent as model_lib
     from vaegen import sharding as sharding_lib
+    from vaegen.train import steps as steps_lib
     from vaegen.train import trainer as train_lib
 
-    cfg = config_lib.load_config(args.config, args.overrides)
-    splits = train_lib.load_data(cfg)
+    spec = to_spec(config_lib.load_config(args.config, args.overrides))
+    splits = train_lib.load_data(spec)
     event_shape = splits.train.shape[1:]
-    setup = train_lib.build_setup(cfg, event_shape, splits.train.shape[0])
-    batch = int(cfg.train.batch_size)
+    setup = train_lib.build_setup(spec, event_shape, splits.train.shape[0])
+    batch = int(spec.train.batch_size)
     steps = min(args.steps, setup.steps_per_epoch)
     mesh = sharding_lib.data_mesh()
-    rows = sharding_lib.shard_rows(np.asarray(train_lib.stored_split(cfg, splits.train, "train")), mesh)
-    protocol = train_lib.split_protocol(cfg, "train")
+    rows = sharding_lib.shard_rows(np.asarray(splits_lib.stored_split(spec.data, splits.train, "train")), mesh)
+    protocol = splits_lib.split_protocol(spec.data, "train")
 
     def fresh_state():
         params = model_lib.init_params(setup.model, jax.random.key(0), event_shape)
-        state = train_lib.TrainState(step=jnp.int32(0), params=params, opt_state=setup.optimizer.init(params))
+        state = steps_lib.TrainState(step=jnp.int32(0), params=params, opt_state=setup.optimizer.init(params))
         return jax.device_put(state, sharding_lib.replicated(mesh))
 
     def build(num_steps):
-        return train_lib.make_train_steps(
+        return steps_lib.make_train_steps(
             setup.model, setup.objective, setup.optimizer, batch_size=batch, steps_per_epoch=setup.steps_per_epoch,
             num_steps=num_steps, protocol=protocol, seed=0, mesh=mesh,
-            max_consecutive_skips=int(cfg.train.max_consecutive_skips), num_examples=splits.train.shape[0])
+            max_consecutive_skips=int(spec.train.max_consecutive_skips), num_examples=splits.train.shape[0])
 
     def variant(num_steps, guarded=True):
         """A compiled call of ``num_steps`` steps (with or without the non-finite guard) and the
@@ -92,7 +95,7 @@ def main() -> None:
             t, cpu = time.perf_counter(), time.process_time()
             for c in range(v["calls"]):
                 v["state"], m = v["fn"](v["state"], rows, jnp.int32(r), jnp.int32(c * v["num_steps"]))
-                train_lib.EpochLog(m)  # the host reads every call's per-step metrics, as the trainer does
+                steps_lib.EpochLog(m)  # the host reads every call's per-step metrics, as the trainer does
             done = v["num_steps"] * v["calls"]
             if r:  # round 0 warms up
                 v["best"] = max(v["best"], done / (time.perf_counter() - t))

@@ -8,7 +8,7 @@ device, dynamically binarized inside the step.
     python scripts/bench_train.py                       # batch 128 and 1024, vaegen's fused epoch
     python scripts/bench_train.py --baselines torch     # also an eager PyTorch loop of the same model
 
-Measured: ``vaegen``, the trainer's own fused epoch (``vaegen.train.make_train_epoch``, one
+Measured: ``vaegen``, the trainer's own fused epoch (``vaegen.train.steps.make_train_epoch``, one
 ``lax.scan`` per epoch, donated state); ``jax_step_loop``, the same step jitted alone and
 dispatched once per batch from Python (what a naive loop does); ``torch_eager``, an eager
 PyTorch training loop of the same model (if torch is installed).  Timings exclude compilation
@@ -40,17 +40,19 @@ def bench_vaegen(batch: int) -> tuple[dict, Callable[[int], float]]:
     """vaegen's fused epoch: ``(info, run)``, ``run(epoch)`` trains one epoch and returns seconds."""
     from vaegen import sharding
     from vaegen.config import loading as config
+    from vaegen.config.schema import to_spec
     from vaegen.model import latent as model
+    from vaegen.train import steps
     from vaegen.train import trainer as train
 
-    cfg = config.load_config("vae_mlp_fmnist", [f"train.batch_size={batch}"])
-    setup = train.build_setup(cfg, (28, 28, 1), N)
+    spec = to_spec(config.load_config("vae_mlp_fmnist", [f"train.batch_size={batch}"]))
+    setup = train.build_setup(spec, (28, 28, 1), N)
     mesh = sharding.data_mesh()
     rep = sharding.replicated(mesh)
     data = jax.device_put(_data(), rep)
     v = model.init_params(setup.model, jax.random.key(0), (28, 28, 1))
-    state = jax.device_put(train.TrainState(step=jnp.zeros((), jnp.int32), params=v, opt_state=setup.optimizer.init(v)), rep)
-    epoch_fn = train.make_train_epoch(setup.model, setup.objective, setup.optimizer, batch_size=batch,
+    state = jax.device_put(steps.TrainState(step=jnp.zeros((), jnp.int32), params=v, opt_state=setup.optimizer.init(v)), rep)
+    epoch_fn = steps.make_train_epoch(setup.model, setup.objective, setup.optimizer, batch_size=batch,
                                       steps_per_epoch=setup.steps_per_epoch, protocol="dynamic", seed=0, mesh=mesh)
     t = time.perf_counter()
     compiled = epoch_fn.lower(state, data, jnp.int32(0)).compile()
@@ -72,13 +74,14 @@ def bench_jax_step_loop(batch: int) -> tuple[dict, Callable[[int], float]]:
     import optax
 
     from vaegen.config import loading as config
-    from vaegen.data import datasets as data_lib
+    from vaegen.config.schema import to_spec
+    from vaegen.data import binarization
     from vaegen.model import latent as model
     from vaegen.objectives import bounds as objectives
     from vaegen.train import trainer as train
 
-    cfg = config.load_config("vae_mlp_fmnist", [f"train.batch_size={batch}"])
-    setup = train.build_setup(cfg, (28, 28, 1), N)
+    spec = to_spec(config.load_config("vae_mlp_fmnist", [f"train.batch_size={batch}"]))
+    setup = train.build_setup(spec, (28, 28, 1), N)
     data = jax.device_put(_data())
     v = model.init_params(setup.model, jax.random.key(0), (28, 28, 1))
     opt_state = setup.optimizer.init(v)
@@ -86,7 +89,7 @@ def bench_jax_step_loop(batch: int) -> tuple[dict, Callable[[int], float]]:
     @jax.jit
     def step(v, opt_state, idx, key):
         kd, ko = jax.random.split(key)
-        x = data_lib.to_float(kd, data[idx], "dynamic")
+        x = binarization.to_float(kd, data[idx], "dynamic")
         keys = jax.random.split(ko, batch)
 
         def loss(v):

@@ -23,9 +23,8 @@ QUANTITIES = ("log_px", "elbo_star", "elbo_amortized", "approximation_gap", "amo
 # 13 steps per call leave the parameters bitwise unchanged: both cells measure the same model.
 GRID = textwrap.dedent('''
     EPOCHS = (1, 2)
-    GAPS = ["eval.gaps.families=diag", "eval.gaps.num_steps=10", "eval.gaps.elbo_samples=10",
-            "eval.gaps.log_px_samples=20", "eval.gaps.test_examples=20", "eval.gaps.train_examples=20",
-            "eval.gaps.chunk_size=20", "train.keep_checkpoints=1"]
+    GAPS = ["gaps.families=diag", "gaps.num_steps=10", "gaps.elbo_samples=10", "gaps.log_px_samples=20",
+            "gaps.test_examples=20", "gaps.train_examples=20", "gaps.chunk_size=20", "train.keep_checkpoints=1"]
     VARIANTS = {
         "base": ("baseline", "tiny", []),
         "calls_13": ("training", "13 steps per device call", ["train.steps_per_call=13"]),

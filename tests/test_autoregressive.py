@@ -66,8 +66,8 @@ def test_no_latent_variable_to_encode():
     (["model.kind=autoregressive"], "set both or neither"),
     (["objective.name=exact"], "set both or neither"),
     (["model.kind=autoregressive", "objective.name=exact", "model.likelihood=gaussian"], "binary data"),
-    (["model.kind=autoregressive", "objective.name=exact", "model.made.hidden=()"], "at least one"),
-    (["model.kind=autoregressive", "objective.name=exact", "model.made.ordering=zigzag"], "model.made.ordering"),
+    (["model.kind=autoregressive", "objective.name=exact", "model.kind.hidden=()"], "at least one"),
+    (["model.kind=autoregressive", "objective.name=exact", "model.kind.ordering=zigzag"], "model.kind.ordering"),
 ])
 def test_config_errors(overrides, message):
     with pytest.raises(config.ConfigError, match=message):
@@ -76,12 +76,12 @@ def test_config_errors(overrides, message):
 
 def test_exact_evaluation_reports_its_per_example_values(tmp_path):
     import vaegen
-    from vaegen.evaluation import evaluate as evaluation
+    from vaegen.runs import evaluate as evaluation
     from vaegen.train import trainer as train_lib
 
     cfg = config.load_config("tiny", ["model.kind=autoregressive", "objective.name=exact", "train.num_epochs=1",
                                       "train.progress=False"])
-    train_lib.train_and_evaluate(cfg, tmp_path)
+    train_lib.train_and_evaluate(vaegen.to_spec(cfg), tmp_path)
     per_example = {}
     result = evaluation.evaluate(vaegen.load(tmp_path), max_examples=25, per_example=per_example)
     assert set(per_example) == {"log_px"} and per_example["log_px"].shape == (25,)

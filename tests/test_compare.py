@@ -7,6 +7,7 @@ import pytest
 
 from vaegen import cli
 from vaegen.studies import compare as compare
+from vaegen.studies import compare_study
 from vaegen.config import loading as config
 
 
@@ -20,14 +21,21 @@ def test_variants_share_networks_and_likelihood():
         names.add(v.name)
         diff = {d.split(":")[0] for d in config.differences(
             base, cfg, ignore=("train.num_epochs", "train.progress", "train.checkpoint_every_epochs"))}
+        # A component chosen anew replaces its whole section: the settings of the one it replaces
+        # (the ELBO's analytic_kl, beta, ...; the diagonal q's log-scale bounds) differ too.
+        elbo_settings = {"objective.analytic_kl", "objective.beta", "objective.kl_warmup_epochs",
+                         "objective.num_samples"}
         if v.group == "made":  # no encoder or decoder: only the MADE keys and the objective differ
-            assert {"model.kind", "objective.name"} <= diff <= {"model.kind", "objective.name", "model.made.hidden"}
+            assert {"model.kind.name", "objective.name"} <= diff <= {
+                "model.kind.name", "objective.name", "model.kind.hidden", "model.kind.activation",
+                "model.kind.ordering", "model.kind.ordering_seed", *elbo_settings}, diff
             continue
         assert not [d for d in diff if d.startswith(shared)], (v.name, diff)
-        assert diff <= {"model.prior", "inference.posterior", "inference.posterior_scale", "objective.name",
+        assert diff <= {"model.prior.name", "inference.posterior.name", "inference.posterior.scale",
+                        "inference.posterior.min_log_scale", "inference.posterior.max_log_scale", "objective.name",
                         "objective.beta", "objective.code_penalty", "objective.decoder_l2", "objective.corruption",
                         "objective.noise_level", "objective.walkback_steps", "objective.walkback_continue",
-                        "model.latent_dim"}, (v.name, diff)
+                        "model.latent_dim", *elbo_settings}, (v.name, diff)
         assert ("model.latent_dim" in diff) == (v.group == "map")
     assert {"vae", "beta_0.1", "beta_4", "fixed_scale_0.1_beta_1", "fixed_scale_0.01_beta_1", "ae", "rae", "dae",
             "made", "vae_2d", "ae_2d"} <= names
@@ -57,7 +65,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("study")
-    summary = compare.run_study(workdir, preset="tiny", progress=False, log=lambda s: None)
+    summary = compare_study.run_study(workdir, preset="tiny", progress=False, log=lambda s: None)
     return workdir, summary
 
 
@@ -71,7 +79,7 @@ def test_every_variant_trains_through_the_same_trainer(tiny_study):
         assert np.isfinite(lines[-1][f"train/{bound}"]) and f"validation/{bound}" in lines[-1], name
         assert (workdir / name / "checkpoints").is_dir()
     dae_cfg = json.loads((workdir / "dae" / "config.json").read_text())
-    assert dae_cfg["objective"]["walkback_steps"] == 2 and dae_cfg["inference"]["posterior"] == "point_mass"
+    assert dae_cfg["objective"]["walkback_steps"] == 2 and dae_cfg["inference"]["posterior"]["name"] == "point_mass"
 
 
 def test_rows_are_measured_honestly(tiny_study):

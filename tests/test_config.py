@@ -2,7 +2,9 @@
 
 import pytest
 
+from vaegen import registry
 from vaegen.config import loading as config
+from vaegen.config import schema
 
 
 def test_presets_load_and_validate():
@@ -15,7 +17,9 @@ def test_presets_load_and_validate():
 def test_ae_preset_matches_vae_preset_except_inference_prior_objective():
     vae, ae = config.load_config("vae_mlp_fmnist"), config.load_config("ae_mlp_fmnist")
     diff = {d.split(":")[0] for d in config.differences(vae, ae, ignore=())}
-    assert diff == {"inference.posterior", "model.prior", "objective.name"}
+    # Each is a component section: they differ in the components chosen (and so in their settings).
+    assert {key.rsplit(".", 1)[0] for key in diff} == {"inference.posterior", "model.prior", "objective"}
+    assert {"inference.posterior.name", "model.prior.name", "objective.name"} <= diff
 
 
 def test_overrides_are_typed_literals():
@@ -54,3 +58,50 @@ def test_json_roundtrip():
     c = config.load_config("tiny:ae", ["model.decoder.hidden=(3,)"])
     back = config.from_json(config.to_json(c))
     assert config.differences(c, back, ignore=()) == []
+
+
+@pytest.mark.parametrize("choose", ["model.prior=vampprior", "model.prior.name=vampprior"])
+@pytest.mark.parametrize("choice_first", [False, True])
+def test_a_setting_and_the_choice_of_its_component_work_in_either_order(choose, choice_first):
+    overrides = ["--config.model.prior.components=7", f"--config.{choose}"]
+    c = config.load_config("tiny", overrides[::-1] if choice_first else overrides)
+    assert c.model.prior.name == "vampprior" and c.model.prior.components == 7
+    spec = schema.to_spec(c)
+    assert spec.model.prior.name == "vampprior" and spec.model.prior.settings.components == 7
+
+
+def test_choosing_a_component_resets_its_section_to_the_defaults():
+    c = config.load_config("tiny", ["model.prior=vampprior", "model.prior.components=50", "model.prior.init_std=0.5",
+                                    "inference.encoder=conv_encoder", "inference.encoder.hidden=(7,)"])
+    assert c.model.prior.components == 50 and c.model.prior.init_std == 0.5
+    config.apply_overrides(c, ["model.prior=mixture", "inference.encoder=mlp"])
+    assert c.model.prior.to_dict() == registry.PRIORS.default_mapping("mixture")
+    # The mlp's defaults, not tiny's hidden=(32,) nor the conv_encoder's (7,).
+    assert c.inference.encoder.to_dict() == registry.NETWORKS.default_mapping("mlp")
+    config.apply_overrides(c, ["model.prior=vampprior"])
+    assert c.model.prior.to_dict() == registry.PRIORS.default_mapping("vampprior")
+    assert c.model.prior.components == 500 and c.model.prior.init_std != 0.5
+    config.validate(c)
+
+
+def test_component_fills_in_the_defaults():
+    section = config.component("prior", "vampprior", components=50)
+    defaults = registry.PRIORS.default_mapping("vampprior")
+    assert section.to_dict() == {**defaults, "components": 50}
+    assert set(section.keys()) == set(defaults) and defaults["components"] != 50
+    # Nested component sections are complete too.
+    kind = config.component("model_kind", "two_layer", top_latent_dim=2, top_decoder={"name": "mlp", "hidden": (5,)})
+    assert kind.to_dict() == {**registry.MODEL_KINDS.default_mapping("two_layer"), "top_latent_dim": 2,
+                              "top_decoder": {**registry.NETWORKS.default_mapping("mlp"), "hidden": (5,)}}
+    with pytest.raises(config.ConfigError, match="did you mean vampprior"):
+        config.component("prior", "vamprior")
+
+
+def test_json_roundtrip_of_a_two_layer_model():
+    c = config.load_config("tiny", ["--config.model.kind=two_layer", "--config.model.kind.top_latent_dim=2",
+                                    "--config.model.kind.top_decoder.hidden=(6,)"])
+    assert c.model.kind.name == "two_layer" and c.model.kind.top_latent_dim == 2
+    back = config.from_json(config.to_json(c))
+    assert config.differences(c, back, ignore=()) == []
+    assert back.model.kind.top_decoder.hidden == (6,)
+    assert schema.to_spec(back) == schema.to_spec(c)

@@ -5,18 +5,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import vaegen
 from vaegen.config import loading as config
+from vaegen.objectives import autoencoder as autoencoder
 from vaegen.objectives import denoising as dae
 from vaegen.model import latent as model_lib
-from vaegen.objectives import rae as rae
 
 EVENT = (8, 8, 1)
 
 
 @pytest.fixture(scope="module")
 def ae():
-    cfg = config.load_config("tiny:ae")
-    m = model_lib.build_model(cfg.model, cfg.inference, EVENT)
+    spec = vaegen.to_spec(config.load_config("tiny:ae"))
+    m = model_lib.build_model(spec.model, spec.inference, EVENT)
     return m, model_lib.init_params(m, jax.random.key(0), EVENT)
 
 
@@ -76,7 +77,7 @@ def test_markov_chain_samples(ae):
 def test_rae_objective_terms_and_decoder_penalty_gradient(ae):
     m, v = ae
     x = _binary(jax.random.key(6))
-    obj = rae.RegularizedAutoencoder(code_penalty=2.0, decoder_l2=0.1)
+    obj = autoencoder.Autoencoder(code_penalty=2.0, decoder_l2=0.1)
     terms = obj(m, v, x, jax.random.key(0))
     kernels = [a for path, a in jax.tree_util.tree_flatten_with_path(v["params"]["likelihood"])[0]
                if path[-1].key == "kernel"]
@@ -88,7 +89,7 @@ def test_rae_objective_terms_and_decoder_penalty_gradient(ae):
         float(terms["reconstruction"]) - 1.0 * float(terms["code_norm_sq"]) - 0.05 * norm_sq, rel=1e-5)
     # The decoder penalty pulls every decoder weight toward 0 by gamma * theta; encoder weights are not penalised.
     g_pen = jax.grad(lambda v: obj(m, v, x, jax.random.key(0))["objective"])(v)
-    g_ae = jax.grad(lambda v: rae.RegularizedAutoencoder(2.0, 0.0)(m, v, x, jax.random.key(0))["objective"])(v)
+    g_ae = jax.grad(lambda v: autoencoder.Autoencoder(2.0, 0.0)(m, v, x, jax.random.key(0))["objective"])(v)
     k = v["params"]["likelihood"]["logits"]["kernel"]
     np.testing.assert_allclose(g_pen["params"]["likelihood"]["logits"]["kernel"] - g_ae["params"]["likelihood"]["logits"]["kernel"],
                                -0.1 * k, rtol=1e-4, atol=1e-6)
@@ -102,8 +103,10 @@ def test_rae_objective_terms_and_decoder_penalty_gradient(ae):
      "must lie in \\(0, 1\\)"),
     (["objective.name=dae", "inference.posterior=point_mass", "model.prior=none", "objective.walkback_continue=2.0"],
      "walkback_continue"),
-    (["objective.corruption=blur"], "objective.corruption"),
-    (["objective.decoder_l2=-1.0"], "objective.decoder_l2"),
+    (["objective.name=dae", "inference.posterior=point_mass", "model.prior=none", "objective.corruption=blur"],
+     "objective.corruption"),
+    (["objective.name=rae", "inference.posterior=point_mass", "model.prior=none", "objective.decoder_l2=-1.0"],
+     "objective.decoder_l2"),
 ])
 def test_config_errors(overrides, message):
     with pytest.raises(config.ConfigError, match=message):

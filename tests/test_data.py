@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vaegen.data import binarization
 from vaegen.data import datasets as data
 
 DEBIAN_FASHION = Path("/usr/share/datasets/fashion-mnist")
@@ -469,37 +470,37 @@ def grey() -> np.ndarray:
 
 
 def test_static_binarization(grey):
-    a = data.binarize_once(grey, "static", seed=7)
-    b = data.binarize_once(jnp.asarray(grey), "static", seed=7)
-    c = data.binarize_once(grey, "static", seed=8)
+    a = binarization.binarize_once(grey, "static", seed=7)
+    b = binarization.binarize_once(jnp.asarray(grey), "static", seed=7)
+    c = binarization.binarize_once(grey, "static", seed=8)
     assert a.dtype == jnp.uint8 and a.shape == grey.shape
     assert set(np.unique(np.asarray(a)).tolist()) <= {0, 255}
     np.testing.assert_array_equal(a, b)
     assert not np.array_equal(a, c)
     # Pixels that are 0 or 255 are deterministic under the draw.
     edge = np.array([[0, 255]], np.uint8).reshape(1, 1, 2, 1)
-    np.testing.assert_array_equal(data.binarize_once(edge, "static", 0), edge)
+    np.testing.assert_array_equal(binarization.binarize_once(edge, "static", 0), edge)
     # The draw follows p = x / 255.
     big = np.full((200, 10, 10, 1), 64, np.uint8)
-    frac = np.asarray(data.binarize_once(big, "static", 0)).mean() / 255
+    frac = np.asarray(binarization.binarize_once(big, "static", 0)).mean() / 255
     assert abs(frac - 64 / 255) < 0.02
 
 
 def test_threshold_binarization():
     x = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
-    out = np.asarray(data.binarize_once(x, "threshold", seed=0))
+    out = np.asarray(binarization.binarize_once(x, "threshold", seed=0))
     expected = np.where(x.astype(np.float64) / 255 > 0.5, 255, 0).astype(np.uint8)
     np.testing.assert_array_equal(out, expected)
 
 
 @pytest.mark.parametrize("protocol", ["dynamic", "none"])
 def test_binarize_once_leaves_grey_levels(grey, protocol):
-    np.testing.assert_array_equal(data.binarize_once(grey, protocol, seed=0), grey)
+    np.testing.assert_array_equal(binarization.binarize_once(grey, protocol, seed=0), grey)
 
 
 def test_dynamic_draws(grey):
     x = jnp.asarray(grey)
-    f = jax.jit(lambda k, x: data.to_float(k, x, "dynamic"))
+    f = jax.jit(lambda k, x: binarization.to_float(k, x, "dynamic"))
     a, b = f(jax.random.key(0), x), f(jax.random.key(1), x)
     assert a.dtype == jnp.float32 and a.shape == grey.shape
     assert set(np.unique(np.asarray(a)).tolist()) <= {0.0, 1.0}
@@ -514,7 +515,7 @@ def test_grey_level_draws_follow_every_level_exactly_at_the_ends():
     and g = 255 always."""
     x = jnp.asarray(np.tile(np.arange(256, dtype=np.uint8), (2, 1)))        # [2, 256]
     keys = jax.random.split(jax.random.key(3), 4000)
-    draws = np.asarray(jax.jit(jax.vmap(lambda k: data.bernoulli_grey_levels(k, x)))(keys))
+    draws = np.asarray(jax.jit(jax.vmap(lambda k: binarization.bernoulli_grey_levels(k, x)))(keys))
     assert draws.dtype == np.float32 and set(np.unique(draws).tolist()) == {0.0, 1.0}
     freq, p = draws.mean(axis=0), np.asarray(x) / 255.0
     assert np.all(freq[:, 0] == 0.0) and np.all(freq[:, 255] == 1.0)
@@ -529,30 +530,30 @@ def test_grey_level_draws_are_independent_within_a_threefry_block_and_row_local(
     and other PRNG implementations work."""
     x = jnp.full((4, 200), 128, jnp.uint8)
     keys = jax.random.split(jax.random.key(4), 3000)
-    d = np.asarray(jax.jit(jax.vmap(lambda k: data.bernoulli_grey_levels(k, x)))(keys))   # [3000, 4, 200]
+    d = np.asarray(jax.jit(jax.vmap(lambda k: binarization.bernoulli_grey_levels(k, x)))(keys))   # [3000, 4, 200]
     a, b = d[:, :, :100] - d[:, :, :100].mean(0), d[:, :, 100:] - d[:, :, 100:].mean(0)
     corr = (a * b).mean(0) / (a.std(0) * b.std(0))                                     # 400 pairs
     assert abs(corr.mean()) < 4 / np.sqrt(len(keys) * corr.size) and np.abs(corr).max() < 0.1
     key = jax.random.key(5)
     other = x.at[1:].set(7)
-    np.testing.assert_array_equal(data.bernoulli_grey_levels(key, x)[0], data.bernoulli_grey_levels(key, other)[0])
+    np.testing.assert_array_equal(binarization.bernoulli_grey_levels(key, x)[0], binarization.bernoulli_grey_levels(key, other)[0])
     img = jnp.asarray(np.random.default_rng(1).integers(0, 256, (3, 5, 7, 3), dtype=np.uint8))
-    out = data.bernoulli_grey_levels(key, img)
+    out = binarization.bernoulli_grey_levels(key, img)
     assert out.shape == img.shape and np.array_equal(np.asarray(out)[np.asarray(img) == 255], np.ones(int((img == 255).sum())))
     odd = jnp.full((1000, 3), 51, jnp.uint8)
     for k in (jax.random.key(6), jax.random.key(6, impl="rbg")):
-        assert abs(float(data.bernoulli_grey_levels(k, odd).mean()) - 0.2) < 0.03
+        assert abs(float(binarization.bernoulli_grey_levels(k, odd).mean()) - 0.2) < 0.03
     with pytest.raises(TypeError, match="uint8"):
-        data.bernoulli_grey_levels(key, x.astype(jnp.float32))
+        binarization.bernoulli_grey_levels(key, x.astype(jnp.float32))
     huge = jax.ShapeDtypeStruct((2**17, 2**15 + 1), jnp.uint8)        # more pixels than 32-bit counters
     with pytest.raises(ValueError, match="exceeds 2\\*\\*32 counters"):
-        jax.eval_shape(lambda a: data.bernoulli_grey_levels(key, a), huge)
+        jax.eval_shape(lambda a: binarization.bernoulli_grey_levels(key, a), huge)
 
 
 @pytest.mark.parametrize("protocol", ["static", "threshold", "none"])
 def test_to_float_non_dynamic(grey, protocol):
-    stored = data.binarize_once(grey, protocol, seed=0)
-    out = jax.jit(lambda x: data.to_float(None, x, protocol))(stored)
+    stored = binarization.binarize_once(grey, protocol, seed=0)
+    out = jax.jit(lambda x: binarization.to_float(None, x, protocol))(stored)
     assert out.dtype == jnp.float32 and out.shape == grey.shape
     assert float(out.min()) >= 0.0 and float(out.max()) <= 1.0
     np.testing.assert_allclose(out, np.asarray(stored) / 255.0, rtol=1e-6)
@@ -562,21 +563,21 @@ def test_to_float_non_dynamic(grey, protocol):
 
 def test_dynamic_needs_a_key(grey):
     with pytest.raises(ValueError, match="key"):
-        data.to_float(None, jnp.asarray(grey), "dynamic")
+        binarization.to_float(None, jnp.asarray(grey), "dynamic")
 
 
 def test_eval_protocol():
-    assert data.eval_protocol("dynamic") == "static"
+    assert binarization.eval_protocol("dynamic") == "static"
     for p in ("static", "threshold", "none"):
-        assert data.eval_protocol(p) == p
+        assert binarization.eval_protocol(p) == p
 
 
 def test_unknown_protocol(grey):
     for fn in (
-        lambda: data.binarize_once(grey, "otsu", 0),
-        lambda: data.to_float(None, jnp.asarray(grey), "otsu"),
-        lambda: data.eval_protocol("otsu"),
-        lambda: data.data_mean(grey, "otsu"),
+        lambda: binarization.binarize_once(grey, "otsu", 0),
+        lambda: binarization.to_float(None, jnp.asarray(grey), "otsu"),
+        lambda: binarization.eval_protocol("otsu"),
+        lambda: binarization.data_mean(grey, "otsu"),
     ):
         with pytest.raises(ValueError, match="dynamic, static, threshold, none"):
             fn()
@@ -584,11 +585,11 @@ def test_unknown_protocol(grey):
 
 def test_data_mean(grey):
     for p in ("dynamic", "none", "static"):
-        m = data.data_mean(grey, p)
+        m = binarization.data_mean(grey, p)
         assert m.dtype == np.float64 and m.shape == (8, 8, 1)
         np.testing.assert_allclose(m, grey.mean(axis=0) / 255.0)
-    np.testing.assert_allclose(data.data_mean(grey, "threshold"), (grey > 127.5).mean(axis=0))
-    stored = data.binarize_once(grey, "static", seed=3)
+    np.testing.assert_allclose(binarization.data_mean(grey, "threshold"), (grey > 127.5).mean(axis=0))
+    stored = binarization.binarize_once(grey, "static", seed=3)
     np.testing.assert_allclose(
-        data.data_mean(stored, "static"), (np.asarray(stored) == 255).mean(axis=0)
+        binarization.data_mean(stored, "static"), (np.asarray(stored) == 255).mean(axis=0)
     )

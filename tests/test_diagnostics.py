@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from vaegen.config import loading as config_lib
+from vaegen.config.schema import to_spec
 from vaegen.estimators import diagnostics as D
 from vaegen.model import linear_gaussian as exact
 from vaegen.model.latent import build_model, init_params
@@ -58,7 +59,7 @@ def test_a_model_that_ignores_z_has_collapsed():
 
 
 def test_autoencoder_codes_are_diagnosed_and_the_rest_is_undefined():
-    cfg = config_lib.load_config("tiny:ae")
+    cfg = to_spec(config_lib.load_config("tiny:ae"))
     ae = build_model(cfg.model, cfg.inference, (8, 8, 1))
     v = init_params(ae, jax.random.key(0), (8, 8, 1))
     x = (jax.random.uniform(jax.random.key(1), (50, 8, 8, 1)) > 0.5).astype(np.float32)

@@ -2,6 +2,7 @@
 
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -11,6 +12,7 @@ from vaegen.blocks import likelihoods as likelihoods
 from vaegen.blocks import networks as networks
 from vaegen.blocks import posteriors as posteriors
 from vaegen.blocks import priors as priors
+from vaegen.registry import NETWORKS, POSTERIORS
 
 
 def _apply(module, x, key=0):
@@ -86,3 +88,22 @@ def test_output_bias_is_logit_of_mean():
     m = np.array([0.001, 0.25, 0.5, 0.9999])
     b = likelihoods.Bernoulli.output_bias(m)
     np.testing.assert_allclose(1 / (1 + np.exp(-b)), np.clip(m, 1e-3, 1 - 1e-3), rtol=1e-6)
+
+
+@pytest.mark.parametrize("name", POSTERIORS.names())
+def test_every_registered_posterior_builds_on_an_mlp_encoder(name):
+    """Each posterior of the registry, at its default settings, on an mlp encoder trunk of 4x4x1
+    observations: q(z | x) with batch [2] and event [2], whose samples have finite log-density
+    (a point mass: at its location)."""
+    component = POSTERIORS.get(name)
+    assert component.summary.strip()
+    encoder = NETWORKS.select("mlp", hidden=(8,)).build(event_ndims=3)
+    q_net = POSTERIORS.select(name).build(encoder=encoder, latent_dim=2)
+    assert isinstance(q_net, nn.Module)
+    assert posteriors.is_point_mass(q_net) == bool(component.trait("point_mass", False))
+    x = jax.random.uniform(jax.random.key(0), (2, 4, 4, 1))
+    q, _ = _apply(q_net, x)
+    assert q.batch_shape == (2,) and q.event_shape == (2,)
+    z, lp = q.sample_and_log_prob(seed=jax.random.key(1))
+    assert z.shape == (2, 2) and lp.shape == (2,)
+    assert np.all(np.isfinite(np.asarray(lp)))

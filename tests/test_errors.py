@@ -13,17 +13,18 @@ import jax
 import numpy as np
 import pytest
 
-from vaegen.model import autoregressive as autoregressive_lib
+import vaegen
 from vaegen import cli, errors
-from vaegen.config import loading as config_lib
-from vaegen.data import datasets as data_lib
-from vaegen.estimators import importance as estimators_lib
-from vaegen.evaluation import evaluate as evaluation_lib
-from vaegen.data import checks as inputs_lib
 from vaegen.blocks import likelihoods as likelihoods_lib
+from vaegen.config import loading as config_lib
+from vaegen.config import schema
+from vaegen.data import datasets as data_lib
+from vaegen.estimators import ais as ais_lib
+from vaegen.estimators import importance as estimators_lib
+from vaegen.estimators import settings as estimator_settings
 from vaegen.model import latent as model_lib
-from vaegen.evaluation import run as run_lib
-from vaegen.train import trainer as train_lib
+from vaegen.runs import run as run_lib
+from vaegen.train import workdir as workdir_lib
 from conftest import xla_flags
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -71,22 +72,23 @@ CLI_CASES = [
      "objective 'dae' trains an autoencoder and needs a deterministic encoder"),
     ("made-objective", ["train", "--config", "tiny", "--config.model.kind=autoregressive"],
      "is trained on its exact log p(x) (config.objective.name=exact), and only it: set both or neither"),
-    ("prior-components", ["train", "--config", "tiny", "--config.model.prior=mixture", "--config.model.prior_components=0"],
-     "config.model.prior_components=0 must be > 0"),
+    ("prior-components", ["train", "--config", "tiny", "--config.model.prior=mixture",
+                          "--config.model.prior.components=0"],
+     "config.model.prior.components=0 must be > 0"),
     ("vampprior-posterior", ["train", "--config", "tiny", "--config.model.prior=vampprior",
                              "--config.inference.posterior=flow"],
      "config.model.prior=vampprior (p(z) = 1/K sum_k q(z | u_k)) needs a posterior with a density on a batch of "
      "pseudo-inputs"),
     ("vampprior-init-std", ["train", "--config", "tiny", "--config.model.prior=vampprior",
-                            "--config.model.vampprior_init_std=0.0"],
-     "config.model.vampprior_init_std=0.0 must be > 0"),
-    ("trunk-network", ["train", "--config", "tiny", "--config.model.decoder.network=conv_encoder"],
-     "config.model.decoder.network='conv_encoder' cannot serve this trunk; choose one of mlp, conv_decoder"),
-    ("conv-lengths", ["train", "--config", "tiny", "--config.inference.encoder.network=conv_encoder",
+                            "--config.model.prior.init_std=0.0"],
+     "config.model.prior.init_std=0.0 must be > 0"),
+    ("trunk-network", ["train", "--config", "tiny", "--config.model.decoder=conv_encoder"],
+     "config.model.decoder.name='conv_encoder' cannot serve p(x | z)'s trunk; choose one of conv_decoder, mlp"),
+    ("conv-lengths", ["train", "--config", "tiny", "--config.inference.encoder=conv_encoder",
                       "--config.inference.encoder.conv_kernels=(3,3)"],
      "config.inference.encoder: conv_channels, conv_kernels and conv_strides need one entry per convolution, "
      "got lengths 4, 2 and 4"),
-    ("conv-decoder-shape", ["train", "--config", "tiny", "--config.model.decoder.network=conv_decoder",
+    ("conv-decoder-shape", ["train", "--config", "tiny", "--config.model.decoder=conv_decoder",
                             "--config.model.decoder.conv_strides=(1,3,1,1)"],
      "conv_decoder: conv_strides (1, 3, 1, 1) upsample by 3 in all, which must divide the observation's height "
      "and width (8, 8)"),
@@ -94,8 +96,8 @@ CLI_CASES = [
      "config.model.likelihood=discretized_logistic models the 256 grey levels of 8-bit data, but "
      "config.data.binarization='dynamic' makes the data binary"),
     ("logistic-mixtures", ["train", "--config", "tiny", "--config.model.likelihood=discretized_logistic",
-                           "--config.data.binarization=none", "--config.model.logistic_mixtures=0"],
-     "config.model.logistic_mixtures=0 must be > 0"),
+                           "--config.data.binarization=none", "--config.model.likelihood.mixtures=0"],
+     "config.model.likelihood.mixtures=0 must be > 0"),
     ("cifar-source", ["data", "prepare", "cifar10", "--from-dir", "{tmp}", "--data-dir", "{tmp}/tfds"],
      "holds neither cifar-10-binary.tar.gz nor its extracted cifar-10-batches-bin/ folder"),
     ("study-setting", ["compare", "--preset", "tiny", "--workdir", "{workdir}", "--set", "eval.kk=5"],
@@ -113,12 +115,12 @@ CLI_CASES = [
      "config.train.early_stopping_patience needs a validation split"),
     ("stages", ["train", "--config", "tiny", "--config.optim.schedule=stages", "--config.optim.stage_factors=(1.0,)"],
      "config.optim.stage_epochs and stage_factors must be non-empty and of equal length"),
-    ("two-layer-posterior", ["train", "--config", "tiny", "--config.model.top_latent_dim=2",
-                             "--config.inference.posterior=full_covariance_gaussian"],
-     "with two stochastic layers (config.model.top_latent_dim > 0) each factor of q is a diagonal Gaussian"),
-    ("two-layer-vampprior", ["train", "--config", "tiny", "--config.model.top_latent_dim=2",
-                             "--config.model.prior=vampprior"],
-     "a VampPrior on z2 is 1/K sum_k q(z2 | u_k) and needs q(z2 | x)"),
+    ("two-layer-posterior", ["train", "--config", "tiny", "--config.model.kind=two_layer",
+                             "--config.model.kind.top_latent_dim=2", "--config.inference.posterior=full_covariance_gaussian"],
+     "with two stochastic layers (config.model.kind=two_layer) each factor of q is a diagonal Gaussian"),
+    ("two-layer-vampprior", ["train", "--config", "tiny", "--config.model.kind=two_layer",
+                             "--config.model.kind.top_latent_dim=2", "--config.model.prior=vampprior"],
+     "a VampPrior on z2 is 1/K sum_k q(z2 | u_k) and needs q(z2 | x): set config.model.kind.hierarchy=top_down"),
     ("workdir-not-empty", ["train", "--config", "tiny", "--workdir", "{tmp}"],
      "is not empty and holds no vaegen run (no config.json)"),
     ("workdir-file", ["train", "--config", "tiny", "--workdir", "{workdir}/notes.txt"],
@@ -131,7 +133,30 @@ CLI_CASES = [
      "evaluate: argument --ais-steps: must be >= 1, got 0"),
     ("per-example-path", ["evaluate", "--workdir", "{workdir}", "--per-example", "{tmp}/values.csv"],
      "--per-example writes an .npz file"),
+    # The registry of components: names, the settings each component has, and their values.
+    ("unknown-component", ["train", "--config", "tiny", "--config.model.prior=vamprior"],
+     "config.model.prior.name='vamprior' is not a registered prior (registered: mixture, none, standard_normal, "
+     "vampprior); did you mean vampprior?"),
+    ("component-setting", ["train", "--config", "tiny", "--config.model.prior.components=5"],
+     "config.model.prior.components: the prior 'standard_normal' has no setting 'components' (its settings: none); "
+     "the priors with that setting: mixture, vampprior (choose one first: --config.model.prior=NAME)"),
+    ("component-setting-type", ["train", "--config", "tiny", "--config.model.prior=mixture",
+                                "--config.model.prior.components=2.5"],
+     "config.model.prior.components expects a int (currently 500), got '2.5'"),
+    ("config-import", ["train", "--config", "{bad_config}"],
+     "config file '{bad_config}' failed to load: ModuleNotFoundError: No module named 'no_such_module_xyz'"),
+    ("non-finite", ["train", "--config", "tiny", "--config.optim.learning_rate=1e999"],
+     "config.optim.learning_rate=inf must be a finite number"),
 ]
+
+# A config file of the user's own whose module of components cannot be imported (`config-import`).
+BAD_CONFIG = (
+    '"""A config that chooses components registered in a module of the user\'s own, which is missing."""\n'
+    "import no_such_module_xyz  # noqa: F401 (registers the user's components)\n"
+    "from vaegen.config.presets import tiny\n\n\n"
+    "def get_config(arg=None):\n"
+    "    return tiny.get_config(arg)\n"
+)
 
 # (id, vaegen arguments, environment, message fragment): cases that need a process of their own,
 # because JAX fixes its devices when it starts.  Every one exits with status 2.
@@ -154,14 +179,18 @@ def workdir(tmp_path):
     w.mkdir()
     (w / "config.json").write_text(config_lib.to_json(config_lib.load_config("tiny")) + "\n")
     (w / "run.json").write_text(json.dumps({"event_shape": [8, 8, 1],
-                                            "data_fingerprint": train_lib.data_fingerprint(_splits())}) + "\n")
+                                            "data_fingerprint": workdir_lib.data_fingerprint(_splits())}) + "\n")
     (w / "notes.txt").write_text("mine")
     return w
 
 
+def _substitute(text, workdir, tmp_path):
+    return (text.replace("{tmp}", str(tmp_path)).replace("{workdir}", str(workdir))
+            .replace("{locked}", str(tmp_path / "locked")).replace("{bad_config}", str(tmp_path / "bad_config.py")))
+
+
 def _arguments(argv, workdir, tmp_path):
-    argv = [a.replace("{tmp}", str(tmp_path)).replace("{workdir}", str(workdir))
-            .replace("{locked}", str(tmp_path / "locked")) for a in argv]
+    argv = [_substitute(a, workdir, tmp_path) for a in argv]
     if argv[0] == "train" and "--workdir" not in argv:
         argv += ["--workdir", str(workdir)]
     return argv
@@ -175,7 +204,10 @@ def test_bad_input_on_the_command_line(case, argv, message, workdir, tmp_path, c
         locked.mkdir()
         access = os.access
         monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if pathlib.Path(p) == locked else access(p, mode, **kw))
+    if any("{bad_config}" in a for a in argv):
+        (tmp_path / "bad_config.py").write_text(BAD_CONFIG)
     argv = _arguments(argv, workdir, tmp_path)
+    message = _substitute(message, workdir, tmp_path)
     before = _snapshot(tmp_path)
     try:
         code = cli.main(argv)
@@ -201,7 +233,7 @@ def test_bad_input_on_the_command_line_of_a_new_process(case, argv, env, message
 
 
 def _splits():
-    return data_lib.load_splits(config_lib.load_config("tiny").data)
+    return data_lib.load_splits(schema.to_spec(config_lib.load_config("tiny")).data)
 
 
 def _grey_float(s):
@@ -216,55 +248,55 @@ def _nan(s):
 
 # (id, data transformation, config overrides, error class, message fragment)
 API_CASES = [
-    ("flat", lambda s: dataclasses.replace(s, train=s.train.reshape(len(s.train), -1)), [], inputs_lib.DataError,
+    ("flat", lambda s: dataclasses.replace(s, train=s.train.reshape(len(s.train), -1)), [], errors.DataError,
      "the train split has shape (1300, 64), but a split is [N, H, W, C]; reshape flat vectors to images"),
-    ("no-channel", lambda s: dataclasses.replace(s, validation=s.validation[..., 0]), [], inputs_lib.DataError,
+    ("no-channel", lambda s: dataclasses.replace(s, validation=s.validation[..., 0]), [], errors.DataError,
      "the validation split has shape (200, 8, 8), but a split is [N, H, W, C]; add the channel axis"),
-    ("dtype", _grey_float, [], inputs_lib.DataError,
+    ("dtype", _grey_float, [], errors.DataError,
      "the train split has dtype float32, but vaegen stores data as uint8 grey levels 0..255"),
-    ("nan", _nan, [], inputs_lib.DataError, "the train split contains 1 NaN or infinite values (first in example 7)"),
-    ("empty", lambda s: dataclasses.replace(s, train=s.train[:0]), [], inputs_lib.DataError, "the train split is empty"),
-    ("event-shape", lambda s: dataclasses.replace(s, test=s.test[:, :4]), [], inputs_lib.DataError,
+    ("nan", _nan, [], errors.DataError, "the train split contains 1 NaN or infinite values (first in example 7)"),
+    ("empty", lambda s: dataclasses.replace(s, train=s.train[:0]), [], errors.DataError, "the train split is empty"),
+    ("event-shape", lambda s: dataclasses.replace(s, test=s.test[:, :4]), [], errors.DataError,
      "the test split has examples of shape (4, 8, 1), the train split (8, 8, 1)"),
-    ("support", lambda s: s, ["data.binarization=none"], likelihoods_lib.SupportError,
+    ("support", lambda s: s, ["data.binarization=none"], errors.SupportError,
      "the train split of digits (binarization 'none') has values outside {0, 1}"),
-    ("not-an-array", lambda s: dataclasses.replace(s, train=s.train.tolist()), [], inputs_lib.DataError,
+    ("not-an-array", lambda s: dataclasses.replace(s, train=s.train.tolist()), [], errors.DataError,
      "the train split must be an array of uint8 grey levels [N, H, W, C], got list"),
-    ("other-data", lambda s: dataclasses.replace(s, train=255 - s.train), [], train_lib.WorkdirError,
+    ("other-data", lambda s: dataclasses.replace(s, train=255 - s.train), [], errors.WorkdirError,
      "belongs to a run trained on other data"),
 ]
 
 
-def _model_run(spec, overrides=()):
-    """A run of the model of ``spec`` without trained parameters (for errors raised before any)."""
-    cfg = config_lib.load_config(spec, list(overrides))
-    model = model_lib.build_model(cfg.model, cfg.inference, (8, 8, 1))
-    return run_lib.Run(workdir=pathlib.Path("untrained"), config=cfg, model=model, variables={},
+def _model_run(preset, overrides=()):
+    """A run of the model of ``preset`` without trained parameters (for errors raised before any)."""
+    spec = schema.to_spec(config_lib.load_config(preset, list(overrides)))
+    model = model_lib.build_model(spec.model, spec.inference, (8, 8, 1))
+    return run_lib.Run(workdir=pathlib.Path("untrained"), spec=spec, model=model, variables={},
                        event_shape=(8, 8, 1), epoch=0, info={})
 
 
-_MADE = ["model.kind=autoregressive", "objective.name=exact"]
+_MADE = ["model.kind=autoregressive", "objective=exact"]
 
 
 # (id, call, error class, message fragment): errors raised by library functions called directly.
 PYTHON_CASES = [
     ("logistic-support", lambda: likelihoods_lib.check_support("discretized_logistic", np.array([0.0, 0.5 / 255]),
                                                                what="the batch"),
-     likelihoods_lib.SupportError, "the batch has values that are not 8-bit grey levels k/255, k in 0..255"),
+     errors.SupportError, "the batch has values that are not 8-bit grey levels k/255, k in 0..255"),
     ("no-latent", lambda: _model_run("tiny", _MADE).encode(np.zeros((1, 8, 8, 1), np.float32)),
-     autoregressive_lib.NoLatentError, "this model is autoregressive (MADE): it has no latent variable z"),
-    ("no-prior", lambda: _model_run("tiny:ae").sample(jax.random.key(0), 2), model_lib.NoPriorError,
+     errors.NoLatentError, "this model is autoregressive (MADE): it has no latent variable z"),
+    ("no-prior", lambda: _model_run("tiny:ae").sample(jax.random.key(0), 2), errors.NoPriorError,
      "this model has no prior p(z)"),
-    ("unknown-estimator", lambda: evaluation_lib.parse_estimators("elbo,foo"), config_lib.ConfigError,
+    ("unknown-estimator", lambda: estimator_settings.parse_estimators("elbo,foo"), errors.ConfigError,
      "unknown estimator(s) foo; choose from elbo, iwae, is, ais, bdmc, diagnostics or 'all'"),
-    ("iwae-k", lambda: estimators_lib.check_ks([1, 100], 10), config_lib.ConfigError,
+    ("iwae-k", lambda: estimators_lib.check_ks([1, 100], 10), errors.ConfigError,
      "IWAE k must be between 1 and the number of importance samples (10); got [100]"),
-    ("ais-step-size", lambda: estimators_lib.AIS(step_size=-0.1), config_lib.ConfigError,
-     "AIS step_size must be > 0, got -0.1"),
-    ("ais-target-accept", lambda: estimators_lib.AIS(target_accept=1.5), config_lib.ConfigError,
-     "AIS target_accept must be in (0, 1), got 1.5"),
+    ("ais-step-size", lambda: ais_lib.AIS(step_size=-0.1), errors.ConfigError,
+     "AIS.step_size=-0.1 must be > 0"),
+    ("ais-target-accept", lambda: ais_lib.AIS(target_accept=1.5), errors.ConfigError,
+     "AIS.target_accept=1.5 must be in (0, 1)"),
     ("undefined-log-px", lambda: estimators_lib.model_functions(_model_run("tiny:ae").model, {}),
-     estimators_lib.UndefinedEstimateError, "log p(x) does not exist for this model: it has no prior p(z)"),
+     errors.UndefinedEstimateError, "log p(x) does not exist for this model: it has no prior p(z)"),
 ]
 
 
@@ -281,7 +313,7 @@ def test_bad_data_through_the_python_api(case, transform, overrides, error, mess
     cfg = config_lib.load_config("tiny", overrides)
     before = _snapshot(workdir)
     with pytest.raises(error) as info:
-        train_lib.train_and_evaluate(cfg, workdir, splits=transform(_splits()))
+        vaegen.train_and_evaluate(cfg, workdir, splits=transform(_splits()))
     assert message in str(info.value) and "\n" not in str(info.value)
     assert error in errors.USER_ERRORS or any(issubclass(error, c) for c in errors.USER_ERRORS)
     assert _snapshot(workdir) == before

@@ -1,5 +1,6 @@
 """`vaegen evaluate`: estimators chosen on the command line, eval.json with settings, one-line errors."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -8,8 +9,9 @@ import pytest
 import vaegen
 from vaegen import cli
 from vaegen.config import loading as config_lib
-from vaegen.evaluation import evaluate as evaluation
-from vaegen.train import trainer as train_lib
+from vaegen.estimators.settings import parse_estimators
+from vaegen.runs import evaluate as evaluation
+from vaegen.runs import training as train_lib
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +40,11 @@ def test_evaluate_every_estimator_from_the_command_line(vae_workdir, capsys):
                 "bdmc_gap", "active units", "I_q(x; z)", "posterior collapse"):
         assert row in out, row
     result = json.loads(out_path.read_text())
-    assert result["seed"] == 3 and result["num_examples"] == 60 and result["estimators"] == list(evaluation.ESTIMATORS)
+    assert result["seed"] == 3 and result["num_examples"] == 60 and result["estimators"] == list(parse_estimators("all"))
     s = result["settings"]
     assert s["num_samples"] == 64 and s["ks"] == [1, 8]
     assert s["ais"]["num_steps"] == 30 and s["ais"]["num_chains"] == 2 and s["ais"]["num_leapfrog"] == 2
-    assert s["ais"]["schedule"] == "sigmoid" and s["ais"]["start"] == "prior" and s["ais"]["bdmc_examples"] == 6
+    assert s["ais"]["schedule"] == "sigmoid" and s["ais"]["start"] == "prior" and s["bdmc_examples"] == 6
     m = result["metrics"]
     assert m["log_px_ais"]["n"] == 6 and m["bdmc_gap"]["n"] == 6 and m["log_px"]["n"] == 60
     # ELBO <= IWAE_8 <= IWAE_64 = IS estimate, up to Monte Carlo error.
@@ -93,12 +95,13 @@ def test_paired_difference_is_the_mean_and_standard_error_of_the_differences():
 
 def test_results_do_not_depend_on_batch_size(vae_workdir):
     run = vaegen.load(vae_workdir)
-    kw = dict(estimators="is", num_samples=32, max_examples=40, seed=1)
-    a = evaluation.evaluate(run, **kw)
-    b = evaluation.evaluate(run, batch_size=7, chunk_size=5, **kw)
+    settings = dataclasses.replace(run.spec.eval, estimators="is", num_samples=32)
+    kw = dict(max_examples=40, seed=1)
+    a = evaluation.evaluate(run, settings, **kw)
+    b = evaluation.evaluate(run, dataclasses.replace(settings, chunk_size=5), batch_size=7, **kw)
     assert a["metrics"]["log_px"]["mean"] == pytest.approx(b["metrics"]["log_px"]["mean"], rel=1e-6)
     assert a["metrics"]["log_px"]["stderr"] == pytest.approx(b["metrics"]["log_px"]["stderr"], rel=1e-4)
-    c = evaluation.evaluate(run, **dict(kw, seed=2))
+    c = evaluation.evaluate(run, settings, **dict(kw, seed=2))
     assert c["metrics"]["log_px"]["mean"] != a["metrics"]["log_px"]["mean"]
 
 
@@ -106,7 +109,7 @@ def test_results_do_not_depend_on_batch_size(vae_workdir):
     (["--estimators", "elbo,foo"], "unknown estimator(s) foo"),
     (["--ks", "1,100", "--k", "10"], "between 1 and the number of importance samples"),
     (["--ais-steps", "0", "--estimators", "ais"], "argument --ais-steps: must be >= 1, got 0"),
-    (["--estimators", "ais", "--step-size", "-0.1"], "AIS step_size must be > 0"),
+    (["--estimators", "ais", "--step-size", "-0.1"], "AIS.step_size=-0.1 must be > 0"),
     (["--estimators", "ais", "--schedule", "linear", "--target-accept", "1.5"], "target_accept"),
 ])
 def test_bad_estimator_settings_are_one_clear_line(vae_workdir, capsys, args, message):

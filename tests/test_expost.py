@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 
 from vaegen.config import loading as config
+from vaegen.config.schema import to_spec
 from vaegen.model import linear_gaussian as exact
 from vaegen.studies import expost as expost
 from vaegen.model import latent as model_lib
 from vaegen.blocks import networks as networks
 from vaegen.objectives import bounds as objectives
 from vaegen.blocks import posteriors as posteriors
-from vaegen.evaluation import run as run_lib
+from vaegen.runs import run as run_lib
 
 
 def test_fit_recovers_separated_clusters_and_matches_sklearn_density():
@@ -50,7 +51,7 @@ def test_mixture_save_load_roundtrip(tmp_path):
 def _linear_gaussian_ae(lg):
     """The linear-Gaussian model's decoder with a point-mass encoder at the exact posterior mean: an
     autoencoder whose log p(x) under N(0, I) is known in closed form."""
-    cfg = config.load_config("tiny:ae", [f"model.latent_dim={lg.latent_dim}"])
+    spec = to_spec(config.load_config("tiny:ae", [f"model.latent_dim={lg.latent_dim}"]))
     model = model_lib.LatentVariableModel(
         prior=None,
         likelihood=lg.model().likelihood,
@@ -58,7 +59,7 @@ def _linear_gaussian_ae(lg):
     v = lg.variables()
     variables = {"params": {"likelihood": v["params"]["likelihood"],
                             "posterior": {"loc": v["params"]["posterior"]["loc"]}}}
-    return run_lib.Run(workdir=pathlib.Path("."), config=cfg, model=model, variables=variables,
+    return run_lib.Run(workdir=pathlib.Path("."), spec=spec, model=model, variables=variables,
                        event_shape=(lg.data_dim,), epoch=0, info={})
 
 

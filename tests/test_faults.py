@@ -27,10 +27,12 @@ import pytest
 import vaegen
 from vaegen.train import checkpoint as checkpoint_lib
 from vaegen import cli
+from vaegen import errors
 from vaegen.config import loading as config_lib
+from vaegen.config import schema
 from vaegen.data import datasets as data_lib
+from vaegen.data import splits as splits_lib
 from vaegen.train import faults as faults
-from vaegen.objectives import bounds as objectives_lib
 from vaegen.model import latent as model_lib
 from vaegen import sharding as sharding_lib
 from vaegen.train import trainer as train_lib
@@ -68,8 +70,13 @@ def _assert_same_params(a, b):
 def reference(tmp_path_factory):
     """An uninterrupted tiny run of EPOCHS epochs, one device call per epoch."""
     workdir = tmp_path_factory.mktemp("reference") / "run"
-    train_lib.train_and_evaluate(config_lib.load_config("tiny", [f"train.num_epochs={EPOCHS}"]), workdir)
+    _train(config_lib.load_config("tiny", [f"train.num_epochs={EPOCHS}"]), workdir)
     return workdir
+
+
+def _train(config, workdir, **kwargs):
+    """The trainer, on the typed run spec of a config."""
+    return train_lib.train_and_evaluate(schema.to_spec(config), workdir, **kwargs)
 
 
 def _copy(reference, tmp_path):
@@ -94,6 +101,9 @@ class InjectNonFinite:
     def bound_name(self):
         return self.inner.bound_name
 
+    def for_validation(self, validation_num_samples):
+        return self.inner.for_validation(validation_num_samples)  # validation is not injected
+
     def __call__(self, model, variables, x, key, step=0):
         terms = self.inner(model, variables, x, key, step)
         step = jnp.asarray(step)
@@ -112,16 +122,16 @@ MAX_SKIPS = 4
 
 
 def test_nonfinite_steps_are_skipped_on_the_device_and_counted():
-    cfg = config_lib.load_config("tiny")
-    splits = train_lib.load_data(cfg)
+    spec = schema.to_spec(config_lib.load_config("tiny"))
+    splits = train_lib.load_data(spec)
     event_shape = splits.train.shape[1:]
-    setup = train_lib.build_setup(cfg, event_shape, splits.train.shape[0])
+    setup = train_lib.build_setup(spec, event_shape, splits.train.shape[0])
     mesh = sharding_lib.data_mesh(jax.devices()[:1])
     steps = train_lib.make_train_steps(
         setup.model, InjectNonFinite(setup.objective, **INJECT), setup.optimizer, batch_size=50,
         steps_per_epoch=setup.steps_per_epoch, num_steps=CHUNK, protocol="dynamic", seed=0, mesh=mesh,
         max_consecutive_skips=MAX_SKIPS, num_examples=splits.train.shape[0])
-    rows = sharding_lib.shard_rows(np.asarray(train_lib.stored_split(cfg, splits.train, "train")), mesh)
+    rows = sharding_lib.shard_rows(np.asarray(splits_lib.stored_split(spec.data, splits.train, "train")), mesh)
     params = model_lib.init_params(setup.model, jax.random.key(0), event_shape)
     state = train_lib.TrainState(step=jnp.int32(0), params=params, opt_state=setup.optimizer.init(params))
     state = jax.device_put(state, sharding_lib.replicated(mesh))
@@ -149,8 +159,13 @@ def test_nonfinite_steps_are_skipped_on_the_device_and_counted():
 
 
 def test_consecutive_nonfinite_steps_stop_the_run_with_one_clear_line(tmp_path, capsys, monkeypatch):
-    build = objectives_lib.build_objective
-    monkeypatch.setattr(objectives_lib, "build_objective", lambda cfg, **kw: InjectNonFinite(build(cfg, **kw), **INJECT))
+    build = train_lib.build_setup
+
+    def build_injected(*args, **kwargs):
+        setup = build(*args, **kwargs)
+        return dataclasses.replace(setup, objective=InjectNonFinite(setup.objective, **INJECT))
+
+    monkeypatch.setattr(train_lib, "build_setup", build_injected)
     w = tmp_path / "run"
     code = cli.main(["train", "--config", "tiny", "--workdir", str(w), "--config.train.num_epochs=3",
                      f"--config.train.max_consecutive_skips={MAX_SKIPS}", f"--config.train.steps_per_call={CHUNK}"])
@@ -212,8 +227,7 @@ def test_sigterm_then_sigkill_resume_to_the_uninterrupted_parameters(reference, 
 def _resume_to_the_reference(reference, w):
     """Resumes the tiny run in ``w`` (two device calls per epoch) to the end and checks that it
     ends with the reference run's parameters, bit for bit, and its metrics."""
-    train_lib.train_and_evaluate(config_lib.load_config("tiny", [f"train.num_epochs={EPOCHS}",
-                                                                 f"train.steps_per_call={CHUNK}"]), w)
+    _train(config_lib.load_config("tiny", [f"train.num_epochs={EPOCHS}", f"train.steps_per_call={CHUNK}"]), w)
     a, b = vaegen.load(reference), vaegen.load(w)
     assert a.epoch == b.epoch == EPOCHS
     _assert_same_params(a.variables, b.variables)
@@ -267,7 +281,7 @@ def test_torn_metrics_line_from_a_killed_writer_is_dropped_on_resume(reference, 
     with open(w / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 13, "train/elbo": -2')  # killed mid-line
     cfg = config_lib.load_config("tiny", [f"train.num_epochs={EPOCHS}"])
-    assert train_lib.train_and_evaluate(cfg, w)["epoch"] == EPOCHS
+    assert _train(cfg, w)["epoch"] == EPOCHS
     assert [r["epoch"] for r in _metrics(w)] == list(range(1, EPOCHS + 1))
 
 
@@ -326,10 +340,10 @@ def test_damaged_or_foreign_checkpoint_is_one_clear_error_and_nothing_is_touched
         message = "was written under a different config"
     before = _snapshot(w)
     cfg = config_lib.load_config("tiny", [f"train.num_epochs={EPOCHS + 1}"])
-    with pytest.raises(checkpoint_lib.CheckpointError, match=message):
-        train_lib.train_and_evaluate(cfg, w)
+    with pytest.raises(errors.CheckpointError, match=message):
+        _train(cfg, w)
     if damage != "truncated":  # vaegen.load restores no train state
-        with pytest.raises(checkpoint_lib.CheckpointError):
+        with pytest.raises(errors.CheckpointError):
             vaegen.load(w)
     assert _snapshot(w) == before
 
@@ -350,10 +364,10 @@ def test_unwritable_or_file_workdir_is_one_clear_error(tmp_path, monkeypatch):
     cfg = config_lib.load_config("tiny", ["train.num_epochs=1"])
     blocker = tmp_path / "a_file"
     blocker.write_text("mine")
-    with pytest.raises(train_lib.WorkdirError, match="is a file, not a directory"):
-        train_lib.train_and_evaluate(cfg, blocker)
-    with pytest.raises(train_lib.WorkdirError, match="cannot create workdir"):
-        train_lib.train_and_evaluate(cfg, blocker / "run")
+    with pytest.raises(errors.WorkdirError, match="is a file, not a directory"):
+        _train(cfg, blocker)
+    with pytest.raises(errors.WorkdirError, match="cannot create workdir"):
+        _train(cfg, blocker / "run")
     assert blocker.read_text() == "mine"
     # A directory without write permission (checked with access(2); root may write anywhere,
     # so the permission check itself is exercised through it).
@@ -361,8 +375,8 @@ def test_unwritable_or_file_workdir_is_one_clear_error(tmp_path, monkeypatch):
     locked.mkdir()
     real_access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode: False if pathlib.Path(p) == locked else real_access(p, mode))
-    with pytest.raises(train_lib.WorkdirError, match="not writable"):
-        train_lib.train_and_evaluate(cfg, locked / "run")
+    with pytest.raises(errors.WorkdirError, match="not writable"):
+        _train(cfg, locked / "run")
     assert list(locked.iterdir()) == []
 
 
@@ -370,16 +384,17 @@ def test_workdir_trained_on_other_data_is_refused(reference, tmp_path):
     w = _copy(reference, tmp_path)
     before = _snapshot(w)
     cfg = config_lib.load_config("tiny", [f"train.num_epochs={EPOCHS}"])
-    splits = data_lib.load_splits(cfg.data)
+    splits = data_lib.load_splits(schema.to_spec(cfg).data)
     other = dataclasses.replace(splits, train=255 - splits.train)
-    with pytest.raises(train_lib.WorkdirError, match="trained on other data"):
-        train_lib.train_and_evaluate(cfg, w, splits=other)
+    with pytest.raises(errors.WorkdirError, match="trained on other data"):
+        _train(cfg, w, splits=other)
     assert _snapshot(w) == before
 
 
 def test_gradient_clipping_bounds_the_global_norm():
-    cfg = config_lib.load_config("tiny", ["optim.optimizer=sgd", "optim.learning_rate=1.0", "optim.grad_clip_norm=2.0"])
-    opt = train_lib.make_optimizer(cfg.optim, steps_per_epoch=10)
+    spec = schema.to_spec(config_lib.load_config("tiny", ["optim.optimizer=sgd", "optim.learning_rate=1.0",
+                                                          "optim.grad_clip_norm=2.0"]))
+    opt = train_lib.make_optimizer(spec.optim, steps_per_epoch=10)
     params = {"a": jnp.zeros(3), "b": jnp.zeros((2, 2))}
     grads = {"a": jnp.full(3, 100.0), "b": jnp.full((2, 2), -50.0)}
     updates, _ = opt.update(grads, opt.init(params), params)

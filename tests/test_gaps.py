@@ -2,6 +2,7 @@
 semi-amortized training through the unchanged trainer."""
 
 import csv
+import dataclasses
 import io
 import json
 import pathlib
@@ -11,12 +12,15 @@ import numpy as np
 import pytest
 
 from vaegen import cli
+import vaegen
 from vaegen.config import loading as config_lib
+from vaegen.config import schema
 from vaegen.model import linear_gaussian as exact
+from vaegen.registry import registry, setting
 from vaegen.studies import gaps as gaps
 from vaegen.inference import svi as inference
-from vaegen.evaluation import run as run_lib
-from vaegen.train import trainer as train_lib
+from vaegen.runs import run as run_lib
+from vaegen.runs import training as train_lib
 
 SETTINGS = inference.SVISettings(num_steps=200, learning_rate=0.1, num_samples=16)
 
@@ -32,7 +36,7 @@ def xs(lg):
 
 
 def _run(lg, variables):
-    return run_lib.Run(workdir=pathlib.Path("linear-gaussian"), config=config_lib.load_config("default"),
+    return run_lib.Run(workdir=pathlib.Path("linear-gaussian"), spec=schema.to_spec(config_lib.load_config("default")),
                        model=lg.model(), variables=variables, event_shape=(lg.data_dim,), epoch=0, info={})
 
 
@@ -103,7 +107,7 @@ def test_gaps_command_writes_markdown_csv_and_json(tiny_run, capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--family", "gaussian_mixture"], "unknown family 'gaussian_mixture'"),
+    (["--family", "gaussian_mixture"], "unknown variational family 'gaussian_mixture'"),
     (["--split", "holdout"], "unknown split 'holdout'"),
     (["--steps", "-1"], "--steps: must be >= 0"),
     (["--lr", "0"], "learning_rate must be > 0"),
@@ -125,8 +129,8 @@ def test_gaps_of_an_autoencoder_is_refused(tmp_path, capsys):
 
 
 def test_semi_amortized_training_runs_through_the_trainer(tmp_path):
-    cfg = config_lib.load_config("tiny", ["train.num_epochs=2", "objective.name=semi_amortized",
-                                          "objective.svi_steps=2", "inference.posterior=full_covariance_gaussian"])
+    cfg = config_lib.load_config("tiny", ["train.num_epochs=2", "objective=semi_amortized",
+                                          "objective.steps=2", "inference.posterior=full_covariance_gaussian"])
     train_lib.train_and_evaluate(cfg, tmp_path)
     lines = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     for r in lines:
@@ -136,30 +140,37 @@ def test_semi_amortized_training_runs_through_the_trainer(tmp_path):
     assert lines[-1]["validation/elbo"] > lines[0]["validation/elbo"]
 
 
-@pytest.mark.parametrize("override, message", [
-    ("objective.svi_gradient=backprop", "objective.svi_gradient"),
-    ("eval.gaps.families=diag,mixture", "eval.gaps.families"),
+@pytest.mark.parametrize("overrides, message", [
+    (["objective=semi_amortized", "objective.gradient=backprop"], "objective.gradient"),
+    (["gaps.families=diag,mixture"], "gaps.families"),
 ])
-def test_new_config_keys_are_validated(override, message):
+def test_new_config_keys_are_validated(overrides, message):
     with pytest.raises(config_lib.ConfigError, match=message):
-        config_lib.load_config("tiny", [override])
+        config_lib.load_config("tiny", overrides)
     with pytest.raises(config_lib.ConfigError, match="semi_amortized"):
-        config_lib.load_config("tiny:ae", ["objective.name=semi_amortized"])
+        config_lib.load_config("tiny:ae", ["objective=semi_amortized"])
 
 
 def test_runs_trained_before_new_config_keys_still_load(tiny_run, monkeypatch):
     """Adding keys to the schema (as this library's amortization keys were) must not orphan older runs."""
-    import vaegen
-    from vaegen.configs import default
+    # A later version gives the gaps section and the ELBO a new setting each.
+    @dataclasses.dataclass(frozen=True)
+    class GapsWithANewKey(inference.GapsSettings):
+        some_future_option: int = setting(1, "a setting added after the run was trained")
 
-    get_config = default.get_config
+    @dataclasses.dataclass(frozen=True)
+    class RunSpecWithANewKey(schema.RunSpec):
+        gaps: GapsWithANewKey = dataclasses.field(default_factory=GapsWithANewKey)
 
-    def with_a_new_key(arg=None):
-        c = get_config(arg)
-        c.eval.gaps.some_future_option = 1
-        c.objective.some_future_option = 1.0
-        return c
+    objectives = registry("objective")
+    elbo = objectives.get("elbo")
 
-    monkeypatch.setattr(default, "get_config", with_a_new_key)
+    @dataclasses.dataclass(frozen=True)
+    class ELBOWithANewKey(elbo.settings):
+        some_future_option: float = setting(1.0, "a setting added after the run was trained")
+
+    monkeypatch.setattr(schema, "RunSpec", RunSpecWithANewKey)
+    monkeypatch.setitem(objectives._components, "elbo", dataclasses.replace(elbo, settings=ELBOWithANewKey))
     run = vaegen.load(tiny_run)
     assert run.config.objective.some_future_option == 1.0 and run.epoch == 2
+    assert run.config.gaps.some_future_option == 1

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
+import vaegen
 from vaegen.config import loading as config_lib
 from vaegen.estimators import importance as estimators
 from vaegen.model import two_layer as hierarchical
@@ -21,14 +22,14 @@ D1, D2 = 3, 2
 def _linear_two_layer(hierarchy="bottom_up", sees_top=False):
     """z2 ~ N(0, I), z1 | z2 ~ N(A z2 + a, diag s1^2), x | z1 ~ N(W z1 + b, I): linear trunks,
     and the log-scale of p(z1 | z2) made constant, so the model is linear-Gaussian."""
-    overrides = [f"model.latent_dim={D1}", f"model.top_latent_dim={D2}", "model.likelihood=gaussian",
-                 "model.gaussian_fixed_scale=1.0", "model.decoder.hidden=()", "model.top_decoder.hidden=()",
-                 "inference.encoder.hidden=(16,)", "inference.top_encoder.hidden=(16,)",
-                 f"inference.hierarchy={hierarchy}", "data.binarization=none"]
+    overrides = [f"model.latent_dim={D1}", "model.kind=two_layer", f"model.kind.top_latent_dim={D2}",
+                 "model.likelihood=gaussian", "model.likelihood.fixed_scale=1.0", "model.decoder.hidden=()",
+                 "model.kind.top_decoder.hidden=()", "inference.encoder.hidden=(16,)",
+                 "model.kind.top_encoder.hidden=(16,)", f"model.kind.hierarchy={hierarchy}", "data.binarization=none"]
     if sees_top:
-        overrides += ["model.decoder_sees_top=True"]
-    cfg = config_lib.load_config("tiny", overrides)
-    model = model_lib.build_model(cfg.model, cfg.inference, EVENT)
+        overrides += ["model.kind.decoder_sees_top=True"]
+    spec = vaegen.to_spec(config_lib.load_config("tiny", overrides))
+    model = model_lib.build_model(spec.model, spec.inference, EVENT)
     variables = model_lib.init_params(model, jax.random.key(0), EVENT)
     params = jax.tree_util.tree_map(lambda a: a, variables["params"])
     cond = params["prior"]["conditional"]
@@ -123,22 +124,23 @@ def test_posterior_factorises_in_its_order():
 
 
 def test_two_layer_configs_are_validated():
+    two_layer = ["model.kind=two_layer", "model.kind.top_latent_dim=2"]
     with pytest.raises(config_lib.ConfigError, match="diagonal Gaussian"):
-        config_lib.load_config("tiny", ["model.top_latent_dim=2", "inference.posterior=flow"])
+        config_lib.load_config("tiny", [*two_layer, "inference.posterior=flow"])
     with pytest.raises(config_lib.ConfigError, match="needs a prior"):
-        config_lib.load_config("tiny:ae", ["model.top_latent_dim=2", "inference.posterior=diagonal_gaussian",
+        config_lib.load_config("tiny:ae", [*two_layer, "inference.posterior=diagonal_gaussian",
                                            "objective.name=elbo"])
     with pytest.raises(config_lib.ConfigError, match="top_down"):
-        config_lib.load_config("tiny", ["model.top_latent_dim=2", "model.prior=vampprior"])
-    with pytest.raises(config_lib.ConfigError, match="inference.hierarchy"):
-        config_lib.load_config("tiny", ["model.top_latent_dim=2", "inference.hierarchy=sideways"])
+        config_lib.load_config("tiny", [*two_layer, "model.prior=vampprior"])
+    with pytest.raises(config_lib.ConfigError, match="model.kind.hierarchy"):
+        config_lib.load_config("tiny", [*two_layer, "model.kind.hierarchy=sideways"])
 
 
 @pytest.mark.parametrize("overrides", [
-    ["model.top_latent_dim=2", "objective.name=iwae", "objective.num_samples=3"],
-    ["model.top_latent_dim=2", "inference.hierarchy=top_down", "model.decoder_sees_top=True",
-     "model.decoder.branch_hidden=(16,)", "inference.top_encoder.branch_hidden=(16,)", "model.decoder.gated=True",
-     "inference.top_encoder.gated=True"],
+    ["model.kind=two_layer", "model.kind.top_latent_dim=2", "objective.name=iwae", "objective.num_samples=3"],
+    ["model.kind=two_layer", "model.kind.top_latent_dim=2", "model.kind.hierarchy=top_down",
+     "model.kind.decoder_sees_top=True", "model.kind.decoder_branch_hidden=(16,)",
+     "model.kind.encoder_branch_hidden=(16,)", "model.decoder.gated=True", "model.kind.top_encoder.gated=True"],
 ])
 def test_two_layer_models_train_through_the_trainer(tmp_path, overrides):
     import vaegen

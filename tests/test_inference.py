@@ -6,7 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from vaegen.errors import InferenceError
 from vaegen.model import linear_gaussian as exact
+from vaegen.inference import families
+from vaegen.inference import semi_amortized
 from vaegen.inference import svi as inference
 from vaegen.blocks import networks as networks
 from vaegen.objectives import bounds as objectives
@@ -144,7 +147,7 @@ def test_flow_density_is_the_change_of_variables_and_starts_at_the_base():
 def test_flow_q_star_beats_the_best_diagonal_gaussian(lg, xs):
     """The flow family can represent the correlated posterior, which no diagonal Gaussian can."""
     model, variables = lg.model(), lg.variables()  # the optimal diagonal q as the amortized q
-    family = inference.make_family("flow", model, num_layers=4, hidden=(16,), context_dim=0)
+    family = families.make_family("flow", model, num_layers=4, hidden=(16,), context_dim=0)
     fit = inference.fit_local(model, variables, xs[:2], jax.random.key(4), family=family, eval_samples=1000,
                               settings=inference.SVISettings(num_steps=200, learning_rate=3e-2, num_samples=4),
                               progress=False)
@@ -163,18 +166,18 @@ def test_families_embed_a_diagonal_q_exactly(lg, xs):
     z = jnp.array([[0.1, 0.2, -0.3], [1.0, -1.0, 0.5]])
     expected = jax.jit(lambda v: model.apply(v, x, method="q_z_given_x").log_prob(z))(variables)
     for name in ("diag", "fullcov", "flow"):
-        family = inference.make_family(name, model)
+        family = families.make_family(name, model)
         log_q = jax.jit(lambda v: family.distribution(
-            inference.initial_parameters(family, "amortized", model, v, x)).log_prob(z))(variables)
+            families.initial_parameters(family, "amortized", model, v, x)).log_prob(z))(variables)
         np.testing.assert_allclose(log_q, expected, rtol=1e-5)
-    with pytest.raises(inference.InferenceError, match="unknown variational family"):
-        inference.make_family("gaussian_mixture", model)
+    with pytest.raises(InferenceError, match="unknown variational family"):
+        families.make_family("gaussian_mixture", model)
 
 
 def test_semi_amortized_with_no_steps_is_the_elbo(lg, xs, poor_encoder):
     model, x = lg.model(), jnp.asarray(xs[0])
     key = jax.random.key(5)
-    sa = inference.SemiAmortizedELBO(settings=inference.SVISettings(num_steps=0, schedule="constant"))
+    sa = semi_amortized.SemiAmortizedELBO(settings=inference.SVISettings(num_steps=0, schedule="constant"))
     elbo = objectives.ELBO()
 
     @jax.jit
@@ -196,7 +199,8 @@ def test_semi_amortized_refinement_and_its_gradients(lg, xs, poor_encoder):
     key = jax.random.key(6)
     settings = inference.SVISettings(num_steps=30, learning_rate=0.05, schedule="constant", num_samples=4,
                                      path_gradient=False)
-    objs = {g: inference.SemiAmortizedELBO(settings=settings, gradient=g, num_samples=64) for g in inference.GRADIENTS}
+    objs = {g: semi_amortized.SemiAmortizedELBO(settings=settings, gradient=g, num_samples=64)
+            for g in semi_amortized.GRADIENTS}
     terms = jax.jit(lambda v: objs["unrolled"](model, v, x, key))(poor_encoder)
     best = lg.elbo(xs[1:2], lg.posterior_mean(xs[1:2]), lg.optimal_diagonal_variance())[0]
     assert terms["refinement_gain"] > 1.0 and terms["elbo"] > terms["elbo_amortized"]
@@ -223,9 +227,11 @@ def test_semi_amortized_refinement_and_its_gradients(lg, xs, poor_encoder):
 @pytest.mark.parametrize("posterior", ["full_covariance_gaussian", "flow"])
 def test_richer_posteriors_build_from_the_config_and_train_on_the_elbo(posterior):
     from vaegen.config import loading as config_lib
+    from vaegen.config.schema import to_spec
     from vaegen.model import latent as model_lib
 
-    cfg = config_lib.load_config("tiny", [f"inference.posterior={posterior}", "inference.flow_hidden=(8,)"])
+    flow = ["inference.posterior.hidden=(8,)"] if posterior == "flow" else []
+    cfg = to_spec(config_lib.load_config("tiny", [f"inference.posterior={posterior}", *flow]))
     model = model_lib.build_model(cfg.model, cfg.inference, (8, 8, 1))
     variables = model_lib.init_params(model, jax.random.key(0), (8, 8, 1))
     x = (jax.random.uniform(jax.random.key(1), (3, 8, 8, 1)) > 0.5).astype(jnp.float32)

@@ -1,6 +1,7 @@
 """The discretized logistic (mixture) likelihood of 8-bit images, checked against scipy; heads on
 vector and spatial decoder trunks; a tiny model trained on 8-bit colour data."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -15,12 +16,13 @@ from scipy.special import logsumexp
 import vaegen
 from vaegen.config import loading as config_lib
 from vaegen.data import datasets as data_lib
-from vaegen.evaluation import evaluate as evaluation_lib
+from vaegen.runs import evaluate as evaluation_lib
 from vaegen.blocks import likelihoods as likelihoods
 from vaegen.model import latent as model_lib
 from vaegen.blocks import networks as networks
 from vaegen.blocks import posteriors as posteriors
 from vaegen.blocks import priors as priors
+from vaegen.registry import LIKELIHOODS, NETWORKS
 from vaegen.train import trainer as train_lib
 
 LEVELS = np.arange(256) / 255.0
@@ -264,9 +266,9 @@ def test_config_requires_grey_levels():
     with pytest.raises(config_lib.ConfigError, match="discretized_logistic models the 256 grey levels.*"
                                                      "binarization='dynamic'"):
         config_lib.load_config("tiny", ["model.likelihood=discretized_logistic"])
-    with pytest.raises(config_lib.ConfigError, match="config.model.logistic_mixtures=0 must be > 0"):
+    with pytest.raises(config_lib.ConfigError, match="config.model.likelihood.mixtures=0 must be > 0"):
         config_lib.load_config("tiny", ["model.likelihood=discretized_logistic", "data.binarization=none",
-                                        "model.logistic_mixtures=0"])
+                                        "model.likelihood.mixtures=0"])
 
 
 # --- heads on vector and spatial trunks ------------------------------------------------------
@@ -345,6 +347,25 @@ def test_output_bias_starts_at_the_data_mean(name, spatial):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("name", LIKELIHOODS.names())
+def test_every_registered_likelihood_builds_on_an_mlp_decoder(name):
+    """Each likelihood of the registry, at its default settings, on an mlp decoder trunk: p(x | z)
+    with batch [2] and event [4, 6, 3] whose log-density of one observation is finite."""
+    component = LIKELIHOODS.get(name)
+    assert component.summary.strip()
+    decoder = NETWORKS.select("mlp", hidden=(8,)).build(event_ndims=1, output_shape=EVENT)
+    lik = LIKELIHOODS.select(name).build(decoder=decoder, event_shape=EVENT)
+    assert isinstance(lik, nn.Module)
+    z = jax.random.normal(jax.random.key(0), (2, 3))
+    v = lik.init(jax.random.key(1), z)
+    x = jnp.asarray(np.random.default_rng(0).integers(0, 2, EVENT) * 1.0, jnp.float32)  # in every support
+    likelihoods.check_support(name, np.asarray(x))
+    d = lik.apply(v, z)
+    assert d.batch_shape == (2,) and d.event_shape == EVENT
+    lp = d.log_prob(x)
+    assert lp.shape == (2,) and np.all(np.isfinite(np.asarray(lp)))
+
+
 # --- a model trained on 8-bit colour images --------------------------------------------------
 
 def _colour_splits(n_train=400, n_val=100, n_test=100, seed=0):
@@ -368,10 +389,10 @@ def _colour_splits(n_train=400, n_val=100, n_test=100, seed=0):
 
 def test_tiny_model_trains_on_8bit_colour_images_and_reports_bits_per_dim(tmp_path, monkeypatch):
     cfg = config_lib.load_config("tiny", [
-        "data.binarization=none", "model.likelihood=discretized_logistic", "model.logistic_mixtures=2",
+        "data.binarization=none", "model.likelihood=discretized_logistic", "model.likelihood.mixtures=2",
         "train.num_epochs=4", "optim.learning_rate=3e-3", "train.batch_size=50"])
     splits = _colour_splits()
-    last = train_lib.train_and_evaluate(cfg, tmp_path, splits=splits)
+    last = train_lib.train_and_evaluate(vaegen.to_spec(cfg), tmp_path, splits=splits)
     m = [json.loads(l) for l in (pathlib.Path(tmp_path) / "metrics.jsonl").read_text().splitlines()]
     assert len(m) == 4 and last["epoch"] == 4
     assert all(np.isfinite(r["validation/elbo"]) for r in m)
@@ -381,8 +402,10 @@ def test_tiny_model_trains_on_8bit_colour_images_and_reports_bits_per_dim(tmp_pa
     assert m[-1]["validation/elbo"] > -192 * np.log(256)
 
     # Evaluated (on the same data): bits/dim = -log p(x) / (D ln 2) over D = 8 * 8 * 3 sub-pixels.
-    monkeypatch.setattr(train_lib, "load_data", lambda config: splits)
-    result = evaluation_lib.evaluate(vaegen.load(tmp_path), estimators="elbo,is", num_samples=5, max_examples=20)
+    monkeypatch.setattr(train_lib, "load_data", lambda spec: splits)
+    run = vaegen.load(tmp_path)
+    settings = dataclasses.replace(run.spec.eval, estimators="elbo,is", num_samples=5)
+    result = evaluation_lib.evaluate(run, settings, max_examples=20)
     assert "D = 192 = 8 x 8 x 3 sub-pixels of the 8-bit image" in result["bits_per_dim_definition"]
     assert "bits/dim: -log2 p(x) / D over the D = 192" in evaluation_lib.format_table(result)
     for name in ("log_px", "elbo"):

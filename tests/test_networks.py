@@ -1,15 +1,18 @@
 """Trunks: gated dense layers, the convolutional encoder and decoder, against hand-written numpy
 computations from their parameters; shapes for any number of leading batch dimensions."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from scipy import special
 
+import vaegen
 from vaegen.model import latent as model_lib
 from vaegen.blocks import networks as networks
 from vaegen.objectives import bounds as objectives
+from vaegen.registry import NETWORKS
 from vaegen.config.loading import ConfigError, load_config
 
 # The VampPrior's convolutional HVAE (Tomczak & Welling 2018) on 28x28x1 images.
@@ -155,16 +158,17 @@ def test_conv_trunks_refuse_impossible_shapes_when_built():
         networks.ConvDecoder(output_shape=(8, 8, 1), conv_channels=(4, 4), conv_kernels=(3, 3), conv_strides=(1, 0))
     with pytest.raises(ValueError, match=r"conv_encoder takes images \[H, W, C\]"):
         networks.ConvEncoder(event_ndims=1)
-    cfg = load_config("tiny", ["model.decoder.network=conv_decoder", "model.decoder.conv_strides=(1, 3, 1, 1)"])
+    spec = vaegen.to_spec(load_config("tiny", ["model.decoder=conv_decoder", "model.decoder.conv_strides=(1, 3, 1, 1)"]))
     with pytest.raises(ConfigError, match=r"upsample by 3 in all"):
-        model_lib.build_model(cfg.model, cfg.inference, (8, 8, 1))
+        model_lib.build_model(spec.model, spec.inference, (8, 8, 1))
 
 
 def test_a_conv_encoder_from_the_config_serves_the_posterior_in_a_batched_elbo():
-    cfg = load_config("tiny", ["inference.encoder.network=conv_encoder", "inference.encoder.conv_channels=(4, 4)",
+    cfg = load_config("tiny", ["inference.encoder=conv_encoder", "inference.encoder.conv_channels=(4, 4)",
                                "inference.encoder.conv_kernels=(3, 3)", "inference.encoder.conv_strides=(1, 2)",
                                "inference.encoder.gated=True", "inference.encoder.hidden=(16,)"])
-    m = model_lib.build_model(cfg.model, cfg.inference, (8, 8, 1))
+    spec = vaegen.to_spec(cfg)
+    m = model_lib.build_model(spec.model, spec.inference, (8, 8, 1))
     assert isinstance(m.posterior.encoder, networks.ConvEncoder)
     v = model_lib.init_params(m, jax.random.key(0), (8, 8, 1))
     enc = v["params"]["posterior"]["encoder"]
@@ -177,20 +181,24 @@ def test_a_conv_encoder_from_the_config_serves_the_posterior_in_a_batched_elbo()
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["inference.encoder.network=conv_encoder", "inference.encoder.conv_kernels=(3, 3)"],
+    (["inference.encoder=conv_encoder", "inference.encoder.conv_kernels=(3, 3)"],
      "config.inference.encoder: conv_channels, conv_kernels and conv_strides need one entry per convolution, "
      "got lengths 4, 2 and 4"),
-    (["model.decoder.network=conv_decoder", "model.decoder.conv_channels=(8, 0, 8, 8)"],
-     "config.model.decoder.conv_channels must be positive, got (8, 0, 8, 8)"),
-    (["model.decoder.network=conv_decoder", "model.decoder.reshape_channels=0"],
+    (["model.decoder=conv_decoder", "model.decoder.conv_channels=(8, 0, 8, 8)"],
+     "config.model.decoder.conv_channels=(8, 0, 8, 8): every entry must be > 0"),
+    (["model.decoder=conv_decoder", "model.decoder.reshape_channels=0"],
      "config.model.decoder.reshape_channels=0 must be > 0"),
-    (["model.decoder.network=conv_encoder"],
-     "config.model.decoder.network='conv_encoder' cannot serve this trunk; choose one of mlp, conv_decoder"),
-    (["model.top_decoder.network=conv_decoder"], "config.model.top_decoder.network='conv_decoder' cannot serve"),
-    (["inference.top_encoder.network=conv_encoder"], "with config.inference.hierarchy=bottom_up q(z2 | z1) reads z1"),
-    (["inference.encoder.network=resnet"], "config.inference.encoder.network='resnet' is not one of mlp"),
-    (["inference.top_encoder.hidden=(10, 0)"], "config.inference.top_encoder.hidden widths must be positive"),
-    (["model.top_decoder.activation=swish"], "config.model.top_decoder.activation='swish' is not one of"),
+    (["model.decoder=conv_encoder"],
+     "config.model.decoder.name='conv_encoder' cannot serve p(x | z)'s trunk; choose one of conv_decoder, mlp"),
+    (["model.kind=two_layer", "model.kind.top_decoder=conv_decoder"],
+     "config.model.kind.top_decoder.name='conv_decoder' cannot serve"),
+    (["model.kind=two_layer", "model.kind.top_encoder=conv_encoder"],
+     "with config.model.kind.hierarchy=bottom_up q(z2 | z1) reads z1"),
+    (["inference.encoder=resnet"], "config.inference.encoder.name='resnet' is not a registered network"),
+    (["model.kind=two_layer", "model.kind.top_encoder.hidden=(10, 0)"],
+     "config.model.kind.top_encoder.hidden=(10, 0): every entry must be > 0"),
+    (["model.kind=two_layer", "model.kind.top_decoder.activation=swish"],
+     "config.model.kind.top_decoder.activation='swish' is not one of"),
 ])
 def test_every_trunk_section_is_validated(overrides, message):
     with pytest.raises(ConfigError) as info:
@@ -201,9 +209,31 @@ def test_every_trunk_section_is_validated(overrides, message):
 def test_the_vampprior_architecture_is_a_valid_config():
     enc = [f"inference.encoder.{k}={v!r}" for k, v in VAMP_ENCODER.items()]
     dec = [f"model.decoder.{k}={v!r}" for k, v in VAMP_DECODER.items()]
-    cfg = load_config("tiny", ["inference.encoder.network=conv_encoder", "model.decoder.network=conv_decoder",
-                               *enc, *dec])
-    dec_net = model_lib.build_network(cfg.model.decoder.to_dict(), event_ndims=1, output_shape=(28, 28, 1))
-    enc_net = model_lib.build_network(cfg.inference.encoder.to_dict(), event_ndims=3)
+    cfg = load_config("tiny", ["inference.encoder=conv_encoder", "model.decoder=conv_decoder", *enc, *dec])
+    spec = vaegen.to_spec(cfg)
+    dec_net = spec.model.decoder.build(event_ndims=1, output_shape=(28, 28, 1))
+    enc_net = spec.inference.encoder.build(event_ndims=3)
     assert isinstance(dec_net, networks.ConvDecoder) and dec_net.output_shape == (28, 28, 1)
     assert isinstance(enc_net, networks.ConvEncoder) and enc_net.conv_kernels == (7, 3, 5, 3, 3)
+
+
+@pytest.mark.parametrize("name", NETWORKS.names())
+def test_every_registered_network_builds_with_its_defaults(name):
+    """Each trunk of the registry, at its default settings, on what it reads: an 8x8x1 image (an
+    encoder's trunk) or a 3-d z (a decoder's trunk, per pixel if its output is spatial)."""
+    component = NETWORKS.get(name)
+    assert component.summary.strip()
+    event = (8, 8, 1)
+    if networks.reads_latents(component):
+        net = NETWORKS.select(name).build(event_ndims=1, output_shape=event)
+        x = jnp.zeros((2, 3))
+    else:
+        net = NETWORKS.select(name).build(event_ndims=len(event))
+        x = jnp.zeros((2,) + event)
+    assert isinstance(net, nn.Module)
+    v = jax.eval_shape(net.init, jax.random.key(0), x[0])
+    out = jax.eval_shape(net.apply, v, x)
+    if component.trait("spatial_output", False):
+        assert out.shape[:3] == (2,) + event[:2]
+    else:
+        assert out.ndim == 2 and out.shape[0] == 2

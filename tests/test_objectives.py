@@ -5,10 +5,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import vaegen
+from vaegen.errors import UndefinedObjectiveError
 from vaegen.model import linear_gaussian as exact
 from vaegen.objectives import bounds as objectives
+from vaegen.objectives.autoencoder import Autoencoder
 from vaegen.config.loading import load_config
 from vaegen.model.latent import build_model, init_params
+from vaegen.registry import OBJECTIVES
 
 
 @pytest.fixture(scope="module")
@@ -111,8 +115,8 @@ def test_kl_warmup_and_beta():
 
 
 def test_beta_changes_objective_not_reported_elbo():
-    cfg = load_config("tiny")
-    model = build_model(cfg.model, cfg.inference, (8, 8, 1))
+    spec = vaegen.to_spec(load_config("tiny"))
+    model = build_model(spec.model, spec.inference, (8, 8, 1))
     v = init_params(model, jax.random.key(0), (8, 8, 1))
     x = (jax.random.uniform(jax.random.key(1), (4, 8, 8, 1)) > 0.5).astype(jnp.float32)
     a = _batched(objectives.ELBO(), model, v, x)
@@ -122,16 +126,29 @@ def test_beta_changes_objective_not_reported_elbo():
 
 
 def test_autoencoder_objective_is_reconstruction_at_the_code():
-    cfg = load_config("tiny:ae", ["objective.code_penalty=0.5"])
-    model = build_model(cfg.model, cfg.inference, (8, 8, 1))
+    spec = vaegen.to_spec(load_config("tiny:ae", ["objective.code_penalty=0.5"]))
+    model = build_model(spec.model, spec.inference, (8, 8, 1))
     v = init_params(model, jax.random.key(0), (8, 8, 1))
     x = (jax.random.uniform(jax.random.key(1), (3, 8, 8, 1)) > 0.5).astype(jnp.float32)
-    terms = _batched(objectives.Autoencoder(code_penalty=0.5), model, v, x)
+    assert spec.objective.build() == Autoencoder(code_penalty=0.5)
+    terms = _batched(Autoencoder(code_penalty=0.5), model, v, x)
     z = model.apply(v, x, method="q_z_given_x").mean()
     rec = model.apply(v, x, z, method=lambda m, x, z: jax.vmap(m.log_likelihood)(x, z))
     np.testing.assert_allclose(terms["reconstruction"], rec, rtol=1e-6)
     np.testing.assert_allclose(terms["objective"], rec - 0.25 * np.sum(np.asarray(z) ** 2, -1), rtol=1e-5)
-    with pytest.raises(objectives.UndefinedObjectiveError, match="point-mass"):
+    with pytest.raises(UndefinedObjectiveError, match="point-mass"):
         _batched(objectives.ELBO(), model, v, x)
-    with pytest.raises(objectives.UndefinedObjectiveError):
+    with pytest.raises(UndefinedObjectiveError):
         _batched(objectives.IWAE(4), model, v, x)
+
+
+@pytest.mark.parametrize("name", OBJECTIVES.names())
+def test_every_registered_objective_builds_with_its_defaults(name):
+    """Each objective of the registry, at its default settings: a per-example objective naming its
+    bound, whose validation form (what the trainer tracks on held-out data) reports the same bound."""
+    component = OBJECTIVES.get(name)
+    assert component.summary.strip()
+    obj = OBJECTIVES.select(name).build(steps_per_epoch=10)
+    assert callable(obj) and obj.bound_name
+    validation = obj.for_validation(5)
+    assert callable(validation) and validation.bound_name == obj.bound_name

@@ -11,18 +11,22 @@ import numpy as np
 import pytest
 from scipy import special, stats
 
+import flax.linen as nn
+
+import vaegen
 from vaegen.model import latent as model_lib
 from vaegen.objectives import bounds as objectives
 from vaegen.blocks import priors as priors
-from vaegen.train import trainer as train_lib
+from vaegen.registry import PRIORS
 from vaegen.config.loading import ConfigError, load_config
 
 EVENT = (8, 8, 1)
 
 
 def _model(prior, *overrides, components=3):
-    cfg = load_config("tiny", [f"model.prior={prior}", f"model.prior_components={components}", *overrides])
-    m = model_lib.build_model(cfg.model, cfg.inference, EVENT)
+    cfg = load_config("tiny", [f"model.prior={prior}", f"model.prior.components={components}", *overrides])
+    spec = vaegen.to_spec(cfg)
+    m = model_lib.build_model(spec.model, spec.inference, EVENT)
     return m, model_lib.init_params(m, jax.random.key(0), EVENT)
 
 
@@ -170,22 +174,27 @@ def test_elbo_with_a_learned_prior_runs_batched_and_its_kl_is_monte_carlo(prior)
 
 @pytest.mark.parametrize("prior", ["mixture", "vampprior"])
 def test_training_with_a_learned_prior_raises_the_validation_bound(prior, tmp_path):
-    cfg = load_config("tiny", [f"model.prior={prior}", "model.prior_components=10", "train.num_epochs=4",
+    cfg = load_config("tiny", [f"model.prior={prior}", "model.prior.components=10", "train.num_epochs=4",
                                "optim.learning_rate=3e-3"])
-    train_lib.train_and_evaluate(cfg, tmp_path)
+    vaegen.train_and_evaluate(cfg, tmp_path)
     m = [json.loads(l) for l in (pathlib.Path(tmp_path) / "metrics.jsonl").read_text().splitlines()]
     assert m[-1]["validation/elbo"] > m[0]["validation/elbo"] + 0.4
 
 
 @pytest.mark.parametrize("override, message", [
-    ("model.prior=gmm", "config.model.prior='gmm' is not one of standard_normal, mixture, vampprior, none"),
-    ("model.prior_components=0", "config.model.prior_components=0 must be > 0"),
-    ("model.vampprior_init=zeros", "config.model.vampprior_init='zeros' is not one of random, data"),
-    ("model.vampprior_init_std=0.0", "config.model.vampprior_init_std=0.0 must be > 0"),
+    (["model.prior=gmm"], "config.model.prior.name='gmm' is not a registered prior "
+                          "(registered: mixture, none, standard_normal, vampprior)"),
+    (["model.prior=mixture", "model.prior.components=0"], "config.model.prior.components=0 must be > 0"),
+    (["model.prior=vampprior", "model.prior.components=0"], "config.model.prior.components=0 must be > 0"),
+    (["model.prior=vampprior", "model.prior.init=zeros"], "config.model.prior.init='zeros' is not one of random, data"),
+    (["model.prior=vampprior", "model.prior.init_std=0.0"], "config.model.prior.init_std=0.0 must be > 0"),
+    (["model.prior.components=3"], "config.model.prior.components: the prior 'standard_normal' has no setting "
+                                   "'components' (its settings: none); the priors with that setting: mixture, "
+                                   "vampprior (choose one first: --config.model.prior=NAME)"),
 ])
 def test_prior_settings_are_validated(override, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        load_config("tiny", [override])
+        load_config("tiny", override)
 
 
 @pytest.mark.parametrize("posterior", ["point_mass", "flow"])
@@ -193,3 +202,25 @@ def test_vampprior_needs_a_posterior_with_a_density(posterior):
     with pytest.raises(ConfigError, match=f"not config.inference.posterior='{posterior}'"):
         load_config("tiny", ["model.prior=vampprior", f"inference.posterior={posterior}", "objective.name=iwae"])
     load_config("tiny", ["model.prior=vampprior", "inference.posterior=full_covariance_gaussian"])
+
+
+@pytest.mark.parametrize("name", PRIORS.names())
+def test_every_registered_prior_builds_with_its_defaults(name):
+    """Each prior of the registry, at its default settings, for a 2-d z and 4x4x1 observations: a
+    module whose p(z) has event [2] (the VampPrior through a stand-in q(z | u)), or None for 'none'."""
+    component = PRIORS.get(name)
+    assert component.summary.strip()
+    prior = PRIORS.select(name).build(latent_dim=2, event_shape=(4, 4, 1))
+    if not component.trait("exists", True):
+        assert prior is None
+        return
+    assert isinstance(prior, nn.Module)
+
+    def q(u):  # u [K, 4, 4, 1] -> batch [K], event [2]
+        flat = u.reshape(u.shape[0], -1)
+        return distrax.MultivariateNormalDiag(flat[:, :2], jnp.exp(flat[:, 2:4]))
+
+    v = prior.init(jax.random.key(0), posterior=q)
+    z = jnp.zeros((3, 2))
+    lp = prior.apply(v, posterior=q).log_prob(z)
+    assert lp.shape == (3,) and np.all(np.isfinite(np.asarray(lp)))

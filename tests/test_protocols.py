@@ -10,10 +10,16 @@ import optax
 import pytest
 
 import vaegen
+from vaegen import sharding as sharding_lib
 from vaegen.config import loading as config_lib
+from vaegen.config import schema
 from vaegen.data import datasets as data_lib
 from vaegen.data import protocols as protocols
+from vaegen.data import splits as splits_lib
+from vaegen.train import optim as optim_lib
+from vaegen.train import steps as steps_lib
 from vaegen.train import trainer as train_lib
+from vaegen.train.rng import purpose_key
 
 
 def _metrics(workdir):
@@ -41,11 +47,11 @@ def test_a_named_protocol_fixes_its_data_keys(name):
     cfg = config_lib.load_config("default")
     protocols.apply(cfg, name)
     assert cfg.data.protocol == name
-    protocols.check(cfg)  # consistent
+    protocols.check(schema.to_spec(cfg).data)  # consistent
     key = "validation_size" if "validation_size" in protocols.PROTOCOLS[name] else "max_train_examples"
     with pytest.raises(config_lib.ConfigError, match=f"data.protocol='{name}' fixes the data keys.*data.{key}"):
         cfg.data[key] = 123
-        protocols.check(cfg)
+        schema.to_spec(cfg)  # the data settings check their protocol (protocols.check)
 
 
 def test_protocol_names_are_checked_and_recorded(tmp_path):
@@ -60,7 +66,7 @@ def test_protocol_names_are_checked_and_recorded(tmp_path):
 def test_stage_schedule_is_the_iwae_schedule():
     cfg = config_lib.load_config("tiny", ["optim.schedule=stages"])
     spe = 3
-    schedule = train_lib.stage_schedule(1e-3, cfg.optim.stage_epochs, cfg.optim.stage_factors, spe)
+    schedule = optim_lib.stage_schedule(1e-3, cfg.optim.stage_epochs, cfg.optim.stage_factors, spe)
     # Stage i (i = 0..7) lasts 3^i epochs at 1e-3 * round(10^(1 - i/7), 1) / 10 (the IWAE code).
     step = 0
     for i in range(8):
@@ -77,7 +83,7 @@ def test_stage_schedule_is_the_iwae_schedule():
 @pytest.mark.parametrize("mode", ["per_tensor", "global"])
 def test_gradient_normalisation(mode):
     grads = {"a": jnp.array([3.0, 4.0]), "b": jnp.array([[1.0, 0.0], [0.0, 0.0]])}
-    out, _ = train_lib.normalize_gradients(mode).update(grads, optax.EmptyState(), None)
+    out, _ = optim_lib.normalize_gradients(mode).update(grads, optax.EmptyState(), None)
     if mode == "per_tensor":
         np.testing.assert_allclose(out["a"], [0.6, 0.8], rtol=1e-6)
         np.testing.assert_allclose(out["b"], [[1.0, 0.0], [0.0, 0.0]], rtol=1e-6)
@@ -85,7 +91,7 @@ def test_gradient_normalisation(mode):
         np.testing.assert_allclose(optax.global_norm(out), 1.0, rtol=1e-6)
         np.testing.assert_allclose(out["a"] / out["b"][0, 0], [3.0, 4.0], rtol=1e-6)
     cfg = config_lib.load_config("tiny", [f"optim.normalize_gradients={mode}"])
-    opt = train_lib.make_optimizer(cfg.optim, steps_per_epoch=10)
+    opt = optim_lib.make_optimizer(schema.to_spec(cfg).optim, steps_per_epoch=10)
     params = {"w": jnp.ones((2,))}
     updates, _ = opt.update({"w": jnp.array([100.0, 0.0])}, opt.init(params), params)
     assert np.all(np.isfinite(np.asarray(updates["w"])))
@@ -107,12 +113,15 @@ def test_early_stopping_keeps_the_best_parameters_and_stays_stopped(tmp_path):
     assert run.epoch == best_epoch
     assert vaegen.load(tmp_path / "run", best=False).epoch == m[-1]["epoch"]
     # Evaluating the loaded parameters on the validation split gives the recorded best bound.
-    evaluate = train_lib.make_evaluate(run.model, train_lib.validation_objective(run.config),
-                                       protocol="static", batch_size=50)
-    splits = train_lib.load_data(run.config)
-    val = train_lib.stored_split(run.config, splits.validation, "validation")
-    terms = evaluate(run.variables, val, train_lib.purpose_key(0, "validation"))
-    assert float(np.mean(terms["elbo"])) == pytest.approx(max(values), rel=1e-5)
+    spec = run.spec
+    splits = train_lib.load_data(spec)
+    setup = train_lib.build_setup(spec, run.event_shape, len(splits.train))
+    mesh = sharding_lib.data_mesh()
+    evaluate = steps_lib.make_validation(run.model, setup.objective.for_validation(spec.eval.validation_num_samples),
+                                         protocol="static", batch_size=50, mesh=mesh)
+    val = sharding_lib.shard_rows(np.asarray(splits_lib.stored_split(spec.data, splits.validation, "validation")), mesh)
+    terms = jax.device_get(evaluate(run.variables, val, purpose_key(0, "validation")))
+    assert float(np.mean(terms["elbo"][:len(splits.validation)])) == pytest.approx(max(values), rel=1e-5)
     # A stopped run does not train on when resumed.
     before = (tmp_path / "run" / "metrics.jsonl").read_text()
     vaegen.train_and_evaluate(cfg, tmp_path / "run")

@@ -12,6 +12,7 @@ import pytest
 
 from conftest import require_fashion_mnist
 from vaegen.config import loading as config_lib
+from vaegen.config import schema
 from vaegen.model import latent as model_lib
 from vaegen import sharding
 from vaegen.studies import reproduce as reproduce
@@ -48,10 +49,11 @@ TRACE_ONLY = {"fmnist_convhvae_standard"}
 def test_every_row_takes_a_training_step(name):
     """Each row's model, objective and optimiser, on 28x28 data, two fused steps (a few pseudo-inputs
     and a small batch so that the CPU check stays quick)."""
-    cfg = config_lib.load_config(str(CONFIGS / f"{name}.py"),
-                                 ["train.batch_size=4", "model.prior_components=3"])
+    path = str(CONFIGS / f"{name}.py")
+    few = ["model.prior.components=3"] if "components" in config_lib.load_config(path).model.prior else []
+    cfg = config_lib.load_config(path, ["train.batch_size=4", *few])
     event = (28, 28, 1)
-    setup = train_lib.build_setup(cfg, event, 8)
+    setup = train_lib.build_setup(schema.to_spec(cfg), event, 8)
     mesh = sharding.data_mesh()
 
     def initial_state():

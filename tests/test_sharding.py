@@ -16,6 +16,7 @@ import numpy as np
 
 import vaegen
 from vaegen.config import loading as config_lib
+from vaegen.config import schema
 from vaegen import sharding as sharding_lib
 from vaegen.train import trainer as train_lib
 from conftest import xla_flags
@@ -31,7 +32,10 @@ _WORKER = textwrap.dedent("""
     from jax.experimental import multihost_utils
     import vaegen
     from vaegen.config import loading as config
+    from vaegen.config import schema
+    from vaegen.data import splits as data_splits
     from vaegen.objectives import bounds as objectives
+    from vaegen.train import steps
     from vaegen.train import trainer as train
     from vaegen.model import latent
     assert (jax.process_count(), jax.device_count(), jax.local_device_count()) == (2, 8, 4)
@@ -49,22 +53,23 @@ _WORKER = textwrap.dedent("""
                                               x[np.asarray(idx)]))
 
     # The validation evaluator on eight devices vs one local device, example by example.
-    cfg = config.load_config("tiny", ["train.num_epochs=2", "train.batch_size=64"])
-    splits = train.load_data(cfg)
-    setup = train.build_setup(cfg, splits.train.shape[1:], splits.train.shape[0])
+    spec = schema.to_spec(config.load_config("tiny", ["train.num_epochs=2", "train.batch_size=64"]))
+    splits = train.load_data(spec)
+    setup = train.build_setup(spec, splits.train.shape[1:], splits.train.shape[0])
     params = latent.init_params(setup.model, jax.random.key(1), splits.train.shape[1:])
-    stored = np.asarray(train.stored_split(cfg, splits.validation[:197], "validation"))
+    stored = np.asarray(data_splits.stored_split(spec.data, splits.validation[:197], "validation"))
     objective, key = objectives.IWAE(num_samples=5), jax.random.key(7)
-    local = jax.local_devices()[0]
-    one = train.make_evaluate(setup.model, objective, protocol="static", batch_size=50)(
-        jax.device_put(params, local), jax.device_put(stored, local), key)
+    local = sharding.data_mesh(jax.local_devices()[:1])
+    one = steps.make_validation(setup.model, objective, protocol="static", batch_size=50, mesh=local)(
+        jax.device_put(params, sharding.replicated(local)), sharding.shard_rows(stored, local), key)
+    one = np.asarray(one["iwae"])[:197]
     rep = jax.device_put(params, sharding.replicated(mesh))
-    many = train.make_sharded_evaluate(setup.model, objective, protocol="static", batch_size=7, mesh=mesh)(
+    many = steps.make_validation(setup.model, objective, protocol="static", batch_size=7, mesh=mesh)(
         rep, sharding.shard_rows(stored, mesh), key)
     many = np.asarray(many["iwae"].addressable_data(0))
-    out["eval"] = [int(many.shape[0]), float(np.max(np.abs(np.asarray(one["iwae"]) - many[:197])))]
+    out["eval"] = [int(many.shape[0]), float(np.max(np.abs(one - many[:197])))]
 
-    train.train_and_evaluate(cfg, workdir)
+    train.train_and_evaluate(spec, workdir)
     if pid == 0:
         print("RESULT " + json.dumps(out))
 """)
@@ -91,7 +96,7 @@ def test_two_processes_of_four_devices_shard_rows_evaluate_and_train_as_one_devi
 
     one = tmp_path / "one_device"
     cfg = config_lib.load_config("tiny", ["train.num_epochs=2", "train.batch_size=64"])
-    train_lib.train_and_evaluate(cfg, one, devices=jax.devices()[:1])
+    train_lib.train_and_evaluate(schema.to_spec(cfg), one, devices=jax.devices()[:1])
 
     def read(w):
         return [json.loads(l) for l in (w / "metrics.jsonl").read_text().splitlines()]

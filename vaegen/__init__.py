@@ -4,61 +4,56 @@ A model is its generative process, p(x, z) = p(z) p(x | z), written with distrax
 distributions; amortized inference q(z | x) sits beside it; the autoencoder is the same code
 with a point-mass posterior and no prior.
 
-Table of contents::
+The package in layers, each importing only the ones above it in this list::
 
-    vaegen.LatentVariableModel      p(z), p(x|z) and q(z|x) side by side       (model.py)
-    vaegen.priors / likelihoods / posteriors / networks                        building blocks
-    vaegen.ELBO, IWAE, Autoencoder  per-example objectives, terms in nats      (objectives.py)
-    vaegen.train_and_evaluate       the fused, jitted trainer                  (train.py)
-    vaegen.faults / inputs / sharding  non-finite steps, signals, data checks, multi-host
-    vaegen.load                     a trained run from its workdir             (run.py)
-    vaegen.evaluate                 bounds and log p(x) on held-out data       (evaluation.py)
-    vaegen.estimators               IS, AIS with HMC, BDMC for any log p(x, z)  (estimators.py)
-    vaegen.diagnostics              KL per unit, active units, rate, I_q(x; z)  (diagnostics.py)
-    vaegen.load_config              presets, overrides, validation             (config.py)
-    vaegen.fit_local                q*(z|x) per example by SVI, sharded, vmapped  (inference.py)
-    vaegen.SemiAmortizedELBO        K SVI steps inside the training step       (inference.py)
-    vaegen.compute_gaps             approximation and amortization gaps        (gaps.py)
-    vaegen.expost                   an AE made generative: a mixture fitted to its codes as p(z)
-    vaegen.rae, dae, autoregressive the RAE, the denoising AE and its chain, MADE (no z)
-    vaegen.metrics                  FD/precision/recall in a classifier's features, prior holes
-    vaegen.compare                  the VAE-vs-AE study and its report (`vaegen compare`)
+    vaegen.errors                   every user-facing error
+    vaegen.registry                 components by name (priors, likelihoods, posteriors, networks,
+                                    objectives, model kinds, estimators) and typed settings
+    vaegen.sharding, vaegen.data    meshes and the one per-example map; datasets, splits, binarization
+    vaegen.blocks                   networks, priors p(z), likelihoods p(x|z), posteriors q(z|x)
+    vaegen.model                    LatentVariableModel and the model kinds (one z, two layers, MADE)
+    vaegen.objectives               ELBO, IWAE, the autoencoders' objectives, exact log-likelihood
+    vaegen.estimators               importance sampling, AIS, BDMC, diagnostics; the eval settings
+    vaegen.inference                per-example q* by SVI, variational families, semi-amortized training
+    vaegen.train                    the fused trainer, optimiser, random streams, workdir, checkpoints
+    vaegen.config                   presets, overrides and the typed run spec (the boundary)
+    vaegen.runs                     train_and_evaluate(config), load(workdir), evaluate(run)
+    vaegen.studies                  compare and its report, gaps, ex-post densities, reproduction, demo
+    vaegen.cli                      the `vaegen` command
+
+Importing vaegen registers every built-in component; a module of your own registers more
+(``vaegen.registry.PRIORS.register(...)``) and a config that imports it chooses them by name.
 """
 
-from vaegen.estimators import diagnostics as diagnostics
-from vaegen.estimators import importance as estimators
-from vaegen.config.loading import ConfigError, load_config
-from vaegen.evaluation.evaluate import evaluate
-from vaegen.model.latent import LatentVariableModel, NoPriorError, build_model
-from vaegen.objectives.bounds import ELBO, IWAE, Autoencoder, UndefinedObjectiveError
-from vaegen.evaluation.run import Run, load
-from vaegen.train.trainer import train_and_evaluate
-from vaegen.train.faults import NonFiniteError, TrainingInterrupted
-from vaegen.data.checks import DataError
-
+from vaegen import errors, registry
+from vaegen.blocks import likelihoods, networks, posteriors, priors
+from vaegen.config.loading import load_config
+from vaegen.config.schema import RunSpec, to_spec
+from vaegen.errors import (CheckpointError, ConfigError, DataError, InferenceError, NoLatentError, NoPriorError,
+                           NonFiniteError, SupportError, TrainingInterrupted, UndefinedEstimateError,
+                           UndefinedObjectiveError, WorkdirError)
+from vaegen.estimators import ais, diagnostics, importance
+from vaegen.estimators.settings import EvalSettings
+from vaegen.inference import families, semi_amortized, svi
+from vaegen.inference.semi_amortized import SemiAmortizedELBO
+from vaegen.inference.svi import SVISettings, fit_local
+from vaegen.model import autoregressive, latent, linear_gaussian, two_layer
+from vaegen.model.latent import LatentVariableModel, build_model
+from vaegen.objectives import autoencoder, bounds, denoising, exact
+from vaegen.objectives.autoencoder import Autoencoder
+from vaegen.objectives.bounds import ELBO, IWAE
+from vaegen.runs.evaluate import evaluate
+from vaegen.runs.run import Run, load
+from vaegen.runs.training import train_and_evaluate
+from vaegen.studies import compare, demo, expost, gaps, reproduce
 from vaegen.studies.gaps import compute_gaps
-from vaegen.inference.svi import SemiAmortizedELBO, SVISettings, fit_local
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 __all__ = [
-    "Autoencoder",
-    "ConfigError",
-    "DataError",
-    "ELBO",
-    "IWAE",
-    "LatentVariableModel",
-    "NoPriorError",
-    "NonFiniteError",
-    "Run",
-    "TrainingInterrupted",
-    "UndefinedObjectiveError",
-    "build_model",
-    "diagnostics",
-    "estimators",
-    "evaluate",
-    "load",
-    "load_config",
-    "train_and_evaluate",
+    "Autoencoder", "CheckpointError", "ConfigError", "DataError", "ELBO", "EvalSettings", "IWAE", "InferenceError",
+    "LatentVariableModel", "NoLatentError", "NoPriorError", "NonFiniteError", "Run", "RunSpec", "SVISettings",
+    "SemiAmortizedELBO", "SupportError", "TrainingInterrupted", "UndefinedEstimateError", "UndefinedObjectiveError",
+    "WorkdirError", "build_model", "compute_gaps", "evaluate", "fit_local", "load", "load_config", "registry",
+    "to_spec", "train_and_evaluate",
 ]
-__all__ += ["SVISettings", "SemiAmortizedELBO", "compute_gaps", "fit_local"]

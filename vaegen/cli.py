@@ -19,11 +19,30 @@ Errors a user can fix (bad config, missing data, bad workdir, ...) print one lin
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import pathlib
 import sys
 
-from vaegen.errors import NO_PRIOR_MESSAGE, USER_ERRORS, NoPriorError, TrainingInterrupted
+import jax
+import numpy as np
+
+from vaegen import sharding as sharding_lib
+from vaegen.config import loading as config_lib
+from vaegen.config.schema import to_spec
+from vaegen.data import datasets
+from vaegen.errors import (NO_PRIOR_MESSAGE, USER_ERRORS, ConfigError, InferenceError, NoPriorError,
+                           TrainingInterrupted)
+from vaegen.estimators import importance as importance_lib
+from vaegen.estimators.settings import EvalSettings
+from vaegen.inference import families as families_lib
+from vaegen.inference.svi import SVISettings
+from vaegen.registry import ESTIMATORS, describe, registries, registry
+from vaegen.runs import evaluate as evaluate_lib
+from vaegen.runs import run as run_lib
+from vaegen.studies import compare_study, demo, expost, figures
+from vaegen.studies import gaps as gaps_lib
+from vaegen.train import trainer as trainer_lib
 
 EXIT_USAGE = 2
 
@@ -66,26 +85,18 @@ def _split_config_overrides(argv: list[str]) -> tuple[list[str], list[str]]:
 
 
 def cmd_train(args, overrides) -> int:
-    from vaegen.config import loading as config_lib
-    from vaegen.train import trainer as train_lib
-
-    from vaegen import sharding as sharding_lib
-
     sharding_lib.initialize_distributed(coordinator_address=args.coordinator_address,
                                         num_processes=args.num_processes, process_id=args.process_id)
-    config = config_lib.load_config(args.config, overrides)
+    spec = to_spec(config_lib.load_config(args.config, overrides))
     workdir = args.workdir or os.path.join("runs", args.config.split(":")[0].split("/")[-1].removesuffix(".py"))
-    last = train_lib.train_and_evaluate(config, workdir)
+    last = trainer_lib.train_and_evaluate(spec, workdir)
     if not sharding_lib.is_primary():
         return 0
-    bound = {"elbo": "elbo", "iwae": "iwae", "ae": "reconstruction"}.get(config.objective.name)
-    if bound is None:
-        from vaegen.objectives import bounds as objectives_lib
-
-        bound = objectives_lib.build_objective(config.objective).bound_name
+    bound = spec.objective.build().bound_name
     if last:
         val = last.get(f"validation/{bound}")
-        msg = f"epoch {last['epoch']}: train {bound} {last[f'train/{bound}']:.3f} nats"
+        train = last.get(f"train/{bound}")
+        msg = f"epoch {last['epoch']}: train {bound} " + ("nan" if train is None else f"{train:.3f}") + " nats"
         if val is not None:
             msg += f", validation {bound} {val:.3f} nats"
         print(msg)
@@ -93,25 +104,34 @@ def cmd_train(args, overrides) -> int:
     return 0
 
 
+def _eval_settings(args, run: run_lib.Run) -> EvalSettings:
+    """The run's evaluation settings with the command line's options (those given) in place."""
+    s = run.spec.eval
+    changes = {name: getattr(args, flag) for name, flag in (
+        ("estimators", "estimators"), ("num_samples", "k"), ("chunk_size", "chunk_size"),
+        ("is_proposal", "is_proposal"), ("elbo_samples", "elbo_samples"), ("mi_samples", "mi_samples"),
+        ("ais_examples", "ais_examples"), ("bdmc_examples", "bdmc_examples")) if getattr(args, flag) is not None}
+    if args.ks is not None:
+        importance_lib.check_ks(args.ks, changes.get("num_samples", s.num_samples))
+        changes["ks"] = tuple(args.ks)
+    ais = {name: getattr(args, flag) for name, flag in (
+        ("num_steps", "ais_steps"), ("num_chains", "ais_chains"), ("num_leapfrog", "leapfrog"),
+        ("step_size", "step_size"), ("target_accept", "target_accept"), ("schedule", "schedule"),
+        ("start", "ais_start")) if getattr(args, flag) is not None}
+    if args.no_adapt_step_size:
+        ais["adapt_step_size"] = False
+    if ais:
+        changes["ais"] = dataclasses.replace(s.ais, **ais)
+    return dataclasses.replace(s, **changes)
+
+
 def cmd_evaluate(args, overrides) -> int:
-    import vaegen
-    from vaegen.evaluation import evaluate as evaluate_lib
-
     if args.per_example and not args.per_example.endswith(".npz"):
-        from vaegen.config import loading as config_lib
-
-        raise config_lib.ConfigError(f"--per-example writes an .npz file; got {args.per_example!r}")
-    run = vaegen.load(args.workdir)
-    ais = {"num_steps": args.ais_steps, "num_chains": args.ais_chains, "num_leapfrog": args.leapfrog,
-           "step_size": args.step_size, "target_accept": args.target_accept, "schedule": args.schedule,
-           "adapt_step_size": False if args.no_adapt_step_size else None}
+        raise ConfigError(f"--per-example writes an .npz file; got {args.per_example!r}")
+    run = run_lib.load(args.workdir)
     per_example = {} if args.per_example else None
-    result = evaluate_lib.evaluate(run, split=args.split, num_samples=args.k, seed=args.seed,
+    result = evaluate_lib.evaluate(run, _eval_settings(args, run), split=args.split, seed=args.seed,
                                    max_examples=args.max_examples, batch_size=args.batch_size,
-                                   estimators=args.estimators, ks=args.ks, chunk_size=args.chunk_size,
-                                   is_proposal=args.is_proposal, elbo_samples=args.elbo_samples, ais=ais,
-                                   ais_start=args.ais_start, ais_examples=args.ais_examples,
-                                   bdmc_examples=args.bdmc_examples, mi_samples=args.mi_samples,
                                    progress=not args.no_progress, per_example=per_example)
     print(evaluate_lib.format_table(result))
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "eval.json"
@@ -123,27 +143,22 @@ def cmd_evaluate(args, overrides) -> int:
 
 
 def cmd_gaps(args, overrides) -> int:
-    import vaegen
-    from vaegen.studies import gaps as gaps_lib
-    from vaegen.inference import svi as inference_lib
-
-    run = vaegen.load(args.workdir, epoch=args.epoch)
-    kw = gaps_lib.settings_from_config(run.config)
-    g = run.config.eval.gaps
+    run = run_lib.load(args.workdir, epoch=args.epoch)
+    kw = gaps_lib.settings_from_spec(run.spec)
+    g = run.spec.gaps
     if args.family:
         kw["families"] = [f.strip() for f in args.family.split(",") if f.strip()]
     for f in kw["families"]:
-        if f not in inference_lib.FAMILY_ALIASES:
-            raise inference_lib.InferenceError(f"unknown family {f!r} in --family; choose from diag, fullcov, flow")
+        families_lib.resolve(f)
     if args.split:
         kw["splits"] = [s.strip() for s in args.split.split(",") if s.strip()]
         for s in kw["splits"]:
             if s not in gaps_lib.SPLITS:
-                raise inference_lib.InferenceError(f"unknown split {s!r} in --split; choose from {', '.join(gaps_lib.SPLITS)}")
-    kw["settings"] = inference_lib.SVISettings(
-        num_steps=args.steps if args.steps is not None else int(g.num_steps),
-        learning_rate=args.lr if args.lr is not None else float(g.learning_rate),
-        num_samples=args.samples_per_step if args.samples_per_step is not None else int(g.num_samples))
+                raise InferenceError(f"unknown split {s!r} in --split; choose from {', '.join(gaps_lib.SPLITS)}")
+    kw["settings"] = SVISettings(
+        num_steps=args.steps if args.steps is not None else g.num_steps,
+        learning_rate=args.lr if args.lr is not None else g.learning_rate,
+        num_samples=args.samples_per_step if args.samples_per_step is not None else g.num_samples)
     for name, attr in (("init", "init"), ("elbo_samples", "elbo_samples"), ("log_px_samples", "k"),
                        ("chunk_size", "chunk_size")):
         if getattr(args, attr) is not None:
@@ -165,17 +180,10 @@ def cmd_gaps(args, overrides) -> int:
 
 
 def cmd_sample(args, overrides) -> int:
-    import jax
-    import numpy as np
-
-    import vaegen
-    from vaegen.studies import figures as figures
-    from vaegen.model import latent as model_lib
-
-    run = vaegen.load(args.workdir)
-    if not getattr(run.model, "has_latents", True):  # autoregressive: x ~ p(x), pixel by pixel
+    run = run_lib.load(args.workdir)
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "samples.png"
+    if not run.has_latents:  # autoregressive: x ~ p(x), pixel by pixel
         _, probs = run.model.apply(run.variables, jax.random.key(args.seed), args.n, method="sample_with_probs")
-        out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "samples.png"
         figures.save_grid(out, np.asarray(probs), title=f"p(x_d = 1 | x_<d) along {args.n} samples x ~ p(x)")
         print(f"wrote {out}")
         return 0
@@ -183,19 +191,13 @@ def cmd_sample(args, overrides) -> int:
         raise NoPriorError(f"cannot sample from {args.workdir}: {NO_PRIOR_MESSAGE}")
     z, _ = run.sample_with_latents(jax.random.key(args.seed), args.n)
     images = np.asarray(run.decode(z).mean())  # E[x | z]: pixel probabilities for a Bernoulli
-    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "samples.png"
     figures.save_grid(out, images, title=f"E[x | z], z ~ p(z) ({args.n} prior samples)")
     print(f"wrote {out}")
     return 0
 
 
 def cmd_reconstruct(args, overrides) -> int:
-    import numpy as np
-
-    import vaegen
-    from vaegen.studies import figures as figures
-
-    run = vaegen.load(args.workdir)
+    run = run_lib.load(args.workdir)
     x = run.split(args.split, max_examples=args.n)
     z = run.encode(x).mean()
     recon = np.asarray(run.decode(z).mean())
@@ -208,39 +210,81 @@ def cmd_reconstruct(args, overrides) -> int:
 
 
 def cmd_data(args, overrides) -> int:
-    from vaegen.data import datasets as data_lib
-
     if args.action == "list":
-        for name in data_lib.DATASETS:
-            status = "prepared" if data_lib.is_prepared(name, args.data_dir or None) else "not prepared"
+        for name in datasets.DATASETS:
+            status = "prepared" if datasets.is_prepared(name, args.data_dir or None) else "not prepared"
             print(f"{name:<18}{status}")
         return 0
     try:
-        path = data_lib.prepare(args.name, data_dir=args.data_dir or None, from_idx=args.from_idx,
+        path = datasets.prepare(args.name, data_dir=args.data_dir or None, from_idx=args.from_idx,
                                 from_dir=args.from_dir, download=not args.no_download)
     except ValueError as e:
         if type(e) is not ValueError:  # e.g. SourceFormatError: already a user error of its own
             raise
-        from vaegen.config import loading as config_lib
-
-        raise config_lib.ConfigError(str(e).rstrip(".")) from None
+        raise ConfigError(str(e).rstrip(".")) from None
     print(f"{args.name} ready in {path}")
     return 0
 
 
 def cmd_config(args, overrides) -> int:
-    from vaegen.config import loading as config_lib
-
+    if args.components is not None:
+        if args.preset:  # a config file's own components are registered when it loads
+            config_lib.load_config(args.preset, overrides)
+        kinds = [args.components] if args.components else [r.kind for r in registries()]
+        for kind in kinds:
+            registry(kind)  # an unknown kind is a ConfigError naming the kinds
+        print((components_markdown if args.markdown else components_text)(kinds))
+        return 0
     if not args.preset:
         print("presets: " + ", ".join(config_lib.presets()))
+        print("components: vaegen config --components [KIND]  (kinds: " + ", ".join(r.kind for r in registries()) + ")")
         return 0
     print(config_lib.to_json(config_lib.load_config(args.preset, overrides)))
     return 0
 
 
-def cmd_demo(args, overrides) -> int:
-    from vaegen.studies import demo as demo
+def _default_text(value) -> str:
+    if isinstance(value, tuple):
+        return "(" + ", ".join(map(str, value)) + ("," if len(value) == 1 else "") + ")"
+    return repr(value) if isinstance(value, str) else str(value)
 
+
+def components_text(kinds) -> str:
+    """Every registered component of ``kinds`` with its settings: what ``vaegen config --components`` prints."""
+    lines = []
+    for kind in kinds:
+        reg = registry(kind)
+        lines.append(f"{reg.kind}: {reg.title}")
+        for c in reg:
+            alias = f" (also {', '.join(c.aliases)})" if c.aliases else ""
+            origin = "" if c.builtin else f"  [{c.module}]"
+            lines.append(f"  {c.name}{alias}{origin}: {c.summary}")
+            for row in describe(c.settings):
+                rng = f" [{row['range']}]" if row["range"] else ""
+                lines.append(f"      {row['name']} = {_default_text(row['default'])}{rng}  {row['doc']}")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def components_markdown(kinds) -> str:
+    """The same as Markdown tables (README's "The parts a model is made of")."""
+    out = []
+    for kind in kinds:
+        reg = registry(kind)
+        out += [f"**{reg.kind}**: {reg.title}", "", "| name | what it is | settings (default) |", "|---|---|---|"]
+        for c in reg:
+            settings = "; ".join(f"`{r['name']}` ({_default_text(r['default'])})" for r in describe(c.settings)) or "—"
+            alias = f" (`{'`, `'.join(c.aliases)}`)" if c.aliases else ""
+            summary = c.summary.replace("``", "`")
+            if c.trait("reports"):
+                summary += f" Reports: {c.trait('reports')}."
+            summary, settings = summary.replace("|", r"\|"), settings.replace("|", r"\|")
+            out.append(f"| `{c.name}`{alias} | {summary} | {settings} |")
+        out.append("")
+    return "\n".join(out).rstrip()
+
+
+def cmd_demo(args, overrides) -> int:
     demo.run(args.workdir, overrides=overrides, epochs=args.epochs, k=args.k)
     return 0
 
@@ -253,15 +297,7 @@ def _int_list(text: str) -> list[int]:
 
 
 def cmd_expost(args, overrides) -> int:
-    import jax
-    import numpy as np
-
-    import vaegen
-    from vaegen.evaluation import evaluate as evaluate_lib
-    from vaegen.studies import expost as expost
-    from vaegen.studies import figures as figures
-
-    run = vaegen.load(args.workdir)
+    run = run_lib.load(args.workdir)
     gen, mixture, codes = expost.fit(run, num_components=args.components, max_codes=args.max_codes, seed=args.seed)
     info = mixture.info
     print(f"fitted {info['estimator']} ({info['num_components']} components, {info['covariance_type']} covariance) "
@@ -272,9 +308,10 @@ def cmd_expost(args, overrides) -> int:
     figures.save_grid(out, np.asarray(gen.decode(z).mean()), title=f"E[x | z], z ~ ex-post mixture ({args.n} samples)")
     print(f"wrote {out}")
     if args.k:
-        result = evaluate_lib.evaluate(gen, split="test", num_samples=args.k, max_examples=args.max_examples, seed=args.seed)
+        result = evaluate_lib.evaluate(gen, dataclasses.replace(gen.spec.eval, num_samples=args.k), split="test",
+                                       max_examples=args.max_examples, seed=args.seed)
         result["proposal"] = ("q(z|x)" if not run.is_autoencoder else
-                              "scale mixture of Gaussians around f(x) (vaegen.expost.CodeProposal)")
+                              "scale mixture of Gaussians around f(x) (vaegen.studies.expost.CodeProposal)")
         result["mixture"] = info
         print(evaluate_lib.format_table(result))
         evaluate_lib.write_json(pathlib.Path(args.workdir) / "expost" / "eval.json", result)
@@ -283,14 +320,12 @@ def cmd_expost(args, overrides) -> int:
 
 
 def cmd_compare(args, overrides) -> int:
-    from vaegen.studies import compare as compare
-
     only = [s for s in args.only.split(",") if s] if args.only else None
     settings = list(args.set or [])
     if args.epochs:
         settings += [f"epochs={args.epochs}", f"latent_map.epochs={args.epochs}"]
-    summary = compare.run_study(args.workdir, preset=args.preset, settings=settings, overrides=overrides, only=only,
-                                progress=not args.no_progress)
+    summary = compare_study.run_study(args.workdir, preset=args.preset, settings=settings, overrides=overrides,
+                                      only=only, progress=not args.no_progress)
     print(f"report: {summary['report']}")
     return 0
 
@@ -311,12 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="bounds, log-likelihood estimates and diagnostics on a held-out split; writes eval.json",
-                       description="Evaluate a trained run with the chosen estimators (elbo, iwae, is, ais, bdmc, "
-                                   "diagnostics). Options left out take their values from the run's config.eval.")
+                       description="Evaluate a trained run with the chosen estimators (`vaegen config --components "
+                                   "estimator` lists them). Options left out take their values from the run's "
+                                   "config.eval.")
     e.add_argument("--workdir", required=True)
     e.add_argument("--split", default="test", choices=("test", "validation"))
     e.add_argument("--estimators", default=None,
-                   help="comma-separated: elbo,iwae,is,ais,bdmc,diagnostics or 'all' (default config.eval.estimators)")
+                   help=f"comma-separated: {','.join(c.name for c in sorted(ESTIMATORS, key=lambda c: c.trait('order', 0)))} "
+                        "or 'all' (default config.eval.estimators)")
     e.add_argument("--k", type=_positive_int, default=None, help="importance samples for IWAE_k / log p(x) (default config.eval.num_samples)")
     e.add_argument("--ks", type=_int_list, default=None, help="IWAE k's from the same samples, e.g. 1,5,50 (each <= --k)")
     e.add_argument("--chunk-size", type=_positive_int, default=None, help="importance samples drawn at once per example (memory only)")
@@ -345,9 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("gaps", help="the inference gap split into approximation and amortization gaps (Cremer et al.)",
                        description="Per example: log p(x) (importance sampling), L[q*_F] (per-example SVI in each "
                                    "family F) and L[q] (the encoder); writes gaps.md, gaps.csv, gaps.json. Defaults "
-                                   "come from the run's config.eval.gaps.")
+                                   "come from the run's config.gaps.")
     g.add_argument("--workdir", required=True)
-    g.add_argument("--family", help="comma-separated families: diag, fullcov, flow (default config.eval.gaps.families)")
+    g.add_argument("--family", help=f"comma-separated variational families: {', '.join(families_lib.family_names())} "
+                                    "(default config.gaps.families)")
     g.add_argument("--split", help="comma-separated splits: test, train, validation (default test and a train subset)")
     g.add_argument("--steps", type=_non_negative_int, help="SVI steps per example for q*")
     g.add_argument("--lr", type=float, help="Adam learning rate of the SVI steps (cosine-decayed)")
@@ -392,8 +430,15 @@ def build_parser() -> argparse.ArgumentParser:
     dl.add_argument("--data-dir")
     d.set_defaults(func=cmd_data)
 
-    c = sub.add_parser("config", help="list presets, or print a preset's resolved config")
+    c = sub.add_parser("config", help="list presets, print a preset's resolved config, or list the components",
+                       description="Without arguments: the presets. With a preset (and --config.KEY=VALUE "
+                                   "overrides): its resolved config as JSON. With --components [KIND]: every "
+                                   "registered component (of KIND: " + ", ".join(r.kind for r in registries()) +
+                                   ") with its settings and defaults, including a config file's own.")
     c.add_argument("preset", nargs="?")
+    c.add_argument("--components", nargs="?", const="", default=None, metavar="KIND",
+                   help="list registered components (all kinds, or one)")
+    c.add_argument("--markdown", action="store_true", help="with --components: as Markdown tables")
     c.set_defaults(func=cmd_config)
 
     m = sub.add_parser("demo", help="the main job: VAE and AE with identical nets on Fashion-MNIST, evaluated, with figures and a summary")

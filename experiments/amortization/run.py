@@ -3,7 +3,7 @@
 For every cell of a grid (``configs/quick.py``, ``configs/full.py``, or any file with the same
 ``EPOCHS``, ``VARIANTS`` and ``get_config``), the model is trained in stages up to each epoch in
 ``EPOCHS`` (the trainer resumes exactly where it stopped), and after each stage the gap
-decomposition of :mod:`vaegen.gaps` is measured on a test subset and a training subset:
+decomposition of :mod:`vaegen.studies.gaps` is measured on a test subset and a training subset:
 log p(x), L[q*_F], L[q], the approximation gap log p(x) - L[q*_F] and the amortization gap
 L[q*_F] - L[q], each per example and summarised with its standard error.
 
@@ -71,40 +71,38 @@ def train_seconds(workdir: pathlib.Path, epoch: int) -> float:
 
 
 def cell_config(grid, name: str, seed: int | None = None):
-    """The config of cell ``name`` (with ``seed`` as ``config.seed`` when given) and its workdir
-    name: ``<cell>`` for the grid's own seed, ``<cell>.seed<s>`` for another."""
-    import ml_collections
+    """The run spec of cell ``name`` (with ``seed`` as its seed when given) and its workdir name:
+    ``<cell>`` for the grid's own seed, ``<cell>.seed<s>`` for another."""
+    import dataclasses
 
+    from vaegen.config import schema
     from vaegen.config.loading import seeded_run_name
 
-    config = ml_collections.ConfigDict(grid.get_config(name))
-    own = int(config.seed)
+    spec = schema.to_spec(grid.get_config(name))  # checks the config
+    own = spec.seed
     if seed is not None:
-        config.seed = int(seed)
-    return config, seeded_run_name(name, config.seed, own)
+        spec = dataclasses.replace(spec, seed=int(seed))
+    return spec, seeded_run_name(name, spec.seed, own)
 
 
 def run_cell(grid, name: str, out: pathlib.Path, splits_cache: dict, log, seed: int | None = None) -> list[dict]:
-    import ml_collections
+    import dataclasses
 
     import vaegen
-    from vaegen.config import loading as config_lib
+    from vaegen.registry import to_mapping
     from vaegen.studies import gaps as gaps_lib
     from vaegen.train import trainer as train_lib
 
     axis, value, _ = grid.VARIANTS[name]
-    config, run_name = cell_config(grid, name, seed)
-    config_lib.validate(config)
-    data_key = json.dumps(config.data.to_dict(), sort_keys=True)
+    spec, run_name = cell_config(grid, name, seed)
+    data_key = json.dumps(to_mapping(spec.data), sort_keys=True)
     if data_key not in splits_cache:
-        splits_cache[data_key] = train_lib.load_data(config)
+        splits_cache[data_key] = train_lib.load_data(spec)
     splits = splits_cache[data_key]
     workdir = out / run_name
     rows = []
     for epoch in grid.EPOCHS:
-        stage = ml_collections.ConfigDict(config.to_dict())
-        stage.train.num_epochs = int(epoch)
-        stage.lock()
+        stage = dataclasses.replace(spec, train=dataclasses.replace(spec.train, num_epochs=int(epoch)))
         t = time.perf_counter()
         train_lib.train_and_evaluate(stage, workdir, splits=splits)
         log(f"[{run_name}] trained to epoch {epoch} ({time.perf_counter() - t:.0f} s)")
@@ -112,7 +110,7 @@ def run_cell(grid, name: str, out: pathlib.Path, splits_cache: dict, log, seed: 
         if not (gap_dir / "gaps.json").exists():
             t = time.perf_counter()
             run = vaegen.load(workdir, epoch=epoch)
-            kw = gaps_lib.settings_from_config(stage)
+            kw = gaps_lib.settings_from_spec(stage)
             report = gaps_lib.compute_gaps(run, progress=False, **kw)
             gaps_lib.write_tables(report, gap_dir)
             log(f"[{run_name}] gaps at epoch {epoch} ({time.perf_counter() - t:.0f} s)")
@@ -120,7 +118,7 @@ def run_cell(grid, name: str, out: pathlib.Path, splits_cache: dict, log, seed: 
         metrics = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
         last = next(m for m in metrics if m["epoch"] == epoch)
         for r in result["rows"]:
-            rows.append({"cell": name, "seed": int(config.seed), "axis": axis, "value": value, "epoch": epoch,
+            rows.append({"cell": name, "seed": int(spec.seed), "axis": axis, "value": value, "epoch": epoch,
                          "split": r["split"],
                          "family": r["family"], "num_examples": r["num_examples"],
                          "validation_elbo": last.get("validation/elbo"),

@@ -1,7 +1,7 @@
 """The reproduction table: train published models under their protocols, estimate their test
 log p(x) by importance sampling (k = 5000), and tabulate them beside the published values.
 
-Each row is a config in ``configs/<row>.py`` (settings in :mod:`vaegen.reproduce`).  For every row
+Each row is a config in ``configs/<row>.py`` (settings in :mod:`vaegen.studies.reproduce`).  For every row
 asked for, the model is trained in ``--out/<row>`` (resuming a run that is already there, so an
 interrupted table picks up where it stopped), its best checkpoint (early stopping) is evaluated on
 the test set, and a line is added to::
@@ -33,6 +33,7 @@ with its standard error across seeds -- the comparison that counts training nois
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -77,20 +78,20 @@ def run_row(name: str, out: pathlib.Path, overrides: list[str], k: int, test_exa
             train_seed: int | None = None) -> dict:
     import vaegen
     from vaegen.config import loading as config_lib
-    from vaegen.evaluation import evaluate as evaluation
+    from vaegen.config import schema
+    from vaegen.runs import evaluate as evaluation
     from vaegen.studies import reproduce as reproduce
 
     row = reproduce.ROWS[name]
-    config = row.config()
-    config.lock()
+    config = config_lib.normalize(row.config())
     config_lib.apply_overrides(config, overrides)
     own_seed = int(config.seed)
     if train_seed is not None:
         config.seed = int(train_seed)
-    config_lib.validate(config)
-    key = config_lib.seeded_run_name(name, config.seed, own_seed)
+    spec = schema.to_spec(config)  # validates
+    key = config_lib.seeded_run_name(name, spec.seed, own_seed)
     workdir = out / key
-    last = vaegen.train_and_evaluate(config, workdir) or {}
+    last = vaegen.train_and_evaluate(spec, workdir) or {}
     run = vaegen.load(workdir)
     metrics = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if l.strip()]
     settings = {"k": k, "test_examples": test_examples, "seed": seed, "epoch": run.epoch}
@@ -100,8 +101,9 @@ def run_row(name: str, out: pathlib.Path, overrides: list[str], k: int, test_exa
     if result is None or result.get("reproduce_settings") != settings or not per_example_path.exists():
         t = time.perf_counter()
         per_example = {}
-        result = vaegen.evaluate(run, num_samples=k, max_examples=test_examples, seed=seed,
-                                 estimators="elbo,is", progress=True, per_example=per_example)
+        eval_settings = dataclasses.replace(run.spec.eval, num_samples=k, estimators="elbo,is")
+        result = evaluation.evaluate(run, eval_settings, max_examples=test_examples, seed=seed, progress=True,
+                                     per_example=per_example)
         result["reproduce_settings"] = settings
         result["eval_seconds"] = time.perf_counter() - t
         evaluation.write_per_example(per_example_path, per_example, result)
@@ -111,10 +113,10 @@ def run_row(name: str, out: pathlib.Path, overrides: list[str], k: int, test_exa
     return {
         "row": name,
         "run": key,
-        "train_seed": int(config.seed),
+        "train_seed": int(spec.seed),
         "title": row.title,
         "source": row.source,
-        "protocol": config.data.protocol,
+        "protocol": spec.data.protocol,
         "published": row.published,
         "published_stderr": row.published_stderr,
         "log_px": m["log_px"]["mean"],
@@ -131,7 +133,7 @@ def run_row(name: str, out: pathlib.Path, overrides: list[str], k: int, test_exa
         "overrides": overrides,
         "deviations": deviations(overrides, test_examples),
         "machine": machine(),
-        "command": command(name, overrides, k, test_examples, None if key == name else int(config.seed)),
+        "command": command(name, overrides, k, test_examples, None if key == name else int(spec.seed)),
         "per_example": str(per_example_path),
     }
 
@@ -228,7 +230,7 @@ def paired(rows: list[dict]) -> str:
 
     import numpy as np
 
-    from vaegen.evaluation import evaluate as evaluation
+    from vaegen.runs import evaluate as evaluation
 
     counts = _runs_per_row(rows)
     loaded = []
@@ -285,8 +287,9 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     sys.path.insert(0, str(HERE.parents[1]))
+    from vaegen.config.loading import parse_seeds
+    from vaegen.errors import ConfigError
     from vaegen.studies import reproduce as reproduce
-    from vaegen.config.loading import ConfigError, parse_seeds
 
     if args.list:
         for name, row in reproduce.ROWS.items():

@@ -18,6 +18,7 @@ each pixel's parameters.  A spatial head's bias is therefore per channel, not pe
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Sequence
 
@@ -26,7 +27,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from vaegen.errors import SupportError
+from vaegen.errors import ConfigError, SupportError
+from vaegen.registry import LIKELIHOODS, NoSettings, Settings, setting
 
 
 def _is_spatial(decoder: nn.Module | None) -> bool:
@@ -443,21 +445,19 @@ def output_bias(likelihood: nn.Module, data_mean: np.ndarray) -> np.ndarray:
     return np.asarray(likelihood.output_bias(data_mean))
 
 
-LIKELIHOODS = {"bernoulli": Bernoulli, "gaussian": Gaussian, "discretized_logistic": DiscretizedLogistic}
-
-
 def check_support(likelihood: str, x: np.ndarray, *, what: str = "data") -> None:
     """Raises :class:`SupportError` if ``x`` is not in the support of ``likelihood``.
 
     Args:
-      likelihood: a name in ``LIKELIHOODS``.
+      likelihood: a registered likelihood's name, or a support (``binary``, ``real``, ``8bit``).
       x: observations as the likelihood would see them (floats after binarization/scaling).
       what: how to name the data in the message.
     """
+    support = LIKELIHOODS.get(likelihood).trait("support") if likelihood in LIKELIHOODS else likelihood
     x = np.asarray(x)
     if not np.all(np.isfinite(x)):
         raise SupportError(f"{what} contains NaN or infinite values")
-    if likelihood == "bernoulli":
+    if support == "binary":
         bad = (x != 0) & (x != 1)
         if bad.any():
             example = x[bad].reshape(-1)[0]
@@ -468,7 +468,7 @@ def check_support(likelihood: str, x: np.ndarray, *, what: str = "data") -> None
                 "dynamic|static|threshold) or a likelihood for grey levels "
                 "(--config.model.likelihood=gaussian)"
             )
-    elif likelihood == "discretized_logistic":
+    elif support == "8bit":
         levels = x.astype(np.float64) * (NUM_LEVELS - 1)
         bad = (np.abs(levels - np.round(levels)) > 1e-3) | (levels < -1e-3) | (levels > NUM_LEVELS - 1 + 1e-3)
         if bad.any():
@@ -479,3 +479,53 @@ def check_support(likelihood: str, x: np.ndarray, *, what: str = "data") -> None
                 "levels only: feed uint8 data with --config.data.binarization=none, or choose a likelihood for "
                 "continuous values (--config.model.likelihood=gaussian)"
             )
+
+
+# --- registered likelihoods ------------------------------------------------------------------------
+#
+# Traits: ``support``: ``binary`` (x in {0, 1}), ``real`` or ``8bit`` (x = k / 255): what the data
+# must be (:func:`check_support`, :func:`vaegen.data.checks.check_splits`).
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianSettings(Settings):
+    scale: str = setting("fixed", "fixed: sigma = fixed_scale; learned: one global sigma; per_pixel: a sigma per "
+                         "dimension of x (independent of z)", choices=("fixed", "learned", "per_pixel"))
+    fixed_scale: float = setting(1.0, "sigma when fixed, the initial sigma otherwise", gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscretizedLogisticSettings(Settings):
+    mixtures: int = setting(1, "mixture components per pixel (PixelCNN++)", gt=0)
+    channel_coupling: bool = setting(True, "with 3 channels, the mean of channel c depends linearly on the channels "
+                                     "before it in the same pixel (PixelCNN++)")
+
+
+def _needs_8bit_data(settings, spec) -> None:
+    if spec.data.binarization != "none":
+        raise ConfigError(
+            "config.model.likelihood=discretized_logistic models the 256 grey levels of 8-bit data, but "
+            f"config.data.binarization={spec.data.binarization!r} makes the data binary: set "
+            "--config.data.binarization=none (or use --config.model.likelihood=bernoulli for binary data)")
+
+
+@LIKELIHOODS.register("bernoulli", traits={"support": "binary"})
+def bernoulli(settings: NoSettings, *, decoder: nn.Module, event_shape: tuple[int, ...]) -> Bernoulli:
+    """p(x | z) = prod_i Bernoulli(x_i; sigmoid(f(z)_i)): binary images."""
+    del settings
+    return Bernoulli(decoder=decoder, event_shape=event_shape)
+
+
+@LIKELIHOODS.register("gaussian", settings=GaussianSettings, traits={"support": "real"})
+def gaussian(settings: GaussianSettings, *, decoder: nn.Module, event_shape: tuple[int, ...]) -> Gaussian:
+    """p(x | z) = prod_i N(x_i; mu(z)_i, sigma^2): real-valued data."""
+    return Gaussian(decoder=decoder, event_shape=event_shape, scale=settings.scale, fixed_scale=settings.fixed_scale)
+
+
+@LIKELIHOODS.register("discretized_logistic", settings=DiscretizedLogisticSettings, check=_needs_8bit_data,
+                      traits={"support": "8bit"})
+def discretized_logistic(settings: DiscretizedLogisticSettings, *, decoder: nn.Module,
+                         event_shape: tuple[int, ...]) -> DiscretizedLogistic:
+    """A mixture of discretized logistics per pixel with channel coupling (PixelCNN++): 8-bit images, bits/dim."""
+    return DiscretizedLogistic(decoder=decoder, event_shape=event_shape, num_mixtures=settings.mixtures,
+                               channel_coupling=settings.channel_coupling)

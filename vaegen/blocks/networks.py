@@ -24,6 +24,7 @@ the identity, ``activation="none"``).  A gated layer named ``dense_0`` has its g
 from __future__ import annotations
 
 import math
+import dataclasses
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -31,6 +32,7 @@ import jax
 import jax.numpy as jnp
 
 from vaegen.errors import ConfigError
+from vaegen.registry import NETWORKS, Settings, setting
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "tanh": jnp.tanh,
@@ -238,16 +240,107 @@ class ConvDecoder(nn.Module):
         return h                                                        # [..., H, W, channels]
 
 
-def from_config(cls: type[nn.Module], cfg: dict, *, event_ndims: int, output_shape: tuple[int, ...] | None = None) -> nn.Module:
-    """Builds trunk ``cls`` from a config section (without its ``network`` key): list values
-    become tuples, and keys the class does not take are dropped, so one section schema serves
-    every trunk."""
-    import dataclasses
+# --- registered trunks ---------------------------------------------------------------------------
+#
+# A trunk section of a config is ``{name: mlp | conv_encoder | conv_decoder, ...settings}``.  The
+# traits say what a trunk reads (``any`` input, ``image``s [H, W, C], or a ``latent`` vector) and
+# whether its output is per pixel (``spatial_output``), so a slot can say which trunks may fill it.
 
-    fields = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items() if k in fields}
-    if "event_ndims" in fields:
-        kwargs["event_ndims"] = event_ndims
-    if "output_shape" in fields and output_shape is not None:
-        kwargs["output_shape"] = tuple(output_shape)
-    return cls(**kwargs)
+
+def _validate_conv_stack(settings, key) -> None:
+    lengths = (len(settings.conv_channels), len(settings.conv_kernels), len(settings.conv_strides))
+    if len(set(lengths)) != 1:
+        where = key("conv_channels").rsplit(".", 1)[0]
+        raise ConfigError(f"{where}: conv_channels, conv_kernels and conv_strides need one entry per convolution, "
+                          f"got lengths {lengths[0]}, {lengths[1]} and {lengths[2]}")
+
+
+@dataclasses.dataclass(frozen=True)
+class MLPSettings(Settings):
+    hidden: tuple[int, ...] = setting((200, 200), "widths of the dense layers", items_gt=0)
+    activation: str = setting("tanh", "nonlinearity after every layer ('none': linear, e.g. in gated layers)",
+                              choices=tuple(ACTIVATIONS))
+    gated: bool = setting(False, "gated layers h(x) * sigmoid(g(x)) (GatedDense, Dauphin et al. 2017)")
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvEncoderSettings(Settings):
+    conv_channels: tuple[int, ...] = setting((32, 32, 64, 64), "output channels of each convolution", items_gt=0,
+                                             nonempty=True)
+    conv_kernels: tuple[int, ...] = setting((3, 3, 3, 3), "kernel size of each convolution", items_gt=0)
+    conv_strides: tuple[int, ...] = setting((1, 2, 1, 2), "stride of each convolution", items_gt=0)
+    hidden: tuple[int, ...] = setting((), "widths of the dense layers after the convolutions", items_gt=0)
+    activation: str = setting("relu", "nonlinearity after every layer", choices=tuple(ACTIVATIONS))
+    gated: bool = setting(False, "gated layers (GatedConv2d, GatedDense)")
+
+    def validate(self, key):
+        _validate_conv_stack(self, key)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvDecoderSettings(Settings):
+    hidden: tuple[int, ...] = setting((), "widths of the dense layers before the projection", items_gt=0)
+    activation: str = setting("relu", "nonlinearity after every layer", choices=tuple(ACTIVATIONS))
+    gated: bool = setting(False, "gated layers (GatedDense, GatedConv2d)")
+    conv_channels: tuple[int, ...] = setting((32, 32, 64, 64), "output channels of each convolution", items_gt=0,
+                                             nonempty=True)
+    conv_kernels: tuple[int, ...] = setting((3, 3, 3, 3), "kernel size of each convolution", items_gt=0)
+    conv_strides: tuple[int, ...] = setting((1, 2, 1, 2), "upsampling factor before each convolution", items_gt=0)
+    reshape_channels: int = setting(1, "channels of the projected image [H / up, W / up, C]", gt=0)
+
+    def validate(self, key):
+        _validate_conv_stack(self, key)
+
+
+@NETWORKS.register("mlp", settings=MLPSettings, traits={"reads": "any"})
+def mlp(settings: MLPSettings, *, event_ndims: int, output_shape: tuple[int, ...] | None = None) -> MLP:
+    """Dense layers (optionally gated): ``[..., *event] -> [..., hidden[-1]]``."""
+    del output_shape
+    return MLP(hidden=tuple(settings.hidden), activation=settings.activation, event_ndims=event_ndims,
+               gated=settings.gated)
+
+
+@NETWORKS.register("conv_encoder", settings=ConvEncoderSettings, traits={"reads": "image"})
+def conv_encoder(settings: ConvEncoderSettings, *, event_ndims: int,
+                 output_shape: tuple[int, ...] | None = None) -> ConvEncoder:
+    """(Gated) convolutions, flattened, then dense layers: ``[..., H, W, C] -> [..., F]``."""
+    del output_shape
+    return ConvEncoder(conv_channels=tuple(settings.conv_channels), conv_kernels=tuple(settings.conv_kernels),
+                       conv_strides=tuple(settings.conv_strides), hidden=tuple(settings.hidden),
+                       activation=settings.activation, gated=settings.gated, event_ndims=event_ndims)
+
+
+@NETWORKS.register("conv_decoder", settings=ConvDecoderSettings, traits={"reads": "latent", "spatial_output": True})
+def conv_decoder(settings: ConvDecoderSettings, *, event_ndims: int,
+                 output_shape: tuple[int, ...] | None = None) -> ConvDecoder:
+    """Dense layers, a projection reshaped to an image, (gated) resize-convolutions: per-pixel
+    features ``[..., H, W, F]`` for a 1x1 likelihood head."""
+    return ConvDecoder(output_shape=None if output_shape is None else tuple(output_shape), hidden=tuple(settings.hidden),
+                       activation=settings.activation, gated=settings.gated,
+                       conv_channels=tuple(settings.conv_channels), conv_kernels=tuple(settings.conv_kernels),
+                       conv_strides=tuple(settings.conv_strides), reshape_channels=settings.reshape_channels,
+                       event_ndims=event_ndims)
+
+
+def reads_latents(component) -> bool:
+    """A trunk that can read a latent vector z (a decoder's trunk)."""
+    return component.trait("reads") in ("any", "latent")
+
+
+def reads_images(component) -> bool:
+    """A trunk that can read observations x [H, W, C] (an encoder's trunk)."""
+    return component.trait("reads") in ("any", "image")
+
+
+def reads_vectors(component) -> bool:
+    """A trunk from vectors to feature vectors (p(z1 | z2), q(z2 | z1))."""
+    return component.trait("reads") in ("any", "latent") and not component.trait("spatial_output", False)
+
+
+def dense(trunk, widths: Sequence[int], *, event_ndims: int = 1) -> MLP | None:
+    """Dense layers of ``widths`` with the activation and gating of the trunk settings ``trunk``
+    (any network's: all have ``activation`` and ``gated``); ``None`` for no widths."""
+    if not widths:
+        return None
+    return MLP(hidden=tuple(int(w) for w in widths), activation=trunk.activation, event_ndims=event_ndims,
+               gated=trunk.gated)

@@ -25,12 +25,17 @@ objective (:class:`vaegen.objectives.Autoencoder`) -- and without a p(z) nothing
 
 from __future__ import annotations
 
+import dataclasses
+
 import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vaegen.blocks.networks import ACTIVATIONS
 from vaegen.blocks.networks import activation as activation_fn
+from vaegen.errors import ConfigError
+from vaegen.registry import POSTERIORS, NoSettings, Settings, setting
 
 
 def soft_clip(x: jax.Array, low: float, high: float) -> jax.Array:
@@ -56,6 +61,8 @@ class DiagonalGaussian(nn.Module):
         choice: the defaults allow sigma in [4.5e-5, 20]).
     """
 
+    family = "diag"  # the variational family of its parameters phi(x) (vaegen.inference.families)
+
     encoder: nn.Module
     latent_dim: int
     min_log_scale: float = -10.0
@@ -78,6 +85,8 @@ class FixedScaleGaussian(nn.Module):
       latent_dim: D.
       scale: the constant s > 0.
     """
+
+    family = "diag"  # the variational family of its parameters phi(x) (vaegen.inference.families)
 
     encoder: nn.Module
     latent_dim: int
@@ -104,13 +113,6 @@ class PointMass(nn.Module):
     def __call__(self, x: jax.Array) -> distrax.Distribution:
         loc = nn.Dense(self.latent_dim, name="loc")(self.encoder(x))
         return distrax.Independent(distrax.Deterministic(loc=loc), reinterpreted_batch_ndims=1)
-
-
-POSTERIORS = {
-    "diagonal_gaussian": DiagonalGaussian,
-    "fixed_scale_gaussian": FixedScaleGaussian,
-    "point_mass": PointMass,
-}
 
 
 def is_point_mass(posterior: nn.Module) -> bool:
@@ -168,6 +170,8 @@ class FullCovarianceGaussian(nn.Module):
     ``__call__(x)`` returns ``full_covariance_gaussian(phi(x))`` (a ``distrax.MultivariateNormalTri``,
     with a closed-form KL to Gaussian priors).
     """
+
+    family = "fullcov"  # the variational family of its parameters phi(x) (vaegen.inference.families)
 
     encoder: nn.Module
     latent_dim: int
@@ -323,6 +327,8 @@ class FlowPosterior(nn.Module):
     density is exact: log q(z) = log N(z0) - log |det dT/dz0|, and sampling is one pass.
     """
 
+    family = "flow"  # the variational family of its parameters phi(x) (vaegen.inference.families)
+
     encoder: nn.Module
     latent_dim: int
     num_layers: int = 4
@@ -346,5 +352,89 @@ class FlowPosterior(nn.Module):
         return flow_distribution(self.parameters(x), activation=self.activation)
 
 
-POSTERIORS["full_covariance_gaussian"] = FullCovarianceGaussian
-POSTERIORS["flow"] = FlowPosterior
+
+# --- registered posteriors -------------------------------------------------------------------------
+#
+# Traits: ``point_mass`` (the autoencoder's deterministic encoder: no density, no ELBO);
+# ``batched_density`` (q(z | u) has a density on a batch of inputs, so a VampPrior can be built
+# on it); ``refinable`` (semi-amortized training may refine it per example).  The variational
+# family whose per-example form :mod:`vaegen.inference` optimises is each module's ``family``.
+
+
+def _check_log_scales(settings, key) -> None:
+    if settings.min_log_scale >= settings.max_log_scale:
+        raise ConfigError(f"{key('min_log_scale')} must be below {key('max_log_scale')}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianSettings(Settings):
+    min_log_scale: float = setting(-10.0, "lower bound on log sigma (numerical safety, softly enforced)")
+    max_log_scale: float = setting(3.0, "upper bound on log sigma")
+
+    def validate(self, key):
+        _check_log_scales(self, key)
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedScaleSettings(Settings):
+    scale: float = setting(1.0, "the constant s of N(mu(x), s^2 I); s -> 0 is the autoencoder", gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSettings(Settings):
+    layers: int = setting(4, "affine coupling layers", gt=0)
+    hidden: tuple[int, ...] = setting((64,), "hidden widths of each coupling layer's network", items_gt=0)
+    context_dim: int = setting(16, "dimension of the context c(x) that conditions every layer", ge=0)
+    activation: str = setting("tanh", "nonlinearity of the coupling networks", choices=tuple(ACTIVATIONS))
+    min_log_scale: float = setting(-10.0, "lower bound on the base's log sigma")
+    max_log_scale: float = setting(3.0, "upper bound on the base's log sigma")
+
+    def validate(self, key):
+        _check_log_scales(self, key)
+
+
+def _flow_latent_dim(settings, spec) -> None:
+    if spec.model.latent_dim < 2:
+        raise ConfigError("config.inference.posterior=flow needs config.model.latent_dim >= 2")
+
+
+@POSTERIORS.register("diagonal_gaussian", settings=GaussianSettings, aliases=("diag",),
+                     traits={"batched_density": True, "refinable": True})
+def diagonal_gaussian_posterior(settings: GaussianSettings, *, encoder: nn.Module, latent_dim: int) -> DiagonalGaussian:
+    """q(z | x) = N(z; mu(x), diag sigma(x)^2): the VAE's."""
+    return DiagonalGaussian(encoder=encoder, latent_dim=latent_dim, min_log_scale=settings.min_log_scale,
+                            max_log_scale=settings.max_log_scale)
+
+
+@POSTERIORS.register("fixed_scale_gaussian", settings=FixedScaleSettings,
+                     traits={"batched_density": True})
+def fixed_scale_gaussian_posterior(settings: FixedScaleSettings, *, encoder: nn.Module,
+                                   latent_dim: int) -> FixedScaleGaussian:
+    """q(z | x) = N(z; mu(x), s^2 I), s constant: the path from a VAE to an AE as s -> 0."""
+    return FixedScaleGaussian(encoder=encoder, latent_dim=latent_dim, scale=settings.scale)
+
+
+@POSTERIORS.register("point_mass", traits={"point_mass": True})
+def point_mass_posterior(settings: NoSettings, *, encoder: nn.Module, latent_dim: int) -> PointMass:
+    """q(z | x) = delta(z - f(x)): the autoencoder's deterministic encoder (no density, no ELBO)."""
+    del settings
+    return PointMass(encoder=encoder, latent_dim=latent_dim)
+
+
+@POSTERIORS.register("full_covariance_gaussian", settings=GaussianSettings, aliases=("fullcov",),
+                     traits={"batched_density": True, "refinable": True})
+def full_covariance_gaussian_posterior(settings: GaussianSettings, *, encoder: nn.Module,
+                                       latent_dim: int) -> FullCovarianceGaussian:
+    """q(z | x) = N(z; mu(x), L(x) L(x)^T), L(x) a Cholesky factor."""
+    return FullCovarianceGaussian(encoder=encoder, latent_dim=latent_dim, min_log_scale=settings.min_log_scale,
+                                  max_log_scale=settings.max_log_scale)
+
+
+@POSTERIORS.register("flow", settings=FlowSettings, check=_flow_latent_dim,
+                     traits={"refinable": True})
+def flow_posterior(settings: FlowSettings, *, encoder: nn.Module, latent_dim: int) -> FlowPosterior:
+    """q(z | x) = T(.; c(x))_# N(mu(x), diag sigma(x)^2): RealNVP coupling layers on a Gaussian base."""
+    return FlowPosterior(encoder=encoder, latent_dim=latent_dim, num_layers=settings.layers,
+                         hidden=tuple(settings.hidden), context_dim=settings.context_dim,
+                         activation=settings.activation, min_log_scale=settings.min_log_scale,
+                         max_log_scale=settings.max_log_scale)

@@ -14,6 +14,7 @@ priors that do not need it ignore it.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, Mapping
 
 import distrax
@@ -23,6 +24,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaegen.blocks import posteriors as posteriors_lib
+from vaegen.errors import ConfigError
+from vaegen.registry import POSTERIORS, PRIORS, NoSettings, Settings, setting
 
 
 class StandardNormal(nn.Module):
@@ -212,3 +215,77 @@ def init_pseudo_inputs_from_data(variables: Mapping, x: Any, *, eps: float = 1e-
     m = np.clip(x.astype(np.float64), eps, 1.0 - eps)
     w = jnp.asarray(np.log(m) - np.log1p(-m), old.dtype)
     return _replace(variables, path, w)
+
+
+# --- registered priors -----------------------------------------------------------------------------
+#
+# Traits: ``exists`` (False for ``none``: the autoencoder has no p(z)); ``needs_posterior``
+# (p(z) is defined through q(z | u): the posterior must have a density on a batch of inputs);
+# ``data_init`` (``data_init(settings, variables, examples)``: a data-dependent initialisation the
+# trainer runs on a new run: ``examples(k)`` gives k of the ``num_examples`` training examples as the
+# model sees them).
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureSettings(Settings):
+    components: int = setting(500, "K mixture components", gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class VampPriorSettings(Settings):
+    components: int = setting(500, "K pseudo-inputs", gt=0)
+    init: str = setting("random", "random: u_k = sigmoid(w_k), w_k ~ N(init_mean, init_std); data: K training "
+                        "examples", choices=("random", "data"))
+    init_mean: float = setting(-0.05, "mean of w at a random initialisation")
+    init_std: float = setting(0.01, "standard deviation of w at a random initialisation", gt=0)
+
+
+def _vampprior_needs_a_density(settings, spec) -> None:
+    posterior = spec.inference.posterior
+    if not posterior.trait("batched_density", False):
+        allowed = [c.name for c in POSTERIORS if c.trait("batched_density", False)]
+        raise ConfigError(
+            f"config.model.prior=vampprior (p(z) = 1/K sum_k q(z | u_k)) needs a posterior with a density on a batch "
+            f"of pseudo-inputs ({', '.join(allowed)}), not config.inference.posterior={posterior.name!r}")
+
+
+def _vampprior_data_init(settings: VampPriorSettings, variables: Any, *, examples: Callable[[int], np.ndarray],
+                         num_examples: int) -> Any:
+    """The pseudo-inputs set to K training examples (``init=data``); ``variables`` unchanged otherwise."""
+    if settings.init != "data":
+        return variables
+    if settings.components > num_examples:
+        raise ConfigError(
+            f"config.model.prior.init=data takes {settings.components} pseudo-inputs (config.model.prior.components) "
+            f"from {num_examples} training examples; lower components or use init=random")
+    return init_pseudo_inputs_from_data(variables, examples(settings.components))
+
+
+@PRIORS.register("standard_normal")
+def standard_normal(settings: NoSettings, *, latent_dim: int, event_shape: tuple[int, ...]) -> StandardNormal:
+    """p(z) = N(0, I): no parameters."""
+    del settings, event_shape
+    return StandardNormal(latent_dim=latent_dim)
+
+
+@PRIORS.register("mixture", settings=MixtureSettings)
+def mixture(settings: MixtureSettings, *, latent_dim: int, event_shape: tuple[int, ...]) -> MixtureOfGaussians:
+    """p(z) = sum_k pi_k N(z; mu_k, diag sigma_k^2): K learned diagonal Gaussians."""
+    del event_shape
+    return MixtureOfGaussians(latent_dim=latent_dim, num_components=settings.components)
+
+
+@PRIORS.register("vampprior", settings=VampPriorSettings, check=_vampprior_needs_a_density,
+                 traits={"needs_posterior": True, "data_init": _vampprior_data_init})
+def vampprior(settings: VampPriorSettings, *, latent_dim: int, event_shape: tuple[int, ...]) -> VampPrior:
+    """p(z) = 1/K sum_k q(z | u_k): K learned pseudo-inputs through the encoder (Tomczak & Welling 2018)."""
+    return VampPrior(latent_dim=latent_dim, num_components=settings.components,
+                     event_shape=tuple(int(s) for s in event_shape), init_mean=settings.init_mean,
+                     init_std=settings.init_std)
+
+
+@PRIORS.register("none", traits={"exists": False})
+def no_prior(settings: NoSettings, *, latent_dim: int, event_shape: tuple[int, ...]) -> None:
+    """No p(z): an autoencoder, which defines no distribution over x until a density is fitted to its codes."""
+    del settings, latent_dim, event_shape
+    return None

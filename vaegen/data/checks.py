@@ -1,7 +1,7 @@
 """Checks on the data a run is given, before anything is written or compiled.
 
-The trainer takes data as :class:`vaegen.data.Splits`: ``uint8 [N, H, W, C]`` grey levels
-``0..255`` (see :mod:`vaegen.data`).  Data given through the Python API
+The trainer takes data as :class:`vaegen.data.datasets.Splits`: ``uint8 [N, H, W, C]`` grey levels
+``0..255`` (see :mod:`vaegen.data.datasets`).  Data given through the Python API
 (``train_and_evaluate(config, workdir, splits=...)``) is checked here, and so is data loaded
 from a dataset: a wrong rank, dtype, NaN, an empty split, mismatched event shapes or values
 outside the likelihood's support each raise one clear error naming the split.
@@ -13,8 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from vaegen.blocks import likelihoods as likelihoods_lib
-from vaegen.errors import DataError
+from vaegen.errors import DataError, SupportError
 
 
 _SPLITS = ("train", "validation", "test")
@@ -59,14 +58,13 @@ def check_array(x: Any, what: str) -> np.ndarray:
     return x
 
 
-def check_splits(splits: Any, config: Any) -> None:
-    """Checks every split of ``splits`` (:class:`vaegen.data.Splits`) for a run of ``config``:
-    dtype and rank (:func:`check_array`), a non-empty training split, one event shape, and
-    the likelihood's support of what the model will see (binary data for a Bernoulli
-    likelihood under ``data.binarization=none``; a discretized logistic needs no check here:
-    uint8 data under ``none``, which the config requires, are always its levels k / 255).
+def check_splits(splits: Any, *, support: str, binarization: str, dataset: str = "the data") -> None:
+    """Checks every split of ``splits`` (:class:`vaegen.data.datasets.Splits`) for a run:
+    dtype and rank (:func:`check_array`), a non-empty training split, one event shape, and the
+    likelihood's ``support`` on what the model will see (binary data for a ``"binary"`` support
+    under ``binarization="none"``; 8-bit levels need no check: uint8 data are always levels k / 255).
 
-    Raises :class:`DataError` or :class:`vaegen.likelihoods.SupportError`.
+    Raises :class:`vaegen.errors.DataError` or :class:`vaegen.errors.SupportError`.
     """
     arrays = {}
     for name in _SPLITS:
@@ -82,13 +80,13 @@ def check_splits(splits: Any, config: Any) -> None:
     for name, x in arrays.items():
         if x.shape[1:] != event:
             raise DataError(f"the {name} split has examples of shape {x.shape[1:]}, the train split {event}")
-    if config.model.likelihood == "bernoulli" and config.data.binarization == "none":
+    if support == "binary" and binarization == "none":
         for name, x in arrays.items():
             bad = (x != 0) & (x != 255)                          # not 0 or 1 after x / 255
             if bad.any():
                 example = float(x[bad].reshape(-1)[0]) / 255.0
-                raise likelihoods_lib.SupportError(
-                    f"the {name} split of {config.data.name} (binarization 'none') has values outside "
+                raise SupportError(
+                    f"the {name} split of {dataset} (binarization 'none') has values outside "
                     f"{{0, 1}} (e.g. {example:.4g}, {int(bad.sum())} values in all) but the Bernoulli "
                     "likelihood is only defined on binary data: choose a binarization protocol "
                     "(--config.data.binarization=dynamic|static|threshold) or a likelihood for grey levels "

@@ -26,7 +26,7 @@ reproduction configs in ``experiments/reproduce`` use it).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from vaegen.errors import ConfigError
 
@@ -59,12 +59,13 @@ def apply(config: Any, name: str) -> None:
     config.data.protocol = name
 
 
-def check(config: Any) -> None:
-    """Raises :class:`vaegen.ConfigError` if ``config.data`` differs from its named protocol."""
-    name = config.data.protocol
-    wrong = [f"data.{k}={config.data[k]!r} (the protocol's is {v!r})"
-             for k, v in settings(name).items() if config.data[k] != v]
+def check(data: Any, key: Callable[[str], str] = lambda name: f"config.data.{name}") -> None:
+    """Raises :class:`vaegen.errors.ConfigError` if the data settings ``data`` (a
+    :class:`vaegen.data.splits.DataSettings`) differ from their named protocol; ``key(field)``
+    names a field in the message."""
+    name = data.protocol
+    wrong = [f"{key(k).removeprefix('config.')}={getattr(data, k)!r} (the protocol's is {v!r})"
+             for k, v in settings(name).items() if getattr(data, k) != v]
     if wrong:
-        raise ConfigError(f"config.data.protocol={name!r} fixes the data keys, but {'; '.join(wrong)}: "
-                          "remove the override, or set --config.data.protocol='' to run outside the protocol")
-
+        raise ConfigError(f"{key('protocol')}={name!r} fixes the data keys, but {'; '.join(wrong)}: "
+                          f"remove the override, or set --{key('protocol')}='' to run outside the protocol")

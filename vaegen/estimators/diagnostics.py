@@ -20,7 +20,7 @@ deterministic code of N distinct points is log N whatever the code): they are re
 undefined with the reason, and the statistics of the codes f(x) (active units, their variances)
 and the distortion -log p(x | z = f(x)) are computed.
 
-All values in nats.  Per-example work runs through :func:`vaegen.estimators.map_examples`
+All values in nats.  Per-example work runs through :func:`vaegen.sharding.map_examples`
 (sharded over devices, example i keyed by ``fold_in(key, i)``).
 """
 
@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vaegen.estimators import importance as estimators_lib
+from vaegen import sharding as sharding_lib
 from vaegen.model import latent as model_lib
 from vaegen.objectives import bounds as objectives_lib
 
@@ -93,8 +93,8 @@ def posterior_terms(model: model_lib.LatentVariableModel, variables: Any, xs: ja
     (factorised q and p).
     """
     fn = jax.tree_util.Partial(_PosteriorTerms(model, int(num_samples)), variables)
-    b = int(batch_size or max(1, estimators_lib.default_rows() // (8 * int(num_samples))))
-    return estimators_lib.map_examples(fn, jnp.asarray(xs), key, batch_size=b, devices=devices,
+    b = int(batch_size or max(1, sharding_lib.default_rows() // (8 * int(num_samples))))
+    return sharding_lib.map_examples(fn, jnp.asarray(xs), key, batch_size=b, devices=devices,
                                        progress=progress, desc="posterior")
 
 
@@ -161,8 +161,8 @@ def mutual_information(loc: jax.Array, scale: jax.Array, key: jax.Array, *, num_
     pad = -(-n // c) * c - n
     comps = (jnp.pad(loc, ((0, pad), (0, 0))), jnp.pad(scale, ((0, pad), (0, 0)), constant_values=1.0))
     fn = jax.tree_util.Partial(_AggregatePosterior(int(num_samples), c, n), comps)
-    b = int(batch_size or max(1, estimators_lib.default_rows() // (int(num_samples) * c) * 16))
-    out = estimators_lib.map_examples(fn, (loc, scale), key, batch_size=b, devices=devices,
+    b = int(batch_size or max(1, sharding_lib.default_rows() // (int(num_samples) * c) * 16))
+    out = sharding_lib.map_examples(fn, (loc, scale), key, batch_size=b, devices=devices,
                                       progress=progress, desc="I_q(x;z)")
     per_example = out["log_q"] - out["log_aggregate"]
     return {"mutual_information": float(jnp.mean(per_example)), "per_example": per_example,

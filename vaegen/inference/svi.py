@@ -1,4 +1,4 @@
-"""Inference beside the model: per-example variational inference and semi-amortized training.
+"""Per-example variational inference (SVI): q*(z | x) for every example of a data set.
 
 An amortized posterior q(z | x) = q(z; phi(x)) spends one encoder pass per x; its parameters
 phi(x) are a *member* of a variational family F.  The best member for one x,
@@ -13,22 +13,14 @@ inference gap (Cremer et al. 2018)::
     log p(x) - L[q]  =  (log p(x) - L[q*_F])  +  (L[q*_F] - L[q])
                         approximation gap        amortization gap
 
-(see :mod:`vaegen.gaps`), and, run inside the training step, semi-amortized training
-(Kim et al. 2018, :class:`SemiAmortizedELBO`).
+(see :mod:`vaegen.studies.gaps`), and, run inside the training step, semi-amortized training
+(Kim et al. 2018, :mod:`vaegen.inference.semi_amortized`).
 
-Families (:func:`make_family`; each is a pytree phi per example and a pure function
-``phi -> distrax distribution`` from :mod:`vaegen.posteriors`)::
-
-    diag      N(loc, diag exp(2 log_scale))               phi = {loc [D], log_scale [D]}
-    fullcov   N(loc, L L^T), L Cholesky                   phi = {loc, log_scale, tril [D(D-1)/2]}
-    flow      coupling flow on a diagonal Gaussian base   phi = {loc, log_scale, context [C], flow}
-
-For the flow, q*_F optimises *every* parameter of the flow per example, its coupling networks
-included: F is the set of all flows of that architecture.
+Families: :mod:`vaegen.inference.families`.
 
 Every per-example computation takes its noise from ``fold_in(key, example_index)``, so results
 do not depend on how the examples are chunked or on the number of devices.  :func:`fit_local`
-shards the examples over the local devices with :func:`vaegen.estimators.map_examples` (the
+shards the examples over the local devices with :func:`vaegen.sharding.map_examples` (the
 engine of importance sampling and AIS); on each device the optimiser is ``vmap``-ped over a
 chunk of examples and ``lax.scan``-ned over the steps, one compiled call per group of chunks.
 """
@@ -37,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import time
 from typing import Any, Callable
 
 import distrax
@@ -45,240 +38,20 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
 
-from vaegen.estimators import importance as estimators_lib
-from vaegen.blocks import posteriors as posteriors_lib
 from vaegen import sharding as sharding_lib
-from vaegen.model.latent import LatentVariableModel
-from vaegen.errors import InferenceError
+from vaegen.blocks.networks import ACTIVATIONS
+from vaegen.errors import ConfigError, InferenceError
+from vaegen.estimators import importance as estimators_lib
+from vaegen.inference.families import Family, Phi, family_names, family_of, initial_parameters, make_family
+from vaegen.objectives.bounds import elbo_of
+from vaegen.registry import Settings, setting
 
-Phi = dict  # local variational parameters of one example (or, with a leading [N], of many)
 Terms = dict[str, jax.Array]
 
 
-# --- families ---------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class DiagonalFamily:
-    """q(z) = N(z; loc, diag exp(2 log_scale)): the mean-field ("fully factorised") Gaussian."""
-
-    latent_dim: int
-    name = "diag"
-
-    def distribution(self, phi: Phi) -> distrax.Distribution:
-        return posteriors_lib.diagonal_gaussian(phi)
-
-    def standard(self) -> Phi:
-        """phi of N(0, I) (= p(z) under the standard-normal prior)."""
-        d = self.latent_dim
-        return {"loc": jnp.zeros((d,)), "log_scale": jnp.zeros((d,))}
-
-    def embed(self, kind: str, phi: Phi) -> Phi:
-        if kind == "diag":
-            return phi
-        raise InferenceError(f"a diagonal Gaussian cannot start from a {kind} posterior (it cannot represent it); "
-                             "use init 'prior' or a richer family")
-
-
-@dataclasses.dataclass(frozen=True)
-class FullCovarianceFamily:
-    """q(z) = N(z; loc, L L^T), L = diag(exp(log_scale)) + strictly-lower(tril)."""
-
-    latent_dim: int
-    name = "fullcov"
-
-    def distribution(self, phi: Phi) -> distrax.Distribution:
-        return posteriors_lib.full_covariance_gaussian(phi)
-
-    def standard(self) -> Phi:
-        d = self.latent_dim
-        return {"loc": jnp.zeros((d,)), "log_scale": jnp.zeros((d,)), "tril": jnp.zeros((posteriors_lib.num_tril(d),))}
-
-    def embed(self, kind: str, phi: Phi) -> Phi:
-        if kind == "fullcov":
-            return phi
-        if kind == "diag":
-            return {**phi, "tril": jnp.zeros(phi["loc"].shape[:-1] + (posteriors_lib.num_tril(self.latent_dim),))}
-        raise InferenceError(f"a full-covariance Gaussian cannot start from a {kind} posterior; use init 'prior'")
-
-
-@dataclasses.dataclass(frozen=True)
-class FlowFamily:
-    """q(z) = T_# N(loc, diag exp(2 log_scale)), T a stack of affine coupling layers conditioned on
-    a context vector (:func:`vaegen.posteriors.flow_distribution`).
-
-    ``init_seed`` fixes the hidden-layer initialisation of a fresh (identity) flow, used when
-    starting from the standard point or from a diagonal Gaussian.
-    """
-
-    latent_dim: int
-    num_layers: int = 4
-    hidden: tuple[int, ...] = (64,)
-    context_dim: int = 16
-    activation: str = "tanh"
-    init_seed: int = 0
-    flow_step_scale: float = 0.1
-    name = "flow"
-
-    def distribution(self, phi: Phi) -> distrax.Distribution:
-        return posteriors_lib.flow_distribution(phi, activation=self.activation)
-
-    def step_scales(self, phi: Phi) -> Phi:
-        """Multipliers of the optimiser's steps: the coupling networks' weights move
-        ``flow_step_scale`` times slower than the base and the context (Adam moves every weight by
-        about the learning rate, and a flow has thousands of them)."""
-        return {k: jax.tree_util.tree_map(lambda a: jnp.full_like(a, self.flow_step_scale if k == "flow" else 1.0), v)
-                for k, v in phi.items()}
-
-    def _identity_flow(self) -> dict:
-        return posteriors_lib.init_coupling_flow(jax.random.key(self.init_seed), self.latent_dim, self.context_dim,
-                                                 self.num_layers, tuple(self.hidden))
-
-    def standard(self) -> Phi:
-        d = self.latent_dim
-        return {"loc": jnp.zeros((d,)), "log_scale": jnp.zeros((d,)), "context": jnp.zeros((self.context_dim,)),
-                "flow": self._identity_flow()}
-
-    def embed(self, kind: str, phi: Phi) -> Phi:
-        if kind == "flow":
-            ours = jax.tree_util.tree_map(jnp.shape, self._identity_flow())
-            theirs = jax.tree_util.tree_map(jnp.shape, phi["flow"])
-            if ours != theirs or phi["context"].shape[-1] != self.context_dim:
-                raise InferenceError("the flow family's architecture (layers, hidden, context_dim) differs from the "
-                                     "amortized flow's; build it with make_family('flow', model)")
-            return phi
-        if kind == "diag":
-            batch = phi["loc"].shape[:-1]
-            return {**phi, "context": jnp.zeros(batch + (self.context_dim,)), "flow": self._identity_flow()}
-        raise InferenceError(f"a flow cannot start from a {kind} posterior; use init 'prior'")
-
-
-Family = DiagonalFamily | FullCovarianceFamily | FlowFamily
-
-FAMILY_ALIASES = {
-    "diag": "diag", "diagonal": "diag", "diagonal_gaussian": "diag",
-    "fullcov": "fullcov", "full_covariance": "fullcov", "full_covariance_gaussian": "fullcov",
-    "flow": "flow",
-}
-
-
-def posterior_kind(model: LatentVariableModel) -> str:
-    """The family of the model's amortized q(z | x): ``diag``, ``fullcov`` or ``flow``."""
-    post = model.posterior
-    if isinstance(post, (posteriors_lib.DiagonalGaussian, posteriors_lib.FixedScaleGaussian)):
-        return "diag"
-    if isinstance(post, posteriors_lib.FullCovarianceGaussian):
-        return "fullcov"
-    if isinstance(post, posteriors_lib.FlowPosterior):
-        return "flow"
-    if posteriors_lib.is_point_mass(post):
-        raise InferenceError("the model's q(z|x) is a point mass (an autoencoder): it has no ELBO and no "
-                             "variational family to refine; train a VAE")
-    raise InferenceError(f"no variational family is known for the posterior {type(post).__name__}")
-
-
-def make_family(name: str, model: LatentVariableModel | None = None, *, latent_dim: int | None = None,
-                **flow_options) -> Family:
-    """A family by name (``diag``, ``fullcov``, ``flow`` or the posterior names), sized for ``model``.
-
-    For ``flow`` with a model whose q(z | x) is itself a flow, the architecture is the model's (so
-    that q* starts from the amortized q); otherwise ``flow_options`` (num_layers, hidden,
-    context_dim, activation) or the defaults of :class:`FlowFamily`.
-    """
-    key = FAMILY_ALIASES.get(name)
-    if key is None:
-        raise InferenceError(f"unknown variational family {name!r}; choose diag, fullcov or flow")
-    if latent_dim is None:
-        if model is None:
-            raise InferenceError("make_family needs a model or latent_dim")
-        latent_dim = int(model.posterior.latent_dim)
-    if key == "diag":
-        return DiagonalFamily(latent_dim)
-    if key == "fullcov":
-        return FullCovarianceFamily(latent_dim)
-    if latent_dim < 2:
-        raise InferenceError("the flow family needs latent_dim >= 2")
-    post = model.posterior if model is not None else None
-    if isinstance(post, posteriors_lib.FlowPosterior):
-        flow_options = dict(num_layers=post.num_layers, hidden=tuple(post.hidden), context_dim=post.context_dim,
-                            activation=post.activation)
-    if "hidden" in flow_options:
-        flow_options["hidden"] = tuple(int(h) for h in flow_options["hidden"])
-    return FlowFamily(latent_dim, **flow_options)
-
-
-def family_of(model: LatentVariableModel, **flow_options) -> Family:
-    """The family of the model's own amortized posterior."""
-    return make_family(posterior_kind(model), model, **flow_options)
-
-
-def amortized_parameters(model: LatentVariableModel, variables: Any, x: jax.Array) -> tuple[str, Phi]:
-    """phi(x) of the amortized q(z | x) and its family's name: ``(kind, phi)``, phi per example."""
-    kind = posterior_kind(model)
-    if kind == "diag":
-        q = model.apply(variables, x, method="q_z_given_x")
-        return kind, {"loc": q.mean(), "log_scale": jnp.log(q.stddev())}
-    return kind, model.apply(variables, x, method=lambda m, x: m.posterior.parameters(x))
-
-
-def initial_parameters(family: Family, init: str, model: LatentVariableModel, variables: Any, x: jax.Array) -> Phi:
-    """phi_0 for one example: ``"amortized"`` (the encoder's phi(x), embedded in ``family``) or
-    ``"prior"`` (the standard-normal point)."""
-    if init == "prior":
-        return family.standard()
-    if init == "amortized":
-        return family.embed(*amortized_parameters(model, variables, x))
-    raise InferenceError(f"unknown initialisation {init!r}; choose 'amortized' or 'prior'")
-
-
-# --- the per-example ELBO of a free phi -----------------------------------------------------------
-
-def _kl_or_none(q: distrax.Distribution, p: distrax.Distribution) -> jax.Array | None:
-    try:
-        return q.kl_divergence(p)
-    except (NotImplementedError, TypeError, ValueError):
-        return None
-
-
-def elbo_of(model: LatentVariableModel, variables: Any, q: distrax.Distribution | Callable[[Any], distrax.Distribution],
-            x: jax.Array, key: jax.Array, num_samples: int = 1, *, analytic_kl: bool = True,
-            q_density: distrax.Distribution | None = None) -> Terms:
-    """L(x; q) = E_q[log p(x | z)] - KL(q || p(z)) for one example, with ``num_samples`` z ~ q.
-
-    Args:
-      q: a distribution over z (event [D]), or a function of the bound model returning one
-        (e.g. ``lambda m: m.q_z_given_x(x)``).
-      analytic_kl: use the closed-form KL where distrax has one (Gaussian families with a
-        Gaussian prior), else the Monte Carlo estimate mean_s[log q(z_s) - log p(z_s)].
-      q_density: where given, log q(z_s) of the Monte Carlo KL is evaluated under this
-        distribution -- the same q built from stop-gradient parameters gives the path-derivative
-        ("sticking the landing", Roeder et al. 2017) gradient: the same value, lower variance.
-    Returns:
-      ``{"elbo", "reconstruction", "kl", "mc_stderr"}`` in nats (scalars); ``mc_stderr`` is the
-      Monte Carlo standard error of the ``elbo`` estimate (NaN for one sample).
-    """
-
-    def terms(m: LatentVariableModel) -> Terms:
-        dist = q(m) if callable(q) and not isinstance(q, distrax.Distribution) else q
-        z, log_q = dist.sample_and_log_prob(seed=key, sample_shape=(num_samples,))  # [S, D], [S]
-        log_px_z = m.log_likelihood(x, z)                                           # [S]
-        p = m.p_z()
-        kl = _kl_or_none(dist, p) if analytic_kl else None
-        if kl is None:
-            if q_density is not None:
-                log_q = q_density.log_prob(z)
-            per_sample = log_px_z + p.log_prob(z) - log_q                         # [S]
-            kl = jnp.mean(log_q - p.log_prob(z))
-        else:
-            per_sample = log_px_z - kl
-        reconstruction = jnp.mean(log_px_z)
-        mc_stderr = jnp.std(per_sample) / math.sqrt(num_samples) if num_samples > 1 else jnp.asarray(jnp.nan)
-        return {"elbo": reconstruction - kl, "reconstruction": reconstruction, "kl": kl, "mc_stderr": mc_stderr}
-
-    return model.apply(variables, method=terms)
-
-
-def log_px_importance_sampled(model: LatentVariableModel, variables: Any, q: distrax.Distribution | Callable,
+def log_px_importance_sampled(model: Any, variables: Any, q: distrax.Distribution | Callable,
                               x: jax.Array, key: jax.Array, num_samples: int, *, sample_batch: int | None = None) -> jax.Array:
     """log p(x) ~= log 1/k sum_i p(x, z_i) / q(z_i),  z_i ~ q: the importance-sampling estimate with
     proposal q (a stochastic lower bound, IWAE_k), in nats
@@ -286,7 +59,7 @@ def log_px_importance_sampled(model: LatentVariableModel, variables: Any, q: dis
     with a running log-sum-exp (memory only: sample i comes from ``fold_in(key, i)``, so the
     estimate does not depend on it)."""
 
-    def run(m: LatentVariableModel) -> jax.Array:
+    def run(m: Any) -> jax.Array:
         dist = q(m) if callable(q) and not isinstance(q, distrax.Distribution) else q
         return estimators_lib.importance_sampling_one(m.log_joint, lambda _: dist, x, key, num_samples=int(num_samples),
                                                       chunk_size=sample_batch)["log_px"]
@@ -355,7 +128,7 @@ class SVISettings:
         return opt
 
 
-def refine(model: LatentVariableModel, variables: Any, family: Family, phi0: Phi, x: jax.Array, key: jax.Array,
+def refine(model: Any, variables: Any, family: Family, phi0: Phi, x: jax.Array, key: jax.Array,
            settings: SVISettings) -> tuple[Phi, jax.Array]:
     """K steps of gradient ascent on L(x; phi) from ``phi0``, for one example.
 
@@ -430,7 +203,7 @@ class _LocalFit:
     ``fold_in(key, i)``, ``i`` the example's id (the key :func:`vaegen.estimators.map_examples`
     derives from the example's position in a dispatch is not used)."""
 
-    model: LatentVariableModel
+    model: Any
     family: Family
     settings: SVISettings
     init: str
@@ -469,7 +242,7 @@ class _LocalFit:
         return out
 
 
-def fit_local(model: LatentVariableModel, variables: Any, xs: jax.Array | np.ndarray, key: jax.Array, *,
+def fit_local(model: Any, variables: Any, xs: jax.Array | np.ndarray, key: jax.Array, *,
               family: Family | str | None = None, settings: SVISettings = SVISettings(), init: str = "amortized",
               chunk_size: int = 500, eval_samples: int = 100, log_px_samples: int = 0,
               keep_parameters: bool = True, trace_points: int = 50, progress: bool = True,
@@ -503,10 +276,6 @@ def fit_local(model: LatentVariableModel, variables: Any, xs: jax.Array | np.nda
     Returns:
       :class:`LocalInference`.
     """
-    import time
-
-    from tqdm.auto import tqdm
-
     if family is None:
         family = family_of(model)
     elif isinstance(family, str):
@@ -548,7 +317,7 @@ def fit_local(model: LatentVariableModel, variables: Any, xs: jax.Array | np.nda
     for g in range(num_groups):
         t = time.perf_counter()
         s = slice(g * group, (g + 1) * group)
-        out = estimators_lib.map_examples(fn, (xs_padded[s], ids_padded[s]), key, batch_size=chunk,
+        out = sharding_lib.map_examples(fn, (xs_padded[s], ids_padded[s]), key, batch_size=chunk,
                                           devices=devices)
         outputs.append(jax.tree_util.tree_map(np.asarray, out))       # waits; frees the devices' copy
         chunk_seconds.append(time.perf_counter() - t)
@@ -566,110 +335,42 @@ def fit_local(model: LatentVariableModel, variables: Any, xs: jax.Array | np.nda
                           init=init, seconds=seconds, chunk_seconds=chunk_seconds)
 
 
-# --- semi-amortized training ------------------------------------------------------------------
 
-GRADIENTS = ("unrolled", "total", "stop")
 
+# --- the gaps section of a config ------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class SemiAmortizedELBO:
-    """Semi-amortized variational inference (Kim et al. 2018) as a training objective.
+class GapsSettings(Settings):
+    """The ``gaps`` section: the gap decomposition of ``vaegen gaps`` (command-line flags override it)."""
 
-    Per example: phi_0 = phi(x) from the encoder (or the standard point), then K SVI steps
-    phi_{k+1} = phi_k + opt(grad_phi L(x; phi_k, theta)) (:func:`refine`), and the model is
-    trained on the refined bound L(x; phi_K, theta).  How gradients reach the parameters:
+    families: str = setting("diag", "comma-separated variational families of q* (posterior names or aliases: diag, "
+                            "fullcov, flow)")
+    num_steps: int = setting(500, "SVI steps per example for q*", ge=0)
+    learning_rate: float = setting(1e-2, "Adam, cosine-decayed to 0 over the steps", gt=0)
+    num_samples: int = setting(1, "z samples per SVI step", gt=0)
+    init: str = setting("amortized", "where each q* starts: amortized (the encoder's q) or prior (N(0, I))",
+                        choices=("amortized", "prior"))
+    elbo_samples: int = setting(100, "samples for each reported ELBO, L[q] and L[q*]", gt=0)
+    log_px_samples: int = setting(1000, "k of each importance-sampled log p(x)", gt=0)
+    test_examples: int = setting(0, "0 = the whole test set", ge=0)
+    train_examples: int = setting(1000, "training subset (binarized once); 0 = none", ge=0)
+    chunk_size: int = setting(500, "examples per vmapped chunk (memory, not results)", gt=0)
+    flow_layers: int = setting(4, "the flow family, for a model whose q(z|x) is not a flow: coupling layers", gt=0)
+    flow_hidden: tuple[int, ...] = setting((64,), "the flow family: hidden widths of each coupling network",
+                                           items_gt=0)
+    flow_context_dim: int = setting(16, "the flow family: context dimension", ge=0)
+    flow_activation: str = setting("tanh", "the flow family: nonlinearity of the coupling networks",
+                                   choices=tuple(ACTIVATIONS))
 
-    ``unrolled`` (SA-VAE, Kim et al.'s Algorithm 1): theta gets the partial derivative
-        dL(phi_K, theta)/dtheta at phi_K; the encoder gets dL/dphi_K dphi_K/dphi_0 dphi_0/dphi,
-        back-propagated through the K unrolled steps (the inner loop sees theta as a constant).
-    ``total``: as ``unrolled``, but theta's gradient also flows through the inner loop (the total
-        derivative of L(phi_K(theta), theta)).
-    ``stop``: phi_K is a constant for the gradient; the encoder is trained on its own bound
-        L(x; phi_0(x), theta) with theta held fixed in that term (Kim et al.'s VAE+SVI).
+    def flow_options(self) -> dict[str, Any]:
+        """The flow family's architecture (a model whose q(z|x) is a flow uses its own)."""
+        return {"num_layers": self.flow_layers, "hidden": tuple(self.flow_hidden),
+                "context_dim": self.flow_context_dim, "activation": self.flow_activation}
 
-    With ``init="prior"`` the decoder never sees the encoder (non-amortized training, SVI); the
-    encoder is then trained alongside on its own bound with theta fixed, so that the amortized q
-    of such a model can still be measured, without it influencing the model.
+    def family_list(self) -> list[str]:
+        return [f.strip() for f in self.families.split(",") if f.strip()]
 
-    Terms (nats, one example): ``elbo`` L(x; phi_K) (the refined bound, what the model is trained
-    on), ``elbo_amortized`` L(x; phi_0) (same noise), ``refinement_gain`` = their difference,
-    ``reconstruction`` and ``kl`` of q(z; phi_K), and ``objective``: ``elbo``, plus
-    ``elbo_amortized`` where the encoder is trained on its own bound.
-
-    Attributes:
-      settings: the inner optimiser (``num_steps`` = K, ``learning_rate`` = the inner rate, ...).
-      init: ``amortized`` | ``prior``.
-      gradient: ``unrolled`` | ``total`` | ``stop``.
-      num_samples: S, samples of z for the final bound.
-      family: the family refined; None = the family of the model's q(z | x).
-    """
-
-    settings: SVISettings = SVISettings(num_steps=10, learning_rate=0.05, schedule="constant", path_gradient=False)
-    init: str = "amortized"
-    gradient: str = "unrolled"
-    num_samples: int = 1
-    family: Family | None = None
-    bound_name = "elbo"
-
-    def __post_init__(self):
-        self.settings.validate()
-        if self.init not in ("amortized", "prior"):
-            raise InferenceError(f"unknown initialisation {self.init!r}; choose 'amortized' or 'prior'")
-        if self.gradient not in GRADIENTS:
-            raise InferenceError(f"unknown gradient {self.gradient!r}; choose one of {', '.join(GRADIENTS)}")
-
-    @property
-    def encoder_trained_separately(self) -> bool:
-        return self.gradient == "stop" or self.init == "prior"
-
-    def __call__(self, model: LatentVariableModel, variables: Any, x: jax.Array, key: jax.Array,
-                 step: jax.Array | int = 0) -> Terms:
-        del step
-        from vaegen.objectives.bounds import _require_density
-
-        _require_density(model, "semi-amortized ELBO")
-        family = self.family or family_of(model)
-        sg = jax.lax.stop_gradient
-        k_inner, k_final = jax.random.split(key)
-
-        amortized_phi = family.embed(*amortized_parameters(model, variables, x))
-        phi0 = family.standard() if self.init == "prior" else amortized_phi
-        inner_variables = variables if self.gradient == "total" else sg(variables)
-        if self.gradient == "stop":
-            phi0 = sg(phi0)
-        phi_k, _ = refine(model, inner_variables, family, phi0, x, k_inner, self.settings)
-        if self.gradient == "stop":
-            phi_k = sg(phi_k)
-        refined = elbo_of(model, variables, family.distribution(phi_k), x, k_final, self.num_samples,
-                          analytic_kl=self.settings.analytic_kl)
-        if self.encoder_trained_separately:
-            # The encoder's own bound, with the generative model held fixed in this term.
-            params = dict(sg(variables["params"]))
-            params["posterior"] = variables["params"]["posterior"]
-            encoder_vars = {**variables, "params": params}
-            amortized = elbo_of(model, encoder_vars, family.distribution(amortized_phi), x, k_final,
-                                self.num_samples, analytic_kl=self.settings.analytic_kl)
-            objective = refined["elbo"] + amortized["elbo"]
-        else:
-            amortized = elbo_of(model, variables, family.distribution(sg(amortized_phi)), x, k_final,
-                                self.num_samples, analytic_kl=self.settings.analytic_kl)
-            objective = refined["elbo"]
-        return {
-            "elbo": refined["elbo"],
-            "reconstruction": refined["reconstruction"],
-            "kl": refined["kl"],
-            "elbo_amortized": amortized["elbo"],
-            "refinement_gain": sg(refined["elbo"] - amortized["elbo"]),
-            "objective": objective,
-        }
-
-
-def semi_amortized_from_config(cfg: Any) -> SemiAmortizedELBO:
-    """:class:`SemiAmortizedELBO` from ``config.objective`` (the ``svi_*`` keys)."""
-    settings = SVISettings(
-        num_steps=int(cfg.svi_steps), learning_rate=float(cfg.svi_learning_rate), optimizer=cfg.svi_optimizer,
-        momentum=float(cfg.svi_momentum), schedule="constant", num_samples=int(cfg.svi_num_samples),
-        grad_clip_norm=float(cfg.svi_grad_clip_norm), analytic_kl=bool(cfg.analytic_kl), path_gradient=False,
-    )
-    return SemiAmortizedELBO(settings=settings, init=cfg.svi_init, gradient=cfg.svi_gradient,
-                             num_samples=int(cfg.num_samples))
+    def validate(self, key):
+        for name in self.family_list():
+            if name not in family_names():
+                raise ConfigError(f"{key('families')}={name!r} is not one of {', '.join(family_names())}")

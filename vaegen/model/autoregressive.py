@@ -9,8 +9,8 @@ log-probabilities, in nats) -- the other family of generative models: nothing is
 there is no z, and it is sampled pixel by pixel.
 
 It trains through the same trainer as every latent-variable model:
-``config.model.kind = "autoregressive"`` builds a :class:`MADE` (``model.made.*``) and
-``config.objective.name = "exact"`` maximises :class:`ExactLogLikelihood`.
+``config.model.kind = autoregressive`` builds a :class:`MADE` (its settings: :class:`MADESettings`) and
+``config.objective = exact`` maximises :class:`vaegen.objectives.exact.ExactLogLikelihood`.
 
 Sampling costs D steps, but each step only needs the one new conditional: the first layer's
 pre-activations are updated with the one new pixel (O(H_1)), the remaining hidden layers are
@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaegen.blocks import networks as networks_lib
-from vaegen.errors import NO_LATENT_MESSAGE, NoLatentError
+from vaegen.errors import NO_LATENT_MESSAGE, ConfigError, NoLatentError
+from vaegen.registry import MODEL_KINDS, Settings, setting
 
 
 @functools.lru_cache(maxsize=16)
@@ -205,58 +206,40 @@ class MADE(nn.Module):
         return {**variables, "params": params}
 
 
-def build(model_cfg: Any, event_shape: Sequence[int]) -> MADE:
-    """A :class:`MADE` from ``config.model`` (``model.made.*``)."""
-    made = model_cfg.made
-    return MADE(event_shape=tuple(int(s) for s in event_shape), hidden=tuple(int(h) for h in made.hidden),
-                activation=str(made.activation), ordering=str(made.ordering), ordering_seed=int(made.ordering_seed))
+# --- the registered model kind ---------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class MADESettings(Settings):
+    """Settings of the ``autoregressive`` model kind (``config.model.kind``): a MADE."""
+
+    hidden: tuple[int, ...] = setting((500,), "widths of the masked hidden layers", items_gt=0, nonempty=True)
+    activation: str = setting("relu", "nonlinearity of the hidden layers", choices=tuple(networks_lib.ACTIVATIONS))
+    ordering: str = setting("natural", "natural: raster order; random: a permutation drawn from ordering_seed",
+                            choices=("natural", "random"))
+    ordering_seed: int = setting(0, "seed of the order and of the hidden units' connectivity degrees")
+
+
+EXACT_PAIRING = ("an autoregressive model (config.model.kind=autoregressive) is trained on its exact log p(x) "
+                 "(config.objective.name=exact), and only it: set both or neither")
+"""The message when the model kind and the objective ``exact`` do not go together."""
+
+
+def _check(settings: MADESettings, spec: Any) -> None:
+    if spec.objective.name != "exact":
+        raise ConfigError(EXACT_PAIRING)
+    if spec.model.likelihood.trait("support") != "binary":
+        raise ConfigError("config.model.kind=autoregressive (MADE) models binary data: set "
+                          "config.model.likelihood=bernoulli and a binarization protocol")
+
+
+@MODEL_KINDS.register("autoregressive", settings=MADESettings, check=_check,
+                      traits={"has_latents": False, "exact_log_likelihood": True})
+def build(settings: MADESettings, *, model: Any, inference: Any, event_shape: Sequence[int]) -> MADE:
+    """No z: p(x) = prod_i p(x_i | x_<i) by a MADE, exact log p(x), sampled pixel by pixel (Germain et al. 2015)."""
+    del model, inference
+    return MADE(event_shape=tuple(int(s) for s in event_shape), hidden=tuple(int(h) for h in settings.hidden),
+                activation=settings.activation, ordering=settings.ordering, ordering_seed=int(settings.ordering_seed))
 
 
 def num_parameters(variables: Any) -> int:
     return int(sum(np.prod(np.shape(a)) for a in jax.tree_util.tree_leaves(variables)))
-
-
-@dataclasses.dataclass(frozen=True)
-class ExactLogLikelihood:
-    """Maximum likelihood for a model with a tractable p(x): the objective is log p(x) itself.
-
-    Terms (nats, one example): ``log_px``, ``objective`` = ``log_px``.
-    """
-
-    bound_name = "log_px"
-
-    def __call__(self, model: nn.Module, variables: Any, x: jax.Array, key: jax.Array,
-                 step: jax.Array | int = 0) -> dict[str, jax.Array]:
-        del key, step
-        log_px = model.apply(variables, x, method="log_prob")
-        return {"log_px": log_px, "objective": log_px}
-
-
-def evaluate(run, *, split: str = "test", batch_size: int | None = None, seed: int = 0,
-             max_examples: int = 0, per_example: dict | None = None, **unused) -> dict[str, Any]:
-    """Exact test log p(x) of an autoregressive run, in the format of :func:`vaegen.evaluate`
-    (``per_example``, if given, receives ``log_px`` per example, ``[N]`` nats)."""
-    from vaegen.evaluation import evaluate as evaluation_lib
-    from vaegen.train import trainer as train_lib
-
-    del unused
-    config = run.config
-    x_u8 = getattr(train_lib.load_data(config), split)
-    if max_examples:
-        x_u8 = x_u8[:max_examples]
-    stored = train_lib.stored_split(config, x_u8, split)
-    protocol = train_lib.split_protocol(config, split)
-    key = train_lib.purpose_key(seed, "evaluation")
-    terms = train_lib.make_evaluate(run.model, ExactLogLikelihood(), protocol=protocol,
-                                    batch_size=batch_size or 500)(run.variables, stored, key)
-    values = np.asarray(jax.device_get(terms["log_px"]), np.float64)
-    if per_example is not None:
-        per_example["log_px"] = values
-    log_px = evaluation_lib.summarize(values, int(np.prod(run.event_shape)))
-    return {
-        "workdir": str(run.workdir), "epoch": run.epoch, "split": split, "num_examples": int(x_u8.shape[0]),
-        "seed": seed, "protocol": protocol, "num_samples": 0,
-        "metrics": {"log_px": dict(log_px, estimator="exact (autoregressive)")},
-        "undefined": {"elbo": "no latent variable: log p(x) is exact, there is no bound",
-                      "reconstruction": "no latent variable: nothing to reconstruct from"},
-    }

@@ -22,7 +22,7 @@ supplied (e.g. a mixture fitted to the training codes, which then becomes ``prio
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any
 
 import distrax
 import flax.linen as nn
@@ -30,10 +30,9 @@ import jax
 import jax.numpy as jnp
 
 from vaegen.blocks import likelihoods as likelihoods_lib
-from vaegen.blocks import networks as networks_lib
 from vaegen.blocks import posteriors as posteriors_lib
-from vaegen.blocks import priors as priors_lib
 from vaegen.errors import NO_PRIOR_MESSAGE, NoPriorError
+from vaegen.registry import MODEL_KINDS, NoSettings
 
 
 class LatentVariableModel(nn.Module):
@@ -101,142 +100,32 @@ class LatentVariableModel(nn.Module):
         return self.log_likelihood(x, z)
 
 
-# --- construction from a config -------------------------------------------------------------
+# --- the registered model kind, and building any kind -----------------------------------------------
 #
-# A model is assembled from four parts, each built by its own function from its config section:
-# the prior p(z) (build_prior), the likelihood p(x | z) (build_likelihood, on a decoder trunk),
-# the posterior q(z | x) (build_posterior, on an encoder trunk), and the trunks themselves
-# (build_network).  Two stochastic layers (config.model.top_latent_dim > 0) are assembled by
-# vaegen.hierarchical from the same parts.
-
-NETWORKS: dict[str, type[nn.Module]] = {
-    "mlp": networks_lib.MLP,
-    "conv_encoder": networks_lib.ConvEncoder,
-    "conv_decoder": networks_lib.ConvDecoder,
-}
+# A model is assembled from its parts, each a registered component chosen in the config: the prior
+# p(z), the likelihood p(x | z) on a decoder trunk, the posterior q(z | x) on an encoder trunk.  The
+# model kind says how the parts make a model: one latent vector (here), two stochastic layers
+# (:mod:`vaegen.model.two_layer`), or no latent at all (:mod:`vaegen.model.autoregressive`).
 
 
-def build_network(cfg: Mapping[str, Any], *, event_ndims: int, output_shape: tuple[int, ...] | None = None) -> nn.Module:
-    """Builds a trunk from a config section ``{network, hidden, activation, ...}``.
-
-    Args:
-      cfg: the section as a dict.
-      event_ndims: trailing input dimensions that form one example (3 for images, 1 for z).
-      output_shape: the observation's shape, for decoder trunks that produce per-pixel features
-        (e.g. a convolutional decoder); ``None`` elsewhere.
-    """
-    cfg = dict(cfg)
-    name = cfg.pop("network")
-    if name not in NETWORKS:
-        raise ValueError(f"unknown network {name!r}; choose one of {sorted(NETWORKS)}")
-    return networks_lib.from_config(NETWORKS[name], cfg, event_ndims=event_ndims, output_shape=output_shape)
-
-
-def _tuples(d: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-
-
-def build_prior(model_cfg: Any, latent_dim: int, event_shape: tuple[int, ...]) -> nn.Module | None:
-    """p(z) over ``latent_dim`` dimensions from ``config.model`` (``None``: no prior, an AE)."""
-    name = model_cfg.prior
-    if name == "none":
-        return None
-    if name == "standard_normal":
-        return priors_lib.StandardNormal(latent_dim=latent_dim)
-    if name == "mixture":
-        return priors_lib.MixtureOfGaussians(latent_dim=latent_dim, num_components=int(model_cfg.prior_components))
-    if name == "vampprior":  # p(z) = 1/K sum_k q(z | u_k): the pseudo-inputs u_k have the data's shape
-        return priors_lib.VampPrior(
-            latent_dim=latent_dim,
-            num_components=int(model_cfg.prior_components),
-            event_shape=tuple(int(s) for s in event_shape),
-            init_mean=float(model_cfg.vampprior_init_mean),
-            init_std=float(model_cfg.vampprior_init_std),
-        )
-    raise ValueError(f"unknown prior {name!r}")
-
-
-def build_likelihood(model_cfg: Any, decoder: nn.Module, event_shape: tuple[int, ...]) -> nn.Module:
-    """p(x | z) from ``config.model`` on a decoder trunk."""
-    name = model_cfg.likelihood
-    if name == "bernoulli":
-        return likelihoods_lib.Bernoulli(decoder=decoder, event_shape=event_shape)
-    if name == "gaussian":
-        return likelihoods_lib.Gaussian(
-            decoder=decoder,
-            event_shape=event_shape,
-            scale=model_cfg.gaussian_scale,
-            fixed_scale=float(model_cfg.gaussian_fixed_scale),
-        )
-    if name == "discretized_logistic":
-        return likelihoods_lib.DiscretizedLogistic(
-            decoder=decoder,
-            event_shape=event_shape,
-            num_mixtures=int(model_cfg.logistic_mixtures),
-            channel_coupling=bool(model_cfg.logistic_channel_coupling),
-        )
-    raise ValueError(f"unknown likelihood {name!r}")
-
-
-def build_posterior(inference_cfg: Any, encoder: nn.Module, latent_dim: int) -> nn.Module:
-    """q(z | x) over ``latent_dim`` dimensions from ``config.inference`` on an encoder trunk."""
-    kind, d = inference_cfg.posterior, latent_dim
-    if kind == "diagonal_gaussian":
-        return posteriors_lib.DiagonalGaussian(
-            encoder=encoder,
-            latent_dim=d,
-            min_log_scale=float(inference_cfg.min_log_scale),
-            max_log_scale=float(inference_cfg.max_log_scale),
-        )
-    if kind == "fixed_scale_gaussian":
-        return posteriors_lib.FixedScaleGaussian(encoder=encoder, latent_dim=d, scale=float(inference_cfg.posterior_scale))
-    if kind == "point_mass":
-        return posteriors_lib.PointMass(encoder=encoder, latent_dim=d)
-    if kind == "full_covariance_gaussian":
-        return posteriors_lib.FullCovarianceGaussian(
-            encoder=encoder,
-            latent_dim=d,
-            min_log_scale=float(inference_cfg.min_log_scale),
-            max_log_scale=float(inference_cfg.max_log_scale),
-        )
-    if kind == "flow":
-        return posteriors_lib.FlowPosterior(
-            encoder=encoder,
-            latent_dim=d,
-            num_layers=int(inference_cfg.flow_layers),
-            hidden=tuple(int(h) for h in inference_cfg.flow_hidden),
-            context_dim=int(inference_cfg.flow_context_dim),
-            activation=inference_cfg.flow_activation,
-            min_log_scale=float(inference_cfg.min_log_scale),
-            max_log_scale=float(inference_cfg.max_log_scale),
-        )
-    raise ValueError(f"unknown posterior {kind!r}")
-
-
-def build_model(model_cfg: Any, inference_cfg: Any, event_shape: tuple[int, ...]) -> LatentVariableModel:
-    """Builds a :class:`LatentVariableModel` from the ``model`` and ``inference`` config sections.
-
-    Args:
-      model_cfg: ``config.model`` (latent_dim, prior, likelihood, decoder, ...).
-      inference_cfg: ``config.inference`` (posterior, encoder, ...).
-      event_shape: shape of one observation, e.g. ``(28, 28, 1)``.
-    """
-    event_shape = tuple(int(s) for s in event_shape)
-    if model_cfg.get("kind", "latent_variable") == "autoregressive":
-        from vaegen.model import autoregressive as autoregressive  # a model with no z: MADE, exact log p(x)
-
-        return autoregressive.build(model_cfg, event_shape)
-    if int(model_cfg.get("top_latent_dim", 0)) > 0:
-        from vaegen.model import two_layer as hierarchical  # two stochastic layers, z = [z1, z2]
-
-        return hierarchical.build(model_cfg, inference_cfg, event_shape)
-    d = int(model_cfg.latent_dim)
-    prior = build_prior(model_cfg, d, event_shape)
-    decoder = build_network(model_cfg.decoder.to_dict(), event_ndims=1, output_shape=event_shape)
-    likelihood = build_likelihood(model_cfg, decoder, event_shape)
-    encoder = build_network(inference_cfg.encoder.to_dict(), event_ndims=len(event_shape))
-    posterior = build_posterior(inference_cfg, encoder, d)
+@MODEL_KINDS.register("latent_variable", traits={"has_latents": True})
+def latent_variable(settings: NoSettings, *, model: Any, inference: Any, event_shape: tuple[int, ...]) -> LatentVariableModel:
+    """p(z) p(x | z) with q(z | x) beside it: one latent vector z [D]."""
+    del settings
+    d = int(model.latent_dim)
+    prior = model.prior.build(latent_dim=d, event_shape=event_shape)
+    decoder = model.decoder.build(event_ndims=1, output_shape=event_shape)
+    likelihood = model.likelihood.build(decoder=decoder, event_shape=event_shape)
+    encoder = inference.encoder.build(event_ndims=len(event_shape))
+    posterior = inference.posterior.build(encoder=encoder, latent_dim=d)
     return LatentVariableModel(prior=prior, likelihood=likelihood, posterior=posterior)
+
+
+def build_model(model: Any, inference: Any, event_shape: tuple[int, ...]) -> nn.Module:
+    """The model of the typed ``model`` and ``inference`` sections of a run spec
+    (:class:`vaegen.config.schema.ModelSpec`, :class:`~vaegen.config.schema.InferenceSpec`), of the kind
+    ``model.kind`` names, for observations of shape ``event_shape`` (e.g. ``(28, 28, 1)``)."""
+    return model.kind.build(model=model, inference=inference, event_shape=tuple(int(s) for s in event_shape))
 
 
 def init_params(model: LatentVariableModel, key: jax.Array, event_shape: tuple[int, ...]):

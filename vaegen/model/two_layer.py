@@ -22,6 +22,7 @@ closed form here and is estimated by Monte Carlo (``objectives.kl_divergence`` f
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable
 
 import distrax
@@ -29,7 +30,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vaegen.blocks import networks as networks_lib
 from vaegen.blocks import posteriors as posteriors_lib
+from vaegen.errors import ConfigError
+from vaegen.model import latent as latent_lib
+from vaegen.registry import MODEL_KINDS, Selected, Settings, setting, slot
 
 
 class TwoStage(distrax.Distribution):
@@ -235,74 +240,103 @@ class TopDownPosterior(nn.Module):
         return TwoStage(self.q_z2(x), lambda z2: self.q_z1(x, z2), self.dims, first_is_z1=False)
 
 
-# --- construction from a config -------------------------------------------------------------------
+# --- the registered model kind ---------------------------------------------------------------------
 
-def _dense_branch(section: dict, widths: tuple[int, ...]) -> nn.Module | None:
-    """Dense layers of ``widths`` with the section's activation and gating (None if empty)."""
-    if not widths:
-        return None
-    cfg = {**section, "network": "mlp", "hidden": tuple(widths)}
-    from vaegen.model.latent import build_network
+@dataclasses.dataclass(frozen=True)
+class TwoLayerSettings(Settings):
+    """Settings of the ``two_layer`` model kind (``config.model.kind``)."""
 
-    return build_network(cfg, event_ndims=1)
+    top_latent_dim: int = setting(10, "D2, the dimension of z2 (model.latent_dim is z1's)", gt=0)
+    top_decoder: Selected = slot("network", "mlp", "p(z1 | z2)'s trunk", accepts=networks_lib.reads_vectors,
+                                 role="p(z1 | z2)'s trunk", hidden=(100, 100))
+    top_encoder: Selected = slot("network", "mlp", "bottom_up: q(z2 | z1)'s trunk; top_down: q(z1 | x, z2)'s, "
+                                 "after the x and z2 branches", accepts=networks_lib.reads_images,
+                                 role="the top encoder's trunk", hidden=(100, 100))
+    hierarchy: str = setting("bottom_up", "bottom_up: q(z1 | x) q(z2 | z1) (IWAE); top_down: q(z2 | x) q(z1 | x, z2) "
+                             "(VampPrior HVAE; inference.encoder is q(z2 | x)'s trunk)",
+                             choices=("bottom_up", "top_down"))
+    decoder_sees_top: bool = setting(False, "p(x | z1, z2) (VampPrior HVAE) rather than p(x | z1) (IWAE)")
+    decoder_branch_hidden: tuple[int, ...] = setting((), "p(x | z1, z2): widths of the dense branch each of z1 and "
+                                                     "z2 passes before the two are joined", items_gt=0)
+    encoder_branch_hidden: tuple[int, ...] = setting((), "top_down q(z1 | x, z2): widths of the branch of x (the "
+                                                     "top encoder's network) and of z2 before they are joined",
+                                                     items_gt=0)
+    min_log_scale: float = setting(-10.0, "lower bound on log sigma of p(z1 | z2)")
+    max_log_scale: float = setting(3.0, "upper bound on log sigma of p(z1 | z2)")
+
+    def validate(self, key):
+        if self.min_log_scale >= self.max_log_scale:
+            raise ConfigError(f"{key('min_log_scale')} must be below {key('max_log_scale')}")
+        if self.hierarchy == "bottom_up" and self.top_encoder.name == "conv_encoder":
+            raise ConfigError(f"{key('top_encoder')}.name='conv_encoder' reads images, but with "
+                              f"{key('hierarchy')}=bottom_up q(z2 | z1) reads z1; use an mlp")
 
 
-def build(model_cfg: Any, inference_cfg: Any, event_shape: tuple[int, ...]):
-    """A two-layer :class:`vaegen.model.LatentVariableModel` from ``config.model`` and
-    ``config.inference`` (``model.top_latent_dim > 0``); see ``vaegen/configs/default.py``."""
-    from vaegen.model import latent as model_lib
+def _check(settings: TwoLayerSettings, spec: Any) -> None:
+    """What two stochastic layers need of the rest of the run."""
+    if spec.inference.posterior.name != "diagonal_gaussian":
+        raise ConfigError("with two stochastic layers (config.model.kind=two_layer) each factor of q is a diagonal "
+                          "Gaussian: set config.inference.posterior=diagonal_gaussian")
+    if not spec.model.prior.trait("exists", True):
+        raise ConfigError("a model with two stochastic layers needs a prior p(z2): set config.model.prior")
+    if spec.model.prior.trait("needs_posterior", False) and settings.hierarchy != "top_down":
+        raise ConfigError("a VampPrior on z2 is 1/K sum_k q(z2 | u_k) and needs q(z2 | x): set "
+                          "config.model.kind.hierarchy=top_down (bottom_up inference has only q(z2 | z1))")
+    if spec.objective.name not in ("elbo", "iwae"):
+        raise ConfigError(f"objective {spec.objective.name!r} is not available with two stochastic layers; "
+                          "use elbo or iwae")
 
-    d1, d2 = int(model_cfg.latent_dim), int(model_cfg.top_latent_dim)
+
+def _branch(trunk: Selected, widths: tuple[int, ...]) -> nn.Module | None:
+    """Dense layers of ``widths`` with ``trunk``'s activation and gating (None if empty)."""
+    return networks_lib.dense(trunk.settings, widths)
+
+
+@MODEL_KINDS.register("two_layer", settings=TwoLayerSettings, check=_check)
+def build(settings: TwoLayerSettings, *, model: Any, inference: Any, event_shape: tuple[int, ...]):
+    """z = [z1, z2]: p(z2) p(z1 | z2) p(x | z1) (IWAE) or p(x | z1, z2) (VampPrior HVAE), inferred bottom-up or top-down."""
+    d1, d2 = int(model.latent_dim), int(settings.top_latent_dim)
     dims = (d1, d2)
     event_ndims = len(event_shape)
 
     # p(z2) p(z1 | z2)
-    top_prior = model_lib.build_prior(model_cfg, d2, event_shape)
+    top_prior = model.prior.build(latent_dim=d2, event_shape=event_shape)
     if top_prior is None:
-        raise ValueError("a model with two stochastic layers needs a prior p(z2) (config.model.prior)")
-    p_z1 = ConditionalGaussian(
-        trunk=model_lib.build_network(model_cfg.top_decoder.to_dict(), event_ndims=1),
-        latent_dim=d1, min_log_scale=float(model_cfg.min_log_scale), max_log_scale=float(model_cfg.max_log_scale))
+        raise ConfigError("a model with two stochastic layers needs a prior p(z2) (config.model.prior)")
+    p_z1 = ConditionalGaussian(trunk=settings.top_decoder.build(event_ndims=1), latent_dim=d1,
+                               min_log_scale=settings.min_log_scale, max_log_scale=settings.max_log_scale)
     prior = TwoLayerPrior(top=top_prior, conditional=p_z1, dims=dims)
 
     # p(x | z1) or p(x | z1, z2)
-    dec = model_cfg.decoder.to_dict()
-    trunk = model_lib.build_network(dec, event_ndims=1, output_shape=event_shape)
-    if model_cfg.decoder_sees_top:
-        branch = tuple(dec["branch_hidden"])
+    trunk = model.decoder.build(event_ndims=1, output_shape=event_shape)
+    if settings.decoder_sees_top:
+        branch = tuple(settings.decoder_branch_hidden)
         decoder = LatentDecoder(top_dim_start=d1, joined=JoinedTrunk(
-            branch_a=_dense_branch(dec, branch), branch_b=_dense_branch(dec, branch), trunk=trunk))
+            branch_a=_branch(model.decoder, branch), branch_b=_branch(model.decoder, branch), trunk=trunk))
     else:
         decoder = LatentDecoder(top_dim_start=d1, trunk=trunk)
-    likelihood = model_lib.build_likelihood(model_cfg, decoder, event_shape)
+    likelihood = model.likelihood.build(decoder=decoder, event_shape=event_shape)
 
-    # q(z | x)
-    if inference_cfg.posterior != "diagonal_gaussian":
-        raise ValueError("with two stochastic layers each factor of q is a diagonal Gaussian: set "
-                         "config.inference.posterior=diagonal_gaussian")
-    lo, hi = float(inference_cfg.min_log_scale), float(inference_cfg.max_log_scale)
-    enc = inference_cfg.encoder.to_dict()
-    top = inference_cfg.top_encoder.to_dict()
-    if inference_cfg.hierarchy == "bottom_up":
-        q_z1 = posteriors_lib.DiagonalGaussian(
-            encoder=model_lib.build_network(enc, event_ndims=event_ndims), latent_dim=d1,
-            min_log_scale=lo, max_log_scale=hi)
-        q_z2 = ConditionalGaussian(trunk=model_lib.build_network(top, event_ndims=1), latent_dim=d2,
-                                   min_log_scale=lo, max_log_scale=hi)
+    # q(z | x): diagonal Gaussian factors
+    q_settings = inference.posterior.settings
+    lo, hi = q_settings.min_log_scale, q_settings.max_log_scale
+    top = settings.top_encoder
+    if settings.hierarchy == "bottom_up":
+        q_z1 = posteriors_lib.DiagonalGaussian(encoder=inference.encoder.build(event_ndims=event_ndims), latent_dim=d1,
+                                               min_log_scale=lo, max_log_scale=hi)
+        q_z2 = ConditionalGaussian(trunk=top.build(event_ndims=1), latent_dim=d2, min_log_scale=lo, max_log_scale=hi)
         posterior = BottomUpPosterior(q_z1_given_x=q_z1, q_z2_given_z1=q_z2, dims=dims)
-    elif inference_cfg.hierarchy == "top_down":
-        q_z2 = posteriors_lib.DiagonalGaussian(
-            encoder=model_lib.build_network(enc, event_ndims=event_ndims), latent_dim=d2,
-            min_log_scale=lo, max_log_scale=hi)
-        branch = tuple(top["branch_hidden"])
-        x_branch = model_lib.build_network({**top, "hidden": branch}, event_ndims=event_ndims)
-        joint = model_lib.build_network({**top, "network": "mlp"}, event_ndims=1)
-        z1_trunk = JoinedTrunk(branch_a=x_branch, branch_b=_dense_branch(top, branch), trunk=joint)
+    else:
+        q_z2 = posteriors_lib.DiagonalGaussian(encoder=inference.encoder.build(event_ndims=event_ndims), latent_dim=d2,
+                                               min_log_scale=lo, max_log_scale=hi)
+        branch = tuple(settings.encoder_branch_hidden)
+        x_branch = top.component.build(dataclasses.replace(top.settings, hidden=branch), event_ndims=event_ndims)
+        joint = networks_lib.MLP(hidden=tuple(top.settings.hidden), activation=top.settings.activation,
+                                 event_ndims=1, gated=top.settings.gated)
+        z1_trunk = JoinedTrunk(branch_a=x_branch, branch_b=_branch(top, branch), trunk=joint)
         posterior = TopDownPosterior(q_z2_given_x=q_z2, z1_trunk=z1_trunk, dims=dims,
                                      min_log_scale=lo, max_log_scale=hi)
-    else:
-        raise ValueError(f"unknown inference.hierarchy {inference_cfg.hierarchy!r}; choose bottom_up or top_down")
-    return model_lib.LatentVariableModel(prior=prior, likelihood=likelihood, posterior=posterior)
+    return latent_lib.LatentVariableModel(prior=prior, likelihood=likelihood, posterior=posterior)
 
 
 def is_hierarchical(model: Any) -> bool:

@@ -1,4 +1,4 @@
-"""Objectives: bounds on log p(x) and the autoencoder's reconstruction objective.
+"""Bounds on log p(x): the ELBO and the importance-weighted bound.
 
 Every objective is a frozen dataclass called on **one** observation::
 
@@ -12,12 +12,18 @@ on how examples are grouped into batches.
 =================  =====================================================================
 ``ELBO``           L(x) = E_q[log p(x|z)] - KL(q(z|x) || p(z))  (beta and KL warm-up optional)
 ``IWAE``           L_k(x) = E[log 1/k sum_i p(x, z_i) / q(z_i | x)],  z_i ~ q(z | x)
-``Autoencoder``    log p(x | z = f(x))  [- lambda/2 ||f(x)||^2, the RAE code penalty]
 =================  =====================================================================
 
 For any q: ELBO <= IWAE_k <= IWAE_{k+1} <= log p(x).  For a point-mass q the ELBO does not
-exist (the KL to any density is +inf; see :mod:`vaegen.posteriors`): ``ELBO`` and ``IWAE``
-refuse a point mass and :class:`Autoencoder` is what is left.
+exist (the KL to any density is +inf; see :mod:`vaegen.blocks.posteriors`): ``ELBO`` and ``IWAE``
+refuse a point mass, and the autoencoder's objective (:mod:`vaegen.objectives.autoencoder`) is
+what is left.
+
+:func:`elbo_terms` is the one implementation of the ELBO of any q (the amortized q(z | x) here,
+a per-example q of :mod:`vaegen.inference`, which optimises it).
+
+Each objective also says what is tracked on held-out data during training
+(``for_validation``): the true bound without training-only weights.
 """
 
 from __future__ import annotations
@@ -31,8 +37,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vaegen.model.latent import LatentVariableModel
-from vaegen.errors import UndefinedObjectiveError
+from vaegen.errors import ConfigError, UndefinedObjectiveError
+from vaegen.registry import OBJECTIVES, Settings, setting
 
 Terms = dict[str, jax.Array]
 
@@ -49,8 +55,78 @@ def kl_divergence(q: distrax.Distribution, p: distrax.Distribution, z: jax.Array
         return jnp.mean(q.log_prob(z) - p.log_prob(z)), False
 
 
-def _require_density(model: LatentVariableModel, name: str) -> None:
-    if model.posterior is not None and _is_point_mass(model):
+def elbo_terms(m: Any, q: distrax.Distribution, x: jax.Array, key: jax.Array, *, num_samples: int = 1,
+               analytic_kl: bool = True, q_density: distrax.Distribution | None = None) -> Terms:
+    """L(x; q) = E_q[log p(x | z)] - KL(q || p(z)) for one example, inside a bound model ``m``.
+
+    Args:
+      m: the model with its parameters bound (inside ``model.apply``).
+      q: a distribution over z with event ``[D]``: the amortized q(z | x), or any per-example q.
+      x: one observation ``[*event]``.
+      num_samples: S samples z_s ~ q for E_q[log p(x | z)] (and a Monte Carlo KL).
+      analytic_kl: the closed-form KL where distrax has one (Gaussian q and p), else
+        mean_s[log q(z_s) - log p(z_s)].
+      q_density: where given, log q(z_s) of a Monte Carlo KL is evaluated under this distribution:
+        the same q built from stop-gradient parameters gives the path-derivative ("sticking the
+        landing", Roeder et al. 2017) gradient -- the same value, lower variance.
+    Returns:
+      Scalars in nats: ``reconstruction`` E_q[log p(x|z)], ``kl``, ``elbo`` = reconstruction - kl,
+      and ``per_sample [S]`` (the single-sample ELBO estimates, for a Monte Carlo error).
+    """
+    if num_samples == 1:
+        # The same draw as sample_shape=(1,), without the sample axis: vmapped over a batch, the
+        # decoder is then one plain matrix product per layer (with the axis, XLA transposes its
+        # activations for the weight gradients: ~25% slower on CPU).
+        z1 = q.sample(seed=key)                                    # [D]
+        log_px_z = m.log_likelihood(x, z1)[None]                   # log p(x | z)     [1]
+        z = z1[None]                                               # [1, D]
+    else:
+        z = q.sample(seed=key, sample_shape=(num_samples,))        # [S, D]
+        log_px_z = m.log_likelihood(x, z)                          # log p(x | z_s)   [S]
+    p = m.p_z()                                                    # p(z)
+    kl = None
+    if analytic_kl:
+        try:
+            kl = q.kl_divergence(p)                                # []
+        except (NotImplementedError, TypeError, ValueError):
+            pass
+    if kl is None:
+        log_q = (q_density if q_density is not None else q).log_prob(z)   # [S]
+        log_p = p.log_prob(z)                                             # [S]
+        kl = jnp.mean(log_q - log_p)
+        per_sample = log_px_z + log_p - log_q
+    else:
+        per_sample = log_px_z - kl
+    reconstruction = jnp.mean(log_px_z)                            # []
+    return {"reconstruction": reconstruction, "kl": kl, "elbo": reconstruction - kl, "per_sample": per_sample}
+
+
+def elbo_of(model: Any, variables: Any, q: distrax.Distribution | Callable[[Any], distrax.Distribution],
+            x: jax.Array, key: jax.Array, num_samples: int = 1, *, analytic_kl: bool = True,
+            q_density: distrax.Distribution | None = None) -> Terms:
+    """:func:`elbo_terms` with the model's parameters applied: L(x; q) for one example.
+
+    ``q`` is a distribution over z (event [D]) or a function of the bound model returning one
+    (e.g. ``lambda m: m.q_z_given_x(x)``).  Returns ``{"elbo", "reconstruction", "kl",
+    "mc_stderr"}`` in nats; ``mc_stderr`` is the Monte Carlo standard error of the ``elbo``
+    estimate (NaN for one sample).
+    """
+
+    def terms(m: Any) -> Terms:
+        dist = q(m) if callable(q) and not isinstance(q, distrax.Distribution) else q
+        t = elbo_terms(m, dist, x, key, num_samples=num_samples, analytic_kl=analytic_kl, q_density=q_density)
+        per_sample = t.pop("per_sample")
+        t["mc_stderr"] = (jnp.std(per_sample) / math.sqrt(num_samples) if num_samples > 1
+                          else jnp.asarray(jnp.nan))
+        return t
+
+    return model.apply(variables, method=terms)
+
+
+def require_density(model: Any, name: str) -> None:
+    """Raises :class:`vaegen.errors.UndefinedObjectiveError` unless the model has a q(z | x) with
+    a density and a prior p(z) (what every bound needs)."""
+    if model.posterior is not None and model.is_autoencoder:
         raise UndefinedObjectiveError(
             f"the {name} is undefined for a point-mass posterior q(z|x) = delta(z - f(x)): its "
             "KL to p(z) is +inf (a point mass has differential entropy -inf). Train an autoencoder "
@@ -62,12 +138,6 @@ def _require_density(model: LatentVariableModel, name: str) -> None:
             f"the {name} needs a prior p(z), and this model has none (--config.model.prior=none); "
             "set --config.model.prior=standard_normal"
         )
-
-
-def _is_point_mass(model: LatentVariableModel) -> bool:
-    from vaegen.blocks.posteriors import is_point_mass
-
-    return is_point_mass(model.posterior)
 
 
 def kl_weight(beta: float, warmup_steps: int, step: jax.Array) -> jax.Array:
@@ -102,37 +172,25 @@ class ELBO:
     kl_warmup_steps: int = 0
     bound_name = "elbo"
 
-    def __call__(self, model: LatentVariableModel, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
-        _require_density(model, "ELBO")
+    def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
+        require_density(model, "ELBO")
 
-        def terms(m: LatentVariableModel) -> Terms:
-            q = m.q_z_given_x(x)                                   # q(z | x), event [D]
-            if self.num_samples == 1:
-                # The same draw as sample_shape=(1,), without the sample axis: vmapped over a
-                # batch, the decoder is then one plain matrix product per layer (with the axis,
-                # XLA transposes its activations for the weight gradients: ~25% slower on CPU).
-                z1 = q.sample(seed=key)                            # [D]
-                log_px_z = m.log_likelihood(x, z1)[None]           # log p(x | z)     [1]
-                z = z1[None]                                       # [1, D]
-            else:
-                z = q.sample(seed=key, sample_shape=(self.num_samples,))  # [S, D]
-                log_px_z = m.log_likelihood(x, z)                  # log p(x | z_s)   [S]
-            p = m.p_z()                                            # p(z)
-            if self.analytic_kl:
-                kl, _ = kl_divergence(q, p, z)                     # []
-            else:
-                kl = jnp.mean(q.log_prob(z) - p.log_prob(z))       # []
-            reconstruction = jnp.mean(log_px_z)                    # []
+        def terms(m: Any) -> Terms:
+            t = elbo_terms(m, m.q_z_given_x(x), x, key, num_samples=self.num_samples, analytic_kl=self.analytic_kl)
             w = kl_weight(self.beta, self.kl_warmup_steps, jnp.asarray(step))
             return {
-                "reconstruction": reconstruction,
-                "kl": kl,
-                "elbo": reconstruction - kl,
+                "reconstruction": t["reconstruction"],
+                "kl": t["kl"],
+                "elbo": t["elbo"],
                 "kl_weight": w,
-                "objective": reconstruction - w * kl,
+                "objective": t["reconstruction"] - w * t["kl"],
             }
 
         return model.apply(variables, method=terms)
+
+    def for_validation(self, validation_num_samples: int) -> "ELBO":
+        """The true ELBO (beta = 1, no warm-up) with ``validation_num_samples`` samples."""
+        return ELBO(num_samples=int(validation_num_samples), analytic_kl=self.analytic_kl)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,12 +210,12 @@ class IWAE:
     num_samples: int = 5
     bound_name = "iwae"
 
-    def __call__(self, model: LatentVariableModel, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
-        _require_density(model, "IWAE bound")
+    def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
+        require_density(model, "IWAE bound")
         del step
         k = self.num_samples
 
-        def terms(m: LatentVariableModel) -> Terms:
+        def terms(m: Any) -> Terms:
             q = m.q_z_given_x(x)
             z, log_q = q.sample_and_log_prob(seed=key, sample_shape=(k,))  # [k, D], [k]
             p = m.p_z()
@@ -178,76 +236,57 @@ class IWAE:
 
         return model.apply(variables, method=terms)
 
-
-@dataclasses.dataclass(frozen=True)
-class Autoencoder:
-    """The autoencoder's objective: what is left of the ELBO for q(z|x) = delta(z - f(x)).
-
-    objective(x) = log p(x | z = f(x)) - (code_penalty / 2) ||f(x)||^2
-
-    With ``code_penalty > 0`` this is the RAE's penalty on the codes (Ghosh et al. 2020).  This
-    is not a bound on any log p(x): there is no p(z).
-
-    Terms (nats, one example): ``reconstruction`` log p(x | z = f(x)), ``code_norm_sq``
-    ||f(x)||^2, ``objective``.
-    """
-
-    code_penalty: float = 0.0
-    bound_name = "reconstruction"
-
-    def __call__(self, model: LatentVariableModel, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
-        del key, step
-
-        def terms(m: LatentVariableModel) -> Terms:
-            z = m.q_z_given_x(x).mean()                            # f(x)   [D]
-            reconstruction = m.log_likelihood(x, z)                # log p(x | z = f(x))   []
-            code_norm_sq = jnp.sum(z**2)
-            return {
-                "reconstruction": reconstruction,
-                "code_norm_sq": code_norm_sq,
-                "objective": reconstruction - 0.5 * self.code_penalty * code_norm_sq,
-            }
-
-        return model.apply(variables, method=terms)
+    def for_validation(self, validation_num_samples: int) -> "IWAE":
+        """The training bound itself, IWAE_k with the training k."""
+        del validation_num_samples
+        return self
 
 
-Objective = ELBO | IWAE | Autoencoder
-OBJECTIVES = {"elbo": ELBO, "iwae": IWAE, "ae": Autoencoder}
-
-
-def build_objective(cfg: Any, *, steps_per_epoch: int = 1) -> Objective:
-    """Builds the training objective from ``config.objective``."""
-    name = cfg.name
-    if name == "elbo":
-        return ELBO(
-            num_samples=int(cfg.num_samples),
-            analytic_kl=bool(cfg.analytic_kl),
-            beta=float(cfg.beta),
-            kl_warmup_steps=int(round(float(cfg.kl_warmup_epochs) * steps_per_epoch)),
-        )
-    if name == "iwae":
-        return IWAE(num_samples=int(cfg.num_samples))
-    if name == "ae":
-        return Autoencoder(code_penalty=float(cfg.code_penalty))
-    if name == "rae":  # regularised autoencoder (Ghosh et al. 2020)
-        from vaegen.objectives import rae as rae
-
-        return rae.build_objective(cfg)
-    if name == "dae":  # denoising autoencoder with walkback (Bengio et al. 2013)
-        from vaegen.objectives import denoising as dae
-
-        return dae.build_objective(cfg)
-    if name == "exact":  # exact log p(x) of a model without latents (autoregressive)
-        from vaegen.model import autoregressive as autoregressive
-
-        return autoregressive.ExactLogLikelihood()
-    if name == "semi_amortized":
-        from vaegen.inference.svi import semi_amortized_from_config
-
-        return semi_amortized_from_config(cfg)
-    raise ValueError(f"unknown objective {name!r}; choose one of {sorted(OBJECTIVES)}")
-
-
-def batched(objective: Callable[..., Terms], model: LatentVariableModel, variables: Any, x: jax.Array, keys: jax.Array, step: jax.Array | int = 0) -> Terms:
+def batched(objective: Callable[..., Terms], model: Any, variables: Any, x: jax.Array, keys: jax.Array,
+            step: jax.Array | int = 0) -> Terms:
     """Applies a per-example objective to a batch: ``x [B, *event]``, ``keys [B]`` -> terms ``[B]``."""
     return jax.vmap(lambda xi, ki: objective(model, variables, xi, ki, step))(x, keys)
+
+
+# --- registered objectives -------------------------------------------------------------------------
+#
+# Build context: ``steps_per_epoch`` (for schedules given in epochs).  Checks use the posterior's
+# and prior's traits: every bound needs a q(z | x) with a density and a prior p(z).
+
+
+def needs_density_and_prior(settings: Any, spec: Any) -> None:
+    """The check of every bound: a posterior with a density and a prior p(z)."""
+    name = spec.objective.name
+    if spec.inference.posterior.trait("point_mass", False):
+        raise ConfigError(f"objective {name!r} is undefined for a point-mass posterior (its KL to p(z) is +inf); "
+                          "use --config.objective.name=ae for an autoencoder")
+    if not spec.model.prior.trait("exists", True):
+        raise ConfigError(f"objective {name!r} needs a prior; set config.model.prior")
+
+
+@dataclasses.dataclass(frozen=True)
+class ELBOSettings(Settings):
+    num_samples: int = setting(1, "S samples of z ~ q(z|x) for E_q[log p(x|z)]", gt=0)
+    analytic_kl: bool = setting(True, "closed-form KL where distrax has one, else Monte Carlo from the S samples")
+    beta: float = setting(1.0, "weight of the KL in the training objective (beta-VAE); the reported elbo has beta = 1",
+                          ge=0)
+    kl_warmup_epochs: float = setting(0.0, "linear warm-up of the KL weight from 0 to beta", ge=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class IWAESettings(Settings):
+    num_samples: int = setting(5, "k importance samples per example", gt=0)
+
+
+@OBJECTIVES.register("elbo", settings=ELBOSettings, check=needs_density_and_prior)
+def elbo(settings: ELBOSettings, *, steps_per_epoch: int = 1) -> ELBO:
+    """L(x) = E_q[log p(x|z)] - beta KL(q(z|x) || p(z)) (beta = 1: the ELBO; KL warm-up optional)."""
+    return ELBO(num_samples=settings.num_samples, analytic_kl=settings.analytic_kl, beta=settings.beta,
+                kl_warmup_steps=int(round(settings.kl_warmup_epochs * steps_per_epoch)))
+
+
+@OBJECTIVES.register("iwae", settings=IWAESettings, check=needs_density_and_prior)
+def iwae(settings: IWAESettings, *, steps_per_epoch: int = 1) -> IWAE:
+    """L_k(x) = E log 1/k sum_i p(x, z_i) / q(z_i | x): the importance-weighted bound (Burda et al. 2016)."""
+    del steps_per_epoch
+    return IWAE(num_samples=settings.num_samples)

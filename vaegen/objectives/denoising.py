@@ -38,7 +38,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from vaegen.errors import ConfigError
 from vaegen.model.latent import LatentVariableModel
+from vaegen.objectives.autoencoder import needs_point_mass
+from vaegen.registry import OBJECTIVES, Settings, setting
 
 CORRUPTIONS = ("salt_and_pepper", "bit_flip", "gaussian")
 
@@ -106,17 +109,32 @@ class DenoisingAutoencoder:
         return {"denoising": log_ps[0], "walkback": walkback, "walk_length": jnp.sum(weights),
                 "objective": walkback}
 
-
-def build_objective(cfg: Any) -> DenoisingAutoencoder:
-    """From ``config.objective`` (corruption, noise_level, walkback_steps, walkback_continue)."""
-    return DenoisingAutoencoder(corruption=str(cfg.corruption), noise_level=float(cfg.noise_level),
-                                walkback_steps=int(cfg.walkback_steps),
-                                walkback_continue=float(cfg.walkback_continue))
+    def for_validation(self, validation_num_samples: int) -> "DenoisingAutoencoder":
+        """The plain denoising term (no walk) on held-out data: log P(x | x~), x~ ~ C(x~ | x)."""
+        del validation_num_samples
+        return dataclasses.replace(self, walkback_steps=1)
 
 
-def validation_objective(cfg: Any) -> DenoisingAutoencoder:
-    """The plain denoising term (no walk) on held-out data: log P(x | x~), x~ ~ C(x~ | x)."""
-    return dataclasses.replace(build_objective(cfg), walkback_steps=1)
+@dataclasses.dataclass(frozen=True)
+class DAESettings(Settings):
+    corruption: str = setting("salt_and_pepper", "C(x~ | x): salt_and_pepper (a pixel replaced by a fair coin), "
+                              "bit_flip (x -> 1 - x) or gaussian (x + rho eps)", choices=CORRUPTIONS)
+    noise_level: float = setting(0.3, "rho: probability a pixel is corrupted (gaussian: the noise's std)", gt=0)
+    walkback_steps: int = setting(1, "most corruption-reconstruction steps per example (1 = the plain DAE)", gt=0)
+    walkback_continue: float = setting(0.5, "probability of walking one step further", ge=0, le=1)
+
+    def validate(self, key):
+        if self.corruption != "gaussian" and not 0.0 < self.noise_level < 1.0:
+            raise ConfigError(f"{key('noise_level')}={self.noise_level!r} is the probability that "
+                              f"{self.corruption} corrupts a pixel and must lie in (0, 1)")
+
+
+@OBJECTIVES.register("dae", settings=DAESettings, check=needs_point_mass)
+def dae(settings: DAESettings, *, steps_per_epoch: int = 1) -> DenoisingAutoencoder:
+    """E_{x~ ~ C(x~|x)} log P(x | x~) with walkback (Bengio et al. 2013): generative through its Markov chain."""
+    del steps_per_epoch
+    return DenoisingAutoencoder(corruption=settings.corruption, noise_level=settings.noise_level,
+                                walkback_steps=settings.walkback_steps, walkback_continue=settings.walkback_continue)
 
 
 def sample_chain(model: LatentVariableModel, variables: Any, key: jax.Array, n: int, *, num_steps: int,

@@ -43,27 +43,32 @@ import dataclasses
 import functools
 import hashlib
 import json
-import math
 import os
 import pathlib
 import platform
 import time
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vaegen import sharding as sharding_lib
 from vaegen.config import loading as config_lib
-from vaegen.data import datasets as data_lib
-from vaegen.estimators import importance as estimators_lib
-from vaegen.evaluation import evaluate as evaluation_lib
+from vaegen.config.schema import RunSpec
+from vaegen.data import datasets
+from vaegen.data import splits as splits_lib
+from vaegen.errors import ConfigError
+from vaegen.estimators import importance as importance_lib
+from vaegen.objectives import denoising
+from vaegen.objectives.bounds import ELBO
+from vaegen.objectives.exact import ExactLogLikelihood
+from vaegen.runs import evaluate as evaluate_lib
+from vaegen.runs.run import Run
 from vaegen.studies import expost as expost_lib
 from vaegen.studies import metrics as metrics_lib
-from vaegen.objectives import bounds as objectives_lib
-from vaegen.evaluation import run as run_lib
-from vaegen.train import trainer as train_lib
+from vaegen.train import trainer as trainer_lib
 
 PRESETS = ("tiny", "quick", "full")
 
@@ -78,7 +83,7 @@ def study_config(preset: str = "quick") -> ml_collections.ConfigDict:
     the whole test set, a wider sweep -- for a GPU.  ``tiny``: scikit-learn's 8x8 digits, for tests.
     """
     if preset not in PRESETS:
-        raise config_lib.ConfigError(f"unknown study preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise ConfigError(f"unknown study preset {preset!r}; choose one of {', '.join(PRESETS)}")
     s = ml_collections.ConfigDict()
     s.preset = preset
     s.base = "vae_mlp_fmnist"  # the config preset every model starts from (data, nets, likelihood, optimiser)
@@ -144,18 +149,18 @@ def load_study(preset: str = "quick", settings: Iterable[str] = ()) -> ml_collec
     s.lock()
     config_lib.apply_overrides(s, settings)
     if s.epochs < 1 or s.latent_map.epochs < 1:
-        raise config_lib.ConfigError("study epochs must be >= 1")
+        raise ConfigError("study epochs must be >= 1")
     for b in s.betas:
         if b <= 0:
-            raise config_lib.ConfigError(f"betas must be > 0, got {b}")
+            raise ConfigError(f"betas must be > 0, got {b}")
     for pair in s.path:
         if len(pair) != 2 or pair[0] <= 0 or pair[1] <= 0:
-            raise config_lib.ConfigError(f"path entries are (posterior_scale > 0, beta > 0), got {pair}")
+            raise ConfigError(f"path entries are (posterior_scale > 0, beta > 0), got {pair}")
     for key in ("k", "num_samples", "nn_k", "num_codes", "num_prior_samples"):
         if s.eval[key] < 1:
-            raise config_lib.ConfigError(f"eval.{key} must be >= 1")
+            raise ConfigError(f"eval.{key} must be >= 1")
     if s.eval.num_samples <= s.eval.nn_k or s.eval.num_codes <= s.eval.nn_k:
-        raise config_lib.ConfigError("eval.num_samples and eval.num_codes must exceed eval.nn_k")
+        raise ConfigError("eval.num_samples and eval.num_codes must exceed eval.nn_k")
     return s
 
 
@@ -187,7 +192,8 @@ class Row:
     sampled_from: str
 
 
-AE_OVERRIDES = ("model.prior=none", "inference.posterior=point_mass", "objective.name=ae")
+AE_POSTERIOR = ("model.prior=none", "inference.posterior=point_mass")
+AE_OVERRIDES = AE_POSTERIOR + ("objective=ae",)
 
 
 def _g(v: float) -> str:
@@ -201,17 +207,17 @@ def variants(study: ml_collections.ConfigDict) -> list[Variant]:
         out.append(Variant(f"beta_{_g(b)}", f"β-VAE β={_g(b)}", (f"objective.beta={b!r}",), e, "beta"))
     for s, b in study.path:
         out.append(Variant(f"fixed_scale_{_g(s)}_beta_{_g(b)}", f"VAE σ={_g(s)} fixed, β={_g(b)}",
-                           ("inference.posterior=fixed_scale_gaussian", f"inference.posterior_scale={s!r}",
+                           ("inference.posterior=fixed_scale_gaussian", f"inference.posterior.scale={s!r}",
                             f"objective.beta={b!r}"), e, "path"))
     out.append(Variant("ae", "AE", AE_OVERRIDES, e, "ae"))
-    out.append(Variant("rae", "RAE", AE_OVERRIDES + ("objective.name=rae", f"objective.code_penalty={study.rae.code_penalty!r}",
+    out.append(Variant("rae", "RAE", AE_POSTERIOR + ("objective=rae", f"objective.code_penalty={study.rae.code_penalty!r}",
                                                    f"objective.decoder_l2={study.rae.decoder_l2!r}"), e, "rae"))
     d = study.dae
-    out.append(Variant("dae", "DAE (walkback)", AE_OVERRIDES + (
-        "objective.name=dae", f"objective.corruption={d.corruption}", f"objective.noise_level={d.noise_level!r}",
+    out.append(Variant("dae", "DAE (walkback)", AE_POSTERIOR + (
+        "objective=dae", f"objective.corruption={d.corruption}", f"objective.noise_level={d.noise_level!r}",
         f"objective.walkback_steps={d.walkback_steps!r}", f"objective.walkback_continue={d.walkback_continue!r}"), e, "dae"))
-    out.append(Variant("made", "MADE", ("model.kind=autoregressive", "objective.name=exact",
-                                        f"model.made.hidden={tuple(study.made.hidden)!r}"), e, "made"))
+    out.append(Variant("made", "MADE", ("model.kind=autoregressive", "objective=exact",
+                                        f"model.kind.hidden={tuple(study.made.hidden)!r}"), e, "made"))
     if study.latent_map.enabled:
         m = int(study.latent_map.epochs)
         out.append(Variant("vae_2d", "VAE, 2-D z", ("model.latent_dim=2",), m, "map"))
@@ -249,12 +255,12 @@ def model_config(study: ml_collections.ConfigDict, variant: Variant, overrides: 
 # --- context shared by the rows ------------------------------------------------------------------
 
 @dataclasses.dataclass
-class _Context:
+class Context:
     study: ml_collections.ConfigDict
     workdir: pathlib.Path
-    splits: data_lib.Splits
-    base_config: ml_collections.ConfigDict
-    runs: dict[str, run_lib.Run]
+    splits: datasets.Splits
+    base_spec: RunSpec
+    runs: dict[str, Run]
     space: metrics_lib.FeatureSpace
     x_test: jax.Array          # [M, *event]: test images for log p(x) and reconstructions
     reference: np.ndarray      # [S, *event]: the reference images of the sample metrics (test split)
@@ -264,15 +270,14 @@ class _Context:
     mixtures: dict[str, expost_lib.Mixture] = dataclasses.field(default_factory=dict)
 
 
-def _eval_split(config, split: str, n: int) -> jax.Array:
-    x_u8 = getattr(train_lib.load_data(config), split)
+def eval_split(spec: RunSpec, split: str, n: int) -> jax.Array:
+    x_u8 = getattr(trainer_lib.load_data(spec), split)
     if n:
         x_u8 = x_u8[:n]
-    stored = train_lib.stored_split(config, x_u8, split)
-    return data_lib.to_float(None, stored, train_lib.split_protocol(config, split))
+    return jnp.asarray(splits_lib.model_view(spec.data, x_u8, split))
 
 
-def _codes(ctx: _Context, name: str) -> dict[str, np.ndarray]:
+def codes_of(ctx: Context, name: str) -> dict[str, np.ndarray]:
     """Training codes (aggregate-posterior draws) and held-out codes of a latent variant."""
     if name not in ctx.codes:
         run = ctx.runs[name]
@@ -281,40 +286,40 @@ def _codes(ctx: _Context, name: str) -> dict[str, np.ndarray]:
         x_train = expost_lib.training_images(run, max_examples=n_train, seed=int(ctx.study.seed))
         key = jax.random.fold_in(ctx.key, 11)
         train = expost_lib.encode_codes(run.model, run.variables, x_train, key)
-        held = expost_lib.encode_codes(run.model, run.variables, _eval_split(run.config, "test", int(ev.num_prior_samples)),
+        held = expost_lib.encode_codes(run.model, run.variables, eval_split(run.spec, "test", int(ev.num_prior_samples)),
                                        jax.random.fold_in(key, 1))
         ctx.codes[name] = {"train": train, "test": held}
     return ctx.codes[name]
 
 
-def _mixture(ctx: _Context, name: str) -> expost_lib.Mixture:
+def mixture_of(ctx: Context, name: str) -> expost_lib.Mixture:
     if name not in ctx.mixtures:
         run = ctx.runs[name]
         e = ctx.study.expost
-        codes = _codes(ctx, name)["train"][: int(e.max_codes)]
+        codes = codes_of(ctx, name)["train"][: int(e.max_codes)]
         ctx.mixtures[name] = expost_lib.fit_or_load(codes, pathlib.Path(run.workdir) / "expost",
                                                     num_components=int(e.num_components), seed=int(ctx.study.seed),
                                                     bayesian=bool(e.bayesian))
     return ctx.mixtures[name]
 
 
-def generative_run(ctx: _Context, row: Row) -> run_lib.Run | None:
+def generative_run(ctx: Context, row: Row) -> Run | None:
     """The row's model as a latent-variable model with a prior (None for rows without one)."""
     if row.prior == "own":
         return ctx.runs[row.variant]
     if row.prior in ("standard_normal", "expost_mixture"):
         run = ctx.runs[row.variant]
-        code_scale = _codes(ctx, row.variant)["train"].std(0)
-        mixture = _mixture(ctx, row.variant) if row.prior == "expost_mixture" else None
+        code_scale = codes_of(ctx, row.variant)["train"].std(0)
+        mixture = mixture_of(ctx, row.variant) if row.prior == "expost_mixture" else None
         return expost_lib.generative(run, row.prior, mixture=mixture, code_scale=code_scale)
     return None
 
 
-def _sample(ctx: _Context, row: Row, n: int, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
+def _sample(ctx: Context, row: Row, n: int, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
     """``(x [n, *event], display [n, *event])``: samples and the images to show (E[x|z], the
     conditional probabilities of MADE, the mean of the DAE's last reconstruction)."""
     if row.prior == "data":
-        x = np.asarray(_eval_split(ctx.base_config, "validation", n))
+        x = np.asarray(eval_split(ctx.base_spec, "validation", n))
         return x, x
     if row.prior == "chain":
         run, d = ctx.runs["dae"], ctx.study.dae
@@ -348,72 +353,75 @@ def _prior_draws(model, n: int, variables, key):
     return model.apply(variables, method=lambda m: m.p_z().sample(seed=key, sample_shape=(n,)))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
 def _per_example(model, objective, batch_size: int, variables, x, key):
-    """``objective`` on every row of ``x [M, *event]``, example i with ``fold_in(key, i)`` (as
-    :func:`vaegen.train.make_evaluate`): per-example terms ``[M]``."""
-    def one(args):
-        i, xi = args
-        return objective(model, variables, xi, jax.random.fold_in(key, i))
-
-    return jax.lax.map(one, (jnp.arange(x.shape[0]), x), batch_size=batch_size)
+    """``objective`` on every row of ``x [M, *event]``, example i with ``fold_in(key, i)``:
+    per-example terms ``[M]``."""
+    return evaluate_lib.objective_terms(model, variables, objective, x, key, batch_size=batch_size)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1))
+@dataclasses.dataclass(frozen=True)
+class _Reconstruction:
+    """log p(x | z = E_q[z|x]) of one example."""
+
+    model: Any
+
+    def __call__(self, variables, x, key):
+        del key
+        return self.model.apply(variables, method=lambda m: m.log_likelihood(x, m.q_z_given_x(x).mean()))
+
+
 def _reconstruction_terms(model, batch_size: int, variables, x):
     """log p(x | z = E_q[z|x]) per row of ``x``: ``[M]``."""
-    return jax.lax.map(lambda xi: model.apply(variables, method=lambda m: m.log_likelihood(xi, m.q_z_given_x(xi).mean())),
-                       x, batch_size=batch_size)
+    fn = jax.tree_util.Partial(_Reconstruction(model), variables)
+    return sharding_lib.map_examples(fn, jnp.asarray(x), jax.random.key(0), batch_size=batch_size)
 
 
-def log_px_is(run: run_lib.Run, x: jax.Array, key: jax.Array, *, k: int, with_elbo: bool) -> dict[str, Any]:
+def log_px_is(run: Run, x: jax.Array, key: jax.Array, *, k: int, with_elbo: bool) -> dict[str, Any]:
     """Importance-sampled log p(x) (k samples from the model's q(z|x), :mod:`vaegen.estimators`)
     and optionally the ELBO, per example over ``x [M, *event]``, summarised in nats (as
     :func:`vaegen.evaluate`)."""
     dims = int(np.prod(run.event_shape))
     out = {}
-    log_joint, proposal = estimators_lib.model_functions(run.model, run.variables)
-    est = estimators_lib.importance_sampling(log_joint, proposal, x, jax.random.fold_in(key, 1), num_samples=k)
-    out["log_px"] = evaluation_lib.summarize(np.asarray(est["log_px"]), dims)
+    log_joint, proposal = importance_lib.model_functions(run.model, run.variables)
+    est = importance_lib.importance_sampling(log_joint, proposal, x, jax.random.fold_in(key, 1), num_samples=k)
+    out["log_px"] = evaluate_lib.summarize(np.asarray(est["log_px"]), dims)
     if with_elbo:
-        el = _per_example(run.model, objectives_lib.ELBO(), min(500, x.shape[0]), run.variables, x, jax.random.fold_in(key, 0))
-        out["elbo"] = evaluation_lib.summarize(np.asarray(el["elbo"]), dims)
-        out["kl"] = evaluation_lib.summarize(np.asarray(el["kl"]), None)
+        el = _per_example(run.model, ELBO(), min(500, x.shape[0]), run.variables, x, jax.random.fold_in(key, 0))
+        out["elbo"] = evaluate_lib.summarize(np.asarray(el["elbo"]), dims)
+        out["kl"] = evaluate_lib.summarize(np.asarray(el["kl"]), None)
     return out
 
 
-def dae_chain(run: run_lib.Run, key: jax.Array, n: int, *, num_steps: int, keep_every: int = 0) -> dict[str, jax.Array]:
+def dae_chain(run: Run, key: jax.Array, n: int, *, num_steps: int, keep_every: int = 0) -> dict[str, jax.Array]:
     """The DAE's Markov chain with the corruption it was trained with, from uniform noise."""
-    from vaegen.objectives import denoising as dae_lib
-
-    o = run.config.objective
-    return dae_lib.sample_chain(run.model, run.variables, key, n, num_steps=num_steps, corruption=str(o.corruption),
-                                noise_level=float(o.noise_level), event_shape=run.event_shape, keep_every=keep_every)
+    o = run.spec.objective.settings
+    return denoising.sample_chain(run.model, run.variables, key, n, num_steps=num_steps, corruption=o.corruption,
+                                  noise_level=o.noise_level, event_shape=run.event_shape, keep_every=keep_every)
 
 
-def _reconstruction(run: run_lib.Run, x: jax.Array) -> dict[str, float]:
+def _reconstruction(run: Run, x: jax.Array) -> dict[str, float]:
     """log p(x | z = E_q[z|x]) in nats over ``x [M, *event]``."""
     terms = _reconstruction_terms(run.model, min(500, x.shape[0]), run.variables, x)
-    return evaluation_lib.summarize(np.asarray(terms), int(np.prod(run.event_shape)))
+    return evaluate_lib.summarize(np.asarray(terms), int(np.prod(run.event_shape)))
 
 
 def _num_params(tree: Any) -> int:
     return int(sum(np.prod(np.shape(a)) for a in jax.tree_util.tree_leaves(tree)))
 
 
-def num_params(run: run_lib.Run) -> dict[str, int]:
+def num_params(run: Run) -> dict[str, int]:
     """Parameters of the generative model (everything but q(z|x)) and in all."""
     generative = {k: v for k, v in run.variables["params"].items() if k != "posterior"}
     return {"generative": _num_params(generative), "total": _num_params(run.variables)}
 
 
-def evaluate_row(ctx: _Context, row: Row) -> dict[str, Any]:
+def evaluate_row(ctx: Context, row: Row) -> dict[str, Any]:
     """Every metric of one row (see the module docstring); JSON-able."""
     ev = ctx.study.eval
     key = jax.random.fold_in(ctx.key, int(hashlib.sha256(row.name.encode()).hexdigest()[:7], 16))
     out: dict[str, Any] = {"row": dataclasses.asdict(row)}
     if row.variant:
-        out["point_mass"] = bool(getattr(ctx.runs[row.variant].model, "is_autoencoder", False))
+        out["point_mass"] = ctx.runs[row.variant].is_autoencoder
     t0 = time.perf_counter()
     n_test = int(ctx.x_test.shape[0])
 
@@ -421,18 +429,16 @@ def evaluate_row(ctx: _Context, row: Row) -> dict[str, Any]:
     if row.prior == "data":
         out["log_px_undefined"] = "the data are not a model"
     elif row.prior == "none":
-        out["log_px_undefined"] = evaluation_lib.UNDEFINED_FOR_AE["log_px"]
-        out["elbo_undefined"] = evaluation_lib.UNDEFINED_FOR_AE["elbo"]
+        out["log_px_undefined"] = evaluate_lib.UNDEFINED_FOR_AE["log_px"]
+        out["elbo_undefined"] = evaluate_lib.UNDEFINED_FOR_AE["elbo"]
     elif row.prior == "chain":
         out["log_px_undefined"] = ("no tractable density: p(x) is the stationary distribution of the Markov chain, "
                                    "known only through its samples")
     elif row.prior == "exact":
-        from vaegen.model import autoregressive as autoregressive
-
         made = ctx.runs["made"]
-        terms = _per_example(made.model, autoregressive.ExactLogLikelihood(), min(500, n_test), made.variables,
+        terms = _per_example(made.model, ExactLogLikelihood(), min(500, n_test), made.variables,
                              ctx.x_test, key)
-        out["log_px"] = dict(evaluation_lib.summarize(np.asarray(terms["log_px"]), int(np.prod(made.event_shape))),
+        out["log_px"] = dict(evaluate_lib.summarize(np.asarray(terms["log_px"]), int(np.prod(made.event_shape))),
                              estimator="exact")
     else:
         gen = generative_run(ctx, row)
@@ -460,7 +466,7 @@ def evaluate_row(ctx: _Context, row: Row) -> dict[str, Any]:
 
     # The aggregate posterior against the prior the samples come from.
     if row.prior in ("own", "standard_normal", "expost_mixture"):
-        codes = _codes(ctx, row.variant)
+        codes = codes_of(ctx, row.variant)
         gen = generative_run(ctx, row)
         z = np.asarray(_prior_draws(gen.model, int(ev.num_prior_samples), gen.variables, jax.random.fold_in(key, 2)))
         k = int(ev.nn_k)
@@ -473,7 +479,7 @@ def evaluate_row(ctx: _Context, row: Row) -> dict[str, Any]:
         out["code_mean_norm_sq"] = float(np.mean(np.sum(train_codes**2, -1)))
         out["prior_mean_norm_sq"] = float(np.mean(np.sum(z**2, -1)))
         if row.prior == "expost_mixture":
-            out["mixture"] = _mixture(ctx, row.variant).info
+            out["mixture"] = mixture_of(ctx, row.variant).info
     if row.variant:
         out["num_params"] = num_params(ctx.runs[row.variant])
         out["train_seconds"] = train_seconds(ctx.runs[row.variant].workdir)
@@ -494,137 +500,13 @@ def train_seconds(workdir: str | os.PathLike) -> float:
     return total
 
 
-# --- the study -----------------------------------------------------------------------------------
-
-def _fingerprint(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "quick", settings: Iterable[str] = (),
-              overrides: Iterable[str] = (), only: Sequence[str] | None = None, progress: bool = True,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Trains (or resumes) every variant, evaluates every row, writes the report.
-
-    Args:
-      workdir: the study's directory: one run per variant, ``classifier/``, ``rows/`` (metrics per
-        row, cached), ``report/`` (``report.md`` and figures), ``results.json``.
-      preset: ``tiny`` | ``quick`` | ``full`` (:func:`study_config`).
-      settings: ``key=value`` changes to the study (e.g. ``epochs=3``, ``eval.k=500``).
-      overrides: ``key=value`` config overrides applied to *every* model (e.g. ``data.name=mnist``).
-      only: train and report only these variants (rows that need others are skipped).
-
-    Returns the results (also written to ``results.json``).
-    """
-    from tqdm.auto import tqdm
-
-    t_start = time.perf_counter()
-    workdir = pathlib.Path(workdir)
-    study = load_study(preset, settings)
-    overrides = [o.removeprefix("--").removeprefix("config.") for o in overrides]
-    all_variants = variants(study)
-    if only:
-        unknown = sorted(set(only) - {v.name for v in all_variants})
-        if unknown:
-            raise config_lib.ConfigError(f"unknown variants {unknown}; this study has {[v.name for v in all_variants]}")
-        all_variants = [v for v in all_variants if v.name in only]
-    configs = {v.name: model_config(study, v, overrides) for v in all_variants}   # validates every config first
-    base_config = config_lib.load_config(study.base, [*overrides, f"seed={int(study.seed)}"])
-    workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "rows").mkdir(exist_ok=True)
-    study_record = {"preset": preset, "settings": list(settings), "overrides": overrides, "study": study.to_dict()}
-    (workdir / "study.json").write_text(json.dumps(study_record, indent=2, default=list) + "\n")
-
-    splits = train_lib.load_data(base_config)
-    log(f"[compare] {preset} study of {len(all_variants)} models in {workdir} "
-        f"({base_config.data.name}, {splits.train.shape[0]} training images)")
-
-    # 1. Train every model with the one trainer.
-    timings: dict[str, float] = {}
-    for v in tqdm(all_variants, desc="train", unit="model", disable=not progress):
-        t = time.perf_counter()
-        if _trained(workdir / v.name, configs[v.name]):
-            log(f"[compare] {v.name}: trained already")
-            continue
-        last = train_lib.train_and_evaluate(configs[v.name], workdir / v.name, splits=splits)
-        timings[v.name] = time.perf_counter() - t
-        bound = {k: round(val, 2) for k, val in last.items() if k.startswith("validation/")} if last else "already trained"
-        log(f"[compare] {v.name}: {timings[v.name]:.0f} s {bound}")
-    runs = {v.name: run_lib.load(workdir / v.name) for v in all_variants}
-
-    # 2. The feature classifier.
-    t = time.perf_counter()
-    space = metrics_lib.train_classifier(
-        splits, train_lib.split_protocol(base_config, "train"), workdir / "classifier",
-        recipe=dataclasses.replace(metrics_lib.CLASSIFIER_RECIPE, epochs=int(study.classifier_epochs)))
-    timings["classifier"] = time.perf_counter() - t
-    log(f"[compare] feature classifier: test accuracy {space.info['test_accuracy']:.3f}")
-
-    # 3. Every row.
-    ev = study.eval
-    x_test = _eval_split(base_config, "test", int(ev.max_test_examples))
-    reference = np.asarray(_eval_split(base_config, "test", int(ev.num_samples)))
-    reference_features, _ = space(reference)
-    ctx = _Context(study=study, workdir=workdir, splits=splits, base_config=base_config, runs=runs, space=space,
-                   x_test=x_test, reference=reference, reference_features=reference_features,
-                   key=jax.random.key(int(study.seed)))
-    table_rows = [r for r in rows(study) if (r.variant is None or r.variant in runs)
-                  and (r.prior != "data" or splits.validation.shape[0] > int(ev.nn_k))]  # the floor needs held-out images
-    results: dict[str, Any] = {}
-    for r in tqdm(table_rows, desc="evaluate", unit="row", disable=not progress):
-        fingerprint = _fingerprint({"eval": study.eval.to_dict(), "expost": study.expost.to_dict(), "row": dataclasses.asdict(r),
-                                    "epoch": runs[r.variant].epoch if r.variant else None,
-                                    "dae": study.dae.to_dict() if r.prior == "chain" else None,
-                                    "classifier": space.info.get("recipe"), "overrides": overrides})
-        path = workdir / "rows" / f"{r.name}.json"
-        cached = json.loads(path.read_text()) if path.exists() else None
-        if cached and cached.get("fingerprint") == fingerprint and (workdir / "rows" / f"{r.name}.samples.npz").exists() == (r.prior != "none"):
-            results[r.name] = cached
-            continue
-        res = evaluate_row(ctx, r)
-        res["fingerprint"] = fingerprint
-        path.write_text(json.dumps(res, indent=2, default=float) + "\n")
-        results[r.name] = res
-        log(f"[compare] {r.name}: {_row_summary(res)}")
-    timings["evaluation"] = sum(results[n].get("seconds", 0.0) for n in results)
-
-    # 4. Figures and the report.
-    from vaegen.studies import compare_report as compare_report
-
-    t = time.perf_counter()
-    report_path = compare_report.write_report(ctx, table_rows, results, timings=timings, preset=preset,
-                                              settings=list(settings), overrides=overrides)
-    timings["report"] = time.perf_counter() - t
-    timings["total_wall"] = time.perf_counter() - t_start
-    summary = {"preset": preset, "settings": list(settings), "overrides": overrides, "study": study.to_dict(),
-               "machine": machine(), "timings_seconds": timings, "classifier": space.info, "rows": results,
-               "report": str(report_path)}
-    tmp = workdir / ".results.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    os.replace(tmp, workdir / "results.json")
-    log(f"[compare] report: {report_path} ({timings['total_wall']:.0f} s in all)")
-    return summary
-
-
-def _trained(workdir: pathlib.Path, config: ml_collections.ConfigDict) -> bool:
-    """Whether ``workdir`` holds this config's run with its last epoch's checkpoint written (then
-    there is nothing to train; :func:`vaegen.load` still verifies the checkpoint)."""
-    stored = workdir / "config.json"
-    if not stored.exists():
-        return False
-    try:
-        same = not config_lib.differences(config_lib.from_json(stored.read_text()), config)
-    except (ValueError, config_lib.ConfigError):
-        return False
-    return same and (workdir / "checkpoints" / str(int(config.train.num_epochs))).is_dir()
-
-
 def machine() -> dict[str, Any]:
     return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
             "cpu_count": os.cpu_count(), "jax_backend": jax.default_backend(),
             "devices": [str(d) for d in jax.devices()], "jax": jax.__version__}
 
 
-def _row_summary(res: dict[str, Any]) -> str:
+def row_summary(res: dict[str, Any]) -> str:
     parts = []
     if "log_px" in res:
         parts.append(f"log p(x) {res['log_px']['mean']:.1f}")
@@ -633,3 +515,8 @@ def _row_summary(res: dict[str, Any]) -> str:
     if "prior_mass_off_codes" in res:
         parts.append(f"off-codes {res['prior_mass_off_codes']:.2f}")
     return ", ".join(parts) or "no metrics"
+
+
+def fingerprint(obj: Any) -> str:
+    """A short hash of a JSON-able object (what a cached row was computed from)."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -22,7 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vaegen.studies import figures as figures
+from vaegen.blocks import priors as priors_lib
+from vaegen.studies import compare as compare_lib
+from vaegen.studies import figures
+from vaegen.studies import metrics as metrics_lib
 
 
 def _figure(width: float, height: float):
@@ -157,9 +160,6 @@ def interpolations_figure(ctx, out: pathlib.Path, steps: int = 10) -> pathlib.Pa
 
 
 def latent_map_figure(ctx, out: pathlib.Path, results_2d: dict[str, float]) -> pathlib.Path | None:
-    from vaegen.studies import compare as compare_lib
-    from vaegen.blocks import priors as priors_lib
-
     if "vae_2d" not in ctx.runs and "ae_2d" not in ctx.runs:
         return None
     labels = ctx.splits.test_labels
@@ -173,7 +173,7 @@ def latent_map_figure(ctx, out: pathlib.Path, results_2d: dict[str, float]) -> p
         means = np.asarray(jax.jit(lambda v, x: run.model.apply(v, x, method="q_z_given_x").mean())(run.variables, x))
         panels.append((name, "N(0, I)", means, lambda g: priors_lib.StandardNormal(latent_dim=2).apply({}).log_prob(g)))
         if name == "ae_2d":
-            mixture = compare_lib._mixture(ctx, name)
+            mixture = compare_lib.mixture_of(ctx, name)
             panels.append((name, "ex-post GMM", means, lambda g, m=mixture: m.distribution().log_prob(g)))
     fig = _figure(4.2 * len(panels), 4.2)
     cmap_points = "tab10"
@@ -207,19 +207,16 @@ def latent_map_figure(ctx, out: pathlib.Path, results_2d: dict[str, float]) -> p
 
 def latent_map_numbers(ctx) -> dict[str, float]:
     """Prior mass off the codes for the 2-D variants (N(0, I) and, for the AE, the ex-post GMM)."""
-    from vaegen.studies import compare as compare_lib
-    from vaegen.studies import metrics as metrics_lib
-
     out = {}
     ev = ctx.study.eval
     for name in ("vae_2d", "ae_2d"):
         if name not in ctx.runs:
             continue
-        codes = compare_lib._codes(ctx, name)["train"][: int(ev.num_codes)]
+        codes = compare_lib.codes_of(ctx, name)["train"][: int(ev.num_codes)]
         key = jax.random.fold_in(ctx.key, 99)
         priors = {"N(0, I)": np.asarray(jax.random.normal(key, (int(ev.num_prior_samples), 2)))}
         if name == "ae_2d":
-            mixture = compare_lib._mixture(ctx, name)
+            mixture = compare_lib.mixture_of(ctx, name)
             priors["ex-post GMM"] = np.asarray(jax.jit(lambda k: mixture.distribution().sample(
                 seed=k, sample_shape=(int(ev.num_prior_samples),)))(key))
         for prior_name, z in priors.items():
@@ -228,8 +225,6 @@ def latent_map_numbers(ctx) -> dict[str, float]:
 
 
 def dae_chain_figure(ctx, out: pathlib.Path, chains: int = 8, columns: int = 10) -> pathlib.Path | None:
-    from vaegen.studies import compare as compare_lib
-
     if "dae" not in ctx.runs:
         return None
     steps = int(ctx.study.dae.chain_steps)
@@ -291,8 +286,6 @@ def _get(res: dict, *keys):
 
 
 def _label(ctx, name: str) -> str:
-    from vaegen.studies import compare as compare_lib
-
     for v in compare_lib.variants(ctx.study):
         if v.name == name:
             return v.label
@@ -463,8 +456,6 @@ def answer(rows, results, study) -> str:
 
 def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, settings: Sequence[str],
                  overrides: Sequence[str]) -> pathlib.Path:
-    from vaegen.studies import compare as compare_lib
-
     out = ctx.workdir / "report"
     out.mkdir(parents=True, exist_ok=True)
     figs = samples_figures(ctx, rows, results, out)
@@ -481,17 +472,18 @@ def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, 
         figs["latent_map"] = p
 
     study = ctx.study
-    cfg = ctx.base_config
+    spec = ctx.base_spec
+    encoder, decoder = spec.inference.encoder.settings, spec.model.decoder.settings
     machine = compare_lib.machine()
     cmd = f"vaegen compare --preset {preset} --workdir {ctx.workdir}" + "".join(f" --set {s}" for s in settings) + "".join(
         f" --config.{o}" for o in overrides)
     lines = [
         "# Why is a VAE generative and an AE not? — vaegen compare",
         "",
-        f"`{cmd}` — {cfg.data.name}, binarization `{cfg.data.binarization}`; every model: encoder "
-        f"{tuple(cfg.inference.encoder.hidden)} {cfg.inference.encoder.activation}, decoder {tuple(cfg.model.decoder.hidden)} "
-        f"{cfg.model.decoder.activation}, latent dimension {cfg.model.latent_dim}, {cfg.model.likelihood} likelihood, "
-        f"{study.epochs} epochs of {cfg.optim.optimizer} (lr {cfg.optim.learning_rate}, batch {cfg.train.batch_size}), the same trainer. "
+        f"`{cmd}` — {spec.data.name}, binarization `{spec.data.binarization}`; every model: encoder "
+        f"{tuple(encoder.hidden)} {encoder.activation}, decoder {tuple(decoder.hidden)} "
+        f"{decoder.activation}, latent dimension {spec.model.latent_dim}, {spec.model.likelihood.name} likelihood, "
+        f"{study.epochs} epochs of {spec.optim.optimizer} (lr {spec.optim.learning_rate}, batch {spec.train.batch_size}), the same trainer. "
         f"MADE: masked hidden layers {tuple(study.made.hidden)}, no latent variable.",
         "",
     ]

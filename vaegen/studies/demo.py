@@ -11,6 +11,7 @@ reconstruction grids and ``summary.md``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -21,10 +22,11 @@ import jax
 import numpy as np
 
 from vaegen.config import loading as config_lib
-from vaegen.evaluation import evaluate as evaluate_lib
-from vaegen.studies import figures as figures
-from vaegen.evaluation import run as run_lib
-from vaegen.train import trainer as train_lib
+from vaegen.config.schema import to_spec
+from vaegen.runs import evaluate as evaluate_lib
+from vaegen.runs import run as run_lib
+from vaegen.studies import figures
+from vaegen.train import trainer as trainer_lib
 
 
 def run(workdir: str | pathlib.Path = "runs/demo", *, overrides: Iterable[str] = (), epochs: int | None = None,
@@ -32,17 +34,19 @@ def run(workdir: str | pathlib.Path = "runs/demo", *, overrides: Iterable[str] =
     """Trains, evaluates and reports; returns the two evaluation results."""
     workdir = pathlib.Path(workdir)
     overrides = list(overrides) + ([f"train.num_epochs={epochs}"] if epochs else [])
-    configs = {"vae": config_lib.load_config(vae_preset, overrides), "ae": config_lib.load_config(ae_preset, overrides)}
-    splits = train_lib.load_data(configs["vae"])
+    configs = {"vae": to_spec(config_lib.load_config(vae_preset, overrides)),
+               "ae": to_spec(config_lib.load_config(ae_preset, overrides))}
+    splits = trainer_lib.load_data(configs["vae"])
     seconds, results, runs = {}, {}, {}
     for name, cfg in configs.items():
         print(f"[demo] training the {name.upper()} ({cfg.train.num_epochs} epochs) in {workdir / name}")
         t = time.perf_counter()
-        train_lib.train_and_evaluate(cfg, workdir / name, splits=splits)
+        trainer_lib.train_and_evaluate(cfg, workdir / name, splits=splits)
         seconds[name] = time.perf_counter() - t
         runs[name] = run_lib.load(workdir / name)
         print(f"[demo] evaluating the {name.upper()} on the test set")
-        results[name] = evaluate_lib.evaluate(runs[name], split="test", num_samples=k)
+        results[name] = evaluate_lib.evaluate(runs[name], dataclasses.replace(runs[name].spec.eval, num_samples=k),
+                                              split="test")
         evaluate_lib.write_json(workdir / name / "eval.json", results[name])
         print(evaluate_lib.format_table(results[name]))
 
@@ -53,7 +57,7 @@ def run(workdir: str | pathlib.Path = "runs/demo", *, overrides: Iterable[str] =
     z, _ = vae.sample_with_latents(key, 64)
     figures.save_grid(workdir / "vae_samples.png", np.asarray(vae.decode(z).mean()),
                       title="VAE: E[x|z], z ~ p(z) = N(0, I)")
-    z_noise = jax.random.normal(key, (64, ae.config.model.latent_dim))
+    z_noise = jax.random.normal(key, (64, ae.spec.model.latent_dim))
     figures.save_grid(workdir / "ae_decoded_gaussian_noise.png", np.asarray(ae.decode(z_noise).mean()),
                       title="AE decoder at z ~ N(0, I): not samples of any model")
     for name, r in runs.items():
@@ -83,12 +87,13 @@ def _fmt(m: dict | None) -> str:
 def _summary(configs, results, seconds, code_stats, k) -> str:
     v, a = results["vae"]["metrics"], results["ae"]["metrics"]
     cfg = configs["vae"]
+    encoder, decoder = cfg.inference.encoder.settings, cfg.model.decoder.settings
     dims = int(np.prod([28, 28, 1]))
     lines = [
         "# vaegen demo: VAE vs AE on Fashion-MNIST",
         "",
-        f"Identical nets: encoder {cfg.inference.encoder.hidden} {cfg.inference.encoder.activation}, "
-        f"decoder {cfg.model.decoder.hidden} {cfg.model.decoder.activation}, latent dim {cfg.model.latent_dim}, "
+        f"Identical nets: encoder {encoder.hidden} {encoder.activation}, "
+        f"decoder {decoder.hidden} {decoder.activation}, latent dim {cfg.model.latent_dim}, "
         f"Bernoulli likelihood, binarization '{cfg.data.binarization}', batch {cfg.train.batch_size}, "
         f"{cfg.train.num_epochs} epochs of Adam (lr {cfg.optim.learning_rate}).",
         f"Test set: {results['vae']['num_examples']} images. Nats per image (± standard error).",

@@ -31,7 +31,6 @@ samples show what goes wrong without a fitted prior.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import json
 import os
@@ -44,10 +43,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vaegen.data import datasets as data_lib
-from vaegen.model import latent as model_lib
+from vaegen import sharding as sharding_lib
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.blocks import priors as priors_lib
+from vaegen.data import binarization
+from vaegen.data import splits as splits_lib
+from vaegen.model import latent as latent_lib
 from vaegen.errors import NO_LATENT_MESSAGE, NoLatentError
 
 DEFAULT_RELATIVE_SCALES = (0.01, 0.03, 0.1, 0.3, 1.0)
@@ -207,33 +208,34 @@ class CodeProposal(nn.Module):
 def training_images(run, *, max_examples: int = 0, seed: int = 0) -> jax.Array:
     """The run's training images as its model sees them (one binarization draw with ``seed`` under a
     dynamic protocol): float32 ``[N, *event]``, the first ``max_examples`` (0 = all)."""
-    from vaegen.train import trainer as train_lib
-
-    x_u8 = train_lib.load_data(run.config).train
+    data = run.spec.data
+    x_u8 = run.data().train
     if max_examples:
         x_u8 = x_u8[:max_examples]
-    stored = train_lib.stored_split(run.config, x_u8, "train")
-    return data_lib.to_float(jax.random.key(seed), jnp.asarray(stored), train_lib.split_protocol(run.config, "train"))
+    stored = splits_lib.stored_split(data, x_u8, "train")
+    return binarization.to_float(jax.random.key(seed), jnp.asarray(stored), splits_lib.split_protocol(data, "train"))
 
 
-def encode_codes(model: model_lib.LatentVariableModel, variables: Any, x: jax.Array, key: jax.Array, *,
-                 sample: bool = True, batch_size: int = 1000) -> np.ndarray:
+def encode_codes(model: Any, variables: Any, x: jax.Array, key: jax.Array, *, sample: bool = True,
+                 batch_size: int = 1000) -> np.ndarray:
     """Codes of ``x [N, *event]``: draws z_n ~ q(z | x_n) (samples of the aggregate posterior
     q(z) = E_x q(z | x)) if ``sample`` and q has a density, else E_q[z | x_n] (f(x_n) for an
     autoencoder).  Example ``n`` uses ``fold_in(key, n)``.  Returns ``[N, D]``."""
     x = jnp.asarray(x)
-    return np.asarray(_encode(model, bool(sample and not model.is_autoencoder), min(batch_size, x.shape[0]),
-                              variables, x, key))
+    fn = jax.tree_util.Partial(_Code(model, bool(sample and not model.is_autoencoder)), variables)
+    return np.asarray(sharding_lib.map_examples(fn, x, key, batch_size=min(batch_size, x.shape[0])))
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _encode(model, draw: bool, batch_size: int, variables, x, key):
-    def one(args):
-        i, xi = args
-        q = model.apply(variables, xi, method="q_z_given_x")
-        return q.sample(seed=jax.random.fold_in(key, i)) if draw else q.mean()
+@dataclasses.dataclass(frozen=True)
+class _Code:
+    """One example's code: a draw z ~ q(z | x) or the mean E_q[z | x]."""
 
-    return jax.lax.map(one, (jnp.arange(x.shape[0]), x), batch_size=batch_size)
+    model: Any
+    draw: bool
+
+    def __call__(self, variables, x, key):
+        q = self.model.apply(variables, x, method="q_z_given_x")
+        return q.sample(seed=key) if self.draw else q.mean()
 
 
 # --- the generative model ----------------------------------------------------------------------
@@ -255,9 +257,9 @@ def generative(run, prior: str = "expost_mixture", *, mixture: Mixture | None = 
     density is kept.
     """
     base = run.model
-    if not getattr(base, "has_latents", True):
+    if not run.has_latents:
         raise NoLatentError(NO_LATENT_MESSAGE)
-    d = int(run.config.model.latent_dim)
+    d = int(run.spec.model.latent_dim)
     params = dict(run.variables["params"])
     if prior == "expost_mixture":
         if mixture is None:
@@ -279,7 +281,7 @@ def generative(run, prior: str = "expost_mixture", *, mixture: Mixture | None = 
                                  relative_scales=tuple(float(s) for s in relative_scales))
         params["posterior"] = {**params["posterior"],
                                "code_scale": jnp.asarray(np.maximum(np.asarray(code_scale, np.float64), 1e-6), jnp.float32)}
-    model = model_lib.LatentVariableModel(prior=p, likelihood=base.likelihood, posterior=posterior)
+    model = latent_lib.LatentVariableModel(prior=p, likelihood=base.likelihood, posterior=posterior)
     return dataclasses.replace(run, model=model, variables={**run.variables, "params": params})
 
 
@@ -288,7 +290,7 @@ def fit(run, *, num_components: int = 10, max_codes: int = 20000, seed: int = 0,
     """Fits the ex-post mixture to ``run``'s training codes and returns ``(generative_run, mixture,
     codes)``; saves the mixture in ``directory`` (default ``<workdir>/expost``) and reuses a saved
     one fitted with the same settings."""
-    if not getattr(run.model, "has_latents", True):
+    if not run.has_latents:
         raise NoLatentError(NO_LATENT_MESSAGE)
     directory = pathlib.Path(directory) if directory is not None else pathlib.Path(run.workdir) / "expost"
     x = training_images(run, max_examples=max_codes, seed=seed)

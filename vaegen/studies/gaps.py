@@ -7,7 +7,7 @@ For an example x, a trained model p(x, z), its amortized q(z | x) and a variatio
 
 * L[q]      the ELBO of the amortized encoder's q(z | x);
 * L[q*_F]   the ELBO of the best member of F for this x, found by per-example SVI
-            (:func:`vaegen.inference.fit_local`, started from the encoder's q by default);
+            (:func:`vaegen.inference.svi.fit_local`, started from the encoder's q by default);
 * log p(x)  the best available estimate: importance sampling with k samples from each proposal
             at hand (the amortized q and every q*_F), of which the one with the highest mean is
             kept (each is a stochastic lower bound, so the highest is the tightest).  Because it is
@@ -35,10 +35,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vaegen.data import datasets as data_lib
+from vaegen import sharding as sharding_lib
+from vaegen.data import binarization
+from vaegen.data import splits as splits_lib
+from vaegen.errors import InferenceError
 from vaegen.estimators import importance as estimators_lib
-from vaegen.inference import svi as inference_lib
-from vaegen.train import trainer as train_lib
+from vaegen.inference import families as families_lib
+from vaegen.inference import svi
+from vaegen.objectives.bounds import elbo_of
+from vaegen.train.rng import purpose_key
 
 SPLITS = ("test", "train", "validation")
 QUANTITIES = ("log_px", "elbo_star", "elbo_amortized", "approximation_gap", "amortization_gap", "inference_gap")
@@ -63,7 +68,7 @@ class _AmortizedELBO:
     elbo_samples: int
 
     def __call__(self, variables, x, key):
-        t = inference_lib.elbo_of(self.model, variables, lambda m: m.q_z_given_x(x), x, key, self.elbo_samples)
+        t = elbo_of(self.model, variables, lambda m: m.q_z_given_x(x), x, key, self.elbo_samples)
         return t["elbo"], t["mc_stderr"]
 
 
@@ -74,7 +79,7 @@ def amortized_bounds(model, variables, xs: jax.Array, key: jax.Array, *, elbo_sa
     proposal, per example ``[N]`` (nats).
 
     Both run sharded over ``devices`` (default: all local devices) through
-    :func:`vaegen.estimators.map_examples`, up to ``chunk_size`` examples vmapped together per
+    :func:`vaegen.sharding.map_examples`, up to ``chunk_size`` examples vmapped together per
     device; example i's ELBO uses ``fold_in(key, i)`` and its importance samples
     ``fold_in(fold_in(key, 2**20), i)``, whatever the chunk size and the number of devices.
     """
@@ -82,7 +87,7 @@ def amortized_bounds(model, variables, xs: jax.Array, key: jax.Array, *, elbo_sa
     chunk = max(1, min(int(chunk_size), n, max(1, 50_000 // min(int(log_px_samples), 1000))))
     xs = jnp.asarray(xs, jnp.float32)
     elbo_fn = jax.tree_util.Partial(_AmortizedELBO(model, int(elbo_samples)), variables)
-    elbo, mc_stderr = estimators_lib.map_examples(elbo_fn, xs, key, batch_size=chunk, devices=devices,
+    elbo, mc_stderr = sharding_lib.map_examples(elbo_fn, xs, key, batch_size=chunk, devices=devices,
                                                   progress=progress, desc="L[q]")
     log_joint, proposal = estimators_lib.model_functions(model, variables)
     log_px = estimators_lib.importance_sampling(log_joint, proposal, xs, jax.random.fold_in(key, 1 << 20),
@@ -104,17 +109,17 @@ def split_data(run, split: str, max_examples: int = 0) -> np.ndarray:
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    config = run.config
-    x_u8 = getattr(train_lib.load_data(config), split)
+    data = run.spec.data
+    x_u8 = getattr(run.data(), split)
     if max_examples:
         x_u8 = x_u8[:max_examples]
-    if split == "train" and config.data.binarization == "dynamic":
-        protocol = data_lib.eval_protocol("dynamic")
-        stored = data_lib.binarize_once(x_u8, protocol, int(config.data.binarization_seed) + 3)
+    if split == "train" and data.binarization == "dynamic":
+        protocol = binarization.eval_protocol("dynamic")
+        stored = binarization.binarize_once(x_u8, protocol, data.binarization_seed + 3)
     else:
-        protocol = train_lib.split_protocol(config, split)
-        stored = train_lib.stored_split(config, x_u8, split)
-    return np.asarray(data_lib.to_float(None, stored, protocol))
+        protocol = splits_lib.split_protocol(data, split)
+        stored = splits_lib.stored_split(data, x_u8, split)
+    return np.asarray(binarization.to_float(None, stored, protocol))
 
 
 # --- the decomposition -------------------------------------------------------------------------
@@ -139,10 +144,11 @@ class GapReport:
 
 
 def compute_gaps(run, *, families: Sequence[str] = ("diag",), splits: Sequence[str] = ("test", "train"),
-                 settings: inference_lib.SVISettings = inference_lib.SVISettings(), init: str = "amortized",
+                 settings: svi.SVISettings = svi.SVISettings(), init: str = "amortized",
                  elbo_samples: int = 100, log_px_samples: int = 1000, max_examples: dict[str, int] | None = None,
                  chunk_size: int = 500, seed: int = 0, progress: bool = True,
-                 data: dict[str, np.ndarray] | None = None, devices=None) -> GapReport:
+                 data: dict[str, np.ndarray] | None = None, devices=None,
+                 flow_options: dict[str, Any] | None = None) -> GapReport:
     """The gap decomposition of ``run`` (from :func:`vaegen.load`) for each family and split.
 
     Args:
@@ -157,35 +163,40 @@ def compute_gaps(run, *, families: Sequence[str] = ("diag",), splits: Sequence[s
       chunk_size: examples vmapped together per device (memory and speed, never results).
       devices: devices to shard the examples over (default: all local devices); the numbers do
         not depend on them.
+      flow_options: the flow family's architecture for a model whose q(z|x) is not a flow
+        (:meth:`vaegen.inference.svi.GapsSettings.flow_options`; default the run's ``gaps`` section).
     """
+    flow_options = run.spec.gaps.flow_options() if flow_options is None else flow_options
     if run.is_autoencoder or not run.has_prior:
-        raise inference_lib.InferenceError(
+        raise InferenceError(
             "the gap decomposition needs a model with a prior p(z) and a posterior with a density; "
             f"{run.workdir} holds an autoencoder (no p(z), point-mass q(z|x))")
     settings.validate()
     if init not in ("amortized", "prior"):
-        raise inference_lib.InferenceError(f"unknown initialisation {init!r}; choose 'amortized' or 'prior'")
+        raise InferenceError(f"unknown initialisation {init!r}; choose 'amortized' or 'prior'")
     for k, v in (("elbo_samples", elbo_samples), ("log_px_samples", log_px_samples), ("chunk_size", chunk_size)):
         if int(v) < 1:
-            raise inference_lib.InferenceError(f"{k} must be >= 1, got {v}")
+            raise InferenceError(f"{k} must be >= 1, got {v}")
     for split in splits:
         if split not in SPLITS:
-            raise inference_lib.InferenceError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
-    families = [inference_lib.FAMILY_ALIASES.get(f.strip(), f.strip()) for f in families]
+            raise InferenceError(f"unknown split {split!r}; choose from {', '.join(SPLITS)}")
+    family_objs = {}
+    for f in families:
+        family = families_lib.make_family(f.strip(), run.model,
+                                          **(flow_options if families_lib.resolve(f.strip()) is families_lib.FlowFamily
+                                             else {}))
+        family_objs[family.name] = family
+    families = list(family_objs)
     devices = None if devices is None else list(devices)
-    cfg_inf = run.config.inference
-    flow_options = dict(num_layers=int(cfg_inf.flow_layers), hidden=tuple(cfg_inf.flow_hidden),
-                        context_dim=int(cfg_inf.flow_context_dim), activation=cfg_inf.flow_activation)
-    family_objs = {f: inference_lib.make_family(f, run.model, **(flow_options if f == "flow" else {})) for f in families}
     max_examples = dict(max_examples or {})
-    key = train_lib.purpose_key(seed, "evaluation")
+    key = purpose_key(seed, "evaluation")
     rows, per_example, timings = [], {}, {}
     for s_idx, split in enumerate(splits):
         xs = data[split] if data and split in data else split_data(run, split, int(max_examples.get(split, 0)))
         xs = jnp.asarray(xs, jnp.float32)
         n = int(xs.shape[0])
         if n < 2:
-            raise inference_lib.InferenceError(f"the {split} split has {n} example(s); the gaps need at least 2")
+            raise InferenceError(f"the {split} split has {n} example(s); the gaps need at least 2")
         k_split = jax.random.fold_in(key, 100 + s_idx)
         t = time.perf_counter()
         amortized = amortized_bounds(run.model, run.variables, xs, jax.random.fold_in(k_split, 0),
@@ -195,7 +206,7 @@ def compute_gaps(run, *, families: Sequence[str] = ("diag",), splits: Sequence[s
         arrays = {"elbo_amortized": amortized["elbo"], "elbo_amortized_mc_stderr": amortized["elbo_mc_stderr"],
                   "log_px/amortized": amortized["log_px"]}
         for f_idx, name in enumerate(families):
-            fit = inference_lib.fit_local(run.model, run.variables, xs, jax.random.fold_in(k_split, 1 + f_idx),
+            fit = svi.fit_local(run.model, run.variables, xs, jax.random.fold_in(k_split, 1 + f_idx),
                                           family=family_objs[name], settings=settings, init=init,
                                           chunk_size=chunk_size, eval_samples=elbo_samples,
                                           log_px_samples=log_px_samples, keep_parameters=False,
@@ -302,17 +313,17 @@ def write_tables(report: GapReport, out_dir: str | os.PathLike, *, per_example: 
     return paths
 
 
-def settings_from_config(config) -> dict[str, Any]:
-    """Keyword arguments of :func:`compute_gaps` from ``config.eval.gaps``."""
-    g = config.eval.gaps
+def settings_from_spec(spec) -> dict[str, Any]:
+    """Keyword arguments of :func:`compute_gaps` from a run spec's ``gaps`` section."""
+    g = spec.gaps
     return {
-        "splits": ["test"] + (["train"] if int(g.train_examples) else []),
-        "families": [f.strip() for f in str(g.families).split(",") if f.strip()],
-        "settings": inference_lib.SVISettings(num_steps=int(g.num_steps), learning_rate=float(g.learning_rate),
-                                              num_samples=int(g.num_samples)),
+        "splits": ["test"] + (["train"] if g.train_examples else []),
+        "families": g.family_list(),
+        "settings": svi.SVISettings(num_steps=g.num_steps, learning_rate=g.learning_rate, num_samples=g.num_samples),
         "init": g.init,
-        "elbo_samples": int(g.elbo_samples),
-        "log_px_samples": int(g.log_px_samples),
-        "max_examples": {"test": int(g.test_examples), "train": int(g.train_examples)},
-        "chunk_size": int(g.chunk_size),
+        "elbo_samples": g.elbo_samples,
+        "log_px_samples": g.log_px_samples,
+        "max_examples": {"test": g.test_examples, "train": g.train_examples},
+        "chunk_size": g.chunk_size,
+        "flow_options": g.flow_options(),
     }

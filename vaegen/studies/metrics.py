@@ -47,7 +47,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from vaegen.data import datasets as data_lib
+from vaegen.data import binarization
+from vaegen.data import datasets
 
 
 # --- the classifier ----------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def _apply_classifier(module, params, x, batch_size):
     return jax.lax.map(lambda xi: module.apply(params, xi), x, batch_size=min(batch_size, x.shape[0]))
 
 
-def train_classifier(splits: data_lib.Splits, protocol: str, directory: str | os.PathLike, *,
+def train_classifier(splits: datasets.Splits, protocol: str, directory: str | os.PathLike, *,
                      recipe: ClassifierRecipe = CLASSIFIER_RECIPE, progress: bool = False) -> FeatureSpace:
     """Trains the feature classifier on ``splits.train`` (labels required) under the binarization
     ``protocol`` of the models, or loads it from ``directory`` if it was trained there with the
@@ -147,7 +148,7 @@ def train_classifier(splits: data_lib.Splits, protocol: str, directory: str | os
     def step(carry, args):
         params, opt_state = carry
         idx, k = args
-        x = data_lib.to_float(k, x_all[idx], train_proto)
+        x = binarization.to_float(k, x_all[idx], train_proto)
         y = y_all[idx]
 
         def loss_fn(p):
@@ -171,8 +172,8 @@ def train_classifier(splits: data_lib.Splits, protocol: str, directory: str | os
     space = FeatureSpace(module, params, {})
     accuracy = float("nan")
     if splits.test_labels is not None and splits.test.shape[0]:
-        test = data_lib.to_float(None, data_lib.binarize_once(splits.test, data_lib.eval_protocol(protocol), 0),
-                                 data_lib.eval_protocol(protocol))
+        test = binarization.to_float(None, binarization.binarize_once(splits.test, binarization.eval_protocol(protocol), 0),
+                                 binarization.eval_protocol(protocol))
         _, probs = space(test)
         accuracy = float(np.mean(np.argmax(probs, -1) == splits.test_labels))
     info = {**identity, "test_accuracy": accuracy, "final_train_loss": float(loss),

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 
-from vaegen.data import protocols as protocols
-from vaegen.configs import default
+from vaegen.config.loading import component
+from vaegen.config.presets import default
+from vaegen.data import protocols
 
 
 def vampprior(model: str, prior: str):
@@ -34,47 +35,44 @@ def vampprior(model: str, prior: str):
     protocols.apply(c, "vampprior_fmnist")
     c.seed = 14  # the VampPrior code's default seed (its runs used torch's generator, not ours)
     c.model.latent_dim = 40
-    c.model.prior = prior
-    c.model.prior_components = 500
-    c.model.vampprior_init = "random"
-    c.model.vampprior_init_mean = -0.05
-    c.model.vampprior_init_std = 0.01
-    c.model.likelihood = "bernoulli"
-    c.model.min_log_scale, c.model.max_log_scale = -3.0, 1.0  # log-variance in [-6, 2]
-    c.inference.min_log_scale, c.inference.max_log_scale = -3.0, 1.0
-    c.inference.posterior = "diagonal_gaussian"
-    for section in (c.model.decoder, c.model.top_decoder, c.inference.encoder, c.inference.top_encoder):
-        section.network = "mlp"
-        section.gated = True
-        section.activation = "none"
-        section.hidden = (300, 300)
+    if prior == "vampprior":
+        c.model.prior = component("prior", "vampprior", components=500, init="random", init_mean=-0.05, init_std=0.01)
+    else:
+        c.model.prior = component("prior", prior)
+    c.model.likelihood = component("likelihood", "bernoulli")
+    log_scales = dict(min_log_scale=-3.0, max_log_scale=1.0)  # log-variance in [-6, 2]
+    c.inference.posterior = component("posterior", "diagonal_gaussian", **log_scales)
+    gated = dict(activation="none", gated=True)  # GatedDense / GatedConv2d, no activation
+    c.model.decoder = component("network", "mlp", hidden=(300, 300), **gated)
+    c.inference.encoder = component("network", "mlp", hidden=(300, 300), **gated)
     if model in ("hvae", "convhvae"):
-        c.model.top_latent_dim = 40
-        c.inference.hierarchy = "top_down"  # q(z2 | x) q(z1 | x, z2)
-        c.model.decoder_sees_top = True  # p(x | z1, z2)
-        c.model.decoder.branch_hidden = (300,)  # z1 -> 300, z2 -> 300, joined
-        c.model.decoder.hidden = (300,)
-        c.inference.top_encoder.branch_hidden = (300,)  # x -> 300, z2 -> 300, joined
-        c.inference.top_encoder.hidden = (300,)
+        c.model.kind = component(
+            "model_kind", "two_layer", top_latent_dim=40,
+            hierarchy="top_down",                     # q(z2 | x) q(z1 | x, z2)
+            decoder_sees_top=True,                    # p(x | z1, z2)
+            decoder_branch_hidden=(300,),             # z1 -> 300, z2 -> 300, joined
+            encoder_branch_hidden=(300,),             # x -> 300, z2 -> 300, joined
+            top_decoder=component("network", "mlp", hidden=(300, 300), **gated),
+            top_encoder=component("network", "mlp", hidden=(300,), **gated), **log_scales)
+        c.model.decoder = component("network", "mlp", hidden=(300,), **gated)
     if model == "convhvae":
         # q(z2 | x): GatedConv2d 1-32 k7, 32-32 k3 s2, 32-64 k5, 64-64 k3 s2, 64-6 k3, flattened (294)
-        enc = c.inference.encoder
-        enc.network, enc.hidden = "conv_encoder", ()
-        enc.conv_channels, enc.conv_kernels, enc.conv_strides = (32, 32, 64, 64, 6), (7, 3, 5, 3, 3), (1, 2, 1, 2, 1)
+        c.inference.encoder = component("network", "conv_encoder", hidden=(), conv_channels=(32, 32, 64, 64, 6),
+                                        conv_kernels=(7, 3, 5, 3, 3), conv_strides=(1, 2, 1, 2, 1), **gated)
         # q(z1 | x, z2): x through GatedConv2d 1-32 k3, 32-32 k3 s2, 32-64 k3, 64-64 k3 s2, 64-6 k3 (294)
         # and, here, a GatedDense(294) (vaegen's joined trunks give both inputs the same dense branch),
         # z2 through GatedDense(294), joined by GatedDense(300)
-        top = c.inference.top_encoder
-        top.network, top.branch_hidden, top.hidden = "conv_encoder", (294,), (300,)
-        top.conv_channels, top.conv_kernels, top.conv_strides = (32, 32, 64, 64, 6), (3, 3, 3, 3, 3), (1, 2, 1, 2, 1)
+        c.model.kind.encoder_branch_hidden = (294,)
+        c.model.kind.top_encoder = component("network", "conv_encoder", hidden=(300,),
+                                             conv_channels=(32, 32, 64, 64, 6), conv_kernels=(3, 3, 3, 3, 3),
+                                             conv_strides=(1, 2, 1, 2, 1), **gated)
         # p(x | z1, z2): z1 -> 300, z2 -> 300, joined by GatedDense(784) -> [28, 28, 1] -> four
         # GatedConv2d 64 k3 -> a 1x1 convolution to the Bernoulli logits
-        dec = c.model.decoder
-        dec.network, dec.branch_hidden, dec.hidden, dec.reshape_channels = "conv_decoder", (300,), (), 1
-        dec.conv_channels, dec.conv_kernels, dec.conv_strides = (64, 64, 64, 64), (3, 3, 3, 3), (1, 1, 1, 1)
+        c.model.decoder = component("network", "conv_decoder", hidden=(), reshape_channels=1,
+                                    conv_channels=(64, 64, 64, 64), conv_kernels=(3, 3, 3, 3),
+                                    conv_strides=(1, 1, 1, 1), **gated)
     c.model.init_output_bias_from_data = False  # the VampPrior code starts from a zero output bias
-    c.objective.name = "elbo"
-    c.objective.kl_warmup_epochs = 100.0
+    c.objective = component("objective", "elbo", kl_warmup_epochs=100.0)
     c.optim.optimizer = "adam"
     c.optim.learning_rate = 5e-4
     c.optim.normalize_gradients = "per_tensor"
@@ -106,26 +104,28 @@ def iwae(objective: str, k: int, layers: int):
     """
     c = default.get_config()
     protocols.apply(c, "iwae_mnist")
-    c.model.prior = "standard_normal"
-    c.model.likelihood = "bernoulli"
+    c.model.prior = component("prior", "standard_normal")
+    c.model.likelihood = component("likelihood", "bernoulli")
     c.model.init_output_bias_from_data = True
-    c.inference.posterior = "diagonal_gaussian"
-    for section in (c.model.decoder, c.model.top_decoder, c.inference.encoder, c.inference.top_encoder):
-        section.network, section.activation, section.gated = "mlp", "tanh", False
-    c.model.decoder.hidden = c.inference.encoder.hidden = (200, 200)
+    c.inference.posterior = component("posterior", "diagonal_gaussian")
+    tanh = dict(activation="tanh", gated=False)
+    c.model.decoder = component("network", "mlp", hidden=(200, 200), **tanh)
+    c.inference.encoder = component("network", "mlp", hidden=(200, 200), **tanh)
     if layers == 1:
         c.model.latent_dim = 50
     elif layers == 2:
-        c.model.latent_dim, c.model.top_latent_dim = 100, 50
-        c.inference.hierarchy = "bottom_up"  # q(z1 | x) q(z2 | z1)
-        c.model.decoder_sees_top = False  # p(x | z1)
-        c.model.top_decoder.hidden = c.inference.top_encoder.hidden = (100, 100)
+        c.model.latent_dim = 100
+        c.model.kind = component("model_kind", "two_layer", top_latent_dim=50,
+                                 hierarchy="bottom_up",     # q(z1 | x) q(z2 | z1)
+                                 decoder_sees_top=False,    # p(x | z1)
+                                 top_decoder=component("network", "mlp", hidden=(100, 100), **tanh),
+                                 top_encoder=component("network", "mlp", hidden=(100, 100), **tanh))
     else:
         raise ValueError(f"layers must be 1 or 2, got {layers}")
     if objective == "vae":
-        c.objective.name, c.objective.num_samples = "elbo", int(k)
+        c.objective = component("objective", "elbo", num_samples=int(k))
     elif objective == "iwae":
-        c.objective.name, c.objective.num_samples = "iwae", int(k)
+        c.objective = component("objective", "iwae", num_samples=int(k))
     else:
         raise ValueError(f"objective must be vae or iwae, got {objective!r}")
     c.optim.optimizer = "adam"

@@ -15,7 +15,7 @@ set than on the training set, and an approximation gap of the diagonal family of
 (Cremer et al. 2018 report 2-4 nats each on MNIST/Fashion-MNIST for this architecture).
 """
 
-from vaegen.configs import vae_mlp_fmnist
+from vaegen.config.presets import vae_mlp_fmnist
 
 
 def get_config(arg: str | None = None):
@@ -24,10 +24,10 @@ def get_config(arg: str | None = None):
     c.train.num_epochs = 100
     c.train.progress = False
     c.train.keep_checkpoints = 1  # the study trains in stages and measures the gaps between them
-    c.eval.gaps.families = "diag"
-    c.eval.gaps.num_steps = 500
-    c.eval.gaps.learning_rate = 1e-2
-    c.eval.gaps.log_px_samples = 1000
-    c.eval.gaps.test_examples = 0
-    c.eval.gaps.train_examples = 10000
+    c.gaps.families = "diag"
+    c.gaps.num_steps = 500
+    c.gaps.learning_rate = 1e-2
+    c.gaps.log_px_samples = 1000
+    c.gaps.test_examples = 0
+    c.gaps.train_examples = 10000
     return c

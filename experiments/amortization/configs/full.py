@@ -33,32 +33,32 @@ import pathlib
 EPOCHS = (1, 5, 25, 100)
 
 PRESET = [
-    "eval.gaps.num_steps=500",
-    "eval.gaps.learning_rate=0.01",
-    "eval.gaps.elbo_samples=100",
-    "eval.gaps.log_px_samples=5000",
-    "eval.gaps.test_examples=0",
-    "eval.gaps.train_examples=10000",
-    "eval.gaps.chunk_size=10000",
+    "gaps.num_steps=500",
+    "gaps.learning_rate=0.01",
+    "gaps.elbo_samples=100",
+    "gaps.log_px_samples=5000",
+    "gaps.test_examples=0",
+    "gaps.train_examples=10000",
+    "gaps.chunk_size=10000",
 ]
 
-_SA = ["objective.name=semi_amortized", "objective.svi_optimizer=adam", "objective.svi_learning_rate=0.05"]
+_SA = ["objective=semi_amortized", "objective.optimizer=adam", "objective.learning_rate=0.05"]
 
 VARIANTS = {
-    "base": ("baseline", "enc 200x2, dec 200x2, amortized", ["eval.gaps.families=diag,fullcov,flow"]),
+    "base": ("baseline", "enc 200x2, dec 200x2, amortized", ["gaps.families=diag,fullcov,flow"]),
     "enc_50": ("encoder", "(50,)", ["inference.encoder.hidden=(50,)"]),
     "enc_200": ("encoder", "(200,)", ["inference.encoder.hidden=(200,)"]),
     "enc_500x2": ("encoder", "(500, 500)", ["inference.encoder.hidden=(500, 500)"]),
     "enc_1000x2": ("encoder", "(1000, 1000)", ["inference.encoder.hidden=(1000, 1000)"]),
     "dec_50": ("decoder", "(50,)", ["model.decoder.hidden=(50,)"]),
     "dec_500x2": ("decoder", "(500, 500)", ["model.decoder.hidden=(500, 500)"]),
-    "sa_k1": ("svi_steps", "K=1", _SA + ["objective.svi_steps=1"]),
-    "sa_k5": ("svi_steps", "K=5", _SA + ["objective.svi_steps=5"]),
-    "sa_k10": ("svi_steps", "K=10", _SA + ["objective.svi_steps=10"]),
-    "sa_k20": ("svi_steps", "K=20", _SA + ["objective.svi_steps=20"]),
-    "vae_svi_k20": ("training", "VAE+SVI K=20 (stop)", _SA + ["objective.svi_steps=20", "objective.svi_gradient=stop"]),
-    "svi_k50": ("training", "SVI K=50 (non-amortized)", _SA + ["objective.svi_steps=50", "objective.svi_init=prior",
-                                                              "objective.svi_gradient=stop"]),
+    "sa_k1": ("svi_steps", "K=1", _SA + ["objective.steps=1"]),
+    "sa_k5": ("svi_steps", "K=5", _SA + ["objective.steps=5"]),
+    "sa_k10": ("svi_steps", "K=10", _SA + ["objective.steps=10"]),
+    "sa_k20": ("svi_steps", "K=20", _SA + ["objective.steps=20"]),
+    "vae_svi_k20": ("training", "VAE+SVI K=20 (stop)", _SA + ["objective.steps=20", "objective.gradient=stop"]),
+    "svi_k50": ("training", "SVI K=50 (non-amortized)", _SA + ["objective.steps=50", "objective.init=prior",
+                                                              "objective.gradient=stop"]),
 }
 
 

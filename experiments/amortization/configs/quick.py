@@ -48,16 +48,16 @@ PRESET = [
     "model.decoder.hidden=(200,)",
     "inference.encoder.hidden=(200,)",
     "train.batch_size=100",
-    "eval.gaps.num_steps=200",
-    "eval.gaps.learning_rate=0.01",
-    "eval.gaps.elbo_samples=50",
-    "eval.gaps.log_px_samples=200",
-    "eval.gaps.test_examples=300",
-    "eval.gaps.train_examples=300",
-    "eval.gaps.chunk_size=300",
+    "gaps.num_steps=200",
+    "gaps.learning_rate=0.01",
+    "gaps.elbo_samples=50",
+    "gaps.log_px_samples=200",
+    "gaps.test_examples=300",
+    "gaps.train_examples=300",
+    "gaps.chunk_size=300",
 ]
 
-_SA = ["objective.name=semi_amortized", "objective.svi_optimizer=adam", "objective.svi_learning_rate=0.05"]
+_SA = ["objective=semi_amortized", "objective.optimizer=adam", "objective.learning_rate=0.05"]
 
 # name: (axis, value, overrides)
 VARIANTS = {
@@ -66,11 +66,11 @@ VARIANTS = {
     "enc_200x2": ("encoder", "(200, 200)", ["inference.encoder.hidden=(200, 200)"]),
     "dec_64": ("decoder", "(64,)", ["model.decoder.hidden=(64,)"]),
     "dec_500": ("decoder", "(500,)", ["model.decoder.hidden=(500,)"]),
-    "sa_k2": ("svi_steps", "K=2", _SA + ["objective.svi_steps=2"]),
-    "sa_k5": ("svi_steps", "K=5", _SA + ["objective.svi_steps=5"]),
-    "vae_svi_k5": ("training", "VAE+SVI K=5 (stop)", _SA + ["objective.svi_steps=5", "objective.svi_gradient=stop"]),
-    "svi_k10": ("training", "SVI K=10 (non-amortized)", _SA + ["objective.svi_steps=10", "objective.svi_init=prior",
-                                                              "objective.svi_gradient=stop"]),
+    "sa_k2": ("svi_steps", "K=2", _SA + ["objective.steps=2"]),
+    "sa_k5": ("svi_steps", "K=5", _SA + ["objective.steps=5"]),
+    "vae_svi_k5": ("training", "VAE+SVI K=5 (stop)", _SA + ["objective.steps=5", "objective.gradient=stop"]),
+    "svi_k10": ("training", "SVI K=10 (non-amortized)", _SA + ["objective.steps=10", "objective.init=prior",
+                                                              "objective.gradient=stop"]),
 }
 
 

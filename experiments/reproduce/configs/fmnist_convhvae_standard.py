@@ -1,6 +1,6 @@
 """Fashion-MNIST, ConvHVAE, Gaussian prior: Exemplar VAE paper (Norouzi et al. 2020), density-estimation table,
 test log p(x) = -225.38 ± 0.08 nats (importance sampling, k = 5000), VampPrior protocol
-(``data.protocol=vampprior_fmnist``).  Settings: ``vaegen.reproduce.vampprior``.
+(``data.protocol=vampprior_fmnist``).  Settings: ``vaegen.studies.reproduce.vampprior``.
 
 Command::
 

@@ -1,6 +1,6 @@
 """Fashion-MNIST, HVAE (2 stochastic layers), VampPrior: Exemplar VAE paper (Norouzi et al. 2020), density-estimation table,
 test log p(x) = -226.72 ± 0.08 nats (importance sampling, k = 5000), VampPrior protocol
-(``data.protocol=vampprior_fmnist``).  Settings: ``vaegen.reproduce.vampprior``.
+(``data.protocol=vampprior_fmnist``).  Settings: ``vaegen.studies.reproduce.vampprior``.
 
 Command::
 

@@ -1,6 +1,6 @@
 """MNIST, VAE, k = 5: Burda et al. 2016, Table 1, test NLL = 86.47 nats (importance sampling,
 k = 5000; log p(x) = -86.47), dynamically binarized MNIST (``data.protocol=iwae_mnist``).
-Settings: ``vaegen.reproduce.iwae``.  MNIST needs a TFDS download (not available offline).
+Settings: ``vaegen.studies.reproduce.iwae``.  MNIST needs a TFDS download (not available offline).
 
 Command::
 

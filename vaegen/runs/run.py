@@ -9,13 +9,19 @@
 
 ``x`` is an observation as the model sees it (floats; binary for a Bernoulli likelihood):
 ``run.split("test")`` returns a split in that form, binarized by the run's protocol.
+
+A run whose components include one of the user's own (registered in a module of theirs) records
+that module's file in ``run.json``; :func:`load` imports it from that file, and only from there,
+before it reads the config.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import pathlib
+import sys
 from typing import Any
 
 import distrax
@@ -24,37 +30,51 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vaegen.config import schema
+from vaegen.data import datasets
+from vaegen.data import splits as splits_lib
+from vaegen.errors import CheckpointError, ConfigError
+from vaegen.registry import to_mapping
+from vaegen.model import latent as latent_lib
 from vaegen.train import checkpoint as checkpoint_lib
-from vaegen.config import loading as config_lib
-from vaegen.data import datasets as data_lib
-from vaegen.model import latent as model_lib
-from vaegen.train import trainer as train_lib
+from vaegen.train import trainer as trainer_lib
+from vaegen.train import workdir as workdir_lib
 
 
 @dataclasses.dataclass
 class Run:
-    """A model with its trained parameters, and the config and data description of its run."""
+    """A model with its trained parameters, the typed spec of its run and its data description."""
 
     workdir: pathlib.Path
-    config: ml_collections.ConfigDict
-    model: model_lib.LatentVariableModel
+    spec: schema.RunSpec
+    model: Any
     variables: Any
     event_shape: tuple[int, ...]
     epoch: int
     info: dict
 
     @property
-    def bound(self) -> model_lib.LatentVariableModel:
+    def config(self) -> ml_collections.ConfigDict:
+        """The run's config as a (locked) ConfigDict, for printing; code reads :attr:`spec`."""
+        return schema.to_config(self.spec)
+
+    @property
+    def bound(self) -> Any:
         """The model with its parameters bound: methods can be called directly."""
         return self.model.bind(self.variables)
 
     @property
+    def has_latents(self) -> bool:
+        """False for a model without z (autoregressive)."""
+        return bool(self.spec.model.kind.trait("has_latents", True))
+
+    @property
     def is_autoencoder(self) -> bool:
-        return self.model.is_autoencoder
+        return bool(getattr(self.model, "is_autoencoder", False))
 
     @property
     def has_prior(self) -> bool:
-        return self.model.has_prior
+        return bool(getattr(self.model, "has_prior", False))
 
     def log_joint(self, x: jax.Array, z: jax.Array) -> jax.Array:
         """log p(x, z) = log p(z) + log p(x | z), nats, ``[...]`` for ``z [..., D]``."""
@@ -73,7 +93,7 @@ class Run:
         return self.bound.p_x_given_z(jnp.asarray(z))
 
     def prior(self) -> distrax.Distribution:
-        """p(z) (raises :class:`vaegen.model.NoPriorError` for an autoencoder)."""
+        """p(z) (raises :class:`vaegen.errors.NoPriorError` for an autoencoder)."""
         return self.bound.p_z()
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
@@ -83,17 +103,42 @@ class Run:
     def sample_with_latents(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
         return self.bound.sample_with_latents(key, n)
 
+    def data(self) -> datasets.Splits:
+        """The run's splits as uint8 grey levels (loaded and checked as in training)."""
+        return trainer_lib.load_data(self.spec)
+
     def split(self, name: str = "test", *, max_examples: int = 0) -> np.ndarray:
         """A held-out split as the model sees it: float32 ``[N, *event]``, binarized once under
         the run's evaluation protocol (the same draw as in training and evaluation)."""
-        splits = data_lib.load_splits(self.config.data)
-        x = getattr(splits, name)
-        if max_examples:
-            x = x[:max_examples]
         if name == "train":
             raise ValueError("the training split is binarized afresh for every batch; ask for 'validation' or 'test'")
-        stored = train_lib.stored_split(self.config, x, name)
-        return np.asarray(data_lib.to_float(None, stored, train_lib.split_protocol(self.config, name)))
+        x = getattr(datasets.load_splits(self.spec.data), name)
+        if max_examples:
+            x = x[:max_examples]
+        return splits_lib.model_view(self.spec.data, x, name)
+
+
+def import_user_components(workdir: pathlib.Path, info: dict) -> None:
+    """Imports the module of every user component a run recorded (``run.json``), from the file it
+    was registered from, unless a module of that name is imported already."""
+    for entry in info.get("user_components", []):
+        module, file = entry.get("module", ""), entry.get("file", "")
+        if not module or module in sys.modules:
+            continue
+        path = pathlib.Path(file)
+        what = f"the {entry.get('kind')} {entry.get('name')!r} ({entry.get('config_key')})"
+        if not path.is_file():
+            raise ConfigError(f"run {workdir} uses {what}, defined in module {module!r} at {file}, which does not exist; "
+                              "restore that file (or import the module before loading the run)")
+        spec = importlib.util.spec_from_file_location(module, path)
+        loaded = importlib.util.module_from_spec(spec)
+        sys.modules[module] = loaded
+        try:
+            spec.loader.exec_module(loaded)
+        except Exception as e:
+            del sys.modules[module]
+            raise ConfigError(f"run {workdir} uses {what}, defined in {file}, which failed to import: "
+                              f"{type(e).__name__}: {e}") from None
 
 
 def load(workdir: str | pathlib.Path, *, epoch: int | None = None, best: bool | None = None) -> Run:
@@ -103,21 +148,27 @@ def load(workdir: str | pathlib.Path, *, epoch: int | None = None, best: bool | 
     of its best validation bound in ``<workdir>/best/``; those are loaded by default
     (``best=None``: the best checkpoint if there is one and no ``epoch`` is asked for;
     ``best=True``: it must exist; ``best=False``: the latest end-of-epoch checkpoint).
+    A workdir written by vaegen 0.1 (a flat config) loads through its translation
+    (:mod:`vaegen.train.legacy`).
 
     Raises:
       FileNotFoundError: the workdir holds no vaegen run or no checkpoint.
-      vaegen.checkpoint.CheckpointError: the checkpoint does not match the stored config.
+      vaegen.errors.ConfigError: a component of the run is not registered (a user's module that
+        cannot be imported).
+      vaegen.errors.CheckpointError: the checkpoint does not match the stored config.
     """
     workdir = pathlib.Path(workdir)
-    cfg_path, run_path = workdir / "config.json", workdir / "run.json"
+    cfg_path, run_path = workdir / workdir_lib.CONFIG_FILE, workdir / workdir_lib.RUN_FILE
     if not cfg_path.exists() or not run_path.exists():
         raise FileNotFoundError(f"{workdir} holds no vaegen run (no config.json/run.json); train one with `vaegen train`")
-    config = config_lib.from_json(cfg_path.read_text())
     info = json.loads(run_path.read_text())
+    import_user_components(workdir, info)
+    stored = workdir_lib.read_stored(cfg_path)
+    spec = workdir_lib.parse_stored(schema.RunSpec, cfg_path)
     event_shape = tuple(info["event_shape"])
-    model = model_lib.build_model(config.model, config.inference, event_shape)
-    template = jax.eval_shape(lambda: model_lib.init_params(model, jax.random.key(0), event_shape))
-    best_dir = workdir / train_lib.BEST_DIR
+    model = latent_lib.build_model(spec.model, spec.inference, event_shape)
+    template = jax.eval_shape(lambda: latent_lib.init_params(model, jax.random.key(0), event_shape))
+    best_dir = workdir / trainer_lib.BEST_DIR
     if best and epoch is not None:
         raise ValueError("load: ask for the best checkpoint or for an epoch, not both")
     if best is None:
@@ -125,7 +176,8 @@ def load(workdir: str | pathlib.Path, *, epoch: int | None = None, best: bool | 
     if best and not best_dir.is_dir():
         raise FileNotFoundError(f"{workdir} has no best checkpoint ({best_dir}); it was not trained with "
                                 "early stopping (config.train.early_stopping_patience)")
-    checkpointer = checkpoint_lib.Checkpointer(best_dir if best else workdir / "checkpoints", read_only=True)
+    checkpointer = checkpoint_lib.Checkpointer(best_dir if best else workdir / trainer_lib.CHECKPOINTS_DIR,
+                                               read_only=True)
     try:
         epochs = checkpointer.all_epochs()
         if not epochs:
@@ -135,17 +187,17 @@ def load(workdir: str | pathlib.Path, *, epoch: int | None = None, best: bool | 
         elif epoch not in epochs:
             raise FileNotFoundError(f"{workdir} has no checkpoint of epoch {epoch} (it has {sorted(epochs)})")
         meta = checkpointer.restore_meta(epoch)
-        fingerprint = train_lib.config_fingerprint(config)
-        # The config as it was written: a run trained before config keys were added (which
-        # from_json fills with their defaults) is still the run its checkpoint was written by.
-        as_written = train_lib.config_fingerprint(json.loads(cfg_path.read_text()))
-        if meta.get("config_fingerprint") not in (fingerprint, as_written):
-            raise checkpoint_lib.CheckpointError(
+        # The config as it was written (a run trained before config keys were added, or by 0.1)
+        # is still the run its checkpoint was written by.
+        fingerprints = (workdir_lib.config_fingerprint(to_mapping(spec)),
+                        workdir_lib.config_fingerprint(stored))
+        if meta.get("config_fingerprint") not in fingerprints:
+            raise CheckpointError(
                 f"checkpoint of epoch {epoch} in {workdir} was written under a different config than "
                 f"{cfg_path}; the workdir is inconsistent"
             )
         variables, _ = checkpointer.restore(epoch, template)
     finally:
         checkpointer.close()
-    return Run(workdir=workdir, config=config, model=model, variables=variables,
-               event_shape=event_shape, epoch=epoch, info=info)
+    return Run(workdir=workdir, spec=spec, model=model, variables=variables, event_shape=event_shape, epoch=epoch,
+               info=info)

@@ -9,7 +9,8 @@ Command::
 Runtime: a few seconds on a CPU. Expected: the validation ELBO rises over the epochs.
 """
 
-from vaegen.configs import default
+from vaegen.config.loading import component
+from vaegen.config.presets import default
 
 
 def get_config(arg: str | None = None):
@@ -18,17 +19,17 @@ def get_config(arg: str | None = None):
     c.data.binarization = "dynamic"
     c.data.validation_size = 200
     c.model.latent_dim = 4
-    c.model.decoder.hidden = (32,)
-    c.inference.encoder.hidden = (32,)
+    c.model.decoder = component("network", "mlp", hidden=(32,))
+    c.inference.encoder = component("network", "mlp", hidden=(32,))
     c.train.batch_size = 50
     c.train.num_epochs = 3
     c.train.progress = False
     c.eval.batch_size = 50
     c.eval.num_samples = 20
     if arg == "ae":
-        c.model.prior = "none"
-        c.inference.posterior = "point_mass"
-        c.objective.name = "ae"
+        c.model.prior = component("prior", "none")
+        c.inference.posterior = component("posterior", "point_mass")
+        c.objective = component("objective", "ae")
     elif arg not in (None, "", "vae"):
         raise ValueError(f"tiny takes 'vae' or 'ae', not {arg!r}")
     return c

@@ -12,12 +12,13 @@ nats after 30 epochs: no KL to pay), and no
 log p(x) and no samples: ``vaegen sample`` explains that there is no p(z).
 """
 
-from vaegen.configs import vae_mlp_fmnist
+from vaegen.config.loading import component
+from vaegen.config.presets import vae_mlp_fmnist
 
 
 def get_config(arg: str | None = None):
     c = vae_mlp_fmnist.get_config()
-    c.model.prior = "none"
-    c.inference.posterior = "point_mass"
-    c.objective.name = "ae"
+    c.model.prior = component("prior", "none")
+    c.inference.posterior = component("posterior", "point_mass")
+    c.objective = component("objective", "ae")
     return c

@@ -1,0 +1,116 @@
+"""The optimiser: the ``optim`` section of a config (:class:`OptimSettings`) and the optax
+transformation it describes (:func:`make_optimizer`)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vaegen.errors import ConfigError
+from vaegen.registry import Settings, setting
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSettings(Settings):
+    """The ``optim`` section."""
+
+    optimizer: str = setting("adam", "adam | adamw | sgd", choices=("adam", "adamw", "sgd"))
+    learning_rate: float = setting(1e-3, "the (peak) learning rate", gt=0)
+    b1: float = setting(0.9, "Adam's first-moment decay", ge=0, lt=1)
+    b2: float = setting(0.999, "Adam's second-moment decay", ge=0, lt=1)
+    eps: float = setting(1e-8, "Adam's epsilon (> 0: a finite gradient then gives a finite update)", gt=0)
+    weight_decay: float = setting(0.0, "adamw only", ge=0)
+    momentum: float = setting(0.0, "sgd only", ge=0)
+    schedule: str = setting("constant", "constant | cosine | exponential | stages (piecewise constant: learning_rate "
+                            "* stage_factors[i] for stage_epochs[i] epochs; the IWAE paper's 3^i epochs at 10^(-i/7))",
+                            choices=("constant", "cosine", "exponential", "stages"))
+    stage_epochs: tuple[int, ...] = setting((1, 3, 9, 27, 81, 243, 729, 2187), "stages: epochs of each stage",
+                                            items_gt=0, nonempty=True)
+    stage_factors: tuple[float, ...] = setting((1.0, 0.72, 0.52, 0.37, 0.27, 0.19, 0.14, 0.1),
+                                               "stages: learning-rate factor of each stage", items_gt=0, nonempty=True)
+    warmup_epochs: float = setting(0.0, "linear learning-rate warm-up", ge=0)
+    decay_rate: float = setting(0.1, "exponential: factor per decay_epochs", gt=0)
+    decay_epochs: float = setting(100.0, "exponential: period of decay_rate; cosine: length of the decay", gt=0)
+    final_lr_fraction: float = setting(0.0, "cosine: final lr / initial lr", ge=0)
+    grad_clip_norm: float = setting(0.0, "clip the gradient's global norm (0 = no clipping)", ge=0)
+    normalize_gradients: str = setting("none", "none | per_tensor: each parameter's gradient scaled to unit norm "
+                                       "(the VampPrior code's AdamNormGrad) | global: the whole gradient",
+                                       choices=("none", "per_tensor", "global"))
+
+    def validate(self, key):
+        if len(self.stage_epochs) != len(self.stage_factors):
+            raise ConfigError(f"{key('stage_epochs')} and stage_factors must be non-empty and of equal length, got "
+                              f"{len(self.stage_epochs)} and {len(self.stage_factors)}")
+
+
+def make_optimizer(cfg: OptimSettings, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optax optimiser and learning-rate schedule of the ``optim`` section."""
+    lr = cfg.learning_rate
+    warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
+    decay_steps = max(1, int(round(cfg.decay_epochs * steps_per_epoch)))
+    if cfg.schedule == "constant":
+        schedule = optax.constant_schedule(lr)
+    elif cfg.schedule == "cosine":
+        schedule = optax.cosine_decay_schedule(lr, decay_steps, alpha=cfg.final_lr_fraction)
+    elif cfg.schedule == "exponential":
+        schedule = optax.exponential_decay(lr, transition_steps=decay_steps, decay_rate=cfg.decay_rate)
+    elif cfg.schedule == "stages":
+        schedule = stage_schedule(lr, cfg.stage_epochs, cfg.stage_factors, steps_per_epoch)
+    else:
+        raise ConfigError(f"unknown schedule {cfg.schedule!r}")
+    if warmup > 0:
+        schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
+
+    if cfg.optimizer == "adam":
+        opt = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
+    elif cfg.optimizer == "adamw":
+        opt = optax.adamw(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps,
+                          weight_decay=cfg.weight_decay)
+    elif cfg.optimizer == "sgd":
+        opt = optax.sgd(schedule, momentum=cfg.momentum or None)
+    else:
+        raise ConfigError(f"unknown optimizer {cfg.optimizer!r}")
+    if cfg.normalize_gradients != "none":
+        opt = optax.chain(normalize_gradients(cfg.normalize_gradients), opt)
+    if cfg.grad_clip_norm > 0:
+        opt = optax.chain(optax.clip_by_global_norm(cfg.grad_clip_norm), opt)
+    return opt
+
+
+def stage_schedule(lr: float, stage_epochs, stage_factors, steps_per_epoch: int) -> optax.Schedule:
+    """A piecewise-constant learning rate: ``lr * stage_factors[i]`` for ``stage_epochs[i]`` epochs,
+    the last factor thereafter (the IWAE paper's schedule: 3^i epochs at 1e-3 * 10^(-i/7),
+    i = 0..7, 3,280 epochs in all)."""
+    factors = [float(f) for f in stage_factors]
+    ends = np.cumsum([int(e) * steps_per_epoch for e in stage_epochs])[:-1]
+    values = jnp.asarray([lr * f for f in factors], jnp.float32)
+    bounds = jnp.asarray(ends, jnp.int32)
+
+    def schedule(step):
+        return values[jnp.searchsorted(bounds, step, side="right")]
+
+    return schedule
+
+
+def normalize_gradients(mode: str, eps: float = 1e-7) -> optax.GradientTransformation:
+    """Scales the gradient to unit norm before the optimiser: ``per_tensor`` divides each
+    parameter's gradient by its own norm (+ eps), as the VampPrior code's AdamNormGrad does;
+    ``global`` divides the whole gradient by its global norm."""
+    if mode == "per_tensor":
+        def per_tensor(grads, params):
+            del params
+            return jax.tree_util.tree_map(lambda g: g / (jnp.linalg.norm(g) + eps), grads)
+
+        return optax.stateless(per_tensor)
+    if mode == "global":
+        def global_(grads, params):
+            del params
+            norm = optax.global_norm(grads)
+            return jax.tree_util.tree_map(lambda g: g / (norm + eps), grads)
+
+        return optax.stateless(global_)
+    raise ConfigError(f"unknown optim.normalize_gradients {mode!r}; choose none, per_tensor or global")

@@ -1,0 +1,259 @@
+"""The fused training steps: an epoch (or ``train.steps_per_call`` steps) is one jitted device
+call, a ``lax.scan`` over its steps that gathers each batch from the device-resident uint8
+split, binarizes it on the device, computes the per-example objective (vmapped, one key per
+example) and applies the optax update; and the held-out bound tracked at every validation."""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from vaegen import sharding as sharding_lib
+from vaegen.data.binarization import to_float
+from vaegen.objectives.bounds import batched
+from vaegen.train import faults as faults_lib
+from vaegen.train.rng import purpose_key
+
+
+def _zero() -> jax.Array:
+    return jnp.zeros((), jnp.int32)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """What changes during training: the global step, the variables, the optimizer state and
+    the count of skipped (non-finite) steps.
+
+    ``step`` counts every step taken, skipped ones included (it indexes the data order and the
+    noise); the optimizer's own count (inside ``opt_state``) counts applied updates only.
+    """
+
+    step: jax.Array  # int32 []
+    params: Any  # {"params": {"prior", "likelihood", "posterior"}}
+    opt_state: Any
+    skipped_steps: jax.Array = flax.struct.field(default_factory=_zero)  # int32 [], in all
+    consecutive_skips: jax.Array = flax.struct.field(default_factory=_zero)  # int32 [], current streak
+
+    def checkpoint_items(self) -> dict[str, Any]:
+        """Everything but ``params``, as stored in a checkpoint's ``train_state``."""
+        return {"step": self.step, "opt_state": self.opt_state, "skipped_steps": self.skipped_steps,
+                "consecutive_skips": self.consecutive_skips}
+
+
+# --- the fused steps ---------------------------------------------------------------------------
+
+def make_train_steps(
+    model: Any,
+    objective: Any,
+    optimizer: optax.GradientTransformation,
+    *,
+    batch_size: int,
+    steps_per_epoch: int,
+    num_steps: int,
+    protocol: str,
+    seed: int,
+    mesh: jax.sharding.Mesh,
+    max_consecutive_skips: int = 10,
+    num_examples: int | None = None,
+) -> Callable[[TrainState, jax.Array, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds ``train_steps(state, train_rows, epoch, offset) -> (state, metrics)``: steps
+    ``offset .. offset + num_steps - 1`` of ``epoch`` in one device call (a ``lax.scan``),
+    jitted with the state donated.
+
+    ``train_rows [N_pad, *event]`` is the training split as stored on the device (uint8),
+    sharded by rows (:func:`vaegen.sharding.shard_rows`), of which the first ``num_examples``
+    (default: all) are examples and the rest padding.  The epoch visits
+    ``steps_per_epoch * batch_size`` examples in the order of a permutation drawn from
+    ``(seed, epoch)``; step ``t`` (global) draws its noise from ``(seed, t)``.  Which steps
+    share a call does not change the result.
+
+    A step whose loss or gradient is not finite leaves ``params`` and ``opt_state`` as they
+    were: the optimizer does not run (``vaegen.faults``) and is counted in ``skipped_steps`` and
+    ``consecutive_skips``; once ``consecutive_skips`` reaches ``max_consecutive_skips`` the
+    remaining steps of the call do nothing (the host then stops the run).
+
+    ``metrics`` are per step, ``[num_steps]``: every objective term (mean over the batch, nats),
+    ``grad_norm``, ``param_norm``, ``step`` (global index), ``finite`` (the update was applied)
+    and ``ran`` (False for the steps after a stop).
+    """
+    return jax.jit(_train_steps_fn(model, objective, optimizer, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                                   num_steps=num_steps, protocol=protocol, seed=seed, mesh=mesh,
+                                   max_consecutive_skips=max_consecutive_skips, num_examples=num_examples),
+                   donate_argnums=(0,))
+
+
+def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch, num_steps, protocol, seed, mesh,
+                    max_consecutive_skips, num_examples):
+    """The function :func:`make_train_steps` jits."""
+    shuffle_root = purpose_key(seed, "shuffle")
+    noise_root = purpose_key(seed, "noise")
+    n_examples = steps_per_epoch * batch_size
+
+    def step_fn(state: TrainState, idx: jax.Array, train_rows: jax.Array):
+        # After max_consecutive_skips consecutive skips the call has halted: the remaining steps
+        # apply nothing, count nothing and report NaN metrics with ran = False.  Halting is folded
+        # into the update's predicate and a few scalar selections rather than a cond around the
+        # whole step, which would cost every healthy step a copy of the carried state.
+        halted = state.consecutive_skips >= max_consecutive_skips
+        key = jax.random.fold_in(noise_root, state.step)
+        key_data, key_obj = jax.random.split(key)
+        x = sharding_lib.gather_rows(train_rows, idx, mesh)            # [B, *event] uint8, batch-sharded
+        x = to_float(key_data, x, protocol)                  # [B, *event] float32
+        example_keys = jax.random.split(key_obj, batch_size)          # [B]
+
+        def loss_fn(params):
+            terms = batched(objective, model, params, x, example_keys, state.step)
+            return -jnp.mean(terms["objective"]), terms                # nats per example
+
+        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        grad_norm = optax.global_norm(grads)
+        finite = faults_lib.finite_step(loss, grad_norm)
+
+        def update(params, opt_state):
+            updates, opt_state = optimizer.update(grads, opt_state, params)
+            return optax.apply_updates(params, updates), opt_state
+
+        applied = finite & ~halted
+        params, opt_state = faults_lib.guard_update(applied, update, state.params, state.opt_state)
+        skipped = (~finite & ~halted).astype(jnp.int32)
+        metrics = {k: jnp.mean(v) for k, v in terms.items()}
+        metrics["grad_norm"] = grad_norm
+        metrics["param_norm"] = optax.global_norm(params)
+        metrics = {k: jnp.where(halted, jnp.nan if jnp.issubdtype(v.dtype, jnp.floating) else 0, v)
+                   for k, v in metrics.items()}
+        metrics["step"] = state.step
+        metrics["finite"] = applied
+        metrics["ran"] = ~halted
+        new_state = TrainState(step=state.step + (~halted).astype(state.step.dtype), params=params,
+                               opt_state=opt_state, skipped_steps=state.skipped_steps + skipped,
+                               consecutive_skips=jnp.where(halted, state.consecutive_skips,
+                                                           (state.consecutive_skips + 1) * skipped))
+        return new_state, metrics
+
+    def train_steps(state: TrainState, train_rows: jax.Array, epoch: jax.Array, offset: jax.Array):
+        n = num_examples or train_rows.shape[0]                        # the split's rows, not the padding
+        perm = jax.random.permutation(jax.random.fold_in(shuffle_root, epoch), n)
+        batches = perm[:n_examples].reshape(steps_per_epoch, batch_size)           # [steps, B]
+        batches = jax.lax.dynamic_slice_in_dim(batches, offset, num_steps, axis=0)  # [num_steps, B]
+
+        def body(s, idx):
+            return step_fn(s, idx, train_rows)
+
+        return jax.lax.scan(body, state, batches)
+
+    return train_steps
+
+
+def make_train_epoch(
+    model: Any,
+    objective: Any,
+    optimizer: optax.GradientTransformation,
+    *,
+    batch_size: int,
+    steps_per_epoch: int,
+    protocol: str,
+    seed: int,
+    mesh: jax.sharding.Mesh,
+    max_consecutive_skips: int = 10,
+    num_examples: int | None = None,
+) -> Callable[[TrainState, jax.Array, jax.Array], tuple[TrainState, dict[str, jax.Array]]]:
+    """``train_epoch(state, train_rows, epoch) -> (state, metrics)``: a whole epoch in one
+    device call (jitted, state donated), ``metrics`` averaged on the device over the epoch's
+    applied (finite) steps, with ``skipped_steps`` their count.  See :func:`make_train_steps`
+    (the trainer uses that, to split epochs and log every step)."""
+    steps = _train_steps_fn(model, objective, optimizer, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                            num_steps=steps_per_epoch, protocol=protocol, seed=seed, mesh=mesh,
+                            max_consecutive_skips=max_consecutive_skips, num_examples=num_examples)
+
+    def train_epoch(state, train_rows, epoch):
+        state, m = steps(state, train_rows, epoch, jnp.int32(0))
+        ok = m["finite"] & m["ran"]
+        count = jnp.maximum(jnp.sum(ok), 1).astype(jnp.float32)
+        means = {k: jnp.sum(jnp.where(ok, v, 0.0)) / count for k, v in m.items() if k not in ("step", "finite", "ran")}
+        means["skipped_steps"] = jnp.sum(m["ran"] & ~m["finite"])
+        return state, means
+
+    return jax.jit(train_epoch, donate_argnums=(0,))
+
+
+class EpochLog:
+    """The per-step metrics of an epoch, gathered call by call on the host.
+
+    Means are taken in float64 over the applied (finite) steps only, so they do not depend on
+    how the epoch was split into calls (nor on an interruption in between).
+    """
+
+    def __init__(self, metrics: dict[str, Any] | None = None):
+        self.steps: dict[str, list] = {}
+        if metrics is not None:
+            self.add(metrics)
+
+    def add(self, metrics: dict[str, Any]) -> None:
+        for k, v in jax.device_get(metrics).items():
+            self.steps.setdefault(k, []).extend(np.asarray(v).tolist())
+
+    def __len__(self) -> int:
+        return len(self.steps.get("step", []))
+
+    def _mask(self) -> np.ndarray:
+        return np.asarray(self.steps.get("finite", []), bool) & np.asarray(self.steps.get("ran", []), bool)
+
+    def means(self) -> dict[str, float]:
+        ok = self._mask()
+        out = {}
+        for k, v in self.steps.items():
+            if k in ("step", "finite", "ran"):
+                continue
+            vals = np.asarray(v, np.float64)[ok]
+            out[k] = float(vals.mean()) if vals.size else float("nan")
+        return out
+
+    def skipped_at(self) -> list[int]:
+        """Global indices of the steps skipped as non-finite."""
+        ran = np.asarray(self.steps.get("ran", []), bool)
+        bad = ran & ~np.asarray(self.steps.get("finite", []), bool)
+        return [int(s) for s in np.asarray(self.steps.get("step", []))[bad]]
+
+    def last_finite(self) -> tuple[int, dict[str, float]] | None:
+        """``(step, metrics)`` of the last applied step, or None."""
+        ok = np.flatnonzero(self._mask())
+        if not ok.size:
+            return None
+        i = int(ok[-1])
+        return int(self.steps["step"][i]), {k: float(v[i]) for k, v in self.steps.items()
+                                            if k not in ("step", "finite", "ran")}
+
+    def to_json(self) -> dict[str, list]:
+        """JSON-able (non-finite values as None), for an interrupt checkpoint's meta."""
+        return {k: [faults_lib.finite_or_none(x) if isinstance(x, float) else x for x in v]
+                for k, v in self.steps.items()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, list]) -> "EpochLog":
+        log = cls()
+        log.steps = {k: [float("nan") if x is None else x for x in v] for k, v in data.items()}
+        return log
+
+
+def make_validation(model: Any, objective: Any, *, protocol: str, batch_size: int, mesh: jax.sharding.Mesh
+                    ) -> Callable[[Any, jax.Array, jax.Array], dict[str, jax.Array]]:
+    """Builds ``evaluate(params, rows, key) -> terms``: ``objective``'s per-example terms on the
+    row-sharded held-out split ``rows`` (uint8, from :func:`vaegen.sharding.shard_rows`),
+    through :func:`vaegen.sharding.map_rows`: example ``i`` (its global row) keyed by
+    ``fold_in(key, i)``, binarized by ``protocol`` with the first half of that key.  Results do
+    not depend on ``batch_size`` or the number of devices.  Returns terms ``[N_pad]``,
+    replicated; drop the padding rows."""
+
+    def one(params, x_u8, k):
+        k_data, k_obj = jax.random.split(k)
+        x = to_float(k_data, x_u8, protocol)
+        return objective(model, params, x, k_obj)
+
+    return jax.jit(sharding_lib.map_rows(one, mesh, batch_size=batch_size))
+
+
