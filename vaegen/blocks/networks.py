@@ -3,7 +3,7 @@
 Encoders map an observation ``x`` (event shape, e.g. ``[28, 28, 1]``) to a feature vector;
 decoders map a latent ``z`` (``[D]``) to features.  The probabilistic *heads* that turn features
 into distribution parameters live with the distributions they parameterise
-(:mod:`vaegen.likelihoods`, :mod:`vaegen.posteriors`), so the same trunk serves a VAE's Gaussian
+(:mod:`vaegen.blocks.likelihoods`, :mod:`vaegen.blocks.posteriors`), so the same trunk serves a VAE's Gaussian
 posterior and an AE's point mass.
 
 All modules act on a single example and on any number of leading batch dimensions alike

@@ -1,6 +1,6 @@
 """Amortized inference networks q(z | x).
 
-An inference network is an encoder trunk (:mod:`vaegen.networks`) followed by a head that
+An inference network is an encoder trunk (:mod:`vaegen.blocks.networks`) followed by a head that
 returns a distrax distribution over ``z`` with event shape ``[D]``.  It sits *beside* the
 generative model p(x, z) (:mod:`vaegen.model`), never inside it.
 

@@ -77,7 +77,7 @@ class FullCovarianceFamily:
 @dataclasses.dataclass(frozen=True)
 class FlowFamily:
     """q(z) = T_# N(loc, diag exp(2 log_scale)), T a stack of affine coupling layers conditioned on
-    a context vector (:func:`vaegen.posteriors.flow_distribution`).
+    a context vector (:func:`vaegen.blocks.posteriors.flow_distribution`).
 
     ``init_seed`` fixes the hidden-layer initialisation of a fresh (identity) flow, used when
     starting from the standard point or from a diagonal Gaussian.

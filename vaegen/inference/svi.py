@@ -55,7 +55,7 @@ def log_px_importance_sampled(model: Any, variables: Any, q: distrax.Distributio
                               x: jax.Array, key: jax.Array, num_samples: int, *, sample_batch: int | None = None) -> jax.Array:
     """log p(x) ~= log 1/k sum_i p(x, z_i) / q(z_i),  z_i ~ q: the importance-sampling estimate with
     proposal q (a stochastic lower bound, IWAE_k), in nats
-    (:func:`vaegen.estimators.importance_sampling_one`); samples drawn ``sample_batch`` at a time
+    (:func:`vaegen.estimators.importance.importance_sampling_one`); samples drawn ``sample_batch`` at a time
     with a running log-sum-exp (memory only: sample i comes from ``fold_in(key, i)``, so the
     estimate does not depend on it)."""
 
@@ -200,7 +200,7 @@ class LocalInference:
 class _LocalFit:
     """q* of one example (see :func:`fit_local`), as a hashable callable whose arrays come in as
     arguments: ``_LocalFit(...)((variables, key), (x, i), _)`` takes all its noise from
-    ``fold_in(key, i)``, ``i`` the example's id (the key :func:`vaegen.estimators.map_examples`
+    ``fold_in(key, i)``, ``i`` the example's id (the key :func:`vaegen.sharding.map_examples`
     derives from the example's position in a dispatch is not used)."""
 
     model: Any
@@ -250,7 +250,7 @@ def fit_local(model: Any, variables: Any, xs: jax.Array | np.ndarray, key: jax.A
     """Non-amortized inference: q*_F(z | x) for every example of ``xs``, by per-example SVI.
 
     The examples are sharded over ``devices`` (``shard_map`` over the ``"data"`` mesh, through
-    :func:`vaegen.estimators.map_examples`, as importance sampling and AIS are): each dispatch
+    :func:`vaegen.sharding.map_examples`, as importance sampling and AIS are): each dispatch
     gives every device a chunk of up to ``chunk_size`` examples, ``vmap``-s the optimiser over
     them and ``lax.scan``-s it over the K steps.  Only one group of ``chunk_size x devices``
     examples and its outputs are on the devices at a time, every group has the same shape (the

@@ -91,7 +91,7 @@ class MADE(nn.Module):
     Attributes:
       event_shape: shape of one observation, e.g. ``(28, 28, 1)``; D = its size.
       hidden: widths of the masked hidden layers.
-      activation: name of the nonlinearity (:data:`vaegen.networks.ACTIVATIONS`).
+      activation: name of the nonlinearity (:data:`vaegen.blocks.networks.ACTIVATIONS`).
       ordering: ``natural`` (raster order) or ``random`` (seeded permutation).
       ordering_seed: seed of the order and of the hidden units' degrees.
     """

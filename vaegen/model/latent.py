@@ -39,9 +39,9 @@ class LatentVariableModel(nn.Module):
     """p(x, z) = p(z) p(x | z), with an amortized q(z | x) beside it.
 
     Attributes:
-      prior: module returning p(z) (see :mod:`vaegen.priors`), or ``None`` for an autoencoder.
-      likelihood: module mapping ``z [..., D]`` to p(x | z) (see :mod:`vaegen.likelihoods`).
-      posterior: module mapping ``x [..., *event]`` to q(z | x) (see :mod:`vaegen.posteriors`).
+      prior: module returning p(z) (see :mod:`vaegen.blocks.priors`), or ``None`` for an autoencoder.
+      likelihood: module mapping ``z [..., D]`` to p(x | z) (see :mod:`vaegen.blocks.likelihoods`).
+      posterior: module mapping ``x [..., *event]`` to q(z | x) (see :mod:`vaegen.blocks.posteriors`).
     """
 
     prior: nn.Module | None
@@ -138,7 +138,7 @@ def set_output_bias(variables, model: LatentVariableModel, data_mean) -> Any:
     data mean ``[H, W, C]`` (Bernoulli: logit of the pixel means, as in Burda et al. 2016;
     Gaussian: the means; discretized logistic: every component's mean).  A head on a spatial
     decoder trunk (``spatial_output``) has one bias per channel, set from each channel's mean
-    over the pixels (:func:`vaegen.likelihoods.output_bias`)."""
+    over the pixels (:func:`vaegen.blocks.likelihoods.output_bias`)."""
     custom = getattr(model, "with_output_bias", None)  # models without p(x | z) (autoregressive)
     if custom is not None:
         return custom(variables, data_mean)

@@ -8,12 +8,12 @@ The generative process and its two inference orders::
     bottom_up   q(z1, z2 | x) = q(z1 | x) q(z2 | z1)      (IWAE)
     top_down    q(z1, z2 | x) = q(z2 | x) q(z1 | x, z2)   (VampPrior HVAE)
 
-p(z2) is any prior of :mod:`vaegen.priors` (N(0, I), a mixture, or the VampPrior
+p(z2) is any prior of :mod:`vaegen.blocks.priors` (N(0, I), a mixture, or the VampPrior
 p(z2) = 1/K sum_k q(z2 | u_k), which needs the top-down q(z2 | x)); p(z1 | z2) and the
 conditional factors of q are diagonal Gaussians whose parameters come from networks.
 
 Nothing else in vaegen needs to know that z has two layers: the model is a
-:class:`vaegen.model.LatentVariableModel` whose latent is the concatenation ``[z1, z2]``
+:class:`vaegen.model.latent.LatentVariableModel` whose latent is the concatenation ``[z1, z2]``
 (event ``[D1 + D2]``).  Its prior and posterior are :class:`TwoStage` distributions over that
 vector -- ``log_prob`` is the sum of the two factors' log-densities, ``sample`` is ancestral --
 so the ELBO, IWAE-k, importance sampling, AIS and the trainer apply unchanged.  KL(q || p) has no
@@ -111,7 +111,7 @@ def ConditionalGaussian(trunk: nn.Module, latent_dim: int, min_log_scale: float 
                         max_log_scale: float = 3.0) -> nn.Module:
     """A diagonal Gaussian whose parameters are networks of an input vector, N(mu(h), diag
     sigma(h)^2) with h = trunk(v) and log sigma softly bounded: p(z1 | z2) and, bottom-up,
-    q(z2 | z1).  The same module as the amortized :class:`vaegen.posteriors.DiagonalGaussian`
+    q(z2 | z1).  The same module as the amortized :class:`vaegen.blocks.posteriors.DiagonalGaussian`
     (its ``encoder`` is the trunk): ``__call__(v [..., D_in])`` returns a
     ``distrax.MultivariateNormalDiag`` with event ``[latent_dim]`` and batch ``[...]``."""
     return posteriors_lib.DiagonalGaussian(encoder=trunk, latent_dim=latent_dim, min_log_scale=min_log_scale,
@@ -165,7 +165,7 @@ class TwoLayerPrior(nn.Module):
     """p(z1, z2) = p(z2) p(z1 | z2) over ``z = [z1, z2]``.
 
     Attributes:
-      top: the prior module of z2 (:mod:`vaegen.priors`); a VampPrior gets q(z2 | x) through the
+      top: the prior module of z2 (:mod:`vaegen.blocks.priors`); a VampPrior gets q(z2 | x) through the
         model's top-down posterior.
       conditional: :func:`ConditionalGaussian` for p(z1 | z2).
       dims: ``(D1, D2)``.
@@ -185,7 +185,7 @@ class BottomUpPosterior(nn.Module):
     """q(z1, z2 | x) = q(z1 | x) q(z2 | z1) (the IWAE two-layer recognition model).
 
     Attributes:
-      q_z1_given_x: a :class:`vaegen.posteriors.DiagonalGaussian` on an encoder of x.
+      q_z1_given_x: a :class:`vaegen.blocks.posteriors.DiagonalGaussian` on an encoder of x.
       q_z2_given_z1: a :func:`ConditionalGaussian` on z1.
       dims: ``(D1, D2)``.
     """
@@ -206,7 +206,7 @@ class TopDownPosterior(nn.Module):
     """q(z1, z2 | x) = q(z2 | x) q(z1 | x, z2) (the VampPrior HVAE's recognition model).
 
     Attributes:
-      q_z2_given_x: a :class:`vaegen.posteriors.DiagonalGaussian` on an encoder of x; also what a
+      q_z2_given_x: a :class:`vaegen.blocks.posteriors.DiagonalGaussian` on an encoder of x; also what a
         VampPrior on z2 passes its pseudo-inputs through.
       z1_trunk: :class:`JoinedTrunk` of (x, z2) for q(z1 | x, z2).
       dims: ``(D1, D2)``.

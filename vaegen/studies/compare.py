@@ -25,15 +25,15 @@ Models (variants, each an ordinary vaegen run in ``<workdir>/<name>``):
 
 Rows of the table are (model, how it is sampled): the VAEs from their own p(z); the AE and RAE
 from N(0, I) attached ad hoc and from a 10-component full-covariance Gaussian mixture fitted to
-their training codes (:mod:`vaegen.expost`; the VAE gets one too); the DAE by its chain; MADE
+their training codes (:mod:`vaegen.studies.expost`; the VAE gets one too); the DAE by its chain; MADE
 pixel by pixel; and a ``data`` row (held-out images) that gives each sample metric's floor.
 
 Metrics per row: test log p(x) (importance sampling for latent-variable models -- with q(z|x) as
 proposal where it has a density, and the scale mixture around f(x) of
-:class:`vaegen.expost.CodeProposal` for autoencoders --, exact for MADE, and the reason where it
+:class:`vaegen.studies.expost.CodeProposal` for autoencoders --, exact for MADE, and the reason where it
 does not exist); the ELBO where the model has one; reconstruction log p(x | z = E_q[z|x]); the
 Frechet distance, precision and recall in the feature space of a classifier trained on the same
-data (:mod:`vaegen.metrics`: a dataset-specific metric, not FID); the classifier's confidence and
+data (:mod:`vaegen.studies.metrics`: a dataset-specific metric, not FID); the classifier's confidence and
 the number of classes the samples cover; and the prior mass where no code lies.
 """
 
@@ -108,7 +108,7 @@ def study_config(preset: str = "quick") -> ml_collections.ConfigDict:
     s.eval.nn_k = 3  # k of the k-NN balls (precision, recall, prior mass off the codes)
     s.eval.num_codes = 5000  # training codes (aggregate-posterior draws) for the k-NN balls
     s.eval.num_prior_samples = 2000  # z ~ p(z) tested against the codes
-    s.classifier_epochs = 5  # the feature classifier's recipe (vaegen.metrics.CLASSIFIER_RECIPE)
+    s.classifier_epochs = 5  # the feature classifier's recipe (vaegen.studies.metrics.CLASSIFIER_RECIPE)
     if preset == "full":
         s.epochs = 100
         s.betas = (0.1, 0.5, 2.0, 4.0)

@@ -1,4 +1,4 @@
-"""Figures and the Markdown report of ``vaegen compare`` (:mod:`vaegen.compare`).
+"""Figures and the Markdown report of ``vaegen compare`` (:mod:`vaegen.studies.compare`).
 
 ``write_report(ctx, rows, results, ...)`` writes ``<workdir>/report/``:
 
@@ -495,12 +495,12 @@ def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, 
         f"Test log p(x), ELBO and reconstruction: nats per image (± standard error) on the first {n_test} test images. "
         f"log p(x) is estimated by importance sampling with k = {int(study.eval.k)} — a stochastic lower bound — with "
         "q(z|x) as proposal for the VAEs, and for autoencoders (whose q is a point mass, no proposal) a scale mixture of "
-        "Gaussians centred at the code, N(f(x), (s·σ_codes)²) with s ∈ {0.01, 0.03, 0.1, 0.3, 1} (vaegen.expost.CodeProposal); "
+        "Gaussians centred at the code, N(f(x), (s·σ_codes)²) with s ∈ {0.01, 0.03, 0.1, 0.3, 1} (vaegen.studies.expost.CodeProposal); "
         "MADE's is exact; the DAE's Markov chain has no tractable density. ẑ = E_q[z|x] (f(x) for autoencoders).",
         "",
         f"Sample metrics on {int(study.eval.num_samples)} samples per row against {int(study.eval.num_samples)} test "
         f"images, in the 128-d feature space of a classifier vaegen trains on the same data (test accuracy "
-        f"{ctx.space.info.get('test_accuracy', float('nan')):.3f}; recipe in `vaegen.metrics`). **FD is a dataset-specific "
+        f"{ctx.space.info.get('test_accuracy', float('nan')):.3f}; recipe in `vaegen.studies.metrics`). **FD is a dataset-specific "
         "Fréchet distance, not FID**: comparable only within this table; the data row is its finite-sample floor. "
         f"Precision/recall: k-NN manifolds, k = {int(study.eval.nn_k)} (Kynkäänniemi et al. 2019). Confidence: the "
         "classifier's mean max-probability; classes: exp(entropy) of its predicted labels.",

@@ -182,7 +182,7 @@ class CodeProposal(nn.Module):
     """r(z | x) = 1/J sum_j N(z; f(x), diag((s_j sigma)^2)): an importance-sampling proposal around
     an autoencoder's code (see the module docstring).
 
-    Same ``encoder`` and ``loc`` head as :class:`vaegen.posteriors.PointMass`, so an autoencoder's
+    Same ``encoder`` and ``loc`` head as :class:`vaegen.blocks.posteriors.PointMass`, so an autoencoder's
     parameters drop in; ``code_scale [D]`` (sigma) is a parameter set from the codes.
     """
 

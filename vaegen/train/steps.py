@@ -73,7 +73,7 @@ def make_train_steps(
     share a call does not change the result.
 
     A step whose loss or gradient is not finite leaves ``params`` and ``opt_state`` as they
-    were: the optimizer does not run (``vaegen.faults``) and is counted in ``skipped_steps`` and
+    were: the optimizer does not run (``vaegen.train.faults``) and is counted in ``skipped_steps`` and
     ``consecutive_skips``; once ``consecutive_skips`` reaches ``max_consecutive_skips`` the
     remaining steps of the call do nothing (the host then stops the run).
 
