@@ -357,7 +357,8 @@ class FlowPosterior(nn.Module):
 #
 # Traits: ``point_mass`` (the autoencoder's deterministic encoder: no density, no ELBO);
 # ``batched_density`` (q(z | u) has a density on a batch of inputs, so a VampPrior can be built
-# on it); ``refinable`` (semi-amortized training may refine it per example).  The variational
+# on it); ``refinable`` (semi-amortized training may refine it per example); ``layer_factors``
+# (each layer of a two-layer model can have a factor of this family, with these settings).  The variational
 # family whose per-example form :mod:`vaegen.inference` optimises is each module's ``family``.
 
 
@@ -399,7 +400,7 @@ def _flow_latent_dim(settings, spec) -> None:
 
 
 @POSTERIORS.register("diagonal_gaussian", settings=GaussianSettings, aliases=("diag",),
-                     traits={"batched_density": True, "refinable": True})
+                     traits={"batched_density": True, "refinable": True, "layer_factors": True})
 def diagonal_gaussian_posterior(settings: GaussianSettings, *, encoder: nn.Module, latent_dim: int) -> DiagonalGaussian:
     """q(z | x) = N(z; mu(x), diag sigma(x)^2): the VAE's."""
     return DiagonalGaussian(encoder=encoder, latent_dim=latent_dim, min_log_scale=settings.min_log_scale,

@@ -225,7 +225,7 @@ EXACT_PAIRING = ("an autoregressive model (config.model.kind=autoregressive) is 
 
 
 def _check(settings: MADESettings, spec: Any) -> None:
-    if spec.objective.name != "exact":
+    if not spec.objective.trait("exact_log_likelihood", False):
         raise ConfigError(EXACT_PAIRING)
     if spec.model.likelihood.trait("support") != "binary":
         raise ConfigError("config.model.kind=autoregressive (MADE) models binary data: set "

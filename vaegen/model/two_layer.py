@@ -34,7 +34,7 @@ from vaegen.blocks import networks as networks_lib
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.errors import ConfigError
 from vaegen.model import latent as latent_lib
-from vaegen.registry import MODEL_KINDS, Selected, Settings, setting, slot
+from vaegen.registry import MODEL_KINDS, OBJECTIVES, Selected, Settings, setting, slot
 
 
 class TwoStage(distrax.Distribution):
@@ -267,14 +267,14 @@ class TwoLayerSettings(Settings):
     def validate(self, key):
         if self.min_log_scale >= self.max_log_scale:
             raise ConfigError(f"{key('min_log_scale')} must be below {key('max_log_scale')}")
-        if self.hierarchy == "bottom_up" and self.top_encoder.name == "conv_encoder":
-            raise ConfigError(f"{key('top_encoder')}.name='conv_encoder' reads images, but with "
+        if self.hierarchy == "bottom_up" and self.top_encoder.trait("reads") == "image":
+            raise ConfigError(f"{key('top_encoder')}.name={self.top_encoder.name!r} reads images, but with "
                               f"{key('hierarchy')}=bottom_up q(z2 | z1) reads z1; use an mlp")
 
 
 def _check(settings: TwoLayerSettings, spec: Any) -> None:
     """What two stochastic layers need of the rest of the run."""
-    if spec.inference.posterior.name != "diagonal_gaussian":
+    if not spec.inference.posterior.trait("layer_factors", False):
         raise ConfigError("with two stochastic layers (config.model.kind=two_layer) each factor of q is a diagonal "
                           "Gaussian: set config.inference.posterior=diagonal_gaussian")
     if not spec.model.prior.trait("exists", True):
@@ -282,9 +282,10 @@ def _check(settings: TwoLayerSettings, spec: Any) -> None:
     if spec.model.prior.trait("needs_posterior", False) and settings.hierarchy != "top_down":
         raise ConfigError("a VampPrior on z2 is 1/K sum_k q(z2 | u_k) and needs q(z2 | x): set "
                           "config.model.kind.hierarchy=top_down (bottom_up inference has only q(z2 | z1))")
-    if spec.objective.name not in ("elbo", "iwae"):
+    if not spec.objective.trait("bound_from_log_joint", False):
+        usable = [c.name for c in OBJECTIVES if c.trait("bound_from_log_joint", False)]
         raise ConfigError(f"objective {spec.objective.name!r} is not available with two stochastic layers; "
-                          "use elbo or iwae")
+                          f"use {' or '.join(usable)}")
 
 
 def _branch(trunk: Selected, widths: tuple[int, ...]) -> nn.Module | None:

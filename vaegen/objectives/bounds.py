@@ -251,7 +251,9 @@ def batched(objective: Callable[..., Terms], model: Any, variables: Any, x: jax.
 # --- registered objectives -------------------------------------------------------------------------
 #
 # Build context: ``steps_per_epoch`` (for schedules given in epochs).  Checks use the posterior's
-# and prior's traits: every bound needs a q(z | x) with a density and a prior p(z).
+# and prior's traits: every bound needs a q(z | x) with a density and a prior p(z).  Traits:
+# ``bound_from_log_joint`` (the objective needs only log p(x, z) and q(z | x), so any latent
+# structure serves, two stochastic layers included); ``exact_log_likelihood`` (log p(x) itself).
 
 
 def needs_density_and_prior(settings: Any, spec: Any) -> None:
@@ -278,14 +280,16 @@ class IWAESettings(Settings):
     num_samples: int = setting(5, "k importance samples per example", gt=0)
 
 
-@OBJECTIVES.register("elbo", settings=ELBOSettings, check=needs_density_and_prior)
+@OBJECTIVES.register("elbo", settings=ELBOSettings, check=needs_density_and_prior,
+                     traits={"bound_from_log_joint": True})
 def elbo(settings: ELBOSettings, *, steps_per_epoch: int = 1) -> ELBO:
     """L(x) = E_q[log p(x|z)] - beta KL(q(z|x) || p(z)) (beta = 1: the ELBO; KL warm-up optional)."""
     return ELBO(num_samples=settings.num_samples, analytic_kl=settings.analytic_kl, beta=settings.beta,
                 kl_warmup_steps=int(round(settings.kl_warmup_epochs * steps_per_epoch)))
 
 
-@OBJECTIVES.register("iwae", settings=IWAESettings, check=needs_density_and_prior)
+@OBJECTIVES.register("iwae", settings=IWAESettings, check=needs_density_and_prior,
+                     traits={"bound_from_log_joint": True})
 def iwae(settings: IWAESettings, *, steps_per_epoch: int = 1) -> IWAE:
     """L_k(x) = E log 1/k sum_i p(x, z_i) / q(z_i | x): the importance-weighted bound (Burda et al. 2016)."""
     del steps_per_epoch

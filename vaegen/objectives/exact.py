@@ -38,7 +38,7 @@ def _needs_an_exact_model(settings: Any, spec: Any) -> None:
         raise ConfigError(EXACT_PAIRING)
 
 
-@OBJECTIVES.register("exact", check=_needs_an_exact_model)
+@OBJECTIVES.register("exact", check=_needs_an_exact_model, traits={"exact_log_likelihood": True})
 def exact(settings: NoSettings, *, steps_per_epoch: int = 1) -> ExactLogLikelihood:
     """log p(x) itself, for a model with a tractable p(x) (model.kind=autoregressive)."""
     del settings, steps_per_epoch
