@@ -33,6 +33,7 @@ from vaegen.config.schema import to_spec
 from vaegen.data import datasets
 from vaegen.errors import (NO_PRIOR_MESSAGE, USER_ERRORS, ConfigError, InferenceError, NoPriorError,
                            TrainingInterrupted)
+from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import importance as importance_lib
 from vaegen.estimators.settings import EvalSettings
 from vaegen.inference import families as families_lib
@@ -357,7 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--k", type=_positive_int, default=None, help="importance samples for IWAE_k / log p(x) (default config.eval.num_samples)")
     e.add_argument("--ks", type=_int_list, default=None, help="IWAE k's from the same samples, e.g. 1,5,50 (each <= --k)")
     e.add_argument("--chunk-size", type=_positive_int, default=None, help="importance samples drawn at once per example (memory only)")
-    e.add_argument("--is-proposal", choices=("posterior", "prior"), default=None, help="proposal of IS: q(z|x) or p(z)")
+    e.add_argument("--is-proposal", choices=ais_lib.STARTS, default=None, help="proposal of IS: q(z|x) or p(z)")
     e.add_argument("--elbo-samples", type=_positive_int, default=None, help="z ~ q(z|x) per example for the ELBO's reconstruction term")
     e.add_argument("--ais-steps", type=_positive_int, default=None, help="AIS: number of intermediate distributions")
     e.add_argument("--ais-chains", type=_positive_int, default=None, help="AIS: chains per example")
@@ -365,8 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--step-size", type=float, default=None, help="AIS: initial HMC step size")
     e.add_argument("--target-accept", type=float, default=None, help="AIS: acceptance rate the step size adapts toward")
     e.add_argument("--no-adapt-step-size", action="store_true", help="AIS: keep the step size fixed")
-    e.add_argument("--schedule", choices=("sigmoid", "linear"), default=None, help="AIS: inverse-temperature schedule")
-    e.add_argument("--ais-start", choices=("prior", "posterior"), default=None, help="AIS: start from p(z) or q(z|x)")
+    e.add_argument("--schedule", choices=ais_lib.SCHEDULES, default=None, help="AIS: inverse-temperature schedule")
+    e.add_argument("--ais-start", choices=ais_lib.STARTS, default=None, help="AIS: start from p(z) or q(z|x)")
     e.add_argument("--ais-examples", type=_non_negative_int, default=None, help="AIS on the first n examples only (0 = all)")
     e.add_argument("--bdmc-examples", type=_non_negative_int, default=None, help="BDMC: examples (x, z) simulated from the model")
     e.add_argument("--mi-samples", type=_positive_int, default=None, help="diagnostics: z ~ q(z|x) per example for I_q(x; z)")
