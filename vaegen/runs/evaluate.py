@@ -45,7 +45,6 @@ import numpy as np
 from vaegen import sharding as sharding_lib
 from vaegen.data import binarization
 from vaegen.data import splits as splits_lib
-from vaegen.errors import ConfigError
 from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import diagnostics as diagnostics_lib
 from vaegen.estimators import importance as importance_lib

@@ -16,7 +16,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp

@@ -11,14 +11,14 @@ Non-finite steps
     component below 1.8e19, so the update is bounded too (Adam's by ``|m| / eps``).
     Skips are counted in the train state and logged in ``metrics.jsonl``; after
     ``train.max_consecutive_skips`` consecutive skips the remaining steps of the device call
-    do nothing and the trainer raises :class:`NonFiniteError`, naming the step and the last
+    do nothing and the trainer raises :class:`vaegen.errors.NonFiniteError`, naming the step and the last
     finite metrics.
 
 Stop signals
     An epoch (or ``train.steps_per_call`` steps) is one device call, which cannot be
     interrupted.  :class:`StopSignals` turns SIGINT and SIGTERM into a request that the
     trainer honours when the current call returns: it writes a checkpoint and raises
-    :class:`TrainingInterrupted`; running the same command again resumes exactly.  A second
+    :class:`vaegen.errors.TrainingInterrupted`; running the same command again resumes exactly.  A second
     SIGINT aborts at once without saving (the latest checkpoint is kept).
 """
 
@@ -33,7 +33,6 @@ from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
-from vaegen.errors import NonFiniteError, TrainingInterrupted
 
 
 # --- on the device -----------------------------------------------------------------------------
