@@ -5,11 +5,14 @@ The model is the one of Burda et al. (2016) and of the project's reference speed
 q(z|x), single-sample ELBO with analytic KL, Adam; 60,000 examples per epoch resident on the
 device, dynamically binarized inside the step.
 
-    python scripts/bench_train.py                       # batch 128 and 1024, vaegen's fused epoch
+    python scripts/bench_train.py                       # batch 128 and 1024: vaegen and the compute floor
     python scripts/bench_train.py --baselines torch     # also an eager PyTorch loop of the same model
 
-Measured: ``vaegen``, the trainer's own fused epoch (``vaegen.train.steps.make_train_epoch``, one
-``lax.scan`` per epoch, donated state); ``jax_step_loop``, the same step jitted alone and
+Measured: ``vaegen``, the trainer's own fused epoch (``vaegen.train.steps.make_train_steps`` as
+the trainer compiles it, one ``lax.scan`` per epoch, donated state); ``floor``, the compute floor
+of ``--floor`` (``../shared/bench/cpu_roofline.py``: the same layer shapes, linear, plain SGD,
+fused epoch, i.e. only the matrix products any implementation of this VAE must do), measured in
+the same rounds, and vaegen's rate as a share of it (``percent_of_floor_*``); ``jax_step_loop``, the same step jitted alone and
 dispatched once per batch from Python (what a naive loop does); ``torch_eager``, an eager
 PyTorch training loop of the same model (if torch is installed).  Timings exclude compilation
 and a warm-up epoch; the implementations are timed in interleaved rounds (``--repeats``) and the
@@ -19,8 +22,10 @@ best and median rates reported, so that a machine shared with other work slows a
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
+import pathlib
 import platform
 import time
 from typing import Callable
@@ -30,13 +35,44 @@ import jax.numpy as jnp
 import numpy as np
 
 N = 60_000
+FLOOR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "bench" / "cpu_roofline.py"
 
 
 def _data(n=N):
     return np.random.RandomState(0).randint(0, 256, size=(n, 28, 28, 1)).astype(np.uint8)
 
 
-def bench_vaegen(batch: int) -> tuple[dict, Callable[[int], float]]:
+def bench_floor(batch: int, path: str) -> tuple[dict, Callable[[int], float]]:
+    """The compute floor of ``path`` (cpu_roofline.py): its loss and layer shapes, its fused SGD
+    epoch, timed here in the same rounds as vaegen."""
+    spec = importlib.util.spec_from_file_location("_cpu_roofline", path)
+    roofline = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(roofline)
+    steps = N // batch
+    ws = [jnp.asarray(np.random.default_rng(i).normal(size=s).astype(np.float32) * 0.05)
+          for i, s in enumerate(roofline.shapes)]
+    data = jnp.asarray(np.random.default_rng(9).random((steps * batch, roofline.D), np.float32))
+
+    def epoch(ws, data):
+        def step(ws, i):
+            x = jax.lax.dynamic_slice_in_dim(data, i * batch, batch)
+            g = jax.grad(roofline.loss)(ws, x)
+            return [w - 1e-6 * gw for w, gw in zip(ws, g)], None
+        return jax.lax.scan(step, ws, jnp.arange(steps))[0]
+
+    compiled = jax.jit(epoch).lower(ws, data).compile()
+    jax.block_until_ready(compiled(ws, data))
+
+    def run(epoch_index: int) -> float:
+        del epoch_index
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(ws, data))
+        return time.perf_counter() - t
+
+    return {"examples_per_epoch": steps * batch, "script": os.path.abspath(path)}, run
+
+
+def bench_vaegen(batch: int, overrides: tuple[str, ...] = ()) -> tuple[dict, Callable[[int], float]]:
     """vaegen's fused epoch: ``(info, run)``, ``run(epoch)`` trains one epoch and returns seconds."""
     from vaegen import sharding
     from vaegen.config import loading as config
@@ -45,25 +81,27 @@ def bench_vaegen(batch: int) -> tuple[dict, Callable[[int], float]]:
     from vaegen.train import steps
     from vaegen.train import trainer as train
 
-    spec = to_spec(config.load_config("vae_mlp_fmnist", [f"train.batch_size={batch}"]))
+    spec = to_spec(config.load_config("vae_mlp_fmnist", [f"train.batch_size={batch}", *overrides]))
     setup = train.build_setup(spec, (28, 28, 1), N)
     mesh = sharding.data_mesh()
     rep = sharding.replicated(mesh)
-    data = jax.device_put(_data(), rep)
+    data = sharding.shard_rows(_data(), mesh)
     v = model.init_params(setup.model, jax.random.key(0), (28, 28, 1))
     state = jax.device_put(steps.TrainState(step=jnp.zeros((), jnp.int32), params=v, opt_state=setup.optimizer.init(v)), rep)
-    epoch_fn = steps.make_train_epoch(setup.model, setup.objective, setup.optimizer, batch_size=batch,
-                                      steps_per_epoch=setup.steps_per_epoch, protocol="dynamic", seed=0, mesh=mesh)
+    spe = setup.steps_per_epoch
+    train_steps = steps.make_train_steps(setup.model, setup.objective, setup.optimizer, batch_size=batch,
+                                         steps_per_epoch=spe, num_steps=spe, protocol="dynamic", seed=0, mesh=mesh,
+                                         num_examples=N)
     t = time.perf_counter()
-    compiled = epoch_fn.lower(state, data, jnp.int32(0)).compile()
-    info = {"compile_seconds": time.perf_counter() - t, "examples_per_epoch": setup.steps_per_epoch * batch}
+    compiled = train_steps.compile(state, data, jnp.int32(0), jnp.int32(0))
+    info = {"compile_seconds": time.perf_counter() - t, "examples_per_epoch": spe * batch}
     box = {"state": state}
 
     def run(epoch: int) -> float:
         t = time.perf_counter()
-        box["state"], m = compiled(box["state"], data, jnp.int32(epoch))
+        box["state"], m = compiled(box["state"], data, jnp.int32(epoch), jnp.int32(0))
         jax.block_until_ready(m)
-        info["final_train_elbo"] = float(m["elbo"])
+        info["final_train_elbo"] = float(np.mean(m["elbo"]))
         return time.perf_counter() - t
 
     return info, run
@@ -189,6 +227,9 @@ def main():
     p.add_argument("--batch-sizes", default="128,1024")
     p.add_argument("--repeats", type=int, default=5, help="interleaved timed epochs per implementation (after a warm-up)")
     p.add_argument("--baselines", default="", help="comma-separated: jax_step_loop, torch")
+    p.add_argument("--floor", default=str(FLOOR), help="the compute-floor script (cpu_roofline.py); 'none' to skip")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config override for vaegen's model (e.g. optim.flatten=true), repeatable")
     args = p.parse_args()
     out = {
         "model": "MLP VAE 784-200-200-50 tanh, Bernoulli, analytic-KL ELBO, Adam; 60,000 examples/epoch",
@@ -198,12 +239,18 @@ def main():
     }
     baselines = [b for b in args.baselines.split(",") if b]
     for b in (int(s) for s in args.batch_sizes.split(",")):
-        benches = {"vaegen": lambda b=b: bench_vaegen(b)}
+        benches = {"vaegen": lambda b=b: bench_vaegen(b, tuple(args.set))}
+        if args.floor != "none" and os.path.exists(args.floor):
+            benches["floor"] = lambda b=b: bench_floor(b, args.floor)
         if "jax_step_loop" in baselines:
             benches["jax_step_loop"] = lambda b=b: bench_jax_step_loop(b)
         if "torch" in baselines:
             benches["torch_eager"] = lambda b=b: bench_torch_eager(b)
         r = measure(benches, args.repeats)
+        if "floor" in r:
+            for stat in ("best", "median"):
+                r[f"percent_of_floor_{stat}"] = 100 * (r["vaegen"][f"examples_per_second_{stat}"]
+                                                       / r["floor"][f"examples_per_second_{stat}"])
         if "torch_eager" in r:
             for stat in ("best", "median"):
                 r[f"speedup_vs_torch_eager_{stat}"] = (r["vaegen"][f"examples_per_second_{stat}"]

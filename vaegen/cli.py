@@ -27,6 +27,7 @@ import sys
 import jax
 import numpy as np
 
+from vaegen import compilation as compilation_lib
 from vaegen import sharding as sharding_lib
 from vaegen.config import loading as config_lib
 from vaegen.config.schema import to_spec
@@ -333,6 +334,9 @@ def cmd_compare(args, overrides) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="vaegen", description="Deep latent-variable models in JAX: train, evaluate, sample.")
+    p.add_argument("--compilation-cache", metavar="DIR|off", default=None,
+                   help=f"JAX's persistent compilation cache (default ${compilation_lib.ENV_VAR}, else "
+                        "$XDG_CACHE_HOME/vaegen/jax or ~/.cache/vaegen/jax); off disables it")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     t = sub.add_parser("train", help="train a model (resumes if the workdir has a checkpoint)",
@@ -484,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
     rest, overrides = _split_config_overrides(argv)
     parser = build_parser()
     args = parser.parse_args(rest)  # a usage error: one line and SystemExit(2)
+    compilation_lib.enable(args.compilation_cache)
     if overrides and args.command not in ("train", "config", "demo", "compare"):
         parser.error(f"--config.* overrides only apply to train, config, demo and compare, not {args.command}")
     try:

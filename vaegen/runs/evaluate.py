@@ -42,6 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vaegen import compilation as compilation_lib
 from vaegen import sharding as sharding_lib
 from vaegen.data import binarization
 from vaegen.data import splits as splits_lib
@@ -301,6 +302,7 @@ def evaluate(run: Run, settings: EvalSettings | None = None, *, split: str = "te
     Returns:
       A JSON-able dict: settings, and per metric ``{mean, stderr, bits_per_dim}`` in nats.
     """
+    compilation_lib.enable()  # the persistent compilation cache (vaegen.compilation)
     settings = run.spec.eval if settings is None else settings
     if not isinstance(settings, EvalSettings):
         raise TypeError(f"settings must be an EvalSettings (e.g. dataclasses.replace(run.spec.eval, ...)), "

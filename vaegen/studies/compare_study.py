@@ -17,6 +17,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
+from vaegen import compilation as compilation_lib
 from vaegen.config import loading as config_lib
 from vaegen.config.schema import RunSpec, to_spec
 from vaegen.data import splits as splits_lib
@@ -46,6 +47,7 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
     Returns the results (also written to ``results.json``).
     """
     t_start = time.perf_counter()
+    compilation_lib.enable()  # the persistent compilation cache (vaegen.compilation)
     workdir = pathlib.Path(workdir)
     study = compare.load_study(preset, settings)
     overrides = [o.removeprefix("--").removeprefix("config.") for o in overrides]

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vaegen import compilation as compilation_lib
 from vaegen import sharding as sharding_lib
 from vaegen.data.binarization import to_float
 from vaegen.objectives.bounds import batched
@@ -80,21 +81,58 @@ def make_train_steps(
     ``metrics`` are per step, ``[num_steps]``: every objective term (mean over the batch, nats),
     ``grad_norm``, ``param_norm``, ``step`` (global index), ``finite`` (the update was applied)
     and ``ran`` (False for the steps after a stop).
+
+    The seed's random streams, the epoch and the offset are arguments of the compiled program,
+    not constants: another seed, epoch or stage of the same model and shapes runs the same
+    executable (shared within the process by :func:`vaegen.compilation.compile_shared`, so a
+    study compiles each model once).  :meth:`TrainSteps.compile` compiles ahead of a call.
     """
-    return jax.jit(_train_steps_fn(model, objective, optimizer, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-                                   num_steps=num_steps, protocol=protocol, seed=seed, mesh=mesh,
-                                   max_consecutive_skips=max_consecutive_skips, num_examples=num_examples),
-                   donate_argnums=(0,))
+    fn = _train_steps_fn(model, objective, optimizer, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
+                         num_steps=num_steps, protocol=protocol, mesh=mesh,
+                         max_consecutive_skips=max_consecutive_skips, num_examples=num_examples)
+    return TrainSteps(fn, seed, mesh)
 
 
-def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch, num_steps, protocol, seed, mesh,
+def _random_roots(seed: int) -> jax.Array:
+    """The training streams of ``seed``: the data of keys ``[2]`` (uint32), data order
+    (``shuffle``) and ``noise``."""
+    return jax.random.key_data(jnp.stack([purpose_key(seed, "shuffle"), purpose_key(seed, "noise")]))
+
+
+class TrainSteps:
+    """``train_steps(state, train_rows, epoch, offset) -> (state, metrics)`` of
+    :func:`make_train_steps`: its program takes the seed's random streams as an argument, and
+    equal programs share one executable (:func:`vaegen.compilation.compile_shared`)."""
+
+    def __init__(self, fn: Callable, seed: int, mesh: jax.sharding.Mesh):
+        self._jit = compilation_lib.SharedJit(fn, mesh, donate_argnums=(0,))
+        self._roots = jax.device_put(_random_roots(seed), sharding_lib.replicated(mesh))
+
+    def lower(self, state, train_rows, epoch, offset) -> jax.stages.Lowered:
+        """The program for these arguments (the seed's streams appended as its last argument)."""
+        return self._jit.lower(state, train_rows, epoch, offset, self._roots)
+
+    def compile(self, state, train_rows, epoch, offset) -> Callable:
+        """The compiled call for arguments shaped like these: ``(state, train_rows, epoch, offset)
+        -> (state, metrics)`` (``state`` donated)."""
+        executable, roots = self._jit.compile(state, train_rows, epoch, offset, self._roots), self._roots
+
+        def call(state, train_rows, epoch, offset):
+            return executable(state, train_rows, epoch, offset, roots)
+
+        return call
+
+    def __call__(self, state, train_rows, epoch, offset):
+        return self._jit(state, train_rows, epoch, offset, self._roots)
+
+
+def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch, num_steps, protocol, mesh,
                     max_consecutive_skips, num_examples):
-    """The function :func:`make_train_steps` jits."""
-    shuffle_root = purpose_key(seed, "shuffle")
-    noise_root = purpose_key(seed, "noise")
+    """The function :class:`TrainSteps` jits: ``(state, train_rows, epoch, offset, roots)``,
+    ``roots`` from :func:`_random_roots`."""
     n_examples = steps_per_epoch * batch_size
 
-    def step_fn(state: TrainState, idx: jax.Array, train_rows: jax.Array):
+    def step_fn(state: TrainState, idx: jax.Array, train_rows: jax.Array, noise_root: jax.Array):
         # After max_consecutive_skips consecutive skips the call has halted: the remaining steps
         # apply nothing, count nothing and report NaN metrics with ran = False.  Halting is folded
         # into the update's predicate and a few scalar selections rather than a cond around the
@@ -135,14 +173,15 @@ def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch,
                                                            (state.consecutive_skips + 1) * skipped))
         return new_state, metrics
 
-    def train_steps(state: TrainState, train_rows: jax.Array, epoch: jax.Array, offset: jax.Array):
+    def train_steps(state: TrainState, train_rows: jax.Array, epoch: jax.Array, offset: jax.Array, roots: jax.Array):
+        shuffle_root, noise_root = jax.random.wrap_key_data(roots[0]), jax.random.wrap_key_data(roots[1])
         n = num_examples or train_rows.shape[0]                        # the split's rows, not the padding
         perm = jax.random.permutation(jax.random.fold_in(shuffle_root, epoch), n)
         batches = perm[:n_examples].reshape(steps_per_epoch, batch_size)           # [steps, B]
         batches = jax.lax.dynamic_slice_in_dim(batches, offset, num_steps, axis=0)  # [num_steps, B]
 
         def body(s, idx):
-            return step_fn(s, idx, train_rows)
+            return step_fn(s, idx, train_rows, noise_root)
 
         return jax.lax.scan(body, state, batches)
 
@@ -167,11 +206,12 @@ def make_train_epoch(
     applied (finite) steps, with ``skipped_steps`` their count.  See :func:`make_train_steps`
     (the trainer uses that, to split epochs and log every step)."""
     steps = _train_steps_fn(model, objective, optimizer, batch_size=batch_size, steps_per_epoch=steps_per_epoch,
-                            num_steps=steps_per_epoch, protocol=protocol, seed=seed, mesh=mesh,
+                            num_steps=steps_per_epoch, protocol=protocol, mesh=mesh,
                             max_consecutive_skips=max_consecutive_skips, num_examples=num_examples)
+    roots = _random_roots(seed)
 
     def train_epoch(state, train_rows, epoch):
-        state, m = steps(state, train_rows, epoch, jnp.int32(0))
+        state, m = steps(state, train_rows, epoch, jnp.int32(0), roots)
         ok = m["finite"] & m["ran"]
         count = jnp.maximum(jnp.sum(ok), 1).astype(jnp.float32)
         means = {k: jnp.sum(jnp.where(ok, v, 0.0)) / count for k, v in m.items() if k not in ("step", "finite", "ran")}
@@ -254,6 +294,6 @@ def make_validation(model: Any, objective: Any, *, protocol: str, batch_size: in
         x = to_float(k_data, x_u8, protocol)
         return objective(model, params, x, k_obj)
 
-    return jax.jit(sharding_lib.map_rows(one, mesh, batch_size=batch_size))
+    return compilation_lib.SharedJit(sharding_lib.map_rows(one, mesh, batch_size=batch_size), mesh)
 
 

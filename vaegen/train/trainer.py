@@ -52,6 +52,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from vaegen import compilation as compilation_lib
 from vaegen import sharding as sharding_lib
 from vaegen.data import binarization
 from vaegen.data import checks as checks_lib
@@ -180,6 +181,7 @@ def train_and_evaluate(spec: Any, workdir: str | os.PathLike, *, splits: dataset
       vaegen.errors.NonFiniteError: ``train.max_consecutive_skips`` consecutive non-finite steps.
       vaegen.errors.TrainingInterrupted: SIGINT/SIGTERM; a checkpoint was written.
     """
+    compilation_lib.enable()  # the persistent compilation cache (vaegen.compilation)
     training = _Training(spec, pathlib.Path(workdir), splits, devices)
     training.prepare()
     training.restore()
@@ -314,7 +316,7 @@ class _Training:
                               steps_per_epoch=setup.steps_per_epoch, num_steps=num_steps,
                               protocol=splits_lib.split_protocol(spec.data, "train"), seed=spec.seed, mesh=self.mesh,
                               max_consecutive_skips=spec.train.max_consecutive_skips, num_examples=self.num_train)
-        self.compiled[num_steps] = fn.lower(self.state, self.train_rows, jnp.int32(0), jnp.int32(0)).compile()
+        self.compiled[num_steps] = fn.compile(self.state, self.train_rows, jnp.int32(0), jnp.int32(0))
         return self.compiled[num_steps], time.perf_counter() - t0
 
     def meta(self, epoch: int, **extra) -> dict[str, Any]:
