@@ -147,6 +147,16 @@ CLI_CASES = [
      "config file '{bad_config}' failed to load: ModuleNotFoundError: No module named 'no_such_module_xyz'"),
     ("non-finite", ["train", "--config", "tiny", "--config.optim.learning_rate=1e999"],
      "config.optim.learning_rate=inf must be a finite number"),
+    ("num-epochs", ["train", "--config", "tiny", "--config.train.num_epochs=0"], "config.train.num_epochs=0 must be > 0"),
+    ("duplicate-override", ["train", "--config", "tiny", "--config.train.num_epochs=1", "--config.train.num_epochs=2"],
+     "config key 'train.num_epochs' is overridden twice ('--config.train.num_epochs=1' and "
+     "'--config.train.num_epochs=2'); give each key once"),
+    ("data-dir-file", ["train", "--config", "tiny", "--config.data.name=mnist", "--config.data.data_dir={workdir}/notes.txt"],
+     "data_dir {workdir}/notes.txt is a file, not a directory: point config.data.data_dir (or --data-dir) at a TFDS "
+     "data directory"),
+    ("eval-read-only", ["evaluate", "--workdir", "{locked}"],
+     "cannot write {locked}/eval.json: {locked} is not writable (a read-only workdir?); pass --out PATH to write the "
+     "result elsewhere"),
 ]
 
 # A config file of the user's own whose module of components cannot be imported (`config-import`).
@@ -297,6 +307,8 @@ PYTHON_CASES = [
      "AIS.target_accept=1.5 must be in (0, 1)"),
     ("undefined-log-px", lambda: estimators_lib.model_functions(_model_run("tiny:ae").model, {}),
      errors.UndefinedEstimateError, "log p(x) does not exist for this model: it has no prior p(z)"),
+    ("x-support", lambda: _model_run("tiny").log_joint(np.full((1, 8, 8, 1), 3.0), np.zeros((1, 4))),
+     errors.SupportError, "run.log_joint: argument x has values outside {0, 1}"),
 ]
 
 

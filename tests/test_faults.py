@@ -333,7 +333,7 @@ def test_damaged_or_foreign_checkpoint_is_one_clear_error_and_nothing_is_touched
         for f in (latest / "train_state").rglob("*"):
             if f.is_file() and f.parent.name == "d":
                 f.write_bytes(f.read_bytes()[:10])
-        message = "does not match this model or is corrupt"
+        message = "is corrupt: its files cannot be read back .*; move that checkpoint directory away"
     else:
         meta = latest / "meta" / "metadata"
         meta.write_text(json.dumps(dict(json.loads(meta.read_text()), config_fingerprint="0123456789abcdef")))

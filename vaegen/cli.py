@@ -19,6 +19,8 @@ Errors a user can fix (bad config, missing data, bad workdir, ...) print one lin
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -44,7 +46,9 @@ from vaegen.runs import evaluate as evaluate_lib
 from vaegen.runs import run as run_lib
 from vaegen.studies import compare_study, demo, expost, figures
 from vaegen.studies import gaps as gaps_lib
+from vaegen.train import faults as faults_lib
 from vaegen.train import trainer as trainer_lib
+from vaegen.train import workdir as workdir_lib
 
 EXIT_USAGE = 2
 
@@ -130,13 +134,16 @@ def _eval_settings(args, run: run_lib.Run) -> EvalSettings:
 def cmd_evaluate(args, overrides) -> int:
     if args.per_example and not args.per_example.endswith(".npz"):
         raise ConfigError(f"--per-example writes an .npz file; got {args.per_example!r}")
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "eval.json"
+    workdir_lib.check_writable(out, option="--out")  # before the work, not after it (a read-only workdir)
+    if args.per_example:
+        workdir_lib.check_writable(pathlib.Path(args.per_example), option="--per-example")
     run = run_lib.load(args.workdir)
     per_example = {} if args.per_example else None
     result = evaluate_lib.evaluate(run, _eval_settings(args, run), split=args.split, seed=args.seed,
                                    max_examples=args.max_examples, batch_size=args.batch_size,
                                    progress=not args.no_progress, per_example=per_example)
     print(evaluate_lib.format_table(result))
-    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "eval.json"
     evaluate_lib.write_json(out, result)
     print(f"wrote {out}")
     if args.per_example:
@@ -145,6 +152,8 @@ def cmd_evaluate(args, overrides) -> int:
 
 
 def cmd_gaps(args, overrides) -> int:
+    workdir_lib.check_writable((pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "gaps") / "gaps.md",
+                               option="--out")
     run = run_lib.load(args.workdir, epoch=args.epoch)
     kw = gaps_lib.settings_from_spec(run.spec)
     g = run.spec.gaps
@@ -492,17 +501,41 @@ def main(argv: list[str] | None = None) -> int:
     if overrides and args.command not in ("train", "config", "demo", "compare"):
         parser.error(f"--config.* overrides only apply to train, config, demo and compare, not {args.command}")
     try:
-        return args.func(args, [o.removeprefix("--") for o in overrides])
+        config_lib.check_distinct(overrides)
+        with _workdir_lock(args):
+            return args.func(args, [o.removeprefix("--") for o in overrides])
     except USER_ERRORS as e:
         msg = " ".join(str(e).split()) or type(e).__name__
         print(f"vaegen: error: {msg}", file=sys.stderr)
+        faults_lib.quiet_background_errors()
+        return EXIT_USAGE
+    except OSError as e:  # a write that no writer of vaegen reports itself (a full disk)
+        if not faults_lib.is_disk_full(e):
+            raise
+        print(f"vaegen: error: {faults_lib.disk_full_error(e.filename or 'a file', 'files written before are kept')}",
+              file=sys.stderr)
+        faults_lib.quiet_background_errors()
         return EXIT_USAGE
     except TrainingInterrupted as e:
         print(f"vaegen: {e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
-        print("vaegen: interrupted", file=sys.stderr)
+        print("vaegen: interrupted (nothing more was saved; what was written before is kept, and `vaegen train` "
+              "resumes from its latest checkpoint)", file=sys.stderr)
+        faults_lib.quiet_background_errors()
         return 130
+
+
+def _workdir_lock(args):
+    """The commands other than ``train`` that write into a run (``gaps`` without ``--out``,
+    ``expost``) hold its workdir while they run (:func:`vaegen.train.workdir.lock`); ``train``
+    holds it in the trainer."""
+    writes_into_run = args.command == "expost" or (args.command == "gaps" and not args.out)
+    if writes_into_run and (pathlib.Path(args.workdir) / workdir_lib.CONFIG_FILE).is_file():
+        if args.command == "gaps":  # a read-only workdir: say that --out writes elsewhere
+            workdir_lib.check_writable(pathlib.Path(args.workdir) / "gaps" / "gaps.md", option="--out")
+        return workdir_lib.lock(args.workdir, args.command)
+    return contextlib.nullcontext()
 
 
 if __name__ == "__main__":

@@ -96,6 +96,11 @@ class NonFiniteError(RuntimeError):
     """Training stopped: too many consecutive steps had a non-finite loss or gradient."""
 
 
+class DiskFullError(RuntimeError):
+    """No space left on the device (or over quota) while writing a checkpoint, metrics, an
+    evaluation or a figure; the message names the path, what was kept, and the next step."""
+
+
 class TrainingInterrupted(Exception):
     """Training stopped on SIGINT/SIGTERM after writing a checkpoint.
 
@@ -117,7 +122,8 @@ class TrainingInterrupted(Exception):
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DatasetNotFoundError, SourceFormatError, DataError, SupportError, NoPriorError, NoLatentError,
-    UndefinedObjectiveError, InferenceError, WorkdirError, CheckpointError, NonFiniteError, FileNotFoundError,
+    UndefinedObjectiveError, InferenceError, WorkdirError, CheckpointError, NonFiniteError, DiskFullError,
+    FileNotFoundError,
 )
 """The errors the command line reports on one line with exit status 2 (TrainingInterrupted exits
 with 128 + the signal number)."""

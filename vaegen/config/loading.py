@@ -221,6 +221,19 @@ def _slot_at(config: ml_collections.ConfigDict, path: list[str]) -> str | None:
     return kind
 
 
+def check_distinct(overrides: Iterable[str]) -> None:
+    """:class:`vaegen.errors.ConfigError` if two overrides set the same key (``a.b=1 a.b=2``, or
+    ``model.prior=x model.prior.name=y``): which one was meant cannot be guessed, so neither wins."""
+    seen: dict[str, str] = {}
+    for o in overrides:
+        key = _split(o)[0].strip()
+        canonical = key.removesuffix(".name")
+        if canonical in seen:
+            raise ConfigError(f"config key {key!r} is overridden twice ({seen[canonical]!r} and {o!r}); "
+                              "give each key once")
+        seen[canonical] = o
+
+
 def _split(item: str) -> tuple[str, str]:
     item = item.removeprefix("--").removeprefix("config.")
     if "=" not in item:

@@ -59,7 +59,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from vaegen.errors import DatasetNotFoundError, IDXFormatError, SourceFormatError
+from vaegen.errors import ConfigError, DatasetNotFoundError, IDXFormatError, SourceFormatError
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,17 @@ def default_data_dir() -> str:
 
 
 def _resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> str:
-    return os.path.expanduser(os.fspath(data_dir)) if data_dir else default_data_dir()
+    """The data directory to use; a :class:`vaegen.errors.ConfigError` if it is (or lies under) a
+    file, where nothing could be prepared."""
+    path = os.path.expanduser(os.fspath(data_dir)) if data_dir else default_data_dir()
+    existing = Path(path)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if str(existing) == os.path.normpath(path) else f"lies under the file {existing}"
+        raise ConfigError(f"data_dir {path} {where}, not a directory: point config.data.data_dir (or --data-dir) at "
+                          f"a TFDS data directory, e.g. {default_data_dir()}")
+    return path
 
 
 def how_to_get(name: str, data_dir: str | os.PathLike[str] | None = None) -> str:

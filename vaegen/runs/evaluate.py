@@ -30,6 +30,7 @@ the estimator: results do not depend on batch or chunk sizes or on the number of
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -55,6 +56,7 @@ from vaegen.objectives.autoencoder import Autoencoder
 from vaegen.objectives.bounds import ELBO
 from vaegen.objectives.exact import ExactLogLikelihood
 from vaegen.registry import ESTIMATORS, NoSettings
+from vaegen.train import faults as faults_lib
 from vaegen.train.rng import purpose_key
 
 UNDEFINED_FOR_AE = {
@@ -433,14 +435,34 @@ def write_per_example(path: str | os.PathLike, per_example: dict[str, np.ndarray
     arrays = {k: np.asarray(v, np.float64) for k, v in per_example.items()}
     n = max((v.size for v in arrays.values()), default=0)
     tmp = path.with_name(f".{path.stem}.tmp.npz")
-    np.savez(tmp, example_index=np.arange(n), evaluation=np.array(json.dumps(meta)), **arrays)
-    os.replace(tmp, path)
+    with _replacing(path, tmp):
+        np.savez(tmp, example_index=np.arange(n), evaluation=np.array(json.dumps(meta)), **arrays)
     return path
 
 
 def write_json(path: str | os.PathLike, result: dict[str, Any]) -> pathlib.Path:
+    """Writes an evaluation's result as JSON, atomically (a failed write, e.g. on a full disk,
+    leaves the previous file as it was: :class:`vaegen.errors.DiskFullError`)."""
     path = pathlib.Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    os.replace(tmp, path)
+    with _replacing(path, tmp):
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
     return path
+
+
+@contextlib.contextmanager
+def _replacing(path: pathlib.Path, tmp: pathlib.Path):
+    """The block writes ``tmp``, which then replaces ``path``; on a failure ``tmp`` is removed and
+    ``path`` is left as it was (a full disk: one line, :class:`vaegen.errors.DiskFullError`)."""
+    try:
+        faults_lib.before_write("eval", path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        yield
+        os.replace(tmp, path)
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        if isinstance(e, Exception) and faults_lib.is_disk_full(e):
+            kept = "the previous file is kept" if path.exists() else "nothing was written"
+            raise faults_lib.disk_full_error(str(path), f"{kept} (the results were computed but not saved)") from None
+        raise

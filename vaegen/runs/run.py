@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import pathlib
 import sys
 from typing import Any
@@ -30,6 +29,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vaegen.blocks.likelihoods import check_support
 from vaegen.config import schema
 from vaegen.data import datasets
 from vaegen.data import splits as splits_lib
@@ -76,16 +76,41 @@ class Run:
     def has_prior(self) -> bool:
         return bool(getattr(self.model, "has_prior", False))
 
-    def log_joint(self, x: jax.Array, z: jax.Array) -> jax.Array:
-        """log p(x, z) = log p(z) + log p(x | z), nats, ``[...]`` for ``z [..., D]``."""
+    def check_x(self, x: Any, method: str) -> None:
+        """Raises ValueError (:class:`vaegen.errors.SupportError` for values) naming the argument
+        ``x`` of ``run.<method>`` if it is not a batch of observations of this model: trailing
+        shape ``event_shape``, finite, in the likelihood's support (binary for a Bernoulli).  On the
+        host, once per call; skipped for traced values (inside the caller's ``jit``)."""
+        if isinstance(x, jax.core.Tracer):
+            return
+        a = np.asarray(x)
+        n = len(self.event_shape)
+        if a.ndim < n or tuple(a.shape[a.ndim - n:]) != tuple(self.event_shape):
+            raise ValueError(f"run.{method}: argument x has shape {a.shape}, but observations of this model are "
+                             f"[..., {', '.join(map(str, self.event_shape))}]")
+        if not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
+            raise ValueError(f"run.{method}: argument x must be numeric, got dtype {a.dtype}")
+        check_support(self.spec.model.likelihood.trait("support", "real"), a.astype(np.float64),
+                      what=f"run.{method}: argument x")
+
+    def log_joint(self, x: jax.Array, z: jax.Array, *, check: bool = True) -> jax.Array:
+        """log p(x, z) = log p(z) + log p(x | z), nats, ``[...]`` for ``z [..., D]``.  ``check``:
+        :meth:`check_x` first (``check=False`` skips it, e.g. in a loop of the caller's own)."""
+        if check:
+            self.check_x(x, "log_joint")
         return self.bound.log_joint(jnp.asarray(x), jnp.asarray(z))
 
-    def log_likelihood(self, x: jax.Array, z: jax.Array) -> jax.Array:
-        """log p(x | z), nats, ``[...]`` for ``z [..., D]``."""
+    def log_likelihood(self, x: jax.Array, z: jax.Array, *, check: bool = True) -> jax.Array:
+        """log p(x | z), nats, ``[...]`` for ``z [..., D]`` (``check``: as for :meth:`log_joint`)."""
+        if check:
+            self.check_x(x, "log_likelihood")
         return self.bound.log_likelihood(jnp.asarray(x), jnp.asarray(z))
 
-    def encode(self, x: jax.Array) -> distrax.Distribution:
-        """q(z | x) for ``x [..., *event]`` (a point mass for an autoencoder)."""
+    def encode(self, x: jax.Array, *, check: bool = True) -> distrax.Distribution:
+        """q(z | x) for ``x [..., *event]`` (a point mass for an autoencoder); ``check``: as for
+        :meth:`log_joint`."""
+        if check:
+            self.check_x(x, "encode")
         return self.bound.q_z_given_x(jnp.asarray(x))
 
     def decode(self, z: jax.Array) -> distrax.Distribution:
@@ -96,11 +121,17 @@ class Run:
         """p(z) (raises :class:`vaegen.errors.NoPriorError` for an autoencoder)."""
         return self.bound.p_z()
 
-    def sample(self, key: jax.Array, n: int) -> jax.Array:
-        """Ancestral samples ``[n, *event]`` (raises NoPriorError for an autoencoder)."""
+    def sample(self, key: jax.Array, n: int, *, check: bool = True) -> jax.Array:
+        """Ancestral samples ``[n, *event]`` (raises NoPriorError for an autoencoder); ``n``, an
+        integer >= 1, is checked unless ``check=False``."""
+        if check:
+            _check_n(n, "sample")
         return self.bound.sample(key, n)
 
-    def sample_with_latents(self, key: jax.Array, n: int) -> tuple[jax.Array, jax.Array]:
+    def sample_with_latents(self, key: jax.Array, n: int, *, check: bool = True) -> tuple[jax.Array, jax.Array]:
+        """``(x [n, *event], z [n, D])``, as :meth:`sample`."""
+        if check:
+            _check_n(n, "sample_with_latents")
         return self.bound.sample_with_latents(key, n)
 
     def data(self) -> datasets.Splits:
@@ -116,6 +147,13 @@ class Run:
         if max_examples:
             x = x[:max_examples]
         return splits_lib.model_view(self.spec.data, x, name)
+
+
+def _check_n(n: Any, method: str) -> None:
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+        raise ValueError(f"run.{method}: argument n must be an integer >= 1 (the number of samples), got {n!r}")
+    if n < 1:
+        raise ValueError(f"run.{method}: argument n must be >= 1 (the number of samples), got {n}")
 
 
 def import_user_components(workdir: pathlib.Path, info: dict) -> None:
@@ -161,9 +199,9 @@ def load(workdir: str | pathlib.Path, *, epoch: int | None = None, best: bool | 
     cfg_path, run_path = workdir / workdir_lib.CONFIG_FILE, workdir / workdir_lib.RUN_FILE
     if not cfg_path.exists() or not run_path.exists():
         raise FileNotFoundError(f"{workdir} holds no vaegen run (no config.json/run.json); train one with `vaegen train`")
-    info = json.loads(run_path.read_text())
+    stored = workdir_lib.read_stored(cfg_path)  # one line for a damaged file, as in training
+    info = workdir_lib.read_run_json(run_path)
     import_user_components(workdir, info)
-    stored = workdir_lib.read_stored(cfg_path)
     spec = workdir_lib.parse_stored(schema.RunSpec, cfg_path)
     event_shape = tuple(info["event_shape"])
     model = latent_lib.build_model(spec.model, spec.inference, event_shape)
@@ -193,8 +231,10 @@ def load(workdir: str | pathlib.Path, *, epoch: int | None = None, best: bool | 
                         workdir_lib.config_fingerprint(stored))
         if meta.get("config_fingerprint") not in fingerprints:
             raise CheckpointError(
-                f"checkpoint of epoch {epoch} in {workdir} was written under a different config than "
-                f"{cfg_path}; the workdir is inconsistent"
+                f"checkpoint {checkpointer.path(epoch)} was written under a different config than {cfg_path} "
+                f"(fingerprint {meta.get('config_fingerprint')} != {fingerprints[-1]}): it comes from another run "
+                "(copied from another workdir?); move that checkpoint directory away to fall back to an earlier "
+                "one, or load the workdir it came from"
             )
         variables, _ = checkpointer.restore(epoch, template)
     finally:

@@ -43,6 +43,7 @@ from vaegen.estimators import importance as estimators_lib
 from vaegen.inference import families as families_lib
 from vaegen.inference import svi
 from vaegen.objectives.bounds import elbo_of
+from vaegen.train import workdir as workdir_lib
 from vaegen.train.rng import purpose_key
 
 SPLITS = ("test", "train", "validation")
@@ -286,9 +287,7 @@ def csv_table(rows: Iterable[dict[str, Any]], *, extra_columns: Sequence[str] = 
 
 
 def _write_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    workdir_lib.write_atomic(path, text, kind="table")  # no temporary file is left by a failed write
 
 
 def write_tables(report: GapReport, out_dir: str | os.PathLike, *, per_example: bool = True) -> dict[str, pathlib.Path]:

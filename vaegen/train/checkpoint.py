@@ -7,15 +7,18 @@ until the next end-of-epoch checkpoint supersedes it.
 * **Atomic.**  Orbax writes each checkpoint into ``<name>.orbax-checkpoint-tmp`` and renames
   it when every file is written, so a checkpoint that was being written when the process died
   is never listed, hence never loaded (the next save of the same step replaces the leftover).
-* **Verified.**  ``meta`` records a SHA-256 of the parameters and of the train state; a
-  restored checkpoint whose arrays do not hash to it (a damaged file, a missing chunk read back
-  as zeros) is refused with :class:`CheckpointError`, as is one orbax cannot read.
+* **Verified.**  ``meta`` records a SHA-256 of the parameters and of the train state, and a hash
+  of their structure (paths, shapes, dtypes); a restored checkpoint whose arrays do not hash to
+  it (a damaged file, a missing chunk read back as zeros), or that orbax cannot read although
+  its structure is this model's (a truncated file), is refused as corrupt with
+  :class:`CheckpointError`; one of another structure is refused as another model's.
 * **Self-describing.**  ``meta`` is JSON: epoch, step and the fingerprint of the config that
   produced it; the trainer refuses to resume under a different config.
 * **Safe to read.**  Arrays are tensorstore/zarr and metadata JSON: nothing is unpickled.
 
 Nothing here deletes a checkpoint on an error: a corrupt or foreign checkpoint stays where it
-is for the user to inspect.
+is for the user to inspect.  A save that fails on a full disk removes only its own unfinished
+temporary directory and raises :class:`vaegen.errors.DiskFullError` naming the checkpoint kept.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ import contextlib
 import hashlib
 import logging
 import pathlib
+import shutil
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from vaegen.errors import CheckpointError
+from vaegen.train import faults as faults_lib
 
 
 class Checkpointer:
@@ -65,19 +70,37 @@ class Checkpointer:
     def save(self, epoch: int, params: Any, train_state: Any, meta: dict) -> None:
         """Writes the checkpoint ``epoch`` (blocking, atomic); ``meta`` (JSON-able) is stored
         with the checksums of ``params`` and ``train_state`` added."""
-        meta = dict(meta, checksums={"params": tree_checksum(params), "train_state": tree_checksum(train_state)})
-        self.directory.mkdir(parents=True, exist_ok=True)
-        with _quiet_absl():
-            self._manager.save(
-                epoch,
-                args=ocp.args.Composite(
-                    params=ocp.args.StandardSave(params),
-                    train_state=ocp.args.StandardSave(train_state),
-                    meta=ocp.args.JsonSave(meta),
-                ),
-                force=True,
-            )
-            self._manager.wait_until_finished()
+        meta = dict(meta, checksums={"params": tree_checksum(params), "train_state": tree_checksum(train_state)},
+                    structure={"params": tree_structure(params), "train_state": tree_structure(train_state)})
+        try:
+            faults_lib.before_write("checkpoint", self.path(epoch))
+            self.directory.mkdir(parents=True, exist_ok=True)
+            with _quiet_absl(logging.CRITICAL):  # a failed save is reported once, below, not logged by orbax
+                self._manager.save(
+                    epoch,
+                    args=ocp.args.Composite(
+                        params=ocp.args.StandardSave(params),
+                        train_state=ocp.args.StandardSave(train_state),
+                        meta=ocp.args.JsonSave(meta),
+                    ),
+                    force=True,
+                )
+                self._manager.wait_until_finished()
+        except Exception as e:
+            if not faults_lib.is_disk_full(e):
+                raise
+            self._remove_partial(epoch)
+            kept = [k for k in self.all_epochs() if k != epoch]
+            raise faults_lib.disk_full_error(
+                f"checkpoint {self.path(epoch)}",
+                f"the previous checkpoint {self.path(max(kept))} is kept, complete, and the run resumes from it"
+                if kept else "no earlier checkpoint is in that directory (nothing was lost)") from None
+
+    def _remove_partial(self, epoch: int) -> None:
+        """Removes what a failed save of ``epoch`` left (orbax's temporary directory, never a
+        finished checkpoint), to give the space back."""
+        for leftover in self.directory.glob(f"{epoch}.orbax-checkpoint-tmp*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
     def delete(self, epoch: int) -> None:
         """Removes checkpoint ``epoch`` (used for interrupt checkpoints once superseded)."""
@@ -104,14 +127,27 @@ class Checkpointer:
         items = {"params": ocp.args.StandardRestore(_abstract(abstract_params))}
         if abstract_train_state is not None:
             items["train_state"] = ocp.args.StandardRestore(_abstract(abstract_train_state))
+        structure = meta.get("structure") or {}
+        for name, tree in (("params", abstract_params), ("train_state", abstract_train_state)):
+            if name in items and structure.get(name) not in (None, tree_structure(tree)):
+                raise CheckpointError(
+                    f"checkpoint {self.path(epoch)} holds {name} of other shapes than this model's: it was "
+                    "written by a run of another configuration (copied from another workdir?); move that "
+                    "checkpoint directory away to fall back to an earlier one, or use a new workdir")
         try:
-            with _quiet_absl():
+            with _quiet_absl(logging.CRITICAL):
                 out = self._manager.restore(epoch, args=ocp.args.Composite(**items))
         except Exception as e:
+            if structure:  # the shapes match (checked above): the files are damaged
+                raise CheckpointError(
+                    f"checkpoint {self.path(epoch)} is corrupt: its files cannot be read back "
+                    f"({type(e).__name__}: {_first_line(e)}); move that checkpoint directory away to fall back "
+                    "to an earlier one, or use a new workdir"
+                ) from None
             raise CheckpointError(
                 f"checkpoint {self.path(epoch)} does not match this model or is corrupt "
-                f"({type(e).__name__}: {_first_line(e)}); "
-                "it was written by a different configuration or damaged: use a new workdir"
+                f"({type(e).__name__}: {_first_line(e)}); move that checkpoint directory away to fall back "
+                "to an earlier one, or use a new workdir"
             ) from None
         checksums = meta.get("checksums") or {}
         for name in items:
@@ -146,6 +182,18 @@ def tree_checksum(tree: Any) -> str | None:
     return h.hexdigest()
 
 
+def tree_structure(tree: Any) -> str:
+    """A short hash of a tree's paths, shapes and dtypes (not its values): a checkpoint whose
+    structure differs was written by another model."""
+    h = hashlib.sha256()
+    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+        dtype = getattr(leaf, "dtype", None)
+        if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+            dtype = "key"
+        h.update(f"{jax.tree_util.keystr(path)}:{tuple(getattr(leaf, 'shape', ()))}:{dtype};".encode())
+    return h.hexdigest()[:16]
+
+
 def _first_line(e: BaseException, limit: int = 160) -> str:
     """The gist of an orbax/tensorstore error: its first sentence, without the dumped specs."""
     text = str(e).strip()
@@ -155,11 +203,12 @@ def _first_line(e: BaseException, limit: int = 160) -> str:
 
 
 @contextlib.contextmanager
-def _quiet_absl():
-    """Silences orbax's informational warnings (e.g. on opening a checkpoint read-only)."""
+def _quiet_absl(level_while: int = logging.ERROR):
+    """Silences orbax's informational warnings (e.g. on opening a checkpoint read-only) or, with
+    ``logging.CRITICAL``, its error logs too (for a call whose exception vaegen reports itself)."""
     logger = logging.getLogger("absl")
     level = logger.level
-    logger.setLevel(logging.ERROR)
+    logger.setLevel(level_while)
     try:
         yield
     finally:

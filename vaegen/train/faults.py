@@ -14,6 +14,14 @@ Non-finite steps
     do nothing and the trainer raises :class:`vaegen.errors.NonFiniteError`, naming the step and the last
     finite metrics.
 
+Full disks
+    Every writer in vaegen calls :func:`before_write` first; :func:`disk_full` (or the
+    environment variable :data:`DISK_FULL_ENV`, for a process of its own) makes chosen writes
+    fail with ``ENOSPC`` there, as a full disk would.  Writes go through temporary files and
+    renames (orbax's checkpoints too), so a failed write leaves what was written before intact;
+    :func:`disk_full_error` turns the failure into one line, :class:`vaegen.errors.DiskFullError`,
+    naming the path, what was kept, and the next step (free space, run the same command again).
+
 Stop signals
     An epoch (or ``train.steps_per_call`` steps) is one device call, which cannot be
     interrupted.  :class:`StopSignals` turns SIGINT and SIGTERM into a request that the
@@ -25,7 +33,10 @@ Stop signals
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import math
+import os
 import signal
 import sys
 import threading
@@ -33,6 +44,8 @@ from typing import Any, Callable, Iterator
 
 import jax
 import jax.numpy as jnp
+
+from vaegen.errors import DiskFullError
 
 
 # --- on the device -----------------------------------------------------------------------------
@@ -74,6 +87,79 @@ def format_metrics(metrics: dict[str, float], keys: tuple[str, ...] | None = Non
     items = [(k, v) for k, v in metrics.items() if keys is None or k in keys]
     return ", ".join(f"{k}={v:.6g}" if isinstance(v, float) else f"{k}={v}" for k, v in items)
 
+
+# --- full disks --------------------------------------------------------------------------------
+
+WRITE_KINDS = ("checkpoint", "metrics", "config", "eval", "figure", "table")
+"""What :func:`before_write` is told is being written: checkpoints, ``metrics.jsonl``,
+``config.json``/``run.json``, ``eval.json`` and per-example values, PNG figures, result tables."""
+
+DISK_FULL_ENV = "VAEGEN_FAULT_DISK_FULL"
+"""Fault injection for a process of its own: ``KIND[@N],...`` (kinds of :data:`WRITE_KINDS`)
+makes the N-th write of each KIND in the process (every one without ``@N``) fail with ENOSPC."""
+
+_injected: dict[str, int] = {}
+_writes: dict[str, int] = {}
+
+
+def _injected_at(kind: str) -> int | None:
+    if kind in _injected:
+        return _injected[kind]
+    for item in os.environ.get(DISK_FULL_ENV, "").split(","):
+        name, _, at = item.strip().partition("@")
+        if name == kind:
+            return int(at) if at else 0
+    return None
+
+
+def before_write(kind: str, path: Any) -> None:
+    """Called by vaegen before it writes ``path`` (a write of ``kind``): raises
+    ``OSError(ENOSPC)`` where a full disk is injected (:func:`disk_full`, :data:`DISK_FULL_ENV`);
+    does nothing otherwise."""
+    at = _injected_at(kind)
+    if at is None:
+        return
+    _writes[kind] = _writes.get(kind, 0) + 1
+    if at == 0 or _writes[kind] == at:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+
+
+@contextlib.contextmanager
+def disk_full(kind: str, at: int = 0) -> Iterator[None]:
+    """Within the block, the ``at``-th write of ``kind`` from now (1-based; 0: every one) fails
+    with ENOSPC, as on a full disk."""
+    if kind not in WRITE_KINDS:
+        raise ValueError(f"disk_full: kind must be one of {', '.join(WRITE_KINDS)}, got {kind!r}")
+    _injected[kind], _writes[kind] = at, 0
+    try:
+        yield
+    finally:
+        _injected.pop(kind, None)
+        _writes.pop(kind, None)
+
+
+def is_disk_full(error: BaseException | None) -> bool:
+    """True if ``error`` (or an exception it was raised from) is ENOSPC or EDQUOT, including
+    tensorstore's errors, which carry only the message."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if any(m in str(error) for m in ("No space left on device", "Disk quota exceeded")):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_error(writing: str, kept: str) -> DiskFullError:
+    """``no space left on device writing <writing>; <kept>; free space ... and run the same
+    command again``: one line for a failed write."""
+    return DiskFullError(f"no space left on device writing {writing}; {kept}; free space on that device and run "
+                         "the same command again")
+
+
+# --- stop signals ------------------------------------------------------------------------------
 
 _STOP_SIGNALS = tuple(s for s in (getattr(signal, "SIGINT", None), getattr(signal, "SIGTERM", None)) if s)
 
@@ -123,3 +209,36 @@ def stop_signals(enabled: bool = True, **kwargs) -> Iterator[StopSignals]:
         return
     with stop:
         yield stop
+
+
+# --- after an error has been reported ------------------------------------------------------------
+
+def quiet_background_errors() -> None:
+    """Drops what orbax's and tensorstore's background threads and finalizers would print while
+    the process exits after an error was reported on one line (e.g. ``RuntimeError: Event loop is
+    closed`` from callbacks of a failed read, or a save thread cut short by a second SIGINT).
+    Exceptions raised elsewhere are printed as usual; absl's log (orbax logs its threads' failures
+    there) is silenced for the rest of the process."""
+    unraisable, thread_hook = sys.unraisablehook, threading.excepthook
+
+    def background(tb) -> bool:
+        while tb is not None:
+            name = tb.tb_frame.f_globals.get("__name__", "")
+            if name.startswith(("orbax", "tensorstore", "asyncio", "concurrent.futures")):
+                return True
+            tb = tb.tb_next
+        return False
+
+    def on_unraisable(u):
+        if isinstance(u.exc_value, (RuntimeError, KeyboardInterrupt, OSError, ValueError)) and (
+                background(u.exc_traceback) or "Event loop is closed" in str(u.exc_value)):
+            return
+        unraisable(u)
+
+    def on_thread(a):
+        if a.exc_type is not SystemExit and background(a.exc_traceback):
+            return
+        thread_hook(a)
+
+    sys.unraisablehook, threading.excepthook = on_unraisable, on_thread
+    logging.getLogger("absl").setLevel(logging.CRITICAL + 1)  # orbax's threads log their failures through absl

@@ -81,7 +81,7 @@ class TrainSettings(Settings):
     """The ``train`` section."""
 
     batch_size: int = setting(128, "global batch, split over all devices", gt=0)
-    num_epochs: int = setting(10, "one epoch = one fused device call (lax.scan over its steps)", ge=0)
+    num_epochs: int = setting(10, "one epoch = one fused device call (lax.scan over its steps)", gt=0)
     eval_every_epochs: int = setting(1, "validation bound every n epochs (0 = never)", ge=0)
     checkpoint_every_epochs: int = setting(1, "an end-of-epoch checkpoint every n epochs (and the last)", gt=0)
     early_stopping_patience: int = setting(0, "stop after this many validations without improvement (0 = never); "
@@ -183,10 +183,18 @@ def train_and_evaluate(spec: Any, workdir: str | os.PathLike, *, splits: dataset
     """
     compilation_lib.enable()  # the persistent compilation cache (vaegen.compilation)
     training = _Training(spec, pathlib.Path(workdir), splits, devices)
-    training.prepare()
-    training.restore()
-    training.write_run_files()
-    return training.run()
+    # One process writes into a run at a time (vaegen.train.workdir.lock; on several hosts, the first
+    # process holds it for all).
+    with (workdir_lib.lock(training.workdir, "train") if sharding_lib.is_primary() else contextlib.nullcontext()):
+        training.prepare()
+        training.restore()
+        try:
+            training.write_run_files()
+            return training.run()
+        except OSError as e:
+            if not faults_lib.is_disk_full(e):
+                raise
+            raise training.disk_full(e) from None
 
 
 class _Training:
@@ -440,7 +448,9 @@ def _restore(state: TrainState, fingerprint: str, checkpointer: checkpoint_lib.C
     if meta.get("config_fingerprint") != fingerprint:
         raise CheckpointError(
             f"checkpoint {manager.path(key)} was written under a different config "
-            f"(fingerprint {meta.get('config_fingerprint')} != {fingerprint}); use a new --workdir"
+            f"(fingerprint {meta.get('config_fingerprint')} != {fingerprint}): it comes from another run (copied "
+            "from another workdir?); move that checkpoint directory away to fall back to an earlier one, or use a "
+            "new --workdir"
         )
     items = state.checkpoint_items()
     if "checksums" not in meta:  # written by vaegen 0.1.0, before the skip counters were stored

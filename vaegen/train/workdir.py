@@ -2,7 +2,8 @@
 
 ``config.json`` (the run's config, in the shape of the typed run spec), ``run.json`` (dataset,
 shapes, versions, devices, and the modules of any user-registered component), ``metrics.jsonl``
-(one line per epoch), ``checkpoints/``, ``interrupted/``, ``best/``.
+(one line per epoch), ``checkpoints/``, ``interrupted/``, ``best/``, and ``.vaegen.lock`` while a
+process writes into the run (:func:`lock`).
 
 Every check runs before anything is written: :func:`check` decides whether a workdir can hold a
 run (a new one, or the same run resumed) without writing; nothing here deletes what a workdir
@@ -12,12 +13,18 @@ holds.  A ``config.json`` written by vaegen 0.1 (a flat config) is read through
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import pathlib
 import platform
-from typing import Any, Iterable, Mapping
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Iterable, Iterator, Mapping
 
 import distrax
 import flax
@@ -28,6 +35,7 @@ import orbax.checkpoint
 
 from vaegen.errors import ConfigError, WorkdirError
 from vaegen.registry import parse, selected_components, to_mapping
+from vaegen.train import faults as faults_lib
 from vaegen.train import legacy
 
 CONFIG_FILE = "config.json"
@@ -89,6 +97,8 @@ def read_stored(path: pathlib.Path) -> dict[str, Any]:
     :class:`vaegen.errors.WorkdirError` naming it."""
     try:
         stored = json.loads(path.read_text())
+    except IsADirectoryError:
+        raise WorkdirError(f"{path} is not a vaegen config (a directory); restore it, or use a new workdir") from None
     except UnicodeDecodeError as e:
         raise WorkdirError(f"{path} is not a vaegen config (not text: {e.reason}); restore it, or use a new "
                            "workdir") from None
@@ -117,9 +127,9 @@ def parse_stored(spec_type: type, path: pathlib.Path) -> Any:
 
 # --- the checks, before anything is written -----------------------------------------------------------
 
-def check(workdir: pathlib.Path, spec: Any) -> bool:
-    """Returns True if the workdir holds this run already (resume); raises
-    :class:`vaegen.errors.WorkdirError` if it cannot be used.  Writes nothing."""
+def check_location(workdir: pathlib.Path) -> None:
+    """:class:`vaegen.errors.WorkdirError` if ``workdir`` is a file, lies under a file, or cannot be
+    written (or created).  Writes nothing."""
     if workdir.exists() and not workdir.is_dir():
         raise WorkdirError(f"workdir {workdir} is a file, not a directory; choose another --workdir")
     existing = workdir
@@ -130,6 +140,37 @@ def check(workdir: pathlib.Path, spec: Any) -> bool:
     if not os.access(existing, os.W_OK | os.X_OK):
         where = "" if existing == workdir else f" ({existing} is not writable)"
         raise WorkdirError(f"workdir {workdir} is not writable{where}; choose another --workdir")
+
+
+def check_writable(path: pathlib.Path, *, option: str = "--out") -> None:
+    """:class:`vaegen.errors.WorkdirError` if the file ``path`` cannot be written (its directory is
+    missing, read-only, or refuses a probe file), before any work is done.  A probe file is
+    created with ``O_EXCL`` and removed at once, so nothing is left behind."""
+    path = pathlib.Path(path)
+    directory = path.parent
+    while not directory.exists() and directory != directory.parent:  # created by the writer
+        directory = directory.parent
+    if not directory.is_dir():
+        raise WorkdirError(f"cannot write {path}: {directory} is not a directory; pass {option} PATH to write elsewhere")
+    problem = None
+    if not os.access(directory, os.W_OK | os.X_OK):
+        problem = "not writable"
+    else:
+        probe = directory / f".vaegen-probe-{os.getpid()}-{threading.get_ident()}"
+        try:
+            os.close(os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+            probe.unlink()
+        except OSError as e:
+            problem = e.strerror.lower() if e.strerror else type(e).__name__
+    if problem is not None:
+        raise WorkdirError(f"cannot write {path}: {directory} is {problem} (a read-only workdir?); "
+                           f"pass {option} PATH to write the result elsewhere")
+
+
+def check(workdir: pathlib.Path, spec: Any) -> bool:
+    """Returns True if the workdir holds this run already (resume); raises
+    :class:`vaegen.errors.WorkdirError` if it cannot be used.  Writes nothing."""
+    check_location(workdir)
     if not workdir.exists():
         return False
     stored = workdir / CONFIG_FILE
@@ -145,12 +186,269 @@ def check(workdir: pathlib.Path, spec: Any) -> bool:
                 "use a new --workdir, or resume with the same config"
             )
         return True
-    if any(workdir.iterdir()):
+    if any(p.name not in (LOCK_FILE, _TAKEOVER_FILE) for p in workdir.iterdir()):
         raise WorkdirError(
             f"workdir {workdir} is not empty and holds no vaegen run (no config.json); "
             "choose an empty or new --workdir so nothing in it is overwritten"
         )
     return False
+
+
+# --- the lock: one process writes into a run at a time -----------------------------------------------
+
+LOCK_FILE = ".vaegen.lock"
+_TAKEOVER_FILE = ".vaegen.lock.takeover"
+_TAKEOVER_STALE_SECONDS = 60.0  # a takeover guard older than this was left by a killed process
+_EMPTY_LOCK_STALE_SECONDS = 10.0  # a lock file with no record yet older than this, likewise
+_held: dict[str, int] = {}  # workdirs this process holds, with their nesting depth (re-entrant)
+_held_guard = threading.Lock()
+_ACTIVITIES = {"train": "training", "gaps": "writing inference gaps", "expost": "writing an ex-post prior"}
+
+
+def _read_id(path: str) -> str | None:
+    try:
+        return pathlib.Path(path).read_text().strip() or None
+    except OSError:
+        return None
+
+
+def _this_host() -> dict[str, Any]:
+    """``host`` (the name), ``machine_id`` (stable across reboots, where systemd keeps one) and
+    ``boot_id`` (new at every boot): two machines of the same name are told apart by the first,
+    a holder from before a reboot by the second."""
+    return {"host": socket.gethostname(), "machine_id": _read_id("/etc/machine-id"),
+            "boot_id": _read_id("/proc/sys/kernel/random/boot_id")}
+
+
+def _same_host(record: dict[str, Any], here: dict[str, Any]) -> bool:
+    if record.get("host") != here["host"]:
+        return False
+    theirs, ours = record.get("machine_id"), here["machine_id"]
+    return theirs == ours or theirs is None or ours is None
+
+
+def _process_start(pid: int) -> str | None:
+    """The start time of process ``pid`` in clock ticks since boot (Linux ``/proc``), which tells a
+    live process from a later one that reuses its pid; ``None`` where unknown."""
+    fields = _proc_stat(pid)
+    return fields[19] if fields is not None and len(fields) > 19 else None
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (state first), or None."""
+    try:
+        return pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+
+
+def read_lock(workdir: pathlib.Path) -> dict[str, Any] | None:
+    """The record of the process holding ``workdir`` (``{"pid", "host", "machine_id", "boot_id",
+    "started", "command", "proc_start"}``), ``{}`` for a lock file without a readable record,
+    ``None`` if unlocked."""
+    try:
+        text = (pathlib.Path(workdir) / LOCK_FILE).read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return {}
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
+def _holder_is_gone(path: pathlib.Path, record: dict[str, Any]) -> bool:
+    """True if the process that wrote the lock ``record`` is known to be dead: it ran on this
+    host and its pid is gone (or belongs to a later process).  A holder on another host is never
+    judged gone (there is no way to tell)."""
+    if not record:  # killed between creating the file and writing its record, or being written now
+        try:
+            return time.time() - path.stat().st_mtime > _EMPTY_LOCK_STALE_SECONDS
+        except OSError:
+            return False
+    here = _this_host()
+    if not _same_host(record, here) or not isinstance(record.get("pid"), int):
+        return False
+    if record.get("boot_id") and here["boot_id"] and record["boot_id"] != here["boot_id"]:
+        return True  # written before this host last booted
+    pid = record["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        pass
+    stat = _proc_stat(pid)
+    if stat is not None and stat[0] in ("Z", "X"):  # a zombie: dead, not yet reaped by its parent
+        return True
+    start, now = record.get("proc_start"), _process_start(pid)
+    return start is not None and now is not None and now != start
+
+
+def _busy(workdir: pathlib.Path, record: dict[str, Any]) -> WorkdirError:
+    if not record:
+        return WorkdirError(f"another vaegen process is starting in {workdir} (its lock {workdir / LOCK_FILE} has no "
+                            "record yet); wait for it or use another workdir")
+    activity = _ACTIVITIES.get(record.get("command"), f"running `vaegen {record.get('command')}`")
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(record.get("started", 0)))
+    remote = "" if _same_host(record, _this_host()) else (
+        f" (it runs on another host, so vaegen cannot tell whether it is still alive: if it is not, remove "
+        f"{workdir / LOCK_FILE})")
+    return WorkdirError(f"another vaegen process (pid {record.get('pid')}, host {record.get('host')}) is {activity} "
+                        f"in {workdir} since {since}; wait for it or use another workdir{remote}")
+
+
+def _take_over(path: pathlib.Path, stale: dict[str, Any]) -> bool:
+    """Removes the stale lock ``stale`` at ``path`` if it is still the one there; one process at
+    a time (a guard file created with ``O_EXCL``).  True if this call removed it."""
+    guard = path.with_name(_TAKEOVER_FILE)
+    try:
+        os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+    except FileExistsError:
+        with contextlib.suppress(OSError):
+            if time.time() - guard.stat().st_mtime > _TAKEOVER_STALE_SECONDS:
+                guard.unlink()
+        time.sleep(0.05)
+        return False
+    try:
+        if read_lock(path.parent) == stale:
+            path.unlink()
+            return True
+        return False
+    finally:
+        with contextlib.suppress(OSError):
+            guard.unlink()
+
+
+def _acquire(workdir: pathlib.Path, command: str) -> dict[str, Any]:
+    path = workdir / LOCK_FILE
+    record = {"pid": os.getpid(), **_this_host(), "started": time.time(), "command": command,
+              "proc_start": _process_start(os.getpid())}
+    for _ in range(20):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = read_lock(workdir)
+            if holder is None:  # released in the meantime
+                continue
+            if not _holder_is_gone(path, holder):
+                raise _busy(workdir, holder) from None
+            if _take_over(path, holder) and holder:
+                print(f"vaegen: took over the lock of {workdir} from pid {holder.get('pid')} (host "
+                      f"{holder.get('host')}, `vaegen {holder.get('command')}`), which is no longer running",
+                      file=sys.stderr, flush=True)
+            continue  # try to create it again
+        except OSError as e:
+            raise WorkdirError(f"cannot lock workdir {workdir} (creating {path}: {e.strerror}); "
+                               "choose another --workdir") from None
+        else:
+            try:
+                os.write(fd, (json.dumps(record) + "\n").encode())
+            except OSError:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    path.unlink()
+                raise
+            os.close(fd)
+            return record
+    raise _busy(workdir, read_lock(workdir) or {})
+
+
+def _release(workdir: pathlib.Path, record: dict[str, Any]) -> None:
+    """Removes the lock if it is still this process's (never another's)."""
+    if read_lock(workdir) == record:
+        with contextlib.suppress(FileNotFoundError):
+            (workdir / LOCK_FILE).unlink()
+
+
+@contextlib.contextmanager
+def lock(workdir: str | os.PathLike, command: str = "train") -> Iterator[None]:
+    """Holds ``workdir`` for this process while the block runs: the ``vaegen`` commands that write
+    into a run (``train``, ``gaps``, ``expost``) refuse to start in a workdir another process
+    holds, with one line naming it.
+
+    The lock is a file, ``<workdir>/.vaegen.lock``, created with ``O_CREAT | O_EXCL`` and holding
+    ``{"pid", "host", "machine_id", "boot_id", "started", "command", "proc_start"}``; it is
+    removed when the block exits, whichever way (an exception, SIGINT, SIGTERM -- through the
+    trainer in its epochs, as ``SystemExit(143)`` elsewhere --, ``sys.exit``).  A process killed with SIGKILL leaves it behind: the next process on
+    the **same host** (name and machine id) sees that the pid is gone, a zombie, or reused by a
+    later process, or that the host has rebooted since, and takes it over, saying so on stderr.  A lock written
+    on another host is never taken over (remove the file once that process is gone).  Exclusive
+    creation is atomic on local filesystems and on NFSv3+ (``O_EXCL`` is part of the protocol);
+    filesystems without it (some FUSE or object-store mounts) give no guarantee.
+
+    Re-entrant within a process.  The location is checked first (a file, or not writable:
+    :class:`vaegen.errors.WorkdirError`, nothing written); a workdir this call creates and that is
+    still empty when it exits is removed again.
+    """
+    workdir = pathlib.Path(workdir)
+    key = os.path.realpath(os.path.abspath(workdir))
+    with _held_guard:
+        nested = key in _held
+        if nested:
+            _held[key] += 1
+    if nested:
+        try:
+            yield
+        finally:
+            with _held_guard:
+                _held[key] -= 1
+        return
+    check_location(workdir)
+    missing = []
+    parent = workdir
+    while not parent.exists() and parent != parent.parent:
+        missing.append(parent)
+        parent = parent.parent
+    create(workdir)
+    try:
+        record = _acquire(workdir, command)
+    except BaseException:
+        _remove_empty(missing)
+        raise
+    with _held_guard:
+        _held[key] = 1
+    try:
+        with _sigterm_exits():
+            yield
+    finally:
+        with _held_guard:
+            del _held[key]
+        _release(workdir, record)
+        _remove_empty(missing)
+
+
+@contextlib.contextmanager
+def _sigterm_exits() -> Iterator[None]:
+    """While a lock is held, SIGTERM (whose default is to die at once, skipping every ``finally``)
+    raises ``SystemExit(143)``, so the lock is released; the trainer's own handling of SIGTERM
+    (save, then stop) takes precedence during its epochs.  Main thread and default handler only."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
+        yield
+        return
+
+    def exit_now(signum, frame):
+        print(f"vaegen: stopped by {signal.Signals(signum).name}; what was written before is kept", file=sys.stderr,
+              flush=True)
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, exit_now)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _remove_empty(directories: list[pathlib.Path]) -> None:
+    """Removes the directories this process created, deepest first, while they are empty."""
+    for d in directories:
+        try:
+            d.rmdir()
+        except OSError:
+            return
 
 
 def create(workdir: pathlib.Path) -> None:
@@ -171,14 +469,26 @@ def data_fingerprint(splits: Any) -> str:
     return h.hexdigest()[:16]
 
 
+def read_run_json(path: pathlib.Path) -> dict[str, Any]:
+    """A stored ``run.json`` (a JSON mapping); a file that is not one is a
+    :class:`vaegen.errors.WorkdirError` naming it, as for ``config.json`` (:func:`read_stored`)."""
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        reason = f"invalid JSON: {e}" if isinstance(e, ValueError) and not isinstance(e, UnicodeDecodeError) else (
+            getattr(e, "strerror", None) or getattr(e, "reason", None) or type(e).__name__)
+        raise WorkdirError(f"{path} is not a vaegen run description ({reason}); restore it, or use a new workdir") from None
+    if not isinstance(info, dict):
+        raise WorkdirError(f"{path} is not a vaegen run description (a JSON {type(info).__name__}, not a mapping); "
+                           "restore it, or use a new workdir")
+    return info
+
+
 def check_run_json(workdir: pathlib.Path, fingerprint: str) -> None:
     path = workdir / RUN_FILE
     if not path.exists():
         return
-    try:
-        previous = json.loads(path.read_text()).get("data_fingerprint")
-    except (ValueError, AttributeError):
-        raise WorkdirError(f"{path} is not a vaegen run description; use a new --workdir") from None
+    previous = read_run_json(path).get("data_fingerprint")
     if previous is not None and previous != fingerprint:
         raise WorkdirError(
             f"workdir {workdir} belongs to a run trained on other data (data fingerprint {previous} != "
@@ -188,10 +498,19 @@ def check_run_json(workdir: pathlib.Path, fingerprint: str) -> None:
 
 # --- writing -------------------------------------------------------------------------------------------
 
-def write_atomic(path: pathlib.Path, text: str) -> None:
+def write_atomic(path: pathlib.Path, text: str, *, kind: str = "config") -> None:
+    """Writes ``path`` through a temporary file and a rename: a failed write (a full disk) leaves
+    the previous file as it was and no temporary file behind.  ``kind`` names the write for
+    :func:`vaegen.train.faults.before_write` (fault injection)."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    try:
+        faults_lib.before_write(kind, path)
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def versions() -> dict[str, str]:
@@ -215,6 +534,9 @@ def user_components(spec: Any) -> list[dict[str, str]]:
 
 
 def append_jsonl(path: pathlib.Path, record: dict) -> None:
+    """Appends one line (a line torn by a full disk or a kill is dropped by :func:`read_jsonl`
+    and by :func:`truncate_metrics` on resume)."""
+    faults_lib.before_write("metrics", path)
     with open(path, "a") as f:
         f.write(json.dumps(record) + "\n")
         f.flush()
