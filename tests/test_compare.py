@@ -5,7 +5,11 @@ import json
 import numpy as np
 import pytest
 
+import jax
+
+import vaegen
 from vaegen import cli
+from vaegen.studies import expost
 from vaegen.studies import compare as compare
 from vaegen.studies import compare_study
 from vaegen.config import loading as config
@@ -101,6 +105,12 @@ def test_rows_are_measured_honestly(tiny_study):
             assert s["fd"] >= 0 and 0 <= s["precision"] <= 1 and 0 <= s["recall"] <= 1, name
     # The AE's reconstruction is the same quantity in each of its rows.
     assert rows["ae"]["reconstruction"] == rows["ae+gmm"]["reconstruction"]
+    # A learned ex-post density (the tiny study fits the flow): fitted by the trainer, labelled, timed.
+    for name in ("ae+flow", "vae+flow"):
+        res = rows[name]
+        assert res["density"]["log_pz_meaning"] == "exact" and res["fit_seconds"] > 0, name
+        assert "exact p(z)" in res["log_px"]["meaning"] and np.isfinite(res["log_px"]["mean"]), name
+        assert 0.0 <= res["prior_mass_off_codes"] <= 1.0, name
 
 
 def test_report_builds_with_figures_and_answer(tiny_study):
@@ -111,7 +121,9 @@ def test_report_builds_with_figures_and_answer(tiny_study):
         assert path.stat().st_size > 1000, png
         assert f"({png}.png)" in report, png
     assert "## The answer" in report and "Why the AE is not" in report and "not FID" in report
-    for label in ("VAE", "AE + ex-post GMM", "DAE (walkback)", "MADE (no z)", "data (held-out images)"):
+    assert "‡ (diffusion) p(z) is" in report and "upward by about Var/2" in report
+    for label in ("VAE", "AE + ex-post GMM", "AE + ex-post flow", "DAE (walkback)", "MADE (no z)",
+                  "data (held-out images)"):
         assert f"| {label} |" in report, label
     assert summary["machine"]["cpu_count"] >= 1 and summary["timings_seconds"]["total_wall"] > 0
 
@@ -126,5 +138,16 @@ def test_expost_command_makes_the_trained_ae_generative(tiny_study, capsys):
     assert result["num_examples"] == 20 and "CodeProposal" in result["proposal"]
     assert np.isfinite(result["metrics"]["log_px"]["mean"])
     assert (workdir / "ae" / "expost" / "samples.png").stat().st_size > 0
+    code = cli.main(["expost", "--workdir", str(workdir / "ae"), "--density", "two_stage", "--max-codes", "300",
+                     "--epochs", "1", "--batch-size", "50", "--k", "2", "--max-examples", "8", "--n", "4",
+                     "--set", "hidden=(8,)", "--set", "is_samples=4"])
+    out = capsys.readouterr().out
+    assert code == 0 and "held-out log p(z)" in out
+    result = json.loads((workdir / "ae" / "expost" / "two_stage" / "eval.json").read_text())
+    assert np.isfinite(result["metrics"]["log_px"]["mean"]) and "in expectation" in result["log_px_meaning"]
+    assert result["density"]["num_validation_codes"] > 0 and np.isfinite(result["density"]["validation_log_pz"])
+    assert (workdir / "ae" / "expost" / "two_stage" / "fit" / "checkpoints").is_dir()
+    gen, fitted = expost.load_learned(vaegen.load(workdir / "ae"), "two_stage")   # reloaded, not refitted
+    assert gen.sample(jax.random.key(0), 3).shape == (3, 8, 8, 1) and fitted.info["num_codes"] > 0
     code = cli.main(["expost", "--workdir", str(workdir / "made")])
     assert code == 2 and "no latent variable" in capsys.readouterr().err

@@ -24,6 +24,7 @@ from vaegen.estimators import importance as estimators_lib
 from vaegen.estimators import settings as estimator_settings
 from vaegen.model import latent as model_lib
 from vaegen.runs import run as run_lib
+from vaegen.studies import expost as expost_lib
 from vaegen.train import workdir as workdir_lib
 from conftest import xla_flags
 
@@ -103,6 +104,11 @@ CLI_CASES = [
     ("study-setting", ["compare", "--preset", "tiny", "--workdir", "{workdir}", "--set", "eval.kk=5"],
      "unknown config key 'eval.kk'; did you mean eval.k"),
     ("expost-no-run", ["expost", "--workdir", "{tmp}/nothing"], "holds no vaegen run"),
+    ("expost-not-trained", ["expost", "--workdir", "{workdir}", "--density", "flow"], "has no checkpoint yet"),
+    ("expost-density-setting", ["expost", "--workdir", "{workdir}", "--density", "flow", "--set", "layerz=3"],
+     "flow setting layerz: the prior 'flow' has no setting 'layerz'"),
+    ("expost-unknown-density", ["expost", "--workdir", "{workdir}", "--density", "glow"],
+     "argument --density: invalid choice: 'glow'"),
     ("unknown-protocol", ["train", "--config", "tiny", "--config.data.protocol=vampprior"],
      "unknown data protocol 'vampprior'"),
     ("protocol-keys", ["train", "--config", "vae_mlp_fmnist", "--config.data.protocol=vampprior_fmnist",
@@ -135,8 +141,8 @@ CLI_CASES = [
      "--per-example writes an .npz file"),
     # The registry of components: names, the settings each component has, and their values.
     ("unknown-component", ["train", "--config", "tiny", "--config.model.prior=vamprior"],
-     "config.model.prior.name='vamprior' is not a registered prior (registered: mixture, none, standard_normal, "
-     "vampprior); did you mean vampprior?"),
+     "config.model.prior.name='vamprior' is not a registered prior (registered: diffusion, flow, mixture, none, "
+     "standard_normal, two_stage, vampprior); did you mean vampprior?"),
     ("component-setting", ["train", "--config", "tiny", "--config.model.prior.components=5"],
      "config.model.prior.components: the prior 'standard_normal' has no setting 'components' (its settings: none); "
      "the priors with that setting: mixture, vampprior (choose one first: --config.model.prior=NAME)"),
@@ -309,6 +315,12 @@ PYTHON_CASES = [
      errors.UndefinedEstimateError, "log p(x) does not exist for this model: it has no prior p(z)"),
     ("x-support", lambda: _model_run("tiny").log_joint(np.full((1, 8, 8, 1), 3.0), np.zeros((1, 4))),
      errors.SupportError, "run.log_joint: argument x has values outside {0, 1}"),
+    ("expost-too-few-codes", lambda: expost_lib.fit_density(np.zeros((5, 2), np.float32), np.zeros((0, 2)), "flow",
+                                                            "/nonexistent/fit"),
+     errors.DataError, "only 5 training codes to fit the flow density to; it needs at least 256"),
+    ("expost-nan-codes", lambda: expost_lib.fit_density(np.full((300, 2), np.nan, np.float32), np.zeros((0, 2)),
+                                                        "flow", "/nonexistent/fit"),
+     errors.DataError, "the training codes contains 600 NaN or infinite values"),
 ]
 
 

@@ -51,7 +51,8 @@ def test_mixture_save_load_roundtrip(tmp_path):
 def _linear_gaussian_ae(lg):
     """The linear-Gaussian model's decoder with a point-mass encoder at the exact posterior mean: an
     autoencoder whose log p(x) under N(0, I) is known in closed form."""
-    spec = to_spec(config.load_config("tiny:ae", [f"model.latent_dim={lg.latent_dim}"]))
+    spec = to_spec(config.load_config("tiny:ae", [f"model.latent_dim={lg.latent_dim}", "model.likelihood=gaussian",
+                                                  "data.binarization=none"]))
     model = model_lib.LatentVariableModel(
         prior=None,
         likelihood=lg.model().likelihood,

@@ -183,7 +183,7 @@ def test_training_with_a_learned_prior_raises_the_validation_bound(prior, tmp_pa
 
 @pytest.mark.parametrize("override, message", [
     (["model.prior=gmm"], "config.model.prior.name='gmm' is not a registered prior "
-                          "(registered: mixture, none, standard_normal, vampprior)"),
+                          "(registered: diffusion, flow, mixture, none, standard_normal, two_stage, vampprior)"),
     (["model.prior=mixture", "model.prior.components=0"], "config.model.prior.components=0 must be > 0"),
     (["model.prior=vampprior", "model.prior.components=0"], "config.model.prior.components=0 must be > 0"),
     (["model.prior=vampprior", "model.prior.init=zeros"], "config.model.prior.init='zeros' is not one of random, data"),

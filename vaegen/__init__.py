@@ -26,7 +26,7 @@ Importing vaegen registers every built-in component; a module of your own regist
 """
 
 from vaegen import errors, registry
-from vaegen.blocks import likelihoods, networks, posteriors, priors
+from vaegen.blocks import densities, likelihoods, networks, posteriors, priors
 from vaegen.config.loading import load_config
 from vaegen.config.schema import RunSpec, to_spec
 from vaegen.errors import (CheckpointError, ConfigError, DataError, InferenceError, NoLatentError, NoPriorError,
@@ -38,8 +38,9 @@ from vaegen.inference import families, semi_amortized, svi
 from vaegen.inference.semi_amortized import SemiAmortizedELBO
 from vaegen.inference.svi import SVISettings, fit_local
 from vaegen.model import autoregressive, latent, linear_gaussian, two_layer
+from vaegen.model import densities as density_models
 from vaegen.model.latent import LatentVariableModel, build_model
-from vaegen.objectives import autoencoder, bounds, denoising, exact
+from vaegen.objectives import autoencoder, bounds, denoising, density, exact
 from vaegen.objectives.autoencoder import Autoencoder
 from vaegen.objectives.bounds import ELBO, IWAE
 from vaegen.runs.evaluate import evaluate

@@ -10,7 +10,8 @@
     vaegen config    PRESET [--config.key=value ...]      (print the resolved config)
     vaegen demo      [--workdir runs/demo]
     vaegen compare   [--preset quick|full|tiny] [--workdir runs/compare] [--set KEY=VALUE ...]
-    vaegen expost    --workdir W [--components 10] [--k 100]      (an AE + a mixture fitted to its codes)
+    vaegen expost    --workdir W [--density gmm|flow|two_stage|diffusion] [--components 10] [--k 100]
+                     [--codes sample|mean] [--epochs 20] [--set KEY=VALUE ...]   (an AE + a density fitted to its codes)
 
 Errors a user can fix (bad config, missing data, bad workdir, ...) print one line,
 ``vaegen: error: ...``, and exit with status 2; nothing in the workdir is modified.
@@ -307,7 +308,59 @@ def _int_list(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
+def _density_settings(items: list[str] | None) -> dict:
+    """``--set KEY=VALUE`` of ``vaegen expost``: the density's settings (values as Python literals, else strings)."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set layers=8")
+        try:
+            out[key.strip()] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            out[key.strip()] = value
+    return out
+
+
+def cmd_expost_learned(args) -> int:
+    """``vaegen expost --density flow|two_stage|diffusion``: fit with the trainer, sample, evaluate."""
+    fit = expost.FitSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                             max_codes=args.max_codes, codes=args.codes, seed=args.seed,
+                             density=_density_settings(args.set))
+    expost.check_fit_settings(args.density, fit)  # unknown density settings: one line, before anything is read
+    run = run_lib.load(args.workdir)
+    gen, fitted, codes = expost.fit_learned(run, args.density, fit)
+    out_dir = pathlib.Path(args.workdir) / "expost" / args.density
+    info = fitted.info
+    held = ("n/a" if info["validation_log_pz"] is None else
+            f"{info['validation_log_pz']:.3f} +- {info['validation_log_pz_stderr']:.3f} nats ({info['log_pz_meaning']})")
+    print(f"fitted the {args.density} density to {info['num_codes']} training codes ({info['codes_are']}) in "
+          f"{info['fit_seconds']:.1f} s; held-out log p(z) on {info['num_validation_codes']} validation codes: {held}; "
+          f"fit in {fitted.workdir}")
+    z, _ = gen.sample_with_latents(jax.random.key(args.seed), args.n)
+    out = out_dir / "samples.png"
+    figures.save_grid(out, np.asarray(gen.decode(z).mean()), title=f"E[x | z], z ~ ex-post {args.density} ({args.n} samples)")
+    print(f"wrote {out}")
+    result: dict = {"density": info}
+    if args.k:
+        result = evaluate_lib.evaluate(gen, dataclasses.replace(gen.spec.eval, num_samples=args.k), split="test",
+                                       max_examples=args.max_examples, seed=args.seed)
+        result["proposal"] = ("q(z|x)" if not run.is_autoencoder else
+                              "scale mixture of Gaussians around f(x) (vaegen.studies.expost.CodeProposal)")
+        result["log_px_meaning"] = info["log_px_meaning"]
+        result["density"] = info
+        print(evaluate_lib.format_table(result))
+        print(f"log p(x) here is a {info['log_px_meaning']}")
+    evaluate_lib.write_json(out_dir / "eval.json", result)
+    print(f"wrote {out_dir / 'eval.json'}")
+    return 0
+
+
 def cmd_expost(args, overrides) -> int:
+    if args.density != "gmm":
+        return cmd_expost_learned(args)
+    if args.set:
+        raise ConfigError("--set applies to the learned densities (--density flow|two_stage|diffusion), not gmm")
     run = run_lib.load(args.workdir)
     gen, mixture, codes = expost.fit(run, num_components=args.components, max_codes=args.max_codes, seed=args.seed)
     info = mixture.info
@@ -461,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--k", type=_positive_int, default=1000, help="importance samples for the VAE's test log p(x)")
     m.set_defaults(func=cmd_demo)
 
-    x = sub.add_parser("expost", help="make a trained AE (or VAE) generative: fit a Gaussian mixture to its codes as p(z)",
+    x = sub.add_parser("expost", help="make a trained AE (or VAE) generative: fit a density (GMM, flow, second-stage VAE, diffusion) to its codes as p(z)",
                        description="Fits a BayesianGaussianMixture (full covariance) to the run's training codes, "
                                    "saves it in WORKDIR/expost, samples z ~ mixture, x ~ p(x|z) (expost/samples.png) "
                                    "and estimates test log p(x) by importance sampling (expost/eval.json).")
@@ -472,6 +525,18 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--k", type=_non_negative_int, default=100, help="importance samples for log p(x) (0: skip the evaluation)")
     x.add_argument("--max-examples", type=_non_negative_int, default=1000, help="test images to evaluate (0 = all)")
     x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--density", default="gmm", choices=expost.DENSITIES,
+                   help="gmm: a Bayesian Gaussian mixture (--components); flow (exact log p(z)), two_stage (a second "
+                        "VAE: log p(z) by importance sampling) or diffusion (a VDM: log p(z) >= its bound), fitted by "
+                        "the trainer in WORKDIR/expost/DENSITY/fit, writing samples.png and eval.json there")
+    x.add_argument("--codes", default="sample", choices=expost.CODE_KINDS,
+                   help="learned densities: fit to z ~ q(z|x) (sample) or E[z|x] (mean); an AE's codes are f(x) either way")
+    x.add_argument("--epochs", type=_positive_int, default=20, help="learned densities: epochs of the fit")
+    x.add_argument("--batch-size", type=_positive_int, default=256, help="learned densities: batch of the fit")
+    x.add_argument("--learning-rate", type=float, default=1e-3, help="learned densities: Adam's learning rate")
+    x.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="a setting of the learned density, e.g. --set layers=8 --set kind=coupling (repeatable; "
+                        "`vaegen config --components` lists them)")
     x.set_defaults(func=cmd_expost)
 
     cp = sub.add_parser("compare", help="the headline study: VAE vs AE and the ways to make an AE generative; writes a report",

@@ -13,7 +13,10 @@ Models with a Bernoulli likelihood need binary data.  The protocol is explicit a
 ``threshold``
     ``x / 255 > 0.5``, done once;
 ``none``
-    grey levels ``x / 255`` as floats in ``[0, 1]``.
+    grey levels ``x / 255`` as floats in ``[0, 1]``;
+``real``
+    no grey levels: real-valued vectors stored as ``float32`` and seen as they are (data given
+    in memory, e.g. the codes an ex-post density is fitted to, :mod:`vaegen.studies.expost`).
 
 Validation and test sets are evaluated under :func:`eval_protocol` of the training
 protocol: ``dynamic`` training is evaluated on a ``static`` binarization with a fixed seed
@@ -29,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-BINARIZATIONS: tuple[str, ...] = ("dynamic", "static", "threshold", "none")
+BINARIZATIONS: tuple[str, ...] = ("dynamic", "static", "threshold", "none", "real")
 """The binarization protocols; see the module docstring."""
 
 
@@ -64,6 +67,8 @@ def binarize_once(x_u8: jax.Array | np.ndarray, protocol: str, seed: int) -> jax
     """
     _check_protocol(protocol)
     x = jnp.asarray(x_u8)
+    if protocol == "real":
+        return x
     if x.dtype != jnp.uint8:
         raise TypeError(f"binarize_once expects uint8 grey levels, got {x.dtype}.")
     if protocol == "static":
@@ -135,6 +140,8 @@ def to_float(key: jax.Array | None, x_u8: jax.Array, protocol: str) -> jax.Array
         if key is None:
             raise ValueError("The 'dynamic' protocol needs a PRNG key.")
         return bernoulli_grey_levels(key, x_u8)
+    if protocol == "real":
+        return jnp.asarray(x_u8).astype(jnp.float32)
     return jnp.asarray(x_u8).astype(jnp.float32) / 255.0
 
 
@@ -162,4 +169,6 @@ def data_mean(x_u8: jax.Array | np.ndarray, protocol: str) -> np.ndarray:
     x = np.asarray(x_u8)
     if protocol == "threshold":
         return (x > 127).mean(axis=0, dtype=np.float64)
+    if protocol == "real":
+        return x.mean(axis=0, dtype=np.float64)
     return x.mean(axis=0, dtype=np.float64) / 255.0

@@ -58,6 +58,24 @@ def check_array(x: Any, what: str) -> np.ndarray:
     return x
 
 
+def check_real_array(x: Any, what: str) -> np.ndarray:
+    """Checks one split of real-valued data (``binarization="real"``): a finite float array
+    ``[N, D]`` (or ``[N, *event]``).  Returns it as ``float32``."""
+    if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+        raise DataError(f"{what} must be an array of real vectors [N, D], got {type(x).__name__}")
+    x = np.asarray(x)
+    if x.dtype.kind not in "fiu":
+        raise DataError(f"{what} has dtype {x.dtype}; real-valued data (binarization 'real') are numbers [N, D]")
+    if x.ndim < 2 or min(x.shape[1:]) < 1:
+        raise DataError(f"{what} has shape {x.shape}, but real-valued data are [N, D]; reshape to (-1, D)")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = int(np.argmax(bad.reshape(x.shape[0], -1).any(axis=1)))
+        raise DataError(f"{what} contains {int(bad.sum())} NaN or infinite values (first in example {first}); "
+                        "remove or repair those examples")
+    return x.astype(np.float32)
+
+
 def check_splits(splits: Any, *, support: str, binarization: str, dataset: str = "the data") -> None:
     """Checks every split of ``splits`` (:class:`vaegen.data.datasets.Splits`) for a run:
     dtype and rank (:func:`check_array`), a non-empty training split, one event shape, and the
@@ -73,13 +91,20 @@ def check_splits(splits: Any, *, support: str, binarization: str, dataset: str =
             if name == "train":
                 raise DataError("the data have no train split")
             continue
-        arrays[name] = check_array(x, f"the {name} split")
+        arrays[name] = (check_real_array(x, f"the {name} split") if binarization == "real"
+                        else check_array(x, f"the {name} split"))
     if arrays["train"].shape[0] == 0:
         raise DataError("the train split is empty")
     event = arrays["train"].shape[1:]
     for name, x in arrays.items():
         if x.shape[1:] != event:
             raise DataError(f"the {name} split has examples of shape {x.shape[1:]}, the train split {event}")
+    if support == "binary" and binarization == "real":
+        for name, x in arrays.items():
+            if np.any((x != 0) & (x != 1)):
+                raise SupportError(f"the {name} split of {dataset} (binarization 'real') has values outside {{0, 1}} "
+                                   "but the Bernoulli likelihood is only defined on binary data: choose a likelihood "
+                                   "for real values (--config.model.likelihood=gaussian)")
     if support == "binary" and binarization == "none":
         for name, x in arrays.items():
             bad = (x != 0) & (x != 255)                          # not 0 or 1 after x / 255

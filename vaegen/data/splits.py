@@ -30,7 +30,8 @@ class DataSettings(Settings):
     data_dir: str = setting("", "TFDS data dir; '' = $TFDS_DATA_DIR or ~/tensorflow_datasets")
     auto_prepare: bool = setting(True, "prepare the TFDS dataset (download / local import) if missing")
     binarization: str = setting("dynamic", "dynamic: a fresh Bernoulli draw of the grey levels per batch; static: one "
-                                "draw with binarization_seed; threshold: x > 0.5; none: grey levels in [0, 1]. "
+                                "draw with binarization_seed; threshold: x > 0.5; none: grey levels in [0, 1]; real: float vectors "
+                                "[N, D] given in memory (e.g. codes for an ex-post density), as they are. "
                                 "Held-out sets under dynamic are binarized once (static)",
                                 choices=binarization.BINARIZATIONS)
     binarization_seed: int = setting(0, "seed of the once-only draws (+1 validation, +2 test)")

@@ -71,6 +71,7 @@ from vaegen.studies import metrics as metrics_lib
 from vaegen.train import trainer as trainer_lib
 
 PRESETS = ("tiny", "quick", "full")
+DENSITY_LABELS = {"flow": "flow", "two_stage": "second-stage VAE", "diffusion": "diffusion"}
 
 
 # --- the study's settings -----------------------------------------------------------------------
@@ -101,6 +102,16 @@ def study_config(preset: str = "quick") -> ml_collections.ConfigDict:
     s.made = ml_collections.ConfigDict({"hidden": (500,)})
     s.latent_map = ml_collections.ConfigDict({"enabled": True, "epochs": 3})  # 2-D variants of the VAE and AE
     s.expost = ml_collections.ConfigDict({"num_components": 10, "max_codes": 5000, "bayesian": True})
+    # The learned ex-post densities (vaegen.blocks.densities), fitted by the trainer to the same codes: rows
+    # AE + each, VAE + each, RAE + those in rae_densities (the best on the AE in the measured quick run).
+    s.expost.densities = ("flow", "two_stage", "diffusion")
+    s.expost.rae_densities = ("flow",)
+    # At most 100 epochs, early-stopped on held-out codes (patience 5): flows overfit 4,500 codes in 50-D.
+    s.expost.fit = ml_collections.ConfigDict({"epochs": 100, "batch_size": 256, "learning_rate": 1e-3, "patience": 5})
+    s.expost.flow = ml_collections.ConfigDict({"kind": "autoregressive", "layers": 5, "hidden": (128, 128)})
+    s.expost.two_stage = ml_collections.ConfigDict({"hidden": (256, 256), "is_samples": 32})
+    s.expost.diffusion = ml_collections.ConfigDict({"hidden": (256, 256), "bound_samples": 32, "sample_steps": 100,
+                                                    "schedule": "fixed"})
     s.eval = ml_collections.ConfigDict()
     s.eval.k = 100  # importance samples per test image for log p(x)
     s.eval.max_test_examples = 500  # test images for log p(x) and reconstruction (0 = all)
@@ -134,6 +145,17 @@ def study_config(preset: str = "quick") -> ml_collections.ConfigDict:
         s.latent_map.epochs = 2
         s.expost.num_components = 3
         s.expost.max_codes = 400
+        s.expost.densities = ("flow",)   # one learned density keeps the tiny study (and its tests) short
+        s.expost.rae_densities = ()
+        s.expost.fit.epochs = 2
+        s.expost.fit.batch_size = 50
+        s.expost.flow.hidden = (16,)
+        s.expost.flow.layers = 2
+        s.expost.two_stage.hidden = (16,)
+        s.expost.two_stage.is_samples = 4
+        s.expost.diffusion.hidden = (16,)
+        s.expost.diffusion.bound_samples = 4
+        s.expost.diffusion.sample_steps = 5
         s.eval.k = 4
         s.eval.max_test_examples = 40
         s.eval.num_samples = 64
@@ -150,6 +172,10 @@ def load_study(preset: str = "quick", settings: Iterable[str] = ()) -> ml_collec
     config_lib.apply_overrides(s, settings)
     if s.epochs < 1 or s.latent_map.epochs < 1:
         raise ConfigError("study epochs must be >= 1")
+    for name in (*s.expost.densities, *s.expost.rae_densities):
+        if name not in expost_lib.LEARNED_DENSITIES:
+            raise ConfigError(f"expost.densities: unknown density {name!r}; choose from "
+                              f"{', '.join(expost_lib.LEARNED_DENSITIES)}")
     for b in s.betas:
         if b <= 0:
             raise ConfigError(f"betas must be > 0, got {b}")
@@ -232,11 +258,16 @@ def rows(study: ml_collections.ConfigDict) -> list[Row]:
             out.append(Row(v.name, v.label, v.name, "own", "N(0, I)"))
             if v.group == "vae":
                 out.append(Row("vae+gmm", "VAE + ex-post GMM", "vae", "expost_mixture", "GMM on codes"))
+                for d in study.expost.densities:
+                    out.append(Row(f"vae+{d}", f"VAE + ex-post {DENSITY_LABELS[d]}", "vae", d, f"{DENSITY_LABELS[d]} on codes"))
         elif v.group in ("ae", "rae"):
             if v.group == "ae":
                 out.append(Row("ae", "AE", "ae", "none", "nothing (no p(z))"))
             out.append(Row(f"{v.name}+n01", f"{v.label} + N(0, I)", v.name, "standard_normal", "N(0, I), ad hoc"))
             out.append(Row(f"{v.name}+gmm", f"{v.label} + ex-post GMM", v.name, "expost_mixture", "GMM on codes"))
+            for d in (study.expost.densities if v.group == "ae" else study.expost.rae_densities):
+                out.append(Row(f"{v.name}+{d}", f"{v.label} + ex-post {DENSITY_LABELS[d]}", v.name, d,
+                               f"{DENSITY_LABELS[d]} on codes"))
         elif v.group == "dae":
             out.append(Row("dae", v.label, "dae", "chain", "its Markov chain"))
         elif v.group == "made":
@@ -268,6 +299,8 @@ class Context:
     key: jax.Array
     codes: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     mixtures: dict[str, expost_lib.Mixture] = dataclasses.field(default_factory=dict)
+    densities: dict[tuple[str, str], expost_lib.DensityFit] = dataclasses.field(default_factory=dict)
+    fit_seconds: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
 
 
 def eval_split(spec: RunSpec, split: str, n: int) -> jax.Array:
@@ -292,6 +325,33 @@ def codes_of(ctx: Context, name: str) -> dict[str, np.ndarray]:
     return ctx.codes[name]
 
 
+def density_of(ctx: Context, name: str, density: str) -> expost_lib.DensityFit:
+    """The learned density ``density`` fitted by the trainer to variant ``name``'s training codes (the
+    first ``expost.max_codes``; the last 10% held out for its held-out log p(z)), in
+    ``<variant>/expost/<density>/fit`` (reused when already fitted)."""
+    if (name, density) not in ctx.densities:
+        run = ctx.runs[name]
+        e = ctx.study.expost
+        codes = codes_of(ctx, name)["train"][: int(e.max_codes)]
+        cut = int(0.9 * codes.shape[0])
+        fit = expost_lib.FitSettings(epochs=int(e.fit.epochs), batch_size=min(int(e.fit.batch_size), cut),
+                                     learning_rate=float(e.fit.learning_rate), seed=int(ctx.study.seed),
+                                     density=dict(e[density].to_dict()), patience=int(e.fit.patience))
+        info = {"codes_are": "f(x), point-mass codes" if run.is_autoencoder else "z ~ q(z | x)",
+                "validation_codes_from": "the last 10% of the training codes"}
+        t = time.perf_counter()
+        ctx.densities[(name, density)] = expost_lib.fit_density(
+            codes[:cut], codes[cut:], density, pathlib.Path(run.workdir) / "expost" / density / "fit", fit, info=info)
+        ctx.fit_seconds[(name, density)] = time.perf_counter() - t
+    return ctx.densities[(name, density)]
+
+
+def fit_time(ctx: Context, name: str, density: str) -> float:
+    """Seconds the fit took: the trainer's epochs and compilation (metrics.jsonl), so that a reused fit
+    reports the time it took when it was made."""
+    return train_seconds(ctx.densities[(name, density)].workdir)
+
+
 def mixture_of(ctx: Context, name: str) -> expost_lib.Mixture:
     if name not in ctx.mixtures:
         run = ctx.runs[name]
@@ -307,11 +367,12 @@ def generative_run(ctx: Context, row: Row) -> Run | None:
     """The row's model as a latent-variable model with a prior (None for rows without one)."""
     if row.prior == "own":
         return ctx.runs[row.variant]
-    if row.prior in ("standard_normal", "expost_mixture"):
+    if row.prior in ("standard_normal", "expost_mixture", *expost_lib.LEARNED_DENSITIES):
         run = ctx.runs[row.variant]
         code_scale = codes_of(ctx, row.variant)["train"].std(0)
         mixture = mixture_of(ctx, row.variant) if row.prior == "expost_mixture" else None
-        return expost_lib.generative(run, row.prior, mixture=mixture, code_scale=code_scale)
+        density = density_of(ctx, row.variant, row.prior) if row.prior in expost_lib.LEARNED_DENSITIES else None
+        return expost_lib.generative(run, row.prior, mixture=mixture, density=density, code_scale=code_scale)
     return None
 
 
@@ -445,7 +506,8 @@ def evaluate_row(ctx: Context, row: Row) -> dict[str, Any]:
         m = log_px_is(gen, ctx.x_test, jax.random.fold_in(key, 3), k=int(ev.k), with_elbo=row.prior == "own")
         proposal = ("q(z|x)" if not ctx.runs[row.variant].is_autoencoder
                     else "scale mixture of N(f(x), (s·σ_codes)²), s ∈ {" + ", ".join(_g(s) for s in expost_lib.DEFAULT_RELATIVE_SCALES) + "}")
-        out["log_px"] = dict(m["log_px"], estimator=f"IS, k={int(ev.k)}, proposal {proposal}")
+        out["log_px"] = dict(m["log_px"], estimator=f"IS, k={int(ev.k)}, proposal {proposal}",
+                             meaning=expost_lib.LOG_PX_MEANING.get(row.prior, expost_lib.LOG_PX_MEANING["gmm"]))
         if row.prior == "own":
             out["elbo"] = m["elbo"]
             out["kl"] = m["kl"]
@@ -465,7 +527,7 @@ def evaluate_row(ctx: Context, row: Row) -> dict[str, Any]:
                             x=x[:64].astype(np.uint8) if row.prior != "data" else x[:64].astype(np.float16))
 
     # The aggregate posterior against the prior the samples come from.
-    if row.prior in ("own", "standard_normal", "expost_mixture"):
+    if row.prior in ("own", "standard_normal", "expost_mixture", *expost_lib.LEARNED_DENSITIES):
         codes = codes_of(ctx, row.variant)
         gen = generative_run(ctx, row)
         z = np.asarray(_prior_draws(gen.model, int(ev.num_prior_samples), gen.variables, jax.random.fold_in(key, 2)))
@@ -480,6 +542,11 @@ def evaluate_row(ctx: Context, row: Row) -> dict[str, Any]:
         out["prior_mean_norm_sq"] = float(np.mean(np.sum(z**2, -1)))
         if row.prior == "expost_mixture":
             out["mixture"] = mixture_of(ctx, row.variant).info
+            out["fit_seconds"] = out["mixture"].get("fit_seconds")
+        if row.prior in expost_lib.LEARNED_DENSITIES:
+            fitted = density_of(ctx, row.variant, row.prior)
+            out["density"] = {k: v for k, v in fitted.info.items() if k != "train_metrics"}
+            out["fit_seconds"] = fit_time(ctx, row.variant, row.prior)
     if row.variant:
         out["num_params"] = num_params(ctx.runs[row.variant])
         out["train_seconds"] = train_seconds(ctx.runs[row.variant].workdir)

@@ -24,6 +24,7 @@ import numpy as np
 
 from vaegen.blocks import priors as priors_lib
 from vaegen.studies import compare as compare_lib
+from vaegen.studies import expost as expost_lib
 from vaegen.studies import figures
 from vaegen.studies import metrics as metrics_lib
 
@@ -105,7 +106,7 @@ def samples_figures(ctx, rows, results, out: pathlib.Path) -> dict[str, pathlib.
     if panels:
         paths["samples"] = panels_figure(out / "samples.png", [(t, im) for t, im, _ in panels.values()], per_panel=36,
                                          panel_cols=6, fig_cols=5)
-        headline = ["data", "vae", "ae+n01", "ae+gmm", "rae+gmm", "dae", "made"]
+        headline = ["data", "vae", "ae+n01", "ae+gmm", "ae+flow", "ae+two_stage", "ae+diffusion", "rae+gmm", "dae", "made"]
         chosen = [(short, panels[n][1]) for n in headline if n in panels for short in [panels[n][2]]]
         if chosen:
             paths["headline"] = panels_figure(out / "headline.png", chosen, per_panel=16, panel_cols=4,
@@ -175,10 +176,18 @@ def latent_map_figure(ctx, out: pathlib.Path, results_2d: dict[str, float]) -> p
         if name == "ae_2d":
             mixture = compare_lib.mixture_of(ctx, name)
             panels.append((name, "ex-post GMM", means, lambda g, m=mixture: m.distribution().log_prob(g)))
-    fig = _figure(4.2 * len(panels), 4.2)
+            for d in ctx.study.expost.densities:
+                fitted = compare_lib.density_of(ctx, name, d)
+                if d == "diffusion":   # a smoother map: 4x the Monte Carlo times of the bound at each grid point
+                    fitted = fitted.with_settings(bound_samples=4 * int(ctx.study.expost.diffusion.bound_samples))
+                panels.append((name, f"ex-post {compare_lib.DENSITY_LABELS[d]}", means,
+                               lambda g, f=fitted: f.distribution().log_prob(g)))
+    cols = min(len(panels), 3)
+    nrows = -(-len(panels) // cols)
+    fig = _figure(4.2 * cols, 4.2 * nrows)
     cmap_points = "tab10"
     for i, (name, prior_name, codes, log_prob) in enumerate(panels):
-        ax = fig.add_subplot(1, len(panels), i + 1)
+        ax = fig.add_subplot(nrows, cols, i + 1)
         lo = np.minimum(np.percentile(codes, 0.5, 0), -3.0) - 0.5
         hi = np.maximum(np.percentile(codes, 99.5, 0), 3.0) + 0.5
         gx, gy = np.meshgrid(np.linspace(lo[0], hi[0], 160), np.linspace(lo[1], hi[1], 160))
@@ -219,6 +228,10 @@ def latent_map_numbers(ctx) -> dict[str, float]:
             mixture = compare_lib.mixture_of(ctx, name)
             priors["ex-post GMM"] = np.asarray(jax.jit(lambda k: mixture.distribution().sample(
                 seed=k, sample_shape=(int(ev.num_prior_samples),)))(key))
+            for d in ctx.study.expost.densities:
+                fitted = compare_lib.density_of(ctx, name, d)
+                priors[f"ex-post {compare_lib.DENSITY_LABELS[d]}"] = np.asarray(jax.jit(
+                    lambda k, f=fitted: f.sample(k, int(ev.num_prior_samples)))(key))
         for prior_name, z in priors.items():
             out[f"{name}|{prior_name}"] = metrics_lib.prior_mass_off_codes(codes, z, k=int(ev.nn_k))
     return out
@@ -302,20 +315,32 @@ def _num(v, fmt: str = "{:.2f}") -> str:
     return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
 
 
+LOG_PX_MARKS = {"two_stage": "†", "diffusion": "‡"}
+LOG_PX_NOTE = ("Test log p(x) is an importance-sampling estimate (k samples), a stochastic lower bound on log p(x) "
+               "with p(z) exact, except: † (second-stage VAE) p(z) is itself an unbiased importance-sampling estimate "
+               "inside the average, so the value is a lower bound in expectation (Jensen); ‡ (diffusion) p(z) is "
+               "replaced by its variational lower bound (a Monte Carlo estimate), a stochastic lower bound only up to "
+               "that estimate's spread, which biases it upward by about Var/2 (the fit's log_pz_mc_std, in the row's "
+               "JSON): not ranked against the others; MADE's is exact. Fit s: seconds to fit the ex-post density to the codes (the "
+               "trainer's epochs and compilation; the GMM: scikit-learn).")
+
+
 def metric_table(rows, results) -> str:
     head = ("| model | samples drawn from | test log p(x) | ELBO | reconstruction log p(x \\| ẑ) | FD ↓ | precision ↑ "
-            "| recall ↑ | confidence | classes | prior mass off codes (held-out floor) |")
-    lines = [head, "|" + "---|" * 11]
+            "| recall ↑ | confidence | classes | prior mass off codes (held-out floor) | fit s |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         res = results[r.name]
         log_px = _pm(res.get("log_px")) if "log_px" in res else ("undefined" if r.prior != "data" else "—")
+        if "log_px" in res and r.prior in LOG_PX_MARKS:
+            log_px += " " + LOG_PX_MARKS[r.prior]
         if r.prior == "chain":
             log_px = "intractable"
         if "elbo" in res:
             elbo = _pm(res["elbo"])
         elif r.prior in ("none", "chain"):
             elbo = "undefined"  # no p(z)
-        elif r.prior in ("standard_normal", "expost_mixture") and res.get("point_mass"):
+        elif r.prior in ("standard_normal", "expost_mixture", *expost_lib.LEARNED_DENSITIES) and res.get("point_mass"):
             elbo = "−∞"  # a point-mass q(z|x) has KL +inf to any density
         else:
             elbo = "—"
@@ -325,8 +350,9 @@ def metric_table(rows, results) -> str:
         cell = lambda text: str(text).replace("|", "\\|")
         lines.append(f"| {cell(r.label)} | {cell(r.sampled_from)} | {log_px} | {elbo} | {_pm(res.get('reconstruction'))} | "
                      f"{_num(s.get('fd'))} | {_num(s.get('precision'))} | {_num(s.get('recall'))} | "
-                     f"{_num(s.get('confidence'))} | {_num(s.get('effective_classes'), '{:.1f}')} | {off_cell} |")
-    return "\n".join(lines)
+                     f"{_num(s.get('confidence'))} | {_num(s.get('effective_classes'), '{:.1f}')} | {off_cell} | "
+                     f"{_num(res.get('fit_seconds'), '{:.0f}')} |")
+    return "\n".join(lines) + "\n\n" + LOG_PX_NOTE
 
 
 def _cmp(a: float | None, b: float | None, more: str, less: str, same: str, tol: float = 0.0) -> str:
@@ -338,6 +364,52 @@ def _cmp(a: float | None, b: float | None, more: str, less: str, same: str, tol:
 
 def _pct(v: float) -> str:
     return f"{100 * v:.0f}%"
+
+
+def densities_paragraph(rows, R, g, vae_lp, vae_fd, made_lp) -> str:
+    """Which ex-post density makes the AE most generative, what it costs, and how close it comes to the VAE
+    and MADE: worded from the AE + density rows (log p(x) first, FD beside it)."""
+    labels = {r.name: r.label for r in rows}
+    ae = [r for r in rows if r.variant == "ae" and r.prior in ("expost_mixture", *expost_lib.LEARNED_DENSITIES)
+          and g(r.name, "log_px", "mean") is not None]
+    if len(ae) < 2:
+        return ""
+    # A diffusion row's log p(x) (‡) rests on a Monte Carlo bound whose spread the average turns into an upward
+    # bias: it is not ranked against the others.
+    ranked = [r for r in ae if r.prior != "diffusion"] or ae
+    best = max(ranked, key=lambda r: g(r.name, "log_px", "mean"))
+    best_fd = min(ae, key=lambda r: g(r.name, "samples", "fd") if g(r.name, "samples", "fd") is not None else math.inf)
+    items = []
+    for r in ae:
+        item = f"{labels[r.name]} {g(r.name, 'log_px', 'mean'):.1f} nats{LOG_PX_MARKS.get(r.prior, '')}"
+        if g(r.name, "samples", "fd") is not None:
+            item += f", FD {g(r.name, 'samples', 'fd'):.2f}"
+        if R[r.name].get("fit_seconds") is not None:
+            item += f", fit {R[r.name]['fit_seconds']:.0f} s"
+        items.append(item)
+    p = ("**Which density makes the AE most generative.** The same AE, the same test images, the same units: "
+         + "; ".join(items) + f". By log p(x) the best is {labels[best.name]}")
+    p += (f", by FD {labels[best_fd.name]}." if best_fd.name != best.name else ", which also has the lowest FD.")
+    lp = g(best.name, "log_px", "mean")
+    if vae_lp is not None:
+        p += f" Its log p(x) is {abs(vae_lp - lp):.1f} nats {'below' if lp < vae_lp else 'above'} the VAE's {vae_lp:.1f}"
+        if made_lp is not None:
+            p += f" and {abs(made_lp - lp):.1f} nats {'below' if lp < made_lp else 'above'} MADE's exact {made_lp:.1f}"
+        p += "."
+    stds = [R[r.name].get("density", {}).get("log_pz_mc_std") for r in rows if r.prior == "diffusion"]
+    stds = [v for v in stds if v is not None]
+    if stds:
+        v = max(stds)
+        p += (f" The diffusion rows' log p(x) (‡) is left out of the ranking by log p(x): their p(z) is a Monte Carlo estimate of "
+              f"a bound with a standard deviation of up to {v:.1f} nats per code here, which the importance-sampling "
+              f"average turns into an upward bias of up to about Var/2 = {v * v / 2:.1f} nats.")
+    vae_rows = [r for r in rows if r.variant == "vae" and r.prior in expost_lib.LEARNED_DENSITIES
+                and g(r.name, "samples", "fd") is not None]
+    if vae_rows and vae_fd is not None:
+        best_v = min(vae_rows, key=lambda r: g(r.name, "samples", "fd"))
+        p += (f" On the VAE's codes the best ex-post density by FD is {labels[best_v.name]} "
+              f"({g(best_v.name, 'samples', 'fd'):.2f} against {vae_fd:.2f} from N(0, I)).")
+    return p
 
 
 def answer(rows, results, study) -> str:
@@ -429,6 +501,9 @@ def answer(rows, results, study) -> str:
     if fixes:
         paras.append("**Making an AE generative** takes a distribution to sample from, supplied after training: "
                      + "; ".join(fixes) + ".")
+    dens = densities_paragraph(rows, R, g, vae_lp, vae_fd, g("made", "log_px", "mean"))
+    if dens:
+        paras.append(dens)
     made_lp, made_fd = g("made", "log_px", "mean"), g("made", "samples", "fd")
     if made_lp is not None:
         p = (f"**A latent variable is not what makes a model generative.** MADE has no z at all; its log p(x) is exact, "
@@ -440,7 +515,8 @@ def answer(rows, results, study) -> str:
             p += f", and its pixel-by-pixel samples score FD {made_fd:.2f}"
         p += (". What makes a model generative is a normalised distribution over x that can be sampled: the VAE has "
               "one by construction, the AE only once a p(z) (or a chain) is added.")
-        lps = {r.name: g(r.name, "log_px", "mean") for r in rows if g(r.name, "log_px", "mean") is not None}
+        lps = {r.name: g(r.name, "log_px", "mean") for r in rows if g(r.name, "log_px", "mean") is not None
+               and r.prior != "diffusion"}
         fds = {r.name: g(r.name, "samples", "fd") for r in rows if r.prior not in ("data", "none")
                and g(r.name, "samples", "fd") is not None}
         if lps and fds and max(lps, key=lps.get) != min(fds, key=fds.get):

@@ -154,7 +154,8 @@ def initial_variables(spec: Any, model: Any, event_shape: tuple[int, ...], train
             rows = np.asarray(jax.random.choice(jax.random.fold_in(purpose_key(seed, "init"), 1),
                                                 train_u8.shape[0], (k,), replace=False))
             stored = splits_lib.stored_split(spec.data, train_u8[np.sort(rows)], "train")
-            return np.asarray(stored, np.float32) / 255.0
+            return np.asarray(binarization.to_float(None, stored, "real" if spec.data.binarization == "real"
+                                                    else "none"))
 
         variables = data_init(spec.model.prior.settings, variables, examples=examples,
                               num_examples=int(train_u8.shape[0]))
