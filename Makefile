@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 # Test processes (pytest-xdist); each test runs whole in one of them.
 TEST_WORKERS ?= 2
 
-.PHONY: venv data demo test bench bench-eval clean-venv
+.PHONY: venv data demo test notebook bench bench-eval clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,6 +38,11 @@ demo: data
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+# The seed question as an executed notebook: runs docs/why_vae_generative.ipynb (a few minutes on a
+# CPU) and writes the executed copy, figures inline, to runs/notebook/.
+notebook: $(STAMP)
+	$(BIN)/python scripts/run_notebook.py docs/why_vae_generative.ipynb runs/notebook/why_vae_generative.ipynb
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_train.py

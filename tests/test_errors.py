@@ -19,6 +19,7 @@ from vaegen.blocks import likelihoods as likelihoods_lib
 from vaegen.config import loading as config_lib
 from vaegen.config import schema
 from vaegen.data import datasets as data_lib
+from vaegen.data import images as images_lib
 from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import importance as estimators_lib
 from vaegen.estimators import settings as estimator_settings
@@ -33,6 +34,11 @@ DOC = ROOT / "docs" / "errors.md"
 
 # (id, vaegen arguments, message fragment). Every one exits with status 2.
 CLI_CASES = [
+    ("free-bits-prior", ["train", "--config", "tiny", "--config.objective.free_bits=0.5", "--config.model.prior=mixture"],
+     "config.objective.free_bits needs a KL that splits over latent dimensions"),
+    ("kl-schedules", ["train", "--config", "tiny", "--config.objective.kl_cycle_epochs=2",
+                      "--config.objective.kl_warmup_epochs=1"],
+     "config.objective.kl_cycle_epochs and kl_warmup_epochs are two schedules of the KL weight"),
     ("unknown-key", ["train", "--config", "tiny", "--config.model.latent_dimm=3"],
      "unknown config key 'model.latent_dimm'; did you mean model.latent_dim"),
     ("unknown-preset", ["train", "--config", "nope"], "unknown config preset 'nope'"),
@@ -315,6 +321,8 @@ PYTHON_CASES = [
      errors.UndefinedEstimateError, "log p(x) does not exist for this model: it has no prior p(z)"),
     ("x-support", lambda: _model_run("tiny").log_joint(np.full((1, 8, 8, 1), 3.0), np.zeros((1, 4))),
      errors.SupportError, "run.log_joint: argument x has values outside {0, 1}"),
+    ("images-missing", lambda: images_lib.load("no/such/images.npy", event_shape=(8, 8, 1), support="binary"),
+     errors.ImagesError, "--images no/such/images.npy: no such file or folder"),
     ("expost-too-few-codes", lambda: expost_lib.fit_density(np.zeros((5, 2), np.float32), np.zeros((0, 2)), "flow",
                                                             "/nonexistent/fit"),
      errors.DataError, "only 5 training codes to fit the flow density to; it needs at least 256"),

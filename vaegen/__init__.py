@@ -14,8 +14,9 @@ The package in layers, each importing only the ones above it in this list::
     vaegen.model                    LatentVariableModel and the model kinds (one z, two layers, MADE)
     vaegen.objectives               ELBO, IWAE, the autoencoders' objectives, exact log-likelihood
     vaegen.estimators               importance sampling, AIS, BDMC, diagnostics; the eval settings
+    vaegen.train                    the fused trainer, optimiser, random streams, workdir, checkpoints,
+                                    TensorBoard, the latent diagnostics at each validation
     vaegen.inference                per-example q* by SVI, variational families, semi-amortized training
-    vaegen.train                    the fused trainer, optimiser, random streams, workdir, checkpoints
     vaegen.config                   presets, overrides and the typed run spec (the boundary)
     vaegen.runs                     train_and_evaluate(config), load(workdir), evaluate(run)
     vaegen.studies                  compare and its report, gaps, ex-post densities, reproduction, demo

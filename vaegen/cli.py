@@ -2,6 +2,7 @@
 
     vaegen train     --config PRESET|FILE[:ARG] --workdir W [--config.key=value ...]
     vaegen evaluate  --workdir W [--estimators elbo,iwae,is,ais,bdmc,diagnostics] [--k 5000]
+                     [--images PATH --binarize threshold|sample|none]   (your own images)
                      [--ks 1,5,50] [--ais-steps 1000 --ais-chains 16 --leapfrog 10] ...
     vaegen gaps      --workdir W [--family diag,fullcov,flow] [--steps 500] [--k 1000]
     vaegen sample    --workdir W [--n 64]
@@ -35,6 +36,7 @@ from vaegen import sharding as sharding_lib
 from vaegen.config import loading as config_lib
 from vaegen.config.schema import to_spec
 from vaegen.data import datasets
+from vaegen.data import images as images_lib
 from vaegen.errors import (NO_PRIOR_MESSAGE, USER_ERRORS, ConfigError, InferenceError, NoPriorError,
                            TrainingInterrupted)
 from vaegen.estimators import ais as ais_lib
@@ -135,15 +137,21 @@ def _eval_settings(args, run: run_lib.Run) -> EvalSettings:
 def cmd_evaluate(args, overrides) -> int:
     if args.per_example and not args.per_example.endswith(".npz"):
         raise ConfigError(f"--per-example writes an .npz file; got {args.per_example!r}")
-    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "eval.json"
+    if args.binarize and not args.images:
+        raise ConfigError("--binarize applies to --images only (a split is binarized as its run's config says)")
+    default_name = f"eval_{pathlib.Path(args.images).stem}.json" if args.images else "eval.json"
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / default_name
     workdir_lib.check_writable(out, option="--out")  # before the work, not after it (a read-only workdir)
     if args.per_example:
         workdir_lib.check_writable(pathlib.Path(args.per_example), option="--per-example")
     run = run_lib.load(args.workdir)
+    images = (images_lib.load(args.images, event_shape=run.event_shape, binarize=args.binarize or "none",
+                              support=run.spec.model.likelihood.trait("support", "real"), seed=args.seed)
+              if args.images else None)
     per_example = {} if args.per_example else None
     result = evaluate_lib.evaluate(run, _eval_settings(args, run), split=args.split, seed=args.seed,
                                    max_examples=args.max_examples, batch_size=args.batch_size,
-                                   progress=not args.no_progress, per_example=per_example)
+                                   progress=not args.no_progress, per_example=per_example, images=images)
     print(evaluate_lib.format_table(result))
     evaluate_lib.write_json(out, result)
     print(f"wrote {out}")
@@ -418,6 +426,12 @@ def build_parser() -> argparse.ArgumentParser:
                                    "config.eval.")
     e.add_argument("--workdir", required=True)
     e.add_argument("--split", default="test", choices=("test", "validation"))
+    e.add_argument("--images", metavar="PATH", help="score your own images instead of a split: .npy, .npz, IDX, or a "
+                   "folder of PNGs (uint8 grey levels, floats in [0, 1] or binary); default --out "
+                   "WORKDIR/eval_<name>.json")
+    e.add_argument("--binarize", choices=images_lib.BINARIZE, default=None,
+                   help="--images for a Bernoulli likelihood: threshold (x/255 > 0.5), sample (one Bernoulli draw "
+                        "keyed by --seed) or none (the images are binary already)")
     e.add_argument("--estimators", default=None,
                    help=f"comma-separated: {','.join(c.name for c in sorted(ESTIMATORS, key=lambda c: c.trait('order', 0)))} "
                         "or 'all' (default config.eval.estimators)")
@@ -441,7 +455,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--max-examples", type=_non_negative_int, default=0, help="evaluate the first n examples only")
     e.add_argument("--batch-size", type=_positive_int, default=None, help="examples vmapped together per device (memory only)")
     e.add_argument("--no-progress", action="store_true", help="no progress bars")
-    e.add_argument("--out", help="JSON output path (default WORKDIR/eval.json)")
+    e.add_argument("--out", help="JSON output path (default WORKDIR/eval.json; WORKDIR/eval_<name>.json with --images)")
     e.add_argument("--per-example", metavar="PATH.npz",
                    help="also write every metric's per-example values (nats) to this .npz, for paired comparisons")
     e.set_defaults(func=cmd_evaluate)

@@ -36,6 +36,11 @@ class DataError(ValueError):
     """Data that the trainer cannot use: wrong shape or dtype, NaN, an empty split."""
 
 
+class ImagesError(DataError):
+    """Images given to score (``vaegen evaluate --images``) that cannot be read or do not fit the
+    run: format, shape, dtype, value range, or a binarization the likelihood does not allow."""
+
+
 class SupportError(ValueError):
     """Data lie outside the support of the likelihood they are given to."""
 

@@ -358,7 +358,9 @@ class FlowPosterior(nn.Module):
 # Traits: ``point_mass`` (the autoencoder's deterministic encoder: no density, no ELBO);
 # ``batched_density`` (q(z | u) has a density on a batch of inputs, so a VampPrior can be built
 # on it); ``refinable`` (semi-amortized training may refine it per example); ``layer_factors``
-# (each layer of a two-layer model can have a factor of this family, with these settings).  The variational
+# (each layer of a two-layer model can have a factor of this family, with these settings); ``factorized``
+# (q(z | x) is a product over latent dimensions, so its KL to a factorized prior splits over them: free
+# bits).  The variational
 # family whose per-example form :mod:`vaegen.inference` optimises is each module's ``family``.
 
 
@@ -400,7 +402,7 @@ def _flow_latent_dim(settings, spec) -> None:
 
 
 @POSTERIORS.register("diagonal_gaussian", settings=GaussianSettings, aliases=("diag",),
-                     traits={"batched_density": True, "refinable": True, "layer_factors": True})
+                     traits={"batched_density": True, "refinable": True, "layer_factors": True, "factorized": True})
 def diagonal_gaussian_posterior(settings: GaussianSettings, *, encoder: nn.Module, latent_dim: int) -> DiagonalGaussian:
     """q(z | x) = N(z; mu(x), diag sigma(x)^2): the VAE's."""
     return DiagonalGaussian(encoder=encoder, latent_dim=latent_dim, min_log_scale=settings.min_log_scale,
@@ -408,7 +410,7 @@ def diagonal_gaussian_posterior(settings: GaussianSettings, *, encoder: nn.Modul
 
 
 @POSTERIORS.register("fixed_scale_gaussian", settings=FixedScaleSettings,
-                     traits={"batched_density": True})
+                     traits={"batched_density": True, "factorized": True})
 def fixed_scale_gaussian_posterior(settings: FixedScaleSettings, *, encoder: nn.Module,
                                    latent_dim: int) -> FixedScaleGaussian:
     """q(z | x) = N(z; mu(x), s^2 I), s constant: the path from a VAE to an AE as s -> 0."""

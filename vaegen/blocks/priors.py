@@ -223,7 +223,7 @@ def init_pseudo_inputs_from_data(variables: Mapping, x: Any, *, eps: float = 1e-
 # (p(z) is defined through q(z | u): the posterior must have a density on a batch of inputs);
 # ``data_init`` (``data_init(settings, variables, examples)``: a data-dependent initialisation the
 # trainer runs on a new run: ``examples(k)`` gives k of the ``num_examples`` training examples as the
-# model sees them).
+# model sees them); ``factorized`` (p(z) is a product over latent dimensions: free bits).
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,7 +261,7 @@ def _vampprior_data_init(settings: VampPriorSettings, variables: Any, *, example
     return init_pseudo_inputs_from_data(variables, examples(settings.components))
 
 
-@PRIORS.register("standard_normal")
+@PRIORS.register("standard_normal", traits={"factorized": True})
 def standard_normal(settings: NoSettings, *, latent_dim: int, event_shape: tuple[int, ...]) -> StandardNormal:
     """p(z) = N(0, I): no parameters."""
     del settings, event_shape

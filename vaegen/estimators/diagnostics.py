@@ -3,7 +3,10 @@
 For a model with a density q(z | x) and a prior p(z), over a set of N examples:
 
 ==========================  ===================================================================
-``kl_per_dim``              E_x KL(q(z_d | x) || p(z_d)) for each unit d (factorised q and p)
+``kl_per_dim``              E_x KL(q(z_d | x) || p(z_d)) for each unit d (diagonal Gaussian q; in
+                            closed form for a diagonal Gaussian p, by Monte Carlo against the
+                            marginals p(z_d) of a mixture of diagonal Gaussians: the learned
+                            mixture and the VampPrior)
 ``active_units``            units with Var_x E_q[z_d | x] > 0.01 (Burda et al. 2016)
 ``rate``                    R = E_x KL(q(z | x) || p(z))                       (Alemi et al. 2018)
 ``distortion``              D = -E_x E_q[log p(x | z)];  ELBO = -(R + D)
@@ -52,6 +55,21 @@ def _is_diagonal_gaussian(d: distrax.Distribution) -> bool:
     return isinstance(d, distrax.MultivariateNormalDiag)
 
 
+def marginals(p: distrax.Distribution) -> distrax.Distribution | None:
+    """The one-dimensional marginals p(z_d) of a prior over z [D], as one distribution of batch
+    shape [D] (its ``log_prob`` takes ``z [..., D]``): Normals for a diagonal Gaussian, mixtures of
+    Normals (same weights) for a mixture of diagonal Gaussians; ``None`` for any other prior."""
+    if _is_diagonal_gaussian(p):
+        return distrax.Normal(p.loc, p.scale_diag)
+    if isinstance(p, distrax.MixtureSameFamily) and _is_diagonal_gaussian(p.components_distribution):
+        comp = p.components_distribution                                  # batch [K], event [D]
+        logits = p.mixture_distribution.logits                            # [K]
+        d = comp.loc.shape[-1]
+        return distrax.MixtureSameFamily(distrax.Categorical(logits=jnp.broadcast_to(logits, (d,) + logits.shape)),
+                                         distrax.Normal(comp.loc.T, comp.scale_diag.T))   # batch [D], K each
+    return None
+
+
 @dataclasses.dataclass(frozen=True)
 class _PosteriorTerms:
     """Per-example statistics of q(z | x) (see :func:`posterior_terms`)."""
@@ -73,9 +91,12 @@ class _PosteriorTerms:
             if m.has_prior:
                 p = m.p_z()
                 out["kl"], _ = objectives_lib.kl_divergence(q, p, z)     # KL(q(z|x) || p(z))
+                p_d = marginals(p)
                 if _is_diagonal_gaussian(q) and _is_diagonal_gaussian(p):
-                    out["kl_per_dim"] = distrax.Normal(q.loc, q.scale_diag).kl_divergence(
-                        distrax.Normal(p.loc, p.scale_diag))             # [D]
+                    out["kl_per_dim"] = objectives_lib.kl_per_dimension(q, p)   # closed form   [D]
+                elif _is_diagonal_gaussian(q) and p_d is not None:
+                    q_d = distrax.Normal(q.loc, q.scale_diag)                     # batch [D]
+                    out["kl_per_dim"] = jnp.mean(q_d.log_prob(z) - p_d.log_prob(z), axis=0)   # Monte Carlo  [D]
             return out
 
         return self.model.apply(variables, method=terms)
@@ -175,11 +196,12 @@ def _summary(values) -> dict[str, float]:
     return {"mean": float(v.mean()), "stderr": se}
 
 
-def diagnose(model: model_lib.LatentVariableModel, variables: Any, xs: jax.Array, key: jax.Array, *,
+def diagnose(model: model_lib.LatentVariableModel, variables: Any, xs: jax.Array, key: jax.Array | None = None, *,
              num_samples: int = 1, mi_samples: int = 1, active_unit_threshold: float = ACTIVE_UNIT_THRESHOLD,
              collapse_threshold: float = COLLAPSE_THRESHOLD, batch_size: int | None = None, devices=None,
              progress: bool = False) -> dict[str, Any]:
-    """All diagnostics of the module docstring on ``xs [N, *event]``, as a JSON-able dict.
+    """All diagnostics of the module docstring on ``xs [N, *event]``, as a JSON-able dict;
+    ``diagnose(run, xs, key)`` takes a trained run's model and variables.
 
     Args:
       num_samples: z ~ q(z | x) per example for the distortion (and a Monte Carlo KL where no
@@ -196,6 +218,10 @@ def diagnose(model: model_lib.LatentVariableModel, variables: Any, xs: jax.Array
       ``posterior_collapse`` (bool) with ``collapse_reason``; ``undefined`` maps the others
       to the reason.
     """
+    if key is None and hasattr(model, "model") and hasattr(model, "variables"):   # diagnose(run, xs, key)
+        model, variables, xs, key = model.model, model.variables, variables, xs
+    if key is None:
+        raise TypeError("diagnose needs a PRNG key: diagnose(model, variables, xs, key) or diagnose(run, xs, key)")
     terms = posterior_terms(model, variables, xs, jax.random.fold_in(key, 0), num_samples=num_samples,
                             batch_size=batch_size, devices=devices, progress=progress)
     terms = jax.device_get(terms)

@@ -90,9 +90,20 @@ def _require_prior(model: Any, what: str) -> None:
         )
 
 
-def model_functions(model: Any, variables: Any, *,
+def model_and_variables(model: Any, variables: Any = None) -> tuple[Any, Any]:
+    """``(model, variables)`` from a model and its variables, or from a trained run alone
+    (:func:`vaegen.load`: anything with ``.model`` and ``.variables``)."""
+    if variables is not None:
+        return model, variables
+    if hasattr(model, "model") and hasattr(model, "variables"):
+        return model.model, model.variables
+    raise TypeError(f"pass a model and its variables, or a trained run (vaegen.load); got {type(model).__name__} alone")
+
+
+def model_functions(model: Any, variables: Any = None, *,
                     proposal: str = "posterior") -> tuple[LogJoint, Proposal]:
-    """``(log_joint, proposal)`` of a model with its parameters bound.
+    """``(log_joint, proposal)`` of a model with its parameters bound (``model_functions(run)``
+    takes a trained run's).
 
     Args:
       proposal: ``"posterior"`` (q(z | x), the amortized inference network) or ``"prior"``
@@ -104,6 +115,7 @@ def model_functions(model: Any, variables: Any, *,
       UndefinedEstimateError: the model has no prior (log p(x) does not exist), or
         ``proposal="posterior"`` and q(z | x) is a point mass.
     """
+    model, variables = model_and_variables(model, variables)
     _require_prior(model, "log p(x)")
     if proposal == "posterior":
         if model.is_autoencoder:
@@ -116,8 +128,10 @@ def model_functions(model: Any, variables: Any, *,
     return jax.tree_util.Partial(_LogJoint(model), variables), prop
 
 
-def model_sampler(model: Any, variables: Any) -> Callable[[jax.Array, int], tuple[jax.Array, jax.Array]]:
-    """``sample_joint(key, n) -> (z [n, D], x [n, *event])``: ancestral samples of p(x, z)."""
+def model_sampler(model: Any, variables: Any = None) -> Callable[[jax.Array, int], tuple[jax.Array, jax.Array]]:
+    """``sample_joint(key, n) -> (z [n, D], x [n, *event])``: ancestral samples of p(x, z) (of a
+    model and its variables, or of a trained run)."""
+    model, variables = model_and_variables(model, variables)
     _require_prior(model, "sampling p(x, z)")
     return jax.tree_util.Partial(_SampleJoint(model), variables)
 

@@ -105,10 +105,12 @@ class LatentVariableModel(nn.Module):
 # A model is assembled from its parts, each a registered component chosen in the config: the prior
 # p(z), the likelihood p(x | z) on a decoder trunk, the posterior q(z | x) on an encoder trunk.  The
 # model kind says how the parts make a model: one latent vector (here), two stochastic layers
-# (:mod:`vaegen.model.two_layer`), or no latent at all (:mod:`vaegen.model.autoregressive`).
+# (:mod:`vaegen.model.two_layer`), or no latent at all (:mod:`vaegen.model.autoregressive`).  Traits:
+# ``has_latents``; ``one_latent_vector`` (q(z | x) and p(z) are the posterior's and the prior's own,
+# over one vector z: what needs their structure, such as free bits, can rely on it).
 
 
-@MODEL_KINDS.register("latent_variable", traits={"has_latents": True})
+@MODEL_KINDS.register("latent_variable", traits={"has_latents": True, "one_latent_vector": True})
 def latent_variable(settings: NoSettings, *, model: Any, inference: Any, event_shape: tuple[int, ...]) -> LatentVariableModel:
     """p(z) p(x | z) with q(z | x) beside it: one latent vector z [D]."""
     del settings

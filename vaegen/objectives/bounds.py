@@ -43,6 +43,13 @@ from vaegen.registry import OBJECTIVES, Settings, setting
 Terms = dict[str, jax.Array]
 
 
+def bits_per_dim(nats: Any, num_dims: int) -> Any:
+    """A log-likelihood or bound of one observation in nats as bits per dimension,
+    -nats / (num_dims ln 2), lower is better (a code length for discrete data only: see
+    :func:`vaegen.runs.evaluate.bits_per_dim_definition`)."""
+    return -nats / (num_dims * math.log(2))
+
+
 def kl_divergence(q: distrax.Distribution, p: distrax.Distribution, z: jax.Array) -> tuple[jax.Array, bool]:
     """KL(q || p) in nats: analytic where distrax has it, else the Monte Carlo estimate
     mean_s[log q(z_s) - log p(z_s)] over the samples ``z [S, D]`` drawn from q.
@@ -53,6 +60,33 @@ def kl_divergence(q: distrax.Distribution, p: distrax.Distribution, z: jax.Array
         return q.kl_divergence(p), True
     except (NotImplementedError, TypeError, ValueError):
         return jnp.mean(q.log_prob(z) - p.log_prob(z)), False
+
+
+def kl_per_dimension(q: distrax.Distribution, p: distrax.Distribution) -> jax.Array:
+    """KL(q_d || p_d) for each latent dimension d, in nats, ``[D]`` (summing to KL(q || p)):
+    closed form for two diagonal Gaussians q = N(mu, diag s^2), p = N(m, diag t^2),
+
+        KL_d = log(t_d / s_d) + (s_d^2 + (mu_d - m_d)^2) / (2 t_d^2) - 1/2.
+
+    Raises TypeError for any other pair (their KL does not split over dimensions)."""
+    if not (isinstance(q, distrax.MultivariateNormalDiag) and isinstance(p, distrax.MultivariateNormalDiag)):
+        raise TypeError(f"the KL splits over dimensions only for two diagonal Gaussians, not {type(q).__name__} "
+                        f"and {type(p).__name__}")
+    s, t = q.scale_diag, p.scale_diag
+    return jnp.log(t / s) + (s**2 + (q.loc - p.loc) ** 2) / (2 * t**2) - 0.5
+
+
+def free_bits_kl(kl_dims: jax.Array, free_bits: float, group_size: int = 1) -> jax.Array:
+    """sum_g max(lambda, KL_g): the KL with "free bits" (Kingma et al. 2016), ``[]`` nats.
+
+    ``kl_dims [D]`` is split into D / group_size consecutive groups; each group's KL counts as at
+    least ``free_bits`` = lambda nats, so the gradient stops pushing a group's KL below lambda
+    (no incentive to collapse it).  Applied per example (Kingma et al. clamp the minibatch mean
+    of each group's KL; per example is the stricter form: mean_x max(lambda, KL_g(x)) >=
+    max(lambda, mean_x KL_g(x))).
+    """
+    groups = kl_dims.reshape(-1, group_size).sum(-1)                # [D / group_size]
+    return jnp.sum(jnp.maximum(groups, free_bits))
 
 
 def elbo_terms(m: Any, q: distrax.Distribution, x: jax.Array, key: jax.Array, *, num_samples: int = 1,
@@ -140,9 +174,18 @@ def require_density(model: Any, name: str) -> None:
         )
 
 
-def kl_weight(beta: float, warmup_steps: int, step: jax.Array) -> jax.Array:
-    """beta * min(1, step / warmup_steps): the KL warm-up schedule (beta from the first step if
-    ``warmup_steps == 0``)."""
+def kl_weight(beta: float, warmup_steps: int, step: jax.Array, cycle_steps: int = 0,
+              cycle_ratio: float = 0.5) -> jax.Array:
+    """The weight of the KL term at ``step`` (0-based):
+
+    - warm-up: beta * min(1, step / warmup_steps) (beta from the first step if ``warmup_steps == 0``);
+    - cyclical (Fu et al. 2019), when ``cycle_steps > 0``: beta * min(1, tau / cycle_ratio) with
+      tau = (step mod cycle_steps) / cycle_steps -- in each cycle the weight rises linearly from 0
+      to beta over the first ``cycle_ratio`` of it and stays at beta for the rest.
+    """
+    if cycle_steps > 0:
+        tau = jnp.mod(jnp.asarray(step), cycle_steps).astype(jnp.float32) / cycle_steps
+        return beta * jnp.minimum(1.0, tau / cycle_ratio)
     if warmup_steps <= 0:
         return jnp.asarray(beta, jnp.float32)
     return optax.linear_schedule(0.0, beta, warmup_steps)(step)
@@ -161,30 +204,40 @@ class ELBO:
       beta: weight of the KL in the *training* objective (beta-VAE); the reported ``elbo`` is
         always the true bound (beta = 1).
       kl_warmup_steps: the KL weight rises linearly from 0 to ``beta`` over this many steps.
+      kl_cycle_steps, kl_cycle_ratio: a cyclical KL weight instead (:func:`kl_weight`).
+      free_bits, free_bits_group_size: lambda > 0 replaces the KL of the *training* objective by
+        sum_g max(lambda, KL_g) over groups of latent dimensions (:func:`free_bits_kl`; needs a
+        KL that splits over dimensions, :func:`kl_per_dimension`).
 
     Terms (nats, one example): ``reconstruction`` E_q[log p(x|z)], ``kl`` KL(q || p),
-    ``elbo`` = reconstruction - kl, ``kl_weight``, ``objective`` = reconstruction - w * kl.
+    ``elbo`` = reconstruction - kl, ``kl_weight``, ``objective`` = reconstruction - w * kl
+    (with free bits, reconstruction - w * ``kl_free_bits``).
     """
 
     num_samples: int = 1
     analytic_kl: bool = True
     beta: float = 1.0
     kl_warmup_steps: int = 0
+    kl_cycle_steps: int = 0
+    kl_cycle_ratio: float = 0.5
+    free_bits: float = 0.0
+    free_bits_group_size: int = 1
     bound_name = "elbo"
 
     def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
         require_density(model, "ELBO")
 
         def terms(m: Any) -> Terms:
-            t = elbo_terms(m, m.q_z_given_x(x), x, key, num_samples=self.num_samples, analytic_kl=self.analytic_kl)
-            w = kl_weight(self.beta, self.kl_warmup_steps, jnp.asarray(step))
-            return {
-                "reconstruction": t["reconstruction"],
-                "kl": t["kl"],
-                "elbo": t["elbo"],
-                "kl_weight": w,
-                "objective": t["reconstruction"] - w * t["kl"],
-            }
+            q = m.q_z_given_x(x)
+            t = elbo_terms(m, q, x, key, num_samples=self.num_samples, analytic_kl=self.analytic_kl)
+            w = kl_weight(self.beta, self.kl_warmup_steps, jnp.asarray(step), self.kl_cycle_steps, self.kl_cycle_ratio)
+            out = {"reconstruction": t["reconstruction"], "kl": t["kl"], "elbo": t["elbo"], "kl_weight": w}
+            penalized = t["kl"]
+            if self.free_bits > 0:
+                penalized = free_bits_kl(kl_per_dimension(q, m.p_z()), self.free_bits, self.free_bits_group_size)
+                out["kl_free_bits"] = penalized
+            out["objective"] = t["reconstruction"] - w * penalized
+            return out
 
         return model.apply(variables, method=terms)
 
@@ -273,6 +326,18 @@ class ELBOSettings(Settings):
     beta: float = setting(1.0, "weight of the KL in the training objective (beta-VAE); the reported elbo has beta = 1",
                           ge=0)
     kl_warmup_epochs: float = setting(0.0, "linear warm-up of the KL weight from 0 to beta", ge=0)
+    kl_cycle_epochs: float = setting(0.0, "cyclical KL weight (Fu et al. 2019): the length of one cycle in epochs "
+                                     "(0 = none)", ge=0)
+    kl_cycle_ratio: float = setting(0.5, "cyclical KL weight: the fraction of each cycle over which it rises from 0 "
+                                    "to beta", gt=0, le=1)
+    free_bits: float = setting(0.0, "free bits (Kingma et al. 2016): each group's KL counts as at least this many "
+                               "nats in the training objective, per example (0 = none)", ge=0)
+    free_bits_group_size: int = setting(1, "free bits: latent dimensions per group (1 = per dimension)", gt=0)
+
+    def validate(self, key):
+        if self.kl_cycle_epochs and self.kl_warmup_epochs:
+            raise ConfigError(f"{key('kl_cycle_epochs')} and kl_warmup_epochs are two schedules of the KL weight; "
+                              "set one of them to 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -280,12 +345,28 @@ class IWAESettings(Settings):
     num_samples: int = setting(5, "k importance samples per example", gt=0)
 
 
-@OBJECTIVES.register("elbo", settings=ELBOSettings, check=needs_density_and_prior,
-                     traits={"bound_from_log_joint": True})
+def _check_elbo(settings: ELBOSettings, spec: Any) -> None:
+    """Every bound's check; free bits also need a KL that splits over latent dimensions."""
+    needs_density_and_prior(settings, spec)
+    if settings.free_bits > 0:
+        if not (spec.model.kind.trait("one_latent_vector", False) and spec.inference.posterior.trait("factorized", False)
+                and spec.model.prior.trait("factorized", False)):
+            raise ConfigError("config.objective.free_bits needs a KL that splits over latent dimensions: one latent "
+                              "vector with a factorized posterior (diagonal_gaussian, fixed_scale_gaussian) and prior "
+                              "(standard_normal); set free_bits=0 or change them")
+        if spec.model.latent_dim % settings.free_bits_group_size:
+            raise ConfigError(f"config.objective.free_bits_group_size={settings.free_bits_group_size} must divide "
+                              f"config.model.latent_dim={spec.model.latent_dim}")
+
+
+@OBJECTIVES.register("elbo", settings=ELBOSettings, check=_check_elbo, traits={"bound_from_log_joint": True})
 def elbo(settings: ELBOSettings, *, steps_per_epoch: int = 1) -> ELBO:
-    """L(x) = E_q[log p(x|z)] - beta KL(q(z|x) || p(z)) (beta = 1: the ELBO; KL warm-up optional)."""
+    """L(x) = E_q[log p(x|z)] - beta KL(q(z|x) || p(z)) (beta = 1: the ELBO; KL warm-up, cyclical KL weight and free bits optional)."""
     return ELBO(num_samples=settings.num_samples, analytic_kl=settings.analytic_kl, beta=settings.beta,
-                kl_warmup_steps=int(round(settings.kl_warmup_epochs * steps_per_epoch)))
+                kl_warmup_steps=int(round(settings.kl_warmup_epochs * steps_per_epoch)),
+                kl_cycle_steps=max(1, int(round(settings.kl_cycle_epochs * steps_per_epoch))) if settings.kl_cycle_epochs else 0,
+                kl_cycle_ratio=settings.kl_cycle_ratio, free_bits=settings.free_bits,
+                free_bits_group_size=settings.free_bits_group_size)
 
 
 @OBJECTIVES.register("iwae", settings=IWAESettings, check=needs_density_and_prior,

@@ -46,6 +46,7 @@ import numpy as np
 from vaegen import compilation as compilation_lib
 from vaegen import sharding as sharding_lib
 from vaegen.data import binarization
+from vaegen.data import images as images_lib
 from vaegen.data import splits as splits_lib
 from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import diagnostics as diagnostics_lib
@@ -53,7 +54,7 @@ from vaegen.estimators import importance as importance_lib
 from vaegen.estimators.settings import EvalSettings, parse_estimators
 from vaegen.runs.run import Run
 from vaegen.objectives.autoencoder import Autoencoder
-from vaegen.objectives.bounds import ELBO
+from vaegen.objectives.bounds import ELBO, bits_per_dim
 from vaegen.objectives.exact import ExactLogLikelihood
 from vaegen.registry import ESTIMATORS, NoSettings
 from vaegen.train import faults as faults_lib
@@ -78,7 +79,7 @@ def summarize(values: np.ndarray, num_dims: int | None) -> dict[str, float]:
     stderr = float(values.std(ddof=1) / math.sqrt(n)) if n > 1 else float("nan")
     out = {"mean": mean, "stderr": stderr}
     if num_dims:
-        out["bits_per_dim"] = -mean / (num_dims * math.log(2))
+        out["bits_per_dim"] = bits_per_dim(mean, num_dims)
     out["n"] = int(n)
     return out
 
@@ -282,8 +283,9 @@ def _diagnostics(settings: NoSettings, ctx: Context) -> None:
 
 def evaluate(run: Run, settings: EvalSettings | None = None, *, split: str = "test", seed: int = 0,
              max_examples: int = 0, batch_size: int | None = None, devices=None, progress: bool = False,
-             per_example: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
-    """Evaluates ``run`` (from :func:`vaegen.load`) on ``split``.
+             per_example: dict[str, np.ndarray] | None = None,
+             images: images_lib.UserImages | None = None) -> dict[str, Any]:
+    """Evaluates ``run`` (from :func:`vaegen.load`) on ``split``, or on ``images``.
 
     Args:
       settings: the estimators and their settings (:class:`vaegen.estimators.settings.EvalSettings`);
@@ -301,6 +303,8 @@ def evaluate(run: Run, settings: EvalSettings | None = None, *, split: str = "te
         ``ais_examples`` for ``log_px_ais``), keyed like the metrics; for paired comparisons
         of two models on the same examples (:func:`paired_difference`, :func:`write_per_example`).
         BDMC's bounds are over simulated data, not the split's examples, and are not included.
+      images: images of the user's own (:func:`vaegen.data.images.load`) instead of a split;
+        the result records their source and binarization under ``images``.
     Returns:
       A JSON-able dict: settings, and per metric ``{mean, stderr, bits_per_dim}`` in nats.
     """
@@ -310,15 +314,22 @@ def evaluate(run: Run, settings: EvalSettings | None = None, *, split: str = "te
         raise TypeError(f"settings must be an EvalSettings (e.g. dataclasses.replace(run.spec.eval, ...)), "
                         f"got {type(settings).__name__}")
     spec = run.spec
-    x_u8 = getattr(run.data(), split)
-    if max_examples:
-        x_u8 = x_u8[:max_examples]
-    protocol = splits_lib.split_protocol(spec.data, split)
-    stored = splits_lib.stored_split(spec.data, x_u8, split)
-    xs = binarization.to_float(None, stored, protocol)                 # [N, *event] as the model sees it
+    if images is not None:
+        split, protocol = "images", images.protocol
+        x_u8 = stored = images.stored[:max_examples] if max_examples else images.stored
+    else:
+        x_u8 = getattr(run.data(), split)
+        if max_examples:
+            x_u8 = x_u8[:max_examples]
+        protocol = splits_lib.split_protocol(spec.data, split)
+        stored = splits_lib.stored_split(spec.data, x_u8, split)
+    xs = binarization.to_float(None, jnp.asarray(stored), protocol)    # [N, *event] as the model sees it
     if spec.model.kind.trait("exact_log_likelihood", False):
-        return _evaluate_exact(run, xs, split=split, seed=seed, protocol=protocol, batch_size=batch_size,
-                               per_example=per_example)
+        result = _evaluate_exact(run, xs, split=split, seed=seed, protocol=protocol, batch_size=batch_size,
+                                 per_example=per_example)
+        if images is not None:
+            result["images"] = images.info
+        return result
     names = parse_estimators(settings.estimators)
     k = settings.num_samples
     ks = tuple(sorted({int(i) for i in settings.ks if 1 <= int(i) <= k}))
@@ -332,6 +343,8 @@ def evaluate(run: Run, settings: EvalSettings | None = None, *, split: str = "te
         "devices": [str(d) for d in (devices or jax.local_devices())],
         "metrics": metrics,
     }
+    if images is not None:
+        result["images"] = images.info
     ctx = Context(run=run, xs=xs, settings=settings, ks=ks, names=names, root=purpose_key(seed, "evaluation"),
                   kw=dict(batch_size=batch_size, devices=devices, progress=progress), result=result, metrics=metrics,
                   undefined={}, timings={}, values=per_example if per_example is not None else {},
@@ -373,7 +386,9 @@ def _evaluate_exact(run: Run, xs: jax.Array, *, split: str, seed: int, protocol:
 
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of an evaluation result."""
-    rows = [f"{result['split']} split, {result['num_examples']} examples, epoch {result['epoch']} (nats per example)"]
+    source = (f"{result['images']['path']} (binarize: {result['images']['binarize']})" if "images" in result
+              else f"{result['split']} split")
+    rows = [f"{source}, {result['num_examples']} examples, epoch {result['epoch']} (nats per example)"]
     if "bits_per_dim_definition" in result:
         rows.append(f"bits/dim: {result['bits_per_dim_definition']}")
     rows.append(f"{'metric':<18}{'mean':>12}{'stderr':>10}{'bits/dim':>10}{'n':>8}")

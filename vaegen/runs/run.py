@@ -6,6 +6,10 @@
     run.encode(x)            q(z | x), a distrax distribution         event [D]
     run.decode(z)            p(x | z), a distrax distribution         event [*x.shape]
     run.sample(key, n)       x ~ p(x | z), z ~ p(z)                   [n, *x.shape]
+    run.log_px(x, k=1000)    log p(x) by importance sampling (or AIS)  [N] nats
+    run.elbo(x)              the ELBO                                  [N] nats
+    run.reconstruct(x)       E[x | z = E_q[z | x]]                     [N, *x.shape]
+    run.codes(x)             E_q[z | x]                                [N, D]
 
 ``x`` is an observation as the model sees it (floats; binary for a Bernoulli likelihood):
 ``run.split("test")`` returns a split in that form, binarized by the run's protocol.
@@ -35,6 +39,7 @@ from vaegen.data import datasets
 from vaegen.data import splits as splits_lib
 from vaegen.errors import CheckpointError, ConfigError
 from vaegen.registry import to_mapping
+from vaegen.runs.questions import Questions
 from vaegen.model import latent as latent_lib
 from vaegen.train import checkpoint as checkpoint_lib
 from vaegen.train import trainer as trainer_lib
@@ -42,8 +47,10 @@ from vaegen.train import workdir as workdir_lib
 
 
 @dataclasses.dataclass
-class Run:
-    """A model with its trained parameters, the typed spec of its run and its data description."""
+class Run(Questions):
+    """A model with its trained parameters, the typed spec of its run and its data description;
+    the common questions (``log_px``, ``elbo``, ``reconstruct``, ``codes``) are one call each
+    (:mod:`vaegen.runs.questions`)."""
 
     workdir: pathlib.Path
     spec: schema.RunSpec

@@ -47,8 +47,8 @@ class OptimSettings(Settings):
                               f"{len(self.stage_epochs)} and {len(self.stage_factors)}")
 
 
-def make_optimizer(cfg: OptimSettings, steps_per_epoch: int) -> optax.GradientTransformation:
-    """The optax optimiser and learning-rate schedule of the ``optim`` section."""
+def make_schedule(cfg: OptimSettings, steps_per_epoch: int) -> optax.Schedule:
+    """The learning rate as a function of the step (warm-up, then the ``schedule``)."""
     lr = cfg.learning_rate
     warmup = int(round(cfg.warmup_epochs * steps_per_epoch))
     decay_steps = max(1, int(round(cfg.decay_epochs * steps_per_epoch)))
@@ -64,7 +64,12 @@ def make_optimizer(cfg: OptimSettings, steps_per_epoch: int) -> optax.GradientTr
         raise ConfigError(f"unknown schedule {cfg.schedule!r}")
     if warmup > 0:
         schedule = optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), schedule], [warmup])
+    return schedule
 
+
+def make_optimizer(cfg: OptimSettings, steps_per_epoch: int) -> optax.GradientTransformation:
+    """The optax optimiser and learning-rate schedule of the ``optim`` section."""
+    schedule = make_schedule(cfg, steps_per_epoch)
     if cfg.optimizer == "adam":
         opt = optax.adam(schedule, b1=cfg.b1, b2=cfg.b2, eps=cfg.eps)
     elif cfg.optimizer == "adamw":

@@ -58,14 +58,17 @@ from vaegen.data import binarization
 from vaegen.data import checks as checks_lib
 from vaegen.data import datasets
 from vaegen.data import splits as splits_lib
+from vaegen.estimators import diagnostics as diagnostics_lib
 from vaegen.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
 from vaegen.model import latent as latent_lib
+from vaegen.objectives.bounds import bits_per_dim
 from vaegen.registry import Settings, setting, to_mapping
+from vaegen.train import board as board_lib
 from vaegen.train import checkpoint as checkpoint_lib
 from vaegen.train import faults as faults_lib
 from vaegen.train import workdir as workdir_lib
 from vaegen.train.early_stopping import EarlyStopping
-from vaegen.train.optim import make_optimizer
+from vaegen.train.optim import make_optimizer, make_schedule
 from vaegen.train.rng import purpose_key
 from vaegen.train.steps import EpochLog, TrainState, make_train_steps, make_validation
 
@@ -96,6 +99,13 @@ class TrainSettings(Settings):
     steps_per_call: int = setting(0, "steps per device call (0 = a whole epoch); SIGINT/SIGTERM wait for the call "
                                   "to return; results do not depend on it", ge=0)
     handle_signals: bool = setting(True, "SIGINT/SIGTERM: save a checkpoint and stop (main thread only)")
+    tensorboard: bool = setting(True, "TensorBoard event files in <workdir>/tensorboard: every number of "
+                                "metrics.jsonl, and image grids at each validation")
+    latent_health_examples: int = setting(1000, "at each validation, the latent diagnostics (active units, KL per "
+                                          "unit, rate, distortion, I_q(x;z)) on the first n validation examples, "
+                                          "into metrics.jsonl as latent/...; 0 = none", ge=0)
+    tensorboard_images: int = setting(16, "images in each TensorBoard grid (samples, reconstructions) at each "
+                                      "validation; 0 = scalars only", ge=0)
 
 
 def _check_training_section(spec: Any) -> None:
@@ -118,6 +128,7 @@ class Setup:
     steps_per_epoch: int
     objective: Any
     optimizer: optax.GradientTransformation
+    learning_rate: optax.Schedule
 
 
 def build_setup(spec: Any, event_shape: tuple[int, ...], num_train: int) -> Setup:
@@ -130,7 +141,8 @@ def build_setup(spec: Any, event_shape: tuple[int, ...], num_train: int) -> Setu
     model = latent_lib.build_model(spec.model, spec.inference, event_shape)
     objective = spec.objective.build(steps_per_epoch=steps_per_epoch)
     optimizer = make_optimizer(spec.optim, steps_per_epoch)
-    return Setup(spec, model, tuple(event_shape), steps_per_epoch, objective, optimizer)
+    return Setup(spec, model, tuple(event_shape), steps_per_epoch, objective, optimizer,
+                 make_schedule(spec.optim, steps_per_epoch))
 
 
 def load_data(spec: Any) -> datasets.Splits:
@@ -225,6 +237,8 @@ class _Training:
         if self.resuming:
             workdir_lib.check_run_json(self.workdir, self.data_hash)
         self.primary = sharding_lib.is_primary()
+        if spec.train.tensorboard and self.primary:
+            board_lib.check_writable(self.workdir)
         # A resumed run is identified by its config as written: keys added to the schema since then
         # (filled in with their defaults, which workdir.check has compared) do not orphan it.
         self.fingerprint = (workdir_lib.config_fingerprint(workdir_lib.read_stored(self.workdir / workdir_lib.CONFIG_FILE))
@@ -293,6 +307,9 @@ class _Training:
                                         batch_size=spec.eval.batch_size, mesh=self.mesh)
         self.bound = setup.objective.bound_name
         self.compiled: dict[int, Any] = {}
+        self.health_inputs = self.validation_examples(spec.train.latent_health_examples) if (
+            spec.model.kind.trait("one_latent_vector", False)) else None
+        self.board = self.open_board()
         last: dict[str, Any] = {}
         bar = tqdm(range(self.start_epoch, num_epochs), initial=self.start_epoch, total=num_epochs, unit="epoch",
                    disable=not (spec.train.progress and self.primary), dynamic_ncols=True, desc="train")
@@ -312,7 +329,82 @@ class _Training:
             self.interrupts.close()
             if self.best is not None:
                 self.best.close()
+            if self.board is not None:
+                self.board.close()
         return last
+
+    def open_board(self) -> board_lib.Board | None:
+        """The TensorBoard writer (primary process, ``train.tensorboard``), and what it shows at
+        each validation: the first ``train.tensorboard_images`` validation images to reconstruct."""
+        spec = self.spec
+        self.pictures = None
+        if not (spec.train.tensorboard and self.primary):
+            return None
+        step = int(self.state.step)
+        board = board_lib.Board(self.workdir, purge_step=step + 1 if step else None)
+        self.picture_inputs = self.validation_examples(spec.train.tensorboard_images)
+        if self.picture_inputs is not None and board_lib.shows_images(self.event_shape):
+            n = int(self.picture_inputs.shape[0])
+            self.pictures = board_lib.make_pictures(self.setup.model, num_images=n,
+                                                    mesh=self.mesh if jax.process_count() == 1 else None,
+                                                    has_latents=spec.model.kind.trait("has_latents", True))
+        return board
+
+    def validation_examples(self, n: int) -> jax.Array | None:
+        """The first ``n`` validation examples as the model sees them (one draw of the validation
+        stream under a dynamic binarization); ``None`` if there are none."""
+        n = min(n, self.num_val)
+        if not n:
+            return None
+        stored = splits_lib.stored_split(self.spec.data, self.splits.validation[:n], "validation")
+        return binarization.to_float(purpose_key(self.spec.seed, "validation"), jnp.asarray(stored),
+                                     splits_lib.split_protocol(self.spec.data, "validation"))
+
+    def latent_health(self) -> dict[str, Any]:
+        """The latent diagnostics (:func:`vaegen.estimators.diagnostics.diagnose`) on the first
+        ``train.latent_health_examples`` validation examples, as ``latent/...`` entries of the
+        metrics line (nats; what is undefined for the model, e.g. the rate of an autoencoder, is
+        left out), with the seconds they took."""
+        t = time.perf_counter()
+        d = diagnostics_lib.diagnose(self.setup.model, self.local_params(), self.health_inputs,
+                                     purpose_key(self.spec.seed, "validation"),
+                                     devices=None if jax.process_count() > 1 else self.devices)
+        out = {"latent/active_units": d["active_units"], "latent/distortion": d["distortion"]["mean"]}
+        for name in ("rate", "mutual_information", "marginal_kl", "collapsed_units", "kl_per_dim"):
+            if name in d:
+                out[f"latent/{name}"] = d[name]["mean"] if name == "rate" else d[name]
+        out["latent/seconds"] = time.perf_counter() - t
+        return out
+
+    def local_params(self) -> Any:
+        """The parameters, as this process's own copy where they are replicated over several
+        processes (what a computation of this process alone, not the whole mesh, can take)."""
+        if jax.process_count() == 1:
+            return self.state.params
+        return jax.tree_util.tree_map(lambda a: a.addressable_data(0), self.state.params)
+
+    def show(self, line: dict[str, Any], validated: bool) -> None:
+        """The epoch's line in TensorBoard, with image grids after a validation."""
+        self.board.scalars(line)
+        if validated and self.pictures is not None:
+            images = jax.device_get(self.pictures(self.local_params(), self.picture_inputs,
+                                                  purpose_key(self.spec.seed, "sample")))
+            for name, grid in images.items():
+                self.board.images(f"images/{name}", grid, line["step"])
+        self.board.flush()
+
+    def disk_full(self, error: OSError) -> Exception:
+        """One line for a write into the workdir (metrics, run files) that failed on a full disk;
+        checkpoints report their own (:meth:`vaegen.train.checkpoint.Checkpointer.save`)."""
+        ckpt = checkpoint_lib.Checkpointer(self.workdir / CHECKPOINTS_DIR, read_only=True)
+        try:
+            latest = ckpt.latest_epoch()
+        finally:
+            ckpt.close()
+        kept = (f"the checkpoint of epoch {latest} ({self.workdir / CHECKPOINTS_DIR / str(latest)}) and everything "
+                "written before are kept, and the run resumes from it" if latest is not None
+                else "nothing written before was changed")
+        return faults_lib.disk_full_error(error.filename or str(self.workdir), kept)
 
     def train_steps(self, num_steps: int):
         """The compiled call for ``num_steps`` steps (at most two lengths: a full call and the
@@ -381,6 +473,7 @@ class _Training:
             "steps_per_second": (spe - first_offset) / seconds,
             "examples_per_second": (spe - first_offset) * batch_size / seconds,
             "epoch_seconds": seconds,
+            "learning_rate": float(self.setup.learning_rate(max(int(self.state.step) - 1, 0))),
         }
         skipped = log.skipped_at()
         if skipped:
@@ -395,12 +488,20 @@ class _Training:
         if self.num_val and every and ((epoch + 1) % every == 0 or epoch + 1 == num_epochs):
             terms = jax.device_get(self.validate(self.state.params, self.val_rows, purpose_key(spec.seed, "validation")))
             line.update({f"validation/{k}": float(np.mean(v[:self.num_val])) for k, v in terms.items()})
+            if self.health_inputs is not None and self.primary:  # written by the primary process only
+                line.update(self.latent_health())
+        num_dims = int(np.prod(self.event_shape))
+        for split in ("train", "validation"):
+            if line.get(f"{split}/{bound}") is not None:
+                line[f"{split}/{bound}_bits_per_dim"] = bits_per_dim(line[f"{split}/{bound}"], num_dims)
         if spec.train.early_stopping_patience and f"validation/{bound}" in line:
             if self.stopper.update(epoch + 1, line[f"validation/{bound}"]):
                 self.best.save(epoch + 1, self.state.params, {"step": self.state.step}, self.meta(epoch + 1, bound=bound))
             line.update(self.stopper.metrics())
         if self.primary:
             workdir_lib.append_jsonl(self.metrics_path, line)
+        if self.board is not None:
+            self.show(line, f"validation/{bound}" in line)
         train_bound = line.get(f"train/{bound}")
         postfix = {f"train_{bound}": "nan" if train_bound is None else f"{train_bound:.2f}",
                    "ex/s": f"{line['examples_per_second']:.3g}"}

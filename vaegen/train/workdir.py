@@ -46,7 +46,8 @@ METRICS_FILE = "metrics.jsonl"
 # steps already taken).
 RESUMABLE_KEYS = ("train.num_epochs", "train.progress", "train.eval_every_epochs",
                   "train.checkpoint_every_epochs", "train.keep_checkpoints", "eval.", "gaps.",
-                  "train.steps_per_call", "train.max_consecutive_skips", "train.handle_signals")
+                  "train.steps_per_call", "train.max_consecutive_skips", "train.handle_signals",
+                  "train.tensorboard", "train.tensorboard_images", "train.latent_health_examples")
 
 
 # --- configs as mappings ---------------------------------------------------------------------------

@@ -1,0 +1,142 @@
+"""The common questions about a trained run, one line each (methods of :class:`vaegen.Run`)::
+
+    run.log_px(x, k=1000)                 log p(x) by importance sampling           [N] nats
+    run.log_px(x, method="ais")           ... by annealed importance sampling      [N] nats
+    run.elbo(x)                           the ELBO                                 [N] nats
+    run.reconstruct(x)                    E[x | z = E_q[z | x]]                    [N, *event]
+    run.codes(x)                          E_q[z | x] (f(x) for an autoencoder)     [N, D]
+
+``x`` is ``[N, *event]`` observations as the model sees them (floats; binary for a Bernoulli
+likelihood), or one observation ``[*event]`` (then a scalar, or one image/code, comes back).
+Each call is batched and sharded over the local devices (:func:`vaegen.sharding.map_examples`)
+and checks ``x`` first (``check=False`` skips it); randomness comes from ``key`` (default
+``jax.random.key(0)``, so a call repeats exactly), example i drawing from ``fold_in(key, i)``.
+
+What each number is: ``log_px`` by importance sampling is a stochastic lower bound on log p(x)
+(the log of an unbiased estimate of p(x); its expectation is IWAE_k <= log p(x)), and so is AIS's;
+for a model with an exact likelihood (MADE) ``log_px`` is exact and ``k`` is unused; ``elbo`` is an
+unbiased estimate of the ELBO (exact in expectation; a bound on log p(x) in expectation).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from vaegen import sharding as sharding_lib
+from vaegen.errors import ConfigError, NoLatentError, NO_LATENT_MESSAGE
+from vaegen.estimators import ais as ais_lib
+from vaegen.estimators import importance as importance_lib
+from vaegen.objectives.bounds import ELBO
+from vaegen.objectives.exact import ExactLogLikelihood
+
+METHODS = ("is", "ais")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Terms:
+    """One example's terms of a per-example objective."""
+
+    model: Any
+    objective: Any
+
+    def __call__(self, variables, x, key):
+        return self.objective(self.model, variables, x, key)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Decoded:
+    """E_q[z | x] and the mean of p(x | z) there, for one example."""
+
+    model: Any
+
+    def __call__(self, variables, x, key):
+        del key
+
+        def f(m):
+            z = m.q_z_given_x(x).mean()
+            return {"codes": z, "reconstruction": m.p_x_given_z(z).mean()}
+
+        return self.model.apply(variables, method=f)
+
+
+class Questions:
+    """Mixed into :class:`vaegen.Run` (which provides ``model``, ``variables``, ``spec``,
+    ``event_shape``, ``has_latents`` and ``check_x``)."""
+
+    def _examples(self, x: Any, method: str, check: bool) -> tuple[jax.Array, bool]:
+        if check:
+            self.check_x(x, method)
+        xs = jnp.asarray(x, jnp.float32)
+        single = xs.ndim == len(self.event_shape)
+        return (xs[None] if single else xs), single
+
+    def _map(self, fn: Any, xs: jax.Array, key: jax.Array | None, batch_size: int | None) -> Any:
+        f = jax.tree_util.Partial(fn, self.variables)
+        return sharding_lib.map_examples(f, xs, jax.random.key(0) if key is None else key,
+                                         batch_size=int(batch_size or min(xs.shape[0], 256)))
+
+    def log_px(self, x: Any, k: int = 1000, *, method: str = "is", proposal: str = "posterior",
+               ais: ais_lib.AIS | None = None, key: jax.Array | None = None, batch_size: int | None = None,
+               check: bool = True) -> jax.Array:
+        """log p(x) per example, nats, ``[N]`` (a scalar for one observation).
+
+        Args:
+          k: importance samples (``method="is"``).
+          method: ``is`` (importance sampling from ``proposal``: ``posterior`` q(z|x) or ``prior``
+            p(z)) or ``ais`` (annealed importance sampling with ``ais``, default the run's
+            ``eval.ais`` settings, started as they say).
+        Both are stochastic lower bounds on log p(x); a model with an exact likelihood (MADE)
+        returns its exact log p(x).  Raises :class:`vaegen.errors.UndefinedEstimateError` for a
+        model without a prior (an autoencoder: fit a density to its codes first).
+        """
+        xs, single = self._examples(x, "log_px", check)
+        if method not in METHODS:
+            raise ConfigError(f"run.log_px: method={method!r} is not one of {', '.join(METHODS)}")
+        if self.spec.model.kind.trait("exact_log_likelihood", False):
+            out = self._map(_Terms(self.model, ExactLogLikelihood()), xs, key, batch_size)["log_px"]
+        elif method == "is":
+            log_joint, q = importance_lib.model_functions(self.model, self.variables, proposal=proposal)
+            out = importance_lib.importance_sampling(log_joint, q, xs, jax.random.key(0) if key is None else key,
+                                                     num_samples=k, batch_size=batch_size)["log_px"]
+        else:
+            settings = self.spec.eval.ais if ais is None else ais
+            log_joint, start = importance_lib.model_functions(self.model, self.variables, proposal=settings.start)
+            out = settings.forward(log_joint, start, xs, jax.random.key(0) if key is None else key,
+                                   batch_size=batch_size)["log_px"]
+        return out[0] if single else out
+
+    def elbo(self, x: Any, *, num_samples: int = 1, key: jax.Array | None = None, terms: bool = False,
+             batch_size: int | None = None, check: bool = True) -> jax.Array | dict[str, jax.Array]:
+        """The ELBO E_q[log p(x | z)] - KL(q(z | x) || p(z)) per example, nats, ``[N]``, with
+        ``num_samples`` draws of z for the first term (the KL in closed form where distrax has
+        it); ``terms=True`` returns ``{"elbo", "reconstruction", "kl"}``.  Raises
+        :class:`vaegen.errors.UndefinedObjectiveError` for a point-mass q (its ELBO is -inf)."""
+        xs, single = self._examples(x, "elbo", check)
+        objective = ELBO(num_samples=num_samples)
+        objective(self.model, self.variables, xs[0], jax.random.key(0))           # the model's own check, once
+        out = self._map(_Terms(self.model, objective), xs, key, batch_size)
+        out = {name: out[name] for name in ("elbo", "reconstruction", "kl")}
+        if single:
+            out = {name: v[0] for name, v in out.items()}
+        return out if terms else out["elbo"]
+
+    def _decoded(self, x: Any, what: str, check: bool, batch_size: int | None) -> jax.Array:
+        if not self.has_latents:
+            raise NoLatentError(NO_LATENT_MESSAGE)
+        xs, single = self._examples(x, what, check)
+        out = self._map(_Decoded(self.model), xs, None, batch_size)[what]
+        return out[0] if single else out
+
+    def reconstruct(self, x: Any, *, batch_size: int | None = None, check: bool = True) -> jax.Array:
+        """E[x | z] at z = E_q[z | x] (the code f(x) of an autoencoder): ``[N, *event]``, in the
+        data's units (pixel probabilities for a Bernoulli likelihood)."""
+        return self._decoded(x, "reconstruction", check, batch_size)
+
+    def codes(self, x: Any, *, batch_size: int | None = None, check: bool = True) -> jax.Array:
+        """E_q[z | x] (the code f(x) of an autoencoder), ``[N, D]``; ``run.encode(x)`` gives q(z | x)
+        itself."""
+        return self._decoded(x, "codes", check, batch_size)
