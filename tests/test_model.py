@@ -11,7 +11,7 @@ import vaegen
 from vaegen.errors import NoPriorError
 from vaegen.model import latent as model_lib
 from vaegen.config.loading import load_config
-from vaegen.registry import MODEL_KINDS
+from vaegen.registry import MODEL_KINDS, PRIORS
 
 EVENT = (8, 8, 1)
 
@@ -86,13 +86,18 @@ def test_output_bias_initialised_at_logit_of_data_mean():
 @pytest.mark.parametrize("name", MODEL_KINDS.names())
 def test_every_registered_model_kind_builds_with_its_defaults(name):
     """Each model kind of the registry, at its default settings, from the tiny config's parts:
-    a module whose parameters initialise for 8x8x1 observations (shapes only, never compiled)."""
+    a module whose parameters initialise for 8x8x1 observations, or for vectors of latent_dim
+    numbers for a density over them (shapes only, never compiled)."""
     component = MODEL_KINDS.get(name)
     assert component.summary.strip()
     spec = vaegen.to_spec(load_config("tiny"))
     model_spec = dataclasses.replace(spec.model, kind=MODEL_KINDS.select(name))
-    m = model_lib.build_model(model_spec, spec.inference, EVENT)
-    v = jax.eval_shape(lambda: model_lib.init_params(m, jax.random.key(0), EVENT))
+    event = EVENT
+    if component.trait("density_model", False):  # a learned density (a flow) over vectors of latent_dim numbers
+        event = (spec.model.latent_dim,)
+        model_spec = dataclasses.replace(model_spec, prior=PRIORS.select("flow"))
+    m = model_lib.build_model(model_spec, spec.inference, event)
+    v = jax.eval_shape(lambda: model_lib.init_params(m, jax.random.key(0), event))
     assert jax.tree_util.tree_leaves(v["params"])
     if component.trait("has_latents", True):  # p(x | z) and q(z | x); p(z) may have no parameters (N(0, I))
         assert {"likelihood", "posterior"} <= set(v["params"])

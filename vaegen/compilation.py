@@ -108,13 +108,20 @@ SHARED_EXECUTABLES = 16
 _shared: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
 
 
+def forget_shared() -> None:
+    """Drops the executables :func:`compile_shared` keeps (the next equal program compiles)."""
+    _shared.clear()
+
+
 def compile_shared(lowered: jax.stages.Lowered, context: Hashable = ()) -> jax.stages.Compiled:
     """``lowered.compile()``, shared by every equal program of this process: a program that
     lowers to the same StableHLO text (the computation, its constants, shardings and donations)
     with the same ``context`` (the devices it runs on) is compiled once, so a function rebuilt for
     another training run, seed or stage of a study does not compile again.  The text is the
-    program, so a hit is the executable its own compilation would give."""
-    key = hashlib.sha256(repr((lowered.as_text(), context)).encode()).hexdigest()
+    program, so a hit is the executable its own compilation would give.  The input and output
+    trees are part of the key too: arguments the program does not read are pruned from its text,
+    so two functions of different parameter trees may lower to the same text."""
+    key = hashlib.sha256(repr((lowered.as_text(), lowered.in_tree, lowered.out_tree, context)).encode()).hexdigest()
     compiled = _shared.get(key)
     if compiled is None:
         compiled = lowered.compile()

@@ -24,6 +24,10 @@ def get_config(arg: str | None = None):
     c.train.batch_size = 50
     c.train.num_epochs = 3
     c.train.progress = False
+    # Smoke runs and tests: TensorBoard scalars only, no latent diagnostics at each validation (each
+    # compiles programs of its own); the tests of those features turn them on.
+    c.train.tensorboard_images = 0
+    c.train.latent_health_examples = 0
     c.eval.batch_size = 50
     c.eval.num_samples = 20
     if arg == "ae":
