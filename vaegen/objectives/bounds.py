@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from vaegen import sharding as sharding_lib
 from vaegen.errors import ConfigError, UndefinedObjectiveError
 from vaegen.registry import OBJECTIVES, Settings, setting
 
@@ -299,6 +300,28 @@ def batched(objective: Callable[..., Terms], model: Any, variables: Any, x: jax.
             step: jax.Array | int = 0) -> Terms:
     """Applies a per-example objective to a batch: ``x [B, *event]``, ``keys [B]`` -> terms ``[B]``."""
     return jax.vmap(lambda xi, ki: objective(model, variables, xi, ki, step))(x, keys)
+
+
+@dataclasses.dataclass(frozen=True)
+class _ObjectiveTerms:
+    """One example's terms of a per-example objective (for :func:`vaegen.sharding.map_examples`)."""
+
+    model: Any
+    objective: Any
+
+    def __call__(self, variables, x, key):
+        return self.objective(self.model, variables, x, key)
+
+
+def objective_terms(model, variables, objective, xs, key, *, batch_size=None, devices=None, progress=False):
+    """Per-example terms ``[N]`` of ``objective`` (e.g. :class:`ELBO`) over ``xs [N, *event]``,
+    example i keyed by ``fold_in(key, i)``, batched and sharded over the devices
+    (:func:`vaegen.sharding.map_examples`)."""
+    fn = jax.tree_util.Partial(_ObjectiveTerms(model, objective), variables)
+    samples = int(getattr(objective, "num_samples", 1))
+    b = int(batch_size or max(1, sharding_lib.default_rows() // (8 * samples)))
+    return sharding_lib.map_examples(fn, jnp.asarray(xs), key, batch_size=b, devices=devices, progress=progress,
+                                     desc=getattr(objective, "bound_name", "objective"))
 
 
 # --- registered objectives -------------------------------------------------------------------------

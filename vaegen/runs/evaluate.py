@@ -54,7 +54,7 @@ from vaegen.estimators import importance as importance_lib
 from vaegen.estimators.settings import EvalSettings, parse_estimators
 from vaegen.runs.run import Run
 from vaegen.objectives.autoencoder import Autoencoder
-from vaegen.objectives.bounds import ELBO, bits_per_dim
+from vaegen.objectives.bounds import ELBO, bits_per_dim, objective_terms
 from vaegen.objectives.exact import ExactLogLikelihood
 from vaegen.registry import ESTIMATORS, NoSettings
 from vaegen.train import faults as faults_lib
@@ -95,27 +95,6 @@ def bits_per_dim_definition(support: str, event_shape) -> str:
         return f"-log2 p(x) / D over the {dims} binary pixels"
     return (f"-log2 p(x) / D, {dims}, with p(x) a density over [0, 1]^D: not a code length, and not "
             "comparable with the bits/dim of discrete 8-bit data")
-
-
-@dataclasses.dataclass(frozen=True)
-class _ObjectiveTerms:
-    """One example's terms of a per-example objective (for :func:`vaegen.sharding.map_examples`)."""
-
-    model: Any
-    objective: Any
-
-    def __call__(self, variables, x, key):
-        return self.objective(self.model, variables, x, key)
-
-
-def objective_terms(model, variables, objective, xs, key, *, batch_size=None, devices=None, progress=False):
-    """Per-example terms ``[N]`` of ``objective`` (e.g. :class:`vaegen.objectives.bounds.ELBO`) over
-    ``xs``, example i keyed by ``fold_in(key, i)``."""
-    fn = jax.tree_util.Partial(_ObjectiveTerms(model, objective), variables)
-    samples = int(getattr(objective, "num_samples", 1))
-    b = int(batch_size or max(1, sharding_lib.default_rows() // (8 * samples)))
-    return sharding_lib.map_examples(fn, jnp.asarray(xs), key, batch_size=b, devices=devices, progress=progress,
-                                     desc=getattr(objective, "bound_name", "objective"))
 
 
 # --- the estimators, registered --------------------------------------------------------------------

@@ -30,21 +30,10 @@ from vaegen import sharding as sharding_lib
 from vaegen.errors import ConfigError, NoLatentError, NO_LATENT_MESSAGE
 from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import importance as importance_lib
-from vaegen.objectives.bounds import ELBO
+from vaegen.objectives.bounds import ELBO, objective_terms
 from vaegen.objectives.exact import ExactLogLikelihood
 
 METHODS = ("is", "ais")
-
-
-@dataclasses.dataclass(frozen=True)
-class _Terms:
-    """One example's terms of a per-example objective."""
-
-    model: Any
-    objective: Any
-
-    def __call__(self, variables, x, key):
-        return self.objective(self.model, variables, x, key)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,10 +63,13 @@ class Questions:
         single = xs.ndim == len(self.event_shape)
         return (xs[None] if single else xs), single
 
+    @staticmethod
+    def _key(key: jax.Array | None) -> jax.Array:
+        return jax.random.key(0) if key is None else key
+
     def _map(self, fn: Any, xs: jax.Array, key: jax.Array | None, batch_size: int | None) -> Any:
         f = jax.tree_util.Partial(fn, self.variables)
-        return sharding_lib.map_examples(f, xs, jax.random.key(0) if key is None else key,
-                                         batch_size=int(batch_size or min(xs.shape[0], 256)))
+        return sharding_lib.map_examples(f, xs, self._key(key), batch_size=int(batch_size or min(xs.shape[0], 256)))
 
     def log_px(self, x: Any, k: int = 1000, *, method: str = "is", proposal: str = "posterior",
                ais: ais_lib.AIS | None = None, key: jax.Array | None = None, batch_size: int | None = None,
@@ -97,15 +89,16 @@ class Questions:
         if method not in METHODS:
             raise ConfigError(f"run.log_px: method={method!r} is not one of {', '.join(METHODS)}")
         if self.spec.model.kind.trait("exact_log_likelihood", False):
-            out = self._map(_Terms(self.model, ExactLogLikelihood()), xs, key, batch_size)["log_px"]
+            out = objective_terms(self.model, self.variables, ExactLogLikelihood(), xs, self._key(key),
+                                  batch_size=batch_size)["log_px"]
         elif method == "is":
             log_joint, q = importance_lib.model_functions(self.model, self.variables, proposal=proposal)
-            out = importance_lib.importance_sampling(log_joint, q, xs, jax.random.key(0) if key is None else key,
+            out = importance_lib.importance_sampling(log_joint, q, xs, self._key(key),
                                                      num_samples=k, batch_size=batch_size)["log_px"]
         else:
             settings = self.spec.eval.ais if ais is None else ais
             log_joint, start = importance_lib.model_functions(self.model, self.variables, proposal=settings.start)
-            out = settings.forward(log_joint, start, xs, jax.random.key(0) if key is None else key,
+            out = settings.forward(log_joint, start, xs, self._key(key),
                                    batch_size=batch_size)["log_px"]
         return out[0] if single else out
 
@@ -118,7 +111,7 @@ class Questions:
         xs, single = self._examples(x, "elbo", check)
         objective = ELBO(num_samples=num_samples)
         objective(self.model, self.variables, xs[0], jax.random.key(0))           # the model's own check, once
-        out = self._map(_Terms(self.model, objective), xs, key, batch_size)
+        out = objective_terms(self.model, self.variables, objective, xs, self._key(key), batch_size=batch_size)
         out = {name: out[name] for name in ("elbo", "reconstruction", "kl")}
         if single:
             out = {name: v[0] for name, v in out.items()}
