@@ -33,6 +33,7 @@ import numpy as np
 
 from vaegen.blocks import networks as networks_lib
 from vaegen.errors import NO_LATENT_MESSAGE, ConfigError, NoLatentError
+from vaegen.model.latent import NoLatents
 from vaegen.registry import MODEL_KINDS, Settings, setting
 
 
@@ -85,7 +86,7 @@ class MaskedDense(nn.Module):
         return h @ self.masked_kernel() + self.bias
 
 
-class MADE(nn.Module):
+class MADE(NoLatents, nn.Module):
     """MADE over binary observations of shape ``event_shape``: an exact p(x), no latent variable.
 
     Attributes:
@@ -176,22 +177,8 @@ class MADE(nn.Module):
         shape = (n,) + tuple(self.event_shape)
         return x.reshape(shape), probs.reshape(shape)
 
-    # --- what it does not have -------------------------------------------------------------
-    @property
-    def is_autoencoder(self) -> bool:
-        return False
-
-    @property
-    def has_prior(self) -> bool:
-        return False
-
-    def q_z_given_x(self, x: jax.Array):
-        raise NoLatentError(NO_LATENT_MESSAGE)
-
+    # --- what it does not have (and NoLatents) ---------------------------------------------
     def p_z(self):
-        raise NoLatentError(NO_LATENT_MESSAGE)
-
-    def p_x_given_z(self, z: jax.Array):
         raise NoLatentError(NO_LATENT_MESSAGE)
 
     def with_output_bias(self, variables: Any, data_mean: Any) -> Any:

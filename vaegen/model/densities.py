@@ -20,14 +20,15 @@ import flax.linen as nn
 import jax
 
 from vaegen.blocks import densities as densities_lib
-from vaegen.errors import NO_LATENT_MESSAGE, ConfigError, NoLatentError
+from vaegen.errors import ConfigError
+from vaegen.model.latent import NoLatents
 from vaegen.registry import MODEL_KINDS, NoSettings
 
 DENSITY_PAIRING = ("config.model.kind=density (a density over real vectors, e.g. codes) is trained by "
                    "config.objective=density, and only it: set both or neither")
 
 
-class DensityModel(nn.Module):
+class DensityModel(NoLatents, nn.Module):
     """p(x) = p_prior(x) for vectors ``x [D]``: the prior component is the whole model."""
 
     prior: nn.Module
@@ -45,20 +46,6 @@ class DensityModel(nn.Module):
 
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         return self.p_z().sample(seed=key, sample_shape=(n,))
-
-    @property
-    def is_autoencoder(self) -> bool:
-        return False
-
-    @property
-    def has_prior(self) -> bool:
-        return False
-
-    def q_z_given_x(self, x: jax.Array):
-        raise NoLatentError(NO_LATENT_MESSAGE)
-
-    def p_x_given_z(self, z: jax.Array):
-        raise NoLatentError(NO_LATENT_MESSAGE)
 
     def with_output_bias(self, variables: Any, data_mean: Any) -> Any:
         """No output bias: unchanged (the standardisation is the prior's ``data_init``)."""

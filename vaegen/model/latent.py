@@ -31,8 +31,28 @@ import jax.numpy as jnp
 
 from vaegen.blocks import likelihoods as likelihoods_lib
 from vaegen.blocks import posteriors as posteriors_lib
-from vaegen.errors import NO_PRIOR_MESSAGE, NoPriorError
+from vaegen.errors import NO_LATENT_MESSAGE, NO_PRIOR_MESSAGE, NoLatentError, NoPriorError
 from vaegen.registry import MODEL_KINDS, NoSettings
+
+
+class NoLatents:
+    """What a model without a latent variable z answers to the questions asked of one (a mixin of
+    MADE and of a density over vectors): it is no autoencoder, has no prior over z, and has no
+    q(z | x) or p(x | z) (:class:`vaegen.errors.NoLatentError`)."""
+
+    @property
+    def is_autoencoder(self) -> bool:
+        return False
+
+    @property
+    def has_prior(self) -> bool:
+        return False
+
+    def q_z_given_x(self, x: jax.Array):
+        raise NoLatentError(NO_LATENT_MESSAGE)
+
+    def p_x_given_z(self, z: jax.Array):
+        raise NoLatentError(NO_LATENT_MESSAGE)
 
 
 class LatentVariableModel(nn.Module):
