@@ -6,7 +6,7 @@ Every objective is a frozen dataclass called on **one** observation::
 
 and returns a dict of scalars in nats, each term separately.  ``terms["objective"]`` is the
 quantity the trainer maximises; the other entries are the bound and its parts.  Batches are
-handled by ``jax.vmap`` (:func:`batched`), with one key per example, so results do not depend
+handled by ``jax.vmap`` (:func:`vaegen.objectives.batch.batched`), with one key per example, so results do not depend
 on how examples are grouped into batches.
 
 =================  =====================================================================
@@ -294,12 +294,6 @@ class IWAE:
         """The training bound itself, IWAE_k with the training k."""
         del validation_num_samples
         return self
-
-
-def batched(objective: Callable[..., Terms], model: Any, variables: Any, x: jax.Array, keys: jax.Array,
-            step: jax.Array | int = 0) -> Terms:
-    """Applies a per-example objective to a batch: ``x [B, *event]``, ``keys [B]`` -> terms ``[B]``."""
-    return jax.vmap(lambda xi, ki: objective(model, variables, xi, ki, step))(x, keys)
 
 
 @dataclasses.dataclass(frozen=True)

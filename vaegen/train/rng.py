@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import jax
 
-PURPOSES = {"init": 0, "shuffle": 1, "noise": 2, "validation": 3, "evaluation": 4, "sample": 5}
+PURPOSES = {"init": 0, "shuffle": 1, "noise": 2, "validation": 3, "evaluation": 4, "sample": 5, "auxiliary": 6}
 """The streams and their ids."""
 
 

@@ -16,7 +16,7 @@ import optax
 from vaegen import compilation as compilation_lib
 from vaegen import sharding as sharding_lib
 from vaegen.data.binarization import to_float
-from vaegen.objectives.bounds import batched
+from vaegen.objectives import batch as batch_lib
 from vaegen.train import faults as faults_lib
 from vaegen.train.rng import purpose_key
 
@@ -35,15 +35,28 @@ class TrainState:
     """
 
     step: jax.Array  # int32 []
-    params: Any  # {"params": {"prior", "likelihood", "posterior"}}
-    opt_state: Any
+    params: Any  # the model's variables: {"params": {"prior", "likelihood", "posterior"}, ...}
+    opt_state: Any  # of the trainable part, vaegen.objectives.batch.trainable(params)
     skipped_steps: jax.Array = flax.struct.field(default_factory=_zero)  # int32 [], in all
     consecutive_skips: jax.Array = flax.struct.field(default_factory=_zero)  # int32 [], current streak
+    auxiliary: Any = None  # the objective's own {"params", "opt_state"} (vaegen.objectives.batch), or None
 
     def checkpoint_items(self) -> dict[str, Any]:
         """Everything but ``params``, as stored in a checkpoint's ``train_state``."""
-        return {"step": self.step, "opt_state": self.opt_state, "skipped_steps": self.skipped_steps,
-                "consecutive_skips": self.consecutive_skips}
+        items = {"step": self.step, "opt_state": self.opt_state, "skipped_steps": self.skipped_steps,
+                 "consecutive_skips": self.consecutive_skips}
+        if self.auxiliary is not None:
+            items["auxiliary"] = self.auxiliary
+        return items
+
+
+def initial_state(objective: Any, optimizer: optax.GradientTransformation, model: Any, variables: Any,
+                  key: jax.Array) -> TrainState:
+    """The state at step 0: ``variables``, the optimizer's state of their trainable part, and the
+    objective's auxiliary parameters (initialised from ``key``) with their optimizer's state."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=variables,
+                      opt_state=optimizer.init(batch_lib.trainable(variables)),
+                      auxiliary=batch_lib.init_auxiliary(objective, key, model, variables))
 
 
 # --- the fused steps ---------------------------------------------------------------------------
@@ -144,31 +157,58 @@ def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch,
         x = to_float(key_data, x, protocol)                  # [B, *event] float32
         example_keys = jax.random.split(key_obj, batch_size)          # [B]
 
-        def loss_fn(params):
-            terms = batched(objective, model, params, x, example_keys, state.step)
-            return -jnp.mean(terms["objective"]), terms                # nats per example
+        aux = state.auxiliary
+        aux_name = getattr(objective, "auxiliary_name", "auxiliary")
+        stop = jax.lax.stop_gradient
 
-        (loss, terms), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+        def loss_fn(trainable, aux_params):
+            variables = batch_lib.with_trainable(state.params, trainable)
+            terms = batch_lib.batch_terms(objective, model, variables, x, example_keys, state.step,
+                                          None if aux_params is None else stop(aux_params))
+            loss = -jnp.mean(terms["objective"])                       # nats per example
+            if aux_params is None:
+                return loss, terms
+            aux_loss, aux_terms = objective.auxiliary_loss(aux_params, model, stop(variables), x, example_keys,
+                                                           state.step)
+            terms = {**terms, f"{aux_name}/loss": aux_loss, **{f"{aux_name}/{k}": v for k, v in aux_terms.items()}}
+            return loss + aux_loss, terms
+
+        aux_params = None if aux is None else aux["params"]
+        (loss, terms), (grads, aux_grads) = jax.value_and_grad(loss_fn, argnums=(0, 1), has_aux=True)(
+            batch_lib.trainable(state.params), aux_params)
         grad_norm = optax.global_norm(grads)
         finite = faults_lib.finite_step(loss, grad_norm)
+        if aux is not None:
+            aux_grad_norm = optax.global_norm(aux_grads)
+            terms[f"{aux_name}/grad_norm"] = aux_grad_norm
+            finite = finite & faults_lib.finite_step(loss, aux_grad_norm)
+        after_step = getattr(objective, "after_step", None)
 
-        def update(params, opt_state):
-            updates, opt_state = optimizer.update(grads, opt_state, params)
-            return optax.apply_updates(params, updates), opt_state
+        def update(params, opt_states):
+            opt_state, aux_state = opt_states
+            updates, opt_state = optimizer.update(grads, opt_state, batch_lib.trainable(params))
+            new = batch_lib.with_trainable(params, optax.apply_updates(batch_lib.trainable(params), updates))
+            if after_step is not None:
+                new = after_step(model, params, new, x, example_keys, state.step)
+            if aux_state is not None:
+                aux_updates, aux_opt = objective.auxiliary_optimizer().update(aux_grads, aux_state["opt_state"],
+                                                                              aux_state["params"])
+                aux_state = {"params": optax.apply_updates(aux_state["params"], aux_updates), "opt_state": aux_opt}
+            return new, (opt_state, aux_state)
 
         applied = finite & ~halted
-        params, opt_state = faults_lib.guard_update(applied, update, state.params, state.opt_state)
+        params, (opt_state, aux) = faults_lib.guard_update(applied, update, state.params, (state.opt_state, aux))
         skipped = (~finite & ~halted).astype(jnp.int32)
         metrics = {k: jnp.mean(v) for k, v in terms.items()}
         metrics["grad_norm"] = grad_norm
-        metrics["param_norm"] = optax.global_norm(params)
+        metrics["param_norm"] = optax.global_norm(batch_lib.trainable(params))
         metrics = {k: jnp.where(halted, jnp.nan if jnp.issubdtype(v.dtype, jnp.floating) else 0, v)
                    for k, v in metrics.items()}
         metrics["step"] = state.step
         metrics["finite"] = applied
         metrics["ran"] = ~halted
         new_state = TrainState(step=state.step + (~halted).astype(state.step.dtype), params=params,
-                               opt_state=opt_state, skipped_steps=state.skipped_steps + skipped,
+                               opt_state=opt_state, auxiliary=aux, skipped_steps=state.skipped_steps + skipped,
                                consecutive_skips=jnp.where(halted, state.consecutive_skips,
                                                            (state.consecutive_skips + 1) * skipped))
         return new_state, metrics

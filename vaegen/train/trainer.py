@@ -70,7 +70,7 @@ from vaegen.train import workdir as workdir_lib
 from vaegen.train.early_stopping import EarlyStopping
 from vaegen.train.optim import make_optimizer, make_schedule
 from vaegen.train.rng import purpose_key
-from vaegen.train.steps import EpochLog, TrainState, make_train_steps, make_validation
+from vaegen.train.steps import EpochLog, TrainState, initial_state, make_train_steps, make_validation
 
 CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
@@ -248,7 +248,7 @@ class _Training:
     def restore(self) -> None:
         spec, setup = self.spec, self.setup
         variables = initial_variables(spec, setup.model, self.event_shape, self.splits.train)
-        state = TrainState(step=jnp.zeros((), jnp.int32), params=variables, opt_state=setup.optimizer.init(variables))
+        state = initial_state(setup.objective, setup.optimizer, setup.model, variables, purpose_key(spec.seed, "auxiliary"))
         state = jax.device_put(state, sharding_lib.replicated(self.mesh))  # also the template checkpoints restore into
         exists = self.workdir.exists()
         checkpointer = checkpoint_lib.Checkpointer(self.workdir / CHECKPOINTS_DIR, spec.train.keep_checkpoints,
