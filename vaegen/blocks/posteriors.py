@@ -20,7 +20,7 @@ Why the ELBO does not exist for the AE: ELBO(x) = E_q[log p(x | z)] - KL(q(z|x) 
 for a point mass KL(delta_f(x) || p(z)) = -H[delta] - log p(f(x)) with differential entropy
 H[delta] = -inf, so the KL is +inf and the bound is -inf for every encoder: it cannot rank
 models or be optimised.  What is left is the reconstruction term log p(x | z = f(x)) -- the AE
-objective (:class:`vaegen.objectives.Autoencoder`) -- and without a p(z) nothing to sample from.
+objective (:class:`vaegen.objectives.autoencoder.Autoencoder`) -- and without a p(z) nothing to sample from.
 """
 
 from __future__ import annotations
@@ -351,6 +351,53 @@ class FlowPosterior(nn.Module):
     def __call__(self, x: jax.Array) -> distrax.Distribution:
         return flow_distribution(self.parameters(x), activation=self.activation)
 
+
+
+DEFAULT_RELATIVE_SCALES = (0.01, 0.03, 0.1, 0.3, 1.0)
+"""The s_j of :class:`CodeProposal`: widths around the code, relative to the codes' spread."""
+
+
+class CodeProposal(nn.Module):
+    """r(z | x) = 1/J sum_j N(z; f(x), diag((s_j sigma)^2)): an importance-sampling proposal around
+    an autoencoder's code, for a model whose q(z | x) is a point mass but which has a p(z) (an AE
+    with a density fitted to its codes, a WAE, an AAE).
+
+    The decoder of an autoencoder was only trained at z = f(x), so the width of p(z | x) is
+    unknown; the equal-weight mixture spends 1/J of the samples at each width and is never much
+    worse than the best single width (at most log J nats).  Any proposal gives a stochastic lower
+    bound on log p(x).
+
+    Same ``encoder`` and ``loc`` head as :class:`PointMass`, so an autoencoder's parameters drop
+    in; ``code_scale [D]`` (sigma, the per-dimension standard deviation of the training codes) is
+    a parameter set from the codes (:func:`code_proposal`).
+    """
+
+    encoder: nn.Module
+    latent_dim: int
+    relative_scales: tuple[float, ...] = DEFAULT_RELATIVE_SCALES
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> distrax.Distribution:
+        loc = nn.Dense(self.latent_dim, name="loc")(self.encoder(x))                 # f(x)   [..., D]
+        sigma = self.param("code_scale", nn.initializers.ones, (self.latent_dim,))  # [D]
+        s = jnp.asarray(self.relative_scales, jnp.float32)                           # [J]
+        j = s.shape[0]
+        scales = s[:, None] * sigma[None, :]                                         # [J, D]
+        locs = jnp.broadcast_to(loc[..., None, :], loc.shape[:-1] + (j, self.latent_dim))  # [..., J, D]
+        scales = jnp.broadcast_to(scales, locs.shape)
+        return distrax.MixtureSameFamily(distrax.Categorical(logits=jnp.zeros(locs.shape[:-1])),
+                                         distrax.MultivariateNormalDiag(locs, scales))
+
+
+def code_proposal(point_mass: PointMass, params: dict, code_scale, relative_scales=DEFAULT_RELATIVE_SCALES
+                  ) -> tuple[CodeProposal, dict]:
+    """The importance-sampling proposal around an autoencoder's code: ``(module, params)`` from a
+    point-mass posterior and its parameters, with sigma = ``code_scale [D]`` (the per-dimension
+    standard deviation of the training codes, floored at 1e-6)."""
+    module = CodeProposal(encoder=point_mass.encoder, latent_dim=point_mass.latent_dim,
+                          relative_scales=tuple(float(s) for s in relative_scales))
+    sigma = jnp.maximum(jnp.asarray(code_scale, jnp.float32), 1e-6)
+    return module, {**params, "code_scale": sigma}
 
 
 # --- registered posteriors -------------------------------------------------------------------------

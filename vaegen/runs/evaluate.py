@@ -66,9 +66,6 @@ UNDEFINED_FOR_AE = {
     "log_px": "undefined: the autoencoder has no p(z), hence no p(x) = E_p(z)[p(x|z)]",
 }
 NO_PRIOR = "undefined: the model has no prior p(z), hence no p(x) = E_p(z)[p(x|z)] to bound or estimate"
-POINT_MASS_PROPOSAL = ("undefined: q(z|x) is a point mass, not a proposal with a density "
-                       "(use --is-proposal prior, or AIS from the prior)")
-
 
 def summarize(values: np.ndarray, num_dims: int | None) -> dict[str, float]:
     """Mean and standard error of the mean of per-example values; for log-likelihoods and
@@ -161,11 +158,13 @@ def _importance_pass(ctx: Context) -> tuple[dict[str, Any] | None, str | None]:
     does not exist."""
     if "is" not in ctx.cache:
         run, s = ctx.run, ctx.settings
-        reason = (NO_PRIOR if not run.has_prior else
-                  POINT_MASS_PROPOSAL if run.is_autoencoder and s.is_proposal == "posterior" else None)
+        reason = NO_PRIOR if not run.has_prior else None
         est = None
         if reason is None:
-            log_joint, proposal = importance_lib.model_functions(run.model, run.variables, proposal=s.is_proposal)
+            model, variables = run.model, run.variables
+            if run.is_autoencoder and s.is_proposal == "posterior":  # a WAE, an AAE: p(z) and a point-mass q
+                model, variables = run.with_code_proposal(batch_size=ctx.kw.get("batch_size"))
+            log_joint, proposal = importance_lib.model_functions(model, variables, proposal=s.is_proposal)
             k = s.num_samples
             iw_ks = tuple(sorted(set(ctx.ks) | {k})) if "iwae" in ctx.names else ()
             est = jax.device_get(ctx.timed("is", lambda: importance_lib.importance_sampling(
@@ -195,9 +194,10 @@ def _is(settings: NoSettings, ctx: Context) -> None:
         ctx.undefined["log_px"] = UNDEFINED_FOR_AE["log_px"] if not ctx.run.has_prior else reason
         return
     s = ctx.settings
-    ctx.record("log_px", est["log_px"], ctx.num_dims,
-               estimator=f"importance sampling from {'q(z|x)' if s.is_proposal == 'posterior' else 'p(z)'}, "
-                         f"k={s.num_samples}")
+    source = ("p(z)" if s.is_proposal == "prior" else
+              "the scale mixture of Gaussians around the code f(x) (its q(z|x) is a point mass)" if ctx.run.is_autoencoder
+              else "q(z|x)")
+    ctx.record("log_px", est["log_px"], ctx.num_dims, estimator=f"importance sampling from {source}, k={s.num_samples}")
     ctx.record("is_ess", est["ess"], None)
 
 

@@ -25,13 +25,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from vaegen import sharding as sharding_lib
+from vaegen.blocks import posteriors as posteriors_lib
+from vaegen.data import binarization
+from vaegen.data import splits as splits_lib
 from vaegen.errors import ConfigError, NoLatentError, NO_LATENT_MESSAGE
 from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import importance as importance_lib
+from vaegen.model import latent as latent_lib
 from vaegen.objectives.bounds import ELBO, objective_terms
 from vaegen.objectives.exact import ExactLogLikelihood
+from vaegen.train.rng import purpose_key
 
 METHODS = ("is", "ais")
 
@@ -50,6 +56,10 @@ class _Decoded:
             return {"codes": z, "reconstruction": m.p_x_given_z(z).mean()}
 
         return self.model.apply(variables, method=f)
+
+
+CODE_PROPOSAL_CODES = 10000
+"""Training examples whose codes give sigma of the proposal around the code (:meth:`Questions.with_code_proposal`)."""
 
 
 class Questions:
@@ -78,8 +88,9 @@ class Questions:
 
         Args:
           k: importance samples (``method="is"``).
-          method: ``is`` (importance sampling from ``proposal``: ``posterior`` q(z|x) or ``prior``
-            p(z)) or ``ais`` (annealed importance sampling with ``ais``, default the run's
+          method: ``is`` (importance sampling from ``proposal``: ``posterior`` q(z|x) -- for a
+            point-mass q with a p(z), a WAE or an AAE, the scale mixture around the code of
+            :meth:`with_code_proposal` -- or ``prior`` p(z)) or ``ais`` (annealed importance sampling with ``ais``, default the run's
             ``eval.ais`` settings, started as they say).
         Both are stochastic lower bounds on log p(x); a model with an exact likelihood (MADE)
         returns its exact log p(x).  Raises :class:`vaegen.errors.UndefinedEstimateError` for a
@@ -92,7 +103,10 @@ class Questions:
             out = objective_terms(self.model, self.variables, ExactLogLikelihood(), xs, self._key(key),
                                   batch_size=batch_size)["log_px"]
         elif method == "is":
-            log_joint, q = importance_lib.model_functions(self.model, self.variables, proposal=proposal)
+            model, variables = self.model, self.variables
+            if proposal == "posterior" and self.is_autoencoder and self.has_prior:
+                model, variables = self.with_code_proposal(batch_size=batch_size)
+            log_joint, q = importance_lib.model_functions(model, variables, proposal=proposal)
             out = importance_lib.importance_sampling(log_joint, q, xs, self._key(key),
                                                      num_samples=k, batch_size=batch_size)["log_px"]
         else:
@@ -101,6 +115,23 @@ class Questions:
             out = settings.forward(log_joint, start, xs, self._key(key),
                                    batch_size=batch_size)["log_px"]
         return out[0] if single else out
+
+    def with_code_proposal(self, *, batch_size: int | None = None) -> tuple[Any, Any]:
+        """``(model, variables)`` of a run whose q(z | x) is a point mass but which has a p(z) (a
+        WAE, an AAE), with q replaced by the scale mixture around the code
+        (:class:`vaegen.blocks.posteriors.CodeProposal`): the proposal of importance sampling.
+        sigma is the per-dimension standard deviation of the codes of the first
+        :data:`CODE_PROPOSAL_CODES` training examples, binarized as in training."""
+        x_u8 = self.data().train[:CODE_PROPOSAL_CODES]
+        stored = splits_lib.stored_split(self.spec.data, x_u8, "train")
+        protocol = splits_lib.split_protocol(self.spec.data, "train")
+        x = binarization.to_float(purpose_key(self.spec.seed, "evaluation"), jnp.asarray(stored), protocol)
+        codes = np.asarray(jax.device_get(self.codes(x, batch_size=batch_size, check=False)), np.float64)
+        posterior, params = posteriors_lib.code_proposal(self.model.posterior, self.variables["params"]["posterior"],
+                                                         codes.std(0))
+        model = latent_lib.LatentVariableModel(prior=self.model.prior, likelihood=self.model.likelihood,
+                                               posterior=posterior)
+        return model, {**self.variables, "params": {**self.variables["params"], "posterior": params}}
 
     def elbo(self, x: Any, *, num_samples: int = 1, key: jax.Array | None = None, terms: bool = False,
              batch_size: int | None = None, check: bool = True) -> jax.Array | dict[str, jax.Array]:

@@ -75,7 +75,8 @@ from vaegen.train import checkpoint as checkpoint_lib
 from vaegen.train import trainer as trainer_lib
 from vaegen.train import workdir as trainer_workdir
 
-DEFAULT_RELATIVE_SCALES = (0.01, 0.03, 0.1, 0.3, 1.0)
+DEFAULT_RELATIVE_SCALES = posteriors_lib.DEFAULT_RELATIVE_SCALES
+CodeProposal = posteriors_lib.CodeProposal
 PRIORS = ("expost_mixture", "standard_normal")
 
 
@@ -202,31 +203,6 @@ class MixturePrior(nn.Module):
         return _mixture(logits, loc, scale_tril)
 
 
-class CodeProposal(nn.Module):
-    """r(z | x) = 1/J sum_j N(z; f(x), diag((s_j sigma)^2)): an importance-sampling proposal around
-    an autoencoder's code (see the module docstring).
-
-    Same ``encoder`` and ``loc`` head as :class:`vaegen.blocks.posteriors.PointMass`, so an autoencoder's
-    parameters drop in; ``code_scale [D]`` (sigma) is a parameter set from the codes.
-    """
-
-    encoder: nn.Module
-    latent_dim: int
-    relative_scales: tuple[float, ...] = DEFAULT_RELATIVE_SCALES
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> distrax.Distribution:
-        loc = nn.Dense(self.latent_dim, name="loc")(self.encoder(x))                 # f(x)   [..., D]
-        sigma = self.param("code_scale", nn.initializers.ones, (self.latent_dim,))  # [D]
-        s = jnp.asarray(self.relative_scales, jnp.float32)                           # [J]
-        j = s.shape[0]
-        scales = s[:, None] * sigma[None, :]                                         # [J, D]
-        locs = jnp.broadcast_to(loc[..., None, :], loc.shape[:-1] + (j, self.latent_dim))  # [..., J, D]
-        scales = jnp.broadcast_to(scales, locs.shape)
-        return distrax.MixtureSameFamily(distrax.Categorical(logits=jnp.zeros(locs.shape[:-1])),
-                                         distrax.MultivariateNormalDiag(locs, scales))
-
-
 # --- codes ---------------------------------------------------------------------------------------
 
 def training_images(run, *, max_examples: int = 0, seed: int = 0) -> jax.Array:
@@ -309,10 +285,8 @@ def generative(run, prior: str = "expost_mixture", *, mixture: Mixture | None = 
     if posteriors_lib.is_point_mass(posterior):
         if code_scale is None:
             raise ValueError("an autoencoder needs code_scale (std of its codes) for the proposal around f(x)")
-        posterior = CodeProposal(encoder=posterior.encoder, latent_dim=d,
-                                 relative_scales=tuple(float(s) for s in relative_scales))
-        params["posterior"] = {**params["posterior"],
-                               "code_scale": jnp.asarray(np.maximum(np.asarray(code_scale, np.float64), 1e-6), jnp.float32)}
+        posterior, params["posterior"] = posteriors_lib.code_proposal(posterior, params["posterior"], code_scale,
+                                                                      relative_scales)
     model = latent_lib.LatentVariableModel(prior=p, likelihood=base.likelihood, posterior=posterior)
     return dataclasses.replace(run, model=model, variables={**run.variables, "params": params})
 
