@@ -12,7 +12,7 @@ The package in layers, each importing only the ones above it in this list::
     vaegen.sharding, vaegen.data    meshes and the one per-example map; datasets, splits, binarization
     vaegen.blocks                   networks, priors p(z), likelihoods p(x|z), posteriors q(z|x)
     vaegen.model                    LatentVariableModel and the model kinds (one z, two layers, MADE)
-    vaegen.objectives               ELBO, IWAE, the autoencoders' objectives, exact log-likelihood
+    vaegen.objectives               ELBO, IWAE, the autoencoders' objectives, exact log-likelihood; WAE, AAE
     vaegen.estimators               importance sampling, AIS, BDMC, diagnostics; the eval settings
     vaegen.train                    the fused trainer, optimiser, random streams, workdir, checkpoints,
                                     TensorBoard, the latent diagnostics at each validation
@@ -41,7 +41,7 @@ from vaegen.inference.svi import SVISettings, fit_local
 from vaegen.model import autoregressive, latent, linear_gaussian, two_layer
 from vaegen.model import densities as density_models
 from vaegen.model.latent import LatentVariableModel, build_model
-from vaegen.objectives import autoencoder, bounds, denoising, density, exact
+from vaegen.objectives import autoencoder, batch, bounds, denoising, density, exact, matching
 from vaegen.objectives.autoencoder import Autoencoder
 from vaegen.objectives.bounds import ELBO, IWAE
 from vaegen.runs.evaluate import evaluate

@@ -1,6 +1,7 @@
 """A tiny VAE on scikit-learn's 8x8 digits for tests and smoke runs (no download needed).
 
-``--config tiny:ae`` gives the matching autoencoder (point mass, no prior, objective ae).
+``--config tiny:ae`` gives the matching autoencoder (point mass, no prior, objective ae);
+``tiny:wae`` and ``tiny:aae`` the autoencoders whose codes are matched to N(0, I) in training.
 
 Command::
 
@@ -34,6 +35,9 @@ def get_config(arg: str | None = None):
         c.model.prior = component("prior", "none")
         c.inference.posterior = component("posterior", "point_mass")
         c.objective = component("objective", "ae")
+    elif arg in ("wae", "aae"):  # the AE with its codes matched to p(z) = N(0, I) in training
+        c.inference.posterior = component("posterior", "point_mass")
+        c.objective = component("objective", arg)
     elif arg not in (None, "", "vae"):
-        raise ValueError(f"tiny takes 'vae' or 'ae', not {arg!r}")
+        raise ValueError(f"tiny takes 'vae', 'ae', 'wae' or 'aae', not {arg!r}")
     return c
