@@ -26,6 +26,7 @@ from vaegen.estimators import settings as estimator_settings
 from vaegen.model import latent as model_lib
 from vaegen.runs import run as run_lib
 from vaegen.studies import expost as expost_lib
+from vaegen.studies import vq as vq_study
 from vaegen.train import workdir as workdir_lib
 from conftest import xla_flags
 
@@ -66,6 +67,14 @@ CLI_CASES = [
      "config.objective.discriminator_hidden: the objective 'ae' has no setting 'discriminator_hidden'"),
     ("mmd-kernel-scales", ["train", "--config", "tiny:wae", "--config.objective.kernel_scales=()"],
      "config.objective.kernel_scales needs at least one entry, got ()"),
+    ("vq-codebook-size", ["train", "--config", "tiny:vq", "--config.model.kind.codebook_size=1"],
+     "config.model.kind.codebook_size=1 must be >= 2"),
+    ("vq-commitment", ["train", "--config", "tiny:vq", "--config.objective.commitment=-0.1"],
+     "config.objective.commitment=-0.1 must be >= 0"),
+    ("vq-code-dim", ["train", "--config", "tiny:vq", "--config.model.kind.code_dim=3"],
+     "config.model.kind.code_dim=3 must divide config.model.latent_dim=4"),
+    ("vq-objective", ["train", "--config", "tiny:ae", "--config.objective.name=vq"],
+     "objective 'vq' trains a VQ-VAE: set --config.model.kind=vq_vae"),
     ("unknown-dataset", ["train", "--config", "tiny", "--config.data.name=cifar"],
      "config.data.name='cifar' is not one of fashion_mnist, mnist, binarized_mnist, cifar10, digits"),
     ("missing-dataset", ["train", "--config", "tiny", "--config.data.name=mnist", "--config.data.data_dir={tmp}/empty",
@@ -308,6 +317,10 @@ _MADE = ["model.kind=autoregressive", "objective=exact"]
 
 # (id, call, error class, message fragment): errors raised by library functions called directly.
 PYTHON_CASES = [
+    ("code-prior-not-vq", lambda: vq_study.check_vq(_model_run("tiny:ae")), errors.ConfigError,
+     "the prior over codes (code_prior) is fitted to a VQ-VAE's discrete codes"),
+    ("real-density-on-vq", lambda: expost_lib.fit(_model_run("tiny:vq")), errors.ConfigError,
+     "a VQ-VAE's codes are discrete (points of its codebook), so a density over real codes does not fit them"),
     ("logistic-support", lambda: likelihoods_lib.check_support("discretized_logistic", np.array([0.0, 0.5 / 255]),
                                                                what="the batch"),
      errors.SupportError, "the batch has values that are not 8-bit grey levels k/255, k in 0..255"),

@@ -11,8 +11,9 @@ The package in layers, each importing only the ones above it in this list::
                                     objectives, model kinds, estimators) and typed settings
     vaegen.sharding, vaegen.data    meshes and the one per-example map; datasets, splits, binarization
     vaegen.blocks                   networks, priors p(z), likelihoods p(x|z), posteriors q(z|x)
-    vaegen.model                    LatentVariableModel and the model kinds (one z, two layers, MADE)
-    vaegen.objectives               ELBO, IWAE, the autoencoders' objectives, exact log-likelihood; WAE, AAE
+    vaegen.model                    LatentVariableModel and the model kinds (one z, two layers, MADE, VQ-VAE,
+                                    a categorical MADE over codes)
+    vaegen.objectives               ELBO, IWAE, the autoencoders' objectives, exact log-likelihood; WAE, AAE, VQ
     vaegen.estimators               importance sampling, AIS, BDMC, diagnostics; the eval settings
     vaegen.train                    the fused trainer, optimiser, random streams, workdir, checkpoints,
                                     TensorBoard, the latent diagnostics at each validation
@@ -28,6 +29,7 @@ Importing vaegen registers every built-in component; a module of your own regist
 
 from vaegen import errors, registry
 from vaegen.blocks import densities, likelihoods, networks, posteriors, priors
+from vaegen.blocks import quantizers
 from vaegen.config.loading import load_config
 from vaegen.config.schema import RunSpec, to_spec
 from vaegen.errors import (CheckpointError, ConfigError, DataError, InferenceError, NoLatentError, NoPriorError,
@@ -40,14 +42,17 @@ from vaegen.inference.semi_amortized import SemiAmortizedELBO
 from vaegen.inference.svi import SVISettings, fit_local
 from vaegen.model import autoregressive, latent, linear_gaussian, two_layer
 from vaegen.model import densities as density_models
+from vaegen.model import code_prior, vq as vq_vae
 from vaegen.model.latent import LatentVariableModel, build_model
 from vaegen.objectives import autoencoder, batch, bounds, denoising, density, exact, matching
+from vaegen.objectives import vq as vq_objective
 from vaegen.objectives.autoencoder import Autoencoder
 from vaegen.objectives.bounds import ELBO, IWAE
 from vaegen.runs.evaluate import evaluate
 from vaegen.runs.run import Run, load
 from vaegen.runs.training import train_and_evaluate
 from vaegen.studies import compare, demo, expost, gaps, reproduce
+from vaegen.studies import vq
 from vaegen.studies.gaps import compute_gaps
 
 __version__ = "0.2.0"

@@ -11,7 +11,7 @@
     vaegen config    PRESET [--config.key=value ...]      (print the resolved config)
     vaegen demo      [--workdir runs/demo]
     vaegen compare   [--preset quick|full|tiny] [--workdir runs/compare] [--set KEY=VALUE ...]
-    vaegen expost    --workdir W [--density gmm|flow|two_stage|diffusion] [--components 10] [--k 100]
+    vaegen expost    --workdir W [--density gmm|flow|two_stage|diffusion|code_prior] [--components 10] [--k 100]
                      [--codes sample|mean] [--epochs 20] [--set KEY=VALUE ...]   (an AE + a density fitted to its codes)
 
 Errors a user can fix (bad config, missing data, bad workdir, ...) print one line,
@@ -49,6 +49,7 @@ from vaegen.runs import evaluate as evaluate_lib
 from vaegen.runs import run as run_lib
 from vaegen.studies import compare_study, demo, expost, figures
 from vaegen.studies import gaps as gaps_lib
+from vaegen.studies import vq as vq_study
 from vaegen.train import faults as faults_lib
 from vaegen.train import trainer as trainer_lib
 from vaegen.train import workdir as workdir_lib
@@ -364,7 +365,44 @@ def cmd_expost_learned(args) -> int:
     return 0
 
 
+def cmd_expost_code_prior(args) -> int:
+    """``vaegen expost --density code_prior``: a categorical MADE over a VQ-VAE's codes, fitted by the
+    trainer in WORKDIR/expost/code_prior/fit; samples and log p(x) (bound and importance sampling)."""
+    if args.temperature <= 0:
+        raise ConfigError(f"--temperature={args.temperature} must be > 0 (tau of the proposal over codes)")
+    fit = expost.FitSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+                             max_codes=args.max_codes, seed=args.seed, density=_density_settings(args.set))
+    run = run_lib.load(args.workdir)
+    m, k = vq_study.shape_of_codes(run)       # a VQ-VAE, or one line saying what to do
+    vq_study.prior_spec(m, k, fit, num_validation=0)
+    fitted = vq_study.fit_code_prior(run, fit)
+    gen = vq_study.generative(run, fitted)
+    info, usage = fitted.info, fitted.info["training_codebook_usage"]
+    out_dir = pathlib.Path(args.workdir) / "expost" / vq_study.CODE_PRIOR
+    held = ("n/a" if info["validation_log_pc"] is None else
+            f"{info['validation_log_pc']:.3f} +- {info['validation_log_pc_stderr']:.3f} nats (exact; uniform "
+            f"{info['uniform_log_pc']:.3f})")
+    print(f"fitted the prior over codes (categorical MADE, {m} positions of {k} codes) to {info['num_codes']} "
+          f"training codes in {info['fit_seconds']:.1f} s; held-out log p(c) on {info['num_validation_codes']} "
+          f"validation codes: {held}; training codes: perplexity {usage['perplexity']:.1f}, {usage['used_codes']} "
+          f"of {k} codes used; fit in {fitted.workdir}")
+    z, _ = gen.sample_with_latents(jax.random.key(args.seed), args.n)
+    out = out_dir / "samples.png"
+    figures.save_grid(out, np.asarray(gen.decode(z).mean()), title=f"E[x | e_c], c ~ code prior ({args.n} samples)")
+    print(f"wrote {out}")
+    result: dict = {"density": info}
+    if args.k:
+        x = gen.split("test", max_examples=args.max_examples)
+        result.update(vq_study.evaluate(gen, x, jax.random.key(args.seed), k=args.k, temperature=args.temperature))
+        print(vq_study.format_summary(result))
+    evaluate_lib.write_json(out_dir / "eval.json", result)
+    print(f"wrote {out_dir / 'eval.json'}")
+    return 0
+
+
 def cmd_expost(args, overrides) -> int:
+    if args.density == vq_study.CODE_PRIOR:
+        return cmd_expost_code_prior(args)
     if args.density != "gmm":
         return cmd_expost_learned(args)
     if args.set:
@@ -539,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--k", type=_non_negative_int, default=100, help="importance samples for log p(x) (0: skip the evaluation)")
     x.add_argument("--max-examples", type=_non_negative_int, default=1000, help="test images to evaluate (0 = all)")
     x.add_argument("--seed", type=int, default=0)
-    x.add_argument("--density", default="gmm", choices=expost.DENSITIES,
+    x.add_argument("--density", default="gmm", choices=(*expost.DENSITIES, vq_study.CODE_PRIOR),
                    help="gmm: a Bayesian Gaussian mixture (--components); flow (exact log p(z)), two_stage (a second "
                         "VAE: log p(z) by importance sampling) or diffusion (a VDM: log p(z) >= its bound), fitted by "
                         "the trainer in WORKDIR/expost/DENSITY/fit, writing samples.png and eval.json there")
@@ -548,6 +586,8 @@ def build_parser() -> argparse.ArgumentParser:
     x.add_argument("--epochs", type=_positive_int, default=20, help="learned densities: epochs of the fit")
     x.add_argument("--batch-size", type=_positive_int, default=256, help="learned densities: batch of the fit")
     x.add_argument("--learning-rate", type=float, default=1e-3, help="learned densities: Adam's learning rate")
+    x.add_argument("--temperature", type=float, default=vq_study.DEFAULT_TEMPERATURE,
+                   help="code_prior: tau of the importance-sampling proposal prod_m softmax(-||z_e,m - e_k||^2 / tau)")
     x.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="a setting of the learned density, e.g. --set layers=8 --set kind=coupling (repeatable; "
                         "`vaegen config --components` lists them)")

@@ -291,6 +291,13 @@ def generative(run, prior: str = "expost_mixture", *, mixture: Mixture | None = 
     return dataclasses.replace(run, model=model, variables={**run.variables, "params": params})
 
 
+def _continuous_codes(run) -> None:
+    """A VQ-VAE's codes are discrete (K^M codebook points): its prior is the one over code indices."""
+    if run.spec.model.kind.trait("vq_vae", False):
+        raise ConfigError("a VQ-VAE's codes are discrete (points of its codebook), so a density over real codes does "
+                          "not fit them: use --density code_prior (vaegen.studies.vq.fit_code_prior)")
+
+
 def fit(run, *, num_components: int = 10, max_codes: int = 20000, seed: int = 0, bayesian: bool = True,
         covariance_type: str = "full", directory: str | os.PathLike | None = None):
     """Fits the ex-post mixture to ``run``'s training codes and returns ``(generative_run, mixture,
@@ -298,6 +305,7 @@ def fit(run, *, num_components: int = 10, max_codes: int = 20000, seed: int = 0,
     one fitted with the same settings."""
     if not run.has_latents:
         raise NoLatentError(NO_LATENT_MESSAGE)
+    _continuous_codes(run)
     directory = pathlib.Path(directory) if directory is not None else pathlib.Path(run.workdir) / "expost"
     x = training_images(run, max_examples=max_codes, seed=seed)
     codes = encode_codes(run.model, run.variables, x, jax.random.key(seed))
@@ -578,6 +586,7 @@ def fit_learned(run, name: str, fit: FitSettings = FitSettings(), *, directory: 
     ``<workdir>/expost/<name>/fit``) and returns ``(generative_run, fit, training codes)``."""
     if not run.has_latents:
         raise NoLatentError(NO_LATENT_MESSAGE)
+    _continuous_codes(run)
     if name not in LEARNED_DENSITIES:
         raise ConfigError(f"unknown density {name!r}; choose one of {', '.join(DENSITIES)}")
     directory = pathlib.Path(directory) if directory is not None else pathlib.Path(run.workdir) / "expost" / name / "fit"

@@ -1,7 +1,8 @@
 """A tiny VAE on scikit-learn's 8x8 digits for tests and smoke runs (no download needed).
 
 ``--config tiny:ae`` gives the matching autoencoder (point mass, no prior, objective ae);
-``tiny:wae`` and ``tiny:aae`` the autoencoders whose codes are matched to N(0, I) in training.
+``tiny:wae`` and ``tiny:aae`` the autoencoders whose codes are matched to N(0, I) in training;
+``tiny:vq`` a VQ-VAE (z [4] as 2 groups of 2, a codebook of 4, no prior in training).
 
 Command::
 
@@ -38,6 +39,11 @@ def get_config(arg: str | None = None):
     elif arg in ("wae", "aae"):  # the AE with its codes matched to p(z) = N(0, I) in training
         c.inference.posterior = component("posterior", "point_mass")
         c.objective = component("objective", arg)
+    elif arg == "vq":  # 2 codes of a codebook of 4: K^M = 16, small enough to sum p(x) over every code
+        c.model.kind = component("model_kind", "vq_vae", codebook_size=4, code_dim=2)
+        c.model.prior = component("prior", "none")
+        c.inference.posterior = component("posterior", "point_mass")
+        c.objective = component("objective", "vq")
     elif arg not in (None, "", "vae"):
-        raise ValueError(f"tiny takes 'vae', 'ae', 'wae' or 'aae', not {arg!r}")
+        raise ValueError(f"tiny takes 'vae', 'ae', 'wae', 'aae' or 'vq', not {arg!r}")
     return c
