@@ -150,5 +150,18 @@ def test_expost_command_makes_the_trained_ae_generative(tiny_study, capsys):
     assert (workdir / "ae" / "expost" / "two_stage" / "fit" / "checkpoints").is_dir()
     gen, fitted = expost.load_learned(vaegen.load(workdir / "ae"), "two_stage")   # reloaded, not refitted
     assert gen.sample(jax.random.key(0), 3).shape == (3, 8, 8, 1) and fitted.info["num_codes"] > 0
+    # A fitted density is the run's p(z) wherever a run is loaded: vaegen.load, sample, evaluate.
+    for density in ("gmm", "two_stage"):
+        run = vaegen.load(workdir / "ae", density=density)
+        assert run.has_prior and run.sample(jax.random.key(0), 2).shape == (2, 8, 8, 1), density
+    assert cli.main(["sample", "--workdir", str(workdir / "ae"), "--density", "gmm", "--n", "4"]) == 0
+    assert (workdir / "ae" / "samples_gmm.png").stat().st_size > 0
+    assert cli.main(["evaluate", "--workdir", str(workdir / "ae"), "--density", "gmm", "--max-examples", "8",
+                     "--k", "4", "--no-progress"]) == 0
+    ev = json.loads((workdir / "ae" / "eval_gmm.json").read_text())
+    assert np.isfinite(ev["metrics"]["log_px"]["mean"]) and "around the code" in ev["metrics"]["log_px"]["estimator"]
+    with pytest.raises(FileNotFoundError, match="no fitted diffusion density"):
+        vaegen.load(workdir / "ae", density="diffusion")
+    capsys.readouterr()
     code = cli.main(["expost", "--workdir", str(workdir / "made")])
     assert code == 2 and "no latent variable" in capsys.readouterr().err

@@ -49,10 +49,11 @@ from vaegen.objectives import vq as vq_objective
 from vaegen.objectives.autoencoder import Autoencoder
 from vaegen.objectives.bounds import ELBO, IWAE
 from vaegen.runs.evaluate import evaluate
-from vaegen.runs.run import Run, load
+from vaegen.runs.run import Run
 from vaegen.runs.training import train_and_evaluate
 from vaegen.studies import compare, demo, expost, gaps, reproduce
 from vaegen.studies import vq
+from vaegen.studies.expost import load  # a run, with an ex-post density attached if asked for
 from vaegen.studies.gaps import compute_gaps
 
 __version__ = "0.2.0"

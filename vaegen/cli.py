@@ -140,12 +140,13 @@ def cmd_evaluate(args, overrides) -> int:
         raise ConfigError(f"--per-example writes an .npz file; got {args.per_example!r}")
     if args.binarize and not args.images:
         raise ConfigError("--binarize applies to --images only (a split is binarized as its run's config says)")
-    default_name = f"eval_{pathlib.Path(args.images).stem}.json" if args.images else "eval.json"
+    default_name = (f"eval_{pathlib.Path(args.images).stem}.json" if args.images else
+                    f"eval_{args.density}.json" if args.density else "eval.json")
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / default_name
     workdir_lib.check_writable(out, option="--out")  # before the work, not after it (a read-only workdir)
     if args.per_example:
         workdir_lib.check_writable(pathlib.Path(args.per_example), option="--per-example")
-    run = run_lib.load(args.workdir)
+    run = expost.load(args.workdir, density=args.density)
     images = (images_lib.load(args.images, event_shape=run.event_shape, binarize=args.binarize or "none",
                               support=run.spec.model.likelihood.trait("support", "real"), seed=args.seed)
               if args.images else None)
@@ -201,8 +202,9 @@ def cmd_gaps(args, overrides) -> int:
 
 
 def cmd_sample(args, overrides) -> int:
-    run = run_lib.load(args.workdir)
-    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "samples.png"
+    run = expost.load(args.workdir, density=args.density)
+    out = (pathlib.Path(args.out) if args.out else
+           pathlib.Path(args.workdir) / (f"samples_{args.density}.png" if args.density else "samples.png"))
     if not run.has_latents:  # autoregressive: x ~ p(x), pixel by pixel
         _, probs = run.model.apply(run.variables, jax.random.key(args.seed), args.n, method="sample_with_probs")
         figures.save_grid(out, np.asarray(probs), title=f"p(x_d = 1 | x_<d) along {args.n} samples x ~ p(x)")
@@ -212,7 +214,8 @@ def cmd_sample(args, overrides) -> int:
         raise NoPriorError(f"cannot sample from {args.workdir}: {NO_PRIOR_MESSAGE}")
     z, _ = run.sample_with_latents(jax.random.key(args.seed), args.n)
     images = np.asarray(run.decode(z).mean())  # E[x | z]: pixel probabilities for a Bernoulli
-    figures.save_grid(out, images, title=f"E[x | z], z ~ p(z) ({args.n} prior samples)")
+    figures.save_grid(out, images, title=f"E[x | z], z ~ p(z) ({args.n} prior samples"
+                                         + (f", p(z) the ex-post {args.density})" if args.density else ")"))
     print(f"wrote {out}")
     return 0
 
@@ -288,7 +291,7 @@ def components_text(kinds) -> str:
 
 
 def components_markdown(kinds) -> str:
-    """The same as Markdown tables (README's "The parts a model is made of")."""
+    """The same as Markdown tables (the summary of docs/components.md, filled in when the site is built)."""
     out = []
     for kind in kinds:
         reg = registry(kind)
@@ -463,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "estimator` lists them). Options left out take their values from the run's "
                                    "config.eval.")
     e.add_argument("--workdir", required=True)
+    e.add_argument("--density", choices=expost.DENSITIES, default=None,
+                   help="evaluate the run with the ex-post density fitted to its codes before (`vaegen expost "
+                        "--density NAME`) as p(z); default --out WORKDIR/eval_<density>.json")
     e.add_argument("--split", default="test", choices=("test", "validation"))
     e.add_argument("--images", metavar="PATH", help="score your own images instead of a split: .npy, .npz, IDX, or a "
                    "folder of PNGs (uint8 grey levels, floats in [0, 1] or binary); default --out "
@@ -524,7 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--workdir", required=True)
     s.add_argument("--n", type=_positive_int, default=64)
     s.add_argument("--seed", type=_non_negative_int, default=0)
-    s.add_argument("--out", help="PNG path (default WORKDIR/samples.png)")
+    s.add_argument("--density", choices=expost.DENSITIES, default=None,
+                   help="sample z from the ex-post density fitted to the codes before (`vaegen expost --density NAME`)")
+    s.add_argument("--out", help="PNG path (default WORKDIR/samples.png, WORKDIR/samples_<density>.png with --density)")
     s.set_defaults(func=cmd_sample)
 
     r = sub.add_parser("reconstruct", help="PNG grid of held-out images and their reconstructions")

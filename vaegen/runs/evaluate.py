@@ -45,6 +45,7 @@ import numpy as np
 
 from vaegen import compilation as compilation_lib
 from vaegen import sharding as sharding_lib
+from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.data import binarization
 from vaegen.data import images as images_lib
 from vaegen.data import splits as splits_lib
@@ -194,8 +195,10 @@ def _is(settings: NoSettings, ctx: Context) -> None:
         ctx.undefined["log_px"] = UNDEFINED_FOR_AE["log_px"] if not ctx.run.has_prior else reason
         return
     s = ctx.settings
+    around_code = ctx.run.is_autoencoder or isinstance(getattr(ctx.run.model, "posterior", None),
+                                                       posteriors_lib.CodeProposal)
     source = ("p(z)" if s.is_proposal == "prior" else
-              "the scale mixture of Gaussians around the code f(x) (its q(z|x) is a point mass)" if ctx.run.is_autoencoder
+              "the scale mixture of Gaussians around the code f(x) (its q(z|x) is a point mass)" if around_code
               else "q(z|x)")
     ctx.record("log_px", est["log_px"], ctx.num_dims, estimator=f"importance sampling from {source}, k={s.num_samples}")
     ctx.record("is_ess", est["ess"], None)

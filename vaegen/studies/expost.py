@@ -71,6 +71,7 @@ from vaegen.data import datasets
 from vaegen.data import splits as splits_lib
 from vaegen.model import latent as latent_lib
 from vaegen.errors import NO_LATENT_MESSAGE, ConfigError, DataError, NoLatentError
+from vaegen.runs import run as run_lib
 from vaegen.train import checkpoint as checkpoint_lib
 from vaegen.train import trainer as trainer_lib
 from vaegen.train import workdir as trainer_workdir
@@ -314,6 +315,33 @@ def fit(run, *, num_components: int = 10, max_codes: int = 20000, seed: int = 0,
     return generative(run, "expost_mixture", mixture=mixture, code_scale=codes.std(0)), mixture, codes
 
 
+def load(workdir: str | os.PathLike, *, density: str | None = None, epoch: int | None = None,
+         best: bool | None = None):
+    """:func:`vaegen.runs.run.load`, with the ex-post density ``density`` fitted before
+    (``vaegen expost --density NAME``) attached as p(z): ``gmm`` (the mixture in
+    ``<workdir>/expost``), or a learned ``flow``, ``two_stage`` or ``diffusion`` (in
+    ``<workdir>/expost/<name>/fit``).  Nothing is fitted; the result samples, evaluates and
+    answers ``log_px`` like any run with a prior (an autoencoder's q is then the proposal around
+    the code).  This is ``vaegen.load``.
+
+    Raises FileNotFoundError when that density was not fitted to this run."""
+    run = run_lib.load(workdir, epoch=epoch, best=best)
+    if density is None:
+        return run
+    if density in LEARNED_DENSITIES:
+        return load_learned(run, density)[0]
+    if density != "gmm":
+        raise ConfigError(f"unknown density {density!r}; choose one of {', '.join(DENSITIES)}")
+    directory = pathlib.Path(workdir) / "expost"
+    if not (directory / "mixture.npz").exists():
+        raise FileNotFoundError(f"{directory} holds no fitted mixture; fit one with `vaegen expost --workdir {workdir}`")
+    mixture = Mixture.load(directory)
+    settings = mixture.info.get("settings", {})
+    x = training_images(run, max_examples=int(settings.get("codes_shape", [20000])[0]), seed=int(settings.get("seed", 0)))
+    codes = encode_codes(run.model, run.variables, x, jax.random.key(int(settings.get("seed", 0))))
+    return generative(run, "expost_mixture", mixture=mixture, code_scale=codes.std(0))
+
+
 def fit_or_load(codes: np.ndarray, directory: str | os.PathLike, *, num_components: int = 10, seed: int = 0,
                 bayesian: bool = True, covariance_type: str = "full") -> Mixture:
     """:func:`fit_mixture`, reusing the mixture saved in ``directory`` if it was fitted to the very same
@@ -443,32 +471,43 @@ def _too_few_codes(num: int, name: str, batch_size: int, latent_dim: int) -> Non
                         "images (--max-codes) or a smaller --batch-size")
 
 
-def density_spec(name: str, latent_dim: int, fit: FitSettings, *, num_validation: int) -> Any:
+def fit_spec(fit: FitSettings, *, num_validation: int, model: dict, objective: str, settings_of: str,
+             settings_note: str, extra: dict | None = None) -> Any:
+    """The RunSpec of a fit to codes with the trainer: codes as real vectors given in memory, the
+    ``model`` section (``kind``, ``latent_dim``, ``prior``), ``objective``, Adam and the trainer's
+    settings from ``fit`` (early stopping on the validation codes when there are any), no TensorBoard.
+    A bad setting of the fitted model is reported as a setting of ``settings_of`` (``settings_note``
+    says how they are set)."""
     patience = int(fit.patience) if (num_validation and fit.validate_every) else 0
-    """The RunSpec that fits density ``name`` to codes of dimension ``latent_dim`` with the trainer."""
-    if name not in LEARNED_DENSITIES:
-        raise ConfigError(f"unknown density {name!r}; choose one of {', '.join(DENSITIES)}")
-    if fit.codes not in CODE_KINDS:
-        raise ConfigError(f"codes={fit.codes!r}: choose one of {', '.join(CODE_KINDS)}")
     mapping = {
         "seed": int(fit.seed),
         "data": {"binarization": "real", "validation_size": int(num_validation)},
-        "model": {"kind": {"name": "density"}, "latent_dim": int(latent_dim),
-                  "prior": {"name": name, **dict(fit.density)}, "likelihood": {"name": "gaussian"},
-                  "init_output_bias_from_data": False},
-        "objective": {"name": "density"},
+        "model": {"likelihood": {"name": "gaussian"}, "init_output_bias_from_data": False, **model},
+        "objective": {"name": objective},
         "optim": {"learning_rate": float(fit.learning_rate), "grad_clip_norm": float(fit.grad_clip_norm)},
         "train": {"batch_size": int(fit.batch_size), "num_epochs": int(fit.epochs), "progress": False,
                   "tensorboard": False, "keep_checkpoints": 1, "handle_signals": True,
                   "checkpoint_every_epochs": max(int(fit.checkpoint_every), 1),
                   "eval_every_epochs": int(fit.validate_every), "early_stopping_patience": patience},
         "eval": {"batch_size": 500},
+        **(extra or {}),
     }
+    section = "config.model.kind." if model.get("kind", {}).get("name") != "density" else "config.model.prior."
     try:
         return config_schema.to_spec(mapping)
     except ConfigError as e:
-        raise ConfigError(f"{e} (density settings are set with --set KEY=VALUE)".replace("config.model.prior.",
-                                                                                         f"{name} setting ")) from None
+        raise ConfigError(f"{e} ({settings_note})".replace(section, f"{settings_of} setting ")) from None
+
+
+def density_spec(name: str, latent_dim: int, fit: FitSettings, *, num_validation: int) -> Any:
+    """The RunSpec that fits density ``name`` to codes of dimension ``latent_dim`` with the trainer."""
+    if name not in LEARNED_DENSITIES:
+        raise ConfigError(f"unknown density {name!r}; choose one of {', '.join(DENSITIES)}")
+    if fit.codes not in CODE_KINDS:
+        raise ConfigError(f"codes={fit.codes!r}: choose one of {', '.join(CODE_KINDS)}")
+    return fit_spec(fit, num_validation=num_validation, objective="density", settings_of=name,
+                    settings_note="density settings are set with --set KEY=VALUE", model={"kind": {"name": "density"}, "latent_dim": int(latent_dim),
+                           "prior": {"name": name, **dict(fit.density)}})
 
 
 def check_fit_settings(name: str, fit: FitSettings) -> None:

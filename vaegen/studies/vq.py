@@ -166,26 +166,11 @@ def prior_spec(num_positions: int, codebook_size: int, fit: expost.FitSettings, 
         raise ConfigError(f"{CODE_PRIOR} setting num_categories={settings['num_categories']} must be the codebook "
                           f"size {codebook_size}; leave it out")
     settings["num_categories"] = int(codebook_size)
-    patience = int(fit.patience) if (num_validation and fit.validate_every) else 0
-    mapping = {
-        "seed": int(fit.seed),
-        "data": {"binarization": "real", "validation_size": int(num_validation)},
-        "model": {"kind": {"name": "categorical_made", **settings}, "latent_dim": int(num_positions),
-                  "prior": {"name": "none"}, "likelihood": {"name": "gaussian"}, "init_output_bias_from_data": False},
-        "inference": {"posterior": {"name": "point_mass"}},
-        "objective": {"name": "exact"},
-        "optim": {"learning_rate": float(fit.learning_rate), "grad_clip_norm": float(fit.grad_clip_norm)},
-        "train": {"batch_size": int(fit.batch_size), "num_epochs": int(fit.epochs), "progress": False,
-                  "tensorboard": False, "keep_checkpoints": 1, "handle_signals": True,
-                  "checkpoint_every_epochs": max(int(fit.checkpoint_every), 1),
-                  "eval_every_epochs": int(fit.validate_every), "early_stopping_patience": patience},
-        "eval": {"batch_size": 500},
-    }
-    try:
-        return config_schema.to_spec(mapping)
-    except ConfigError as e:
-        raise ConfigError(f"{e} (settings of the prior over codes are set with --set KEY=VALUE)".replace(
-            "config.model.kind.", f"{CODE_PRIOR} setting ")) from None
+    return expost.fit_spec(fit, num_validation=num_validation, objective="exact", settings_of=CODE_PRIOR,
+                           settings_note="settings of the prior over codes are set with --set KEY=VALUE",
+                           model={"kind": {"name": "categorical_made", **settings}, "latent_dim": int(num_positions),
+                                  "prior": {"name": "none"}},
+                           extra={"inference": {"posterior": {"name": "point_mass"}}})
 
 
 def run_codes(run: Any, fit: expost.FitSettings) -> tuple[np.ndarray, np.ndarray, dict]:
