@@ -8,7 +8,8 @@ STAMP := $(VENV)/.installed
 FMNIST_IDX ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
-# Test processes (pytest-xdist); each test runs whole in one of them.
+# Test processes (pytest-xdist); each test module runs whole in one of them (--dist loadscope), so
+# its module-scoped fixtures (trained tiny runs, the tiny compare study) are built once, not once per process.
 TEST_WORKERS ?= 2
 
 .PHONY: venv data demo test notebook bench bench-eval clean-venv
@@ -37,7 +38,7 @@ demo: data
 	$(BIN)/vaegen demo --workdir $(DEMO_DIR)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 # The seed question as an executed notebook: runs docs/why_vae_generative.ipynb (a few minutes on a
 # CPU) and writes the executed copy, figures inline, to runs/notebook/.
