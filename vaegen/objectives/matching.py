@@ -110,7 +110,7 @@ class WAE:
     unbiased MMD^2 estimate (the same for every example), ``objective``.
     """
 
-    mmd_weight: float = 10.0
+    mmd_weight: float = 100.0
     kernel: str = "imq"
     kernel_scales: tuple[float, ...] = DEFAULT_KERNEL_SCALES
     prior_variance: float = 1.0
@@ -227,7 +227,8 @@ def needs_point_mass_and_prior(settings: Any, spec: Any) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class WAESettings(Settings):
-    mmd_weight: float = setting(10.0, "lambda: the weight of MMD^2(codes, p(z)) against log p(x | f(x))", ge=0)
+    mmd_weight: float = setting(100.0, "lambda: the weight of MMD^2(codes, p(z)) against log p(x | f(x)) (hundreds of "
+                                "nats per image)", ge=0)
     kernel: str = setting("imq", "imq (inverse multiquadratic, C / (C + ||a - b||^2)) | rbf (exp(-||a - b||^2 / C))",
                           choices=("imq", "rbf"))
     kernel_scales: tuple[float, ...] = setting(DEFAULT_KERNEL_SCALES, "the kernels summed: C = s * 2 D * "

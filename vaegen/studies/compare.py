@@ -19,11 +19,17 @@ Models (variants, each an ordinary vaegen run in ``<workdir>/<name>``):
 ``rae``                     the AE with ||f(x)||^2 and decoder-L2 penalties (Ghosh et al. 2020)
 ``dae``                     a denoising AE with walkback, sampled by its Markov chain (Bengio
                             et al. 2013)
+``wae``, ``aae``            AEs whose codes are matched to p(z) = N(0, I) during training: the
+                            Wasserstein AE with an MMD penalty (Tolstikhin et al. 2018) and the
+                            adversarial AE (Makhzani et al. 2016), :mod:`vaegen.objectives.matching`
+``vq``                      the VQ-VAE (van den Oord et al. 2017): discrete codes, no prior in
+                            training; a categorical MADE fitted to its codes afterwards is its p(c)
+                            (:mod:`vaegen.studies.vq`)
 ``made``                    MADE: no latent variable, exact log p(x)
 ``vae_2d``, ``ae_2d``       2-D latent variants for the latent map
 ==========================  ===================================================================
 
-Rows of the table are (model, how it is sampled): the VAEs from their own p(z); the AE and RAE
+Rows of the table are (model, how it is sampled): the VAEs from their own p(z); the WAE and AAE from the N(0, I) they were trained to match; the AE and RAE
 from N(0, I) attached ad hoc and from a 10-component full-covariance Gaussian mixture fitted to
 their training codes (:mod:`vaegen.studies.expost`; the VAE gets one too); the DAE by its chain; MADE
 pixel by pixel; and a ``data`` row (held-out images) that gives each sample metric's floor.
@@ -68,10 +74,13 @@ from vaegen.runs import evaluate as evaluate_lib
 from vaegen.runs.run import Run
 from vaegen.studies import expost as expost_lib
 from vaegen.studies import metrics as metrics_lib
+from vaegen.studies import vq as vq_lib
 from vaegen.train import trainer as trainer_lib
 
 PRESETS = ("tiny", "quick", "full")
 DENSITY_LABELS = {"flow": "flow", "two_stage": "second-stage VAE", "diffusion": "diffusion"}
+BEST = "best"
+"""In ``expost.rae_densities``: the density that makes the AE most generative (:func:`resolve_best`)."""
 
 
 # --- the study's settings -----------------------------------------------------------------------
@@ -100,12 +109,28 @@ def study_config(preset: str = "quick") -> ml_collections.ConfigDict:
     s.dae = ml_collections.ConfigDict({"corruption": "salt_and_pepper", "noise_level": 0.3, "walkback_steps": 4,
                                        "walkback_continue": 0.8, "chain_steps": 50})
     s.made = ml_collections.ConfigDict({"hidden": (500,)})
+    # AEs matched to N(0, I) in training (vaegen.objectives.matching); the other settings are the objectives' defaults.
+    # lambda: 100 gave the WAE the highest log p(x) and the smallest Frechet distance between its codes and N(0, I) of
+    # 10, 100, 1000 (4 epochs, 500 test images; README); the AAE's weight 10 moved its codes further toward N(0, I)
+    # than 1.
+    s.wae = ml_collections.ConfigDict({"enabled": True, "mmd_weight": 100.0})
+    s.aae = ml_collections.ConfigDict({"enabled": True, "adversarial_weight": 10.0})
+    # Discrete codes with a prior learned afterwards: 10 positions of 5 from 512 codes (the vq_mlp_fmnist preset), the
+    # categorical MADE over them fitted by the trainer (early-stopped on held-out codes), log p(x) with the proposal
+    # temperature tau (vaegen.studies.vq).
+    s.vq = ml_collections.ConfigDict({"enabled": True, "codebook_size": 512, "code_dim": 5, "ema": True,
+                                      "ema_decay": 0.99, "dead_code_threshold": 0.05, "commitment": 0.25,
+                                      "temperature": 3.0, "max_codes": 10000,
+                                      "fit": {"epochs": 30, "batch_size": 256, "learning_rate": 1e-3, "patience": 3},
+                                      "prior_hidden": (500,)})
     s.latent_map = ml_collections.ConfigDict({"enabled": True, "epochs": 3})  # 2-D variants of the VAE and AE
     s.expost = ml_collections.ConfigDict({"num_components": 10, "max_codes": 5000, "bayesian": True})
     # The learned ex-post densities (vaegen.blocks.densities), fitted by the trainer to the same codes: rows
-    # AE + each, VAE + each, RAE + those in rae_densities (the best on the AE in the measured quick run).
+    # AE + each, VAE + each, RAE + those in rae_densities: "best" is the density (GMM or learned) whose AE row has
+    # the highest test log p(x), chosen when the RAE's rows are measured (resolve_best; the diffusion rows' ‡ values
+    # are not ranked).
     s.expost.densities = ("flow", "two_stage", "diffusion")
-    s.expost.rae_densities = ("flow",)
+    s.expost.rae_densities = ("best",)
     # At most 100 epochs, early-stopped on held-out codes (patience 5): flows overfit 4,500 codes in 50-D.
     s.expost.fit = ml_collections.ConfigDict({"epochs": 100, "batch_size": 256, "learning_rate": 1e-3, "patience": 5})
     s.expost.flow = ml_collections.ConfigDict({"kind": "autoregressive", "layers": 5, "hidden": (128, 128)})
@@ -156,6 +181,12 @@ def study_config(preset: str = "quick") -> ml_collections.ConfigDict:
         s.expost.diffusion.hidden = (16,)
         s.expost.diffusion.bound_samples = 4
         s.expost.diffusion.sample_steps = 5
+        s.vq.codebook_size = 4
+        s.vq.code_dim = 2
+        s.vq.max_codes = 400
+        s.vq.fit.epochs = 2
+        s.vq.fit.batch_size = 50
+        s.vq.prior_hidden = (16,)
         s.eval.k = 4
         s.eval.max_test_examples = 40
         s.eval.num_samples = 64
@@ -173,7 +204,7 @@ def load_study(preset: str = "quick", settings: Iterable[str] = ()) -> ml_collec
     if s.epochs < 1 or s.latent_map.epochs < 1:
         raise ConfigError("study epochs must be >= 1")
     for name in (*s.expost.densities, *s.expost.rae_densities):
-        if name not in expost_lib.LEARNED_DENSITIES:
+        if name not in expost_lib.LEARNED_DENSITIES and not (name == BEST and name in s.expost.rae_densities):
             raise ConfigError(f"expost.densities: unknown density {name!r}; choose from "
                               f"{', '.join(expost_lib.LEARNED_DENSITIES)}")
     for b in s.betas:
@@ -200,7 +231,7 @@ class Variant:
     label: str
     overrides: tuple[str, ...]
     epochs: int
-    group: str  # vae | beta | path | ae | rae | dae | made | map
+    group: str  # vae | beta | path | ae | rae | matched | vq | dae | made | map
 
 
 @dataclasses.dataclass(frozen=True)
@@ -238,6 +269,19 @@ def variants(study: ml_collections.ConfigDict) -> list[Variant]:
     out.append(Variant("ae", "AE", AE_OVERRIDES, e, "ae"))
     out.append(Variant("rae", "RAE", AE_POSTERIOR + ("objective=rae", f"objective.code_penalty={study.rae.code_penalty!r}",
                                                    f"objective.decoder_l2={study.rae.decoder_l2!r}"), e, "rae"))
+    if study.wae.enabled:
+        out.append(Variant("wae", "WAE-MMD", ("inference.posterior=point_mass", "objective=wae",
+                                               f"objective.mmd_weight={study.wae.mmd_weight!r}"), e, "matched"))
+    if study.aae.enabled:
+        out.append(Variant("aae", "AAE", ("inference.posterior=point_mass", "objective=aae",
+                                          f"objective.adversarial_weight={study.aae.adversarial_weight!r}"), e, "matched"))
+    if study.vq.enabled:
+        q = study.vq
+        out.append(Variant("vq", "VQ-VAE", (
+            "model.kind=vq_vae", f"model.kind.codebook_size={q.codebook_size!r}", f"model.kind.code_dim={q.code_dim!r}",
+            f"model.kind.ema={q.ema!r}", f"model.kind.ema_decay={q.ema_decay!r}",
+            f"model.kind.dead_code_threshold={q.dead_code_threshold!r}", "model.prior=none",
+            "inference.posterior=point_mass", "objective=vq", f"objective.commitment={q.commitment!r}"), e, "vq"))
     d = study.dae
     out.append(Variant("dae", "DAE (walkback)", AE_POSTERIOR + (
         "objective=dae", f"objective.corruption={d.corruption}", f"objective.noise_level={d.noise_level!r}",
@@ -266,13 +310,39 @@ def rows(study: ml_collections.ConfigDict) -> list[Row]:
             out.append(Row(f"{v.name}+n01", f"{v.label} + N(0, I)", v.name, "standard_normal", "N(0, I), ad hoc"))
             out.append(Row(f"{v.name}+gmm", f"{v.label} + ex-post GMM", v.name, "expost_mixture", "GMM on codes"))
             for d in (study.expost.densities if v.group == "ae" else study.expost.rae_densities):
+                if d == BEST:
+                    out.append(Row(f"{v.name}+{BEST}", f"{v.label} + the AE's best ex-post density", v.name, BEST,
+                                   "the AE's best density on codes"))
+                    continue
                 out.append(Row(f"{v.name}+{d}", f"{v.label} + ex-post {DENSITY_LABELS[d]}", v.name, d,
                                f"{DENSITY_LABELS[d]} on codes"))
+        elif v.group == "matched":
+            out.append(Row(v.name, v.label, v.name, "standard_normal", "N(0, I), matched in training"))
+        elif v.group == "vq":
+            out.append(Row(f"{v.name}+prior", f"{v.label} + code prior", v.name, vq_lib.CODE_PRIOR,
+                           "categorical MADE on codes"))
         elif v.group == "dae":
             out.append(Row("dae", v.label, "dae", "chain", "its Markov chain"))
         elif v.group == "made":
             out.append(Row("made", "MADE (no z)", "made", "exact", "p(x_d | x_<d), pixel by pixel"))
     return out
+
+
+def resolve_best(row: Row, measured: Sequence[Row], results: dict[str, Any]) -> Row | None:
+    """The row ``<variant>+best`` as the density it stands for: the ex-post density (GMM or learned) whose AE row
+    has the highest mean test log p(x) among the rows measured so far (a diffusion row's ‡ value, a bound up to a
+    Monte Carlo bias, is not ranked).  None when that density already has a row of this variant (the GMM's) or
+    no AE density row was measured."""
+    candidates = [r for r in measured if r.variant == "ae" and r.prior in ("expost_mixture", *expost_lib.LEARNED_DENSITIES)
+                  and r.prior != "diffusion" and "log_px" in results.get(r.name, {})]
+    if not candidates:
+        return None
+    best = max(candidates, key=lambda r: results[r.name]["log_px"]["mean"])
+    if best.prior == "expost_mixture":
+        return None  # the variant's GMM row is in the table already
+    d = best.prior
+    return Row(f"{row.variant}+{d}", f"{row.label.split(' + ')[0]} + ex-post {DENSITY_LABELS[d]}", row.variant, d,
+               f"{DENSITY_LABELS[d]} on codes (the AE's best)")
 
 
 def model_config(study: ml_collections.ConfigDict, variant: Variant, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
@@ -301,6 +371,7 @@ class Context:
     mixtures: dict[str, expost_lib.Mixture] = dataclasses.field(default_factory=dict)
     densities: dict[tuple[str, str], expost_lib.DensityFit] = dataclasses.field(default_factory=dict)
     fit_seconds: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
+    code_priors: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
 def eval_split(spec: RunSpec, split: str, n: int) -> jax.Array:
@@ -363,10 +434,26 @@ def mixture_of(ctx: Context, name: str) -> expost_lib.Mixture:
     return ctx.mixtures[name]
 
 
+def code_prior_of(ctx: Context, name: str) -> Any:
+    """The categorical MADE fitted by the trainer to VQ variant ``name``'s training codes (the first
+    ``vq.max_codes`` training images; 10% held out), in ``<variant>/expost/code_prior/fit`` (reused when
+    already fitted)."""
+    if name not in ctx.code_priors:
+        q = ctx.study.vq
+        fit = expost_lib.FitSettings(epochs=int(q.fit.epochs), batch_size=int(q.fit.batch_size),
+                                     learning_rate=float(q.fit.learning_rate), max_codes=int(q.max_codes),
+                                     seed=int(ctx.study.seed), patience=int(q.fit.patience),
+                                     density={"hidden": tuple(q.prior_hidden)})
+        ctx.code_priors[name] = vq_lib.fit_code_prior(ctx.runs[name], fit)
+    return ctx.code_priors[name]
+
+
 def generative_run(ctx: Context, row: Row) -> Run | None:
     """The row's model as a latent-variable model with a prior (None for rows without one)."""
     if row.prior == "own":
         return ctx.runs[row.variant]
+    if row.prior == vq_lib.CODE_PRIOR:
+        return vq_lib.generative(ctx.runs[row.variant], code_prior_of(ctx, row.variant))
     if row.prior in ("standard_normal", "expost_mixture", *expost_lib.LEARNED_DENSITIES):
         run = ctx.runs[row.variant]
         code_scale = codes_of(ctx, row.variant)["train"].std(0)
@@ -501,6 +588,23 @@ def evaluate_row(ctx: Context, row: Row) -> dict[str, Any]:
                              ctx.x_test, key)
         out["log_px"] = dict(evaluate_lib.summarize(np.asarray(terms["log_px"]), int(np.prod(made.event_shape))),
                              estimator="exact")
+    elif row.prior == vq_lib.CODE_PRIOR:
+        gen = generative_run(ctx, row)
+        temperature = float(ctx.study.vq.temperature)
+        r = vq_lib.log_px(gen, ctx.x_test, jax.random.fold_in(key, 3), k=int(ev.k), temperature=temperature)
+        dims = int(np.prod(gen.event_shape))
+        out["log_px"] = dict(evaluate_lib.summarize(r["is"], dims),
+                             estimator=f"IS over codes, k={int(ev.k)}: the encoder's code c* exactly, the rest from "
+                                       f"prod_m softmax(-‖z_e,m − e_k‖² / {temperature:g})",
+                             meaning=vq_lib.LOG_PX_MEANING["is"])
+        # q(c | x) is a point mass on the discrete c*: its ELBO is log p(x, c*), the deterministic bound.
+        out["elbo"] = dict(evaluate_lib.summarize(r["bound"], dims), meaning=vq_lib.LOG_PX_MEANING["bound"])
+        out["log_p_code"] = evaluate_lib.summarize(r["log_p_code"], None)
+        out["reconstruction"] = evaluate_lib.summarize(r["reconstruction"], dims)
+        fitted = code_prior_of(ctx, row.variant)
+        out["code_prior"] = {k: v for k, v in fitted.info.items() if k != "train_metrics"}
+        out["fit_seconds"] = train_seconds(fitted.workdir)
+        out["codebook_usage"] = vq_lib.codebook_usage(ctx.runs[row.variant], ctx.x_test)
     else:
         gen = generative_run(ctx, row)
         m = log_px_is(gen, ctx.x_test, jax.random.fold_in(key, 3), k=int(ev.k), with_elbo=row.prior == "own")
@@ -514,7 +618,7 @@ def evaluate_row(ctx: Context, row: Row) -> dict[str, Any]:
     out["seconds_log_px"] = time.perf_counter() - t0
 
     # Reconstruction log p(x | z = E_q[z|x]) of the trained model.
-    if row.variant and row.prior not in ("exact",):
+    if row.variant and row.prior not in ("exact", vq_lib.CODE_PRIOR):
         out["reconstruction"] = _reconstruction(ctx.runs[row.variant], ctx.x_test)
 
     # Samples and their quality in the classifier's feature space.

@@ -321,7 +321,8 @@ LOG_PX_NOTE = ("Test log p(x) is an importance-sampling estimate (k samples), a 
                "inside the average, so the value is a lower bound in expectation (Jensen); ‡ (diffusion) p(z) is "
                "replaced by its variational lower bound (a Monte Carlo estimate), a stochastic lower bound only up to "
                "that estimate's spread, which biases it upward by about Var/2 (the fit's log_pz_mc_std, in the row's "
-               "JSON): not ranked against the others; MADE's is exact. Fit s: seconds to fit the ex-post density to the codes (the "
+               "JSON): not ranked against the others; the VQ-VAE's is importance sampling over its discrete codes (the encoder's code "
+               "c* taken exactly), never below its ELBO log p(c*) + log p(x | c*) (q(c|x) a point mass on c*); MADE's is exact. Fit s: seconds to fit the ex-post density to the codes (the "
                "trainer's epochs and compilation; the GMM: scikit-learn).")
 
 
@@ -409,6 +410,74 @@ def densities_paragraph(rows, R, g, vae_lp, vae_fd, made_lp) -> str:
         best_v = min(vae_rows, key=lambda r: g(r.name, "samples", "fd"))
         p += (f" On the VAE's codes the best ex-post density by FD is {labels[best_v.name]} "
               f"({g(best_v.name, 'samples', 'fd'):.2f} against {vae_fd:.2f} from N(0, I)).")
+    return p
+
+
+def matching_paragraph(rows, R, g, vae_lp, vae_fd) -> str:
+    """Does matching the codes to p(z) during training (WAE, AAE) make an AE as generative as a VAE, or as an AE
+    with an ex-post density?  Worded from the rows whose variant was trained to match its prior."""
+    labels = {r.name: r.label for r in rows}
+    matched = [r for r in rows if r.sampled_from.endswith("matched in training") and g(r.name, "log_px", "mean") is not None]
+    if not matched:
+        return ""
+    items = []
+    for r in matched:
+        item = f"{labels[r.name]} log p(x) {g(r.name, 'log_px', 'mean'):.1f} nats"
+        if g(r.name, "samples", "fd") is not None:
+            item += f", FD {g(r.name, 'samples', 'fd'):.2f}"
+        off, floor = g(r.name, "prior_mass_off_codes"), g(r.name, "held_out_codes_off_codes")
+        if off is not None:
+            item += f", {_pct(off)} of N(0, I)'s draws off its codes (held-out codes: {_pct(floor)})"
+        items.append(item)
+    p = ("**Matching the codes to p(z) during training.** The WAE (an MMD penalty) and the AAE (a discriminator with "
+         "its own optimizer, in the same fused steps) keep the AE's point-mass encoder but pull its codes onto "
+         "N(0, I), which is then the model's prior: " + "; ".join(items) + ".")
+    best = max(matched, key=lambda r: g(r.name, "log_px", "mean"))
+    lp, fd = g(best.name, "log_px", "mean"), g(best.name, "samples", "fd")
+    aen_lp, aen_fd = g("ae+n01", "log_px", "mean"), g("ae+n01", "samples", "fd")
+    if aen_lp is not None:
+        tol = 2 * max(g(best.name, "log_px", "stderr") or 0.0, g("ae+n01", "log_px", "stderr") or 0.0)
+        p += (f" Against the AE with N(0, I) attached after training ({aen_lp:.1f} nats, FD {_num(aen_fd)}), the better of "
+              f"them by log p(x), {labels[best.name]}, is "
+              + _cmp(lp, aen_lp, f"{lp - aen_lp:.1f} nats higher", f"{aen_lp - lp:.1f} nats lower",
+                     f"level with it ({lp - aen_lp:+.1f} nats, within two standard errors)", tol))
+        p += f" at FD {fd:.2f}." if fd is not None else "."
+    if vae_lp is not None:
+        p += (f" It is {_cmp(lp, vae_lp, 'above', 'below', 'level with', g(best.name, 'log_px', 'stderr') or 0.0)} the "
+              f"VAE ({vae_lp:.1f} nats, FD {_num(vae_fd)})")
+        post = [r for r in rows if r.variant == "ae" and r.prior in ("expost_mixture", *expost_lib.LEARNED_DENSITIES)
+                and r.prior != "diffusion" and g(r.name, "log_px", "mean") is not None]
+        if post:
+            bp = max(post, key=lambda r: g(r.name, "log_px", "mean"))
+            blp = g(bp.name, "log_px", "mean")
+            p += (f", and {_cmp(lp, blp, 'above', 'below', 'level with', g(best.name, 'log_px', 'stderr') or 0.0)} the AE "
+                  f"with its best ex-post density ({labels[bp.name]}, {blp:.1f} nats)")
+        p += "."
+    return p
+
+
+def vq_paragraph(rows, R, g, vae_lp) -> str:
+    """The VQ-VAE with a prior over its discrete codes learned afterwards, worded from its row."""
+    row = next((r for r in rows if r.prior == "code_prior" and g(r.name, "log_px", "mean") is not None), None)
+    if row is None:
+        return ""
+    lp, bound, rec = g(row.name, "log_px", "mean"), g(row.name, "elbo", "mean"), g(row.name, "reconstruction", "mean")
+    usage, info = R[row.name].get("codebook_usage", {}), R[row.name].get("code_prior", {})
+    p = (f"**Discrete codes with a learned prior.** The VQ-VAE replaces each of its {info.get('num_positions', '?')} "
+         f"code vectors by the nearest of {info.get('codebook_size', '?')} codebook entries and has no prior while it "
+         f"trains; a categorical MADE fitted to its codes afterwards makes it generative. Its log p(x) is {lp:.1f} nats "
+         f"(importance sampling over codes), its ELBO log p(c*) + log p(x | c*) {bound:.1f}, with a reconstruction of "
+         f"{rec:.1f}")
+    if usage:
+        p += (f"; its test codes use {usage.get('used_codes')} of {usage.get('codebook_size')} entries "
+              f"(perplexity {usage.get('perplexity', float('nan')):.0f})")
+    if info.get("validation_log_pc") is not None:
+        p += (f", and the prior gives held-out codes {info['validation_log_pc']:.1f} nats against "
+              f"{info.get('uniform_log_pc', float('nan')):.1f} for a uniform one")
+    p += "."
+    if vae_lp is not None:
+        p += (f" That is {abs(lp - vae_lp):.1f} nats {'above' if lp > vae_lp else 'below'} the VAE's {vae_lp:.1f}"
+              + (f", at FD {g(row.name, 'samples', 'fd'):.2f}." if g(row.name, "samples", "fd") is not None else "."))
     return p
 
 
@@ -504,6 +573,12 @@ def answer(rows, results, study) -> str:
     dens = densities_paragraph(rows, R, g, vae_lp, vae_fd, g("made", "log_px", "mean"))
     if dens:
         paras.append(dens)
+    matching = matching_paragraph(rows, R, g, vae_lp, vae_fd)
+    if matching:
+        paras.append(matching)
+    vq = vq_paragraph(rows, R, g, vae_lp)
+    if vq:
+        paras.append(vq)
     made_lp, made_fd = g("made", "log_px", "mean"), g("made", "samples", "fd")
     if made_lp is not None:
         p = (f"**A latent variable is not what makes a model generative.** MADE has no z at all; its log p(x) is exact, "

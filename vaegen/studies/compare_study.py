@@ -27,6 +27,7 @@ from vaegen.runs.run import load
 from vaegen.studies import compare
 from vaegen.studies import compare_report
 from vaegen.studies import metrics as metrics_lib
+from vaegen.studies import vq as vq_lib
 from vaegen.train import trainer as trainer_lib
 from vaegen.train import workdir as workdir_lib
 
@@ -101,9 +102,18 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
     table_rows = [r for r in compare.rows(study) if (r.variant is None or r.variant in runs)
                   and (r.prior != "data" or splits.validation.shape[0] > int(ev.nn_k))]  # the floor needs held-out images
     results: dict[str, Any] = {}
-    for r in tqdm(table_rows, desc="evaluate", unit="row", disable=not progress):
+    for i, r in enumerate(tqdm(list(table_rows), desc="evaluate", unit="row", disable=not progress)):
+        if r.prior == compare.BEST:  # the RAE + the density that did best on the AE's codes, measured above
+            r = compare.resolve_best(r, table_rows[:i], results)
+            table_rows[i] = r
+            if r is None:
+                continue
         fingerprint = compare.fingerprint({"eval": study.eval.to_dict(), "expost": study.expost.to_dict(), "row": dataclasses.asdict(r),
                                     "epoch": runs[r.variant].epoch if r.variant else None,
+                                    # the variant's whole config: a model retrained with other settings is measured anew
+                                    "config": (workdir_lib.config_fingerprint(to_mapping(runs[r.variant].spec))
+                                               if r.variant else None),
+                                    "vq": study.vq.to_dict() if r.prior == vq_lib.CODE_PRIOR else None,
                                     "dae": study.dae.to_dict() if r.prior == "chain" else None,
                                     "classifier": space.info.get("recipe"), "overrides": overrides})
         path = workdir / "rows" / f"{r.name}.json"
@@ -116,6 +126,7 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
         path.write_text(json.dumps(res, indent=2, default=float) + "\n")
         results[r.name] = res
         log(f"[compare] {r.name}: {compare.row_summary(res)}")
+    table_rows = [r for r in table_rows if r is not None]
     timings["evaluation"] = sum(results[n].get("seconds", 0.0) for n in results)
 
     # 4. Figures and the report.
