@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+DOCS_STAMP := $(VENV)/.installed-docs
 FMNIST_IDX ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
 PYTEST_ARGS ?=
@@ -12,7 +13,7 @@ PYTEST_ARGS ?=
 # its module-scoped fixtures (trained tiny runs, the tiny compare study) are built once, not once per process.
 TEST_WORKERS ?= 2
 
-.PHONY: venv data demo test notebook bench bench-eval clean-venv
+.PHONY: venv data demo test docs notebook bench bench-eval clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +22,11 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# The documentation's build dependencies (the `docs` extra: MkDocs, Material, mkdocstrings, build).
+$(DOCS_STAMP): $(STAMP) pyproject.toml
+	$(BIN)/python -m pip install --quiet -e '.[test,docs]'
+	touch $(DOCS_STAMP)
 
 # Fashion-MNIST as a TFDS dataset: already prepared, else imported from local IDX files
 # (Debian's dataset-fashion-mnist), else downloaded by TFDS; as a last resort on Debian as root,
@@ -39,6 +45,11 @@ demo: data
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+
+# The documentation site, from docs/ into site/, strictly: a broken link, a missing reference or a
+# docstring that does not render fails the build.
+docs: $(DOCS_STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # The seed question as an executed notebook: runs docs/why_vae_generative.ipynb (a few minutes on a
 # CPU) and writes the executed copy, figures inline, to runs/notebook/.

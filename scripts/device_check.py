@@ -8,7 +8,7 @@ lent GPU machine (at most 600 s) measures everything; how long they take there i
     python scripts/device_check.py --out $OUT                 # on the GPU machine
     python scripts/device_check.py --out /tmp/dc --tiny       # a CPU smoke run of the same path
 
-Targets (one NVIDIA H100; ``README.md``): the trainer of the 784-200-200-50 MLP VAE at >= 1.2M
+Targets (one NVIDIA H100; ``docs/speed.md``): the trainer of the 784-200-200-50 MLP VAE at >= 1.2M
 examples/s at batch 128 and >= 5.5M at batch 1024 (``bench_train.py``); importance sampling with
 k = 5000 over 10,000 test images in <= 1 s, AIS (1000 steps x 16 chains x 10 leapfrog) over
 10,000 images in minutes (``bench_eval.py``; without a prepared dataset it times random binary

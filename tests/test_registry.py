@@ -1,8 +1,9 @@
 """The component registries and typed settings: one declaration per component, everything else
-derived from it (defaults, validation, listings, README's tables); configs written by vaegen 0.1
+derived from it (defaults, validation, listings, the docs' component tables); configs written by vaegen 0.1
 translated to the same runs."""
 
 import dataclasses
+import importlib.util
 import json
 import pathlib
 import re
@@ -40,14 +41,35 @@ def test_every_registry_has_its_components_and_every_component_a_summary():
             c.settings()  # every setting has a default, and the defaults are valid
 
 
-def test_readme_shows_the_registry_as_it_is():
-    """README's component tables are `vaegen config --components --markdown`, verbatim."""
-    text = (ROOT / "README.md").read_text()
-    block = re.search(r"<!-- components:begin -->\n(.*?)<!-- components:end -->", text, re.S)
-    assert block, "README has no components block"
-    expected = cli.components_markdown([r.kind for r in registry.registries()])
-    assert block.group(1).strip() == expected.strip(), "README's tables differ from the registry: run " \
-        "`vaegen config --components --markdown` and paste its output between the markers"
+def _docs_hooks():
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "scripts" / "docs_hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_components_page_is_the_registry_as_it_is():
+    """The docs' components page is generated from the registry when the site is built: its
+    markers are there and empty (nothing written twice), the site's hook fills them with `vaegen
+    config --components --markdown` and every component's settings, and no committed Markdown
+    carries a stale copy."""
+    hooks = _docs_hooks()
+    assert "scripts/docs_hooks.py" in (ROOT / "mkdocs.yml").read_text()
+    page = (ROOT / "docs" / "components.md").read_text()
+    assert re.search(r"<!-- components:begin -->\s*<!-- components:end -->", page), \
+        "docs/components.md: leave the components block empty; the site's hook fills it from the registry"
+    for path in [ROOT / "README.md", *(ROOT / "docs").rglob("*.md")]:
+        if path.name != "components.md":
+            assert "<!-- components:begin -->" not in path.read_text(), f"{path}: a copy of the component tables"
+    filled = hooks.on_page_markdown(page, None, None, None)
+    kinds = [r.kind for r in registry.registries()]
+    assert cli.components_markdown(kinds).strip() in filled
+    for reg in registry.registries():
+        for c in reg:
+            assert f"#### `{c.name}`" in filled, (reg.kind, c.name)
+            for row in registry.describe(c.settings):
+                assert f"| `{row['name']}` |" in filled, (reg.kind, c.name, row["name"])
+    assert "| `components` | int | `500` | > 0 |" in filled  # the VampPrior's and the mixture's K, with its range
 
 
 def test_aliases_and_unknown_names():

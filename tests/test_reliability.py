@@ -433,7 +433,7 @@ def test_the_api_checks_x_and_n_unless_told_not_to(reference):
 # --- the lock's cost ---------------------------------------------------------------------------------
 
 def test_the_lock_costs_little(tmp_path):
-    """Acquire + release (README's reliability table has the measured numbers)."""
+    """Acquire + release (docs/reliability.md's table has the measured numbers)."""
     w = tmp_path / "run"
     w.mkdir()
     n = 200

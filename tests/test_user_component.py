@@ -1,5 +1,5 @@
-"""A researcher's own component, in a module of their own: README's example ("Your own
-component") run exactly as written -- its two files and its three commands -- and then loaded
+"""A researcher's own component, in a module of their own: the docs' example
+(docs/own-component.md) run exactly as written -- its two files and its three commands -- and then loaded
 from another directory, in another process, the way `vaegen.load` finds it again."""
 
 import json
@@ -19,11 +19,9 @@ from vaegen.errors import ConfigError
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _readme_example() -> tuple[dict[str, str], list[str]]:
-    """The files (``# name.py`` on their first line) and the commands of README's example."""
-    text = (ROOT / "README.md").read_text()
-    section = text[text.index("### Your own component"):]
-    section = section[: section.index("\n## ")]
+def _docs_example() -> tuple[dict[str, str], list[str]]:
+    """The files (``# name.py`` on their first line) and the commands of the docs' example."""
+    section = (ROOT / "docs" / "own-component.md").read_text()
     files, commands = {}, []
     for lang, body in re.findall(r"```(python|bash)\n(.*?)```", section, re.S):
         if lang == "python":
@@ -44,7 +42,7 @@ def _vaegen(args: list[str], cwd: pathlib.Path) -> subprocess.CompletedProcess:
 @pytest.fixture
 def isolated_registry(monkeypatch):
     """What a user's module registers in this process is taken back after the test (other tests
-    compare the registry with README)."""
+    compare the registry with the docs)."""
     for reg in registry.registries():
         monkeypatch.setattr(reg, "_components", dict(reg._components))
         monkeypatch.setattr(reg, "_aliases", dict(reg._aliases))
@@ -55,18 +53,18 @@ def isolated_registry(monkeypatch):
             del sys.modules[name]
 
 
-def test_readme_example_trains_evaluates_samples_and_loads_elsewhere(tmp_path, monkeypatch, capsys,
+def test_docs_example_trains_evaluates_samples_and_loads_elsewhere(tmp_path, monkeypatch, capsys,
                                                                       isolated_registry):
-    files, commands = _readme_example()
+    files, commands = _docs_example()
     assert set(files) == {"my_laplace.py", "my_config.py"}
-    assert len("".join(files.values()).splitlines()) <= 40, "README's example should stay short"
+    assert len("".join(files.values()).splitlines()) <= 40, "the docs' example should stay short"
     assert [c.split()[:2] for c in commands] == [["vaegen", "train"], ["vaegen", "evaluate"], ["vaegen", "sample"]]
     project = tmp_path / "project"
     project.mkdir()
     for name, body in files.items():
         (project / name).write_text(body)
     monkeypatch.chdir(project)
-    for command in commands:  # as README has them, through the command line's entry point
+    for command in commands:  # as the docs have them, through the command line's entry point
         assert cli.main(command.split()[1:]) == 0, f"{command}: {capsys.readouterr().err[-2000:]}"
     workdir = project / "runs" / "laplace"
     assert json.loads((workdir / "config.json").read_text())["model"]["prior"] == {"name": "laplace", "scale": 0.5}

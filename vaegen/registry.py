@@ -17,7 +17,7 @@ log p(x).  Each is declared **once**, where it is implemented::
 
 and everything else is derived from that declaration: the config's defaults, its validation
 (one line naming the key, the value and what is allowed), ``vaegen config --components``,
-"did you mean" on a misspelt name, the command line's choices and README's table.  A module of
+"did you mean" on a misspelt name, the command line's choices and the docs' component tables.  A module of
 the user's own registers a component the same way and is then chosen by name like any other.
 
 **Settings** are frozen dataclasses whose fields are declared with :func:`setting` (a default,
@@ -58,9 +58,15 @@ def setting(default: Any, doc: str = "", *, gt: float | None = None, ge: float |
     """A field of a settings dataclass: its default, one line of documentation, and its valid values.
 
     Args:
-      gt, ge, lt, le: bounds on a number (``> gt``, ``>= ge``, ``< lt``, ``<= le``).
+      default: the value when a config does not set it.
+      doc: one line of documentation.
+      gt: a number must be ``> gt``.
+      ge: a number must be ``>= ge``.
+      lt: a number must be ``< lt``.
+      le: a number must be ``<= le``.
       choices: the strings allowed.
-      items_gt, items_ge: bounds on every entry of a tuple.
+      items_gt: every entry of a tuple must be ``> items_gt``.
+      items_ge: every entry of a tuple must be ``>= items_ge``.
       nonempty: a tuple needs at least one entry.
     """
     meta = {"doc": doc, "gt": gt, "ge": ge, "lt": lt, "le": le,
@@ -289,7 +295,7 @@ class Registry:
 
     Args:
       kind: ``prior``, ``likelihood``, ...
-      title: how README and ``vaegen config --components`` head its table ("p(z)").
+      title: how the docs and ``vaegen config --components`` head its table ("p(z)").
       context: the keyword arguments its build functions receive (documentation).
     """
 

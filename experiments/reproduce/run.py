@@ -7,7 +7,7 @@ interrupted table picks up where it stopped), its best checkpoint (early stoppin
 the test set, and a line is added to::
 
     <out>/results.json   every row: published and measured values, settings, times, machine
-    <out>/table.md       the Markdown table of README.md
+    <out>/table.md       the Markdown table of docs/reproduction.md
     <out>/paired.md      paired differences of log p(x) between rows evaluated on the same images
     <out>/<row>/reproduce_eval_*.npz   the row's per-image log p(x) and ELBO (nats)
 

@@ -17,7 +17,7 @@ have is an error that names the components that have it.
 
 A config file may import modules that sit next to it (its directory is on ``sys.path`` while it
 runs): that is how a researcher's own component, registered in a module of their own, is chosen
-by name from their config (README: "Your own component").
+by name from their config (docs/own-component.md).
 """
 
 from __future__ import annotations

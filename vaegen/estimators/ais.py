@@ -222,7 +222,7 @@ def bdmc(settings: AIS, log_joint: LogJoint, initial: Proposal, sample_joint: Ca
 
     Args:
       settings: the :class:`AIS` settings used in both directions.
-      sample_joint: ``sample_joint(key, n) -> (z [n, D], x [n, *event])`` (:func:`model_sampler`).
+      sample_joint: ``sample_joint(key, n) -> (z [n, D], x [n, *event])`` (:func:`vaegen.estimators.importance.model_sampler`).
       key: ``fold_in(key, 0)`` simulates, ``fold_in(key, 1)`` runs forward, ``fold_in(key, 2)`` reverse.
       num_examples: how many (x, z) to simulate.
     Returns:

@@ -171,7 +171,8 @@ def mutual_information(loc: jax.Array, scale: jax.Array, key: jax.Array, *, num_
     The estimate lies in [0, log N] (as in He et al. 2019).
 
     Args:
-      loc, scale: ``[N, D]`` means and standard deviations of q(z | x_n).
+      loc: ``[N, D]`` means of q(z | x_n).
+      scale: ``[N, D]`` standard deviations of q(z | x_n).
     Returns:
       ``{"mutual_information": float, "per_example": [N] array, "upper_limit": log N}``.
     """

@@ -155,7 +155,8 @@ def compute_gaps(run, *, families: Sequence[str] = ("diag",), splits: Sequence[s
     Args:
       families: names of variational families F (``diag``, ``fullcov``, ``flow``).
       splits: any of ``test``, ``train``, ``validation``.
-      settings, init: the per-example optimiser of q*_F and where it starts.
+      settings: the per-example optimiser of q*_F.
+      init: where it starts (``amortized`` or ``prior``).
       elbo_samples: samples of z for each reported ELBO (L[q] and L[q*_F], analytic KL where
         available).
       log_px_samples: k of every importance-sampled log p(x).

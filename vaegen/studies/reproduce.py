@@ -1,5 +1,5 @@
 """Published models, as configs: the architectures, data protocols and training details of the
-papers vaegen reproduces (``../shared/REFERENCES.md``; the table in README.md).
+papers vaegen reproduces (``../shared/REFERENCES.md``; the table in docs/reproduction.md).
 
 :func:`vampprior` builds the VampPrior code's models (Tomczak & Welling 2018, as run on
 Fashion-MNIST by the Exemplar VAE paper), :func:`iwae` the IWAE paper's (Burda et al. 2016).
