@@ -13,7 +13,7 @@ PYTEST_ARGS ?=
 # its module-scoped fixtures (trained tiny runs, the tiny compare study) are built once, not once per process.
 TEST_WORKERS ?= 2
 
-.PHONY: venv data demo test docs notebook bench bench-eval clean-venv
+.PHONY: venv data demo test docs wheel-check notebook bench bench-eval clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ test: $(STAMP)
 # docstring that does not render fails the build.
 docs: $(DOCS_STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+# A wheel built from the repository, installed into a fresh virtual environment, runs there.
+wheel-check: $(DOCS_STAMP)
+	PYTHON=$(BIN)/python bash scripts/check_wheel.sh
 
 # The seed question as an executed notebook: runs docs/why_vae_generative.ipynb (a few minutes on a
 # CPU) and writes the executed copy, figures inline, to runs/notebook/.
