@@ -106,7 +106,8 @@ def samples_figures(ctx, rows, results, out: pathlib.Path) -> dict[str, pathlib.
     if panels:
         paths["samples"] = panels_figure(out / "samples.png", [(t, im) for t, im, _ in panels.values()], per_panel=36,
                                          panel_cols=6, fig_cols=5)
-        headline = ["data", "vae", "ae+n01", "ae+gmm", "ae+flow", "ae+two_stage", "ae+diffusion", "rae+gmm", "dae", "made"]
+        headline = ["data", "vae", "ae+n01", "ae+gmm", "ae+flow", "ae+two_stage", "ae+diffusion", "rae+gmm", "wae", "aae",
+                    "vq+prior", "dae", "made"]
         chosen = [(short, panels[n][1]) for n in headline if n in panels for short in [panels[n][2]]]
         if chosen:
             paths["headline"] = panels_figure(out / "headline.png", chosen, per_panel=16, panel_cols=4,
