@@ -15,6 +15,7 @@ from vaegen.studies import expost as expost
 from vaegen.model import latent as model_lib
 from vaegen.blocks import networks as networks
 from vaegen.objectives import bounds as objectives
+from vaegen.objectives.batch import batched
 from vaegen.blocks import posteriors as posteriors
 from vaegen.runs import run as run_lib
 
@@ -76,7 +77,7 @@ def test_importance_sampling_with_the_code_proposal_matches_the_exact_log_px():
     # The proposal is centred on the code f(x).
     np.testing.assert_allclose(gen.encode(xs).mean(), codes, rtol=1e-5, atol=1e-6)
     keys = jax.random.split(jax.random.key(2), xs.shape[0])
-    est = jax.jit(lambda v, x, k: objectives.batched(objectives.IWAE(num_samples=2000), gen.model, v, x, k))(
+    est = jax.jit(lambda v, x, k: batched(objectives.IWAE(num_samples=2000), gen.model, v, x, k))(
         gen.variables, xs, keys)["iwae"]
     error = np.asarray(est, np.float64) - lg.log_marginal(np.asarray(xs, np.float64))
     # A stochastic lower bound: below log p(x) on average, and close with k = 2000.

@@ -12,6 +12,7 @@ from vaegen.config import loading as config_lib
 from vaegen.estimators import importance as estimators
 from vaegen.model import two_layer as hierarchical
 from vaegen.objectives import bounds as objectives
+from vaegen.objectives.batch import batched
 from vaegen.model import latent as model_lib
 from vaegen.blocks.posteriors import soft_clip
 
@@ -93,7 +94,7 @@ def test_bounds_are_ordered_and_importance_sampling_converges_to_log_px(hierarch
     np.testing.assert_allclose(est["log_px"], exact, atol=0.1)
     iw = {k: np.asarray(est[f"iwae_{k}"]) for k in (1, 10, 100)}
     keys = jax.random.split(jax.random.key(5), 4)
-    elbo = objectives.batched(objectives.ELBO(num_samples=2000), model, variables, jnp.asarray(xs), keys)["elbo"]
+    elbo = batched(objectives.ELBO(num_samples=2000), model, variables, jnp.asarray(xs), keys)["elbo"]
     assert np.all(np.asarray(elbo) <= iw[10] + 0.05)
     assert np.all(iw[1] <= iw[10] + 1e-3) and np.all(iw[10] <= iw[100] + 1e-3)
     assert np.all(iw[100] <= exact + 0.05)

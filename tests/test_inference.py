@@ -13,6 +13,7 @@ from vaegen.inference import semi_amortized
 from vaegen.inference import svi as inference
 from vaegen.blocks import networks as networks
 from vaegen.objectives import bounds as objectives
+from vaegen.objectives.batch import batched
 from vaegen.blocks import posteriors as posteriors
 from vaegen.blocks import priors as priors
 
@@ -239,7 +240,7 @@ def test_richer_posteriors_build_from_the_config_and_train_on_the_elbo(posterior
 
     @jax.jit
     def run(v):
-        loss = lambda v: -jnp.mean(objectives.batched(objectives.ELBO(num_samples=4), model, v, x, keys)["objective"])
+        loss = lambda v: -jnp.mean(batched(objectives.ELBO(num_samples=4), model, v, x, keys)["objective"])
         return jax.value_and_grad(loss)(v)
 
     loss, grads = run(variables)

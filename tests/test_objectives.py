@@ -9,6 +9,7 @@ import vaegen
 from vaegen.errors import UndefinedObjectiveError
 from vaegen.model import linear_gaussian as exact
 from vaegen.objectives import bounds as objectives
+from vaegen.objectives.batch import batched
 from vaegen.objectives.autoencoder import Autoencoder
 from vaegen.config.loading import load_config
 from vaegen.model.latent import build_model, init_params
@@ -27,13 +28,13 @@ def xs(lg):
 
 def _batched(obj, model, variables, x, seed=0):
     keys = jax.random.split(jax.random.key(seed), x.shape[0])
-    return jax.jit(lambda v, x, k: objectives.batched(obj, model, v, x, k))(variables, x, keys)
+    return jax.jit(lambda v, x, k: batched(obj, model, v, x, k))(variables, x, keys)
 
 
 def _replicated_mean(obj, model, variables, x, name, reps):
     """E over the estimator's randomness of a bound, and its Monte Carlo standard error."""
     keys = jax.random.split(jax.random.key(42), reps * x.shape[0]).reshape(reps, x.shape[0])
-    f = jax.jit(jax.vmap(lambda k: objectives.batched(obj, model, variables, x, k)[name]))
+    f = jax.jit(jax.vmap(lambda k: batched(obj, model, variables, x, k)[name]))
     vals = np.asarray(f(keys), np.float64)  # [reps, N]
     return vals.mean(0), vals.std(0) / np.sqrt(reps)
 
@@ -101,7 +102,7 @@ def test_elbo_mc_kl_matches_analytic_in_expectation(lg, xs):
 def test_results_do_not_depend_on_batching(lg, xs):
     model, variables = lg.model(), lg.variables()
     keys = jax.random.split(jax.random.key(3), xs.shape[0])
-    whole = objectives.batched(objectives.IWAE(8), model, variables, xs, keys)["iwae"]
+    whole = batched(objectives.IWAE(8), model, variables, xs, keys)["iwae"]
     one_by_one = [objectives.IWAE(8)(model, variables, xs[i], keys[i])["iwae"] for i in range(xs.shape[0])]
     np.testing.assert_allclose(whole, np.array(one_by_one), rtol=1e-6)
 

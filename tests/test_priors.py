@@ -16,6 +16,7 @@ import flax.linen as nn
 import vaegen
 from vaegen.model import latent as model_lib
 from vaegen.objectives import bounds as objectives
+from vaegen.objectives.batch import batched
 from vaegen.blocks import priors as priors
 from vaegen.registry import PRIORS
 from vaegen.config.loading import ConfigError, load_config
@@ -157,7 +158,7 @@ def test_elbo_with_a_learned_prior_runs_batched_and_its_kl_is_monte_carlo(prior)
     x = _binary(jax.random.key(1), (4,) + EVENT)
     keys = jax.random.split(jax.random.key(2), 4)
     obj = objectives.ELBO(num_samples=3)
-    terms = jax.jit(lambda v, x, k: objectives.batched(obj, m, v, x, k))(v, x, keys)
+    terms = jax.jit(lambda v, x, k: batched(obj, m, v, x, k))(v, x, keys)
 
     def mc_kl(mm, xi, key):  # the same z_s ~ q(z | x) as the ELBO draws
         q, p = mm.q_z_given_x(xi), mm.p_z()

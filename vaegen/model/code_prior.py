@@ -144,7 +144,7 @@ def _check(settings: CategoricalMADESettings, spec: Any) -> None:
 
 
 @MODEL_KINDS.register("categorical_made", settings=CategoricalMADESettings, check=_check,
-                      traits={"has_latents": False, "exact_log_likelihood": True})
+                      traits={"has_latents": False, "exact_log_likelihood": True, "code_prior": True})
 def build(settings: CategoricalMADESettings, *, model: Any, inference: Any,
           event_shape: Sequence[int]) -> CategoricalMADE:
     """No z: p(c) = prod_m p(c_m | c_<m) over integer vectors c in {0..K-1}^M (a VQ-VAE's codes), exact log p(c)."""

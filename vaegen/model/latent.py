@@ -127,7 +127,8 @@ class LatentVariableModel(nn.Module):
 # model kind says how the parts make a model: one latent vector (here), two stochastic layers
 # (:mod:`vaegen.model.two_layer`), or no latent at all (:mod:`vaegen.model.autoregressive`).  Traits:
 # ``has_latents``; ``one_latent_vector`` (q(z | x) and p(z) are the posterior's and the prior's own,
-# over one vector z: what needs their structure, such as free bits, can rely on it).
+# over one vector z: what needs their structure, such as free bits, can rely on it); ``code_prior`` (a
+# model of vectors of integer code indices [M], fitted to a VQ-VAE's codes).
 
 
 @MODEL_KINDS.register("latent_variable", traits={"has_latents": True, "one_latent_vector": True})
