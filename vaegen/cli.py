@@ -334,6 +334,13 @@ def _density_settings(items: list[str] | None) -> dict:
     return out
 
 
+def _write_samples(gen, path: pathlib.Path, title: str, args) -> None:
+    """A grid of E[x | z] for ``args.n`` draws z ~ p(z) of the generative run ``gen`` (seed ``args.seed``)."""
+    z, _ = gen.sample_with_latents(jax.random.key(args.seed), args.n)
+    figures.save_grid(path, np.asarray(gen.decode(z).mean()), title=title)
+    print(f"wrote {path}")
+
+
 def cmd_expost_learned(args) -> int:
     """``vaegen expost --density flow|two_stage|diffusion``: fit with the trainer, sample, evaluate."""
     fit = expost.FitSettings(epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
@@ -349,10 +356,7 @@ def cmd_expost_learned(args) -> int:
     print(f"fitted the {args.density} density to {info['num_codes']} training codes ({info['codes_are']}) in "
           f"{info['fit_seconds']:.1f} s; held-out log p(z) on {info['num_validation_codes']} validation codes: {held}; "
           f"fit in {fitted.workdir}")
-    z, _ = gen.sample_with_latents(jax.random.key(args.seed), args.n)
-    out = out_dir / "samples.png"
-    figures.save_grid(out, np.asarray(gen.decode(z).mean()), title=f"E[x | z], z ~ ex-post {args.density} ({args.n} samples)")
-    print(f"wrote {out}")
+    _write_samples(gen, out_dir / "samples.png", f"E[x | z], z ~ ex-post {args.density} ({args.n} samples)", args)
     result: dict = {"density": info}
     if args.k:
         result = evaluate_lib.evaluate(gen, dataclasses.replace(gen.spec.eval, num_samples=args.k), split="test",
@@ -389,10 +393,7 @@ def cmd_expost_code_prior(args) -> int:
           f"training codes in {info['fit_seconds']:.1f} s; held-out log p(c) on {info['num_validation_codes']} "
           f"validation codes: {held}; training codes: perplexity {usage['perplexity']:.1f}, {usage['used_codes']} "
           f"of {k} codes used; fit in {fitted.workdir}")
-    z, _ = gen.sample_with_latents(jax.random.key(args.seed), args.n)
-    out = out_dir / "samples.png"
-    figures.save_grid(out, np.asarray(gen.decode(z).mean()), title=f"E[x | e_c], c ~ code prior ({args.n} samples)")
-    print(f"wrote {out}")
+    _write_samples(gen, out_dir / "samples.png", f"E[x | e_c], c ~ code prior ({args.n} samples)", args)
     result: dict = {"density": info}
     if args.k:
         x = gen.split("test", max_examples=args.max_examples)
@@ -416,10 +417,8 @@ def cmd_expost(args, overrides) -> int:
     print(f"fitted {info['estimator']} ({info['num_components']} components, {info['covariance_type']} covariance) "
           f"to {info['num_codes']} training codes; effective components {info['effective_components']:.1f}; "
           f"saved in {pathlib.Path(args.workdir) / 'expost'}")
-    z, _ = gen.sample_with_latents(jax.random.key(args.seed), args.n)
-    out = pathlib.Path(args.workdir) / "expost" / "samples.png"
-    figures.save_grid(out, np.asarray(gen.decode(z).mean()), title=f"E[x | z], z ~ ex-post mixture ({args.n} samples)")
-    print(f"wrote {out}")
+    _write_samples(gen, pathlib.Path(args.workdir) / "expost" / "samples.png",
+                   f"E[x | z], z ~ ex-post mixture ({args.n} samples)", args)
     if args.k:
         result = evaluate_lib.evaluate(gen, dataclasses.replace(gen.spec.eval, num_samples=args.k), split="test",
                                        max_examples=args.max_examples, seed=args.seed)

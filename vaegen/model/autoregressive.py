@@ -201,7 +201,8 @@ class MADESettings(Settings):
 
     hidden: tuple[int, ...] = setting((500,), "widths of the masked hidden layers", items_gt=0, nonempty=True)
     activation: str = setting("relu", "nonlinearity of the hidden layers", choices=tuple(networks_lib.ACTIVATIONS))
-    ordering: str = setting("natural", "natural: raster order; random: a permutation drawn from ordering_seed",
+    ordering: str = setting("natural", "natural: index order (raster order for images); random: a permutation drawn "
+                            "from ordering_seed",
                             choices=("natural", "random"))
     ordering_seed: int = setting(0, "seed of the order and of the hidden units' connectivity degrees")
 

@@ -26,9 +26,9 @@ import numpy as np
 
 from vaegen.blocks import networks as networks_lib
 from vaegen.errors import NO_LATENT_MESSAGE, ConfigError, NoLatentError
-from vaegen.model.autoregressive import made_masks
+from vaegen.model.autoregressive import MADESettings, made_masks
 from vaegen.model.latent import NoLatents
-from vaegen.registry import MODEL_KINDS, Settings, setting
+from vaegen.registry import MODEL_KINDS, setting
 
 
 class CategoricalMADE(NoLatents, nn.Module):
@@ -122,15 +122,12 @@ class CategoricalMADE(NoLatents, nn.Module):
 # --- the registered model kind ---------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class CategoricalMADESettings(Settings):
-    """Settings of the ``categorical_made`` model kind: an autoregressive prior over code indices."""
+class CategoricalMADESettings(MADESettings):
+    """Settings of the ``categorical_made`` model kind: an autoregressive prior over code indices
+    (the MADE's masked layers, order and seed, over K values per position)."""
 
-    num_categories: int = setting(512, "K, the number of values of each position (a VQ-VAE's codebook size)", ge=2)
     hidden: tuple[int, ...] = setting((512,), "widths of the masked hidden layers", items_gt=0, nonempty=True)
-    activation: str = setting("relu", "nonlinearity of the hidden layers", choices=tuple(networks_lib.ACTIVATIONS))
-    ordering: str = setting("natural", "natural: position 0 first; random: a permutation drawn from ordering_seed",
-                            choices=("natural", "random"))
-    ordering_seed: int = setting(0, "seed of the order and of the hidden units' connectivity degrees")
+    num_categories: int = setting(512, "K, the number of values of each position (a VQ-VAE's codebook size)", ge=2)
 
 
 CODE_PRIOR_PAIRING = ("config.model.kind=categorical_made (a prior over integer codes) is trained on its exact "
