@@ -195,9 +195,21 @@ class FlowDensity(nn.Module):
         return _standardized(flow, loc, log_scale)
 
 
+class _VectorDistribution(distrax.Distribution):
+    """A distribution over one vector of ``self._d`` numbers: event ``[d]``, no batch."""
+
+    @property
+    def event_shape(self):
+        return (self._d,)
+
+    @property
+    def batch_shape(self):
+        return ()
+
+
 # --- second-stage VAE ------------------------------------------------------------------------------
 
-class TwoStageDistribution(distrax.Distribution):
+class TwoStageDistribution(_VectorDistribution):
     """p(s) = E_{u ~ N(0, I_K)} N(s; mu(u), diag sigma^2) of a VAE on the standardised codes s [D],
     with its encoder q(u | s) = N(m(s), diag v(s)) beside it (Dai & Wipf 2019).
 
@@ -210,14 +222,6 @@ class TwoStageDistribution(distrax.Distribution):
         self._enc, self._dec, self._dec_log_scale = enc, dec, dec_log_scale
         self._k, self._d, self._act = latent_dim, data_dim, activation
         self._num_samples, self._key = num_samples, key
-
-    @property
-    def event_shape(self):
-        return (self._d,)
-
-    @property
-    def batch_shape(self):
-        return ()
 
     def encode(self, s: jax.Array) -> distrax.Distribution:
         mean, raw = jnp.split(_mlp(self._enc, s, self._act), 2, axis=-1)
@@ -291,7 +295,7 @@ class TwoStageDensity(nn.Module):
 
 # --- variational diffusion ------------------------------------------------------------------------
 
-class DiffusionDistribution(distrax.Distribution):
+class DiffusionDistribution(_VectorDistribution):
     """A variational diffusion model (Kingma et al. 2021) on the standardised codes s [D].
 
     Forward process q(z_t | s) = N(alpha_t s, sigma_t^2 I), alpha_t^2 = sigmoid(-gamma(t)),
@@ -322,14 +326,6 @@ class DiffusionDistribution(distrax.Distribution):
         self._train_samples = train_samples
         self._d, self._act = data_dim, activation
         self._num_samples, self._bound_steps, self._sample_steps, self._key = num_samples, bound_steps, sample_steps, key
-
-    @property
-    def event_shape(self):
-        return (self._d,)
-
-    @property
-    def batch_shape(self):
-        return ()
 
     def eps_hat(self, z: jax.Array, t: jax.Array) -> jax.Array:
         """The noise prediction for ``z [..., D]`` at times ``t [...]``."""
