@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from vaegen.blocks.numerics import softplus
 from vaegen.errors import ConfigError, SupportError
 from vaegen.registry import LIKELIHOODS, NoSettings, Settings, setting
 
@@ -128,7 +129,7 @@ class _BernoulliLogits(distrax.Bernoulli):
     def log_prob(self, value):
         if self._logits is None:
             return super().log_prob(value)
-        return value * self._logits - jax.nn.softplus(self._logits)
+        return value * self._logits - softplus(self._logits)
 
 
 class Bernoulli(nn.Module):

@@ -34,14 +34,15 @@ import jax.numpy as jnp
 
 from vaegen.blocks.networks import ACTIVATIONS
 from vaegen.blocks.networks import activation as activation_fn
+from vaegen.blocks.numerics import softplus
 from vaegen.errors import ConfigError
 from vaegen.registry import POSTERIORS, NoSettings, Settings, setting
 
 
 def soft_clip(x: jax.Array, low: float, high: float) -> jax.Array:
     """Smoothly clips ``x`` to ``[low, high]`` (identity well inside, softplus near the ends)."""
-    x = low + nn.softplus(x - low)
-    return high - nn.softplus(high - x)
+    x = low + softplus(x - low)
+    return high - softplus(high - x)
 
 
 def soft_clip_inverse(y: jax.Array, low: float, high: float) -> jax.Array:
