@@ -10,6 +10,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax._src.interpreters import mlir
+from jax._src.random import threefry2x32 as threefry
 
 from vaegen import compilation
 from vaegen.config import loading, schema
@@ -113,3 +115,26 @@ def test_cli_option_moves_the_cache(tmp_path, own_cache, capsys):
     assert jax.config.jax_compilation_cache_dir == str(tmp_path / "c") and (tmp_path / "c").is_dir()
     assert cli.main(["--compilation-cache", "off", "config"]) == 0
     assert jax.config.jax_compilation_cache_dir is None
+
+
+def test_random_bits_on_cpu_are_unrolled_and_bitwise_those_of_the_rolled_loop():
+    """vaegen registers JAX's unrolled threefry lowering for CPU: no while loop in the program,
+    and the same bits, normals and split keys as JAX's own (rolled) CPU lowering."""
+    assert compilation.UNROLLED_THREEFRY  # this JAX keeps the lowering where vaegen looks for it
+
+    def draws(key):
+        return (jax.random.bits(key, (37, 11)), jax.random.normal(key, (3, 50)),
+                jax.random.key_data(jax.random.split(jax.random.fold_in(key, 7), 5)))
+
+    key = jax.random.key(11)
+    assert "while" not in jax.jit(draws).lower(key).as_text()
+    unrolled = jax.jit(draws)(key)
+    mlir.register_lowering(threefry.threefry2x32_p, threefry._threefry2x32_cpu_lowering_rule, platform="cpu")
+    try:
+        rolled_draws = jax.jit(lambda k: draws(k))  # a new function: lowered with the rolled loop
+        assert "while" in rolled_draws.lower(key).as_text()
+        rolled = rolled_draws(key)
+    finally:
+        assert compilation.unrolled_threefry_on_cpu()
+    for a, b in zip(unrolled, rolled):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
