@@ -161,8 +161,10 @@ def gather_rows(data: jax.Array, idx: jax.Array, mesh: Mesh) -> jax.Array:
     Each device selects the requested rows it holds (zeros for the others) and a
     reduce-scatter over the mesh leaves device ``d`` the rows ``d*B/D .. (d+1)*B/D``; the
     traffic per step is one batch, whatever the size of the dataset.  ``B`` must be divisible
-    by the number of devices.
+    by the number of devices.  On a mesh of one device it is the plain gather ``data[idx]``.
     """
+    if mesh.shape[DATA_AXIS] == 1:
+        return data[idx]
 
     def local(shard, idx):                                      # shard [M, ...], idx [B]
         m = shard.shape[0]
