@@ -4,16 +4,20 @@ The model is the 784-200-200-50 tanh MLP VAE (Bernoulli p(x|z), N(0, I) p(z), di
 q(z|x)), freshly initialised (the cost does not depend on the weights), on binary 28x28 images.
 For each k of ``--ks``:
 
-* ``floor``: ``--floor`` (``../shared/bench/cpu_is_floor.py K N CHUNK``), run as a subprocess:
-  only the decoder's matrix products for k samples of each image, the least any implementation
-  of importance sampling must do;
-* ``vaegen``: :func:`vaegen.estimators.importance.importance_sampling` (compiled; best of
-  ``--repeats`` after a first call that compiles);
+* ``floor``: the computation of ``../shared/bench/cpu_is_floor.py K N CHUNK`` (only the decoder's
+  matrix products for k samples of each image, the least any implementation of importance
+  sampling must do: its shapes, its z drawn beforehand, its chunked ``lax.scan`` per image and
+  ``lax.map`` over images), timed here in the same rounds as vaegen; ``floor_script`` is the
+  script's own figure, run as a subprocess before (``--floor``);
+* ``vaegen``: :func:`vaegen.estimators.importance.importance_sampling` (compiled);
 * ``pythae``: pythae's ``VAE.get_nll`` (PyTorch; ``--pythae-threads``) on the same architecture with
   ``--pythae-batch`` samples per forward pass, over ``--pythae-images`` images (it loops over
   images in Python).  Needs the optional ``bench`` extra: ``pip install -e '.[bench]'``.
 
-Rates are images/s; ``vaegen_percent_of_floor`` and ``vaegen_speedup_vs_pythae`` compare them.
+The floor, vaegen (and ``--bare-batch``'s bare JAX) are timed in ``--repeats`` interleaved rounds
+after a first call that compiles, so that a machine busy with other work slows them alike; rates
+are images/s, the best round's and the median's.  ``vaegen_percent_of_floor`` (best over best;
+``_median`` likewise) and ``vaegen_speedup_vs_pythae`` compare them.
 
     python scripts/bench_is.py                        # k = 1000 and 5000
     python scripts/bench_is.py --ks 1000 --chunk-sizes 250,500,1000
@@ -23,13 +27,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import pathlib
 import platform
 import subprocess
 import sys
 import time
+from typing import Callable
 
 import jax
 import numpy as np
@@ -43,13 +47,42 @@ def images(n: int) -> np.ndarray:
     return (np.random.RandomState(0).rand(n, 28, 28, 1) < 0.3).astype(np.float32)
 
 
-def floor(path: str, k: int, n: int, chunk: int) -> float:
+def floor_script(path: str, k: int, n: int, chunk: int) -> float:
+    """The floor script's own images/s (a subprocess; its best of 3, timed on its own)."""
     out = subprocess.run([sys.executable, path, str(k), str(n), str(chunk)], check=True, capture_output=True, text=True)
     return float(json.loads(out.stdout.strip().splitlines()[-1])["images_per_s"])
 
 
-def vaegen(k: int, n: int, chunk: int | None, repeats: int) -> tuple[float, float]:
-    """images/s of vaegen's importance sampling, and the mean log p(x) (nats)."""
+def floor(k: int, n: int, chunk: int) -> Callable[[], float]:
+    """``run() -> seconds`` of ``cpu_is_floor.py``'s computation for ``k`` samples of ``n`` images in
+    chunks of ``chunk``, compiled and run once."""
+    shapes = [(Z, H), (H, H), (H, D)]
+    ws = [jax.numpy.asarray(np.random.default_rng(i).normal(size=s).astype(np.float32) * 0.05)
+          for i, s in enumerate(shapes)]
+    z = jax.numpy.asarray(np.random.default_rng(9).normal(size=(n, k // chunk, chunk, Z)).astype(np.float32))
+
+    def per_image(ws, zi):
+        def one_chunk(acc, zc):
+            h = zc
+            for w in ws:
+                h = h @ w
+            return acc + jax.numpy.sum(h), None
+        return jax.lax.scan(one_chunk, jax.numpy.float32(0), zi)[0]
+
+    compiled = jax.jit(lambda ws, z: jax.lax.map(lambda zi: per_image(ws, zi), z))
+    jax.block_until_ready(compiled(ws, z))
+
+    def run() -> float:
+        t = time.perf_counter()
+        jax.block_until_ready(compiled(ws, z))
+        return time.perf_counter() - t
+
+    return run
+
+
+def vaegen(k: int, n: int, chunk: int | None) -> tuple[Callable[[], float], float]:
+    """``run() -> seconds`` of vaegen's importance sampling over ``n`` images (compiled and run
+    once), and the mean log p(x) (nats)."""
     from vaegen.config import loading as config_lib
     from vaegen.config.schema import to_spec
     from vaegen.estimators import importance
@@ -64,16 +97,17 @@ def vaegen(k: int, n: int, chunk: int | None, repeats: int) -> tuple[float, floa
                                                                         chunk_size=chunk)["log_px"])
     key = jax.random.key(1)
     out = jax.block_until_ready(run(log_joint, proposal, xs, key))
-    best = math.inf
-    for _ in range(repeats):
+
+    def timed() -> float:
         t = time.perf_counter()
         jax.block_until_ready(run(log_joint, proposal, xs, key))
-        best = min(best, time.perf_counter() - t)
-    return n / best, float(np.mean(out))
+        return time.perf_counter() - t
+
+    return timed, float(np.mean(out))
 
 
-def bare(k: int, n: int, batch: int, repeats: int) -> float:
-    """images/s of the same estimate in bare JAX (``bench_eval.py``'s reference: encoder, sampling,
+def bare(k: int, n: int, batch: int) -> Callable[[], float]:
+    """``run() -> seconds`` of the same estimate in bare JAX (``bench_eval.py``'s reference: encoder, sampling,
     decoder with its tanh, the Bernoulli log-likelihood, logsumexp; no chunking over k): what
     surrounds the floor's matrix products at its least."""
     sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
@@ -89,12 +123,13 @@ def bare(k: int, n: int, batch: int, repeats: int) -> float:
     run = jax.jit(lambda params, xs, key: bench_eval._bare_is(params, xs, key, k, batch))
     key = jax.random.key(1)
     jax.block_until_ready(run(params, xs, key))
-    best = math.inf
-    for _ in range(repeats):
+
+    def timed() -> float:
         t = time.perf_counter()
         jax.block_until_ready(run(params, xs, key))
-        best = min(best, time.perf_counter() - t)
-    return n / best
+        return time.perf_counter() - t
+
+    return timed
 
 
 def pythae(k: int, n: int, batch: int, threads: int = 0) -> tuple[float, float]:
@@ -146,8 +181,9 @@ def main():
     p.add_argument("--n-images", type=int, default=200, help="images for the floor and vaegen")
     p.add_argument("--chunk", type=int, default=1000, help="the floor's samples per chunk")
     p.add_argument("--chunk-sizes", default="default", help="vaegen's chunk_size values ('default': its own)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--floor", default=str(FLOOR), help="cpu_is_floor.py; 'none' to skip")
+    p.add_argument("--repeats", type=int, default=5, help="interleaved timed rounds (after a first call)")
+    p.add_argument("--floor", default=str(FLOOR),
+                   help="cpu_is_floor.py, also run on its own; 'none' to leave out the floor")
     p.add_argument("--pythae-images", type=int, default=50)
     p.add_argument("--pythae-batch", type=int, default=1000, help="pythae's batch_size (samples per forward pass)")
     p.add_argument("--no-pythae", action="store_true")
@@ -160,23 +196,34 @@ def main():
            "backend": jax.default_backend(), "results": {}}
     for k in (int(s) for s in args.ks.split(",")):
         r: dict = {}
-        if args.floor != "none" and os.path.exists(args.floor):
-            r["floor_images_per_s"] = floor(args.floor, k, args.n_images, min(args.chunk, k))
+        runs: dict[str, Callable[[], float]] = {}
+        if args.floor != "none":
+            if os.path.exists(args.floor):
+                r["floor_script_images_per_s"] = floor_script(args.floor, k, args.n_images, min(args.chunk, k))
+            runs["floor"] = floor(k, args.n_images, min(args.chunk, k))
         for c in args.chunk_sizes.split(","):
             chunk = None if c == "default" else int(c)
-            rate, log_px = vaegen(k, args.n_images, chunk, args.repeats)
             name = "vaegen" if chunk is None else f"vaegen_chunk_{chunk}"
-            r[f"{name}_images_per_s"], r[f"{name}_mean_log_px"] = rate, log_px
-            if "floor_images_per_s" in r:
-                r[f"{name}_percent_of_floor"] = 100 * rate / r["floor_images_per_s"]
+            runs[name], r[f"{name}_mean_log_px"] = vaegen(k, args.n_images, chunk)
         if args.bare_batch:
-            r["bare_jax_images_per_s"] = bare(k, args.n_images, args.bare_batch, args.repeats)
-            if "floor_images_per_s" in r:
-                r["bare_jax_percent_of_floor"] = 100 * r["bare_jax_images_per_s"] / r["floor_images_per_s"]
+            runs["bare_jax"] = bare(k, args.n_images, args.bare_batch)
+        seconds = {name: [] for name in runs}
+        for _ in range(args.repeats):  # interleaved rounds
+            for name, run in runs.items():
+                seconds[name].append(run())
+        for name, times in seconds.items():
+            rates = sorted(args.n_images / t for t in times)
+            r[f"{name}_images_per_s"], r[f"{name}_images_per_s_median"] = rates[-1], float(np.median(rates))
+        if "floor" in runs:
+            for name in runs:
+                if name != "floor":
+                    r[f"{name}_percent_of_floor"] = 100 * r[f"{name}_images_per_s"] / r["floor_images_per_s"]
+                    r[f"{name}_percent_of_floor_median"] = (100 * r[f"{name}_images_per_s_median"]
+                                                            / r["floor_images_per_s_median"])
         if not args.no_pythae:
             rate, log_px = pythae(k, args.pythae_images, min(args.pythae_batch, k), args.pythae_threads)
             r["pythae_images_per_s"], r["pythae_mean_log_px"] = rate, log_px
-            for name in [n[:-len("_images_per_s")] for n in list(r) if n.startswith("vaegen") and n.endswith("_images_per_s")]:
+            for name in [n for n in runs if n.startswith("vaegen")]:
                 r[f"{name}_speedup_vs_pythae"] = r[f"{name}_images_per_s"] / rate
         out["results"][f"k_{k}"] = r
     print(json.dumps(out, indent=2))

@@ -34,6 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import kernel_profile
+
 N = 60_000
 FLOOR = pathlib.Path(__file__).resolve().parents[2] / "shared" / "bench" / "cpu_roofline.py"
 
@@ -72,8 +74,8 @@ def bench_floor(batch: int, path: str) -> tuple[dict, Callable[[int], float]]:
     return {"examples_per_epoch": steps * batch, "script": os.path.abspath(path)}, run
 
 
-def bench_vaegen(batch: int, overrides: tuple[str, ...] = ()) -> tuple[dict, Callable[[int], float]]:
-    """vaegen's fused epoch: ``(info, run)``, ``run(epoch)`` trains one epoch and returns seconds."""
+def _vaegen_steps(batch: int, overrides: tuple[str, ...] = ()):
+    """The trainer's fused epoch for the benchmark model: ``(train_steps, state, data, steps)``."""
     from vaegen import sharding
     from vaegen.config import loading as config
     from vaegen.config.schema import to_spec
@@ -92,6 +94,12 @@ def bench_vaegen(batch: int, overrides: tuple[str, ...] = ()) -> tuple[dict, Cal
     train_steps = steps.make_train_steps(setup.model, setup.objective, setup.optimizer, batch_size=batch,
                                          steps_per_epoch=spe, num_steps=spe, protocol="dynamic", seed=0, mesh=mesh,
                                          num_examples=N)
+    return train_steps, state, data, spe
+
+
+def bench_vaegen(batch: int, overrides: tuple[str, ...] = ()) -> tuple[dict, Callable[[int], float]]:
+    """vaegen's fused epoch: ``(info, run)``, ``run(epoch)`` trains one epoch and returns seconds."""
+    train_steps, state, data, spe = _vaegen_steps(batch, overrides)
     t = time.perf_counter()
     compiled = train_steps.compile(state, data, jnp.int32(0), jnp.int32(0))
     info = {"compile_seconds": time.perf_counter() - t, "examples_per_epoch": spe * batch}
@@ -107,6 +115,22 @@ def bench_vaegen(batch: int, overrides: tuple[str, ...] = ()) -> tuple[dict, Cal
     return info, run
 
 
+def profile_vaegen(batch: int, overrides: tuple[str, ...] = ()) -> dict:
+    """Where one epoch of vaegen's trainer spends its kernel time, by part of the step
+    (``kernel_profile.TRAIN_PARTS``), after a warm-up epoch."""
+    train_steps, state, data, spe = _vaegen_steps(batch, overrides)
+    hlo = train_steps.lower(state, data, jnp.int32(0), jnp.int32(0)).compile().as_text()
+    compiled = train_steps.compile(state, data, jnp.int32(0), jnp.int32(0))
+    box = {"state": state}
+
+    def epoch(e: int):
+        box["state"], m = compiled(box["state"], data, jnp.int32(e), jnp.int32(0))
+        jax.block_until_ready(m)
+
+    epoch(0)
+    return {"examples": spe * batch, **kernel_profile.profile(lambda: epoch(1), hlo, kernel_profile.TRAIN_PARTS)}
+
+
 def bench_jax_step_loop(batch: int) -> tuple[dict, Callable[[int], float]]:
     """The same step, jitted alone and dispatched once per batch (for comparison)."""
     import optax
@@ -115,7 +139,7 @@ def bench_jax_step_loop(batch: int) -> tuple[dict, Callable[[int], float]]:
     from vaegen.config.schema import to_spec
     from vaegen.data import binarization
     from vaegen.model import latent as model
-    from vaegen.objectives import bounds as objectives
+    from vaegen.objectives import batch as objectives
     from vaegen.train import trainer as train
 
     spec = to_spec(config.load_config("vae_mlp_fmnist", [f"train.batch_size={batch}"]))
@@ -230,7 +254,11 @@ def main():
     p.add_argument("--floor", default=str(FLOOR), help="the compute-floor script (cpu_roofline.py); 'none' to skip")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for vaegen's model (e.g. optim.flatten=true), repeatable")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one epoch of vaegen's trainer: its kernel time by part of the step")
     args = p.parse_args()
+    if args.profile:
+        kernel_profile.enable_kernel_tracing()  # before JAX starts its backend
     out = {
         "model": "MLP VAE 784-200-200-50 tanh, Bernoulli, analytic-KL ELBO, Adam; 60,000 examples/epoch",
         "device": str(jax.devices()[0].device_kind if hasattr(jax.devices()[0], "device_kind") else jax.devices()[0]),
@@ -255,6 +283,8 @@ def main():
             for stat in ("best", "median"):
                 r[f"speedup_vs_torch_eager_{stat}"] = (r["vaegen"][f"examples_per_second_{stat}"]
                                                        / r["torch_eager"][f"examples_per_second_{stat}"])
+        if args.profile:
+            r["profile"] = profile_vaegen(b, tuple(args.set))
         out["results"][f"batch_{b}"] = r
     print(json.dumps(out, indent=2))
 
