@@ -51,8 +51,8 @@ SHAPES = [(D, H), (H, H), (H, 2 * Z), (Z, H), (H, H), (H, D)]
 
 
 def bare_step(level: int, batch: int):
-    """``(examples per epoch, run)`` of the bare step with ``PARTS[:level + 1]``; ``run()`` trains
-    one epoch and returns seconds."""
+    """``(info, run)`` of the bare step with ``PARTS[:level + 1]``, as ``bench_train.measure``
+    takes them; ``run(epoch)`` trains one epoch and returns seconds."""
     has = set(PARTS[: level + 1])
     steps = N // batch
     ws = [jnp.asarray(np.random.default_rng(i).normal(size=s).astype(np.float32) * 0.05) for i, s in enumerate(SHAPES)]
@@ -112,33 +112,27 @@ def bare_step(level: int, batch: int):
     box = {"carry": run_epoch((params, opt.init(params)), data, key)}
     jax.block_until_ready(box["carry"])
 
-    def run() -> float:
+    def run(epoch: int) -> float:
+        del epoch  # the same data and keys every epoch: the cost does not depend on them
         t = time.perf_counter()
         box["carry"] = run_epoch(box["carry"], data, key)
         jax.block_until_ready(box["carry"])
         return time.perf_counter() - t
 
-    return steps * batch, run
+    return {"examples_per_epoch": steps * batch}, run
 
 
 def measure(batch: int, repeats: int, with_vaegen: bool) -> dict:
-    runs = {name: bare_step(level, batch) for level, name in enumerate(PARTS)}
+    """Every bare step and (``with_vaegen``) vaegen's trainer in interleaved rounds, with each one's
+    examples/s as a percentage of the floor's (best over best, median over median)."""
+    benches = {name: (lambda level=level: bare_step(level, batch)) for level, name in enumerate(PARTS)}
     if with_vaegen:
-        info, train_epoch = bench_train.bench_vaegen(batch)
-        train_epoch(0)
-        runs["vaegen"] = (info["examples_per_epoch"], lambda: train_epoch(1))
-    seconds = {name: [] for name in runs}
-    for _ in range(repeats):  # interleaved, so that a busy machine slows all alike
-        for name, (_, timed) in runs.items():
-            seconds[name].append(timed())
-    out = {}
-    for name, (n, _) in runs.items():
-        rates = sorted(n / s for s in seconds[name])
-        out[name] = {"examples_per_second_best": rates[-1], "examples_per_second_median": float(np.median(rates))}
-    for name in out:
+        benches["vaegen"] = lambda: bench_train.bench_vaegen(batch)
+    out = bench_train.measure(benches, repeats)
+    for r in out.values():
         for stat in ("best", "median"):
-            out[name][f"percent_of_floor_{stat}"] = 100 * (out[name][f"examples_per_second_{stat}"]
-                                                           / out["floor"][f"examples_per_second_{stat}"])
+            r[f"percent_of_floor_{stat}"] = 100 * (r[f"examples_per_second_{stat}"]
+                                                   / out["floor"][f"examples_per_second_{stat}"])
     return out
 
 
