@@ -43,7 +43,9 @@ def main():
     from vaegen.config import loading as config
     from vaegen.config.schema import to_spec
     from vaegen.objectives import denoising as dae
-    from vaegen.studies import expost as expost
+    from vaegen.runs.recipes import Fit, recipe
+    from vaegen.runs.recipes import mixture as mixture_lib
+    from vaegen.runs.recipes.base import _ancestral
     from vaegen.studies import metrics as metrics
     from vaegen.model import latent as model_lib
     from vaegen.objectives import bounds as objectives
@@ -59,7 +61,7 @@ def main():
     vae = model_lib.build_model(vae_spec.model, vae_spec.inference, event)
     v_vae = model_lib.init_params(vae, key, event)
     n = s(10000)
-    dt = _time(lambda k: compare._ancestral(vae, n, v_vae, k), key)
+    dt = _time(lambda k: _ancestral(vae, n, v_vae, k), key)
     r["vae_ancestral_samples_per_second"] = n / dt
 
     ae_spec = to_spec(config.load_config("ae_mlp_fmnist"))
@@ -67,11 +69,11 @@ def main():
     v_ae = model_lib.init_params(ae, key, event)
     codes = np.random.RandomState(0).normal(size=(s(20000), 50))
     t = time.perf_counter()
-    mixture = expost.fit_mixture(codes, num_components=10, seed=0)
+    mixture = mixture_lib.fit_mixture(codes, num_components=10, seed=0)
     r["gmm_fit_seconds"] = {"seconds": time.perf_counter() - t, "num_codes": codes.shape[0], "latent_dim": 50}
     run = Run(workdir=None, spec=ae_spec, model=ae, variables=v_ae, event_shape=event, epoch=0, info={})
-    gen = expost.generative(run, "expost_mixture", mixture=mixture, code_scale=codes.std(0))
-    dt = _time(lambda k: compare._ancestral(gen.model, n, gen.variables, k), key)
+    gen = recipe("gmm").attach(run, Fit("gmm", value=mixture, code_scale=codes.std(0)))
+    dt = _time(lambda k: _ancestral(gen.model, n, gen.variables, k), key)
     r["ae_gmm_ancestral_samples_per_second"] = n / dt
 
     xs = (jax.random.uniform(jax.random.key(1), (s(1000),) + event) > 0.5).astype(jnp.float32)

@@ -70,7 +70,7 @@ def _model_and_data(args):
     from vaegen.train import trainer as train_lib
 
     if args.workdir:
-        run = run_lib.load(args.workdir)
+        run = run_lib.restore(args.workdir)
         spec, model, variables = run.spec, run.model, run.variables
     else:
         spec = to_spec(config_lib.load_config(args.config))

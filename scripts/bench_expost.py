@@ -3,7 +3,7 @@ diffusion) on 50,000 codes in 50-D; prints JSON.
 
 The codes are synthetic and known: a mixture of 10 Gaussians in 50-D with random full covariances
 (codes of a trained AE look like that: clustered and correlated), 50,000 to fit to and 10,000 held
-out.  Each density is fitted by vaegen's trainer (:func:`vaegen.studies.expost.fit_density`) with the
+out.  Each density is fitted by vaegen's trainer (:meth:`vaegen.runs.recipes.learned.LearnedDensity.fit_codes`) with the
 compare study's ``quick`` settings; reported are the fit's wall seconds (compilation included, and
 split out), its held-out log p(z) (exact / estimate / bound, labelled), samples/s (after a
 warm-up call, so without compilation) and the Fréchet distance between 10,000 samples and the
@@ -17,6 +17,7 @@ counts, each with the FD its samples give.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import tempfile
@@ -25,7 +26,8 @@ import time
 import jax
 import numpy as np
 
-from vaegen.studies import compare, expost
+from vaegen.runs.recipes.learned import DensityFit
+from vaegen.studies import compare
 from vaegen.studies import metrics as metrics_lib
 
 
@@ -38,7 +40,7 @@ def synthetic_codes(n: int, d: int, seed: int = 0, clusters: int = 10) -> np.nda
     return (means[k] + np.einsum("nij,nj->ni", factors[k], eps)).astype(np.float32)
 
 
-def _samples_per_second(fitted: expost.DensityFit, n: int, seed: int = 0) -> tuple[float, np.ndarray]:
+def _samples_per_second(fitted: DensityFit, n: int, seed: int = 0) -> tuple[float, np.ndarray]:
     fn = jax.jit(lambda k: fitted.sample(k, n))
     jax.block_until_ready(fn(jax.random.key(seed + 1)))          # compile
     t = time.perf_counter()
@@ -55,7 +57,7 @@ def main():
     p.add_argument("--steps", default="10,50,200", help="diffusion sampler step counts")
     p.add_argument("--densities", default="flow,two_stage,diffusion")
     args = p.parse_args()
-    study = compare.study_config("quick")
+    study = compare.study_settings("quick")
     codes = synthetic_codes(args.num_codes + 10000, args.dim)
     train, held = codes[:args.num_codes], codes[args.num_codes:]
     out = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -66,12 +68,11 @@ def main():
            "densities": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for name in [d for d in args.densities.split(",") if d]:
-            fit = expost.FitSettings(epochs=args.epochs, batch_size=int(study.expost.fit.batch_size),
-                                     learning_rate=float(study.expost.fit.learning_rate),
-                                     density=dict(study.expost[name].to_dict()), validate_every=0,
-                                     checkpoint_every=args.epochs)
+            density = compare.expost_recipe(study, name).build()   # the quick study's settings of the density
+            density = dataclasses.replace(density, settings=dataclasses.replace(
+                density.settings, epochs=args.epochs, validate_every=0, checkpoint_every=args.epochs))
             t = time.perf_counter()
-            fitted = expost.fit_density(train, held[:2000], name, f"{tmp}/{name}", fit)
+            fitted = density.fit_codes(train, held[:2000], f"{tmp}/{name}")
             seconds = time.perf_counter() - t
             metrics = [json.loads(l) for l in open(f"{tmp}/{name}/metrics.jsonl")]
             row = {"fit_seconds": seconds, "compile_seconds": sum(m.get("compile_seconds", 0.0) for m in metrics),

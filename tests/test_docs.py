@@ -35,7 +35,7 @@ TINY = [
     ("docs/usage.md", "latent_dim=50", "latent_dim=4"),
     ("docs/usage.md", "IWAE(num_samples=50)", "IWAE(num_samples=5)"),
     ("docs/expost.md", "num_samples=1000)", "num_samples=50)"),
-    ("docs/expost.md", "num_components=10)", "num_components=3)"),
+    ("docs/expost.md", "components=10)", "components=3)"),
     ("docs/evaluation.md", "num_samples=5000", "num_samples=100"),
     ("docs/evaluation.md", "ais.AIS(num_steps=1000, num_chains=16, num_leapfrog=10)",
      "ais.AIS(num_steps=10, num_chains=2, num_leapfrog=2)"),

@@ -25,8 +25,7 @@ from vaegen.estimators import importance as estimators_lib
 from vaegen.estimators import settings as estimator_settings
 from vaegen.model import latent as model_lib
 from vaegen.runs import run as run_lib
-from vaegen.studies import expost as expost_lib
-from vaegen.studies import vq as vq_study
+from vaegen.runs.recipes import recipe
 from vaegen.train import workdir as workdir_lib
 from conftest import xla_flags
 
@@ -86,7 +85,7 @@ CLI_CASES = [
      "has values outside {0, 1}"),
     ("other-run", ["train", "--config", "tiny", "--config.model.latent_dim=3"],
      "belongs to a run with a different config (model.latent_dim: 4 -> 3)"),
-    ("eval-k", ["evaluate", "--workdir", "{workdir}", "--k", "0"], "evaluate: argument --k: must be >= 1, got 0"),
+    ("eval-k", ["evaluate", "--workdir", "{workdir}", "--k", "0"], "evaluate: argument --num-samples/--k: must be > 0, got 0"),
     ("sample-n", ["sample", "--workdir", "{workdir}", "--n", "-3"], "sample: argument --n: must be >= 1, got -3"),
     ("no-run", ["evaluate", "--workdir", "{tmp}/nothing"], "holds no vaegen run"),
     ("no-checkpoint", ["evaluate", "--workdir", "{workdir}"], "has no checkpoint yet"),
@@ -127,7 +126,7 @@ CLI_CASES = [
     ("expost-no-run", ["expost", "--workdir", "{tmp}/nothing"], "holds no vaegen run"),
     ("expost-not-trained", ["expost", "--workdir", "{workdir}", "--density", "flow"], "has no checkpoint yet"),
     ("expost-density-setting", ["expost", "--workdir", "{workdir}", "--density", "flow", "--set", "layerz=3"],
-     "flow setting layerz: the prior 'flow' has no setting 'layerz'"),
+     "--set layerz: the recipe 'flow' has no setting 'layerz'"),
     ("expost-unknown-density", ["expost", "--workdir", "{workdir}", "--density", "glow"],
      "argument --density: invalid choice: 'glow'"),
     ("unknown-protocol", ["train", "--config", "tiny", "--config.data.protocol=vampprior"],
@@ -157,7 +156,7 @@ CLI_CASES = [
     ("workdir-not-writable", ["train", "--config", "tiny", "--workdir", "{locked}"],
      "is not writable; choose another --workdir"),
     ("ais-steps", ["evaluate", "--workdir", "{workdir}", "--ais-steps", "0"],
-     "evaluate: argument --ais-steps: must be >= 1, got 0"),
+     "evaluate: argument --ais-num-steps/--ais-steps: must be > 0, got 0"),
     ("per-example-path", ["evaluate", "--workdir", "{workdir}", "--per-example", "{tmp}/values.csv"],
      "--per-example writes an .npz file"),
     # The registry of components: names, the settings each component has, and their values.
@@ -317,10 +316,18 @@ _MADE = ["model.kind=autoregressive", "objective=exact"]
 
 # (id, call, error class, message fragment): errors raised by library functions called directly.
 PYTHON_CASES = [
-    ("code-prior-not-vq", lambda: vq_study.check_vq(_model_run("tiny:ae")), errors.ConfigError,
-     "the prior over codes (code_prior) is fitted to a VQ-VAE's discrete codes"),
-    ("real-density-on-vq", lambda: expost_lib.fit(_model_run("tiny:vq")), errors.ConfigError,
-     "a VQ-VAE's codes are discrete (points of its codebook), so a density over real codes does not fit them"),
+    ("code-prior-not-vq", lambda: recipe("code_prior").check(_model_run("tiny:ae")), errors.RecipeError,
+     "--density code_prior needs discrete codes (a VQ-VAE's codebook indices), and the run in untrained has no "
+     "discrete codes"),
+    ("real-density-on-vq", lambda: recipe("flow").fit(_model_run("tiny:vq")), errors.RecipeError,
+     "--density flow needs continuous codes z in R^D, and the run in untrained has discrete codes (points of its "
+     "codebook): use --density code_prior"),
+    ("recipe-needs-latents", lambda: recipe("gmm").attach(_model_run("tiny", _MADE), None), errors.RecipeError,
+     "--density gmm needs continuous codes z in R^D, and the run in untrained has no codes"),
+    ("recipe-needs-a-prior", lambda: recipe("own").attach(_model_run("tiny:ae"), None), errors.RecipeError,
+     "--density own needs a p(z) of its own, and the run in untrained has no p(z) of its own"),
+    ("unknown-recipe", lambda: recipe("glow"), errors.ConfigError,
+     "'glow' is not a registered recipe (registered: chain, code_prior, diffusion"),
     ("logistic-support", lambda: likelihoods_lib.check_support("discretized_logistic", np.array([0.0, 0.5 / 255]),
                                                                what="the batch"),
      errors.SupportError, "the batch has values that are not 8-bit grey levels k/255, k in 0..255"),
@@ -342,11 +349,11 @@ PYTHON_CASES = [
      errors.SupportError, "run.log_joint: argument x has values outside {0, 1}"),
     ("images-missing", lambda: images_lib.load("no/such/images.npy", event_shape=(8, 8, 1), support="binary"),
      errors.ImagesError, "--images no/such/images.npy: no such file or folder"),
-    ("expost-too-few-codes", lambda: expost_lib.fit_density(np.zeros((5, 2), np.float32), np.zeros((0, 2)), "flow",
-                                                            "/nonexistent/fit"),
+    ("expost-too-few-codes", lambda: recipe("flow").fit_codes(np.zeros((5, 2), np.float32), np.zeros((0, 2)),
+                                                              "/nonexistent/fit"),
      errors.DataError, "only 5 training codes to fit the flow density to; it needs at least 256"),
-    ("expost-nan-codes", lambda: expost_lib.fit_density(np.full((300, 2), np.nan, np.float32), np.zeros((0, 2)),
-                                                        "flow", "/nonexistent/fit"),
+    ("expost-nan-codes", lambda: recipe("flow").fit_codes(np.full((300, 2), np.nan, np.float32), np.zeros((0, 2)),
+                                                          "/nonexistent/fit"),
      errors.DataError, "the training codes contains 600 NaN or infinite values"),
 ]
 

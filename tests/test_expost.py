@@ -11,7 +11,8 @@ import pytest
 from vaegen.config import loading as config
 from vaegen.config.schema import to_spec
 from vaegen.model import linear_gaussian as exact
-from vaegen.studies import expost as expost
+from vaegen.runs.recipes import Fit, recipe
+from vaegen.runs.recipes import mixture as mixture_lib
 from vaegen.model import latent as model_lib
 from vaegen.blocks import networks as networks
 from vaegen.objectives import bounds as objectives
@@ -25,7 +26,7 @@ def test_fit_recovers_separated_clusters_and_matches_sklearn_density():
     a = rng.normal(size=(600, 2)) * [0.3, 0.1] + [3.0, 0.0]
     b = rng.normal(size=(300, 2)) * 0.2 + [-3.0, 2.0]
     codes = np.concatenate([a, b])
-    mix = expost.fit_mixture(codes, num_components=2, bayesian=False, seed=0)
+    mix = mixture_lib.fit_mixture(codes, num_components=2, bayesian=False, seed=0)
     order = np.argsort(mix.means[:, 0])
     np.testing.assert_allclose(mix.means[order], [[-3.0, 2.0], [3.0, 0.0]], atol=0.05)
     np.testing.assert_allclose(mix.weights[order], [1 / 3, 2 / 3], atol=0.01)
@@ -37,14 +38,14 @@ def test_fit_recovers_separated_clusters_and_matches_sklearn_density():
     np.testing.assert_allclose(mix.distribution().log_prob(jnp.asarray(z, jnp.float32)), gm.score_samples(z),
                                rtol=1e-4, atol=1e-4)
     # Bayesian fit with more components than needed: the extra ones get little weight.
-    bayes = expost.fit_mixture(codes, num_components=10, seed=0)
+    bayes = mixture_lib.fit_mixture(codes, num_components=10, seed=0)
     assert bayes.num_components == 10 and bayes.info["effective_components"] < 4
 
 
 def test_mixture_save_load_roundtrip(tmp_path):
-    mix = expost.fit_mixture(np.random.RandomState(1).normal(size=(200, 3)), num_components=2, seed=0)
+    mix = mixture_lib.fit_mixture(np.random.RandomState(1).normal(size=(200, 3)), num_components=2, seed=0)
     mix.save(tmp_path)
-    back = expost.Mixture.load(tmp_path)
+    back = mixture_lib.FittedMixture.read(tmp_path)
     np.testing.assert_array_equal(back.scale_tril, mix.scale_tril)
     assert back.info == mix.info
 
@@ -72,7 +73,7 @@ def test_importance_sampling_with_the_code_proposal_matches_the_exact_log_px():
     codes = np.asarray(ae.encode(xs).mean())
     with pytest.raises(model_lib.NoPriorError):
         ae.sample(jax.random.key(0), 2)
-    gen = expost.generative(ae, "standard_normal", code_scale=codes.std(0))
+    gen = recipe("standard_normal").attach(ae, Fit("standard_normal"), code_scale=codes.std(0))
     assert gen.has_prior and not gen.is_autoencoder
     # The proposal is centred on the code f(x).
     np.testing.assert_allclose(gen.encode(xs).mean(), codes, rtol=1e-5, atol=1e-6)
@@ -89,8 +90,8 @@ def test_ae_with_a_fitted_mixture_is_sampled_ancestrally():
     lg = exact.LinearGaussian.random(jax.random.key(3), data_dim=5, latent_dim=2, s=0.3)
     ae = _linear_gaussian_ae(lg)
     codes = np.asarray(ae.encode(jnp.asarray(lg.sample(jax.random.key(4), 500), jnp.float32)).mean())
-    mix = expost.fit_mixture(codes, num_components=3, seed=0)
-    gen = expost.generative(ae, "expost_mixture", mixture=mix, code_scale=codes.std(0))
+    mix = mixture_lib.fit_mixture(codes, num_components=3, seed=0)
+    gen = recipe("gmm").attach(ae, Fit("gmm", value=mix, code_scale=codes.std(0)))
     z, x = gen.sample_with_latents(jax.random.key(5), 64)
     assert z.shape == (64, 2) and x.shape == (64, 5)
     assert np.all(np.isfinite(np.asarray(x)))
@@ -100,7 +101,5 @@ def test_ae_with_a_fitted_mixture_is_sampled_ancestrally():
                                   ae.variables["params"]["likelihood"]["loc"]["kernel"])
     assert np.all(np.isfinite(np.asarray(gen.log_joint(x[0], z))))
     with pytest.raises(ValueError, match="over 3 dimensions"):
-        expost.generative(ae, "expost_mixture", mixture=dataclasses.replace(
-            mix, means=np.zeros((3, 3)), scale_tril=np.broadcast_to(np.eye(3), (3, 3, 3))), code_scale=np.ones(2))
-    with pytest.raises(ValueError, match="code_scale"):
-        expost.generative(ae, "standard_normal")
+        recipe("gmm").attach(ae, Fit("gmm", value=dataclasses.replace(
+            mix, means=np.zeros((3, 3)), scale_tril=np.broadcast_to(np.eye(3), (3, 3, 3))), code_scale=np.ones(2)))

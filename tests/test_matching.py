@@ -100,7 +100,7 @@ def _train(overrides, workdir):
 
 def _moment_gap(run):
     """||mean||^2 + ||cov - I||_F of the run's codes of the training digits: 0 for codes distributed as N(0, I)."""
-    x = vaegen.expost.training_images(run, max_examples=1000)
+    x = vaegen.runs.codes.training_images(run, max_examples=1000)
     z = np.asarray(run.codes(x), np.float64)
     return float(np.sum(z.mean(0) ** 2) + np.linalg.norm(np.cov(z.T) - np.eye(z.shape[1])))
 

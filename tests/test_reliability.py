@@ -327,8 +327,8 @@ def test_evaluate_in_a_read_only_workdir_stops_before_the_work_or_writes_to_out(
     access = os.access
     monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if pathlib.Path(p) == w else access(p, mode, **kw))
     loads = []
-    real_load = run_lib.load
-    monkeypatch.setattr(run_lib, "load", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
+    real_load = run_lib.restore
+    monkeypatch.setattr(run_lib, "restore", lambda *a, **kw: loads.append(a) or real_load(*a, **kw))
     code, err = _cli(["evaluate", "--workdir", w, "--estimators", "elbo"], capsys)
     assert code == 2 and _one_line(err) == (f"vaegen: error: cannot write {w / 'eval.json'}: {w} is not writable (a "
                                             "read-only workdir?); pass --out PATH to write the result elsewhere\n")

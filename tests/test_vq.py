@@ -15,8 +15,8 @@ from vaegen.config import schema
 from vaegen.model import code_prior as code_prior_lib
 from vaegen.model import latent as latent_lib
 from vaegen.objectives import vq as vq_objective
-from vaegen.studies import expost
-from vaegen.studies import vq as vq_study
+from vaegen.runs.recipes import code_prior as vq_study
+from vaegen.runs.recipes import recipe
 
 
 
@@ -154,13 +154,18 @@ def test_a_vq_run_trains_and_resumes_bitwise(tiny_vq_run):
 
 def test_log_px_bound_and_importance_sampling_against_the_exact_sum(tiny_vq_run):
     run = vaegen.load(tiny_vq_run / "full")
-    fit = expost.FitSettings(epochs=2, batch_size=100, max_codes=600, density={"hidden": (16,)}, patience=0)
-    fitted = vq_study.fit_code_prior(run, fit, directory=tiny_vq_run / "prior")
+    prior = recipe("code_prior", epochs=2, batch_size=100, max_codes=600, patience=0,
+                   density=code_prior_lib.CategoricalMADESettings(hidden=(16,)))
+    fitted = prior.fit(run)                                          # in <workdir>/expost/code_prior/fit
     assert fitted.info["num_positions"] == 2 and fitted.info["codebook_size"] == 4
-    gen = vq_study.generative(run, fitted)
+    gen = prior.attach(run, fitted)
+    # The fitted prior is the run's p(c) wherever the run is loaded with it.
+    loaded = vaegen.load(tiny_vq_run / "full", density="code_prior")
+    assert loaded.recipe.name == "code_prior" and loaded.recipe.settings == prior.settings
     x = run.split("test", max_examples=40)
     r = vq_study.log_px(gen, x, jax.random.key(0), k=50, temperature=2.0)
     exact = vq_study.log_px_exact(gen, x)                                         # all 16 codes
+    np.testing.assert_array_equal(vq_study.log_px_exact(loaded, x), exact)
     assert np.all(r["bound"] <= r["is"] + 1e-4)                                   # for every draw
     assert np.all(r["bound"] <= exact + 1e-4)
     assert np.mean(r["is"]) <= np.mean(exact) + 1e-3                              # a lower bound on average

@@ -19,8 +19,10 @@ The package in layers, each importing only the ones above it in this list::
                                     TensorBoard, the latent diagnostics at each validation
     vaegen.inference                per-example q* by SVI, variational families, semi-amortized training
     vaegen.config                   presets, overrides and the typed run spec (the boundary)
-    vaegen.runs                     train_and_evaluate(config), load(workdir), evaluate(run)
-    vaegen.studies                  compare and its report, gaps, ex-post densities, reproduction, demo
+    vaegen.runs                     train_and_evaluate(config), load(workdir, density=...), evaluate(run);
+                                    the recipes: every way a trained run gets p(x) (own prior, N(0, I),
+                                    densities fitted to its codes, a prior over discrete codes, ...)
+    vaegen.studies                  compare and its report, gaps, ex-post fits, reproduction, demo
     vaegen.cli                      the `vaegen` command
 
 Importing vaegen registers every built-in component; a module of your own registers more
@@ -33,7 +35,7 @@ from vaegen.blocks import quantizers
 from vaegen.config.loading import load_config
 from vaegen.config.schema import RunSpec, to_spec
 from vaegen.errors import (CheckpointError, ConfigError, DataError, InferenceError, NoLatentError, NoPriorError,
-                           NonFiniteError, SupportError, TrainingInterrupted, UndefinedEstimateError,
+                           NonFiniteError, RecipeError, SupportError, TrainingInterrupted, UndefinedEstimateError,
                            UndefinedObjectiveError, WorkdirError)
 from vaegen.estimators import ais, diagnostics, importance
 from vaegen.estimators.settings import EvalSettings
@@ -48,20 +50,22 @@ from vaegen.objectives import autoencoder, batch, bounds, denoising, density, ex
 from vaegen.objectives import vq as vq_objective
 from vaegen.objectives.autoencoder import Autoencoder
 from vaegen.objectives.bounds import ELBO, IWAE
+from vaegen.runs import recipes
 from vaegen.runs.evaluate import evaluate
+from vaegen.runs.loading import load  # a run, with a recipe (an ex-post density, ...) attached if asked for
+from vaegen.runs.recipes import RECIPES, Recipe, recipe
 from vaegen.runs.run import Run
 from vaegen.runs.training import train_and_evaluate
 from vaegen.studies import compare, demo, expost, gaps, reproduce
-from vaegen.studies import vq
-from vaegen.studies.expost import load  # a run, with an ex-post density attached if asked for
 from vaegen.studies.gaps import compute_gaps
 
 __version__ = "0.2.0"
 
 __all__ = [
     "Autoencoder", "CheckpointError", "ConfigError", "DataError", "ELBO", "EvalSettings", "IWAE", "InferenceError",
-    "LatentVariableModel", "NoLatentError", "NoPriorError", "NonFiniteError", "Run", "RunSpec", "SVISettings",
+    "LatentVariableModel", "NoLatentError", "NoPriorError", "NonFiniteError", "RECIPES", "Recipe", "RecipeError", "Run",
+    "RunSpec", "SVISettings",
     "SemiAmortizedELBO", "SupportError", "TrainingInterrupted", "UndefinedEstimateError", "UndefinedObjectiveError",
-    "WorkdirError", "build_model", "compute_gaps", "evaluate", "fit_local", "load", "load_config", "registry",
+    "WorkdirError", "build_model", "compute_gaps", "evaluate", "fit_local", "load", "load_config", "recipe", "registry",
     "to_spec", "train_and_evaluate",
 ]

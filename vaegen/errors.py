@@ -83,6 +83,12 @@ POINT_MASS_PROPOSAL = (
 )
 
 
+class RecipeError(ConfigError):
+    """A way of getting p(x) from a trained run (a recipe: ``vaegen.load(W, density=NAME)``,
+    ``--density NAME``) that does not fit the run, or whose fit is unfinished or was made with other
+    settings than those asked for."""
+
+
 class InferenceError(ValueError):
     """A family, an initialisation or inference settings that cannot be used with this model."""
 

@@ -54,7 +54,8 @@ _CONFIG_WHERE: contextvars.ContextVar[str | None] = contextvars.ContextVar("vaeg
 
 def setting(default: Any, doc: str = "", *, gt: float | None = None, ge: float | None = None,
             lt: float | None = None, le: float | None = None, choices: Iterable[str] | None = None,
-            items_gt: float | None = None, items_ge: float | None = None, nonempty: bool = False) -> Any:
+            items_gt: float | None = None, items_ge: float | None = None, nonempty: bool = False,
+            flags: Iterable[str] = ()) -> Any:
     """A field of a settings dataclass: its default, one line of documentation, and its valid values.
 
     Args:
@@ -68,10 +69,12 @@ def setting(default: Any, doc: str = "", *, gt: float | None = None, ge: float |
       items_gt: every entry of a tuple must be ``> items_gt``.
       items_ge: every entry of a tuple must be ``>= items_ge``.
       nonempty: a tuple needs at least one entry.
+      flags: short command-line names of the setting where a command derives its flags from the
+        settings (``("--k",)`` beside ``--num-samples``).
     """
     meta = {"doc": doc, "gt": gt, "ge": ge, "lt": lt, "le": le,
             "choices": tuple(choices) if choices is not None else None,
-            "items_gt": items_gt, "items_ge": items_ge, "nonempty": nonempty}
+            "items_gt": items_gt, "items_ge": items_ge, "nonempty": nonempty, "flags": tuple(flags)}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -185,6 +188,17 @@ def _interval(meta: Mapping[str, Any]) -> str | None:
 def _in_range(v: float, meta: Mapping[str, Any]) -> bool:
     return not ((meta["gt"] is not None and not v > meta["gt"]) or (meta["ge"] is not None and not v >= meta["ge"])
                 or (meta["lt"] is not None and not v < meta["lt"]) or (meta["le"] is not None and not v <= meta["le"]))
+
+
+def out_of_range(value: Any, meta: Mapping[str, Any]) -> str | None:
+    """Why ``value`` is not allowed by a setting's declaration ``meta`` (``"must be > 0"``), or None."""
+    if meta.get("choices") is not None and value not in meta["choices"]:
+        return f"must be one of {', '.join(meta['choices'])}"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        rng = _interval(meta)
+        if rng and not _in_range(value, meta):
+            return f"must be {rng}"
+    return None
 
 
 def _check_value(value: Any, meta: Mapping[str, Any], key: str) -> None:

@@ -261,14 +261,14 @@ def _vampprior_data_init(settings: VampPriorSettings, variables: Any, *, example
     return init_pseudo_inputs_from_data(variables, examples(settings.components))
 
 
-@PRIORS.register("standard_normal", traits={"factorized": True})
+@PRIORS.register("standard_normal", traits={"factorized": True, "label": "N(0, I)"})
 def standard_normal(settings: NoSettings, *, latent_dim: int, event_shape: tuple[int, ...]) -> StandardNormal:
     """p(z) = N(0, I): no parameters."""
     del settings, event_shape
     return StandardNormal(latent_dim=latent_dim)
 
 
-@PRIORS.register("mixture", settings=MixtureSettings)
+@PRIORS.register("mixture", settings=MixtureSettings, traits={"label": "a learned mixture of Gaussians"})
 def mixture(settings: MixtureSettings, *, latent_dim: int, event_shape: tuple[int, ...]) -> MixtureOfGaussians:
     """p(z) = sum_k pi_k N(z; mu_k, diag sigma_k^2): K learned diagonal Gaussians."""
     del event_shape

@@ -198,10 +198,10 @@ def seeded_run_name(name: str, seed: int, own_seed: int) -> str:
 
 # --- overrides -------------------------------------------------------------------------------------
 
-def _slot_at(config: ml_collections.ConfigDict, path: list[str]) -> str | None:
-    """The registry kind of the component section at ``path`` of a run config, or None (walking
-    the run spec's schema and the components the config has chosen)."""
-    cls: Any = schema.RunSpec
+def _slot_at(config: ml_collections.ConfigDict, path: list[str], spec_type: type = schema.RunSpec) -> str | None:
+    """The registry kind of the component section at ``path`` of a config of ``spec_type`` (a run
+    config by default), or None (walking the schema and the components the config has chosen)."""
+    cls: Any = spec_type
     node: Any = config
     kind = None
     for part in path:
@@ -242,20 +242,23 @@ def _split(item: str) -> tuple[str, str]:
     return key, text
 
 
-def _selector(config: ml_collections.ConfigDict, key: str) -> list[str] | None:
+def _selector(config: ml_collections.ConfigDict, key: str, spec_type: type) -> list[str] | None:
     """The path of the component section an override ``key`` chooses (``a.b.name`` or ``a.b``
     itself), or None if it sets something else."""
     path = key.split(".")
-    if path[-1] == "name" and _slot_at(config, path[:-1]):
+    if path[-1] == "name" and _slot_at(config, path[:-1], spec_type):
         return path[:-1]
-    if _slot_at(config, path):
+    if _slot_at(config, path, spec_type):
         return path
     return None
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str]) -> None:
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str], *,
+                    spec_type: type = schema.RunSpec) -> None:
     """Applies ``"a.b=value"`` overrides in place; unknown keys and wrong types are errors.
-    Overrides that choose a component are applied first (see the module docstring)."""
+    Overrides that choose a component are applied first (see the module docstring).  ``config`` is
+    the loose form of a ``spec_type`` settings object (a run's RunSpec by default; a study's settings
+    too), whose schema says which sections are components."""
     items = [_split(o) for o in overrides]
 
     def depth(item):  # outer sections first (model.kind before model.kind.top_decoder)
@@ -264,13 +267,13 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Iterable[str])
 
     chosen = set()
     for i, (key, text) in sorted(enumerate(items), key=lambda e: depth(e[1])):
-        path = _selector(config, key)
+        path = _selector(config, key, spec_type)
         if path is not None:
-            _choose(config, path, text.strip().strip("'\""))
+            _choose(config, path, text.strip().strip("'\""), spec_type)
             chosen.add(i)
     for i, (key, text) in enumerate(items):
         if i not in chosen:
-            _set(config, key, text)
+            _set(config, key, text, spec_type)
 
 
 def _node(config: ml_collections.ConfigDict, path: list[str]) -> ml_collections.ConfigDict:
@@ -280,10 +283,10 @@ def _node(config: ml_collections.ConfigDict, path: list[str]) -> ml_collections.
     return node
 
 
-def _choose(config: ml_collections.ConfigDict, path: list[str], name: str) -> None:
+def _choose(config: ml_collections.ConfigDict, path: list[str], name: str, spec_type: type) -> None:
     """Chooses component ``name`` for the section at ``path``: its settings at their defaults
     (nothing changes if it is chosen already)."""
-    kind = _slot_at(config, path)
+    kind = _slot_at(config, path, spec_type)
     reg = registry(kind)
     where = ".".join(path)
     component_ = reg.get(name, f"{where}.name")
@@ -296,7 +299,7 @@ def _choose(config: ml_collections.ConfigDict, path: list[str], name: str) -> No
     config.lock()
 
 
-def _set(config: ml_collections.ConfigDict, key: str, text: str) -> None:
+def _set(config: ml_collections.ConfigDict, key: str, text: str, spec_type: type) -> None:
     *parents, leaf = key.split(".")
     node = config
     for i, p in enumerate(parents):
@@ -304,7 +307,7 @@ def _set(config: ml_collections.ConfigDict, key: str, text: str) -> None:
             raise ConfigError(f"unknown config key {'.'.join(parents[: i + 1])!r} (in override {key}={text})")
         node = node[p]
     if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
-        raise ConfigError(_unknown_key_message(config, key))
+        raise ConfigError(_unknown_key_message(config, key, spec_type))
     current = node[leaf]
     if isinstance(current, ml_collections.ConfigDict):
         raise ConfigError(f"config.{key} is a section; set one of its keys: {sorted(current.keys())}")
@@ -313,9 +316,9 @@ def _set(config: ml_collections.ConfigDict, key: str, text: str) -> None:
         node[leaf] = value
 
 
-def _unknown_key_message(config: ml_collections.ConfigDict, key: str) -> str:
+def _unknown_key_message(config: ml_collections.ConfigDict, key: str, spec_type: type) -> str:
     *parents, leaf = key.split(".")
-    kind = _slot_at(config, parents) if parents else None
+    kind = _slot_at(config, parents, spec_type) if parents else None
     if kind is not None:
         section = _node(config, parents)
         reg = registry(kind)

@@ -75,16 +75,19 @@ class AIS(Settings):
         ``initial`` function the methods are given; :func:`vaegen.evaluate` builds it from this).
     """
 
-    num_steps: int = setting(1000, "T intermediate distributions", gt=0)
-    num_chains: int = setting(16, "M chains per example", gt=0)
-    num_leapfrog: int = setting(10, "leapfrog steps per HMC transition", gt=0)
-    step_size: float = setting(0.01, "initial leapfrog step size", gt=0)
-    adapt_step_size: bool = setting(True, "adapt each chain's step size toward target_accept")
-    target_accept: float = setting(0.65, "the acceptance rate the step size adapts toward", gt=0, lt=1)
+    num_steps: int = setting(1000, "T intermediate distributions", gt=0, flags=("--ais-steps",))
+    num_chains: int = setting(16, "M chains per example", gt=0, flags=("--ais-chains",))
+    num_leapfrog: int = setting(10, "leapfrog steps per HMC transition", gt=0, flags=("--leapfrog",))
+    step_size: float = setting(0.01, "initial leapfrog step size", gt=0, flags=("--step-size",))
+    adapt_step_size: bool = setting(True, "adapt each chain's step size toward target_accept",
+                                   flags=("--adapt-step-size",))
+    target_accept: float = setting(0.65, "the acceptance rate the step size adapts toward", gt=0, lt=1,
+                                   flags=("--target-accept",))
     adapt_rate: float = setting(0.02, "step sizes are multiplied by 1 +- adapt_rate per transition", ge=0, lt=1)
     min_step_size: float = setting(1e-4, "lower bound of an adapted step size", gt=0)
     max_step_size: float = setting(0.5, "upper bound of an adapted step size", gt=0)
-    schedule: str = setting("sigmoid", "inverse temperatures: sigmoid (more at both ends) or linear", choices=SCHEDULES)
+    schedule: str = setting("sigmoid", "inverse temperatures: sigmoid (more at both ends) or linear", choices=SCHEDULES,
+                            flags=("--schedule",))
     sigmoid_radius: float = setting(4.0, "steepness of the sigmoid schedule", gt=0)
     start: str = setting("prior", "pi_0 of the annealing path: prior p(z) or posterior q(z|x)", choices=STARTS)
 

@@ -35,7 +35,8 @@ class EvalSettings(Settings):
 
     estimators: str = setting("elbo,iwae,is,diagnostics", "comma-separated estimators of `vaegen evaluate` (see "
                               "`vaegen config --components estimator`) or 'all'")
-    num_samples: int = setting(1000, "k: importance samples per example for log p(x) and IWAE_k", gt=0)
+    num_samples: int = setting(1000, "k: importance samples per example for log p(x) and IWAE_k", gt=0,
+                               flags=("--k",))
     ks: tuple[int, ...] = setting((1, 10, 100), "IWAE-k bounds from the importance-sampling pass (k above "
                                   "num_samples skipped)", items_gt=0)
     chunk_size: int = setting(0, "importance samples drawn at once per example (0 = min(k, 1024)); memory only", ge=0)
@@ -54,6 +55,9 @@ class EvalSettings(Settings):
     batch_size: int = setting(100, "examples per vmapped chunk of the validation pass in training (memory only)",
                               gt=0)
     validation_num_samples: int = setting(1, "k of the bound tracked on the validation set in training", gt=0)
+
+    TRAINING_ONLY = ("batch_size", "validation_num_samples")
+    """Settings of the validation pass in training, not of `vaegen evaluate` (which has no flag for them)."""
 
     def validate(self, key):
         if ESTIMATORS.names():  # the registry is filled once vaegen is imported

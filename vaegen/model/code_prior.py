@@ -11,7 +11,7 @@ It is what a VQ-VAE (:mod:`vaegen.model.vq`) is missing after training: a p(c) o
 It trains through vaegen's one trainer like any model: the codes are the data, float arrays
 ``[N, M]`` of integers in [0, K) under ``data.binarization=real``, ``model.kind=categorical_made``
 and ``objective=exact`` (:class:`vaegen.objectives.exact.ExactLogLikelihood`).  See
-:func:`vaegen.studies.vq.fit_code_prior`.
+the ``code_prior`` recipe (:class:`vaegen.runs.recipes.code_prior.CodePrior`).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ prior is ``none``): the ``vq`` objective (:mod:`vaegen.objectives.vq`) is the re
 codebook and commitment terms.  Under a uniform p(c) the ELBO would be log p(x | c*) - M log K
 (KL(q(c|x) || uniform) = M log K for a point mass), a true lower bound for that model; the learned
 prior that makes it a good generative model is an autoregressive categorical MADE over the codes
-(:mod:`vaegen.model.code_prior`) fitted *after* training (:func:`vaegen.studies.vq.fit_code_prior`)
-and attached as ``prior`` (:func:`vaegen.studies.vq.generative`).
+(:mod:`vaegen.model.code_prior`) fitted *after* training (the ``code_prior`` recipe,
+:class:`vaegen.runs.recipes.code_prior.CodePrior`) and attached as ``prior``.
 
 Why a model kind rather than a posterior: the latent of the generative model is the discrete c, not
 a vector with a density on R^D; p(c) is a distribution over integer codes, which none of the

@@ -129,7 +129,7 @@ class DAESettings(Settings):
                               f"{self.corruption} corrupts a pixel and must lie in (0, 1)")
 
 
-@OBJECTIVES.register("dae", settings=DAESettings, check=needs_point_mass)
+@OBJECTIVES.register("dae", settings=DAESettings, check=needs_point_mass, traits={"markov_chain": True})
 def dae(settings: DAESettings, *, steps_per_epoch: int = 1) -> DenoisingAutoencoder:
     """E_{x~ ~ C(x~|x)} log P(x | x~) with walkback (Bengio et al. 2013): generative through its Markov chain."""
     del steps_per_epoch

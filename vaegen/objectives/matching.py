@@ -246,7 +246,7 @@ class AAESettings(Settings):
     discriminator_b1: float = setting(0.5, "the discriminator's Adam first-moment decay", ge=0, lt=1)
 
 
-@OBJECTIVES.register("wae", settings=WAESettings, check=needs_point_mass_and_prior)
+@OBJECTIVES.register("wae", settings=WAESettings, check=needs_point_mass_and_prior, traits={"matches_prior": True})
 def wae(settings: WAESettings, *, steps_per_epoch: int = 1) -> WAE:
     """log p(x | z = f(x)) - lambda MMD^2(q(z), p(z)): the Wasserstein AE with an MMD penalty (Tolstikhin et al. 2018)."""
     del steps_per_epoch
@@ -254,7 +254,7 @@ def wae(settings: WAESettings, *, steps_per_epoch: int = 1) -> WAE:
                prior_variance=settings.prior_variance)
 
 
-@OBJECTIVES.register("aae", settings=AAESettings, check=needs_point_mass_and_prior)
+@OBJECTIVES.register("aae", settings=AAESettings, check=needs_point_mass_and_prior, traits={"matches_prior": True})
 def aae(settings: AAESettings, *, steps_per_epoch: int = 1) -> AAE:
     """log p(x | z = f(x)) + lambda log D(f(x)), D a discriminator of codes vs p(z) with its own optimizer (Makhzani et al. 2016)."""
     del steps_per_epoch

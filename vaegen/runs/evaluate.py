@@ -67,6 +67,13 @@ UNDEFINED_FOR_AE = {
     "log_px": "undefined: the autoencoder has no p(z), hence no p(x) = E_p(z)[p(x|z)]",
 }
 NO_PRIOR = "undefined: the model has no prior p(z), hence no p(x) = E_p(z)[p(x|z)] to bound or estimate"
+AROUND_CODE = {
+    "elbo": ("the ELBO with the proposal around the code r(z|x) as q (a lower bound on log p(x)); the autoencoder's "
+             "own q(z|x) is a point mass, whose ELBO is -inf"),
+    "reconstruction": "E_r[log p(x|z)] under the proposal around the code r(z|x), not at z = f(x)",
+    "kl": "KL(r(z|x) || p(z)) of the proposal around the code (Monte Carlo where not analytic)",
+}
+"""What the ELBO's terms are for an autoencoder made generative (its q replaced by the proposal around the code)."""
 
 def summarize(values: np.ndarray, num_dims: int | None) -> dict[str, float]:
     """Mean and standard error of the mean of per-example values; for log-likelihoods and
@@ -150,8 +157,10 @@ def _elbo(settings: NoSettings, ctx: Context) -> None:
     terms = ctx.timed("elbo", lambda: objective_terms(
         run.model, run.variables, ELBO(num_samples=s.elbo_samples, analytic_kl=analytic_kl), ctx.xs,
         ctx.stream("elbo"), **ctx.kw))
+    around_code = isinstance(run.model.posterior, posteriors_lib.CodeProposal)
     for name in ("elbo", "reconstruction", "kl"):
-        ctx.record(name, jax.device_get(terms[name]), None if name == "kl" else ctx.num_dims)
+        extra = {"meaning": AROUND_CODE[name]} if around_code else {}
+        ctx.record(name, jax.device_get(terms[name]), None if name == "kl" else ctx.num_dims, **extra)
 
 
 def _importance_pass(ctx: Context) -> tuple[dict[str, Any] | None, str | None]:
@@ -306,6 +315,14 @@ def evaluate(run: Run, settings: EvalSettings | None = None, *, split: str = "te
         protocol = splits_lib.split_protocol(spec.data, split)
         stored = splits_lib.stored_split(spec.data, x_u8, split)
     xs = binarization.to_float(None, jnp.asarray(stored), protocol)    # [N, *event] as the model sees it
+    own = (run.recipe.build().evaluate(run, xs, purpose_key(seed, "evaluation"), k=settings.num_samples)
+           if run.recipe is not None else None)
+    if own is not None:    # a recipe that measures log p(x) its own way (over discrete codes, say)
+        result = _evaluate_by_recipe(run, own, split=split, seed=seed, protocol=protocol, per_example=per_example,
+                                     num_samples=settings.num_samples)
+        if images is not None:
+            result["images"] = images.info
+        return result
     if spec.model.kind.trait("exact_log_likelihood", False):
         result = _evaluate_exact(run, xs, split=split, seed=seed, protocol=protocol, batch_size=batch_size,
                                  per_example=per_example)
@@ -336,6 +353,10 @@ def evaluate(run: Run, settings: EvalSettings | None = None, *, split: str = "te
         estimator.build(estimator.settings(), ctx)
     if ctx.undefined:
         result["undefined"] = ctx.undefined
+    if run.recipe is not None:      # what the recipe makes of the run, as it declares
+        recipe = run.recipe.build()
+        result["recipe"] = run.recipe.name
+        result["log_px_meaning"] = recipe.trait("log_px_meaning")
     result["timings"] = ctx.timings
     return result
 
@@ -366,6 +387,29 @@ def _evaluate_exact(run: Run, xs: jax.Array, *, split: str, seed: int, protocol:
     }
 
 
+BITS_PER_DIM_METRICS = ("log_px", "elbo", "reconstruction")
+"""Per-example metrics that are log-likelihoods or bounds of one image (reported in bits/dim too)."""
+
+
+def _evaluate_by_recipe(run: Run, est: Any, *, split: str, seed: int, protocol: str, per_example: dict | None,
+                        num_samples: int) -> dict[str, Any]:
+    """A recipe's own measurement (:meth:`vaegen.runs.recipes.Recipe.evaluate`) in the format of :func:`evaluate`."""
+    dims = int(np.prod(run.event_shape))
+    meanings = est.extra.get("meanings", {})
+    metrics = {}
+    for name, values in est.values.items():
+        v = np.asarray(jax.device_get(values), np.float64)
+        if per_example is not None:
+            per_example[name] = v
+        metrics[name] = dict(summarize(v, dims if name in BITS_PER_DIM_METRICS else None),
+                             **({"estimator": est.estimator} if name == "log_px" else {}),
+                             **({"meaning": meanings[name]} if name in meanings else {}))
+    n = next(iter(est.values.values())).shape[0] if est.values else 0
+    return {"workdir": str(run.workdir), "epoch": run.epoch, "split": split, "num_examples": int(n), "seed": seed,
+            "protocol": protocol, "num_samples": int(num_samples), "recipe": run.recipe.name, "metrics": metrics,
+            **{k: v for k, v in est.extra.items() if k != "meanings"}}
+
+
 def format_table(result: dict[str, Any]) -> str:
     """A plain-text table of an evaluation result."""
     source = (f"{result['images']['path']} (binarize: {result['images']['binarize']})" if "images" in result
@@ -378,6 +422,11 @@ def format_table(result: dict[str, Any]) -> str:
         bpd = f"{m['bits_per_dim']:>10.4f}" if "bits_per_dim" in m else f"{'':>10}"
         n = f"{m['n']:>8d}" if "n" in m else f"{'':>8}"
         rows.append(f"{name:<18}{m['mean']:>12.3f}{m['stderr']:>10.3f}{bpd}{n}")
+    meanings = {name: m["meaning"] for name, m in result["metrics"].items() if m.get("meaning")}
+    if result.get("log_px_meaning") and "log_px" in result["metrics"]:
+        meanings["log_px"] = f"{result['log_px_meaning']} ({result['metrics']['log_px'].get('estimator', '')})"
+    for name, meaning in meanings.items():
+        rows.append(f"  {name}: {meaning}")
     for name, why in result.get("undefined", {}).items():
         rows.append(f"{name:<18}{'--':>12}   {why}")
     diag = result.get("diagnostics")

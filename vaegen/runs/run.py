@@ -1,4 +1,5 @@
-"""A trained run, loaded from its workdir: ``run = vaegen.load(workdir)``.
+"""A trained run, restored from its workdir: ``run = vaegen.load(workdir)`` (:func:`restore` here; with a
+recipe attached, :mod:`vaegen.runs.loading`).
 
 ``run`` exposes the model with its trained parameters bound::
 
@@ -38,7 +39,7 @@ from vaegen.config import schema
 from vaegen.data import datasets
 from vaegen.data import splits as splits_lib
 from vaegen.errors import CheckpointError, ConfigError
-from vaegen.registry import to_mapping
+from vaegen.registry import Selected, to_mapping
 from vaegen.runs.questions import Questions
 from vaegen.model import latent as latent_lib
 from vaegen.train import checkpoint as checkpoint_lib
@@ -59,6 +60,9 @@ class Run(Questions):
     event_shape: tuple[int, ...]
     epoch: int
     info: dict
+    recipe: Selected | None = None
+    """The recipe (with its settings) that made this run generative (:mod:`vaegen.runs.recipes`; None:
+    the run as trained)."""
 
     @property
     def config(self) -> ml_collections.ConfigDict:
@@ -186,7 +190,7 @@ def import_user_components(workdir: pathlib.Path, info: dict) -> None:
                               f"{type(e).__name__}: {e}") from None
 
 
-def load(workdir: str | pathlib.Path, *, epoch: int | None = None, best: bool | None = None) -> Run:
+def restore(workdir: str | pathlib.Path, *, epoch: int | None = None, best: bool | None = None) -> Run:
     """Loads the run in ``workdir`` at its latest checkpoint (or ``epoch``).
 
     A run trained with early stopping (``train.early_stopping_patience``) keeps the parameters

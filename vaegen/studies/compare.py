@@ -7,7 +7,7 @@ figures: prior samples side by side, reconstructions, a 2-D latent map with the 
 over the codes, interpolations, the DAE's Markov chain, the metric table and a short answer to
 the question, worded from the measured numbers.
 
-Models (variants, each an ordinary vaegen run in ``<workdir>/<name>``):
+Models (variants, each an ordinary vaegen run in ``<workdir>/<name>``; :func:`variants`):
 
 ==========================  ===================================================================
 ``vae``                     q(z|x) diagonal Gaussian, p(z) = N(0, I), ELBO (beta = 1)
@@ -24,23 +24,23 @@ Models (variants, each an ordinary vaegen run in ``<workdir>/<name>``):
                             adversarial AE (Makhzani et al. 2016), :mod:`vaegen.objectives.matching`
 ``vq``                      the VQ-VAE (van den Oord et al. 2017): discrete codes, no prior in
                             training; a categorical MADE fitted to its codes afterwards is its p(c)
-                            (:mod:`vaegen.studies.vq`)
 ``made``                    MADE: no latent variable, exact log p(x)
 ``vae_2d``, ``ae_2d``       2-D latent variants for the latent map
 ==========================  ===================================================================
 
-Rows of the table are (model, how it is sampled): the VAEs from their own p(z); the WAE and AAE from the N(0, I) they were trained to match; the AE and RAE
-from N(0, I) attached ad hoc and from a 10-component full-covariance Gaussian mixture fitted to
-their training codes (:mod:`vaegen.studies.expost`; the VAE gets one too); the DAE by its chain; MADE
-pixel by pixel; and a ``data`` row (held-out images) that gives each sample metric's floor.
+Every variant is the base preset's typed run spec with typed component choices
+(:class:`Variant`).  The rows of the table are (variant, recipe) pairs (:func:`rows`): a recipe is a
+registered way of getting p(x) from a trained run (:mod:`vaegen.runs.recipes`) -- the model's own
+prior, N(0, I) attached ad hoc, a density fitted to the codes afterwards, a prior over discrete
+codes, the DAE's chain, MADE's exact likelihood --, and everything a row says about what its
+numbers are (label, what it is sampled from, what its log p(x) is) comes from the recipe's
+declaration.  A ``data`` row (held-out images) gives each sample metric's floor.
 
-Metrics per row: test log p(x) (importance sampling for latent-variable models -- with q(z|x) as
-proposal where it has a density, and the scale mixture around f(x) of
-:class:`vaegen.studies.expost.CodeProposal` for autoencoders --, exact for MADE, and the reason where it
-does not exist); the ELBO where the model has one; reconstruction log p(x | z = E_q[z|x]); the
-Frechet distance, precision and recall in the feature space of a classifier trained on the same
-data (:mod:`vaegen.studies.metrics`: a dataset-specific metric, not FID); the classifier's confidence and
-the number of classes the samples cover; and the prior mass where no code lies.
+Metrics per row: test log p(x) (as its recipe measures it, labelled), the ELBO where the model has
+one, reconstruction log p(x | z = E_q[z|x]), the Frechet distance, precision and recall in the
+feature space of a classifier trained on the same data (:mod:`vaegen.studies.metrics`: a
+dataset-specific metric, not FID), the classifier's confidence and the number of classes the
+samples cover, and the prior mass where no code lies.
 """
 
 from __future__ import annotations
@@ -61,32 +61,150 @@ import ml_collections
 import numpy as np
 
 from vaegen import sharding as sharding_lib
+from vaegen.blocks import densities as densities_lib
 from vaegen.config import loading as config_lib
-from vaegen.config.schema import RunSpec
+from vaegen.config.schema import RunSpec, to_spec
 from vaegen.data import datasets
 from vaegen.data import splits as splits_lib
 from vaegen.errors import ConfigError
-from vaegen.estimators import importance as importance_lib
-from vaegen.objectives import denoising
-from vaegen.objectives.bounds import ELBO
-from vaegen.objectives.exact import ExactLogLikelihood
+from vaegen.model import code_prior as code_prior_model
+from vaegen.registry import (MODEL_KINDS, OBJECTIVES, POSTERIORS, PRIORS, Selected, Settings, fields, parse, setting,
+                             slot, to_mapping)
+from vaegen.runs import codes as codes_lib
 from vaegen.runs import evaluate as evaluate_lib
+from vaegen.runs.recipes import RECIPES, Estimate, Fit, LogPx, Recipe, codes_kind
+from vaegen.runs.recipes.learned import train_seconds
 from vaegen.runs.run import Run
-from vaegen.studies import expost as expost_lib
 from vaegen.studies import metrics as metrics_lib
-from vaegen.studies import vq as vq_lib
 from vaegen.train import trainer as trainer_lib
 
 PRESETS = ("tiny", "quick", "full")
-DENSITY_LABELS = {"flow": "flow", "two_stage": "second-stage VAE", "diffusion": "diffusion"}
 BEST = "best"
-"""In ``expost.rae_densities``: the density that makes the AE most generative (:func:`resolve_best`)."""
+"""In ``expost.rae_recipes``: the recipe that makes the AE most generative (:func:`resolve_best`)."""
 
 
 # --- the study's settings -----------------------------------------------------------------------
 
-def study_config(preset: str = "quick") -> ml_collections.ConfigDict:
-    """The settings of a study preset (locked ConfigDict; change keys with :func:`load_study`).
+@dataclasses.dataclass(frozen=True)
+class StudyEvalSettings(Settings):
+    """How every row is measured."""
+
+    k: int = setting(100, "importance samples per test image for log p(x)", ge=1)
+    max_test_examples: int = setting(500, "test images for log p(x) and reconstruction (0 = all)", ge=0)
+    num_samples: int = setting(2000, "samples per row for the sample metrics (and reference test images)", ge=1)
+    nn_k: int = setting(3, "k of the k-NN balls (precision, recall, prior mass off the codes)", ge=1)
+    num_codes: int = setting(5000, "training codes (aggregate-posterior draws) for the k-NN balls", ge=1)
+    num_prior_samples: int = setting(2000, "z ~ p(z) tested against the codes", ge=1)
+
+    def validate(self, key):
+        if self.num_samples <= self.nn_k or self.num_codes <= self.nn_k:
+            raise ConfigError(f"{key('num_samples')} and num_codes must exceed nn_k")
+
+
+@dataclasses.dataclass(frozen=True)
+class StudyFitSettings(Settings):
+    """Applied to every fitted recipe of the study that has these settings (the learned densities,
+    the GMM's ``max_codes``); a recipe's own section sets the rest."""
+
+    max_codes: int = setting(5000, "training codes each density is fitted to", gt=1)
+    epochs: int = setting(100, "most epochs of a fit by the trainer (early-stopped on held-out codes)", gt=0)
+    batch_size: int = setting(256, "batch of a fit by the trainer", gt=0)
+    learning_rate: float = setting(1e-3, "Adam's learning rate of a fit by the trainer", gt=0)
+    patience: int = setting(5, "early stopping of a fit: validations without improvement", ge=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpostStudySettings(Settings):
+    """The densities fitted to codes afterwards: which rows they give and with what settings."""
+
+    recipes: tuple[str, ...] = setting(("gmm", "flow", "two_stage", "diffusion"),
+                                       "recipes fitted to the VAE's and the AE's codes: one row each")
+    rae_recipes: tuple[str, ...] = setting(("gmm", BEST), "recipes fitted to the RAE's codes ('best': the one whose "
+                                           "AE row has the highest log p(x), chosen when measured)")
+    fit: StudyFitSettings = dataclasses.field(default_factory=StudyFitSettings)
+    # The built-in recipes' settings in this study (a recipe without a section here takes its defaults).
+    gmm: Selected = slot("recipe", "gmm", "the ex-post Gaussian mixture", components=10, bayesian=True)
+    flow: Selected = slot("recipe", "flow", "the ex-post flow", density=densities_lib.FlowDensitySettings(
+        kind="autoregressive", layers=5, hidden=(128, 128)))
+    two_stage: Selected = slot("recipe", "two_stage", "the second-stage VAE", density=densities_lib.TwoStageSettings(
+        hidden=(256, 256), is_samples=32))
+    diffusion: Selected = slot("recipe", "diffusion", "the latent diffusion model",
+                               density=densities_lib.DiffusionSettings(hidden=(256, 256), bound_samples=32,
+                                                                       sample_steps=100, schedule="fixed"))
+
+    def validate(self, key):
+        for name in (*self.recipes, *self.rae_recipes):
+            if name == BEST and name in self.rae_recipes:
+                continue
+            if name not in RECIPES:
+                RECIPES.get(name, key("recipes"))          # one line naming the registered recipes
+            component = RECIPES.get(name)
+            if not component.trait("fitted", False) or "continuous_codes" not in component.trait("needs", ()):
+                allowed = [c.name for c in RECIPES if c.trait("fitted", False)
+                           and "continuous_codes" in c.trait("needs", ())]
+                raise ConfigError(f"{key('recipes')}: {name!r} is not a density fitted to continuous codes; choose "
+                                  f"from {', '.join(allowed)}")
+        for name in self.rae_recipes:
+            if name != BEST and name not in self.recipes:
+                raise ConfigError(f"{key('rae_recipes')}: {name!r} must be one of expost.recipes or {BEST!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VQStudySettings(Settings):
+    enabled: bool = setting(True, "train the VQ-VAE and fit its code prior")
+    kind: Selected = slot("model_kind", "vq_vae", "the VQ-VAE: 10 positions of 5 from 512 codes", codebook_size=512,
+                          code_dim=5, ema=True, ema_decay=0.99, dead_code_threshold=0.05)
+    objective: Selected = slot("objective", "vq", "its objective", commitment=0.25)
+    recipe: Selected = slot("recipe", "code_prior", "the categorical MADE fitted to its codes (early-stopped)",
+                            temperature=3.0, max_codes=10000, epochs=30, batch_size=256, learning_rate=1e-3, patience=3,
+                            density=code_prior_model.CategoricalMADESettings(hidden=(500,)))
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareSettings(Settings):
+    """The study's settings: a preset (:func:`study_settings`) with ``--set KEY=VALUE`` changes."""
+
+    preset: str = setting("quick", "the preset these settings started from", choices=PRESETS)
+    base: str = setting("vae_mlp_fmnist", "the config preset every model starts from (data, nets, likelihood, optimiser)")
+    seed: int = setting(0, "seed of every model's run and of the measurements", ge=0)
+    epochs: int = setting(4, "training epochs of every model", gt=0)
+    betas: tuple[float, ...] = setting((0.1, 4.0), "the beta-VAE sweep (beta = 1 is the vae)", items_gt=0)
+    path: tuple[tuple[float, float], ...] = setting(((0.1, 1.0), (0.01, 1.0)), "fixed-variance VAEs (posterior_scale, "
+                                                    "beta) on the way to the AE: s -> 0 (and beta -> 0 too)")
+    rae: Selected = slot("objective", "rae", "the regularised AE's objective", code_penalty=1.0, decoder_l2=1e-3)
+    # Walkback matters: with at most 3 steps (continue 0.5) the chains collapse onto trousers within 100 steps
+    # (FD 219 after 8 epochs); with 5 steps (continue 0.8) they move between classes (FD 67).  Each walkback step
+    # costs one more forward and backward pass.
+    dae: Selected = slot("objective", "dae", "the denoising AE's objective", corruption="salt_and_pepper",
+                         noise_level=0.3, walkback_steps=4, walkback_continue=0.8)
+    chain: Selected = slot("recipe", "chain", "the DAE's chain that samples it", steps=50)
+    made: Selected = slot("model_kind", "autoregressive", "MADE", hidden=(500,))
+    # lambda 100 gave the WAE the highest log p(x) and the smallest Frechet distance between its codes and N(0, I) of
+    # 10, 100, 1000 (4 epochs, 500 test images); the AAE's weight 10 moved its codes further toward N(0, I) than 1.
+    wae_enabled: bool = setting(True, "train the WAE")
+    wae: Selected = slot("objective", "wae", "the WAE's objective", mmd_weight=100.0)
+    aae_enabled: bool = setting(True, "train the AAE")
+    aae: Selected = slot("objective", "aae", "the AAE's objective", adversarial_weight=10.0)
+    vq: VQStudySettings = dataclasses.field(default_factory=VQStudySettings)
+    latent_map: bool = setting(True, "train 2-D variants of the VAE and the AE for the latent map")
+    latent_map_epochs: int = setting(3, "epochs of the 2-D variants", gt=0)
+    expost: ExpostStudySettings = dataclasses.field(default_factory=ExpostStudySettings)
+    eval: StudyEvalSettings = dataclasses.field(default_factory=StudyEvalSettings)
+    classifier_epochs: int = setting(5, "epochs of the feature classifier (vaegen.studies.metrics.CLASSIFIER_RECIPE)",
+                                     gt=0)
+
+    def validate(self, key):
+        for pair in self.path:
+            if len(pair) != 2 or pair[0] <= 0 or pair[1] <= 0:
+                raise ConfigError(f"{key('path')}: entries are (posterior_scale > 0, beta > 0), got {pair}")
+
+
+def _recipe_section(name: str, **settings: Any) -> Selected:
+    return RECIPES.select(name, **settings)
+
+
+def study_settings(preset: str = "quick") -> CompareSettings:
+    """The settings of a study preset.
 
     ``quick``: Fashion-MNIST, the ``vae_mlp_fmnist`` networks, few epochs and a test subset --
     minutes on a CPU.  ``full``: the same models trained for long, many more samples, k = 1000 on
@@ -94,270 +212,218 @@ def study_config(preset: str = "quick") -> ml_collections.ConfigDict:
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown study preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    s = ml_collections.ConfigDict()
-    s.preset = preset
-    s.base = "vae_mlp_fmnist"  # the config preset every model starts from (data, nets, likelihood, optimiser)
-    s.seed = 0
-    s.epochs = 4  # training epochs of every model
-    s.betas = (0.1, 4.0)  # the beta-VAE sweep (beta = 1 is the vae)
-    # Fixed-variance VAEs (posterior_scale, beta) on the way to the AE: s -> 0 (and beta -> 0 too).
-    s.path = ((0.1, 1.0), (0.01, 1.0))
-    s.rae = ml_collections.ConfigDict({"code_penalty": 1.0, "decoder_l2": 1e-3})
-    # Walkback matters: with at most 3 steps (continue 0.5) the chains collapse onto trousers within
-    # 100 steps (FD 219 after 8 epochs); with 5 steps (continue 0.8) they move between classes (FD 67).
-    # Each walkback step costs one more forward and backward pass.
-    s.dae = ml_collections.ConfigDict({"corruption": "salt_and_pepper", "noise_level": 0.3, "walkback_steps": 4,
-                                       "walkback_continue": 0.8, "chain_steps": 50})
-    s.made = ml_collections.ConfigDict({"hidden": (500,)})
-    # AEs matched to N(0, I) in training (vaegen.objectives.matching); the other settings are the objectives' defaults.
-    # lambda: 100 gave the WAE the highest log p(x) and the smallest Frechet distance between its codes and N(0, I) of
-    # 10, 100, 1000 (4 epochs, 500 test images; README); the AAE's weight 10 moved its codes further toward N(0, I)
-    # than 1.
-    s.wae = ml_collections.ConfigDict({"enabled": True, "mmd_weight": 100.0})
-    s.aae = ml_collections.ConfigDict({"enabled": True, "adversarial_weight": 10.0})
-    # Discrete codes with a prior learned afterwards: 10 positions of 5 from 512 codes (the vq_mlp_fmnist preset), the
-    # categorical MADE over them fitted by the trainer (early-stopped on held-out codes), log p(x) with the proposal
-    # temperature tau (vaegen.studies.vq).
-    s.vq = ml_collections.ConfigDict({"enabled": True, "codebook_size": 512, "code_dim": 5, "ema": True,
-                                      "ema_decay": 0.99, "dead_code_threshold": 0.05, "commitment": 0.25,
-                                      "temperature": 3.0, "max_codes": 10000,
-                                      "fit": {"epochs": 30, "batch_size": 256, "learning_rate": 1e-3, "patience": 3},
-                                      "prior_hidden": (500,)})
-    s.latent_map = ml_collections.ConfigDict({"enabled": True, "epochs": 3})  # 2-D variants of the VAE and AE
-    s.expost = ml_collections.ConfigDict({"num_components": 10, "max_codes": 5000, "bayesian": True})
-    # The learned ex-post densities (vaegen.blocks.densities), fitted by the trainer to the same codes: rows
-    # AE + each, VAE + each, RAE + those in rae_densities: "best" is the density (GMM or learned) whose AE row has
-    # the highest test log p(x), chosen when the RAE's rows are measured (resolve_best; the diffusion rows' ‡ values
-    # are not ranked).
-    s.expost.densities = ("flow", "two_stage", "diffusion")
-    s.expost.rae_densities = ("best",)
-    # At most 100 epochs, early-stopped on held-out codes (patience 5): flows overfit 4,500 codes in 50-D.
-    s.expost.fit = ml_collections.ConfigDict({"epochs": 100, "batch_size": 256, "learning_rate": 1e-3, "patience": 5})
-    s.expost.flow = ml_collections.ConfigDict({"kind": "autoregressive", "layers": 5, "hidden": (128, 128)})
-    s.expost.two_stage = ml_collections.ConfigDict({"hidden": (256, 256), "is_samples": 32})
-    s.expost.diffusion = ml_collections.ConfigDict({"hidden": (256, 256), "bound_samples": 32, "sample_steps": 100,
-                                                    "schedule": "fixed"})
-    s.eval = ml_collections.ConfigDict()
-    s.eval.k = 100  # importance samples per test image for log p(x)
-    s.eval.max_test_examples = 500  # test images for log p(x) and reconstruction (0 = all)
-    s.eval.num_samples = 2000  # samples per row for the sample metrics (and reference images)
-    s.eval.nn_k = 3  # k of the k-NN balls (precision, recall, prior mass off the codes)
-    s.eval.num_codes = 5000  # training codes (aggregate-posterior draws) for the k-NN balls
-    s.eval.num_prior_samples = 2000  # z ~ p(z) tested against the codes
-    s.classifier_epochs = 5  # the feature classifier's recipe (vaegen.studies.metrics.CLASSIFIER_RECIPE)
+    s = CompareSettings(preset=preset)
+    r = dataclasses.replace
     if preset == "full":
-        s.epochs = 100
-        s.betas = (0.1, 0.5, 2.0, 4.0)
-        s.path = ((1.0, 1.0), (0.3, 1.0), (0.1, 1.0), (0.03, 1.0), (0.01, 1.0), (0.1, 0.1), (0.01, 0.01))
-        s.dae.walkback_steps = 10
-        s.dae.chain_steps = 1000
-        s.made.hidden = (1000, 1000)
-        s.latent_map.epochs = 50
-        s.expost.max_codes = 50000
-        s.eval.k = 1000
-        s.eval.max_test_examples = 0
-        s.eval.num_samples = 10000
-        s.eval.num_codes = 20000
-        s.eval.num_prior_samples = 10000
-    elif preset == "tiny":
-        s.base = "tiny"
-        s.epochs = 2
-        s.betas = ()
-        s.path = ((0.1, 1.0),)
-        s.dae.walkback_steps = 2
-        s.dae.chain_steps = 4
-        s.made.hidden = (32,)
-        s.latent_map.epochs = 2
-        s.expost.num_components = 3
-        s.expost.max_codes = 400
-        s.expost.densities = ("flow",)   # one learned density keeps the tiny study (and its tests) short
-        s.expost.rae_densities = ()
-        s.expost.fit.epochs = 2
-        s.expost.fit.batch_size = 50
-        s.expost.flow.hidden = (16,)
-        s.expost.flow.layers = 2
-        s.expost.two_stage.hidden = (16,)
-        s.expost.two_stage.is_samples = 4
-        s.expost.diffusion.hidden = (16,)
-        s.expost.diffusion.bound_samples = 4
-        s.expost.diffusion.sample_steps = 5
-        s.vq.codebook_size = 4
-        s.vq.code_dim = 2
-        s.vq.max_codes = 400
-        s.vq.fit.epochs = 2
-        s.vq.fit.batch_size = 50
-        s.vq.prior_hidden = (16,)
-        s.eval.k = 4
-        s.eval.max_test_examples = 40
-        s.eval.num_samples = 64
-        s.eval.num_codes = 300
-        s.eval.num_prior_samples = 100
-        s.classifier_epochs = 1
+        return r(s, epochs=100, betas=(0.1, 0.5, 2.0, 4.0),
+                 path=((1.0, 1.0), (0.3, 1.0), (0.1, 1.0), (0.03, 1.0), (0.01, 1.0), (0.1, 0.1), (0.01, 0.01)),
+                 dae=_changed(s.dae, walkback_steps=10), chain=_changed(s.chain, steps=1000),
+                 made=_changed(s.made, hidden=(1000, 1000)), latent_map_epochs=50,
+                 expost=r(s.expost, fit=r(s.expost.fit, max_codes=50000)),
+                 eval=r(s.eval, k=1000, max_test_examples=0, num_samples=10000, num_codes=20000,
+                        num_prior_samples=10000))
+    if preset == "tiny":
+        e = s.expost
+        return r(s, base="tiny", epochs=2, betas=(), path=((0.1, 1.0),), dae=_changed(s.dae, walkback_steps=2),
+                 chain=_changed(s.chain, steps=4), made=_changed(s.made, hidden=(32,)), latent_map_epochs=2,
+                 expost=r(e, recipes=("gmm", "flow"), rae_recipes=("gmm",),   # one learned density keeps it short
+                          fit=r(e.fit, max_codes=400, epochs=2, batch_size=50), gmm=_changed(e.gmm, components=3),
+                          flow=_changed(e.flow, density=r(e.flow.settings.density, hidden=(16,), layers=2)),
+                          two_stage=_changed(e.two_stage, density=r(e.two_stage.settings.density, hidden=(16,),
+                                                                    is_samples=4)),
+                          diffusion=_changed(e.diffusion, density=r(e.diffusion.settings.density, hidden=(16,),
+                                                                    bound_samples=4, sample_steps=5))),
+                 vq=r(s.vq, kind=_changed(s.vq.kind, codebook_size=4, code_dim=2),
+                      recipe=_changed(s.vq.recipe, max_codes=400, epochs=2, batch_size=50,
+                                      density=r(s.vq.recipe.settings.density, hidden=(16,)))),
+                 eval=r(s.eval, k=4, max_test_examples=40, num_samples=64, num_codes=300, num_prior_samples=100),
+                 classifier_epochs=1)
     return s
 
 
-def load_study(preset: str = "quick", settings: Iterable[str] = ()) -> ml_collections.ConfigDict:
-    """A study preset with ``key=value`` settings applied (typed literals, unknown keys are errors)."""
-    s = study_config(preset)
-    s.lock()
-    config_lib.apply_overrides(s, settings)
-    if s.epochs < 1 or s.latent_map.epochs < 1:
-        raise ConfigError("study epochs must be >= 1")
-    for name in (*s.expost.densities, *s.expost.rae_densities):
-        if name not in expost_lib.LEARNED_DENSITIES and not (name == BEST and name in s.expost.rae_densities):
-            raise ConfigError(f"expost.densities: unknown density {name!r}; choose from "
-                              f"{', '.join(expost_lib.LEARNED_DENSITIES)}")
-    for b in s.betas:
-        if b <= 0:
-            raise ConfigError(f"betas must be > 0, got {b}")
-    for pair in s.path:
-        if len(pair) != 2 or pair[0] <= 0 or pair[1] <= 0:
-            raise ConfigError(f"path entries are (posterior_scale > 0, beta > 0), got {pair}")
-    for key in ("k", "num_samples", "nn_k", "num_codes", "num_prior_samples"):
-        if s.eval[key] < 1:
-            raise ConfigError(f"eval.{key} must be >= 1")
-    if s.eval.num_samples <= s.eval.nn_k or s.eval.num_codes <= s.eval.nn_k:
-        raise ConfigError("eval.num_samples and eval.num_codes must exceed eval.nn_k")
-    return s
+def _changed(selected: Selected, **settings: Any) -> Selected:
+    """``selected`` with some of its settings changed (checked like any setting)."""
+    return Selected(selected.kind, selected.name, dataclasses.replace(selected.settings, **settings))
 
 
-# --- variants (trained models) and rows (how each is sampled) -------------------------------------
+def load_study(preset: str = "quick", settings: Iterable[str] = ()) -> CompareSettings:
+    """A study preset with ``key=value`` settings applied (typed literals, a component chosen by name
+    like a run's config; unknown keys and bad values: one line naming the key)."""
+    config = ml_collections.ConfigDict(to_mapping(study_settings(preset)))
+    config.lock()
+    config_lib.apply_overrides(config, settings, spec_type=CompareSettings)
+    return parse(CompareSettings, config.to_dict())
+
+
+# --- variants (trained models) and rows (how each gets p(x)) ---------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class Variant:
-    """One trained model: ``overrides`` on the study's base config."""
+    """One trained model: the base preset's run spec with typed component choices.
+
+    Attributes:
+      name, label, group: its workdir name, its label in tables, its group (vae | beta | path | ae |
+        rae | matched | vq | dae | made | map).
+      epochs: training epochs.
+      posterior, prior, objective, kind: the component sections it replaces (None: the base's).
+      beta: the KL weight of the base's objective (None: unchanged).
+      latent_dim: the latent dimension (None: the base's).
+      recipes: the ways of getting p(x) that give its rows.
+    """
 
     name: str
     label: str
-    overrides: tuple[str, ...]
+    group: str
     epochs: int
-    group: str  # vae | beta | path | ae | rae | matched | vq | dae | made | map
+    posterior: Selected | None = None
+    prior: Selected | None = None
+    objective: Selected | None = None
+    kind: Selected | None = None
+    beta: float | None = None
+    latent_dim: int | None = None
+    recipes: tuple[Selected | str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class Row:
-    """One line of the table: a variant and the distribution its samples come from.
-
-    ``prior``: ``own`` (the model's p(z)), ``standard_normal`` (attached ad hoc to an AE),
-    ``expost_mixture`` (fitted to the codes), ``none`` (the AE as trained: no p(z)), ``chain``
-    (the DAE's Markov chain), ``exact`` (autoregressive), ``data`` (held-out images)."""
+    """One line of the table: a variant and the recipe that makes it a model with p(x) (the ``data``
+    row, held-out images, has neither); ``best``: a placeholder resolved when measured
+    (:func:`resolve_best`)."""
 
     name: str
     label: str
     variant: str | None
-    prior: str
+    recipe: Selected | None
     sampled_from: str
+    best: bool = False
 
-
-AE_POSTERIOR = ("model.prior=none", "inference.posterior=point_mass")
-AE_OVERRIDES = AE_POSTERIOR + ("objective=ae",)
+    @property
+    def recipe_object(self) -> Recipe | None:
+        return None if self.recipe is None else self.recipe.build()
 
 
 def _g(v: float) -> str:
     return f"{v:g}"
 
 
-def variants(study: ml_collections.ConfigDict) -> list[Variant]:
+def expost_recipe(study: CompareSettings, name: str) -> Selected:
+    """The recipe ``name`` with this study's settings: its section in ``expost`` (its defaults if it has
+    none), the study's fit settings and seed wherever it has those settings."""
+    field_names = {f.name for f in fields(ExpostStudySettings)}
+    selected = getattr(study.expost, name) if name in field_names else RECIPES.select(name)
+    return _with_study_settings(study, selected)
+
+
+def _with_study_settings(study: CompareSettings, selected: Selected, fit: bool = True) -> Selected:
+    own = {f.name for f in fields(type(selected.settings))}
+    common = {k: v for k, v in to_mapping(study.expost.fit).items() if k in own} if fit else {}
+    if "seed" in own:
+        common["seed"] = int(study.seed)
+    return _changed(selected, **common) if common else selected
+
+
+def variants(study: CompareSettings) -> list[Variant]:
     e = int(study.epochs)
-    out = [Variant("vae", "VAE", (), e, "vae")]
+    own, none, n01 = RECIPES.select("own"), RECIPES.select("none"), RECIPES.select("standard_normal")
+    point_mass, no_prior = POSTERIORS.select("point_mass"), PRIORS.select("none")
+    densities = tuple(expost_recipe(study, n) for n in study.expost.recipes)
+    rae_densities = tuple(BEST if n == BEST else expost_recipe(study, n) for n in study.expost.rae_recipes)
+    out = [Variant("vae", "VAE", "vae", e, recipes=(own, *densities))]
     for b in study.betas:
-        out.append(Variant(f"beta_{_g(b)}", f"β-VAE β={_g(b)}", (f"objective.beta={b!r}",), e, "beta"))
+        out.append(Variant(f"beta_{_g(b)}", f"β-VAE β={_g(b)}", "beta", e, beta=float(b), recipes=(own,)))
     for s, b in study.path:
-        out.append(Variant(f"fixed_scale_{_g(s)}_beta_{_g(b)}", f"VAE σ={_g(s)} fixed, β={_g(b)}",
-                           ("inference.posterior=fixed_scale_gaussian", f"inference.posterior.scale={s!r}",
-                            f"objective.beta={b!r}"), e, "path"))
-    out.append(Variant("ae", "AE", AE_OVERRIDES, e, "ae"))
-    out.append(Variant("rae", "RAE", AE_POSTERIOR + ("objective=rae", f"objective.code_penalty={study.rae.code_penalty!r}",
-                                                   f"objective.decoder_l2={study.rae.decoder_l2!r}"), e, "rae"))
-    if study.wae.enabled:
-        out.append(Variant("wae", "WAE-MMD", ("inference.posterior=point_mass", "objective=wae",
-                                               f"objective.mmd_weight={study.wae.mmd_weight!r}"), e, "matched"))
-    if study.aae.enabled:
-        out.append(Variant("aae", "AAE", ("inference.posterior=point_mass", "objective=aae",
-                                          f"objective.adversarial_weight={study.aae.adversarial_weight!r}"), e, "matched"))
+        out.append(Variant(f"fixed_scale_{_g(s)}_beta_{_g(b)}", f"VAE σ={_g(s)} fixed, β={_g(b)}", "path", e,
+                           posterior=POSTERIORS.select("fixed_scale_gaussian", scale=float(s)),
+                           beta=float(b), recipes=(own,)))
+    out.append(Variant("ae", "AE", "ae", e, posterior=point_mass, prior=no_prior, objective=OBJECTIVES.select("ae"),
+                       recipes=(none, n01, *densities)))
+    out.append(Variant("rae", "RAE", "rae", e, posterior=point_mass, prior=no_prior, objective=study.rae,
+                       recipes=(n01, *rae_densities)))
+    if study.wae_enabled:
+        out.append(Variant("wae", "WAE-MMD", "matched", e, posterior=point_mass, objective=study.wae, recipes=(own,)))
+    if study.aae_enabled:
+        out.append(Variant("aae", "AAE", "matched", e, posterior=point_mass, objective=study.aae, recipes=(own,)))
     if study.vq.enabled:
-        q = study.vq
-        out.append(Variant("vq", "VQ-VAE", (
-            "model.kind=vq_vae", f"model.kind.codebook_size={q.codebook_size!r}", f"model.kind.code_dim={q.code_dim!r}",
-            f"model.kind.ema={q.ema!r}", f"model.kind.ema_decay={q.ema_decay!r}",
-            f"model.kind.dead_code_threshold={q.dead_code_threshold!r}", "model.prior=none",
-            "inference.posterior=point_mass", "objective=vq", f"objective.commitment={q.commitment!r}"), e, "vq"))
-    d = study.dae
-    out.append(Variant("dae", "DAE (walkback)", AE_POSTERIOR + (
-        "objective=dae", f"objective.corruption={d.corruption}", f"objective.noise_level={d.noise_level!r}",
-        f"objective.walkback_steps={d.walkback_steps!r}", f"objective.walkback_continue={d.walkback_continue!r}"), e, "dae"))
-    out.append(Variant("made", "MADE", ("model.kind=autoregressive", "objective=exact",
-                                        f"model.kind.hidden={tuple(study.made.hidden)!r}"), e, "made"))
-    if study.latent_map.enabled:
-        m = int(study.latent_map.epochs)
-        out.append(Variant("vae_2d", "VAE, 2-D z", ("model.latent_dim=2",), m, "map"))
-        out.append(Variant("ae_2d", "AE, 2-D z", AE_OVERRIDES + ("model.latent_dim=2",), m, "map"))
+        out.append(Variant("vq", "VQ-VAE", "vq", e, posterior=point_mass, prior=no_prior, objective=study.vq.objective,
+                           kind=study.vq.kind, recipes=(_with_study_settings(study, study.vq.recipe, fit=False),)))
+    out.append(Variant("dae", "DAE (walkback)", "dae", e, posterior=point_mass, prior=no_prior, objective=study.dae,
+                       recipes=(study.chain,)))
+    out.append(Variant("made", "MADE (no z)", "made", e, objective=OBJECTIVES.select("exact"), kind=study.made,
+                       recipes=(RECIPES.select("exact"),)))
+    if study.latent_map:
+        m = int(study.latent_map_epochs)
+        out.append(Variant("vae_2d", "VAE, 2-D z", "map", m, latent_dim=2))
+        out.append(Variant("ae_2d", "AE, 2-D z", "map", m, posterior=point_mass, prior=no_prior,
+                           objective=OBJECTIVES.select("ae"), latent_dim=2))
     return out
 
 
-def rows(study: ml_collections.ConfigDict) -> list[Row]:
-    out = [Row("data", "data (held-out images)", None, "data", "validation split")]
+def base_spec(study: CompareSettings, overrides: Sequence[str] = ()) -> RunSpec:
+    """The base preset with the user's overrides (``key=value``, applied to every model) and the study's seed."""
+    return to_spec(config_lib.load_config(study.base, [*overrides, f"seed={int(study.seed)}"]))
+
+
+def model_spec(study: CompareSettings, variant: Variant, overrides: Sequence[str] = ()) -> RunSpec:
+    """The full typed run spec of a variant: the base preset, the user's overrides, the variant's choices,
+    and the study's training length (checkpoints every 5 epochs and at the end: resumable, not slow)."""
+    spec = base_spec(study, overrides)
+    r = dataclasses.replace
+    every = max(1, min(5, variant.epochs))
+    objective = variant.objective if variant.objective is not None else spec.objective
+    if variant.beta is not None:
+        objective = _changed(objective, beta=variant.beta)
+    model = r(spec.model, **{k: v for k, v in (("kind", variant.kind), ("prior", variant.prior),
+                                               ("latent_dim", variant.latent_dim)) if v is not None})
+    inference = r(spec.inference, posterior=variant.posterior) if variant.posterior is not None else spec.inference
+    return r(spec, model=model, inference=inference, objective=objective,
+             train=r(spec.train, num_epochs=int(variant.epochs), progress=False, checkpoint_every_epochs=every))
+
+
+def rows(study: CompareSettings) -> list[Row]:
+    """The table's rows: ``data``, then every (variant, recipe) pair in the variants' order."""
+    out = [Row("data", "data (held-out images)", None, None, "validation split")]
     for v in variants(study):
-        if v.group in ("vae", "beta", "path"):
-            out.append(Row(v.name, v.label, v.name, "own", "N(0, I)"))
-            if v.group == "vae":
-                out.append(Row("vae+gmm", "VAE + ex-post GMM", "vae", "expost_mixture", "GMM on codes"))
-                for d in study.expost.densities:
-                    out.append(Row(f"vae+{d}", f"VAE + ex-post {DENSITY_LABELS[d]}", "vae", d, f"{DENSITY_LABELS[d]} on codes"))
-        elif v.group in ("ae", "rae"):
-            if v.group == "ae":
-                out.append(Row("ae", "AE", "ae", "none", "nothing (no p(z))"))
-            out.append(Row(f"{v.name}+n01", f"{v.label} + N(0, I)", v.name, "standard_normal", "N(0, I), ad hoc"))
-            out.append(Row(f"{v.name}+gmm", f"{v.label} + ex-post GMM", v.name, "expost_mixture", "GMM on codes"))
-            for d in (study.expost.densities if v.group == "ae" else study.expost.rae_densities):
-                if d == BEST:
-                    out.append(Row(f"{v.name}+{BEST}", f"{v.label} + the AE's best ex-post density", v.name, BEST,
-                                   "the AE's best density on codes"))
-                    continue
-                out.append(Row(f"{v.name}+{d}", f"{v.label} + ex-post {DENSITY_LABELS[d]}", v.name, d,
-                               f"{DENSITY_LABELS[d]} on codes"))
-        elif v.group == "matched":
-            out.append(Row(v.name, v.label, v.name, "standard_normal", "N(0, I), matched in training"))
-        elif v.group == "vq":
-            out.append(Row(f"{v.name}+prior", f"{v.label} + code prior", v.name, vq_lib.CODE_PRIOR,
-                           "categorical MADE on codes"))
-        elif v.group == "dae":
-            out.append(Row("dae", v.label, "dae", "chain", "its Markov chain"))
-        elif v.group == "made":
-            out.append(Row("made", "MADE (no z)", "made", "exact", "p(x_d | x_<d), pixel by pixel"))
+        spec = model_spec(study, v)
+        for selected in v.recipes:
+            if selected == BEST:
+                out.append(Row(f"{v.name}+{BEST}", f"{v.label} + the AE's best ex-post density", v.name, None,
+                               "the AE's best density on codes", best=True))
+                continue
+            recipe = selected.build()
+            tag = recipe.trait("tag")
+            out.append(Row(f"{v.name}+{tag}" if tag else v.name, recipe.label(v.label), v.name, selected,
+                           recipe.samples_from(spec)))
     return out
 
 
 def resolve_best(row: Row, measured: Sequence[Row], results: dict[str, Any]) -> Row | None:
-    """The row ``<variant>+best`` as the density it stands for: the ex-post density (GMM or learned) whose AE row
-    has the highest mean test log p(x) among the rows measured so far (a diffusion row's ‡ value, a bound up to a
-    Monte Carlo bias, is not ranked).  None when that density already has a row of this variant (the GMM's) or
-    no AE density row was measured."""
-    candidates = [r for r in measured if r.variant == "ae" and r.prior in ("expost_mixture", *expost_lib.LEARNED_DENSITIES)
-                  and r.prior != "diffusion" and "log_px" in results.get(r.name, {})]
+    """The row ``<variant>+best`` as the recipe it stands for: the fitted recipe whose AE row has the
+    highest mean test log p(x) among the rows measured so far (a log p(x) the recipe declares not
+    rankable -- the diffusion's, a bound up to a Monte Carlo bias -- is left out).  None when that
+    recipe already has a row of this variant or no AE density row was measured."""
+    candidates = [r for r in measured if r is not None and r.variant == "ae" and r.recipe is not None
+                  and r.recipe_object.fitted and r.recipe_object.log_px_kind.rankable
+                  and "log_px" in results.get(r.name, {})]
     if not candidates:
         return None
     best = max(candidates, key=lambda r: results[r.name]["log_px"]["mean"])
-    if best.prior == "expost_mixture":
-        return None  # the variant's GMM row is in the table already
-    d = best.prior
-    return Row(f"{row.variant}+{d}", f"{row.label.split(' + ')[0]} + ex-post {DENSITY_LABELS[d]}", row.variant, d,
-               f"{DENSITY_LABELS[d]} on codes (the AE's best)")
-
-
-def model_config(study: ml_collections.ConfigDict, variant: Variant, overrides: Sequence[str] = ()) -> ml_collections.ConfigDict:
-    """The full vaegen config of a variant: the base preset, the user's overrides, the variant's."""
-    every = max(1, min(5, variant.epochs))  # checkpoints every 5 epochs (and at the end): resumable, not slow
-    return config_lib.load_config(study.base, [*overrides, *variant.overrides, f"seed={int(study.seed)}",
-                                               f"train.num_epochs={variant.epochs}", "train.progress=False",
-                                               f"train.checkpoint_every_epochs={every}"])
+    if any(r is not None and r.variant == row.variant and r.recipe is not None and r.recipe.name == best.recipe.name
+           for r in measured):
+        return None  # the variant has a row of that recipe in the table already
+    recipe = best.recipe.build()
+    model_label = row.label.split(" + ")[0]
+    return Row(f"{row.variant}+{recipe.trait('tag')}", recipe.label(model_label), row.variant, best.recipe,
+               f"{recipe.trait('samples_from')} (the AE's best)")
 
 
 # --- context shared by the rows ------------------------------------------------------------------
 
 @dataclasses.dataclass
-class Context:
-    study: ml_collections.ConfigDict
+class StudyContext:
+    """What every row's measurement shares: the study, the trained runs, the test images, the feature
+    space, and caches of codes and fits."""
+
+    study: CompareSettings
     workdir: pathlib.Path
     splits: datasets.Splits
     base_spec: RunSpec
@@ -368,10 +434,7 @@ class Context:
     reference_features: np.ndarray
     key: jax.Array
     codes: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
-    mixtures: dict[str, expost_lib.Mixture] = dataclasses.field(default_factory=dict)
-    densities: dict[tuple[str, str], expost_lib.DensityFit] = dataclasses.field(default_factory=dict)
-    fit_seconds: dict[tuple[str, str], float] = dataclasses.field(default_factory=dict)
-    code_priors: dict[str, Any] = dataclasses.field(default_factory=dict)
+    fits: dict[tuple[str, str], Fit] = dataclasses.field(default_factory=dict)
 
 
 def eval_split(spec: RunSpec, split: str, n: int) -> jax.Array:
@@ -381,130 +444,49 @@ def eval_split(spec: RunSpec, split: str, n: int) -> jax.Array:
     return jnp.asarray(splits_lib.model_view(spec.data, x_u8, split))
 
 
-def codes_of(ctx: Context, name: str) -> dict[str, np.ndarray]:
+def codes_of(ctx: StudyContext, name: str) -> dict[str, np.ndarray]:
     """Training codes (aggregate-posterior draws) and held-out codes of a latent variant."""
     if name not in ctx.codes:
         run = ctx.runs[name]
         ev = ctx.study.eval
-        n_train = max(int(ev.num_codes), int(ctx.study.expost.max_codes))
-        x_train = expost_lib.training_images(run, max_examples=n_train, seed=int(ctx.study.seed))
+        n_train = max(int(ev.num_codes), int(ctx.study.expost.fit.max_codes))
+        x_train = codes_lib.training_images(run, max_examples=n_train, seed=int(ctx.study.seed))
         key = jax.random.fold_in(ctx.key, 11)
-        train = expost_lib.encode_codes(run.model, run.variables, x_train, key)
-        held = expost_lib.encode_codes(run.model, run.variables, eval_split(run.spec, "test", int(ev.num_prior_samples)),
-                                       jax.random.fold_in(key, 1))
+        train = codes_lib.encode_codes(run.model, run.variables, x_train, key)
+        held = codes_lib.encode_codes(run.model, run.variables, eval_split(run.spec, "test", int(ev.num_prior_samples)),
+                                      jax.random.fold_in(key, 1))
         ctx.codes[name] = {"train": train, "test": held}
     return ctx.codes[name]
 
 
-def density_of(ctx: Context, name: str, density: str) -> expost_lib.DensityFit:
-    """The learned density ``density`` fitted by the trainer to variant ``name``'s training codes (the
-    first ``expost.max_codes``; the last 10% held out for its held-out log p(z)), in
-    ``<variant>/expost/<density>/fit`` (reused when already fitted)."""
-    if (name, density) not in ctx.densities:
-        run = ctx.runs[name]
-        e = ctx.study.expost
-        codes = codes_of(ctx, name)["train"][: int(e.max_codes)]
-        cut = int(0.9 * codes.shape[0])
-        fit = expost_lib.FitSettings(epochs=int(e.fit.epochs), batch_size=min(int(e.fit.batch_size), cut),
-                                     learning_rate=float(e.fit.learning_rate), seed=int(ctx.study.seed),
-                                     density=dict(e[density].to_dict()), patience=int(e.fit.patience))
-        info = {"codes_are": "f(x), point-mass codes" if run.is_autoencoder else "z ~ q(z | x)",
-                "validation_codes_from": "the last 10% of the training codes"}
-        t = time.perf_counter()
-        ctx.densities[(name, density)] = expost_lib.fit_density(
-            codes[:cut], codes[cut:], density, pathlib.Path(run.workdir) / "expost" / density / "fit", fit, info=info)
-        ctx.fit_seconds[(name, density)] = time.perf_counter() - t
-    return ctx.densities[(name, density)]
+def _uses_codes(recipe: Recipe) -> bool:
+    """Whether the recipe's p(z) is over continuous codes (the study's codes feed its fit and proposal)."""
+    return bool({"continuous_codes", "prior"} & set(recipe.trait("needs")))
 
 
-def fit_time(ctx: Context, name: str, density: str) -> float:
-    """Seconds the fit took: the trainer's epochs and compilation (metrics.jsonl), so that a reused fit
-    reports the time it took when it was made."""
-    return train_seconds(ctx.densities[(name, density)].workdir)
+def fit_of(ctx: StudyContext, variant: str, selected: Selected) -> Fit:
+    """The recipe's fit to the variant (fitted once, in the variant's workdir; reused when fitted before
+    with the same settings, a fit with other settings kept aside): densities over continuous codes are
+    fitted to the study's codes (the first ``expost.fit.max_codes``)."""
+    key = (variant, f"{selected.name}:{hash(selected.settings)}")
+    if key not in ctx.fits:
+        recipe, run = selected.build(), ctx.runs[variant]
+        codes = codes_of(ctx, variant)["train"] if recipe.fitted and _uses_codes(recipe) else None
+        ctx.fits[key] = recipe.fit(run, codes=codes, refit=True) if recipe.fitted else Fit(recipe.name)
+    return ctx.fits[key]
 
 
-def mixture_of(ctx: Context, name: str) -> expost_lib.Mixture:
-    if name not in ctx.mixtures:
-        run = ctx.runs[name]
-        e = ctx.study.expost
-        codes = codes_of(ctx, name)["train"][: int(e.max_codes)]
-        ctx.mixtures[name] = expost_lib.fit_or_load(codes, pathlib.Path(run.workdir) / "expost",
-                                                    num_components=int(e.num_components), seed=int(ctx.study.seed),
-                                                    bayesian=bool(e.bayesian))
-    return ctx.mixtures[name]
-
-
-def code_prior_of(ctx: Context, name: str) -> Any:
-    """The categorical MADE fitted by the trainer to VQ variant ``name``'s training codes (the first
-    ``vq.max_codes`` training images; 10% held out), in ``<variant>/expost/code_prior/fit`` (reused when
-    already fitted)."""
-    if name not in ctx.code_priors:
-        q = ctx.study.vq
-        fit = expost_lib.FitSettings(epochs=int(q.fit.epochs), batch_size=int(q.fit.batch_size),
-                                     learning_rate=float(q.fit.learning_rate), max_codes=int(q.max_codes),
-                                     seed=int(ctx.study.seed), patience=int(q.fit.patience),
-                                     density={"hidden": tuple(q.prior_hidden)})
-        ctx.code_priors[name] = vq_lib.fit_code_prior(ctx.runs[name], fit)
-    return ctx.code_priors[name]
-
-
-def generative_run(ctx: Context, row: Row) -> Run | None:
-    """The row's model as a latent-variable model with a prior (None for rows without one)."""
-    if row.prior == "own":
-        return ctx.runs[row.variant]
-    if row.prior == vq_lib.CODE_PRIOR:
-        return vq_lib.generative(ctx.runs[row.variant], code_prior_of(ctx, row.variant))
-    if row.prior in ("standard_normal", "expost_mixture", *expost_lib.LEARNED_DENSITIES):
-        run = ctx.runs[row.variant]
-        code_scale = codes_of(ctx, row.variant)["train"].std(0)
-        mixture = mixture_of(ctx, row.variant) if row.prior == "expost_mixture" else None
-        density = density_of(ctx, row.variant, row.prior) if row.prior in expost_lib.LEARNED_DENSITIES else None
-        return expost_lib.generative(run, row.prior, mixture=mixture, density=density, code_scale=code_scale)
-    return None
-
-
-def _sample(ctx: Context, row: Row, n: int, key: jax.Array) -> tuple[np.ndarray, np.ndarray]:
-    """``(x [n, *event], display [n, *event])``: samples and the images to show (E[x|z], the
-    conditional probabilities of MADE, the mean of the DAE's last reconstruction)."""
-    if row.prior == "data":
-        x = np.asarray(eval_split(ctx.base_spec, "validation", n))
-        return x, x
-    if row.prior == "chain":
-        run, d = ctx.runs["dae"], ctx.study.dae
-        out = dae_chain(run, key, n, num_steps=int(d.chain_steps))
-        return np.asarray(out["x"]), np.asarray(out["mean"])
-    if row.prior == "exact":
-        run = ctx.runs["made"]
-        x, probs = jax.jit(lambda v, k: run.model.apply(v, k, n, method="sample_with_probs"))(run.variables, key)
-        return np.asarray(x), np.asarray(probs)
-    gen = generative_run(ctx, row)
-    x, mean = _ancestral(gen.model, n, gen.variables, key)
-    return np.asarray(x), np.asarray(mean)
-
-
-# Jitted with the (hashable) model as a static argument: models with equal structure (the VAE and
-# the beta-VAEs, say) share one compilation.
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _ancestral(model, n: int, variables, key):
-    """z ~ p(z), x ~ p(x | z): ``(x [n, *event], E[x | z] [n, *event])``."""
-    def f(m):
-        z, x = m.sample_with_latents(key, n)
-        return x, m.p_x_given_z(z).mean()
-
-    return model.apply(variables, method=f)
+def generative_run(ctx: StudyContext, row: Row) -> Run:
+    """The row's variant made a model with p(x) by the row's recipe."""
+    recipe, run = row.recipe.build(), ctx.runs[row.variant]
+    scale = codes_of(ctx, row.variant)["train"].std(0) if run.is_autoencoder and _uses_codes(recipe) else None
+    return recipe.attach(run, fit_of(ctx, row.variant, row.recipe), code_scale=scale)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _prior_draws(model, n: int, variables, key):
     """z ~ p(z): ``[n, D]``."""
     return model.apply(variables, method=lambda m: m.p_z().sample(seed=key, sample_shape=(n,)))
-
-
-def _per_example(model, objective, batch_size: int, variables, x, key):
-    """``objective`` on every row of ``x [M, *event]``, example i with ``fold_in(key, i)``:
-    per-example terms ``[M]``."""
-    return evaluate_lib.objective_terms(model, variables, objective, x, key, batch_size=batch_size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -518,38 +500,10 @@ class _Reconstruction:
         return self.model.apply(variables, method=lambda m: m.log_likelihood(x, m.q_z_given_x(x).mean()))
 
 
-def _reconstruction_terms(model, batch_size: int, variables, x):
-    """log p(x | z = E_q[z|x]) per row of ``x``: ``[M]``."""
-    fn = jax.tree_util.Partial(_Reconstruction(model), variables)
-    return sharding_lib.map_examples(fn, jnp.asarray(x), jax.random.key(0), batch_size=batch_size)
-
-
-def log_px_is(run: Run, x: jax.Array, key: jax.Array, *, k: int, with_elbo: bool) -> dict[str, Any]:
-    """Importance-sampled log p(x) (k samples from the model's q(z|x), :mod:`vaegen.estimators`)
-    and optionally the ELBO, per example over ``x [M, *event]``, summarised in nats (as
-    :func:`vaegen.evaluate`)."""
-    dims = int(np.prod(run.event_shape))
-    out = {}
-    log_joint, proposal = importance_lib.model_functions(run.model, run.variables)
-    est = importance_lib.importance_sampling(log_joint, proposal, x, jax.random.fold_in(key, 1), num_samples=k)
-    out["log_px"] = evaluate_lib.summarize(np.asarray(est["log_px"]), dims)
-    if with_elbo:
-        el = _per_example(run.model, ELBO(), min(500, x.shape[0]), run.variables, x, jax.random.fold_in(key, 0))
-        out["elbo"] = evaluate_lib.summarize(np.asarray(el["elbo"]), dims)
-        out["kl"] = evaluate_lib.summarize(np.asarray(el["kl"]), None)
-    return out
-
-
-def dae_chain(run: Run, key: jax.Array, n: int, *, num_steps: int, keep_every: int = 0) -> dict[str, jax.Array]:
-    """The DAE's Markov chain with the corruption it was trained with, from uniform noise."""
-    o = run.spec.objective.settings
-    return denoising.sample_chain(run.model, run.variables, key, n, num_steps=num_steps, corruption=o.corruption,
-                                  noise_level=o.noise_level, event_shape=run.event_shape, keep_every=keep_every)
-
-
 def _reconstruction(run: Run, x: jax.Array) -> dict[str, float]:
     """log p(x | z = E_q[z|x]) in nats over ``x [M, *event]``."""
-    terms = _reconstruction_terms(run.model, min(500, x.shape[0]), run.variables, x)
+    fn = jax.tree_util.Partial(_Reconstruction(run.model), run.variables)
+    terms = sharding_lib.map_examples(fn, jnp.asarray(x), jax.random.key(0), batch_size=min(500, x.shape[0]))
     return evaluate_lib.summarize(np.asarray(terms), int(np.prod(run.event_shape)))
 
 
@@ -563,77 +517,80 @@ def num_params(run: Run) -> dict[str, int]:
     return {"generative": _num_params(generative), "total": _num_params(run.variables)}
 
 
-def evaluate_row(ctx: Context, row: Row) -> dict[str, Any]:
+def _continuous_prior(gen: Run) -> bool:
+    """Whether ``gen`` samples z from a p(z) over continuous codes (the codes' neighbourhoods apply)."""
+    return gen.has_prior and codes_kind(gen) == "continuous"
+
+
+def row_record(row: Row) -> dict[str, Any]:
+    """A row as JSON: its name, label, variant, recipe (name and settings) and what it samples from."""
+    return {"name": row.name, "label": row.label, "variant": row.variant, "sampled_from": row.sampled_from,
+            "recipe": None if row.recipe is None else row.recipe.to_mapping()}
+
+
+def evaluate_row(ctx: StudyContext, row: Row) -> dict[str, Any]:
     """Every metric of one row (see the module docstring); JSON-able."""
     ev = ctx.study.eval
     key = jax.random.fold_in(ctx.key, int(hashlib.sha256(row.name.encode()).hexdigest()[:7], 16))
-    out: dict[str, Any] = {"row": dataclasses.asdict(row)}
-    if row.variant:
-        out["point_mass"] = ctx.runs[row.variant].is_autoencoder
+    out: dict[str, Any] = {"row": row_record(row)}
     t0 = time.perf_counter()
-    n_test = int(ctx.x_test.shape[0])
-
-    # Test log p(x) and the ELBO.
-    if row.prior == "data":
+    dims = int(np.prod(ctx.x_test.shape[1:]))
+    if row.recipe is None:       # the data row
         out["log_px_undefined"] = "the data are not a model"
-    elif row.prior == "none":
-        out["log_px_undefined"] = evaluate_lib.UNDEFINED_FOR_AE["log_px"]
-        out["elbo_undefined"] = evaluate_lib.UNDEFINED_FOR_AE["elbo"]
-    elif row.prior == "chain":
-        out["log_px_undefined"] = ("no tractable density: p(x) is the stationary distribution of the Markov chain, "
-                                   "known only through its samples")
-    elif row.prior == "exact":
-        made = ctx.runs["made"]
-        terms = _per_example(made.model, ExactLogLikelihood(), min(500, n_test), made.variables,
-                             ctx.x_test, key)
-        out["log_px"] = dict(evaluate_lib.summarize(np.asarray(terms["log_px"]), int(np.prod(made.event_shape))),
-                             estimator="exact")
-    elif row.prior == vq_lib.CODE_PRIOR:
-        gen = generative_run(ctx, row)
-        temperature = float(ctx.study.vq.temperature)
-        r = vq_lib.log_px(gen, ctx.x_test, jax.random.fold_in(key, 3), k=int(ev.k), temperature=temperature)
-        dims = int(np.prod(gen.event_shape))
-        out["log_px"] = dict(evaluate_lib.summarize(r["is"], dims),
-                             estimator=f"IS over codes, k={int(ev.k)}: the encoder's code c* exactly, the rest from "
-                                       f"prod_m softmax(-‖z_e,m − e_k‖² / {temperature:g})",
-                             meaning=vq_lib.LOG_PX_MEANING["is"])
-        # q(c | x) is a point mass on the discrete c*: its ELBO is log p(x, c*), the deterministic bound.
-        out["elbo"] = dict(evaluate_lib.summarize(r["bound"], dims), meaning=vq_lib.LOG_PX_MEANING["bound"])
-        out["log_p_code"] = evaluate_lib.summarize(r["log_p_code"], None)
-        out["reconstruction"] = evaluate_lib.summarize(r["reconstruction"], dims)
-        fitted = code_prior_of(ctx, row.variant)
-        out["code_prior"] = {k: v for k, v in fitted.info.items() if k != "train_metrics"}
-        out["fit_seconds"] = train_seconds(fitted.workdir)
-        out["codebook_usage"] = vq_lib.codebook_usage(ctx.runs[row.variant], ctx.x_test)
+        t = time.perf_counter()
+        x = np.asarray(eval_split(ctx.base_spec, "validation", int(ev.num_samples)))
+        out["seconds_sampling"] = time.perf_counter() - t
+        out["samples"] = metrics_lib.sample_quality(ctx.space, x, ctx.reference_features, k=int(ev.nn_k))
+        np.savez_compressed(ctx.workdir / "rows" / f"{row.name}.samples.npz", display=x[:64].astype(np.float16),
+                            x=x[:64].astype(np.float16))
+        out["seconds"] = time.perf_counter() - t0
+        return out
+    run = ctx.runs[row.variant]
+    recipe = row.recipe.build()
+    out["point_mass"] = run.is_autoencoder
+    gen = generative_run(ctx, row)
+    kind = recipe.log_px_kind
+    out["log_px_kind"] = kind.value
+
+    # Test log p(x) (and the ELBO), as the recipe measures it.
+    est: Estimate | None = None
+    if kind in (LogPx.UNDEFINED, LogPx.INTRACTABLE):
+        out["log_px_undefined"] = recipe.trait("log_px_meaning")
+        if kind is LogPx.UNDEFINED:
+            out["elbo_undefined"] = evaluate_lib.UNDEFINED_FOR_AE["elbo"]
     else:
-        gen = generative_run(ctx, row)
-        m = log_px_is(gen, ctx.x_test, jax.random.fold_in(key, 3), k=int(ev.k), with_elbo=row.prior == "own")
-        proposal = ("q(z|x)" if not ctx.runs[row.variant].is_autoencoder
-                    else "scale mixture of N(f(x), (s·σ_codes)²), s ∈ {" + ", ".join(_g(s) for s in expost_lib.DEFAULT_RELATIVE_SCALES) + "}")
-        out["log_px"] = dict(m["log_px"], estimator=f"IS, k={int(ev.k)}, proposal {proposal}",
-                             meaning=expost_lib.LOG_PX_MEANING.get(row.prior, expost_lib.LOG_PX_MEANING["gmm"]))
-        if row.prior == "own":
-            out["elbo"] = m["elbo"]
-            out["kl"] = m["kl"]
+        est = recipe.log_px(gen, ctx.x_test, jax.random.fold_in(key, 3), k=int(ev.k),
+                            with_elbo=bool(recipe.trait("reports_elbo")))
+        meanings = est.extra.get("meanings", {})
+        out["log_px"] = dict(evaluate_lib.summarize(est.values["log_px"], dims), estimator=est.estimator,
+                             meaning=meanings.get("log_px", recipe.trait("log_px_meaning")))
+        for name in ("elbo", "reconstruction"):
+            if name in est.values:
+                out[name] = dict(evaluate_lib.summarize(est.values[name], dims),
+                                 **({"meaning": meanings[name]} if name in meanings else {}))
+        for name in ("kl", "log_p_code"):
+            if name in est.values:
+                out[name] = evaluate_lib.summarize(est.values[name], None)
+        if "codebook_usage" in est.extra:
+            out["codebook_usage"] = est.extra["codebook_usage"]
     out["seconds_log_px"] = time.perf_counter() - t0
 
     # Reconstruction log p(x | z = E_q[z|x]) of the trained model.
-    if row.variant and row.prior not in ("exact", vq_lib.CODE_PRIOR):
-        out["reconstruction"] = _reconstruction(ctx.runs[row.variant], ctx.x_test)
+    if run.has_latents and "reconstruction" not in out:
+        out["reconstruction"] = _reconstruction(run, ctx.x_test)
 
     # Samples and their quality in the classifier's feature space.
-    if row.prior != "none":
+    if kind is not LogPx.UNDEFINED:
         t = time.perf_counter()
-        x, display = _sample(ctx, row, int(ev.num_samples), jax.random.fold_in(key, 1))
+        x, display = recipe.sample(gen, jax.random.fold_in(key, 1), int(ev.num_samples))
         out["seconds_sampling"] = time.perf_counter() - t
         out["samples"] = metrics_lib.sample_quality(ctx.space, x, ctx.reference_features, k=int(ev.nn_k))
         np.savez_compressed(ctx.workdir / "rows" / f"{row.name}.samples.npz", display=display[:64].astype(np.float16),
-                            x=x[:64].astype(np.uint8) if row.prior != "data" else x[:64].astype(np.float16))
+                            x=x[:64].astype(np.uint8))
 
     # The aggregate posterior against the prior the samples come from.
-    if row.prior in ("own", "standard_normal", "expost_mixture", *expost_lib.LEARNED_DENSITIES):
+    if _continuous_prior(gen):
         codes = codes_of(ctx, row.variant)
-        gen = generative_run(ctx, row)
         z = np.asarray(_prior_draws(gen.model, int(ev.num_prior_samples), gen.variables, jax.random.fold_in(key, 2)))
         k = int(ev.nn_k)
         train_codes = codes["train"][: int(ev.num_codes)]
@@ -644,31 +601,14 @@ def evaluate_row(ctx: Context, row: Row) -> dict[str, Any]:
         out["latent_fd"] = metrics_lib.frechet_distance(train_codes, z)
         out["code_mean_norm_sq"] = float(np.mean(np.sum(train_codes**2, -1)))
         out["prior_mean_norm_sq"] = float(np.mean(np.sum(z**2, -1)))
-        if row.prior == "expost_mixture":
-            out["mixture"] = mixture_of(ctx, row.variant).info
-            out["fit_seconds"] = out["mixture"].get("fit_seconds")
-        if row.prior in expost_lib.LEARNED_DENSITIES:
-            fitted = density_of(ctx, row.variant, row.prior)
-            out["density"] = {k: v for k, v in fitted.info.items() if k != "train_metrics"}
-            out["fit_seconds"] = fit_time(ctx, row.variant, row.prior)
-    if row.variant:
-        out["num_params"] = num_params(ctx.runs[row.variant])
-        out["train_seconds"] = train_seconds(ctx.runs[row.variant].workdir)
+    if recipe.fitted:
+        fit = fit_of(ctx, row.variant, row.recipe)
+        out["fit"] = {k: v for k, v in fit.info.items() if k != "train_metrics"}
+        out["fit_seconds"] = recipe.fit_seconds(fit)
+    out["num_params"] = num_params(run)
+    out["train_seconds"] = train_seconds(run.workdir)
     out["seconds"] = time.perf_counter() - t0
     return out
-
-
-def train_seconds(workdir: str | os.PathLike) -> float:
-    """Time spent training a run: the sum of its epochs' seconds and compile time (metrics.jsonl)."""
-    path = pathlib.Path(workdir) / "metrics.jsonl"
-    if not path.exists():
-        return float("nan")
-    total = 0.0
-    for line in path.read_text().splitlines():
-        if line.strip():
-            r = json.loads(line)
-            total += float(r.get("epoch_seconds", 0.0)) + float(r.get("compile_seconds", 0.0))
-    return total
 
 
 def machine() -> dict[str, Any]:

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pathlib
@@ -24,7 +25,8 @@ import numpy as np
 
 from vaegen.blocks import priors as priors_lib
 from vaegen.studies import compare as compare_lib
-from vaegen.studies import expost as expost_lib
+from vaegen.runs.recipes import LogPx
+from vaegen.runs.recipes import trained as trained_lib
 from vaegen.studies import figures
 from vaegen.studies import metrics as metrics_lib
 
@@ -175,14 +177,9 @@ def latent_map_figure(ctx, out: pathlib.Path, results_2d: dict[str, float]) -> p
         means = np.asarray(jax.jit(lambda v, x: run.model.apply(v, x, method="q_z_given_x").mean())(run.variables, x))
         panels.append((name, "N(0, I)", means, lambda g: priors_lib.StandardNormal(latent_dim=2).apply({}).log_prob(g)))
         if name == "ae_2d":
-            mixture = compare_lib.mixture_of(ctx, name)
-            panels.append((name, "ex-post GMM", means, lambda g, m=mixture: m.distribution().log_prob(g)))
-            for d in ctx.study.expost.densities:
-                fitted = compare_lib.density_of(ctx, name, d)
-                if d == "diffusion":   # a smoother map: 4x the Monte Carlo times of the bound at each grid point
-                    fitted = fitted.with_settings(bound_samples=4 * int(ctx.study.expost.diffusion.bound_samples))
-                panels.append((name, f"ex-post {compare_lib.DENSITY_LABELS[d]}", means,
-                               lambda g, f=fitted: f.distribution().log_prob(g)))
+            for label, gen in _expost_priors(ctx, name, smooth=True):
+                panels.append((name, label, means, lambda g, gen=gen: gen.model.apply(
+                    gen.variables, method=lambda m: m.p_z().log_prob(g))))
     cols = min(len(panels), 3)
     nrows = -(-len(panels) // cols)
     fig = _figure(4.2 * cols, 4.2 * nrows)
@@ -226,13 +223,9 @@ def latent_map_numbers(ctx) -> dict[str, float]:
         key = jax.random.fold_in(ctx.key, 99)
         priors = {"N(0, I)": np.asarray(jax.random.normal(key, (int(ev.num_prior_samples), 2)))}
         if name == "ae_2d":
-            mixture = compare_lib.mixture_of(ctx, name)
-            priors["ex-post GMM"] = np.asarray(jax.jit(lambda k: mixture.distribution().sample(
-                seed=k, sample_shape=(int(ev.num_prior_samples),)))(key))
-            for d in ctx.study.expost.densities:
-                fitted = compare_lib.density_of(ctx, name, d)
-                priors[f"ex-post {compare_lib.DENSITY_LABELS[d]}"] = np.asarray(jax.jit(
-                    lambda k, f=fitted: f.sample(k, int(ev.num_prior_samples)))(key))
+            for label, gen in _expost_priors(ctx, name):
+                priors[label] = np.asarray(compare_lib._prior_draws(gen.model, int(ev.num_prior_samples),
+                                                                    gen.variables, key))
         for prior_name, z in priors.items():
             out[f"{name}|{prior_name}"] = metrics_lib.prior_mass_off_codes(codes, z, k=int(ev.nn_k))
     return out
@@ -241,10 +234,10 @@ def latent_map_numbers(ctx) -> dict[str, float]:
 def dae_chain_figure(ctx, out: pathlib.Path, chains: int = 8, columns: int = 10) -> pathlib.Path | None:
     if "dae" not in ctx.runs:
         return None
-    steps = int(ctx.study.dae.chain_steps)
+    steps = int(ctx.study.chain.settings.steps)
     every = max(1, steps // columns)
     steps = every * max(1, steps // every)
-    res = compare_lib.dae_chain(ctx.runs["dae"], jax.random.fold_in(ctx.key, 7), chains, num_steps=steps, keep_every=every)
+    res = trained_lib.chain(ctx.runs["dae"], jax.random.fold_in(ctx.key, 7), chains, num_steps=steps, keep_every=every)
     traj = np.asarray(res["trajectory"])                                  # [T', chains, *event]
     rows = [(f"chain {i + 1}", traj[:, i]) for i in range(chains)]
     return labelled_rows_figure(out / "dae_chain.png", rows,
@@ -252,8 +245,7 @@ def dae_chain_figure(ctx, out: pathlib.Path, chains: int = 8, columns: int = 10)
 
 
 def path_figure(ctx, rows, results, out: pathlib.Path) -> pathlib.Path | None:
-    path_rows = [r for r in rows if r.variant and r.variant.startswith("fixed_scale_") and r.prior == "own"
-                 and r.variant.endswith("_beta_1")]
+    path_rows = [r for r in rows if _group(ctx.study, r.variant) == "path" and r.variant.endswith("_beta_1")]
     if len(path_rows) < 2:
         return None
     sigma = lambda r: float(r.variant.split("_")[2])
@@ -316,15 +308,61 @@ def _num(v, fmt: str = "{:.2f}") -> str:
     return "—" if v is None or (isinstance(v, float) and not math.isfinite(v)) else fmt.format(v)
 
 
-LOG_PX_MARKS = {"two_stage": "†", "diffusion": "‡"}
-LOG_PX_NOTE = ("Test log p(x) is an importance-sampling estimate (k samples), a stochastic lower bound on log p(x) "
-               "with p(z) exact, except: † (second-stage VAE) p(z) is itself an unbiased importance-sampling estimate "
-               "inside the average, so the value is a lower bound in expectation (Jensen); ‡ (diffusion) p(z) is "
-               "replaced by its variational lower bound (a Monte Carlo estimate), a stochastic lower bound only up to "
-               "that estimate's spread, which biases it upward by about Var/2 (the fit's log_pz_mc_std, in the row's "
-               "JSON): not ranked against the others; the VQ-VAE's is importance sampling over its discrete codes (the encoder's code "
-               "c* taken exactly), never below its ELBO log p(c*) + log p(x | c*) (q(c|x) a point mass on c*); MADE's is exact. Fit s: seconds to fit the ex-post density to the codes (the "
-               "trainer's epochs and compilation; the GMM: scikit-learn).")
+def _kind(row) -> LogPx | None:
+    """What the row's log p(x) is (its recipe's declaration); None for the data row."""
+    return None if row.recipe is None else row.recipe_object.log_px_kind
+
+
+def _fitted(row) -> bool:
+    """Whether the row's recipe is a density fitted to the codes."""
+    return row.recipe is not None and row.recipe_object.fitted
+
+
+def _group(study, variant: str | None) -> str | None:
+    return next((v.group for v in compare_lib.variants(study) if v.name == variant), None)
+
+
+def _expost_priors(ctx, name: str, *, smooth: bool = False) -> list[tuple[str, object]]:
+    """``[(label, generative run)]``: the 2-D variant ``name`` with each of the study's ex-post recipes
+    attached.  ``smooth``: 4x the Monte Carlo draws of a density whose log p(z) is an estimate (a
+    smoother map; its parameters are the same)."""
+    out = []
+    for recipe_name in ctx.study.expost.recipes:
+        selected = compare_lib.expost_recipe(ctx.study, recipe_name)
+        row = compare_lib.Row(f"{name}+{recipe_name}", "", name, selected, "")
+        gen = compare_lib.generative_run(ctx, row)
+        density = getattr(selected.settings, "density", None)
+        if smooth and density is not None and hasattr(density, "bound_samples"):
+            changed = compare_lib._changed(selected, density=dataclasses.replace(
+                density, bound_samples=4 * int(density.bound_samples)))
+            gen = changed.build().attach(ctx.runs[name], compare_lib.fit_of(ctx, name, selected),
+                                         code_scale=compare_lib.codes_of(ctx, name)["train"].std(0))
+        out.append((selected.build().trait("label"), gen))
+    return out
+
+
+def log_px_note(rows) -> str:
+    """What every log p(x) in the table is, from the recipes' declarations: the common case (importance
+    sampling with an exact p(z)), each mark († ‡) with what it means, and every other recipe's own meaning."""
+    marked: dict = {}
+    other: dict = {}
+    for r in rows:
+        recipe = r.recipe_object
+        if recipe is None or recipe.trait("log_px_meaning") == trained_lib.EXACT_P_Z:
+            continue
+        if recipe.log_px_kind.mark:
+            marked.setdefault(recipe.log_px_kind, (recipe, []))[1].append(recipe.trait("label"))
+        else:
+            other.setdefault(recipe.name, (recipe, []))[1].append(r.label)
+    note = "Test log p(x) is an importance-sampling estimate (k samples), a stochastic lower bound on log p(x) with p(z) exact"
+    parts = [f"{kind.mark} ({' and '.join(sorted(set(labels)))}) {recipe.trait('log_px_meaning')}"
+             + (", not ranked against the others" if not kind.rankable else "")
+             for kind, (recipe, labels) in marked.items()]
+    parts += [f"{', '.join(labels)}: {recipe.trait('log_px_meaning')}" for recipe, labels in other.values()]
+    if parts:
+        note += ", except: " + "; ".join(parts)
+    return note + (". Fit s: seconds to fit the ex-post density to the codes (the trainer's epochs and compilation; the "
+                   "GMM: scikit-learn).")
 
 
 def metric_table(rows, results) -> str:
@@ -333,16 +371,17 @@ def metric_table(rows, results) -> str:
     lines = [head, "|" + "---|" * 12]
     for r in rows:
         res = results[r.name]
-        log_px = _pm(res.get("log_px")) if "log_px" in res else ("undefined" if r.prior != "data" else "—")
-        if "log_px" in res and r.prior in LOG_PX_MARKS:
-            log_px += " " + LOG_PX_MARKS[r.prior]
-        if r.prior == "chain":
+        kind = _kind(r)
+        log_px = _pm(res.get("log_px")) if "log_px" in res else ("undefined" if r.recipe is not None else "—")
+        if "log_px" in res and kind is not None and kind.mark:
+            log_px += " " + kind.mark
+        if kind is LogPx.INTRACTABLE:
             log_px = "intractable"
         if "elbo" in res:
             elbo = _pm(res["elbo"])
-        elif r.prior in ("none", "chain"):
+        elif kind in (LogPx.UNDEFINED, LogPx.INTRACTABLE):
             elbo = "undefined"  # no p(z)
-        elif r.prior in ("standard_normal", "expost_mixture", *expost_lib.LEARNED_DENSITIES) and res.get("point_mass"):
+        elif kind is not None and res.get("point_mass") and "prior_mass_off_codes" in res:
             elbo = "−∞"  # a point-mass q(z|x) has KL +inf to any density
         else:
             elbo = "—"
@@ -354,7 +393,7 @@ def metric_table(rows, results) -> str:
                      f"{_num(s.get('fd'))} | {_num(s.get('precision'))} | {_num(s.get('recall'))} | "
                      f"{_num(s.get('confidence'))} | {_num(s.get('effective_classes'), '{:.1f}')} | {off_cell} | "
                      f"{_num(res.get('fit_seconds'), '{:.0f}')} |")
-    return "\n".join(lines) + "\n\n" + LOG_PX_NOTE
+    return "\n".join(lines) + "\n\n" + log_px_note(rows)
 
 
 def _cmp(a: float | None, b: float | None, more: str, less: str, same: str, tol: float = 0.0) -> str:
@@ -372,18 +411,17 @@ def densities_paragraph(rows, R, g, vae_lp, vae_fd, made_lp) -> str:
     """Which ex-post density makes the AE most generative, what it costs, and how close it comes to the VAE
     and MADE: worded from the AE + density rows (log p(x) first, FD beside it)."""
     labels = {r.name: r.label for r in rows}
-    ae = [r for r in rows if r.variant == "ae" and r.prior in ("expost_mixture", *expost_lib.LEARNED_DENSITIES)
-          and g(r.name, "log_px", "mean") is not None]
+    ae = [r for r in rows if r.variant == "ae" and _fitted(r) and g(r.name, "log_px", "mean") is not None]
     if len(ae) < 2:
         return ""
     # A diffusion row's log p(x) (‡) rests on a Monte Carlo bound whose spread the average turns into an upward
     # bias: it is not ranked against the others.
-    ranked = [r for r in ae if r.prior != "diffusion"] or ae
+    ranked = [r for r in ae if _kind(r).rankable] or ae
     best = max(ranked, key=lambda r: g(r.name, "log_px", "mean"))
     best_fd = min(ae, key=lambda r: g(r.name, "samples", "fd") if g(r.name, "samples", "fd") is not None else math.inf)
     items = []
     for r in ae:
-        item = f"{labels[r.name]} {g(r.name, 'log_px', 'mean'):.1f} nats{LOG_PX_MARKS.get(r.prior, '')}"
+        item = f"{labels[r.name]} {g(r.name, 'log_px', 'mean'):.1f} nats{_kind(r).mark}"
         if g(r.name, "samples", "fd") is not None:
             item += f", FD {g(r.name, 'samples', 'fd'):.2f}"
         if R[r.name].get("fit_seconds") is not None:
@@ -398,15 +436,16 @@ def densities_paragraph(rows, R, g, vae_lp, vae_fd, made_lp) -> str:
         if made_lp is not None:
             p += f" and {abs(made_lp - lp):.1f} nats {'below' if lp < made_lp else 'above'} MADE's exact {made_lp:.1f}"
         p += "."
-    stds = [R[r.name].get("density", {}).get("log_pz_mc_std") for r in rows if r.prior == "diffusion"]
+    biased = [r for r in rows if _kind(r) is LogPx.BIASED]
+    stds = [R[r.name].get("fit", {}).get("log_pz_mc_std") for r in biased]
     stds = [v for v in stds if v is not None]
     if stds:
         v = max(stds)
-        p += (f" The diffusion rows' log p(x) (‡) is left out of the ranking by log p(x): their p(z) is a Monte Carlo estimate of "
+        p += (f" The {' and '.join(sorted({r.recipe_object.trait('label') for r in biased}))} rows' log p(x) (‡) is left "
+              "out of the ranking by log p(x): their p(z) is a Monte Carlo estimate of "
               f"a bound with a standard deviation of up to {v:.1f} nats per code here, which the importance-sampling "
               f"average turns into an upward bias of up to about Var/2 = {v * v / 2:.1f} nats.")
-    vae_rows = [r for r in rows if r.variant == "vae" and r.prior in expost_lib.LEARNED_DENSITIES
-                and g(r.name, "samples", "fd") is not None]
+    vae_rows = [r for r in rows if r.variant == "vae" and _fitted(r) and g(r.name, "samples", "fd") is not None]
     if vae_rows and vae_fd is not None:
         best_v = min(vae_rows, key=lambda r: g(r.name, "samples", "fd"))
         p += (f" On the VAE's codes the best ex-post density by FD is {labels[best_v.name]} "
@@ -446,8 +485,8 @@ def matching_paragraph(rows, R, g, vae_lp, vae_fd) -> str:
     if vae_lp is not None:
         p += (f" It is {_cmp(lp, vae_lp, 'above', 'below', 'level with', g(best.name, 'log_px', 'stderr') or 0.0)} the "
               f"VAE ({vae_lp:.1f} nats, FD {_num(vae_fd)})")
-        post = [r for r in rows if r.variant == "ae" and r.prior in ("expost_mixture", *expost_lib.LEARNED_DENSITIES)
-                and r.prior != "diffusion" and g(r.name, "log_px", "mean") is not None]
+        post = [r for r in rows if r.variant == "ae" and _fitted(r) and _kind(r).rankable
+                and g(r.name, "log_px", "mean") is not None]
         if post:
             bp = max(post, key=lambda r: g(r.name, "log_px", "mean"))
             blp = g(bp.name, "log_px", "mean")
@@ -457,13 +496,13 @@ def matching_paragraph(rows, R, g, vae_lp, vae_fd) -> str:
     return p
 
 
-def vq_paragraph(rows, R, g, vae_lp) -> str:
+def vq_paragraph(rows, R, g, vae_lp, study) -> str:
     """The VQ-VAE with a prior over its discrete codes learned afterwards, worded from its row."""
-    row = next((r for r in rows if r.prior == "code_prior" and g(r.name, "log_px", "mean") is not None), None)
+    row = next((r for r in rows if _group(study, r.variant) == "vq" and g(r.name, "log_px", "mean") is not None), None)
     if row is None:
         return ""
     lp, bound, rec = g(row.name, "log_px", "mean"), g(row.name, "elbo", "mean"), g(row.name, "reconstruction", "mean")
-    usage, info = R[row.name].get("codebook_usage", {}), R[row.name].get("code_prior", {})
+    usage, info = R[row.name].get("codebook_usage", {}), R[row.name].get("fit", {})
     p = (f"**Discrete codes with a learned prior.** The VQ-VAE replaces each of its {info.get('num_positions', '?')} "
          f"code vectors by the nearest of {info.get('codebook_size', '?')} codebook entries and has no prior while it "
          f"trains; a categorical MADE fitted to its codes afterwards makes it generative. Its log p(x) is {lp:.1f} nats "
@@ -506,12 +545,12 @@ def answer(rows, results, study) -> str:
             p += (f" {_pct(vae_off)} of its prior's draws fall outside the codes' neighbourhoods, against "
                   f"{_pct(vae_floor)} for held-out codes, the value of this measure when prior and codes match.")
         paras.append(p)
-    if ae_rec is not None:
+    if ae_rec is not None and vae_rec is not None:
         p = ("**Why the AE is not.** The AE defines p(x | z) only at z = f(x): it has no p(z), hence no p(x) to "
              "evaluate and nothing to sample, and its ELBO is −∞ (the KL from a point mass to any density is +∞). "
              f"Free of the KL, it reconstructs {_cmp(ae_rec, vae_rec, 'better than', 'worse than', 'as well as', se('ae', 'reconstruction'))} "
              f"the VAE ({ae_rec:.1f} vs {vae_rec:.1f} nats).")
-        if aen_fd is not None:
+        if aen_fd is not None and vae_fd is not None:
             p += (f" Attaching N(0, I) to it anyway does give a generative model, and a "
                   f"{_cmp(aen_fd, vae_fd, 'worse', 'better', 'no better')} one than the VAE: FD {aen_fd:.2f} "
                   f"against {vae_fd:.2f}")
@@ -522,8 +561,7 @@ def answer(rows, results, study) -> str:
                       f"lie where no AE code lies (held-out codes: {_pct(ae_floor)}), so the decoder is asked about "
                       "regions it never saw in training.")
         paras.append(p)
-    path = sorted([r for r in rows if r.variant and r.variant.startswith("fixed_scale_") and r.prior == "own"
-                   and g(r.name, "elbo", "mean") is not None],
+    path = sorted([r for r in rows if _group(study, r.variant) == "path" and g(r.name, "elbo", "mean") is not None],
                   key=lambda r: (-float(r.variant.split("_")[-1]), -float(r.variant.split("_")[2])))
     if path:
         items = [f"σ = {r.variant.split('_')[2]}, β = {r.variant.split('_')[-1]}: ELBO {g(r.name, 'elbo', 'mean'):.1f}, "
@@ -540,7 +578,7 @@ def answer(rows, results, study) -> str:
                   "fill the prior.")
         paras.append(p)
     fixes = []
-    k = int(study.expost.num_components)
+    k = int(study.expost.gmm.settings.components)
     if aeg_fd is not None:
         s = (f"fitting a {k}-component Gaussian mixture to the AE's codes and sampling it moves FD from "
              f"{aen_fd:.2f} (N(0, I)) to {aeg_fd:.2f}" if aen_fd is not None else f"an ex-post GMM gives FD {aeg_fd:.2f}")
@@ -562,7 +600,7 @@ def answer(rows, results, study) -> str:
     dae_fd, dae_classes = g("dae", "samples", "fd"), g("dae", "samples", "effective_classes")
     if dae_fd is not None:
         s = (f"the denoising AE is generative through its corruption–reconstruction Markov chain "
-             f"(FD {dae_fd:.2f} after {int(study.dae.chain_steps)} steps from noise)")
+             f"(FD {dae_fd:.2f} after {int(study.chain.settings.steps)} steps from noise)")
         if dae_classes is not None and data_classes is not None and dae_classes < 0.7 * data_classes:
             s += (f", but the chain mixes poorly: its samples spread over {dae_classes:.1f} effective classes against "
                   f"the data's {data_classes:.1f}")
@@ -577,7 +615,7 @@ def answer(rows, results, study) -> str:
     matching = matching_paragraph(rows, R, g, vae_lp, vae_fd)
     if matching:
         paras.append(matching)
-    vq = vq_paragraph(rows, R, g, vae_lp)
+    vq = vq_paragraph(rows, R, g, vae_lp, study)
     if vq:
         paras.append(vq)
     made_lp, made_fd = g("made", "log_px", "mean"), g("made", "samples", "fd")
@@ -592,8 +630,8 @@ def answer(rows, results, study) -> str:
         p += (". What makes a model generative is a normalised distribution over x that can be sampled: the VAE has "
               "one by construction, the AE only once a p(z) (or a chain) is added.")
         lps = {r.name: g(r.name, "log_px", "mean") for r in rows if g(r.name, "log_px", "mean") is not None
-               and r.prior != "diffusion"}
-        fds = {r.name: g(r.name, "samples", "fd") for r in rows if r.prior not in ("data", "none")
+               and _kind(r) is not LogPx.BIASED}
+        fds = {r.name: g(r.name, "samples", "fd") for r in rows if r.recipe is not None
                and g(r.name, "samples", "fd") is not None}
         if lps and fds and max(lps, key=lps.get) != min(fds, key=fds.get):
             best_lp, best_fd = max(lps, key=lps.get), min(fds, key=fds.get)
@@ -636,7 +674,7 @@ def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, 
         f"{tuple(encoder.hidden)} {encoder.activation}, decoder {tuple(decoder.hidden)} "
         f"{decoder.activation}, latent dimension {spec.model.latent_dim}, {spec.model.likelihood.name} likelihood, "
         f"{study.epochs} epochs of {spec.optim.optimizer} (lr {spec.optim.learning_rate}, batch {spec.train.batch_size}), the same trainer. "
-        f"MADE: masked hidden layers {tuple(study.made.hidden)}, no latent variable.",
+        f"MADE: masked hidden layers {tuple(study.made.settings.hidden)}, no latent variable.",
         "",
     ]
     if "headline" in figs:
@@ -647,7 +685,7 @@ def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, 
         f"Test log p(x), ELBO and reconstruction: nats per image (± standard error) on the first {n_test} test images. "
         f"log p(x) is estimated by importance sampling with k = {int(study.eval.k)} — a stochastic lower bound — with "
         "q(z|x) as proposal for the VAEs, and for autoencoders (whose q is a point mass, no proposal) a scale mixture of "
-        "Gaussians centred at the code, N(f(x), (s·σ_codes)²) with s ∈ {0.01, 0.03, 0.1, 0.3, 1} (vaegen.studies.expost.CodeProposal); "
+        "Gaussians centred at the code, N(f(x), (s·σ_codes)²) with s ∈ {0.01, 0.03, 0.1, 0.3, 1} (vaegen.blocks.posteriors.CodeProposal); "
         "MADE's is exact; the DAE's Markov chain has no tractable density. ẑ = E_q[z|x] (f(x) for autoencoders).",
         "",
         f"Sample metrics on {int(study.eval.num_samples)} samples per row against {int(study.eval.num_samples)} test "

@@ -18,16 +18,15 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vaegen import compilation as compilation_lib
-from vaegen.config import loading as config_lib
-from vaegen.config.schema import RunSpec, to_spec
+from vaegen.config.schema import RunSpec
 from vaegen.data import splits as splits_lib
 from vaegen.errors import ConfigError, WorkdirError
 from vaegen.registry import to_mapping
-from vaegen.runs.run import load
+from vaegen.runs.recipes import LogPx
+from vaegen.runs.run import restore
 from vaegen.studies import compare
 from vaegen.studies import compare_report
 from vaegen.studies import metrics as metrics_lib
-from vaegen.studies import vq as vq_lib
 from vaegen.train import trainer as trainer_lib
 from vaegen.train import workdir as workdir_lib
 
@@ -40,7 +39,7 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
     Args:
       workdir: the study's directory: one run per variant, ``classifier/``, ``rows/`` (metrics per
         row, cached), ``report/`` (``report.md`` and figures), ``results.json``.
-      preset: ``tiny`` | ``quick`` | ``full`` (:func:`vaegen.studies.compare.study_config`).
+      preset: ``tiny`` | ``quick`` | ``full`` (:func:`vaegen.studies.compare.study_settings`).
       settings: ``key=value`` changes to the study (e.g. ``epochs=3``, ``eval.k=500``).
       overrides: ``key=value`` config overrides applied to *every* model (e.g. ``data.name=mnist``).
       only: train and report only these variants (rows that need others are skipped).
@@ -58,12 +57,11 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
         if unknown:
             raise ConfigError(f"unknown variants {unknown}; this study has {[v.name for v in all_variants]}")
         all_variants = [v for v in all_variants if v.name in only]
-    configs = {v.name: compare.model_config(study, v, overrides) for v in all_variants}   # validates every config first
-    specs = {name: to_spec(c) for name, c in configs.items()}
-    base_spec = to_spec(config_lib.load_config(study.base, [*overrides, f"seed={int(study.seed)}"]))
+    specs = {v.name: compare.model_spec(study, v, overrides) for v in all_variants}   # validates every spec first
+    base_spec = compare.base_spec(study, overrides)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "rows").mkdir(exist_ok=True)
-    study_record = {"preset": preset, "settings": list(settings), "overrides": overrides, "study": study.to_dict()}
+    study_record = {"preset": preset, "settings": list(settings), "overrides": overrides, "study": to_mapping(study)}
     (workdir / "study.json").write_text(json.dumps(study_record, indent=2, default=list) + "\n")
 
     splits = trainer_lib.load_data(base_spec)
@@ -81,7 +79,7 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
         timings[v.name] = time.perf_counter() - t
         bound = {k: round(val, 2) for k, val in last.items() if k.startswith("validation/")} if last else "already trained"
         log(f"[compare] {v.name}: {timings[v.name]:.0f} s {bound}")
-    runs = {v.name: load(workdir / v.name) for v in all_variants}
+    runs = {v.name: restore(workdir / v.name) for v in all_variants}
 
     # 2. The feature classifier.
     t = time.perf_counter()
@@ -96,29 +94,28 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
     x_test = compare.eval_split(base_spec, "test", int(ev.max_test_examples))
     reference = np.asarray(compare.eval_split(base_spec, "test", int(ev.num_samples)))
     reference_features, _ = space(reference)
-    ctx = compare.Context(study=study, workdir=workdir, splits=splits, base_spec=base_spec, runs=runs, space=space,
+    ctx = compare.StudyContext(study=study, workdir=workdir, splits=splits, base_spec=base_spec, runs=runs, space=space,
                    x_test=x_test, reference=reference, reference_features=reference_features,
                    key=jax.random.key(int(study.seed)))
     table_rows = [r for r in compare.rows(study) if (r.variant is None or r.variant in runs)
-                  and (r.prior != "data" or splits.validation.shape[0] > int(ev.nn_k))]  # the floor needs held-out images
+                  and (r.variant is not None or splits.validation.shape[0] > int(ev.nn_k))]  # the floor needs held-out images
     results: dict[str, Any] = {}
     for i, r in enumerate(tqdm(list(table_rows), desc="evaluate", unit="row", disable=not progress)):
-        if r.prior == compare.BEST:  # the RAE + the density that did best on the AE's codes, measured above
+        if r.best:  # the RAE + the density that did best on the AE's codes, measured above
             r = compare.resolve_best(r, table_rows[:i], results)
             table_rows[i] = r
             if r is None:
                 continue
-        fingerprint = compare.fingerprint({"eval": study.eval.to_dict(), "expost": study.expost.to_dict(), "row": dataclasses.asdict(r),
-                                    "epoch": runs[r.variant].epoch if r.variant else None,
-                                    # the variant's whole config: a model retrained with other settings is measured anew
-                                    "config": (workdir_lib.config_fingerprint(to_mapping(runs[r.variant].spec))
-                                               if r.variant else None),
-                                    "vq": study.vq.to_dict() if r.prior == vq_lib.CODE_PRIOR else None,
-                                    "dae": study.dae.to_dict() if r.prior == "chain" else None,
-                                    "classifier": space.info.get("recipe"), "overrides": overrides})
+        fingerprint = compare.fingerprint({
+            "eval": to_mapping(study.eval), "fit": to_mapping(study.expost.fit), "row": compare.row_record(r),
+            "epoch": runs[r.variant].epoch if r.variant else None,
+            # the variant's whole config: a model retrained with other settings is measured anew
+            "config": workdir_lib.config_fingerprint(to_mapping(runs[r.variant].spec)) if r.variant else None,
+            "classifier": space.info.get("recipe"), "overrides": overrides})
         path = workdir / "rows" / f"{r.name}.json"
         cached = json.loads(path.read_text()) if path.exists() else None
-        if cached and cached.get("fingerprint") == fingerprint and (workdir / "rows" / f"{r.name}.samples.npz").exists() == (r.prior != "none"):
+        has_samples = r.recipe is None or r.recipe_object.log_px_kind is not LogPx.UNDEFINED
+        if cached and cached.get("fingerprint") == fingerprint and (workdir / "rows" / f"{r.name}.samples.npz").exists() == has_samples:
             results[r.name] = cached
             continue
         res = compare.evaluate_row(ctx, r)
@@ -135,7 +132,7 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
                                               settings=list(settings), overrides=overrides)
     timings["report"] = time.perf_counter() - t
     timings["total_wall"] = time.perf_counter() - t_start
-    summary = {"preset": preset, "settings": list(settings), "overrides": overrides, "study": study.to_dict(),
+    summary = {"preset": preset, "settings": list(settings), "overrides": overrides, "study": to_mapping(study),
                "machine": compare.machine(), "timings_seconds": timings, "classifier": space.info, "rows": results,
                "report": str(report_path)}
     tmp = workdir / ".results.json.tmp"

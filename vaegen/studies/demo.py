@@ -43,7 +43,7 @@ def run(workdir: str | pathlib.Path = "runs/demo", *, overrides: Iterable[str] =
         t = time.perf_counter()
         trainer_lib.train_and_evaluate(cfg, workdir / name, splits=splits)
         seconds[name] = time.perf_counter() - t
-        runs[name] = run_lib.load(workdir / name)
+        runs[name] = run_lib.restore(workdir / name)
         print(f"[demo] evaluating the {name.upper()} on the test set")
         results[name] = evaluate_lib.evaluate(runs[name], dataclasses.replace(runs[name].spec.eval, num_samples=k),
                                               split="test")

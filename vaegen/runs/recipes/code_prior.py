@@ -2,10 +2,10 @@
 what can be said of its log p(x).
 
 A VQ-VAE (:mod:`vaegen.model.vq`) trains without a prior over its codes c in {0..K-1}^M.  Afterwards
-(:func:`fit_code_prior`) a categorical MADE (:mod:`vaegen.model.code_prior`, exact log p(c)) is
+(the ``code_prior`` recipe) a categorical MADE (:mod:`vaegen.model.code_prior`, exact log p(c)) is
 fitted to the codes c*(x_n) of the training images by vaegen's one trainer, in a run directory of
 its own (``<workdir>/expost/code_prior/fit``: config.json, metrics.jsonl, checkpoints; it resumes
-like any run).  The generative model is then (:func:`generative`)::
+like any run).  The generative model is then::
 
     c ~ p(c),  z = e_c,  x ~ p(x | z)         p(x) = sum_c p(c) p(x | e_c)
 
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
-import json
 import math
 import os
 import pathlib
@@ -43,18 +42,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaegen import sharding as sharding_lib
-from vaegen.config import schema as config_schema
+from vaegen.config.schema import RunSpec
 from vaegen.data import datasets
 from vaegen.data import splits as splits_lib
-from vaegen.errors import ConfigError, DataError
+from vaegen.errors import DataError, RecipeError
+from vaegen.model import code_prior as code_prior_model
 from vaegen.model import latent as latent_lib
 from vaegen.model import vq as vq_model
-from vaegen.studies import expost
+from vaegen.registry import setting, to_mapping
+from vaegen.runs import codes as codes_lib
+from vaegen.runs.recipes.store import keep_aside, read_json, read_npz, write_json, write_npz
+from vaegen.runs.recipes.base import Estimate, Fit, LogPx, Recipe, register_recipe
+from vaegen.runs.recipes.learned import (FIT_DIR, FitSettings, check_finished, check_same_settings, fit_spec,
+                                         restore, train_seconds)
+from vaegen.runs.run import Run
 from vaegen.train import trainer as trainer_lib
-from vaegen.train import workdir as trainer_workdir
-
-CODE_PRIOR = "code_prior"
-"""The name of the prior over a VQ-VAE's codes (``vaegen expost --density code_prior``)."""
+from vaegen.train import workdir as workdir_lib
 
 LOG_PX_MEANING = {
     "bound": "deterministic lower bound on log p(x): log p(c*) + log p(x | c*), c* the encoder's code",
@@ -70,22 +73,8 @@ DEFAULT_TEMPERATURE = 3.0
 k = 100 and 1000); any tau > 0 gives a valid stochastic lower bound, the best one the highest."""
 
 
-def is_vq(run: Any) -> bool:
-    """Whether ``run`` (a :class:`vaegen.Run`) is a VQ-VAE."""
-    return bool(run.spec.model.kind.trait("vq_vae", False))
-
-
-def check_vq(run: Any) -> None:
-    if not is_vq(run):
-        raise ConfigError(f"the prior over codes ({CODE_PRIOR}) is fitted to a VQ-VAE's discrete codes, and the run "
-                          f"in {run.workdir} is model.kind={run.spec.model.kind.name!r}: train one with "
-                          "`vaegen train --config vq_mlp_fmnist`, or fit a density over real codes (--density gmm, "
-                          "flow, ...)")
-
-
-def shape_of_codes(run: Any) -> tuple[int, int]:
+def shape_of_codes(run: Run) -> tuple[int, int]:
     """``(M, K)``: positions per code and codebook size of a VQ-VAE run."""
-    check_vq(run)
     settings = run.spec.model.kind.settings
     return int(run.spec.model.latent_dim) // int(settings.code_dim), int(settings.codebook_size)
 
@@ -101,7 +90,7 @@ class _Codes:
         return self.model.apply(variables, method=lambda m: m.codes(x))
 
 
-def encode(run: Any, x: Any, *, batch_size: int = 1000) -> np.ndarray:
+def encode(run: Run, x: Any, *, batch_size: int = 1000) -> np.ndarray:
     """c*(x) for ``x [N, *event]`` (as the model sees them): int32 ``[N, M]``."""
     x = jnp.asarray(x)
     fn = jax.tree_util.Partial(_Codes(run.model), run.variables)
@@ -121,7 +110,7 @@ def usage_of(codes: np.ndarray, codebook_size: int) -> dict[str, Any]:
             "num_examples": int(np.asarray(codes).shape[0])}
 
 
-def codebook_usage(run: Any, x: Any) -> dict[str, Any]:
+def codebook_usage(run: Run, x: Any) -> dict[str, Any]:
     """Codebook usage (:func:`usage_of`) of the codes of ``x [N, *event]``."""
     _, k = shape_of_codes(run)
     return usage_of(encode(run, x), k)
@@ -135,7 +124,7 @@ class CodePriorFit:
     of a :class:`vaegen.model.code_prior.CategoricalMADE`), ``workdir`` (its run's) and ``info``
     (JSON-able: the fit, held-out log p(c), codebook usage)."""
 
-    spec: Any
+    spec: RunSpec
     variables: Any
     workdir: pathlib.Path
     info: dict
@@ -158,30 +147,22 @@ class CodePriorFit:
         return np.asarray(self.module().apply(self.variables, key, n, method="sample"))
 
 
-def prior_spec(num_positions: int, codebook_size: int, fit: expost.FitSettings, *, num_validation: int) -> Any:
-    """The RunSpec that fits a categorical MADE to codes ``[N, M]`` with the trainer; ``fit.density``
-    holds the MADE's settings (``hidden``, ``activation``, ``ordering``, ``ordering_seed``)."""
-    settings = dict(fit.density)
-    if settings.get("num_categories", codebook_size) != codebook_size:
-        raise ConfigError(f"{CODE_PRIOR} setting num_categories={settings['num_categories']} must be the codebook "
-                          f"size {codebook_size}; leave it out")
-    settings["num_categories"] = int(codebook_size)
-    return expost.fit_spec(fit, num_validation=num_validation, objective="exact", settings_of=CODE_PRIOR,
-                           settings_note="settings of the prior over codes are set with --set KEY=VALUE",
-                           model={"kind": {"name": "categorical_made", **settings}, "latent_dim": int(num_positions),
-                                  "prior": {"name": "none"}},
-                           extra={"inference": {"posterior": {"name": "point_mass"}}})
+@dataclasses.dataclass(frozen=True)
+class CodePriorSettings(FitSettings):
+    temperature: float = setting(DEFAULT_TEMPERATURE, "tau of the importance-sampling proposal over codes, "
+                                 "prod_m softmax(-||z_e,m - e_k||^2 / tau)", gt=0)
+    density: code_prior_model.CategoricalMADESettings = dataclasses.field(
+        default_factory=code_prior_model.CategoricalMADESettings, metadata={"doc": "the categorical MADE's settings"})
 
 
-def run_codes(run: Any, fit: expost.FitSettings) -> tuple[np.ndarray, np.ndarray, dict]:
+def _run_codes(run: Run, s: FitSettings) -> tuple[np.ndarray, np.ndarray, dict]:
     """``(training codes [N, M], validation codes [V, M], info)`` of a VQ-VAE run: the codes of the
-    first ``fit.max_codes`` training images (one binarization draw with ``fit.seed``) and of the
+    first ``s.max_codes`` training images (one binarization draw with ``s.seed``) and of the
     validation split (the last 10% of the training codes when the run has none)."""
-    check_vq(run)
-    codes = encode(run, expost.training_images(run, max_examples=fit.max_codes, seed=fit.seed))
+    codes = encode(run, codes_lib.training_images(run, max_examples=s.max_codes, seed=s.seed))
     data = run.data()
     if data.validation.shape[0]:
-        xv = splits_lib.model_view(run.spec.data, data.validation[:max(fit.max_codes // 4, 1)], "validation")
+        xv = splits_lib.model_view(run.spec.data, data.validation[:max(s.max_codes // 4, 1)], "validation")
         val, held = encode(run, xv), "the run's validation split"
     else:
         cut = int(0.9 * codes.shape[0])
@@ -190,89 +171,135 @@ def run_codes(run: Any, fit: expost.FitSettings) -> tuple[np.ndarray, np.ndarray
     return codes, val, {"codes_are": "c*(x), the encoder's nearest codes", "validation_codes_from": held}
 
 
-def fit_code_prior(run: Any, fit: expost.FitSettings = expost.FitSettings(), *,
-                   directory: str | os.PathLike | None = None) -> CodePriorFit:
-    """Fits a categorical MADE to ``run``'s training codes with vaegen's trainer in ``directory``
-    (default ``<workdir>/expost/code_prior/fit``; a fit there resumes) and returns it.
+@register_recipe("code_prior", settings=CodePriorSettings, label="code prior", samples_from="categorical MADE on codes",
+                 tag="prior", log_px=LogPx.STOCHASTIC_LOWER_BOUND, log_px_meaning=LOG_PX_MEANING["is"],
+                 needs=("discrete_codes",), fitted=True)
+class CodePrior(Recipe):
+    """p(c): a categorical MADE (exact log p(c)) fitted by the trainer to a VQ-VAE's discrete codes after
+    training; log p(x) by importance sampling over codes, never below log p(c*) + log p(x | c*)."""
 
-    ``fit``: :class:`vaegen.studies.expost.FitSettings` (epochs, batch size, learning rate, max_codes,
-    seed, patience, ...; ``fit.density`` the MADE's settings; ``fit.codes`` does not apply: the codes
-    are c*(x)).  ``info`` records the fit, the held-out mean log p(c) on validation codes (exact,
-    nats) and the codebook usage of the training codes.
+    def prior_spec(self, num_positions: int, codebook_size: int, *, num_validation: int) -> RunSpec:
+        """The RunSpec that fits a categorical MADE to codes ``[N, M]`` with the trainer."""
+        s = self.settings
+        settings = to_mapping(s.density)   # num_categories is the codebook size, whatever was set
+        settings["num_categories"] = int(codebook_size)
+        return fit_spec(s, num_validation=num_validation, objective="exact", settings_of=self.name,
+                        settings_note="settings of the prior over codes are set with --set KEY=VALUE",
+                        model={"kind": {"name": "categorical_made", **settings}, "latent_dim": int(num_positions),
+                               "prior": {"name": "none"}},
+                        extra={"inference": {"posterior": {"name": "point_mass"}}})
 
-    Raises:
-      vaegen.errors.ConfigError: ``run`` is no VQ-VAE; bad settings of the prior.
-      vaegen.errors.DataError: fewer training codes than a batch.
-      vaegen.errors.NonFiniteError, WorkdirError, CheckpointError: as any training run.
-    """
-    m, k = shape_of_codes(run)
-    prior_spec(m, k, fit, num_validation=0)                    # the settings, checked before encoding anything
-    codes, val, info = run_codes(run, fit)
-    if codes.shape[0] < fit.batch_size:
-        raise DataError(f"only {codes.shape[0]} training codes to fit the {CODE_PRIOR} to, fewer than its batch "
-                        f"size {fit.batch_size}: use more training images (--max-codes) or a smaller --batch-size")
-    spec = prior_spec(m, k, fit, num_validation=int(val.shape[0]))
-    splits = datasets.Splits(train=codes.astype(np.float32), validation=val.astype(np.float32),
-                             test=val[:0].astype(np.float32), train_labels=None, validation_labels=None,
-                             test_labels=None, info={"name": "codes", "event_shape": [m],
-                                                     "sizes": {"train": int(codes.shape[0]),
-                                                               "validation": int(val.shape[0])}})
-    directory = pathlib.Path(directory) if directory is not None else default_directory(run)
-    t0 = time.perf_counter()
-    last = trainer_lib.train_and_evaluate(spec, directory, splits=splits)
-    seconds = time.perf_counter() - t0
-    fitted = CodePriorFit(spec, expost._restore_density(spec, directory, m), directory, {})
-    lp = fitted.log_prob(val)
-    result = {"density": CODE_PRIOR, "settings": spec.model.kind.to_mapping(), "num_codes": int(codes.shape[0]),
-              "num_positions": m, "codebook_size": k, "log_num_codes": m * math.log(k),
-              "epochs": int(fit.epochs), "batch_size": int(fit.batch_size), "learning_rate": float(fit.learning_rate),
-              "fit_seconds": seconds, "fit_seconds_note": "this call (0 work if the fit was already done)",
-              "train_metrics": last,
-              "validation_log_pc": float(lp.mean()) if lp.size else None,
-              "validation_log_pc_stderr": float(lp.std(ddof=1) / np.sqrt(lp.size)) if lp.size > 1 else None,
-              "num_validation_codes": int(lp.size), "log_pc_meaning": "exact (nats per code vector)",
-              "uniform_log_pc": -m * math.log(k),
-              "training_codebook_usage": usage_of(codes, k), **info}
-    (directory / "code_prior.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-    return dataclasses.replace(fitted, info=result)
+    def fit(self, run: Run, *, directory: str | os.PathLike | None = None, codes: np.ndarray | None = None,
+            refit: bool = False) -> Fit:
+        """Fits a categorical MADE to ``run``'s training codes with vaegen's trainer in ``directory``
+        (default ``<workdir>/expost/code_prior/fit``; a fit there resumes).  ``info`` records the fit,
+        the held-out mean log p(c) on validation codes (exact, nats) and the codebook usage.
+
+        Raises:
+          vaegen.errors.RecipeError: ``run`` is no VQ-VAE; a fit with other settings there.
+          vaegen.errors.ConfigError: bad settings of the prior.
+          vaegen.errors.DataError: fewer training codes than a batch.
+        """
+        self.check(run)
+        s = self.settings
+        m, k = shape_of_codes(run)
+        self.prior_spec(m, k, num_validation=0)                    # the settings, checked before encoding anything
+        train, val, info = _run_codes(run, s)
+        if train.shape[0] < s.batch_size:
+            raise DataError(f"only {train.shape[0]} training codes to fit the {self.name} to, fewer than its batch "
+                            f"size {s.batch_size}: use more training images (--max-codes) or a smaller --batch-size")
+        spec = self.prior_spec(m, k, num_validation=int(val.shape[0]))
+        directory = (pathlib.Path(directory) if directory is not None else self.directory(run.workdir) / FIT_DIR)
+        check_same_settings(self.name, directory, spec, refit=refit)
+        splits = datasets.Splits(train=train.astype(np.float32), validation=val.astype(np.float32),
+                                 test=val[:0].astype(np.float32), train_labels=None, validation_labels=None,
+                                 test_labels=None, info={"name": "codes", "event_shape": [m],
+                                                         "sizes": {"train": int(train.shape[0]),
+                                                                   "validation": int(val.shape[0])}})
+        t0 = time.perf_counter()
+        last = trainer_lib.train_and_evaluate(spec, directory, splits=splits)
+        seconds = time.perf_counter() - t0
+        fitted = CodePriorFit(spec, restore(spec, directory, m), directory, {})
+        lp = fitted.log_prob(val)
+        result = {"density": self.name, "settings": spec.model.kind.to_mapping(), "num_codes": int(train.shape[0]),
+                  "num_positions": m, "codebook_size": k, "log_num_codes": m * math.log(k),
+                  "epochs": int(s.epochs), "batch_size": int(s.batch_size), "learning_rate": float(s.learning_rate),
+                  "fit_seconds": seconds, "fit_seconds_note": "this call (0 work if the fit was already done)",
+                  "train_metrics": last,
+                  "validation_log_pc": float(lp.mean()) if lp.size else None,
+                  "validation_log_pc_stderr": float(lp.std(ddof=1) / np.sqrt(lp.size)) if lp.size > 1 else None,
+                  "num_validation_codes": int(lp.size), "log_pc_meaning": "exact (nats per code vector)",
+                  "uniform_log_pc": -m * math.log(k),
+                  "training_codebook_usage": usage_of(train, k), **info}
+        write_json(directory / "code_prior.json", result)
+        fitted = dataclasses.replace(fitted, info=result)
+        self.record_settings(directory)
+        return Fit(self.name, directory, fitted, result)
+
+    def load_fit(self, run: Run, *, directory: str | os.PathLike | None = None) -> Fit:
+        self.check(run)
+        directory = pathlib.Path(directory) if directory is not None else self.directory(run.workdir) / FIT_DIR
+        config = directory / workdir_lib.CONFIG_FILE
+        if not config.exists():
+            raise FileNotFoundError(f"{directory} holds no fitted {self.name}; fit one with "
+                                    f"`vaegen expost --workdir {run.workdir} --density {self.name}`")
+        spec = workdir_lib.parse_stored(RunSpec, config)
+        check_finished(self.name, directory, spec, run.workdir)
+        variables = restore(spec, directory, int(spec.model.latent_dim))
+        record = directory / "code_prior.json"
+        info = read_json(record, remedy="run `vaegen expost` again to rewrite it") if record.exists() else {}
+        return Fit(self.name, directory, CodePriorFit(spec, variables, directory, info), info)
+
+    def fit_seconds(self, fit: Fit) -> float | None:
+        return train_seconds(fit.directory)
+
+    def describe_fit(self, fit: Fit) -> str:
+        info = fit.info
+        usage = info["training_codebook_usage"]
+        held = ("n/a" if info["validation_log_pc"] is None else
+                f"{info['validation_log_pc']:.3f} +- {info['validation_log_pc_stderr']:.3f} nats (exact; uniform "
+                f"{info['uniform_log_pc']:.3f})")
+        return (f"fitted the prior over codes (categorical MADE, {info['num_positions']} positions of "
+                f"{info['codebook_size']} codes) to {info['num_codes']} training codes in {info['fit_seconds']:.1f} s; "
+                f"held-out log p(c) on {info['num_validation_codes']} validation codes: {held}; training codes: "
+                f"perplexity {usage['perplexity']:.1f}, {usage['used_codes']} of {info['codebook_size']} codes used; "
+                f"fit in {fit.directory}")
+
+    def attach(self, run: Run, fit: Fit, *, code_scale: np.ndarray | None = None) -> Run:
+        """``run`` with the fitted prior over codes attached: its model samples (z = e_c with c ~ p(c))
+        and ``m.log_prob_codes(c)`` is the exact log p(c).  Encoder, codebook and decoder are the run's,
+        parameter for parameter."""
+        self.check(run)
+        fitted: CodePriorFit = fit.value
+        m, k = shape_of_codes(run)
+        prior = fitted.module()
+        if prior.num_positions != m or prior.num_categories != k:
+            raise RecipeError(f"the prior in {fit.directory} is over {prior.num_positions} positions of "
+                              f"{prior.num_categories} codes, the VQ-VAE's codes have {m} positions of {k}: it was "
+                              "fitted to another run")
+        model = vq_model.with_prior(run.model, prior)
+        params = {**run.variables["params"], "prior": fitted.variables["params"]}
+        return dataclasses.replace(run, model=model, variables={**run.variables, "params": params}, recipe=self.selected)
+
+    def log_px(self, gen: Run, x: Any, key: jax.Array, *, k: int, with_elbo: bool = False) -> Estimate:
+        """Importance sampling over codes (``is``) as ``log_px``, its deterministic bound log p(x, c*) as
+        ``elbo`` (q(c | x) is a point mass on the discrete c*), and their parts."""
+        tau = float(self.settings.temperature)
+        r = log_px(gen, x, key, k=k, temperature=tau)
+        values = {"log_px": r["is"], "elbo": r["bound"], "log_p_code": r["log_p_code"],
+                  "reconstruction": r["reconstruction"]}
+        meanings = {"log_px": LOG_PX_MEANING["is"], "elbo": LOG_PX_MEANING["bound"],
+                    "log_p_code": "exact log p(c*) under the fitted prior", "reconstruction": "log p(x | c*), exact"}
+        return Estimate(values, f"IS over codes, k={int(k)}: the encoder's code c* exactly, the rest from "
+                                f"prod_m softmax(-‖z_e,m − e_k‖² / {tau:g})",
+                        extra={"meanings": meanings, "codebook_usage": codebook_usage(gen, x),
+                               "fraction_of_draws_at_code": float(np.mean(r["is_fraction_at_code"])) if k else None})
+
+    def evaluate(self, gen: Run, xs: Any, key: jax.Array, *, k: int) -> Estimate | None:
+        return self.log_px(gen, xs, key, k=k)
 
 
-def default_directory(run: Any) -> pathlib.Path:
-    return pathlib.Path(run.workdir) / "expost" / CODE_PRIOR / "fit"
-
-
-def load_code_prior(run: Any, *, directory: str | os.PathLike | None = None) -> CodePriorFit:
-    """The prior over ``run``'s codes fitted before (:func:`fit_code_prior`, ``vaegen expost --density
-    code_prior``), read from ``directory`` without fitting.  FileNotFoundError when there is none."""
-    check_vq(run)
-    directory = pathlib.Path(directory) if directory is not None else default_directory(run)
-    config = directory / "config.json"
-    if not config.exists():
-        raise FileNotFoundError(f"{directory} holds no fitted {CODE_PRIOR}; fit one with "
-                                f"`vaegen expost --workdir {run.workdir} --density {CODE_PRIOR}`")
-    spec = trainer_workdir.parse_stored(config_schema.RunSpec, config)
-    variables = expost._restore_density(spec, directory, int(spec.model.latent_dim))
-    record = directory / "code_prior.json"
-    info = json.loads(record.read_text()) if record.exists() else {}
-    return CodePriorFit(spec, variables, directory, info)
-
-
-# --- the generative model and its log p(x) ---------------------------------------------------------
-
-def generative(run: Any, fitted: CodePriorFit) -> Any:
-    """``run`` with the fitted prior over codes attached: a new ``Run`` whose model samples
-    (``m.sample_with_latents(key, n) -> (z [n, D], x [n, *event])``, z = e_c with c ~ p(c)) and
-    whose ``m.log_prob_codes(c)`` is the exact log p(c).  Encoder, codebook and decoder are the
-    run's, parameter for parameter."""
-    m, k = shape_of_codes(run)
-    prior = fitted.module()
-    if prior.num_positions != m or prior.num_categories != k:
-        raise ValueError(f"the prior is over {prior.num_positions} positions of {prior.num_categories} codes, the "
-                         f"VQ-VAE's codes have {m} positions of {k}")
-    model = vq_model.with_prior(run.model, prior)
-    params = {**run.variables["params"], "prior": fitted.variables["params"]}
-    return dataclasses.replace(run, model=model, variables={**run.variables, "params": params})
-
+# --- log p(x) -----------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
 class _LogPx:
@@ -305,9 +332,10 @@ class _LogPx:
         return self.model.apply(variables, method=f)
 
 
-def log_px(gen: Any, x: Any, key: jax.Array, k: int = 100, *, temperature: float = DEFAULT_TEMPERATURE,
+def log_px(gen: Run, x: Any, key: jax.Array, k: int = 100, *, temperature: float = DEFAULT_TEMPERATURE,
            batch_size: int = 100) -> dict[str, np.ndarray]:
-    """log p(x) of the generative VQ-VAE ``gen`` (:func:`generative`) for ``x [N, *event]``, nats ``[N]``:
+    """log p(x) of the generative VQ-VAE ``gen`` (the ``code_prior`` recipe attached) for ``x [N, *event]``,
+    nats ``[N]``:
 
     ``bound``  log p(c*) + log p(x | c*): a deterministic lower bound;
     ``is``     the importance-sampled estimate with ``k`` codes drawn from
@@ -329,7 +357,7 @@ def all_codes(num_positions: int, codebook_size: int) -> np.ndarray:
     return np.asarray(list(itertools.product(range(codebook_size), repeat=num_positions)), np.int32)
 
 
-def log_px_exact(gen: Any, x: Any, *, max_codes: int = 100_000) -> np.ndarray:
+def log_px_exact(gen: Run, x: Any, *, max_codes: int = 100_000) -> np.ndarray:
     """The exact log p(x) = log sum_c p(c) p(x | e_c) of the generative VQ-VAE for ``x [N, *event]``
     by summing all K^M codes: nats ``[N]``.  For tiny codebooks only (K^M <= ``max_codes``)."""
     m, k = gen.model.num_groups, gen.model.codebook_size
@@ -351,7 +379,7 @@ def _summary(values: np.ndarray, meaning: str) -> dict[str, Any]:
             "meaning": meaning}
 
 
-def evaluate(gen: Any, x: Any, key: jax.Array, *, k: int = 100,
+def evaluate(gen: Run, x: Any, key: jax.Array, *, k: int = 100,
              temperature: float = DEFAULT_TEMPERATURE) -> dict[str, Any]:
     """The VQ-VAE with its code prior on ``x [N, *event]``: JSON-able means and standard errors
     (nats per image, each labelled) of ``log_px_bound``, ``log_px_is`` (``k`` > 0), ``log_p_code``
