@@ -4,8 +4,8 @@
 
 * ``report.md`` -- the metric table, the figures and a plain-language answer whose every
   comparative word is chosen by comparing the measured numbers;
-* ``headline.png`` -- a strip of samples: data, VAE, AE + N(0, I), AE + ex-post GMM, RAE + GMM,
-  DAE chain, MADE;
+* ``headline.png`` -- samples of the headline rows, five panels to a row: data, VAE, AE + N(0, I),
+  the AE + ex-post densities, RAE + GMM, WAE, AAE, VQ-VAE, DAE chain, MADE;
 * ``samples.png`` -- a grid of samples for every row;
 * ``reconstructions.png``, ``interpolations.png``, ``latent_map.png`` (2-D variants with the
   prior's contours over the codes), ``dae_chain.png``, ``path.png`` (the fixed-variance path).
@@ -93,6 +93,9 @@ def _display(ctx, name: str) -> np.ndarray | None:
         return np.asarray(f["display"], np.float32)
 
 
+HEADLINE_COLUMNS = 5  # panels per row of headline.png: 5 x 1.9 in at 100 dpi, about 950 px wide
+
+
 def samples_figures(ctx, rows, results, out: pathlib.Path) -> dict[str, pathlib.Path]:
     panels = {}
     for r in rows:
@@ -109,9 +112,9 @@ def samples_figures(ctx, rows, results, out: pathlib.Path) -> dict[str, pathlib.
         headline = ["data", "vae", "ae+n01", "ae+gmm", "ae+flow", "ae+two_stage", "ae+diffusion", "rae+gmm", "wae", "aae",
                     "vq+prior", "dae", "made"]
         chosen = [(short, panels[n][1]) for n in headline if n in panels for short in [panels[n][2]]]
-        if chosen:
+        if chosen:  # rows of at most HEADLINE_COLUMNS panels: readable at a page's column width
             paths["headline"] = panels_figure(out / "headline.png", chosen, per_panel=16, panel_cols=4,
-                                              fig_cols=len(chosen), panel_inches=1.45, fontsize=7, dpi=80)
+                                              fig_cols=HEADLINE_COLUMNS, panel_inches=1.9, fontsize=10, dpi=100)
     return paths
 
 
