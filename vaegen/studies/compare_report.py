@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 import os
 import pathlib
+import textwrap
 from typing import Sequence
 
 import jax
@@ -60,7 +61,8 @@ def panels_figure(path: pathlib.Path, panels: Sequence[tuple[str, np.ndarray]], 
     n = len(panels)
     cols = min(fig_cols, n)
     rows = math.ceil(n / cols)
-    fig = _figure(cols * panel_inches, rows * (panel_inches + 0.35))
+    title_lines = max(title.count("\n") + 1 for title, _ in panels)
+    fig = _figure(cols * panel_inches, rows * (panel_inches + 0.1 + title_lines * fontsize / 72 * 1.3))
     for i, (title, images) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
         _imshow(ax, figures.image_grid(np.asarray(images[:per_panel], np.float32), panel_cols))
@@ -104,7 +106,8 @@ def samples_figures(ctx, rows, results, out: pathlib.Path) -> dict[str, pathlib.
             continue
         fd = results[r.name].get("samples", {}).get("fd")
         title = f"{r.label}\nfrom {r.sampled_from}" + (f"\nFD {fd:.2f}" if fd is not None else "")
-        panels[r.name] = (title, images, r.label + (f"\nFD {fd:.2f}" if fd is not None else ""))
+        short = textwrap.fill(r.label, 22, break_on_hyphens=False)  # headline titles: no wider than a panel
+        panels[r.name] = (title, images, short + (f"\nFD {fd:.2f}" if fd is not None else ""))
     paths = {}
     if panels:
         paths["samples"] = panels_figure(out / "samples.png", [(t, im) for t, im, _ in panels.values()], per_panel=36,
