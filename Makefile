@@ -8,6 +8,7 @@ STAMP := $(VENV)/.installed
 DOCS_STAMP := $(VENV)/.installed-docs
 FMNIST_IDX ?= /usr/share/datasets/fashion-mnist
 DEMO_DIR ?= runs/demo
+NOTEBOOK_OUT := runs/notebook/why_vae_generative.ipynb
 PYTEST_ARGS ?=
 # Test processes (pytest-xdist); each test module runs whole in one of them (--dist loadscope), so
 # its module-scoped fixtures (trained tiny runs, the tiny compare study) are built once, not once per process.
@@ -42,23 +43,34 @@ data: $(STAMP)
 
 demo: data
 	$(BIN)/vaegen demo --workdir $(DEMO_DIR)
+	@echo
+	@echo "vaegen is installed in $(VENV)/, not on the PATH: before the commands of README.md and docs/,"
+	@echo "run this once in each new shell:"
+	@echo
+	@echo "    source $(VENV)/bin/activate"
+	@echo
+	@echo "then e.g.  vaegen sample --workdir $(DEMO_DIR)/vae   (or call $(BIN)/vaegen directly)."
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
 
 # The documentation site, from docs/ into site/, strictly: a broken link, a missing reference or a
-# docstring that does not render fails the build.
-docs: $(DOCS_STAMP)
+# docstring that does not render fails the build.  Its notebook page shows the executed notebook
+# (below), which is executed first when it is missing or older than the notebook or the package.
+docs: $(DOCS_STAMP) $(NOTEBOOK_OUT)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 # A wheel built from the repository, installed into a fresh virtual environment, runs there.
 wheel-check: $(DOCS_STAMP)
 	PYTHON=$(BIN)/python bash scripts/check_wheel.sh
 
-# The seed question as an executed notebook: runs docs/why_vae_generative.ipynb (a few minutes on a
-# CPU) and writes the executed copy, figures inline, to runs/notebook/.
-notebook: $(STAMP)
-	$(BIN)/python scripts/run_notebook.py docs/why_vae_generative.ipynb runs/notebook/why_vae_generative.ipynb
+# The seed question as an executed notebook: runs docs/why_vae_generative.ipynb (about a minute on
+# a 2-core CPU) and writes the executed copy, figures inline, to runs/notebook/ (not committed),
+# again whenever the notebook or the package changed since.
+notebook: $(NOTEBOOK_OUT)
+
+$(NOTEBOOK_OUT): docs/why_vae_generative.ipynb $(STAMP) $(shell find vaegen -name '*.py')
+	$(BIN)/python scripts/run_notebook.py docs/why_vae_generative.ipynb $(NOTEBOOK_OUT)
 
 bench: $(STAMP)
 	$(BIN)/python scripts/bench_train.py

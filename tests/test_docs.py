@@ -12,6 +12,8 @@ Also checked: every public module of the package is on a page of the API referen
 site's configuration names every page under docs/.
 """
 
+import base64
+import importlib.util
 import pathlib
 import re
 import shutil
@@ -28,7 +30,7 @@ BLOCK = re.compile(r"^(?P<mark><!-- no-run:(?P<why>[^>]*)-->\n)?```python\n(?P<c
 # (page, text in a block, what the test runs instead): sizes only, never what is computed.
 TINY = [
     ("docs/usage.md", "run.log_px(x, k=1000)", "run.log_px(x, k=100)"),  # compiled once, for getting-started.md
-    ("docs/usage.md", "num_samples=1000))", "num_samples=20))"),  # compiled once, for the workspace
+    ("docs/usage.md", "num_samples=1000), max_examples=1000)", "num_samples=20), max_examples=1000)"),  # compiled once, for the workspace
     ("docs/usage.md", "(8, 28, 28, 1)", "(8, 8, 8, 1)"),  # the building blocks: Fashion-MNIST's shapes, smaller nets
     ("docs/usage.md", "event_shape=(28, 28, 1)", "event_shape=(8, 8, 1)"),
     ("docs/usage.md", "networks.MLP((200, 200)", "networks.MLP((16,)"),
@@ -139,3 +141,88 @@ def test_the_site_names_every_page():
     config = (ROOT / "mkdocs.yml").read_text()
     for path in (ROOT / "docs").rglob("*.md"):
         assert str(path.relative_to(ROOT / "docs")) in config, f"{path} is not in mkdocs.yml's nav"
+
+
+def test_every_table_ends_where_it_ends():
+    """A line right after a table's last row joins the table as a row of its own (a stray ``{``
+    under README's comparison table once did): a table is followed by a blank line."""
+    for path in PAGES:
+        lines, fenced = path.read_text().splitlines(), False
+        for i, line in enumerate(lines):
+            fenced ^= line.startswith("```")
+            if not fenced and i and lines[i - 1].startswith("|") and line.strip() and not line.startswith("|"):
+                raise AssertionError(f"{path.relative_to(ROOT)}:{i + 1}: {line!r} follows a table without a blank line")
+
+
+_CODE = re.compile(r"^(`{3,}).*?^\1\s*$|`+[^`\n]*`+|<!--.*?-->", re.S | re.M)
+_MATH = re.compile(r"\$\$.+?\$\$|\$[^$\n]+\$", re.S)
+_LATEX = re.compile(r"_\{|\^\{|\\(?:mathbb|mathrm|mathcal|frac|sum|int|log|mid|le|ge|Vert)\b")
+
+
+def test_math_is_written_as_math():
+    """Formulas in LaTeX notation are inside $...$ or $$...$$, which the site typesets (and GitHub
+    too); outside them ``E_{p(z)}`` would show as those characters."""
+    for path in PAGES:
+        text = _MATH.sub("", _CODE.sub("", path.read_text()))
+        for m in _LATEX.finditer(text):
+            line = text[max(0, m.start() - 40): m.end() + 40].replace("\n", " ")
+            raise AssertionError(f"{path.relative_to(ROOT)}: LaTeX outside $...$: ...{line}...")
+    assert _MATH.search((ROOT / "docs" / "concepts.md").read_text())  # the pattern finds the math
+
+
+def _hooks():
+    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "scripts" / "docs_hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_site_loads_nothing_from_elsewhere():
+    """Scripts, styles and fonts are the site's own: MathJax is copied from an installed package
+    when the site is built, and the theme's web font (fetched from another site) is off."""
+    config = (ROOT / "mkdocs.yml").read_text()
+    assert re.search(r"^theme:\n(?:  .*\n)*?  font: false$", config, re.M), "theme.font must be false"
+    assets = re.findall(r"^extra_(?:javascript|css):\n((?:  - .*\n)+)", config, re.M)
+    entries = [e.strip()[2:] for block in assets for e in block.splitlines()]
+    hooks = _hooks()
+    assert f"{hooks.MATHJAX_SITE_DIR}/tex-chtml.js" in entries and "tex-chtml.js" in hooks.MATHJAX_FILES
+    for entry in entries:
+        assert "://" not in entry and not entry.startswith("/"), f"mkdocs.yml loads {entry} from elsewhere"
+        assert entry.startswith(hooks.MATHJAX_SITE_DIR + "/") or (ROOT / "docs" / entry).is_file(), entry
+    for path in [*PAGES, *(ROOT / "docs").rglob("*.js"), *(ROOT / "docs").rglob("*.css")]:
+        text = path.read_text()
+        assert not re.search(r"<script[^>]+src=[\"']?(https?:)?//|@import\s+url\([\"']?(https?:)?//|<link[^>]+href=[\"']?(https?:)?//",
+                             text), f"{path} loads something from another site"
+    if importlib.util.find_spec(hooks.MATHJAX_PACKAGE) is not None:  # the docs extra is installed
+        served = hooks.mathjax_files()
+        assert f"{hooks.MATHJAX_SITE_DIR}/tex-chtml.js" in served
+        assert sum(uri.endswith(".woff") for uri in served) >= 10  # the CommonHTML fonts, beside the script
+        assert all(path.is_file() for path in served.values())
+
+
+def test_the_notebook_page_shows_cells_outputs_and_figures():
+    import nbformat
+
+    hooks = _hooks()
+    png = base64.b64encode(b"\x89PNG\r\n\x1a\n not really").decode()
+    source = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# Title\n\n$p(z)$ text"),
+                                             nbformat.v4.new_code_cell("print('hi')\nplot()")])
+    executed = nbformat.reads(nbformat.writes(source), 4)
+    executed.cells[1].execution_count = 1
+    executed.cells[1].outputs = [nbformat.v4.new_output("stream", name="stdout", text="hi\n"),
+                                 nbformat.v4.new_output("display_data", data={"image/png": png, "text/plain": "<Figure>"})]
+    markdown, images = hooks.notebook_markdown(executed, source, stem="nb")
+    assert markdown.startswith("# Title\n\n$p(z)$ text\n\n```python\nprint('hi')\nplot()\n```\n\n```text\nhi\n```")
+    assert markdown.endswith("![figure of cell 1](notebook/nb_1_1.png)")
+    assert images == {"notebook/nb_1_1.png": base64.b64decode(png)}
+    stale = nbformat.reads(nbformat.writes(executed), 4)
+    stale.cells[1].source = "print('an older version')"
+    with pytest.raises(ValueError, match="differ"):
+        hooks.notebook_markdown(stale, source)
+    failed = nbformat.reads(nbformat.writes(executed), 4)
+    failed.cells[1].outputs = [nbformat.v4.new_output("error", ename="NameError", evalue="plot", traceback=[])]
+    with pytest.raises(ValueError, match="cell 1 failed: NameError"):
+        hooks.notebook_markdown(failed, source)
+    unrun = nbformat.reads(nbformat.writes(source), 4)
+    with pytest.raises(ValueError, match="cell 1 was not executed"):
+        hooks.notebook_markdown(unrun, source)

@@ -19,8 +19,13 @@ def test_the_notebook_runs_and_answers_the_question():
     text = "\n".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs
                      if o.output_type == "stream" and o.name == "stdout")
     images = sum("image/png" in o.get("data", {}) for c in nb.cells if c.cell_type == "code" for o in c.outputs)
-    assert images == 2
+    assert images == 2  # the VAE's samples beside the AE's decoder on z ~ N(0, I); the ex-post GMM's
+    stderr = [o.text for c in nb.cells if c.cell_type == "code" for o in c.outputs
+              if o.output_type == "stream" and o.name == "stderr"]
+    assert not stderr, f"the notebook prints warnings, which the site would show: {stderr}"
     assert "AE: this model has no prior p(z)" in text
+    distances = [line for line in text.splitlines() if line.startswith("distance to the nearest training code")]
+    assert len(distances) == 1 and "held-out code" in distances[0] and "draw of N(0, I)" in distances[0]
     assert "the ELBO is undefined for a point-mass posterior" in text
     rows = {line.split()[0]: line for line in text.splitlines() if line.startswith(("vae ", "ae+gmm "))}
     assert set(rows) == {"vae", "ae+gmm"} and "point mass" in rows["ae+gmm"]

@@ -4,8 +4,8 @@
 
 * ``report.md`` -- the metric table, the figures and a plain-language answer whose every
   comparative word is chosen by comparing the measured numbers;
-* ``headline.png`` -- a strip of samples: data, VAE, AE + N(0, I), AE + ex-post GMM, RAE + GMM,
-  DAE chain, MADE;
+* ``headline.png`` -- samples of the headline rows, five panels to a row: data, VAE, AE + N(0, I),
+  the AE + ex-post densities, RAE + GMM, WAE, AAE, VQ-VAE, DAE chain, MADE;
 * ``samples.png`` -- a grid of samples for every row;
 * ``reconstructions.png``, ``interpolations.png``, ``latent_map.png`` (2-D variants with the
   prior's contours over the codes), ``dae_chain.png``, ``path.png`` (the fixed-variance path).
@@ -17,6 +17,7 @@ import dataclasses
 import math
 import os
 import pathlib
+import textwrap
 from typing import Sequence
 
 import jax
@@ -62,7 +63,8 @@ def panels_figure(path: pathlib.Path, panels: Sequence[tuple[str, np.ndarray]], 
     n = len(panels)
     cols = min(fig_cols, n)
     rows = math.ceil(n / cols)
-    fig = _figure(cols * panel_inches, rows * (panel_inches + 0.35))
+    title_lines = max(title.count("\n") + 1 for title, _ in panels)
+    fig = _figure(cols * panel_inches, rows * (panel_inches + 0.1 + title_lines * fontsize / 72 * 1.3))
     for i, (title, images) in enumerate(panels):
         ax = fig.add_subplot(rows, cols, i + 1)
         _imshow(ax, figures.image_grid(np.asarray(images[:per_panel], np.float32), panel_cols))
@@ -95,6 +97,9 @@ def _display(ctx, name: str) -> np.ndarray | None:
         return np.asarray(f["display"], np.float32)
 
 
+HEADLINE_COLUMNS = 5  # panels per row of headline.png: 5 x 1.9 in at 100 dpi, about 950 px wide
+
+
 def samples_figures(ctx, rows, results, out: pathlib.Path) -> dict[str, pathlib.Path]:
     panels = {}
     for r in rows:
@@ -103,7 +108,8 @@ def samples_figures(ctx, rows, results, out: pathlib.Path) -> dict[str, pathlib.
             continue
         fd = results[r.name].get("samples", {}).get("fd")
         title = f"{r.label}\nfrom {r.sampled_from}" + (f"\nFD {fd:.2f}" if fd is not None else "")
-        panels[r.name] = (title, images, r.label + (f"\nFD {fd:.2f}" if fd is not None else ""))
+        short = textwrap.fill(r.label, 22, break_on_hyphens=False)  # headline titles: no wider than a panel
+        panels[r.name] = (title, images, short + (f"\nFD {fd:.2f}" if fd is not None else ""))
     paths = {}
     if panels:
         paths["samples"] = panels_figure(out / "samples.png", [(t, im) for t, im, _ in panels.values()], per_panel=36,
@@ -111,9 +117,9 @@ def samples_figures(ctx, rows, results, out: pathlib.Path) -> dict[str, pathlib.
         headline = ["data", "vae", "ae+n01", "ae+gmm", "ae+flow", "ae+two_stage", "ae+diffusion", "rae+gmm", "wae", "aae",
                     "vq+prior", "dae", "made"]
         chosen = [(short, panels[n][1]) for n in headline if n in panels for short in [panels[n][2]]]
-        if chosen:
+        if chosen:  # rows of at most HEADLINE_COLUMNS panels: readable at a page's column width
             paths["headline"] = panels_figure(out / "headline.png", chosen, per_panel=16, panel_cols=4,
-                                              fig_cols=len(chosen), panel_inches=1.45, fontsize=7, dpi=80)
+                                              fig_cols=HEADLINE_COLUMNS, panel_inches=1.9, fontsize=10, dpi=100)
     return paths
 
 
