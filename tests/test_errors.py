@@ -147,6 +147,24 @@ CLI_CASES = [
     ("two-layer-vampprior", ["train", "--config", "tiny", "--config.model.kind=two_layer",
                              "--config.model.kind.top_latent_dim=2", "--config.model.prior=vampprior"],
      "a VampPrior on z2 is 1/K sum_k q(z2 | u_k) and needs q(z2 | x): set config.model.kind.hierarchy=top_down"),
+    # Discrete latents (vaegen.blocks.discrete, vaegen.objectives.discrete).
+    ("discrete-objective", ["train", "--config", "tiny:dvae", "--config.objective.name=elbo"],
+     "config.inference.posterior=categorical has a discrete z, so objective 'elbo' has no gradient for q(z|x)"),
+    ("discrete-prior", ["train", "--config", "tiny", "--config.model.prior=categorical"],
+     "config.model.prior=categorical is a distribution over discrete z; config.inference.posterior=diagonal_gaussian "
+     "is not"),
+    ("discrete-categories", ["train", "--config", "tiny:dvae", "--config.model.prior.categories=2"],
+     "config.model.prior.categories=2 and config.inference.posterior.categories=3 must be equal"),
+    ("discrete-latent-dim", ["train", "--config", "tiny:dvae", "--config.model.latent_dim=5"],
+     "config.inference.posterior.categories=3 must divide config.model.latent_dim=5"),
+    ("enumerate-too-large", ["train", "--config", "tiny:dvae", "--config.objective.estimator=enumerate",
+                             "--config.objective.max_configurations=8"],
+     "config.objective.estimator=enumerate sums over all 9 configurations of z, more than "
+     "config.objective.max_configurations=8"),
+    ("reinforce-loo-samples", ["train", "--config", "tiny:dvae", "--config.objective.estimator=reinforce"],
+     "config.objective.baseline=loo takes each sample's baseline from the others"),
+    ("vimco-continuous", ["train", "--config", "tiny", "--config.objective.name=vimco"],
+     "objective 'vimco' trains a discrete q(z|x)"),
     ("workdir-not-empty", ["train", "--config", "tiny", "--workdir", "{tmp}"],
      "is not empty and holds no vaegen run (no config.json)"),
     ("workdir-file", ["train", "--config", "tiny", "--workdir", "{workdir}/notes.txt"],
@@ -161,8 +179,8 @@ CLI_CASES = [
      "--per-example writes an .npz file"),
     # The registry of components: names, the settings each component has, and their values.
     ("unknown-component", ["train", "--config", "tiny", "--config.model.prior=vamprior"],
-     "config.model.prior.name='vamprior' is not a registered prior (registered: diffusion, flow, mixture, none, "
-     "standard_normal, two_stage, vampprior); did you mean vampprior?"),
+     "config.model.prior.name='vamprior' is not a registered prior (registered: bernoulli, categorical, diffusion, flow, "
+     "mixture, none, standard_normal, two_stage, vampprior); did you mean vampprior?"),
     ("component-setting", ["train", "--config", "tiny", "--config.model.prior.components=5"],
      "config.model.prior.components: the prior 'standard_normal' has no setting 'components' (its settings: none); "
      "the priors with that setting: mixture, vampprior (choose one first: --config.model.prior=NAME)"),
@@ -336,7 +354,7 @@ PYTHON_CASES = [
     ("no-prior", lambda: _model_run("tiny:ae").sample(jax.random.key(0), 2), errors.NoPriorError,
      "this model has no prior p(z)"),
     ("unknown-estimator", lambda: estimator_settings.parse_estimators("elbo,foo"), errors.ConfigError,
-     "unknown estimator(s) foo; choose from elbo, iwae, is, ais, bdmc, diagnostics or 'all'"),
+     "unknown estimator(s) foo; choose from elbo, iwae, is, exact, ais, bdmc, diagnostics or 'all'"),
     ("iwae-k", lambda: estimators_lib.check_ks([1, 100], 10), errors.ConfigError,
      "IWAE k must be between 1 and the number of importance samples (10); got [100]"),
     ("ais-step-size", lambda: ais_lib.AIS(step_size=-0.1), errors.ConfigError,

@@ -67,7 +67,9 @@ def test_questions_a_model_cannot_answer(runs):
         ae.log_px(x)
     with pytest.raises(UndefinedObjectiveError, match="point-mass posterior"):
         ae.elbo(x)
-    with pytest.raises(ConfigError, match="method='exact' is not one of is, ais"):
+    with pytest.raises(ConfigError, match="method='bogus' is not one of is, ais, exact"):
+        vae.log_px(x, method="bogus")
+    with pytest.raises(UndefinedEstimateError, match="z is continuous"):
         vae.log_px(x, method="exact")
     with pytest.raises(ValueError, match=r"run.log_px: argument x has values outside \{0, 1\}"):
         vae.log_px(jnp.full_like(x, 3.0))

@@ -31,13 +31,13 @@ Importing vaegen registers every built-in component; a module of your own regist
 
 from vaegen import errors, registry
 from vaegen.blocks import densities, likelihoods, networks, posteriors, priors
-from vaegen.blocks import quantizers
+from vaegen.blocks import discrete, quantizers
 from vaegen.config.loading import load_config
 from vaegen.config.schema import RunSpec, to_spec
 from vaegen.errors import (CheckpointError, ConfigError, DataError, InferenceError, NoLatentError, NoPriorError,
                            NonFiniteError, RecipeError, SupportError, TrainingInterrupted, UndefinedEstimateError,
                            UndefinedObjectiveError, WorkdirError)
-from vaegen.estimators import ais, diagnostics, importance
+from vaegen.estimators import ais, diagnostics, enumeration, importance
 from vaegen.estimators.settings import EvalSettings
 from vaegen.inference import families, semi_amortized, svi
 from vaegen.inference.semi_amortized import SemiAmortizedELBO
@@ -47,10 +47,12 @@ from vaegen.model import densities as density_models
 from vaegen.model import code_prior, vq as vq_vae
 from vaegen.model.latent import LatentVariableModel, build_model
 from vaegen.objectives import autoencoder, batch, bounds, denoising, density, exact, matching
+from vaegen.objectives import discrete as discrete_objectives
 from vaegen.objectives import vq as vq_objective
 from vaegen.objectives.autoencoder import Autoencoder
 from vaegen.objectives.bounds import ELBO, IWAE
 from vaegen.runs import recipes
+from vaegen.runs import enumerated  # the estimator `exact` of `vaegen evaluate`
 from vaegen.runs.evaluate import evaluate
 from vaegen.runs.loading import load  # a run, with a recipe (an ex-post density, ...) attached if asked for
 from vaegen.runs.recipes import RECIPES, Recipe, recipe

@@ -45,6 +45,7 @@ import numpy as np
 
 from vaegen import compilation as compilation_lib
 from vaegen import sharding as sharding_lib
+from vaegen.blocks import discrete as discrete_lib
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.data import binarization
 from vaegen.data import images as images_lib
@@ -209,7 +210,8 @@ def _is(settings: NoSettings, ctx: Context) -> None:
     source = ("p(z)" if s.is_proposal == "prior" else
               "the scale mixture of Gaussians around the code f(x) (its q(z|x) is a point mass)" if around_code
               else "q(z|x)")
-    ctx.record("log_px", est["log_px"], ctx.num_dims, estimator=f"importance sampling from {source}, k={s.num_samples}")
+    ctx.record("log_px", est["log_px"], ctx.num_dims, estimator=f"importance sampling from {source}, k={s.num_samples}",
+               kind="stochastic lower bound")
     ctx.record("is_ess", est["ess"], None)
 
 
@@ -217,7 +219,8 @@ def _ais_functions(ctx: Context, what: str):
     run, start = ctx.run, ctx.settings.ais.start
     reason = (NO_PRIOR if not run.has_prior else
               "undefined: AIS cannot start from a point-mass q(z|x) (use --ais-start prior)"
-              if run.is_autoencoder and start == "posterior" else None)
+              if run.is_autoencoder and start == "posterior" else
+              f"undefined: {discrete_lib.NO_HMC}" if run.spec.model.prior.trait("discrete") else None)
     if reason:
         ctx.undefined[what] = reason
         return None
@@ -421,7 +424,8 @@ def format_table(result: dict[str, Any]) -> str:
     for name, m in result["metrics"].items():
         bpd = f"{m['bits_per_dim']:>10.4f}" if "bits_per_dim" in m else f"{'':>10}"
         n = f"{m['n']:>8d}" if "n" in m else f"{'':>8}"
-        rows.append(f"{name:<18}{m['mean']:>12.3f}{m['stderr']:>10.3f}{bpd}{n}")
+        kind = f"  {m['kind']}" if "kind" in m else ""  # what the number is, where an estimator says
+        rows.append(f"{name:<18}{m['mean']:>12.3f}{m['stderr']:>10.3f}{bpd}{n}{kind}")
     meanings = {name: m["meaning"] for name, m in result["metrics"].items() if m.get("meaning")}
     if result.get("log_px_meaning") and "log_px" in result["metrics"]:
         meanings["log_px"] = f"{result['log_px_meaning']} ({result['metrics']['log_px'].get('estimator', '')})"

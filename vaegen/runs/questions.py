@@ -2,6 +2,7 @@
 
     run.log_px(x, k=1000)                 log p(x) by importance sampling           [N] nats
     run.log_px(x, method="ais")           ... by annealed importance sampling      [N] nats
+    run.log_px(x, method="exact")         ... summed over every z (small discrete z) [N] nats
     run.elbo(x)                           the ELBO                                 [N] nats
     run.reconstruct(x)                    E[x | z = E_q[z | x]]                    [N, *event]
     run.codes(x)                          E_q[z | x] (f(x) for an autoencoder)     [N, D]
@@ -14,7 +15,8 @@ and checks ``x`` first (``check=False`` skips it); randomness comes from ``key``
 
 What each number is: ``log_px`` by importance sampling is a stochastic lower bound on log p(x)
 (the log of an unbiased estimate of p(x); its expectation is IWAE_k <= log p(x)), and so is AIS's;
-for a model with an exact likelihood (MADE) ``log_px`` is exact and ``k`` is unused; ``elbo`` is an
+for a model with an exact likelihood (MADE) ``log_px`` is exact and ``k`` is unused, and so is
+``method="exact"`` on a discrete z with few configurations (a sum over all of them); ``elbo`` is an
 unbiased estimate of the ELBO (exact in expectation; a bound on log p(x) in expectation).
 """
 
@@ -28,18 +30,20 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaegen import sharding as sharding_lib
+from vaegen.blocks import discrete as discrete_lib
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.data import binarization
 from vaegen.data import splits as splits_lib
-from vaegen.errors import ConfigError, NoLatentError, NO_LATENT_MESSAGE
+from vaegen.errors import ConfigError, NoLatentError, NO_LATENT_MESSAGE, UndefinedEstimateError
 from vaegen.estimators import ais as ais_lib
+from vaegen.estimators import enumeration as enumeration_lib
 from vaegen.estimators import importance as importance_lib
 from vaegen.model import latent as latent_lib
 from vaegen.objectives.bounds import ELBO, objective_terms
 from vaegen.objectives.exact import ExactLogLikelihood
 from vaegen.train.rng import purpose_key
 
-METHODS = ("is", "ais")
+METHODS = ("is", "ais", "exact")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,11 +94,13 @@ class Questions:
           k: importance samples (``method="is"``).
           method: ``is`` (importance sampling from ``proposal``: ``posterior`` q(z|x) -- for a
             point-mass q with a p(z), a WAE or an AAE, the scale mixture around the code of
-            :meth:`with_code_proposal` -- or ``prior`` p(z)) or ``ais`` (annealed importance sampling with ``ais``, default the run's
-            ``eval.ais`` settings, started as they say).
-        Both are stochastic lower bounds on log p(x); a model with an exact likelihood (MADE)
-        returns its exact log p(x).  Raises :class:`vaegen.errors.UndefinedEstimateError` for a
-        model without a prior (an autoencoder: fit a density to its codes first).
+            :meth:`with_code_proposal` -- or ``prior`` p(z)), ``ais`` (annealed importance sampling with ``ais``, default the run's
+            ``eval.ais`` settings, started as they say; a continuous z only) or ``exact`` (the sum over every
+            configuration of a discrete z, :mod:`vaegen.estimators.enumeration`).
+        ``is`` and ``ais`` are stochastic lower bounds on log p(x), ``exact`` is exact; a model with an
+        exact likelihood (MADE) returns its exact log p(x).  Raises :class:`vaegen.errors.UndefinedEstimateError` for a
+        model without a prior (an autoencoder: fit a density to its codes first), and for ``exact`` on
+        a continuous z or one with too many configurations.
         """
         xs, single = self._examples(x, "log_px", check)
         if method not in METHODS:
@@ -109,7 +115,12 @@ class Questions:
             log_joint, q = importance_lib.model_functions(model, variables, proposal=proposal)
             out = importance_lib.importance_sampling(log_joint, q, xs, self._key(key),
                                                      num_samples=k, batch_size=batch_size)["log_px"]
+        elif method == "exact":
+            fns = enumeration_lib.enumeration_functions(self.model, self.variables)
+            out = enumeration_lib.exact_log_px(*fns, xs, batch_size=batch_size)["log_px"]
         else:
+            if self.spec.model.prior.trait("discrete"):
+                raise UndefinedEstimateError(discrete_lib.NO_HMC)
             settings = self.spec.eval.ais if ais is None else ais
             log_joint, start = importance_lib.model_functions(self.model, self.variables, proposal=settings.start)
             out = settings.forward(log_joint, start, xs, self._key(key),

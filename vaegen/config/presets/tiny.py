@@ -2,7 +2,9 @@
 
 ``--config tiny:ae`` gives the matching autoencoder (point mass, no prior, objective ae);
 ``tiny:wae`` and ``tiny:aae`` the autoencoders whose codes are matched to N(0, I) in training;
-``tiny:vq`` a VQ-VAE (z [4] as 2 groups of 2, a codebook of 4, no prior in training).
+``tiny:vq`` a VQ-VAE (z [4] as 2 groups of 2, a codebook of 4, no prior in training);
+``tiny:dvae`` a discrete VAE (M = 2 categorical variables of K = 3, one-hot: z [6], 9 configurations,
+so its ELBO and log p(x) can be summed exactly; Gumbel-softmax gradients).
 
 Command::
 
@@ -44,6 +46,12 @@ def get_config(arg: str | None = None):
         c.model.prior = component("prior", "none")
         c.inference.posterior = component("posterior", "point_mass")
         c.objective = component("objective", "vq")
+    elif arg == "dvae":  # 2 categorical variables of 3: K^M = 9 configurations, small enough to enumerate
+        c.model.latent_dim = 6
+        c.model.prior = component("prior", "categorical", categories=3)
+        c.inference.posterior = component("posterior", "categorical", categories=3)
+        c.objective = component("objective", "discrete_elbo", estimator="gumbel_softmax")
+        c.eval.estimators = "elbo,iwae,is,exact,diagnostics"
     elif arg not in (None, "", "vae"):
-        raise ValueError(f"tiny takes 'vae', 'ae', 'wae', 'aae' or 'vq', not {arg!r}")
+        raise ValueError(f"tiny takes 'vae', 'ae', 'wae', 'aae', 'vq' or 'dvae', not {arg!r}")
     return c

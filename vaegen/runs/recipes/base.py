@@ -109,10 +109,12 @@ def _kind(run: Run) -> str:
 
 
 def codes_kind(run: Run) -> str:
-    """What the run's latent codes are: ``continuous``, ``discrete`` or ``none``."""
+    """What the run's latent codes are: ``continuous``, ``discrete`` (a VQ-VAE's codebook indices, or a
+    discrete latent variable's values) or ``none``."""
     if not run.has_latents:
         return "none"
-    return "discrete" if run.spec.model.kind.trait("vq_vae", False) else "continuous"
+    discrete = run.spec.model.kind.trait("vq_vae", False) or run.spec.inference.posterior.trait("discrete", None)
+    return "discrete" if discrete else "continuous"
 
 
 CAPABILITIES: dict[str, Capability] = {c.name: c for c in (
