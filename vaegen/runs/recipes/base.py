@@ -128,7 +128,10 @@ CAPABILITIES: dict[str, Capability] = {c.name: c for c in (
     Capability("continuous_codes", "continuous codes z in R^D", lambda r: codes_kind(r) == "continuous",
                lambda r: ("has discrete codes (points of its codebook): use --density code_prior" if codes_kind(r) == "discrete"
                           else f"has no codes (model.kind={_kind(r)!r}: no latent variable)")),
-    Capability("discrete_codes", "discrete codes (a VQ-VAE's codebook indices)", lambda r: codes_kind(r) == "discrete",
+    Capability("discrete_codes", "discrete codes (a VQ-VAE's codebook indices, a discrete latent variable)",
+               lambda r: codes_kind(r) == "discrete", lambda r: f"has no discrete codes (model.kind={_kind(r)!r})"),
+    Capability("codebook", "discrete codes (a VQ-VAE's codebook indices)",
+               lambda r: bool(r.spec.model.kind.trait("vq_vae", False)),
                lambda r: f"has no discrete codes (model.kind={_kind(r)!r}; a prior over codes needs a VQ-VAE: "
                          "`vaegen train --config vq_mlp_fmnist`)"),
     Capability("markov_chain", "a denoising Markov chain (an objective that defines one)",

@@ -173,7 +173,7 @@ def _run_codes(run: Run, s: FitSettings) -> tuple[np.ndarray, np.ndarray, dict]:
 
 @register_recipe("code_prior", settings=CodePriorSettings, label="code prior", samples_from="categorical MADE on codes",
                  tag="prior", log_px=LogPx.STOCHASTIC_LOWER_BOUND, log_px_meaning=LOG_PX_MEANING["is"],
-                 needs=("discrete_codes",), fitted=True)
+                 needs=("codebook",), fitted=True)
 class CodePrior(Recipe):
     """p(c): a categorical MADE (exact log p(c)) fitted by the trainer to a VQ-VAE's discrete codes after
     training; log p(x) by importance sampling over codes, never below log p(c*) + log p(x | c*)."""
