@@ -17,9 +17,12 @@ The package in layers, each importing only the ones above it in this list::
     vaegen.estimators               importance sampling, AIS, BDMC, diagnostics; the eval settings
     vaegen.train                    the fused trainer, optimiser, random streams, workdir, checkpoints,
                                     TensorBoard, the latent diagnostics at each validation
+    vaegen.coding                   lossless coding with p(x): bits back with ANS, quantized codes,
+                                    a VQ-VAE's codes, MADE's pixels (the registered coders)
     vaegen.inference                per-example q* by SVI, variational families, semi-amortized training
     vaegen.config                   presets, overrides and the typed run spec (the boundary)
-    vaegen.runs                     train_and_evaluate(config), load(workdir), evaluate(run)
+    vaegen.runs                     train_and_evaluate(config), load(workdir), evaluate(run),
+                                    compress(run, x) and decompress(run, data)
     vaegen.studies                  compare and its report, gaps, ex-post densities, reproduction, demo
     vaegen.cli                      the `vaegen` command
 
@@ -30,11 +33,12 @@ Importing vaegen registers every built-in component; a module of your own regist
 from vaegen import errors, registry
 from vaegen.blocks import densities, likelihoods, networks, posteriors, priors
 from vaegen.blocks import quantizers
+from vaegen.coding import coders
 from vaegen.config.loading import load_config
 from vaegen.config.schema import RunSpec, to_spec
-from vaegen.errors import (CheckpointError, ConfigError, DataError, InferenceError, NoLatentError, NoPriorError,
-                           NonFiniteError, SupportError, TrainingInterrupted, UndefinedEstimateError,
-                           UndefinedObjectiveError, WorkdirError)
+from vaegen.errors import (CheckpointError, CodingError, CompressedFileError, ConfigError, DataError, InferenceError,
+                           NoLatentError, NoPriorError, NonFiniteError, SupportError, TrainingInterrupted,
+                           UndefinedEstimateError, UndefinedObjectiveError, WorkdirError)
 from vaegen.estimators import ais, diagnostics, importance
 from vaegen.estimators.settings import EvalSettings
 from vaegen.inference import families, semi_amortized, svi
@@ -48,6 +52,7 @@ from vaegen.objectives import autoencoder, batch, bounds, denoising, density, ex
 from vaegen.objectives import vq as vq_objective
 from vaegen.objectives.autoencoder import Autoencoder
 from vaegen.objectives.bounds import ELBO, IWAE
+from vaegen.runs.compression import compress, decompress
 from vaegen.runs.evaluate import evaluate
 from vaegen.runs.run import Run
 from vaegen.runs.training import train_and_evaluate
@@ -59,9 +64,9 @@ from vaegen.studies.gaps import compute_gaps
 __version__ = "0.2.0"
 
 __all__ = [
-    "Autoencoder", "CheckpointError", "ConfigError", "DataError", "ELBO", "EvalSettings", "IWAE", "InferenceError",
+    "Autoencoder", "CheckpointError", "CodingError", "CompressedFileError", "ConfigError", "DataError", "ELBO", "EvalSettings", "IWAE", "InferenceError",
     "LatentVariableModel", "NoLatentError", "NoPriorError", "NonFiniteError", "Run", "RunSpec", "SVISettings",
     "SemiAmortizedELBO", "SupportError", "TrainingInterrupted", "UndefinedEstimateError", "UndefinedObjectiveError",
-    "WorkdirError", "build_model", "compute_gaps", "evaluate", "fit_local", "load", "load_config", "registry",
+    "WorkdirError", "build_model", "compress", "compute_gaps", "decompress", "evaluate", "fit_local", "load", "load_config", "registry",
     "to_spec", "train_and_evaluate",
 ]
