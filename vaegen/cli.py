@@ -488,11 +488,12 @@ def cmd_compress(args, overrides) -> int:
         protocol = splits_lib.split_protocol(run.spec.data, split)
         images = {"source": f"the {split} split of {run.spec.data.name}",
                   "binarization": f"{protocol} (the run's protocol for its {split} split)"}
-    print(f"compressing {x.shape[0]} images ({images['source']}; binarization: {images['binarization']})")
     t0 = time.perf_counter()
     data, stats = compression_lib.compress_with_stats(run, x, coder=args.coder, settings=settings, images=images,
                                                       model={"density": args.density})
     seconds = time.perf_counter() - t0
+    print(f"compressed {x.shape[0]} images ({images['source']}; binarization: {images['binarization']}) in "
+          f"{seconds:.2f} s")
     result = compression_lib.report(run, x, data, seed=args.seed, samples=args.samples, stats=stats, seconds=seconds)
     compression_lib.write_file(out, data)
     evaluate_lib.write_json(_json_path(out), result)

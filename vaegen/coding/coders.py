@@ -284,16 +284,12 @@ def _made_step(m, pre, x_prev, d_prev, d):
     pre-activations ``pre [rows, H1]`` take the pixel decided last (``x_prev [rows]`` at ``d_prev``), and
     P(x_d = 1 | x_<d) ``[rows]`` follows."""
     pre = pre + x_prev[:, None] * m.hidden_layers[0].masked_kernel()[d_prev]
-    act = _activation(m.activation)
+    act = networks_lib.activation(m.activation)
     h = act(pre)
     for layer in m.hidden_layers[1:]:
         h = act(layer(h))
     logit = h @ m.logits_layer.masked_kernel()[:, d] + m.logits_layer.bias[d]
     return pre, jax.nn.sigmoid(logit)
-
-
-def _activation(name):
-    return networks_lib.activation(name)
 
 
 class AutoregressivePlan(Plan):
@@ -474,7 +470,7 @@ class QuantizedLatent(Coder):
         out = importance_lib.importance_sampling(log_joint, prop, jnp.asarray(x), key, num_samples=k)
         what = "q(z|x)" if proposal == "posterior" else "p(z)"
         return (-np.asarray(out["log_px"], np.float64),
-                f"-log p(x) by importance sampling (k={k}, proposal {what}): a stochastic upper bound on -log p(x)")
+                f"-log p(x) by importance sampling (k={k}, proposal {what}): above -log p(x) in expectation")
 
 
 class DiscreteCodes(Coder):
@@ -533,7 +529,7 @@ def autoregressive(settings: BlockSettings) -> Autoregressive:
 
 # --- choosing a coder ----------------------------------------------------------------------------------
 
-def coder(name: str, settings: Any = None) -> Coder:
+def make_coder(name: str, settings: Any = None) -> Coder:
     """The coder ``name`` with ``settings`` (a settings object, a mapping of its settings, or None for
     the defaults); an unknown name or setting is a ConfigError."""
     component = CODERS.get(name)
@@ -666,12 +662,12 @@ def rows_for(n: int, cap: int) -> int:
     return min(rows, cap)
 
 
-def compress(model: Any, variables: Any, x: np.ndarray, *, coder_name: str | None = None, settings: Any = None,
+def compress(model: Any, variables: Any, x: np.ndarray, *, coder: str | None = None, settings: Any = None,
              event_shape: tuple[int, ...] | None = None) -> Coded:
     """Codes the images ``x [N, *event]`` (float32 as the model sees them) losslessly with ``model``.
 
     Args:
-      coder_name: a registered coder (:data:`CODERS`); None: :func:`default_coder`.
+      coder: a registered coder's name (:data:`CODERS`); None: :func:`default_coder`.
       settings: the coder's settings (object or mapping; None: its defaults).
     Raises:
       vaegen.errors.NoPriorError: a model with latents and no p(z) (an autoencoder).
@@ -684,8 +680,8 @@ def compress(model: Any, variables: Any, x: np.ndarray, *, coder_name: str | Non
     support = "binary" if isinstance(model, MADE) else getattr(getattr(model, "likelihood", None), "support", None)
     if support in observations.OBSERVATIONS:       # images the likelihood cannot code: before anything is built
         observations.OBSERVATIONS[support].symbols(x)
-    name = coder_name or default_coder(model, variables, event_shape)
-    c = coder(name, settings)
+    name = coder or default_coder(model, variables, event_shape)
+    c = make_coder(name, settings)
     p = plan_for(model, variables, event_shape, c)
     symbols = p.observation.symbols(x)
     cap = max(1, min(c.max_block, p.max_rows))
@@ -721,7 +717,7 @@ def decompress(model: Any, variables: Any, words: np.ndarray, layout: Layout) ->
       vaegen.errors.CompressedFileError: the words do not decode to the end where coding began (they
         were damaged, or coded by another model or on another platform).
     """
-    c = coder(layout.coder, layout.settings)
+    c = make_coder(layout.coder, layout.settings)
     p = plan_for(model, variables, tuple(layout.event_shape), c)
     cap = max(1, min(c.max_block, p.max_rows))
     stack = ans.Stack(words)

@@ -78,6 +78,11 @@ def fingerprint(run: Run) -> dict[str, str]:
             "parameters": parameters_fingerprint(run.variables)}
 
 
+def _prior_name(run: Run) -> str:
+    prior = getattr(run.model, "prior", None)
+    return "none" if prior is None else type(prior).__name__
+
+
 def _environment() -> dict[str, str]:
     device = jax.devices()[0]
     return {"constriction": ans.version(), "jax": jax.__version__,
@@ -106,13 +111,13 @@ def compress_with_stats(run: Run, x: Any, *, coder: str | None = None, settings:
     """:func:`compress`, and what coding measured: the layout, ``bits_after`` each block, the
     ``popped`` bits of each block, ``seconds``, ``initial_bits``."""
     x = _check_images(run, x)
-    coded = coding.compress(run.model, run.variables, x, coder_name=coder, settings=settings,
+    coded = coding.compress(run.model, run.variables, x, coder=coder, settings=settings,
                             event_shape=tuple(run.event_shape))
     layout = coded.layout
     header = {
         "format": FORMAT_VERSION,
         "model": {"fingerprint": fingerprint(run), "workdir": str(run.workdir), "kind": run.spec.model.kind.name,
-                  "prior": type(getattr(run.model, "prior", None)).__name__, **(model or {})},
+                  "prior": _prior_name(run), **(model or {})},
         "images": {"num": layout.num_images, "event_shape": list(layout.event_shape),
                    "support": run.spec.model.likelihood.trait("support", "real"), **(images or {})},
         "coder": {"name": layout.coder, "settings": layout.settings},
@@ -192,6 +197,12 @@ def _describe_model(model: dict) -> str:
     return f"run {model.get('workdir')} ({model.get('kind')}, p(z) {model.get('prior')}{density})"
 
 
+def _describe_fingerprint(fp: Any) -> str:
+    if not isinstance(fp, dict):
+        return repr(fp)
+    return f"config {fp.get('config')}, parameters {fp.get('parameters')}"
+
+
 def check_model(run: Run, header: dict) -> None:
     """Refuses (:class:`vaegen.errors.CompressedFileError`) a file written by another model than ``run``'s."""
     written = header.get("model", {})
@@ -199,8 +210,9 @@ def check_model(run: Run, header: dict) -> None:
     if written.get("fingerprint") != mine:
         raise CompressedFileError(
             f"the file was written by another model -- {_describe_model(written)}, fingerprint "
-            f"{written.get('fingerprint')} -- not by this one ({run.workdir}, fingerprint {mine}): decompress it with "
-            "the run (and --density) that wrote it")
+            f"{_describe_fingerprint(written.get('fingerprint'))} -- not by this one ({run.workdir}, p(z) "
+            f"{_prior_name(run)}, fingerprint {_describe_fingerprint(mine)}): "
+            "decompress it with the run (and --density) that wrote it")
     used = header.get("coded_with", {}).get("constriction", "")
     if used.split(".")[:2] != ans.version().split(".")[:2]:
         raise CompressedFileError(f"the file was coded with constriction {used}, whose entropy models constriction "
@@ -248,7 +260,7 @@ def report(run: Run, x: Any, data: bytes, *, seed: int = 0, samples: int | None 
     header, words = read(data)
     x = np.asarray(x)
     n, dims = int(x.shape[0]), int(math.prod(x.shape[1:]))
-    c = coding.coder(header["coder"]["name"], header["coder"]["settings"])
+    c = coding.make_coder(header["coder"]["name"], header["coder"]["settings"])
     t0 = time.perf_counter()
     nats, meaning = c.reference(run.model, run.variables, x, jax.random.key(seed), samples)
     bound_seconds = time.perf_counter() - t0
@@ -289,8 +301,9 @@ def format_report(result: dict) -> str:
     lines = [f"coder {result['coder']['name']}: {result['num_images']} images, {result['file_bytes']} bytes "
              f"({result['header_bytes']} of header and checksum)",
              f"  file        {result['file_bits_per_dim']:.4f} bits/dim",
-             f"  net         {result['net_bits_per_dim']:.4f} bits/dim (without the {result['initial_bits']} initial "
-             "bits, paid once by the first image)",
+             f"  net         {result['net_bits_per_dim']:.4f} bits/dim "
+             + (f"(without the {result['initial_bits']} initial bits, paid once by the first image)"
+                if result["initial_bits"] else "(the coded words alone; no initial bits: nothing is popped)"),
              f"  bound       {b['bits_per_dim']:.4f} bits/dim"
              + (f" +- {b['stderr_bits_per_dim']:.4f}" if b.get("stderr_bits_per_dim") is not None else "")
              + f"  ({b['meaning']})",
