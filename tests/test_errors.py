@@ -2,6 +2,7 @@
 and the workdir it was pointed at is left exactly as it was."""
 
 import dataclasses
+import functools
 import json
 import os
 import pathlib
@@ -24,6 +25,7 @@ from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import importance as estimators_lib
 from vaegen.estimators import settings as estimator_settings
 from vaegen.model import latent as model_lib
+from vaegen.runs import compression as compression_lib
 from vaegen.runs import run as run_lib
 from vaegen.runs.recipes import recipe
 from vaegen.train import workdir as workdir_lib
@@ -198,6 +200,12 @@ CLI_CASES = [
     ("data-dir-file", ["train", "--config", "tiny", "--config.data.name=mnist", "--config.data.data_dir={workdir}/notes.txt"],
      "data_dir {workdir}/notes.txt is a file, not a directory: point config.data.data_dir (or --data-dir) at a TFDS "
      "data directory"),
+    ("compress-no-run", ["compress", "--workdir", "{tmp}/nothing", "--out", "{tmp}/images.vgz"],
+     "holds no vaegen run"),
+    ("decompress-not-a-file", ["decompress", "--workdir", "{workdir}", "{workdir}/notes.txt", "--out", "{tmp}/x.npy"],
+     "the data are not a vaegen compressed file"),
+    ("decompress-out", ["decompress", "--workdir", "{workdir}", "{workdir}/notes.txt", "--out", "{tmp}/x.png"],
+     "--out writes the images as a .npy file"),
     ("eval-read-only", ["evaluate", "--workdir", "{locked}"],
      "cannot write {locked}/eval.json: {locked} is not writable (a read-only workdir?); pass --out PATH to write the "
      "result elsewhere"),
@@ -332,6 +340,38 @@ def _model_run(preset, overrides=()):
 _MADE = ["model.kind=autoregressive", "objective=exact"]
 
 
+def _random_run(preset, overrides=(), seed=0):
+    """A run of the model of ``preset`` with random (initial) parameters."""
+    run = _model_run(preset, overrides)
+    init = jax.jit(lambda key: model_lib.init_params(run.model, key, (8, 8, 1)))
+    return dataclasses.replace(run, variables=init(jax.random.key(seed)))
+
+
+_BITS = (np.arange(3 * 64).reshape(3, 8, 8, 1) % 3 == 0).astype(np.float32)
+
+
+@functools.lru_cache(maxsize=1)
+def _compressed():
+    """A random tiny VAE and three images it compressed."""
+    run = _random_run("tiny")
+    return run, compression_lib.compress(run, _BITS)
+
+
+def _flipped(data, at):
+    data = bytearray(data)
+    data[at] ^= 1
+    return bytes(data)
+
+
+def _diffusion_ae():
+    ae = _random_run("tiny:ae")
+    spec = expost_lib.density_spec("diffusion", 4, expost_lib.FitSettings(density={"hidden": (8,)}), num_validation=0)
+    model = model_lib.build_model(spec.model, spec.inference, (4,))
+    fit = expost_lib.DensityFit("diffusion", spec, model_lib.init_params(model, jax.random.key(0), (4,)),
+                                pathlib.Path("nowhere"), {})
+    return expost_lib.generative(ae, "diffusion", density=fit, code_scale=np.ones(4))
+
+
 # (id, call, error class, message fragment): errors raised by library functions called directly.
 PYTHON_CASES = [
     ("code-prior-not-vq", lambda: recipe("code_prior").check(_model_run("tiny:ae")), errors.RecipeError,
@@ -373,6 +413,28 @@ PYTHON_CASES = [
     ("expost-nan-codes", lambda: recipe("flow").fit_codes(np.full((300, 2), np.nan, np.float32), np.zeros((0, 2)),
                                                           "/nonexistent/fit"),
      errors.DataError, "the training codes contains 600 NaN or infinite values"),
+    # Lossless coding (vaegen.compress / vaegen.decompress, `vaegen compress` / `vaegen decompress`).
+    ("coding-no-prior", lambda: compression_lib.compress(_model_run("tiny:ae"), _BITS), errors.NoPriorError,
+     "so there is nothing to code z with: it defines no p(x), and what defines no p(x) compresses nothing"),
+    ("coding-code-prior", lambda: compression_lib.compress(_model_run("tiny:vq"), _BITS), errors.NoPriorError,
+     "this VQ-VAE has no prior over its codes, so there is nothing to code the codes with"),
+    ("coding-gaussian", lambda: compression_lib.compress(
+        _model_run("tiny", ["model.likelihood=gaussian", "data.binarization=none"]), _BITS), errors.CodingError,
+     "is a Gaussian density over real-valued x: it gives a discrete image no probability mass"),
+    ("coding-diffusion", lambda: compression_lib.compress(_diffusion_ae(), _BITS), errors.CodingError,
+     "p(z) is a variational diffusion model: its log p(z) is only a Monte Carlo estimate of a variational bound"),
+    ("coding-grey", lambda: compression_lib.compress(_model_run("tiny"), _BITS * 0.5), errors.SupportError,
+     "the images have values outside {0, 1}"),
+    ("coding-coder", lambda: compression_lib.compress(_model_run("tiny"), _BITS, coder="autoregressive"),
+     errors.CodingError, "coder autoregressive: autoregressive codes a MADE's pixels, and this model is no MADE"),
+    ("coding-setting", lambda: compression_lib.compress(_random_run("tiny"), _BITS, settings={"precision": 30}),
+     errors.ConfigError, "coder bits_back setting precision=30 must be in [2, 20]"),
+    ("compressed-other-model", lambda: compression_lib.decompress(_random_run("tiny", seed=1), _compressed()[1]),
+     errors.CompressedFileError, "the file was written by another model"),
+    ("compressed-damaged", lambda: compression_lib.decompress(_compressed()[0], _flipped(_compressed()[1], 100)),
+     errors.CompressedFileError, "the compressed file is damaged: its SHA-256 checksum does not match its content"),
+    ("compressed-truncated", lambda: compression_lib.decompress(_compressed()[0], _compressed()[1][:-9]),
+     errors.CompressedFileError, "the compressed file is truncated"),
 ]
 
 

@@ -17,11 +17,14 @@ The package in layers, each importing only the ones above it in this list::
     vaegen.estimators               importance sampling, AIS, BDMC, diagnostics; the eval settings
     vaegen.train                    the fused trainer, optimiser, random streams, workdir, checkpoints,
                                     TensorBoard, the latent diagnostics at each validation
+    vaegen.coding                   lossless coding with p(x): bits back with ANS, quantized codes,
+                                    a VQ-VAE's codes, MADE's pixels (the registered coders)
     vaegen.inference                per-example q* by SVI, variational families, semi-amortized training
     vaegen.config                   presets, overrides and the typed run spec (the boundary)
-    vaegen.runs                     train_and_evaluate(config), load(workdir, density=...), evaluate(run);
-                                    the recipes: every way a trained run gets p(x) (own prior, N(0, I),
-                                    densities fitted to its codes, a prior over discrete codes, ...)
+    vaegen.runs                     train_and_evaluate(config), load(workdir, density=...), evaluate(run),
+                                    compress(run, x) and decompress(run, data); the recipes: every way a
+                                    trained run gets p(x) (own prior, N(0, I), densities fitted to its
+                                    codes, a prior over discrete codes, ...)
     vaegen.studies                  compare and its report, gaps, ex-post fits, reproduction, demo
     vaegen.cli                      the `vaegen` command
 
@@ -32,11 +35,12 @@ Importing vaegen registers every built-in component; a module of your own regist
 from vaegen import errors, registry
 from vaegen.blocks import densities, likelihoods, networks, posteriors, priors
 from vaegen.blocks import discrete, quantizers
+from vaegen.coding import coders
 from vaegen.config.loading import load_config
 from vaegen.config.schema import RunSpec, to_spec
-from vaegen.errors import (CheckpointError, ConfigError, DataError, InferenceError, NoLatentError, NoPriorError,
-                           NonFiniteError, RecipeError, SupportError, TrainingInterrupted, UndefinedEstimateError,
-                           UndefinedObjectiveError, WorkdirError)
+from vaegen.errors import (CheckpointError, CodingError, CompressedFileError, ConfigError, DataError, InferenceError,
+                           NoLatentError, NoPriorError, NonFiniteError, RecipeError, SupportError, TrainingInterrupted,
+                           UndefinedEstimateError, UndefinedObjectiveError, WorkdirError)
 from vaegen.estimators import ais, diagnostics, enumeration, importance
 from vaegen.estimators.settings import EvalSettings
 from vaegen.inference import families, semi_amortized, svi
@@ -53,6 +57,7 @@ from vaegen.objectives.autoencoder import Autoencoder
 from vaegen.objectives.bounds import ELBO, IWAE
 from vaegen.runs import recipes
 from vaegen.runs import enumerated  # the estimator `exact` of `vaegen evaluate`
+from vaegen.runs.compression import compress, decompress
 from vaegen.runs.evaluate import evaluate
 from vaegen.runs.loading import load  # a run, with a recipe (an ex-post density, ...) attached if asked for
 from vaegen.runs.recipes import RECIPES, Recipe, recipe
@@ -64,10 +69,11 @@ from vaegen.studies.gaps import compute_gaps
 __version__ = "0.2.0"
 
 __all__ = [
-    "Autoencoder", "CheckpointError", "ConfigError", "DataError", "ELBO", "EvalSettings", "IWAE", "InferenceError",
-    "LatentVariableModel", "NoLatentError", "NoPriorError", "NonFiniteError", "RECIPES", "Recipe", "RecipeError", "Run",
-    "RunSpec", "SVISettings",
+    "Autoencoder", "CheckpointError", "CodingError", "CompressedFileError", "ConfigError", "DataError", "ELBO",
+    "EvalSettings", "IWAE", "InferenceError", "LatentVariableModel", "NoLatentError", "NoPriorError", "NonFiniteError",
+    "RECIPES", "Recipe", "RecipeError", "Run", "RunSpec", "SVISettings",
     "SemiAmortizedELBO", "SupportError", "TrainingInterrupted", "UndefinedEstimateError", "UndefinedObjectiveError",
-    "WorkdirError", "build_model", "compute_gaps", "evaluate", "fit_local", "load", "load_config", "recipe", "registry",
+    "WorkdirError", "build_model", "compress", "compute_gaps", "decompress", "evaluate", "fit_local", "load",
+    "load_config", "recipe", "registry",
     "to_spec", "train_and_evaluate",
 ]

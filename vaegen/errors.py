@@ -93,6 +93,25 @@ class InferenceError(ValueError):
     """A family, an initialisation or inference settings that cannot be used with this model."""
 
 
+# --- lossless coding -----------------------------------------------------------------------------
+
+class CodingError(ValueError):
+    """A model, coder or likelihood that cannot code images losslessly (a continuous likelihood, a
+    density with no tractable mass on the bins of z, a coder that does not fit the model)."""
+
+
+class CompressedFileError(ValueError):
+    """A compressed file that cannot be decoded: not one, damaged, truncated, of another format
+    version, or written by another model."""
+
+
+NO_PRIOR_TO_CODE = (
+    "this model has no prior p(z) (an autoencoder: a point-mass encoder and a decoder), so there is nothing to code "
+    "z with: it defines no p(x), and what defines no p(x) compresses nothing. Attach a density over its codes "
+    "(`vaegen expost`, then --density NAME) and it codes its codes with it, or train a VAE"
+)
+
+
 # --- runs, workdirs, checkpoints ----------------------------------------------------------------
 
 class WorkdirError(RuntimeError):
@@ -134,7 +153,7 @@ class TrainingInterrupted(Exception):
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ConfigError, DatasetNotFoundError, SourceFormatError, DataError, SupportError, NoPriorError, NoLatentError,
     UndefinedObjectiveError, InferenceError, WorkdirError, CheckpointError, NonFiniteError, DiskFullError,
-    FileNotFoundError,
+    CodingError, CompressedFileError, FileNotFoundError,
 )
 """The errors the command line reports on one line with exit status 2 (TrainingInterrupted exits
 with 128 + the signal number)."""

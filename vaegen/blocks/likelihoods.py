@@ -320,6 +320,23 @@ class DiscretizedLogisticMixture(distrax.Distribution):
         log_px = jax.nn.logsumexp(self._log_weights() + log_mass, axis=-1)  # [..., *pixel]
         return jnp.sum(log_px, axis=tuple(range(-self._pixel_ndims, 0)))
 
+    def level_log_probs(self, value: jax.Array, channel: int) -> jax.Array:
+        """log p(x_c = k / 255 | x_<c) for every level k of channel ``channel`` of every pixel, in nats:
+        ``[..., *pixel, 256]`` for ``x [..., *pixel, C]``, of which only the channels before ``channel``
+        are read.  The mixture's weights given the channels before are pi_k prod_{j<c} DLogistic(x_j;
+        m_kj, s_kj), normalized; a pixel's levels sum to 1.  What codes x channel by channel."""
+        x = jnp.asarray(value, self._loc.dtype)[..., None, :]                         # [..., *pixel, 1, C]
+        loc, _ = _chain(self._loc, self._coupling, lambda c, m: x[..., c])            # m_kc(x_<c)
+        log_w = self._log_weights()
+        if channel:
+            before = _log_bin_mass(x[..., :channel], loc[..., :channel], self._log_scale[..., :channel])
+            log_w = log_w + jnp.sum(before, axis=-1)                                    # [..., *pixel, K]
+        log_w = jax.nn.log_softmax(log_w, axis=-1)
+        levels = jnp.arange(NUM_LEVELS, dtype=self._loc.dtype) / (NUM_LEVELS - 1)       # [256]
+        log_mass = _log_bin_mass(levels[:, None], loc[..., None, :, channel],
+                                 self._log_scale[..., None, :, channel])              # [..., *pixel, 256, K]
+        return jax.nn.logsumexp(log_w[..., None, :] + log_mass, axis=-1)
+
     def _sample_n(self, key: jax.Array, n: int) -> jax.Array:
         """``[n, ..., *pixel, C]``: k ~ pi, then channel by channel y_c ~ logistic(m_kc(x_<c), s_kc)
         rounded to its level, x_c = clip(round(255 y_c), 0, 255) / 255."""

@@ -12,6 +12,8 @@
     vaegen demo      [--workdir runs/demo]
     vaegen compare   [--preset quick|full|tiny] [--workdir runs/compare] [--set KEY=VALUE ...]
     vaegen expost    --workdir W [--density gmm|flow|two_stage|diffusion|code_prior] [--refit] [--set KEY=VALUE ...]
+    vaegen compress  --workdir W [--density NAME] (--images PATH | --split test) --out FILE   (lossless, at the bound)
+    vaegen decompress --workdir W [--density NAME] FILE --out PATH.npy
 
 Each command is one module of this package with ``add(subparsers)`` (its parser) and its
 ``cmd_*`` function; :func:`build_parser` assembles them.  ``vaegen --import FILE.py COMMAND ...``
@@ -30,7 +32,7 @@ import pathlib
 import sys
 
 from vaegen import compilation as compilation_lib
-from vaegen.cli import compare, demo, evaluate, expost, gaps, info, samples, train
+from vaegen.cli import coding, compare, demo, evaluate, expost, gaps, info, samples, train
 from vaegen.cli.common import EXIT_USAGE, Parser
 from vaegen.cli.info import _default_text, components_markdown, components_text
 from vaegen.config import loading as config_lib
@@ -39,7 +41,7 @@ from vaegen.runs import loading
 from vaegen.train import faults as faults_lib
 from vaegen.train import workdir as workdir_lib
 
-COMMANDS = (train, evaluate, gaps, samples, info, demo, expost, compare)
+COMMANDS = (train, evaluate, gaps, samples, info, demo, expost, compare, coding)
 """The modules that add the commands, in the order ``vaegen --help`` lists them."""
 
 __all__ = ["COMMANDS", "EXIT_USAGE", "build_parser", "components_markdown", "components_text", "main"]

@@ -35,6 +35,9 @@ The declared traits:
 ``reports_elbo``  whether a study reports the ELBO of q(z|x) with this p(z) (the prior q was trained with).
 ``as_trained``    whether it is the run as trained (what a run is when no recipe is asked for: the one of
                   these whose needs the run meets, :func:`as_trained`).
+``cannot_code``   why the model it makes cannot code images losslessly (:func:`vaegen.compress`), or empty:
+                  it codes with the coder its structure admits (bits back for a q with a density, the
+                  quantized code for a point mass, the discrete codes, pixel by pixel).
 """
 
 from __future__ import annotations
@@ -315,7 +318,7 @@ class Recipe:
 
 _TRAIT_DEFAULTS = {"label": "", "samples_from": "", "tag": "", "log_px": LogPx.STOCHASTIC_LOWER_BOUND,
                    "log_px_meaning": "", "needs": (), "fitted": False, "reports_elbo": False,
-                   "as_trained": False}
+                   "as_trained": False, "cannot_code": ""}
 
 
 def register_recipe(name: str, *, settings: type = NoSettings, aliases: Sequence[str] = (), summary: str | None = None,

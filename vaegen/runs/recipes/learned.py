@@ -408,5 +408,7 @@ register_recipe("diffusion", settings=DiffusionRecipeSettings, label="ex-post di
                                 "overshoots it by about exp(Var / 2): a lower bound up to that, Var = log_pz_mc_std^2 "
                                 "per code)"),
                 needs=("continuous_codes",), fitted=True,
+                cannot_code="its p(z) is known only through a Monte Carlo estimate of a variational bound, which "
+                            "assigns no probability to a quantized code",
                 summary="A latent diffusion model (a variational diffusion model) fitted to the codes: log p(z) >= its "
                         "variational bound, a Monte Carlo estimate.")(LearnedDensity)

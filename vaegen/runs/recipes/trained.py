@@ -77,7 +77,9 @@ def _around_code(gen: Run) -> bool:
 
 @register_recipe("none", label="", samples_from="nothing (no p(z))", log_px=LogPx.UNDEFINED,
                  log_px_meaning="undefined: the autoencoder has no p(z), hence no p(x) = E_p(z)[p(x|z)]",
-                 needs=("no_prior",), as_trained=True)
+                 needs=("no_prior",), as_trained=True,
+                 cannot_code="the autoencoder has no p(z), so there is nothing to code z with, and no p(x): it is not "
+                             "a generative model (fit a density to its codes first: vaegen expost)")
 class NoPrior(Recipe):
     """An autoencoder as trained: a decoder p(x | z) and codes f(x), but no p(z) -- no p(x) to evaluate
     and nothing to sample.  The row every other recipe is measured against."""
@@ -114,7 +116,9 @@ class ChainSettings(Settings):
                  log_px=LogPx.INTRACTABLE,
                  log_px_meaning=("no tractable density: p(x) is the stationary distribution of the Markov chain, "
                                  "known only through its samples"),
-                 needs=("markov_chain",))
+                 needs=("markov_chain",),
+                 cannot_code="its p(x) is the stationary distribution of a Markov chain, known only through its "
+                             "samples: there is no probability of an image to code it with")
 class MarkovChain(Recipe):
     """The denoising AE's Markov chain x~_t ~ C(x~ | x_{t-1}), x_t ~ P(x | x~_t) with the corruption it was
     trained with (Bengio et al. 2013): its stationary distribution is the model's p(x), sampled from
