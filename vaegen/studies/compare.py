@@ -78,7 +78,9 @@ from vaegen.runs.run import Run
 from vaegen.studies import metrics as metrics_lib
 from vaegen.train import trainer as trainer_lib
 
-PRESETS = ("tiny", "quick", "full")
+PRESETS = ("tiny", "quick", "standard", "full")
+COMMON_DRAWS = 5
+"""The stream (``fold_in`` of the study's key) of the importance-sampling draws every row shares."""
 BEST = "best"
 """In ``expost.rae_recipes``: the recipe that makes the AE most generative (:func:`resolve_best`)."""
 
@@ -90,7 +92,9 @@ class StudyEvalSettings(Settings):
     """How every row is measured."""
 
     k: int = setting(100, "importance samples per test image for log p(x)", ge=1)
-    max_test_examples: int = setting(500, "test images for log p(x) and reconstruction (0 = all)", ge=0)
+    max_test_examples: int = setting(500, "test images for log p(x) (0 = all)", ge=0)
+    max_bound_examples: int = setting(500, "test images for the ELBO and the reconstruction, the first of which are "
+                                      "log p(x)'s (0 = all)", ge=0)
     num_samples: int = setting(2000, "samples per row for the sample metrics (and reference test images)", ge=1)
     nn_k: int = setting(3, "k of the k-NN balls (precision, recall, prior mass off the codes)", ge=1)
     num_codes: int = setting(5000, "training codes (aggregate-posterior draws) for the k-NN balls", ge=1)
@@ -99,6 +103,10 @@ class StudyEvalSettings(Settings):
     def validate(self, key):
         if self.num_samples <= self.nn_k or self.num_codes <= self.nn_k:
             raise ConfigError(f"{key('num_samples')} and num_codes must exceed nn_k")
+        if self.max_bound_examples and (not self.max_test_examples or self.max_bound_examples < self.max_test_examples):
+            raise ConfigError(f"{key('max_bound_examples')}={self.max_bound_examples} must be 0 (all) or at least "
+                              f"max_test_examples={self.max_test_examples}: log p(x)'s images are the first of the "
+                              "bounds'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,8 +174,13 @@ class CompareSettings(Settings):
 
     preset: str = setting("quick", "the preset these settings started from", choices=PRESETS)
     base: str = setting("vae_mlp_fmnist", "the config preset every model starts from (data, nets, likelihood, optimiser)")
-    seed: int = setting(0, "seed of every model's run and of the measurements", ge=0)
-    epochs: int = setting(4, "training epochs of every model", gt=0)
+    seed: int = setting(0, "seed of the first training run of every model, and of the measurements", ge=0)
+    seeds: int = setting(1, "training runs of every model (seeds seed, seed + 1, ...: other initialisations and data "
+                         "orders, the same test images and importance-sampling draws)", gt=0)
+    reference: str = setting("vae", "the row every row's paired differences are taken to")
+    epochs: int = setting(4, "training epochs of every model (the most, with early stopping)", gt=0)
+    patience: int = setting(0, "early stopping of every model on its validation objective: validations without "
+                            "improvement before it stops, the best parameters kept (0 = train every epoch)", ge=0)
     betas: tuple[float, ...] = setting((0.1, 4.0), "the beta-VAE sweep (beta = 1 is the vae)", items_gt=0)
     path: tuple[tuple[float, float], ...] = setting(((0.1, 1.0), (0.01, 1.0)), "fixed-variance VAEs (posterior_scale, "
                                                     "beta) on the way to the AE: s -> 0 (and beta -> 0 too)")
@@ -206,21 +219,29 @@ def _recipe_section(name: str, **settings: Any) -> Selected:
 def study_settings(preset: str = "quick") -> CompareSettings:
     """The settings of a study preset.
 
-    ``quick``: Fashion-MNIST, the ``vae_mlp_fmnist`` networks, few epochs and a test subset --
-    minutes on a CPU.  ``full``: the same models trained for long, many more samples, k = 1000 on
-    the whole test set, a wider sweep -- for a GPU.  ``tiny``: scikit-learn's 8x8 digits, for tests.
+    ``quick``: Fashion-MNIST, the ``vae_mlp_fmnist`` networks, 4 epochs and 500 test images -- about 10 minutes
+    on a 2-core CPU.  ``standard``: the same models early-stopped (at most 20 epochs), 3 training seeds, log p(x)
+    with k = 1000 on 2,000 test images and the bounds on all of them -- about 90 minutes on the 2-core CPU.
+    ``full``: trained for long (at most 100 epochs, early-stopped), 3 seeds, many more samples, k = 1000 on the
+    whole test set, a wider sweep -- for a GPU.  ``tiny``: scikit-learn's 8x8 digits, for tests.
     """
     if preset not in PRESETS:
         raise ConfigError(f"unknown study preset {preset!r}; choose one of {', '.join(PRESETS)}")
     s = CompareSettings(preset=preset)
     r = dataclasses.replace
+    if preset == "standard":
+        # Converged as far as the 2-core CPU allows in about 90 minutes: every model early-stopped on its validation
+        # objective (at most 20 epochs), 3 training seeds, log p(x) with k = 1000 on 2,000 test images and the bounds on
+        # the whole test set (docs/results/ records what it measured and how far each model was from converging).
+        return r(s, seeds=3, epochs=20, patience=3, latent_map_epochs=10,
+                 eval=r(s.eval, k=1000, max_test_examples=2000, max_bound_examples=0))
     if preset == "full":
-        return r(s, epochs=100, betas=(0.1, 0.5, 2.0, 4.0),
+        return r(s, epochs=100, patience=10, seeds=3, betas=(0.1, 0.5, 2.0, 4.0),
                  path=((1.0, 1.0), (0.3, 1.0), (0.1, 1.0), (0.03, 1.0), (0.01, 1.0), (0.1, 0.1), (0.01, 0.01)),
                  dae=_changed(s.dae, walkback_steps=10), chain=_changed(s.chain, steps=1000),
                  made=_changed(s.made, hidden=(1000, 1000)), latent_map_epochs=50,
                  expost=r(s.expost, fit=r(s.expost.fit, max_codes=50000)),
-                 eval=r(s.eval, k=1000, max_test_examples=0, num_samples=10000, num_codes=20000,
+                 eval=r(s.eval, k=1000, max_test_examples=0, max_bound_examples=0, num_samples=10000, num_codes=20000,
                         num_prior_samples=10000))
     if preset == "tiny":
         e = s.expost
@@ -236,7 +257,8 @@ def study_settings(preset: str = "quick") -> CompareSettings:
                  vq=r(s.vq, kind=_changed(s.vq.kind, codebook_size=4, code_dim=2),
                       recipe=_changed(s.vq.recipe, max_codes=400, epochs=2, batch_size=50,
                                       density=r(s.vq.recipe.settings.density, hidden=(16,)))),
-                 eval=r(s.eval, k=4, max_test_examples=40, num_samples=64, num_codes=300, num_prior_samples=100),
+                 eval=r(s.eval, k=4, max_test_examples=40, max_bound_examples=40, num_samples=64, num_codes=300,
+                        num_prior_samples=100),
                  classifier_epochs=1)
     return s
 
@@ -363,10 +385,25 @@ def base_spec(study: CompareSettings, overrides: Sequence[str] = ()) -> RunSpec:
     return to_spec(config_lib.load_config(study.base, [*overrides, f"seed={int(study.seed)}"]))
 
 
-def model_spec(study: CompareSettings, variant: Variant, overrides: Sequence[str] = ()) -> RunSpec:
+def seeds(study: CompareSettings) -> list[int]:
+    """The training seeds of every model: ``seed, seed + 1, ..., seed + seeds - 1``."""
+    return [int(study.seed) + i for i in range(int(study.seeds))]
+
+
+def run_name(study: CompareSettings, variant: str, seed: int) -> str:
+    """The workdir of a variant's run with training seed ``seed``: ``<variant>`` for the first seed,
+    ``<variant>.seed<s>`` for the others."""
+    return config_lib.seeded_run_name(variant, seed, int(study.seed))
+
+
+def model_spec(study: CompareSettings, variant: Variant, overrides: Sequence[str] = (), seed: int | None = None
+               ) -> RunSpec:
     """The full typed run spec of a variant: the base preset, the user's overrides, the variant's choices,
-    and the study's training length (checkpoints every 5 epochs and at the end: resumable, not slow)."""
+    the study's training length and early stopping (checkpoints every 5 epochs and at the end:
+    resumable, not slow), trained with ``seed`` (default the study's)."""
     spec = base_spec(study, overrides)
+    if seed is not None:
+        spec = dataclasses.replace(spec, seed=int(seed))
     r = dataclasses.replace
     every = max(1, min(5, variant.epochs))
     objective = variant.objective if variant.objective is not None else spec.objective
@@ -375,8 +412,10 @@ def model_spec(study: CompareSettings, variant: Variant, overrides: Sequence[str
     model = r(spec.model, **{k: v for k, v in (("kind", variant.kind), ("prior", variant.prior),
                                                ("latent_dim", variant.latent_dim)) if v is not None})
     inference = r(spec.inference, posterior=variant.posterior) if variant.posterior is not None else spec.inference
-    return r(spec, model=model, inference=inference, objective=objective,
-             train=r(spec.train, num_epochs=int(variant.epochs), progress=False, checkpoint_every_epochs=every))
+    train = r(spec.train, num_epochs=int(variant.epochs), progress=False, checkpoint_every_epochs=every)
+    if study.patience:
+        train = r(train, early_stopping_patience=int(study.patience), eval_every_epochs=1)
+    return r(spec, model=model, inference=inference, objective=objective, train=train)
 
 
 def rows(study: CompareSettings) -> list[Row]:
@@ -433,8 +472,18 @@ class StudyContext:
     reference: np.ndarray      # [S, *event]: the reference images of the sample metrics (test split)
     reference_features: np.ndarray
     key: jax.Array
+    x_bounds: jax.Array | None = None   # [M', *event], M' >= M: test images for the ELBO and the reconstruction
+    seed: int = 0                       # the training seed of ``runs``
     codes: dict[str, dict[str, np.ndarray]] = dataclasses.field(default_factory=dict)
     fits: dict[tuple[str, str], Fit] = dataclasses.field(default_factory=dict)
+
+    def stem(self, row: "Row") -> str:
+        """The name of a row's files in ``rows/`` for this context's seed."""
+        return run_name(self.study, row.name, self.seed)
+
+    @property
+    def bounds_images(self) -> jax.Array:
+        return self.x_test if self.x_bounds is None else self.x_bounds
 
 
 def eval_split(spec: RunSpec, split: str, n: int) -> jax.Array:
@@ -500,11 +549,10 @@ class _Reconstruction:
         return self.model.apply(variables, method=lambda m: m.log_likelihood(x, m.q_z_given_x(x).mean()))
 
 
-def _reconstruction(run: Run, x: jax.Array) -> dict[str, float]:
-    """log p(x | z = E_q[z|x]) in nats over ``x [M, *event]``."""
+def reconstruction_terms(run: Run, x: jax.Array) -> np.ndarray:
+    """log p(x | z = E_q[z|x]) in nats for each row of ``x [M, *event]``: ``[M]``."""
     fn = jax.tree_util.Partial(_Reconstruction(run.model), run.variables)
-    terms = sharding_lib.map_examples(fn, jnp.asarray(x), jax.random.key(0), batch_size=min(500, x.shape[0]))
-    return evaluate_lib.summarize(np.asarray(terms), int(np.prod(run.event_shape)))
+    return np.asarray(sharding_lib.map_examples(fn, jnp.asarray(x), jax.random.key(0), batch_size=min(500, x.shape[0])))
 
 
 def _num_params(tree: Any) -> int:
@@ -541,7 +589,7 @@ def evaluate_row(ctx: StudyContext, row: Row) -> dict[str, Any]:
         x = np.asarray(eval_split(ctx.base_spec, "validation", int(ev.num_samples)))
         out["seconds_sampling"] = time.perf_counter() - t
         out["samples"] = metrics_lib.sample_quality(ctx.space, x, ctx.reference_features, k=int(ev.nn_k))
-        np.savez_compressed(ctx.workdir / "rows" / f"{row.name}.samples.npz", display=x[:64].astype(np.float16),
+        np.savez_compressed(ctx.workdir / "rows" / f"{ctx.stem(row)}.samples.npz", display=x[:64].astype(np.float16),
                             x=x[:64].astype(np.float16))
         out["seconds"] = time.perf_counter() - t0
         return out
@@ -552,32 +600,45 @@ def evaluate_row(ctx: StudyContext, row: Row) -> dict[str, Any]:
     kind = recipe.log_px_kind
     out["log_px_kind"] = kind.value
 
-    # Test log p(x) (and the ELBO), as the recipe measures it.
+    # Test log p(x) (and the ELBO), as the recipe measures it, with the same random numbers for every row
+    # (common random numbers: the paired differences between rows are then sharper).
+    draws = jax.random.fold_in(ctx.key, COMMON_DRAWS)
+    values: dict[str, np.ndarray] = {}
     est: Estimate | None = None
     if kind in (LogPx.UNDEFINED, LogPx.INTRACTABLE):
         out["log_px_undefined"] = recipe.trait("log_px_meaning")
         if kind is LogPx.UNDEFINED:
             out["elbo_undefined"] = evaluate_lib.UNDEFINED_FOR_AE["elbo"]
     else:
-        est = recipe.log_px(gen, ctx.x_test, jax.random.fold_in(key, 3), k=int(ev.k),
-                            with_elbo=bool(recipe.trait("reports_elbo")))
+        same_images = ctx.bounds_images.shape[0] == ctx.x_test.shape[0]
+        est = recipe.log_px(gen, ctx.x_test, jax.random.fold_in(draws, 3), k=int(ev.k),
+                            with_elbo=bool(recipe.trait("reports_elbo")) and same_images)
         meanings = est.extra.get("meanings", {})
-        out["log_px"] = dict(evaluate_lib.summarize(est.values["log_px"], dims), estimator=est.estimator,
+        values["log_px"] = np.asarray(est.values["log_px"], np.float64)
+        out["log_px"] = dict(evaluate_lib.summarize(values["log_px"], dims), estimator=est.estimator,
                              meaning=meanings.get("log_px", recipe.trait("log_px_meaning")))
+        bounds = est
+        if not same_images:     # the bounds on more images (one draw each where they are estimates)
+            bounds = recipe.log_px(gen, ctx.bounds_images, jax.random.fold_in(draws, 4), k=1,
+                                   with_elbo=bool(recipe.trait("reports_elbo")))
         for name in ("elbo", "reconstruction"):
-            if name in est.values:
-                out[name] = dict(evaluate_lib.summarize(est.values[name], dims),
+            if name in bounds.values:
+                values[name] = np.asarray(bounds.values[name], np.float64)
+                out[name] = dict(evaluate_lib.summarize(values[name], dims),
                                  **({"meaning": meanings[name]} if name in meanings else {}))
         for name in ("kl", "log_p_code"):
-            if name in est.values:
-                out[name] = evaluate_lib.summarize(est.values[name], None)
+            if name in bounds.values:
+                out[name] = evaluate_lib.summarize(bounds.values[name], None)
         if "codebook_usage" in est.extra:
             out["codebook_usage"] = est.extra["codebook_usage"]
     out["seconds_log_px"] = time.perf_counter() - t0
 
     # Reconstruction log p(x | z = E_q[z|x]) of the trained model.
     if run.has_latents and "reconstruction" not in out:
-        out["reconstruction"] = _reconstruction(run, ctx.x_test)
+        values["reconstruction"] = reconstruction_terms(run, ctx.bounds_images).astype(np.float64)
+        out["reconstruction"] = evaluate_lib.summarize(values["reconstruction"], dims)
+    if values:    # per-image values, for the paired differences between rows
+        np.savez(ctx.workdir / "rows" / f"{ctx.stem(row)}.values.npz", **values)
 
     # Samples and their quality in the classifier's feature space.
     if kind is not LogPx.UNDEFINED:
@@ -585,7 +646,7 @@ def evaluate_row(ctx: StudyContext, row: Row) -> dict[str, Any]:
         x, display = recipe.sample(gen, jax.random.fold_in(key, 1), int(ev.num_samples))
         out["seconds_sampling"] = time.perf_counter() - t
         out["samples"] = metrics_lib.sample_quality(ctx.space, x, ctx.reference_features, k=int(ev.nn_k))
-        np.savez_compressed(ctx.workdir / "rows" / f"{row.name}.samples.npz", display=display[:64].astype(np.float16),
+        np.savez_compressed(ctx.workdir / "rows" / f"{ctx.stem(row)}.samples.npz", display=display[:64].astype(np.float16),
                             x=x[:64].astype(np.uint8))
 
     # The aggregate posterior against the prior the samples come from.

@@ -18,7 +18,7 @@ import math
 import os
 import pathlib
 import textwrap
-from typing import Sequence
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +30,7 @@ from vaegen.runs.recipes import LogPx
 from vaegen.runs.recipes import trained as trained_lib
 from vaegen.studies import figures
 from vaegen.studies import metrics as metrics_lib
+from vaegen.studies import paired as paired_lib
 
 
 def _figure(width: float, height: float):
@@ -371,287 +372,318 @@ def log_px_note(rows) -> str:
                    "GMM: scikit-learn).")
 
 
-def metric_table(rows, results) -> str:
-    head = ("| model | samples drawn from | test log p(x) | ELBO | reconstruction log p(x \\| ẑ) | FD ↓ | precision ↑ "
-            "| recall ↑ | confidence | classes | prior mass off codes (held-out floor) | fit s |")
-    lines = [head, "|" + "---|" * 12]
+def metric_table(rows, results, cmp: "Comparisons | None" = None, reference: str | None = None) -> str:
+    """The table of every row: each value the mean over the study's seeds (± the images' standard error),
+    the paired difference of log p(x) to the reference row, the sample metrics and the prior's holes."""
+    pm = (lambda r, key: _pm(results[r.name].get(key))) if cmp is None else (lambda r, key: cmp.pm(r.name, key))
+    ref_label = next((r.label for r in rows if r.name == reference), reference)
+    head = (f"| model | samples drawn from | test log p(x) | Δ log p(x) vs {ref_label} (paired) | ELBO | reconstruction "
+            "log p(x \\| ẑ) | FD ↓ | precision ↑ | recall ↑ | confidence | classes | prior mass off codes (held-out floor) "
+            "| fit s |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         res = results[r.name]
         kind = _kind(r)
-        log_px = _pm(res.get("log_px")) if "log_px" in res else ("undefined" if r.recipe is not None else "—")
+        log_px = pm(r, "log_px") if "log_px" in res else ("undefined" if r.recipe is not None else "—")
         if "log_px" in res and kind is not None and kind.mark:
             log_px += " " + kind.mark
         if kind is LogPx.INTRACTABLE:
             log_px = "intractable"
         if "elbo" in res:
-            elbo = _pm(res["elbo"])
+            elbo = pm(r, "elbo")
         elif kind in (LogPx.UNDEFINED, LogPx.INTRACTABLE):
             elbo = "undefined"  # no p(z)
         elif kind is not None and res.get("point_mass") and "prior_mass_off_codes" in res:
             elbo = "−∞"  # a point-mass q(z|x) has KL +inf to any density
         else:
             elbo = "—"
+        delta = "—"
+        if cmp is not None and r.name != reference and "log_px" in res and kind is not None and kind.rankable:
+            delta = paired_lib.cell(cmp.pair(r.name, reference))
+        elif r.name == reference:
+            delta = "(reference)"
         s = res.get("samples", {})
         off = res.get("prior_mass_off_codes")
         off_cell = "—" if off is None else f"{100 * off:.0f}% ({100 * res['held_out_codes_off_codes']:.0f}%)"
         cell = lambda text: str(text).replace("|", "\\|")
-        lines.append(f"| {cell(r.label)} | {cell(r.sampled_from)} | {log_px} | {elbo} | {_pm(res.get('reconstruction'))} | "
+        lines.append(f"| {cell(r.label)} | {cell(r.sampled_from)} | {log_px} | {delta} | {elbo} | "
+                     f"{pm(r, 'reconstruction')} | "
                      f"{_num(s.get('fd'))} | {_num(s.get('precision'))} | {_num(s.get('recall'))} | "
                      f"{_num(s.get('confidence'))} | {_num(s.get('effective_classes'), '{:.1f}')} | {off_cell} | "
                      f"{_num(res.get('fit_seconds'), '{:.0f}')} |")
     return "\n".join(lines) + "\n\n" + log_px_note(rows)
 
 
-def _cmp(a: float | None, b: float | None, more: str, less: str, same: str, tol: float = 0.0) -> str:
-    """``more`` if a > b + tol, ``less`` if a < b - tol, else ``same`` (each a full comparative phrase)."""
-    if a is None or b is None or abs(a - b) <= tol:
-        return same
-    return more if a > b else less
-
-
 def _pct(v: float) -> str:
     return f"{100 * v:.0f}%"
 
 
-def densities_paragraph(rows, R, g, vae_lp, vae_fd, made_lp) -> str:
-    """Which ex-post density makes the AE most generative, what it costs, and how close it comes to the VAE
-    and MADE: worded from the AE + density rows (log p(x) first, FD beside it)."""
-    labels = {r.name: r.label for r in rows}
-    ae = [r for r in rows if r.variant == "ae" and _fitted(r) and g(r.name, "log_px", "mean") is not None]
-    if len(ae) < 2:
-        return ""
-    # A diffusion row's log p(x) (‡) rests on a Monte Carlo bound whose spread the average turns into an upward
-    # bias: it is not ranked against the others.
-    ranked = [r for r in ae if _kind(r).rankable] or ae
-    best = max(ranked, key=lambda r: g(r.name, "log_px", "mean"))
-    best_fd = min(ae, key=lambda r: g(r.name, "samples", "fd") if g(r.name, "samples", "fd") is not None else math.inf)
-    items = []
-    for r in ae:
-        item = f"{labels[r.name]} {g(r.name, 'log_px', 'mean'):.1f} nats{_kind(r).mark}"
-        if g(r.name, "samples", "fd") is not None:
-            item += f", FD {g(r.name, 'samples', 'fd'):.2f}"
-        if R[r.name].get("fit_seconds") is not None:
-            item += f", fit {R[r.name]['fit_seconds']:.0f} s"
-        items.append(item)
-    p = ("**Which density makes the AE most generative.** The same AE, the same test images, the same units: "
-         + "; ".join(items) + f". By log p(x) the best is {labels[best.name]}")
-    p += (f", by FD {labels[best_fd.name]}." if best_fd.name != best.name else ", which also has the lowest FD.")
-    lp = g(best.name, "log_px", "mean")
-    if vae_lp is not None:
-        p += f" Its log p(x) is {abs(vae_lp - lp):.1f} nats {'below' if lp < vae_lp else 'above'} the VAE's {vae_lp:.1f}"
-        if made_lp is not None:
-            p += f" and {abs(made_lp - lp):.1f} nats {'below' if lp < made_lp else 'above'} MADE's exact {made_lp:.1f}"
-        p += "."
-    biased = [r for r in rows if _kind(r) is LogPx.BIASED]
-    stds = [R[r.name].get("fit", {}).get("log_pz_mc_std") for r in biased]
-    stds = [v for v in stds if v is not None]
-    if stds:
-        v = max(stds)
-        p += (f" The {' and '.join(sorted({r.recipe_object.trait('label') for r in biased}))} rows' log p(x) (‡) is left "
-              "out of the ranking by log p(x): their p(z) is a Monte Carlo estimate of "
-              f"a bound with a standard deviation of up to {v:.1f} nats per code here, which the importance-sampling "
-              f"average turns into an upward bias of up to about Var/2 = {v * v / 2:.1f} nats.")
-    vae_rows = [r for r in rows if r.variant == "vae" and _fitted(r) and g(r.name, "samples", "fd") is not None]
-    if vae_rows and vae_fd is not None:
-        best_v = min(vae_rows, key=lambda r: g(r.name, "samples", "fd"))
-        p += (f" On the VAE's codes the best ex-post density by FD is {labels[best_v.name]} "
-              f"({g(best_v.name, 'samples', 'fd'):.2f} against {vae_fd:.2f} from N(0, I)).")
-    return p
+# --- comparisons: paired differences between any two rows, and the words for them ------------------------
+
+class Comparisons:
+    """Paired differences between rows, on the same test images and draws, over the study's seeds: the only
+    source of the report's ranking words (:mod:`vaegen.studies.paired`).  FD and the other sample metrics
+    have no paired error here; the report states their numbers without ranking words."""
+
+    def __init__(self, ctx, rows, by_seed: dict[int, dict[str, dict]] | None):
+        self.study, self.workdir = ctx.study, ctx.workdir
+        self.seeds = compare_lib.seeds(ctx.study)
+        self.by_seed = by_seed or {self.seeds[0]: {}}
+        self.rows = {r.name: r for r in rows}
+        self._values: dict = {}
+
+    def values(self, row: str, seed: int) -> dict[str, np.ndarray]:
+        if (row, seed) not in self._values:
+            path = self.workdir / "rows" / f"{compare_lib.run_name(self.study, row, seed)}.values.npz"
+            if path.exists():
+                with np.load(path) as f:
+                    self._values[(row, seed)] = {k: np.asarray(f[k]) for k in f.files}
+            else:
+                self._values[(row, seed)] = {}
+        return self._values[(row, seed)]
+
+    def pair(self, a: str, b: str, metric: str = "log_px") -> paired_lib.Paired | None:
+        """The paired difference a - b of ``metric`` (None where either row lacks it)."""
+        if a not in self.rows or b not in self.rows:
+            return None
+        va = [self.values(a, s).get(metric) for s in self.seeds]
+        vb = [self.values(b, s).get(metric) for s in self.seeds]
+        if any(x is None for x in va + vb) or any(x.shape != y.shape for x, y in zip(va, vb)):
+            return None
+        return paired_lib.paired(va, vb)
+
+    def pm(self, row: str, key: str) -> str:
+        """``mean ± standard error`` of a row's metric: the mean over seeds, and the images' standard error (the
+        root mean square of the seeds')."""
+        ms = [self.by_seed.get(s, {}).get(row, {}).get(key) for s in self.seeds]
+        ms = [m for m in ms if m]
+        if not ms:
+            return "—"
+        mean = float(np.mean([m["mean"] for m in ms]))
+        se = float(np.sqrt(np.mean([m["stderr"] ** 2 for m in ms])))
+        return f"{mean:.1f} ± {se:.1f}"
+
+    def mean(self, row: str, *keys) -> float | None:
+        """The mean over seeds of a row's measured value (e.g. ``"log_px", "mean"``)."""
+        vals = [_get(self.by_seed.get(s, {}).get(row, {}), *keys) for s in self.seeds]
+        vals = [v for v in vals if v is not None]
+        return float(np.mean(vals)) if vals else None
+
+    def words(self, a: str, b: str, metric: str = "log_px", *, higher: str = "higher than",
+              lower: str = "lower than", units: str = "nats") -> str:
+        """How ``a`` compares with ``b`` on ``metric``, with the paired difference that decides it."""
+        p = self.pair(a, b, metric)
+        if p is None:
+            return "not compared with"
+        seeds = f", over {len(p.means)} seeds" if len(p.means) > 1 else ""
+        diff = f"{p.mean:+.1f} ± {p.stderr:.1f} {units}, paired{seeds}"
+        if p.verdict == paired_lib.BETTER:
+            return f"{higher} ({diff})"
+        if p.verdict == paired_lib.WORSE:
+            return f"{lower} ({diff})"
+        return f"not distinguishable at this budget from ({diff})"
 
 
-def matching_paragraph(rows, R, g, vae_lp, vae_fd) -> str:
-    """Does matching the codes to p(z) during training (WAE, AAE) make an AE as generative as a VAE, or as an AE
-    with an ex-post density?  Worded from the rows whose variant was trained to match its prior."""
-    labels = {r.name: r.label for r in rows}
-    matched = [r for r in rows if r.sampled_from.endswith("matched in training") and g(r.name, "log_px", "mean") is not None]
-    if not matched:
-        return ""
-    items = []
-    for r in matched:
-        item = f"{labels[r.name]} log p(x) {g(r.name, 'log_px', 'mean'):.1f} nats"
-        if g(r.name, "samples", "fd") is not None:
-            item += f", FD {g(r.name, 'samples', 'fd'):.2f}"
-        off, floor = g(r.name, "prior_mass_off_codes"), g(r.name, "held_out_codes_off_codes")
-        if off is not None:
-            item += f", {_pct(off)} of N(0, I)'s draws off its codes (held-out codes: {_pct(floor)})"
-        items.append(item)
-    p = ("**Matching the codes to p(z) during training.** The WAE (an MMD penalty) and the AAE (a discriminator with "
-         "its own optimizer, in the same fused steps) keep the AE's point-mass encoder but pull its codes onto "
-         "N(0, I), which is then the model's prior: " + "; ".join(items) + ".")
-    best = max(matched, key=lambda r: g(r.name, "log_px", "mean"))
-    lp, fd = g(best.name, "log_px", "mean"), g(best.name, "samples", "fd")
-    aen_lp, aen_fd = g("ae+n01", "log_px", "mean"), g("ae+n01", "samples", "fd")
-    if aen_lp is not None:
-        tol = 2 * max(g(best.name, "log_px", "stderr") or 0.0, g("ae+n01", "log_px", "stderr") or 0.0)
-        p += (f" Against the AE with N(0, I) attached after training ({aen_lp:.1f} nats, FD {_num(aen_fd)}), the better of "
-              f"them by log p(x), {labels[best.name]}, is "
-              + _cmp(lp, aen_lp, f"{lp - aen_lp:.1f} nats higher", f"{aen_lp - lp:.1f} nats lower",
-                     f"level with it ({lp - aen_lp:+.1f} nats, within two standard errors)", tol))
-        p += f" at FD {fd:.2f}." if fd is not None else "."
-    if vae_lp is not None:
-        p += (f" It is {_cmp(lp, vae_lp, 'above', 'below', 'level with', g(best.name, 'log_px', 'stderr') or 0.0)} the "
-              f"VAE ({vae_lp:.1f} nats, FD {_num(vae_fd)})")
-        post = [r for r in rows if r.variant == "ae" and _fitted(r) and _kind(r).rankable
-                and g(r.name, "log_px", "mean") is not None]
-        if post:
-            bp = max(post, key=lambda r: g(r.name, "log_px", "mean"))
-            blp = g(bp.name, "log_px", "mean")
-            p += (f", and {_cmp(lp, blp, 'above', 'below', 'level with', g(best.name, 'log_px', 'stderr') or 0.0)} the AE "
-                  f"with its best ex-post density ({labels[bp.name]}, {blp:.1f} nats)")
-        p += "."
-    return p
+def _adhoc(rows, variant: str):
+    """The variant's row with a p(z) attached ad hoc (a recipe that fits nothing and gives a ranked log p(x))."""
+    return next((r for r in rows if r.variant == variant and r.recipe is not None and not _fitted(r)
+                 and _kind(r) is not None and _kind(r).rankable and not r.recipe_object.trait("as_trained")), None)
 
 
-def vq_paragraph(rows, R, g, vae_lp, study) -> str:
-    """The VQ-VAE with a prior over its discrete codes learned afterwards, worded from its row."""
-    row = next((r for r in rows if _group(study, r.variant) == "vq" and g(r.name, "log_px", "mean") is not None), None)
-    if row is None:
-        return ""
-    lp, bound, rec = g(row.name, "log_px", "mean"), g(row.name, "elbo", "mean"), g(row.name, "reconstruction", "mean")
-    usage, info = R[row.name].get("codebook_usage", {}), R[row.name].get("fit", {})
-    p = (f"**Discrete codes with a learned prior.** The VQ-VAE replaces each of its {info.get('num_positions', '?')} "
-         f"code vectors by the nearest of {info.get('codebook_size', '?')} codebook entries and has no prior while it "
-         f"trains; a categorical MADE fitted to its codes afterwards makes it generative. Its log p(x) is {lp:.1f} nats "
-         f"(importance sampling over codes), its ELBO log p(c*) + log p(x | c*) {bound:.1f}, with a reconstruction of "
-         f"{rec:.1f}")
-    if usage:
-        p += (f"; its test codes use {usage.get('used_codes')} of {usage.get('codebook_size')} entries "
-              f"(perplexity {usage.get('perplexity', float('nan')):.0f})")
-    if info.get("validation_log_pc") is not None:
-        p += (f", and the prior gives held-out codes {info['validation_log_pc']:.1f} nats against "
-              f"{info.get('uniform_log_pc', float('nan')):.1f} for a uniform one")
-    p += "."
-    if vae_lp is not None:
-        p += (f" That is {abs(lp - vae_lp):.1f} nats {'above' if lp > vae_lp else 'below'} the VAE's {vae_lp:.1f}"
-              + (f", at FD {g(row.name, 'samples', 'fd'):.2f}." if g(row.name, "samples", "fd") is not None else "."))
-    return p
-
-
-def answer(rows, results, study) -> str:
-    """The plain-language answer, worded from the numbers: every comparative word is computed."""
+def answer(rows, results, study, cmp: Comparisons) -> str:
+    """The plain-language answer, worded from the numbers: every ranking word about log p(x), the ELBO or the
+    reconstruction comes from a paired difference on the same images (``better`` only where it exceeds two
+    paired standard errors for every seed); sample metrics are stated, not ranked."""
     R = {r.name: results[r.name] for r in rows}
-    g = lambda name, *keys: _get(R.get(name, {}), *keys)
-    se = lambda name, key: g(name, key, "stderr") or 0.0
+    g = lambda name, *keys: cmp.mean(name, *keys) if _get(R.get(name, {}), *keys) is not None else None
+    label = {r.name: r.label for r in rows}
     paras = []
-    vae_lp, vae_fd = g("vae", "log_px", "mean"), g("vae", "samples", "fd")
+    ref = study.reference
+    ae_rows = [r for r in rows if r.variant == "ae"]
+    ae = next((r.name for r in ae_rows if r.recipe is not None and r.recipe_object.trait("as_trained")), None)
+    adhoc = _adhoc(rows, "ae")
+    vae_lp, vae_fd = g(ref, "log_px", "mean"), g(ref, "samples", "fd")
     data_fd, data_classes = g("data", "samples", "fd"), g("data", "samples", "effective_classes")
-    ae_rec, vae_rec = g("ae", "reconstruction", "mean"), g("vae", "reconstruction", "mean")
-    aen_fd, aen_lp, aen_off = g("ae+n01", "samples", "fd"), g("ae+n01", "log_px", "mean"), g("ae+n01", "prior_mass_off_codes")
-    vae_off, vae_floor = g("vae", "prior_mass_off_codes"), g("vae", "held_out_codes_off_codes")
-    aeg_fd, aeg_lp, aeg_off = g("ae+gmm", "samples", "fd"), g("ae+gmm", "log_px", "mean"), g("ae+gmm", "prior_mass_off_codes")
-    ae_floor = g("ae+n01", "held_out_codes_off_codes")
-    if vae_lp is not None and vae_fd is not None:
-        p = ("**Why the VAE is generative.** A generative model is a distribution over x that can be sampled and "
-             "evaluated. The VAE is one by construction: p(x) = ∫ p(z) p(x|z) dz with p(z) = N(0, I) fixed before "
+    if vae_lp is not None:
+        p = (f"**Why the {label.get(ref, ref)} is generative.** A generative model is a distribution over x that can be "
+             "sampled and evaluated. The VAE is one by construction: p(x) = ∫ p(z) p(x|z) dz with p(z) fixed before "
              "training, and its objective, the ELBO, is a lower bound on log p(x) whose KL term pulls the codes onto "
-             f"that prior. Its test log p(x) is {vae_lp:.1f} nats (importance sampling), and decoding z ~ p(z) gives "
-             f"images at FD {vae_fd:.2f}")
-        p += f" (held-out data: {data_fd:.2f})." if data_fd is not None else "."
-        if vae_off is not None:
-            p += (f" {_pct(vae_off)} of its prior's draws fall outside the codes' neighbourhoods, against "
-                  f"{_pct(vae_floor)} for held-out codes, the value of this measure when prior and codes match.")
+             f"that prior. Its test log p(x) is {vae_lp:.1f} nats (importance sampling)")
+        if vae_fd is not None:
+            p += f", and decoding z ~ p(z) gives images at FD {vae_fd:.2f}"
+            p += f" (held-out data: {data_fd:.2f})." if data_fd is not None else "."
+        off, floor = g(ref, "prior_mass_off_codes"), g(ref, "held_out_codes_off_codes")
+        if off is not None:
+            p += (f" {_pct(off)} of its prior's draws fall outside the codes' neighbourhoods, against {_pct(floor)} for "
+                  "held-out codes, the value of this measure when prior and codes match.")
         paras.append(p)
-    if ae_rec is not None and vae_rec is not None:
+    if ae is not None and g(ae, "reconstruction", "mean") is not None:
         p = ("**Why the AE is not.** The AE defines p(x | z) only at z = f(x): it has no p(z), hence no p(x) to "
              "evaluate and nothing to sample, and its ELBO is −∞ (the KL from a point mass to any density is +∞). "
-             f"Free of the KL, it reconstructs {_cmp(ae_rec, vae_rec, 'better than', 'worse than', 'as well as', se('ae', 'reconstruction'))} "
-             f"the VAE ({ae_rec:.1f} vs {vae_rec:.1f} nats).")
-        if aen_fd is not None and vae_fd is not None:
-            p += (f" Attaching N(0, I) to it anyway does give a generative model, and a "
-                  f"{_cmp(aen_fd, vae_fd, 'worse', 'better', 'no better')} one than the VAE: FD {aen_fd:.2f} "
-                  f"against {vae_fd:.2f}")
-            p += f", log p(x) {aen_lp:.1f} against {vae_lp:.1f} nats" if aen_lp is not None and vae_lp is not None else ""
-            p += "."
-            if aen_off is not None:
-                p += (f" The reason is the mismatch between its codes and the prior: {_pct(aen_off)} of N(0, I)'s draws "
-                      f"lie where no AE code lies (held-out codes: {_pct(ae_floor)}), so the decoder is asked about "
-                      "regions it never saw in training.")
+             f"Free of the KL, its reconstruction log p(x | z = f(x)) is "
+             f"{cmp.words(ae, ref, 'reconstruction')} the VAE's ({g(ae, 'reconstruction', 'mean'):.1f} vs "
+             f"{_num(g(ref, 'reconstruction', 'mean'), '{:.1f}')} nats).")
+        if adhoc is not None and g(adhoc.name, "log_px", "mean") is not None:
+            p += (f" Attaching {adhoc.recipe_object.trait('label')} to it anyway gives a generative model whose log p(x), "
+                  f"{g(adhoc.name, 'log_px', 'mean'):.1f} nats, is {cmp.words(adhoc.name, ref)} the VAE's; its samples "
+                  f"score FD {_num(g(adhoc.name, 'samples', 'fd'))} (the VAE's {_num(vae_fd)}).")
+            off = g(adhoc.name, "prior_mass_off_codes")
+            if off is not None:
+                p += (f" The reason is the mismatch between its codes and that prior: {_pct(off)} of its draws lie where "
+                      f"no AE code lies (held-out codes: {_pct(g(adhoc.name, 'held_out_codes_off_codes'))}), so the "
+                      "decoder is asked about regions it never saw in training.")
         paras.append(p)
     path = sorted([r for r in rows if _group(study, r.variant) == "path" and g(r.name, "elbo", "mean") is not None],
                   key=lambda r: (-float(r.variant.split("_")[-1]), -float(r.variant.split("_")[2])))
     if path:
         items = [f"σ = {r.variant.split('_')[2]}, β = {r.variant.split('_')[-1]}: ELBO {g(r.name, 'elbo', 'mean'):.1f}, "
                  f"log p(x) {g(r.name, 'log_px', 'mean'):.1f}, reconstruction {g(r.name, 'reconstruction', 'mean'):.1f}, "
-                 f"FD {g(r.name, 'samples', 'fd'):.2f}" for r in path]
+                 f"FD {_num(g(r.name, 'samples', 'fd'))}" for r in path]
         p = ("**The AE is a limit of the VAE.** Fix the encoder's standard deviation at σ and shrink it: the KL to "
              "N(0, I) contains −D log σ, so the ELBO falls toward −∞, while its gradient becomes that of "
              "log p(x | z = f(x)) − β/2 ‖f(x)‖², the RAE's objective; with β → 0 as well, the plain AE's. Measured: "
              + "; ".join(items) + ".")
-        last = path[-1]
-        if ae_rec is not None:
-            p += (f" The reconstruction approaches the AE's ({ae_rec:.1f}), and the prior mass off the codes is "
-                  f"{_pct(g(last.name, 'prior_mass_off_codes'))} at σ = {last.variant.split('_')[2]}: the codes no longer "
-                  "fill the prior.")
+        if ae is not None and g(ae, "reconstruction", "mean") is not None:
+            last = path[-1]
+            p += (f" The reconstruction approaches the AE's ({g(ae, 'reconstruction', 'mean'):.1f}), and the prior mass "
+                  f"off the codes is {_pct(g(last.name, 'prior_mass_off_codes') or 0.0)} at σ = "
+                  f"{last.variant.split('_')[2]}: the codes no longer fill the prior.")
         paras.append(p)
-    fixes = []
-    k = int(study.expost.gmm.settings.components)
-    if aeg_fd is not None:
-        s = (f"fitting a {k}-component Gaussian mixture to the AE's codes and sampling it moves FD from "
-             f"{aen_fd:.2f} (N(0, I)) to {aeg_fd:.2f}" if aen_fd is not None else f"an ex-post GMM gives FD {aeg_fd:.2f}")
-        if aeg_lp is not None and aen_lp is not None:
-            s += f" and log p(x) from {aen_lp:.1f} to {aeg_lp:.1f} nats"
-        if aeg_off is not None:
-            s += f"; {_pct(aeg_off)} of the mixture's draws fall off the codes (held-out codes: {_pct(ae_floor)})"
-        fixes.append(s)
-    rg_fd = g("rae+gmm", "samples", "fd")
-    if rg_fd is not None:
-        s = f"the regularised AE (‖z‖² and decoder-L2 penalties) with an ex-post GMM reaches FD {rg_fd:.2f}"
-        if g("rae+n01", "samples", "fd") is not None:
-            s += f" (from N(0, I): {g('rae+n01', 'samples', 'fd'):.2f})"
-        fixes.append(s)
-    vg_fd = g("vae+gmm", "samples", "fd")
-    if vg_fd is not None and vae_fd is not None:
-        fixes.append(f"the same recipe on the VAE's codes gives FD {vg_fd:.2f}, "
-                     f"{_cmp(vg_fd, vae_fd, 'worse than', 'better than', 'the same as')} its own prior's {vae_fd:.2f}")
-    dae_fd, dae_classes = g("dae", "samples", "fd"), g("dae", "samples", "effective_classes")
-    if dae_fd is not None:
-        s = (f"the denoising AE is generative through its corruption–reconstruction Markov chain "
-             f"(FD {dae_fd:.2f} after {int(study.chain.settings.steps)} steps from noise)")
-        if dae_classes is not None and data_classes is not None and dae_classes < 0.7 * data_classes:
-            s += (f", but the chain mixes poorly: its samples spread over {dae_classes:.1f} effective classes against "
-                  f"the data's {data_classes:.1f}")
-        s += "; its p(x) is the chain's stationary distribution, with no tractable likelihood"
-        fixes.append(s)
-    if fixes:
-        paras.append("**Making an AE generative** takes a distribution to sample from, supplied after training: "
-                     + "; ".join(fixes) + ".")
-    dens = densities_paragraph(rows, R, g, vae_lp, vae_fd, g("made", "log_px", "mean"))
-    if dens:
-        paras.append(dens)
-    matching = matching_paragraph(rows, R, g, vae_lp, vae_fd)
-    if matching:
-        paras.append(matching)
-    vq = vq_paragraph(rows, R, g, vae_lp, study)
-    if vq:
-        paras.append(vq)
-    made_lp, made_fd = g("made", "log_px", "mean"), g("made", "samples", "fd")
-    if made_lp is not None:
-        p = (f"**A latent variable is not what makes a model generative.** MADE has no z at all; its log p(x) is exact, "
-             f"{made_lp:.1f} nats")
+    fitted = [r for r in ae_rows if _fitted(r) and g(r.name, "log_px", "mean") is not None]
+    if fitted:
+        items = []
+        for r in fitted:
+            item = f"{label[r.name]}: log p(x) {g(r.name, 'log_px', 'mean'):.1f} nats{_kind(r).mark}"
+            if adhoc is not None and _kind(r).rankable:
+                item += f", {cmp.words(r.name, adhoc.name)} {adhoc.label}"
+            if g(r.name, "samples", "fd") is not None:
+                item += f", FD {g(r.name, 'samples', 'fd'):.2f}"
+            if g(r.name, "prior_mass_off_codes") is not None:
+                item += f", {_pct(g(r.name, 'prior_mass_off_codes'))} of its draws off the codes"
+            items.append(item)
+        p = ("**Making an AE generative** takes a distribution over its codes, supplied after training and fitted "
+             "to them: " + "; ".join(items) + ".")
+        ranked = [r for r in fitted if _kind(r).rankable]
+        if ranked:
+            best = max(ranked, key=lambda r: g(r.name, "log_px", "mean"))
+            others = [r for r in ranked if r.name != best.name]
+            p += f" The highest log p(x) is {best.label}'s"
+            if others:
+                p += ": " + "; ".join(f"{cmp.words(best.name, r.name)} {r.label}" for r in others)
+            if vae_lp is not None:
+                p += f"; against the VAE it is {cmp.words(best.name, ref)} the VAE's {vae_lp:.1f}"
+            p += "."
+        biased = [r for r in fitted if not _kind(r).rankable]
+        stds = [R[r.name].get("fit", {}).get("log_pz_mc_std") for r in biased]
+        stds = [v for v in stds if v is not None]
+        if biased and stds:
+            v = max(stds)
+            p += (f" The {' and '.join(sorted({r.recipe_object.trait('label') for r in biased}))} rows' log p(x) (‡) is not "
+                  f"ranked: their p(z) is a Monte Carlo estimate of a bound with a standard deviation of up to {v:.1f} "
+                  f"nats per code here, which the importance-sampling average turns into an upward bias of up to about "
+                  f"Var/2 = {v * v / 2:.1f} nats.")
+        paras.append(p)
+    matched = [r for r in rows if r.sampled_from.endswith("matched in training") and g(r.name, "log_px", "mean") is not None]
+    if matched:
+        items = []
+        for r in matched:
+            item = f"{label[r.name]}: log p(x) {g(r.name, 'log_px', 'mean'):.1f} nats"
+            if adhoc is not None:
+                item += f", {cmp.words(r.name, adhoc.name)} {adhoc.label}"
+            if vae_lp is not None:
+                item += f" and {cmp.words(r.name, ref)} the VAE"
+            if g(r.name, "prior_mass_off_codes") is not None:
+                item += (f"; {_pct(g(r.name, 'prior_mass_off_codes'))} of N(0, I)'s draws off its codes (held-out codes: "
+                         f"{_pct(g(r.name, 'held_out_codes_off_codes'))}), FD {_num(g(r.name, 'samples', 'fd'))}")
+            items.append(item)
+        paras.append("**Matching the codes to p(z) during training.** The WAE (an MMD penalty) and the AAE (a "
+                     "discriminator with its own optimizer, in the same fused steps) keep the AE's point-mass encoder "
+                     "but pull its codes onto N(0, I), which is then the model's prior: " + "; ".join(items) + ".")
+    vq = next((r for r in rows if _group(study, r.variant) == "vq" and g(r.name, "log_px", "mean") is not None), None)
+    if vq is not None:
+        info = R[vq.name].get("fit", {})
+        p = (f"**Discrete codes with a learned prior.** The VQ-VAE replaces each of its {info.get('num_positions', '?')} "
+             f"code vectors by the nearest of {info.get('codebook_size', '?')} codebook entries and has no prior while it "
+             f"trains; a prior over its codes fitted afterwards makes it generative. Its log p(x) is "
+             f"{g(vq.name, 'log_px', 'mean'):.1f} nats (importance sampling over codes), its ELBO log p(c*) + "
+             f"log p(x | c*) {_num(g(vq.name, 'elbo', 'mean'), '{:.1f}')}")
         if vae_lp is not None:
-            p += (f", {_cmp(made_lp, vae_lp, 'higher than', 'lower than', 'close to', se('vae', 'log_px'))} the VAE's "
-                  f"{vae_lp:.1f} (itself an importance-sampling lower bound)")
-        if made_fd is not None:
-            p += f", and its pixel-by-pixel samples score FD {made_fd:.2f}"
+            p += f"; its log p(x) is {cmp.words(vq.name, ref)} the VAE's"
+        p += f", at FD {_num(g(vq.name, 'samples', 'fd'))}."
+        paras.append(p)
+    dae = next((r for r in rows if _kind(r) is LogPx.INTRACTABLE and g(r.name, "samples", "fd") is not None), None)
+    if dae is not None:
+        p = (f"**{dae.label}** is generative through its corruption–reconstruction Markov chain (FD "
+             f"{g(dae.name, 'samples', 'fd'):.2f} after {int(study.chain.settings.steps)} steps from noise); its p(x) "
+             "is the chain's stationary distribution, with no tractable likelihood to compare")
+        classes = g(dae.name, "samples", "effective_classes")
+        if classes is not None and data_classes is not None and classes < 0.7 * data_classes:
+            p += (f"; the chain mixes poorly: its samples spread over {classes:.1f} effective classes against the "
+                  f"data's {data_classes:.1f}")
+        paras.append(p + ".")
+    made = next((r for r in rows if _kind(r) is LogPx.EXACT and g(r.name, "log_px", "mean") is not None), None)
+    if made is not None:
+        p = (f"**A latent variable is not what makes a model generative.** {made.label} has no z at all; its log p(x) is "
+             f"exact, {g(made.name, 'log_px', 'mean'):.1f} nats")
+        if vae_lp is not None:
+            p += f", {cmp.words(made.name, ref)} the VAE's (itself an importance-sampling lower bound)"
         p += (". What makes a model generative is a normalised distribution over x that can be sampled: the VAE has "
               "one by construction, the AE only once a p(z) (or a chain) is added.")
-        lps = {r.name: g(r.name, "log_px", "mean") for r in rows if g(r.name, "log_px", "mean") is not None
-               and _kind(r) is not LogPx.BIASED}
-        fds = {r.name: g(r.name, "samples", "fd") for r in rows if r.recipe is not None
-               and g(r.name, "samples", "fd") is not None}
-        if lps and fds and max(lps, key=lps.get) != min(fds, key=fds.get):
-            best_lp, best_fd = max(lps, key=lps.get), min(fds, key=fds.get)
-            label = {r.name: r.label for r in rows}
-            p += (f" Likelihood and sample quality need not agree (Theis et al. 2016): the highest log p(x) here is "
-                  f"{label[best_lp]}'s ({lps[best_lp]:.1f}), the lowest FD {label[best_fd]}'s ({fds[best_fd]:.2f}).")
         paras.append(p)
-    paras.append("These are short training runs: differences within a few standard errors, or a few FD points, are not "
-                 "settled here; the full preset trains every model for longer.")
+    verdicts = [cmp.pair(r.name, ref) for r in rows if r.name != ref and _kind(r) is not None and _kind(r).rankable]
+    undecided = sum(1 for v in verdicts if v is not None and v.verdict == paired_lib.SAME)
+    seeds = compare_lib.seeds(study)
+    paras.append(f"Every ranking word above comes from a paired difference on the same test images and importance-"
+                 f"sampling draws, over {len(seeds)} training seed{'s' if len(seeds) > 1 else ''}: *better* or *worse* "
+                 "only where it exceeds two paired standard errors for every seed. "
+                 f"{undecided} of the {len(verdicts)} models with a ranked log p(x) are not distinguishable from the VAE "
+                 "at this budget. FD and the other sample metrics have no such test here; their differences are "
+                 "stated, not ranked.")
     return "\n\n".join(paras)
 
 
+def paired_table(rows, cmp: Comparisons, reference: str) -> str:
+    """Every row's paired differences to the reference row: mean ± paired standard error [seed spread], and the
+    word the report may use for log p(x)."""
+    metrics = (("log_px", "Δ log p(x)"), ("elbo", "Δ ELBO"), ("reconstruction", "Δ reconstruction"))
+    head = "| model | " + " | ".join(h for _, h in metrics) + " | log p(x) against the reference |"
+    lines = [head, "|" + "---|" * (len(metrics) + 2)]
+    for r in rows:
+        if r.recipe is None or r.name == reference:
+            continue
+        pairs = {m: cmp.pair(r.name, reference, m) for m, _ in metrics}
+        if not any(pairs.values()):
+            continue
+        word = pairs["log_px"].verdict if pairs["log_px"] is not None and _kind(r).rankable else "—"
+        cells = [paired_lib.cell(pairs[m]) for m, _ in metrics]
+        lines.append(f"| {r.label} | " + " | ".join(cells) + f" | {word} |")
+    return "\n".join(lines)
+
+
+PUBLISHED_VAE = -228.77
+"""The VAE with N(0, I) under the full protocol of its reproduction row (experiments/reproduce; Fashion-MNIST,
+the VampPrior protocol): how far the study's VAE is from where its model ends up."""
+
+
+def convergence_table(convergence: dict[str, Any], labels: dict[str, str]) -> str:
+    """How far each model was from converging when the study measured it."""
+    lines = ["| model | seed | validation objective | epochs (of at most) | best epoch | early-stopped | last gain per "
+             "epoch (nats) | mean gain per epoch, last 3 (nats) |", "|---|---|---|---|---|---|---|---|"]
+    for name, c in convergence.items():
+        lines.append(f"| {labels.get(c['variant'], c['variant'])} | {c['seed']} | {c['objective']} {c['last']:.2f} | "
+                     f"{c['epochs']} ({c['max_epochs']}) | {c['best_epoch']} | {'yes' if c['stopped_early'] else 'no'} | "
+                     f"{_num(c['last_gain_per_epoch'])} | {_num(c['gain_per_epoch_last_3'])} |")
+    return "\n".join(lines)
+
+
 def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, settings: Sequence[str],
-                 overrides: Sequence[str]) -> pathlib.Path:
+                 overrides: Sequence[str], by_seed: dict[int, dict[str, Any]] | None = None,
+                 paired: dict | None = None, convergence: dict[str, Any] | None = None) -> pathlib.Path:
+    """Writes ``<workdir>/report/``: the figures and ``report.md`` (the answer, the metric table with every row's
+    paired difference to the reference, the paired differences in full, how far each model was from
+    converging, and how everything was measured)."""
+    del paired   # the comparisons are recomputed from the per-image values, between any two rows
+    cmp = Comparisons(ctx, rows, by_seed or {compare_lib.seeds(ctx.study)[0]: results})
     out = ctx.workdir / "report"
     out.mkdir(parents=True, exist_ok=True)
     figs = samples_figures(ctx, rows, results, out)
@@ -685,10 +717,18 @@ def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, 
     ]
     if "headline" in figs:
         lines += ["![samples of each model](headline.png)", ""]
-    lines += ["## The answer", "", answer(rows, results, study), "", "## Metrics", "", metric_table(rows, results), ""]
+    seeds = compare_lib.seeds(study)
+    lines += ["## The answer", "", answer(rows, results, study, cmp), "", "## Metrics", "",
+              metric_table(rows, results, cmp, study.reference), ""]
     n_test = int(ctx.x_test.shape[0])
+    n_bounds = int(ctx.bounds_images.shape[0])
+    over = (f"the mean over {len(seeds)} training seeds ({', '.join(map(str, seeds))}) of each seed's mean, ± the images' "
+            "standard error" if len(seeds) > 1 else "± standard error over the images")
     lines += [
-        f"Test log p(x), ELBO and reconstruction: nats per image (± standard error) on the first {n_test} test images. "
+        f"Test log p(x) on the first {n_test} test images, ELBO and reconstruction on the first {n_bounds}: nats per "
+        f"image, {over}. Δ log p(x): the paired difference to {_label(ctx, study.reference)} on the same images and the same "
+        "importance-sampling draws (common random numbers), ± its paired standard error"
+        + (" [and the spread of the per-seed differences]" if len(seeds) > 1 else "") + ". "
         f"log p(x) is estimated by importance sampling with k = {int(study.eval.k)} — a stochastic lower bound — with "
         "q(z|x) as proposal for the VAEs, and for autoencoders (whose q is a point mass, no proposal) a scale mixture of "
         "Gaussians centred at the code, N(f(x), (s·σ_codes)²) with s ∈ {0.01, 0.03, 0.1, 0.3, 1} (vaegen.blocks.posteriors.CodeProposal); "
@@ -715,6 +755,25 @@ def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, 
         "dae_chain": "The DAE's Markov chain.",
         "path": "The fixed-variance path from the VAE to the AE.",
     }
+    lines += ["## Paired differences", "",
+              f"Each row minus {_label(ctx, study.reference)}, per image, on the same test images and importance-sampling draws: the "
+              "mean ± its paired standard error" + (", [the standard deviation of the per-seed differences]"
+                                                   if len(seeds) > 1 else "") +
+              ". *better*/*worse* where the difference exceeds two paired standard errors for every seed, else *not "
+              "distinguishable at this budget*.", "", paired_table(rows, cmp, study.reference), ""]
+    if convergence:
+        labels = {v.name: v.label for v in compare_lib.variants(study)}
+        lines += ["## How far each model was from converging", "",
+                  "From each run's metrics.jsonl: the validation objective it was trained on (nats per image), the "
+                  "epochs it ran, its best epoch (the parameters measured, with early stopping), and how much that "
+                  "objective still gained per epoch at the end.", "", convergence_table(convergence, labels), ""]
+        vae = convergence.get(study.reference)
+        if vae is not None and ctx.base_spec.data.name == "fashion_mnist" and "log_px" in results.get(study.reference, {}):
+            lp = cmp.mean(study.reference, "log_px", "mean")
+            lines += [f"The {labels.get(study.reference, study.reference)}'s test log p(x) here, {lp:.2f} nats, is "
+                      f"{PUBLISHED_VAE - lp:.2f} nats below {PUBLISHED_VAE:.2f}, the same model under the full protocol of "
+                      "its reproduction row (experiments/reproduce: up to 2000 epochs with early stopping after 50, "
+                      "k = 5000).", ""]
     lines += ["## Figures", ""]
     for name in ("samples", "latent_map", "path", "reconstructions", "interpolations", "dae_chain"):
         if name in figs:

@@ -27,6 +27,7 @@ from vaegen.runs.run import restore
 from vaegen.studies import compare
 from vaegen.studies import compare_report
 from vaegen.studies import metrics as metrics_lib
+from vaegen.studies import paired as paired_lib
 from vaegen.train import trainer as trainer_lib
 from vaegen.train import workdir as workdir_lib
 
@@ -34,15 +35,20 @@ from vaegen.train import workdir as workdir_lib
 def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "quick", settings: Iterable[str] = (),
               overrides: Iterable[str] = (), only: Sequence[str] | None = None, progress: bool = True,
               log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Trains (or resumes) every variant, evaluates every row, writes the report.
+    """Trains (or resumes) every variant with every training seed, evaluates every row for each seed,
+    takes every row's paired differences to the reference row, writes the report.
 
     Args:
-      workdir: the study's directory: one run per variant, ``classifier/``, ``rows/`` (metrics per
-        row, cached), ``report/`` (``report.md`` and figures), ``results.json``.
-      preset: ``tiny`` | ``quick`` | ``full`` (:func:`vaegen.studies.compare.study_settings`).
-      settings: ``key=value`` changes to the study (e.g. ``epochs=3``, ``eval.k=500``).
+      workdir: the study's directory: one run per variant and seed (``<variant>``, ``<variant>.seed<s>``),
+        ``classifier/``, ``rows/`` (metrics and per-image values per row and seed, cached), ``report/``
+        (``report.md`` and figures), ``results.json``.
+      preset: ``tiny`` | ``quick`` | ``standard`` | ``full`` (:func:`vaegen.studies.compare.study_settings`).
+      settings: ``key=value`` changes to the study (e.g. ``epochs=3``, ``eval.k=500``, ``seeds=3``).
       overrides: ``key=value`` config overrides applied to *every* model (e.g. ``data.name=mnist``).
       only: train and report only these variants (rows that need others are skipped).
+
+    Interrupted (a kill, a full disk), it resumes: trained runs and measured rows are reused, a run
+    cut short resumes from its checkpoint, and the result is the uninterrupted one.
 
     Returns the results (also written to ``results.json``).
     """
@@ -57,29 +63,33 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
         if unknown:
             raise ConfigError(f"unknown variants {unknown}; this study has {[v.name for v in all_variants]}")
         all_variants = [v for v in all_variants if v.name in only]
-    specs = {v.name: compare.model_spec(study, v, overrides) for v in all_variants}   # validates every spec first
+    seeds = compare.seeds(study)
+    specs = {(v.name, s): compare.model_spec(study, v, overrides, seed=s)       # validates every spec first
+             for v in all_variants for s in seeds}
     base_spec = compare.base_spec(study, overrides)
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "rows").mkdir(exist_ok=True)
     study_record = {"preset": preset, "settings": list(settings), "overrides": overrides, "study": to_mapping(study)}
-    (workdir / "study.json").write_text(json.dumps(study_record, indent=2, default=list) + "\n")
+    workdir_lib.write_atomic(workdir / "study.json", json.dumps(study_record, indent=2, default=list) + "\n",
+                             kind="study")
 
     splits = trainer_lib.load_data(base_spec)
-    log(f"[compare] {preset} study of {len(all_variants)} models in {workdir} "
+    log(f"[compare] {preset} study of {len(all_variants)} models x {len(seeds)} seed(s) in {workdir} "
         f"({base_spec.data.name}, {splits.train.shape[0]} training images)")
 
-    # 1. Train every model with the one trainer.
+    # 1. Train every model with the one trainer, once per seed.
     timings: dict[str, float] = {}
-    for v in tqdm(all_variants, desc="train", unit="model", disable=not progress):
+    for (name, seed), spec in tqdm(list(specs.items()), desc="train", unit="model", disable=not progress):
         t = time.perf_counter()
-        if _trained(workdir / v.name, specs[v.name]):
-            log(f"[compare] {v.name}: trained already")
+        run_dir = workdir / compare.run_name(study, name, seed)
+        if _trained(run_dir, spec):
+            log(f"[compare] {run_dir.name}: trained already")
             continue
-        last = trainer_lib.train_and_evaluate(specs[v.name], workdir / v.name, splits=splits)
-        timings[v.name] = time.perf_counter() - t
+        last = trainer_lib.train_and_evaluate(spec, run_dir, splits=splits)
+        timings[run_dir.name] = time.perf_counter() - t
         bound = {k: round(val, 2) for k, val in last.items() if k.startswith("validation/")} if last else "already trained"
-        log(f"[compare] {v.name}: {timings[v.name]:.0f} s {bound}")
-    runs = {v.name: restore(workdir / v.name) for v in all_variants}
+        log(f"[compare] {run_dir.name}: {timings[run_dir.name]:.0f} s {bound}")
+    runs = {s: {v.name: restore(workdir / compare.run_name(study, v.name, s)) for v in all_variants} for s in seeds}
 
     # 2. The feature classifier.
     t = time.perf_counter()
@@ -89,57 +99,145 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
     timings["classifier"] = time.perf_counter() - t
     log(f"[compare] feature classifier: test accuracy {space.info['test_accuracy']:.3f}")
 
-    # 3. Every row.
+    # 3. Every row, for every seed (the same test images and draws).
     ev = study.eval
     x_test = compare.eval_split(base_spec, "test", int(ev.max_test_examples))
+    x_bounds = (compare.eval_split(base_spec, "test", int(ev.max_bound_examples))
+                if int(ev.max_bound_examples) != int(ev.max_test_examples) else None)
     reference = np.asarray(compare.eval_split(base_spec, "test", int(ev.num_samples)))
     reference_features, _ = space(reference)
-    ctx = compare.StudyContext(study=study, workdir=workdir, splits=splits, base_spec=base_spec, runs=runs, space=space,
-                   x_test=x_test, reference=reference, reference_features=reference_features,
-                   key=jax.random.key(int(study.seed)))
-    table_rows = [r for r in compare.rows(study) if (r.variant is None or r.variant in runs)
+    contexts = {s: compare.StudyContext(study=study, workdir=workdir, splits=splits, base_spec=base_spec, runs=runs[s],
+                                        space=space, x_test=x_test, reference=reference,
+                                        reference_features=reference_features, key=jax.random.key(int(study.seed)),
+                                        x_bounds=x_bounds, seed=s) for s in seeds}
+    table_rows = [r for r in compare.rows(study) if (r.variant is None or r.variant in runs[seeds[0]])
                   and (r.variant is not None or splits.validation.shape[0] > int(ev.nn_k))]  # the floor needs held-out images
-    results: dict[str, Any] = {}
+    by_seed: dict[int, dict[str, Any]] = {s: {} for s in seeds}
     for i, r in enumerate(tqdm(list(table_rows), desc="evaluate", unit="row", disable=not progress)):
-        if r.best:  # the RAE + the density that did best on the AE's codes, measured above
-            r = compare.resolve_best(r, table_rows[:i], results)
+        if r.best:  # the RAE + the density that did best on the AE's codes (first seed), measured above
+            r = compare.resolve_best(r, table_rows[:i], by_seed[seeds[0]])
             table_rows[i] = r
             if r is None:
                 continue
-        fingerprint = compare.fingerprint({
-            "eval": to_mapping(study.eval), "fit": to_mapping(study.expost.fit), "row": compare.row_record(r),
-            "epoch": runs[r.variant].epoch if r.variant else None,
-            # the variant's whole config: a model retrained with other settings is measured anew
-            "config": workdir_lib.config_fingerprint(to_mapping(runs[r.variant].spec)) if r.variant else None,
-            "classifier": space.info.get("recipe"), "overrides": overrides})
-        path = workdir / "rows" / f"{r.name}.json"
-        cached = json.loads(path.read_text()) if path.exists() else None
-        has_samples = r.recipe is None or r.recipe_object.log_px_kind is not LogPx.UNDEFINED
-        if cached and cached.get("fingerprint") == fingerprint and (workdir / "rows" / f"{r.name}.samples.npz").exists() == has_samples:
-            results[r.name] = cached
-            continue
-        res = compare.evaluate_row(ctx, r)
-        res["fingerprint"] = fingerprint
-        path.write_text(json.dumps(res, indent=2, default=float) + "\n")
-        results[r.name] = res
-        log(f"[compare] {r.name}: {compare.row_summary(res)}")
+        for s in seeds if r.variant is not None else seeds[:1]:   # the data row does not depend on the seed
+            by_seed[s][r.name] = _measured(contexts[s], r, overrides, log)
     table_rows = [r for r in table_rows if r is not None]
-    timings["evaluation"] = sum(results[n].get("seconds", 0.0) for n in results)
+    results = by_seed[seeds[0]]
+    timings["evaluation"] = sum(res.get("seconds", 0.0) for rs in by_seed.values() for res in rs.values())
 
-    # 4. Figures and the report.
+    # 4. Paired differences to the reference row, and how far each model was from converging.
+    paired = paired_differences(workdir, study, table_rows)
+    convergence = convergence_of(workdir, study, all_variants)
+
+    # 5. Figures and the report.
     t = time.perf_counter()
-    report_path = compare_report.write_report(ctx, table_rows, results, timings=timings, preset=preset,
-                                              settings=list(settings), overrides=overrides)
+    report_path = compare_report.write_report(contexts[seeds[0]], table_rows, results, timings=timings, preset=preset,
+                                              settings=list(settings), overrides=overrides, by_seed=by_seed,
+                                              paired=paired, convergence=convergence)
     timings["report"] = time.perf_counter() - t
     timings["total_wall"] = time.perf_counter() - t_start
     summary = {"preset": preset, "settings": list(settings), "overrides": overrides, "study": to_mapping(study),
                "machine": compare.machine(), "timings_seconds": timings, "classifier": space.info, "rows": results,
-               "report": str(report_path)}
-    tmp = workdir / ".results.json.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=float) + "\n")
-    os.replace(tmp, workdir / "results.json")
+               "seeds": seeds, "rows_by_seed": {str(s): rs for s, rs in by_seed.items()},
+               "paired": {row: {m: p.to_json() for m, p in ms.items()} for row, ms in paired.items()},
+               "reference": study.reference, "convergence": convergence, "report": str(report_path)}
+    workdir_lib.write_atomic(workdir / "results.json", json.dumps(summary, indent=2, default=float) + "\n",
+                             kind="study")
     log(f"[compare] report: {report_path} ({timings['total_wall']:.0f} s in all)")
     return summary
+
+
+def _measured(ctx: compare.StudyContext, r: compare.Row, overrides: Sequence[str], log: Callable[[str], None]
+              ) -> dict[str, Any]:
+    """The row's measurement for the context's seed: reused from ``rows/`` when it was made from the same
+    settings, runs and classifier (and its files are there), else made and saved."""
+    study, workdir = ctx.study, ctx.workdir
+    fingerprint = compare.fingerprint({
+        "eval": to_mapping(study.eval), "fit": to_mapping(study.expost.fit), "row": compare.row_record(r),
+        "epoch": ctx.runs[r.variant].epoch if r.variant else None, "draws": compare.COMMON_DRAWS,
+        # the variant's whole config: a model retrained with other settings is measured anew
+        "config": workdir_lib.config_fingerprint(to_mapping(ctx.runs[r.variant].spec)) if r.variant else None,
+        "classifier": ctx.space.info.get("recipe"), "overrides": list(overrides)})
+    stem = ctx.stem(r)
+    path = workdir / "rows" / f"{stem}.json"
+    cached = json.loads(path.read_text()) if path.exists() else None
+    has_samples = r.recipe is None or r.recipe_object.log_px_kind is not LogPx.UNDEFINED
+    has_values = r.recipe is not None and r.variant is not None
+    files_there = ((workdir / "rows" / f"{stem}.samples.npz").exists() == has_samples
+                   and (not has_values or (workdir / "rows" / f"{stem}.values.npz").exists()))
+    if cached and cached.get("fingerprint") == fingerprint and files_there:
+        return cached
+    res = compare.evaluate_row(ctx, r)
+    res["fingerprint"] = fingerprint
+    workdir_lib.write_atomic(path, json.dumps(res, indent=2, default=float) + "\n", kind="study")
+    log(f"[compare] {stem}: {compare.row_summary(res)}")
+    return res
+
+
+PAIRED_METRICS = ("log_px", "elbo", "reconstruction")
+"""The per-image metrics whose paired differences the study reports."""
+
+
+def paired_differences(workdir: pathlib.Path, study: compare.CompareSettings, rows: Sequence[compare.Row]
+                       ) -> dict[str, dict[str, paired_lib.Paired]]:
+    """Every row's paired difference to the reference row (``study.reference``), per metric, over the
+    seeds: ``{row: {metric: Paired}}`` (a metric either row lacks is left out)."""
+    names = {r.name for r in rows}
+    if study.reference not in names:
+        return {}
+    values = {(r.name, s): _values(workdir, study, r.name, s) for r in rows for s in compare.seeds(study)}
+    out: dict[str, dict[str, paired_lib.Paired]] = {}
+    for r in rows:
+        if r.name == study.reference:
+            continue
+        for metric in PAIRED_METRICS:
+            pairs = [(values[(r.name, s)].get(metric), values[(study.reference, s)].get(metric))
+                     for s in compare.seeds(study)]
+            if all(a is not None and b is not None and a.shape == b.shape for a, b in pairs):
+                out.setdefault(r.name, {})[metric] = paired_lib.paired([a for a, _ in pairs], [b for _, b in pairs])
+    return out
+
+
+def _values(workdir: pathlib.Path, study: compare.CompareSettings, row: str, seed: int) -> dict[str, np.ndarray]:
+    path = workdir / "rows" / f"{compare.run_name(study, row, seed)}.values.npz"
+    if not path.exists():
+        return {}
+    with np.load(path) as f:
+        return {k: np.asarray(f[k]) for k in f.files}
+
+
+def convergence_of(workdir: pathlib.Path, study: compare.CompareSettings, variants: Sequence[compare.Variant]
+                   ) -> dict[str, Any]:
+    """How far each model (and seed) was from converging, from its ``metrics.jsonl``: the validation objective
+    it tracked, its epochs, best epoch, whether early stopping stopped it, and the last validation
+    improvement per epoch (nats; small means close to converged under this optimiser)."""
+    out: dict[str, Any] = {}
+    for v in variants:
+        for s in compare.seeds(study):
+            name = compare.run_name(study, v.name, s)
+            path = workdir / name / "metrics.jsonl"
+            if not path.exists():
+                continue
+            lines = workdir_lib.read_jsonl(path)
+            bound = restore_bound(workdir / name)
+            val = [(int(r["epoch"]), float(r[f"validation/{bound}"])) for r in lines if f"validation/{bound}" in r]
+            if not val:
+                continue
+            best = max(val, key=lambda e: e[1])
+            last_gain = (val[-1][1] - val[-2][1]) / max(val[-1][0] - val[-2][0], 1) if len(val) > 1 else None
+            recent = val[-3:]
+            slope = ((recent[-1][1] - recent[0][1]) / max(recent[-1][0] - recent[0][0], 1)) if len(recent) > 1 else None
+            out[name] = {"variant": v.name, "seed": s, "objective": bound, "epochs": val[-1][0],
+                         "max_epochs": int(v.epochs), "best_epoch": best[0], "best": best[1], "last": val[-1][1],
+                         "stopped_early": any(bool(r.get("early_stopping/stopped")) for r in lines),
+                         "last_gain_per_epoch": last_gain, "gain_per_epoch_last_3": slope}
+    return out
+
+
+def restore_bound(run_dir: pathlib.Path) -> str:
+    """The name of the bound the run tracked on validation data (its objective's ``bound_name``)."""
+    spec = workdir_lib.parse_stored(RunSpec, run_dir / workdir_lib.CONFIG_FILE)
+    return spec.objective.build().bound_name
 
 
 def _trained(workdir: pathlib.Path, spec: RunSpec) -> bool:
@@ -153,6 +251,11 @@ def _trained(workdir: pathlib.Path, spec: RunSpec) -> bool:
     except (ConfigError, WorkdirError):
         return False
     same = not workdir_lib.differences(to_mapping(previous), to_mapping(spec))
-    return same and (workdir / trainer_lib.CHECKPOINTS_DIR / str(spec.train.num_epochs)).is_dir()
+    if not same:
+        return False
+    if (workdir / trainer_lib.CHECKPOINTS_DIR / str(spec.train.num_epochs)).is_dir():
+        return True
+    lines = workdir_lib.read_jsonl(workdir / "metrics.jsonl") if (workdir / "metrics.jsonl").exists() else []
+    return any(bool(r.get("early_stopping/stopped")) for r in lines)   # early stopping ended it
 
 
