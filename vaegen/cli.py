@@ -38,7 +38,7 @@ from vaegen.config.schema import to_spec
 from vaegen.data import datasets
 from vaegen.data import images as images_lib
 from vaegen.errors import (NO_PRIOR_MESSAGE, USER_ERRORS, ConfigError, InferenceError, NoPriorError,
-                           TrainingInterrupted)
+                           TrainingInterrupted, WorkdirError)
 from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import importance as importance_lib
 from vaegen.estimators.settings import EvalSettings
@@ -103,10 +103,19 @@ def cmd_train(args, overrides) -> int:
     if not sharding_lib.is_primary():
         return 0
     bound = spec.objective.build().bound_name
+    finished_before = getattr(last, "finished_before", False)
+    if finished_before:
+        why = (f"it stopped early at epoch {last.checkpoint_epoch} (config.train.early_stopping_patience="
+               f"{spec.train.early_stopping_patience})" if last.stopped_early else
+               f"its checkpoint of epoch {last.checkpoint_epoch} is the last of config.train.num_epochs="
+               f"{spec.train.num_epochs}")
+        print(f"{workdir} is trained already: {why}; nothing was done (to train longer, raise "
+              f"--config.train.num_epochs; to evaluate it: vaegen evaluate --workdir {workdir})")
     if last:
         val = last.get(f"validation/{bound}")
         train = last.get(f"train/{bound}")
-        msg = f"epoch {last['epoch']}: train {bound} " + ("nan" if train is None else f"{train:.3f}") + " nats"
+        msg = (f"epoch {last['epoch']}" + (" (trained before)" if finished_before else "") + f": train {bound} "
+               + ("nan" if train is None else f"{train:.3f}") + " nats")
         if val is not None:
             msg += f", validation {bound} {val:.3f} nats"
         print(msg)
@@ -143,9 +152,14 @@ def cmd_evaluate(args, overrides) -> int:
     default_name = (f"eval_{pathlib.Path(args.images).stem}.json" if args.images else
                     f"eval_{args.density}.json" if args.density else "eval.json")
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / default_name
-    workdir_lib.check_writable(out, option="--out")  # before the work, not after it (a read-only workdir)
+    # Every output path before the work, not after it (a read-only workdir, a directory named by --out).
+    workdir_lib.check_writable(out, option="--out", default_name=default_name)
     if args.per_example:
-        workdir_lib.check_writable(pathlib.Path(args.per_example), option="--per-example")
+        workdir_lib.check_writable(pathlib.Path(args.per_example), option="--per-example",
+                                   default_name="per_example.npz")
+        if pathlib.Path(args.per_example).absolute() == out.absolute():
+            raise ConfigError(f"--per-example {args.per_example} is also the --out path of the result; give them "
+                              "different paths")
     run = expost.load(args.workdir, density=args.density)
     images = (images_lib.load(args.images, event_shape=run.event_shape, binarize=args.binarize or "none",
                               support=run.spec.model.likelihood.trait("support", "real"), seed=args.seed)
@@ -155,16 +169,20 @@ def cmd_evaluate(args, overrides) -> int:
                                    max_examples=args.max_examples, batch_size=args.batch_size,
                                    progress=not args.no_progress, per_example=per_example, images=images)
     print(evaluate_lib.format_table(result))
-    evaluate_lib.write_json(out, result)
-    print(f"wrote {out}")
+    # Every result is kept: one that replaces an earlier file keeps that file as NAME.1.json, ...
+    print(evaluate_lib.save_json(out, result).message())
     if args.per_example:
-        print(f"wrote {evaluate_lib.write_per_example(args.per_example, per_example, result)}")
+        print(evaluate_lib.save_per_example(args.per_example, per_example, result).message())
     return 0
 
 
 def cmd_gaps(args, overrides) -> int:
-    workdir_lib.check_writable((pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "gaps") / "gaps.md",
-                               option="--out")
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "gaps"
+    if out.exists() and not out.is_dir():
+        raise WorkdirError(f"cannot write the tables into {out}: it is a file, not a directory; pass --out a "
+                           "directory")
+    for name in ("gaps.md", "gaps.csv", "gaps.json", "gaps_per_example.npz"):
+        workdir_lib.check_writable(out / name, option="--out")
     run = run_lib.load(args.workdir, epoch=args.epoch)
     kw = gaps_lib.settings_from_spec(run.spec)
     g = run.spec.gaps
@@ -194,17 +212,19 @@ def cmd_gaps(args, overrides) -> int:
         elif not args.split and "train" not in kw["splits"]:
             kw["splits"].append("train")
     report = gaps_lib.compute_gaps(run, seed=args.seed, **kw)
-    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "gaps"
-    paths = gaps_lib.write_tables(report, out)
+    kept: list[pathlib.Path] = []
+    paths = gaps_lib.write_tables(report, out, kept=kept)
     print(gaps_lib.markdown_table(report.rows))
-    print(f"wrote {paths['md']}, {paths['csv']}, {paths['json']}")
+    print(f"wrote {', '.join(str(p) for p in paths.values())}"
+          + (f"; the tables they replaced are kept as {', '.join(str(p) for p in kept)}" if kept else ""))
     return 0
 
 
 def cmd_sample(args, overrides) -> int:
+    default_name = f"samples_{args.density}.png" if args.density else "samples.png"
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / default_name
+    workdir_lib.check_writable(out, option="--out", default_name=default_name)  # before the work
     run = expost.load(args.workdir, density=args.density)
-    out = (pathlib.Path(args.out) if args.out else
-           pathlib.Path(args.workdir) / (f"samples_{args.density}.png" if args.density else "samples.png"))
     if not run.has_latents:  # autoregressive: x ~ p(x), pixel by pixel
         _, probs = run.model.apply(run.variables, jax.random.key(args.seed), args.n, method="sample_with_probs")
         figures.save_grid(out, np.asarray(probs), title=f"p(x_d = 1 | x_<d) along {args.n} samples x ~ p(x)")
@@ -221,11 +241,12 @@ def cmd_sample(args, overrides) -> int:
 
 
 def cmd_reconstruct(args, overrides) -> int:
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "reconstructions.png"
+    workdir_lib.check_writable(out, option="--out", default_name="reconstructions.png")  # before the work
     run = run_lib.load(args.workdir)
     x = run.split(args.split, max_examples=args.n)
     z = run.encode(x).mean()
     recon = np.asarray(run.decode(z).mean())
-    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "reconstructions.png"
     ncols = min(8, args.n)
     figures.save_grid(out, figures.interleave_rows(x, recon, ncols), ncols=ncols,
                       title="data (odd rows) and E[x | z = E_q[z|x]] (even rows)")
@@ -626,6 +647,8 @@ def main(argv: list[str] | None = None) -> int:
     compilation_lib.enable(args.compilation_cache)
     if overrides and args.command not in ("train", "config", "demo", "compare"):
         parser.error(f"--config.* overrides only apply to train, config, demo and compare, not {args.command}")
+    # orbax's "Event loop is closed" race can print before an error is reported: silenced from the start.
+    faults_lib.quiet_closed_event_loops()
     try:
         config_lib.check_distinct(overrides)
         with _workdir_lock(args):
@@ -644,12 +667,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except TrainingInterrupted as e:
         print(f"vaegen: {e}", file=sys.stderr)
+        faults_lib.quiet_background_errors()
         return e.exit_code
     except KeyboardInterrupt:
         print("vaegen: interrupted (nothing more was saved; what was written before is kept, and `vaegen train` "
               "resumes from its latest checkpoint)", file=sys.stderr)
         faults_lib.quiet_background_errors()
         return 130
+    except SystemExit as e:  # SIGTERM outside the trainer's epochs (vaegen.train.workdir.lock), sys.exit
+        if e.code not in (0, None):
+            faults_lib.quiet_background_errors()
+        raise
 
 
 def _workdir_lock(args):
