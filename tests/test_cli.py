@@ -13,6 +13,11 @@ import vaegen
 from vaegen import cli
 
 
+def _snapshot(path):
+    return {str(p.relative_to(path)): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
 def _run(capsys, *argv):
     code = cli.main(list(argv))
     out = capsys.readouterr()
@@ -22,7 +27,16 @@ def _run(capsys, *argv):
 def test_train_evaluate_sample_reconstruct(tmp_path, capsys):
     w = str(tmp_path / "vae")
     code, out, _ = _run(capsys, "train", "--config", "tiny", "--workdir", w, "--config.train.num_epochs=2")
-    assert code == 0 and "validation elbo" in out
+    assert code == 0 and "validation elbo" in out and "trained already" not in out
+    # The same command on the finished run: says so, and writes nothing.
+    before = _snapshot(tmp_path / "vae")
+    code, out, err = _run(capsys, "train", "--config", "tiny", "--workdir", w, "--config.train.num_epochs=2")
+    assert code == 0 and not err
+    assert out.startswith(f"{w} is trained already: its checkpoint of epoch 2 is the last of "
+                          "config.train.num_epochs=2; nothing was done (to train longer, raise "
+                          "--config.train.num_epochs;"), out
+    assert "\nepoch 2 (trained before): train elbo " in out
+    assert _snapshot(tmp_path / "vae") == before
     code, out, _ = _run(capsys, "evaluate", "--workdir", w, "--k", "8")
     assert code == 0 and "iwae_8" in out
     result = json.loads((tmp_path / "vae" / "eval.json").read_text())

@@ -32,7 +32,7 @@ def test_overrides_are_typed_literals():
 @pytest.mark.parametrize("override, message", [
     ("model.latent_dims=3", "unknown config key 'model.latent_dims'; did you mean model.latent_dim"),
     ("modle.latent_dim=3", "unknown config key 'modle'"),
-    ("model.latent_dim=2.5", "expects a int"),
+    ("model.latent_dim=2.5", "expects an integer"),
     ("model.latent_dim=abc", "cannot parse"),
     ("model.latent_dim=__import__('os').getpid()", "cannot parse"),
     ("model=3", "is a section"),
@@ -105,3 +105,50 @@ def test_json_roundtrip_of_a_two_layer_model():
     assert config.differences(c, back, ignore=()) == []
     assert back.model.kind.top_decoder.hidden == (6,)
     assert schema.to_spec(back) == schema.to_spec(c)
+
+
+@pytest.mark.parametrize("signature, spec_suffix, expected_arg", [
+    ("get_config()", "", "none"),                 # the usual ml_collections / flax form
+    ("get_config(arg=None)", "", None),
+    ("get_config(arg=None)", ":ae", "ae"),
+    ("get_config(arg)", "", None),                # vaegen's older form: given None, as before
+    ("get_config(arg)", ":ae", "ae"),
+    ("get_config(*args)", ":ae", "ae"),
+])
+def test_get_config_is_called_as_ml_collections_calls_it(signature, spec_suffix, expected_arg, tmp_path):
+    """With the argument after the colon if there is one, else with none (ml_collections'
+    config_flags); every exception of a user's get_config is one ConfigError line naming the file."""
+    received = ("args[0] if args else 'none'" if "*args" in signature else "arg" if "arg" in signature else "'none'")
+    path = tmp_path / "my_config.py"
+    path.write_text("from vaegen.config.presets import tiny\n\n\n"
+                    f"def {signature}:\n"
+                    f"    received = {received}\n"
+                    "    c = tiny.get_config()\n"
+                    "    c.data.data_dir = repr(received)\n"
+                    "    return c\n")
+    assert config.load_config(f"{path}{spec_suffix}").data.data_dir == repr(expected_arg)
+
+
+@pytest.mark.parametrize("body, message", [
+    ("raise RuntimeError('no GPU here')", "get_config() raised RuntimeError: no GPU here"),
+    ("return {}['missing']", "get_config() raised KeyError: 'missing'"),
+    ("return None", "get_config() returned NoneType, not an ml_collections.ConfigDict"),
+    ("raise ValueError('bad\\n  value')", "get_config() raised ValueError: bad value"),
+])
+def test_anything_a_users_get_config_raises_is_one_line_naming_the_file(body, message, tmp_path):
+    path = tmp_path / "my_config.py"
+    path.write_text(f"def get_config():\n    {body}\n")
+    with pytest.raises(config.ConfigError) as info:
+        config.load_config(str(path))
+    assert str(info.value) == f"config file '{path}': {message}" or (
+        str(info.value).startswith(f"config file '{path}': ") and message in str(info.value)), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_type_errors_name_the_type_in_words():
+    assert registry.type_phrase(int) == "an integer" and registry.type_phrase(float) == "a number"
+    assert registry.type_phrase(tuple[int, ...]) == "a tuple of integers" and registry.type_phrase(bool) == "a boolean"
+    with pytest.raises(config.ConfigError, match=r"config.train.progress expects a boolean \(currently False\), got .3."):
+        config.load_config("tiny", ["train.progress=3"])
+    with pytest.raises(config.ConfigError, match=r"config.model.decoder.hidden expects a tuple"):
+        config.load_config("tiny", ["model.decoder.hidden='wide'"])

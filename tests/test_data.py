@@ -17,6 +17,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from vaegen import files as files_lib
 from vaegen.data import binarization
 from vaegen.data import datasets as data
 
@@ -221,6 +222,19 @@ def test_load_split_uses_cache(synthetic_mnist_dir, monkeypatch):
     np.testing.assert_array_equal(y1, y2)
 
 
+def test_a_damaged_cache_is_rebuilt_from_the_prepared_dataset(synthetic_mnist_dir):
+    x1, y1 = data.load_split("mnist", "train", synthetic_mnist_dir)
+    cache = Path(synthetic_mnist_dir) / "mnist" / "3.0.1" / "vaegen_cache-train.npz"
+    good = cache.read_bytes()
+    for damaged in (good[: len(good) // 2], b"", b"not an npz"):   # a full disk, a kill, an edit
+        cache.write_bytes(damaged)
+        x2, y2 = data.load_split("mnist", "train", synthetic_mnist_dir)
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+        assert cache.read_bytes() == good   # written again, whole
+    assert not [p for p in cache.parent.iterdir() if ".tmp" in p.name]
+
+
 def test_load_split_skips_cache_in_read_only_dir(synthetic_idx, tmp_path, monkeypatch):
     _, src = synthetic_idx
     data_dir = str(tmp_path / "tfds")
@@ -229,7 +243,7 @@ def test_load_split_skips_cache_in_read_only_dir(synthetic_idx, tmp_path, monkey
     def read_only(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(data.tempfile, "mkstemp", read_only)
+    monkeypatch.setattr(files_lib, "_temporary", read_only)  # the one writer's temporary file
     x, y = data.load_split("mnist", "test", data_dir)
     assert x.shape == (10, 28, 28, 1) and y.shape == (10,)
     assert not list(path.glob("vaegen_cache*"))

@@ -9,13 +9,16 @@ import pathlib
 import re
 import subprocess
 import sys
+import tempfile
 
 import jax
 import numpy as np
 import pytest
+from PIL import Image
 
 import vaegen
 from vaegen import cli, errors
+from vaegen import files as files_lib
 from vaegen.blocks import likelihoods as likelihoods_lib
 from vaegen.config import loading as config_lib
 from vaegen.config import schema
@@ -46,9 +49,9 @@ CLI_CASES = [
     ("unknown-preset", ["train", "--config", "nope"], "unknown config preset 'nope'"),
     ("missing-config-file", ["train", "--config", "no/such.py"], "config file 'no/such.py' does not exist"),
     ("wrong-type", ["train", "--config", "tiny", "--config.model.latent_dim=2.5"],
-     "config.model.latent_dim expects a int (currently 4), got '2.5'"),
+     "config.model.latent_dim expects an integer (currently 4), got '2.5'"),
     ("not-a-literal", ["train", "--config", "tiny", "--config.model.latent_dim=__import__('os').getpid()"],
-     "cannot parse \"__import__('os').getpid()\" as a int literal"),
+     "cannot parse \"__import__('os').getpid()\" as an integer literal"),
     ("latent-dim", ["train", "--config", "tiny", "--config.model.latent_dim=0"], "config.model.latent_dim=0 must be > 0"),
     ("k", ["train", "--config", "tiny", "--config.objective.name=iwae", "--config.objective.num_samples=0"],
      "config.objective.num_samples=0 must be > 0"),
@@ -188,7 +191,7 @@ CLI_CASES = [
      "the priors with that setting: mixture, vampprior (choose one first: --config.model.prior=NAME)"),
     ("component-setting-type", ["train", "--config", "tiny", "--config.model.prior=mixture",
                                 "--config.model.prior.components=2.5"],
-     "config.model.prior.components expects a int (currently 500), got '2.5'"),
+     "config.model.prior.components expects an integer (currently 500), got '2.5'"),
     ("config-import", ["train", "--config", "{bad_config}"],
      "config file '{bad_config}' failed to load: ModuleNotFoundError: No module named 'no_such_module_xyz'"),
     ("non-finite", ["train", "--config", "tiny", "--config.optim.learning_rate=1e999"],
@@ -209,7 +212,36 @@ CLI_CASES = [
     ("eval-read-only", ["evaluate", "--workdir", "{locked}"],
      "cannot write {locked}/eval.json: {locked} is not writable (a read-only workdir?); pass --out PATH to write the "
      "result elsewhere"),
+    # A config file's get_config: called as ml_collections calls it; whatever it raises is one line.
+    ("config-get-config-raises", ["train", "--config", "{raising_config}"],
+     "config file '{raising_config}': get_config() raised KeyError: 'latent_dimension' Did you mean \"latent_dim\" "
+     "instead of \"latent_dimension\"?"),
+    ("config-argument-unused", ["train", "--config", "{plain_config}:vae"],
+     "config file '{plain_config}' was given the argument 'vae' (after the colon), but its get_config() takes none"),
+    # Every output path is checked before the work starts.
+    ("out-directory", ["evaluate", "--workdir", "{workdir}", "--out", "{tmp}"],
+     "cannot write {tmp}: it is a directory; pass --out a file path, e.g. --out {tmp}/eval.json"),
+    ("per-example-directory", ["evaluate", "--workdir", "{workdir}", "--per-example", "{tmp}/values.npz"],
+     "cannot write {tmp}/values.npz: it is a directory; pass --per-example a file path"),
+    ("sample-out-directory", ["sample", "--workdir", "{workdir}", "--out", "{tmp}"],
+     "cannot write {tmp}: it is a directory; pass --out a file path, e.g. --out {tmp}/samples.png"),
+    ("reconstruct-out-directory", ["reconstruct", "--workdir", "{workdir}", "--out", "{tmp}"],
+     "cannot write {tmp}: it is a directory; pass --out a file path, e.g. --out {tmp}/reconstructions.png"),
+    ("gaps-out-file", ["gaps", "--workdir", "{workdir}", "--out", "{workdir}/notes.txt"],
+     "cannot write the tables into {workdir}/notes.txt: it is a file, not a directory; pass --out a directory"),
+    ("sample-out-under-file", ["sample", "--workdir", "{workdir}", "--out", "{workdir}/notes.txt/samples.png"],
+     "cannot write {workdir}/notes.txt/samples.png: {workdir}/notes.txt is not a directory"),
+    # The workdir's lock.
+    ("lock-directory", ["train", "--config", "tiny"],
+     "cannot lock workdir {workdir}: {workdir}/.vaegen.lock is a directory, not a vaegen lock file; remove it if no "
+     "vaegen process uses this workdir"),
 ]
+
+# What some cases need in place before they run (after the workdir fixture).
+CASE_SETUP = {
+    "per-example-directory": lambda workdir, tmp: (tmp / "values.npz").mkdir(),
+    "lock-directory": lambda workdir, tmp: (workdir / ".vaegen.lock").mkdir(),
+}
 
 # A config file of the user's own whose module of components cannot be imported (`config-import`).
 BAD_CONFIG = (
@@ -219,6 +251,16 @@ BAD_CONFIG = (
     "def get_config(arg=None):\n"
     "    return tiny.get_config(arg)\n"
 )
+
+# A config file in the usual ml_collections form (no argument), and one whose get_config fails.
+PLAIN_CONFIG = ("from vaegen.config.presets import tiny\n\n\n"
+                "def get_config():\n"
+                "    return tiny.get_config()\n")
+RAISING_CONFIG = ("from vaegen.config.presets import tiny\n\n\n"
+                  "def get_config():\n"
+                  "    c = tiny.get_config()\n"
+                  "    c.model.latent_dim = c.model['latent_dimension'] + 1\n"
+                  "    return c\n")
 
 # (id, vaegen arguments, environment, message fragment): cases that need a process of their own,
 # because JAX fixes its devices when it starts.  Every one exits with status 2.
@@ -248,7 +290,9 @@ def workdir(tmp_path):
 
 def _substitute(text, workdir, tmp_path):
     return (text.replace("{tmp}", str(tmp_path)).replace("{workdir}", str(workdir))
-            .replace("{locked}", str(tmp_path / "locked")).replace("{bad_config}", str(tmp_path / "bad_config.py")))
+            .replace("{locked}", str(tmp_path / "locked")).replace("{bad_config}", str(tmp_path / "bad_config.py"))
+            .replace("{plain_config}", str(tmp_path / "plain_config.py"))
+            .replace("{raising_config}", str(tmp_path / "raising_config.py")))
 
 
 def _arguments(argv, workdir, tmp_path):
@@ -266,8 +310,11 @@ def test_bad_input_on_the_command_line(case, argv, message, workdir, tmp_path, c
         locked.mkdir()
         access = os.access
         monkeypatch.setattr(os, "access", lambda p, mode, **kw: False if pathlib.Path(p) == locked else access(p, mode, **kw))
-    if any("{bad_config}" in a for a in argv):
-        (tmp_path / "bad_config.py").write_text(BAD_CONFIG)
+    for name, text in (("bad_config", BAD_CONFIG), ("plain_config", PLAIN_CONFIG), ("raising_config", RAISING_CONFIG)):
+        if any(f"{{{name}}}" in a for a in argv):
+            (tmp_path / f"{name}.py").write_text(text)
+    if case in CASE_SETUP:
+        CASE_SETUP[case](workdir, tmp_path)
     argv = _arguments(argv, workdir, tmp_path)
     message = _substitute(message, workdir, tmp_path)
     before = _snapshot(tmp_path)
@@ -435,7 +482,56 @@ PYTHON_CASES = [
      errors.CompressedFileError, "the compressed file is damaged: its SHA-256 checksum does not match its content"),
     ("compressed-truncated", lambda: compression_lib.decompress(_compressed()[0], _compressed()[1][:-9]),
      errors.CompressedFileError, "the compressed file is truncated"),
+    # Every argument of the public Python API is checked, as run.sample's n is.
+    ("z-shape", lambda: _model_run("tiny").log_joint(np.zeros((1, 8, 8, 1)), np.zeros((1, 3))), errors.ArgumentError,
+     "run.log_joint: argument z has shape (1, 3), but latent vectors of this model are [..., 4]"),
+    ("z-batch", lambda: _model_run("tiny").log_joint(np.zeros((3, 8, 8, 1)), np.zeros((2, 4))), errors.ArgumentError,
+     "run.log_joint: argument z has shape (2, 4) and x (3, 8, 8, 1): their batch shapes (2,) and (3,) do not "
+     "broadcast"),
+    ("k-not-an-integer", lambda: _model_run("tiny").log_px(np.zeros((1, 8, 8, 1)), k=2.5), errors.ArgumentError,
+     "run.log_px: argument k must be an integer >= 1 (importance samples per example), got 2.5"),
+    ("key-not-a-key", lambda: _model_run("tiny").sample(0, 4), errors.ArgumentError,
+     "run.sample: argument key must be a JAX random key, e.g. jax.random.key(0), got int 0"),
+    # Files vaegen (or a user) wrote, damaged: one line naming the file and what to do.
+    ("damaged-json", lambda: files_lib.read_json(_damaged("mixture.json"), what="ex-post mixture record",
+                                                 fix="fit it again"), errors.DamagedFileError,
+     "mixture.json is not a readable ex-post mixture record (invalid JSON, truncated or damaged"),
+    ("damaged-npz", lambda: files_lib.load_npz(_damaged("mixture.npz"), what="ex-post mixture", fix="fit it again"),
+     errors.DamagedFileError, "mixture.npz is not a readable ex-post mixture (truncated or damaged: File is not a zip "
+     "file); fit it again"),
+    ("images-damaged", lambda: images_lib.load(_damaged("images.npz"), event_shape=(8, 8, 1), support="binary"),
+     errors.ImagesError, "images.npz is not a readable .npz archive of images (truncated or damaged"),
+    # Colour images for a model of grey ones: converted when R = G = B (tests/test_images.py), else refused.
+    ("images-colour", lambda: images_lib.load(_colour_png(alpha=255), event_shape=(8, 8, 1), support="real"),
+     errors.ImagesError, "holds colour (RGBA) images whose channels differ, and this run's model takes grey images "
+     "(8, 8, 1): convert them to grey first, e.g. with PIL: Image.open(path).convert('L').save(path)"),
+    ("images-transparent", lambda: images_lib.load(_colour_png(alpha=0), event_shape=(8, 8, 1), support="real"),
+     errors.ImagesError, "holds RGBA images with transparent pixels (alpha < 255 in 1 of 1 images), and this run's "
+     "model takes opaque grey images: flatten them onto a background first"),
 ]
+
+
+def _colour_png(alpha):
+    """An RGBA PNG whose channels differ (what matplotlib's imsave writes with its default colour map)."""
+    rgba = np.zeros((8, 8, 4), np.uint8)
+    rgba[..., 0], rgba[..., 1], rgba[..., 2], rgba[..., 3] = 68, 1, 84, 255
+    rgba[0, 0, 3] = alpha
+    path = pathlib.Path(tempfile.mkdtemp(prefix="vaegen-colour-")) / "viridis.png"
+    Image.fromarray(rgba, mode="RGBA").save(path)
+    return path
+
+
+def _damaged(name):
+    """A file as a full disk or an interrupted copy leaves it: the first half of a good one."""
+    directory = pathlib.Path(tempfile.mkdtemp(prefix="vaegen-damaged-"))
+    path = directory / name
+    if name.endswith(".json"):
+        good = json.dumps({"weights": [0.5, 0.5], "means": [[0.0, 1.0], [2.0, 3.0]]}).encode()
+    else:
+        np.savez(directory / "good.npz", images=np.zeros((4, 8, 8), np.uint8), weights=np.ones(2))
+        good = (directory / "good.npz").read_bytes()
+    path.write_bytes(good[: len(good) // 2])
+    return path
 
 
 @pytest.mark.parametrize("case, call, error, message", PYTHON_CASES, ids=[c[0] for c in PYTHON_CASES])

@@ -278,8 +278,10 @@ def test_sigint_from_outside_stops_with_status_130_and_resumes_to_the_uninterrup
 
 def test_torn_metrics_line_from_a_killed_writer_is_dropped_on_resume(reference, tmp_path):
     w = _copy(reference, tmp_path)
-    with open(w / "metrics.jsonl", "a") as f:
-        f.write('{"epoch": 13, "train/elbo": -2')  # killed mid-line
+    # Killed while writing the last epoch's line, before that epoch's checkpoint.
+    shutil.rmtree(w / "checkpoints" / str(EPOCHS))
+    lines = (w / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (w / "metrics.jsonl").write_text("".join(lines[:-1]) + lines[-1][:30])
     cfg = config_lib.load_config("tiny", [f"train.num_epochs={EPOCHS}"])
     assert _train(cfg, w)["epoch"] == EPOCHS
     assert [r["epoch"] for r in _metrics(w)] == list(range(1, EPOCHS + 1))

@@ -3,9 +3,13 @@ in every format; bad images are one-line errors naming the file."""
 
 import json
 
+import matplotlib
 import numpy as np
 import pytest
 from PIL import Image
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 (after choosing the backend)
 
 import vaegen
 from vaegen import cli
@@ -32,12 +36,18 @@ def test_own_images_score_as_the_split_they_came_from(tiny_run, tmp_path, capsys
     np.save(tmp_path / "x.npy", stored)
     np.savez(tmp_path / "x.npz", images=(stored > 0).astype(np.float32), labels=np.arange(12))
     (tmp_path / "png").mkdir()
+    (tmp_path / "png16").mkdir()
+    (tmp_path / "rgba").mkdir()
     for i, im in enumerate(stored):
         Image.fromarray(im).save(tmp_path / "png" / f"{i:03d}.png")
+        Image.fromarray(im.astype(np.uint16) * 257).save(tmp_path / "png16" / f"{i:03d}.png")   # 16-bit grey
+        plt.imsave(tmp_path / "rgba" / f"{i:03d}.png", im / 255.0, cmap="gray", vmin=0, vmax=1)  # RGBA, R = G = B
+    assert Image.open(tmp_path / "png16" / "000.png").mode == "I;16"
+    assert Image.open(tmp_path / "rgba" / "000.png").mode == "RGBA"
     common = ["--workdir", str(tiny_run), "--estimators", "elbo,is", "--k", "20", "--no-progress", "--max-examples", "12"]
     assert cli.main(["evaluate", *common, "--out", str(tmp_path / "split.json")]) == 0
     reference = json.loads((tmp_path / "split.json").read_text())["metrics"]
-    for source in ("x.npy", "x.npz", "png"):
+    for source in ("x.npy", "x.npz", "png", "png16", "rgba"):
         assert cli.main(["evaluate", *common, "--images", str(tmp_path / source), "--binarize", "none",
                          "--per-example", str(tmp_path / f"{source}.npz")]) == 0
         result = json.loads((tiny_run / f"eval_{source.split('.')[0]}.json").read_text())
@@ -46,7 +56,27 @@ def test_own_images_score_as_the_split_they_came_from(tiny_run, tmp_path, capsys
             assert result["metrics"][name]["mean"] == pytest.approx(reference[name]["mean"], rel=1e-6), (source, name)
         with np.load(tmp_path / f"{source}.npz") as f:
             assert f["log_px"].shape == (12,)
-    assert "(binarize: none), 12 examples" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "(binarize: none), 12 examples" in out
+    # The conversions are recorded with the result, and printed.
+    png16 = json.loads((tiny_run / "eval_png16.json").read_text())["images"]
+    assert png16["png_bit_depth"] == 16 and png16["png_max_rounding"] == 0.0
+    assert "16-bit grey levels v -> 8-bit round(255 v / 65535)" in png16["png_conversion"]
+    rgba = json.loads((tiny_run / "eval_rgba.json").read_text())["images"]
+    assert rgba["colour"].startswith("RGBA with R = G = B and opaque alpha -> grey")
+    assert "images converted: RGBA with R = G = B" in out and "images converted: 16-bit grey levels" in out
+
+
+def test_16_bit_grey_levels_are_scaled_by_the_bit_depth_not_clipped(tmp_path):
+    levels = np.arange(64, dtype=np.uint8).reshape(8, 8) * 4                     # 0 .. 252
+    Image.fromarray(levels.astype(np.uint16) * 257).save(tmp_path / "exact.png")     # 257 k: exactly level k
+    sixteen = np.round(levels.astype(np.float64) * 65535 / 255 + 100).astype(np.uint16)   # off the 8-bit grid
+    Image.fromarray(sixteen).save(tmp_path / "off.png")
+    for name in ("exact.png", "off.png"):
+        im = images_lib.load(tmp_path / name, event_shape=(8, 8, 1), support="real")
+        np.testing.assert_array_equal(im.stored[0, ..., 0], levels)                 # not clipped to white at 256
+        assert im.info["png_bit_depth"] == 16
+    assert im.info["png_max_rounding"] == pytest.approx(100 / 65535, rel=1e-6)
 
 
 def test_grey_levels_are_binarized_only_when_asked(tiny_run, tmp_path, capsys):
@@ -82,6 +112,19 @@ def _bad(tmp_path, name, write):
     ("gauss.npy", lambda p: np.save(p, np.zeros((2, 8, 8), np.uint8)), {"support": "real", "binarize": "threshold"},
      "--binarize threshold is for a Bernoulli likelihood"),
     ("zero.npy", lambda p: np.save(p, np.zeros((0, 8, 8), np.uint8)), {}, "holds no images"),
+    ("cut.npz", lambda p: (np.savez(p, images=np.zeros((9, 8, 8), np.uint8)), p.write_bytes(p.read_bytes()[:200])),
+     {}, r"is not a readable .npz archive of images \(truncated or damaged"),
+    ("cut.npy", lambda p: (np.save(p, np.zeros((9, 8, 8), np.uint8)), p.write_bytes(p.read_bytes()[:200])),
+     {}, r"is not a readable .npy array of images"),
+    ("uint16.npy", lambda p: np.save(p, np.full((2, 8, 8), 60000, np.uint16)), {},
+     r"16-bit levels v: np.round\(v \* 255 / 65535\)"),
+    ("colour", lambda p: (p.mkdir(), plt.imsave(p / "a.png", np.eye(8))), {},
+     r"holds colour \(RGBA\) images whose channels differ.*Image.open\(path\).convert\('L'\)"),
+    ("rgb.npy", lambda p: np.save(p, np.stack([np.zeros((2, 8, 8), np.uint8), np.ones((2, 8, 8), np.uint8) * 9,
+                                               np.zeros((2, 8, 8), np.uint8)], -1)), {}, r"holds colour \(RGB\) images"),
+    ("mixed", lambda p: (p.mkdir(), Image.fromarray(np.zeros((8, 8), np.uint8)).save(p / "a.png"),
+                         Image.fromarray(np.zeros((8, 8, 4), np.uint8)).save(p / "b.png")), {},
+     r"holds RGBA images with transparent pixels \(alpha < 255 in 1 of 2 images\)"),
 ])
 def test_bad_images_are_one_line_errors(tmp_path, name, write, kw, message):
     path = _bad(tmp_path, name, write)

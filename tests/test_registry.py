@@ -97,7 +97,7 @@ class _Demo(Settings):
     ({"mode": "c"}, "config.demo.mode='c' is not one of a, b"),
     ({"widths": ()}, "config.demo.widths needs at least one entry"),
     ({"widths": (2, 0)}, "config.demo.widths=(2, 0): every entry must be > 0"),
-    ({"size": 2.5}, "config.demo.size expects a int, got 2.5"),
+    ({"size": 2.5}, "config.demo.size expects an integer, got 2.5"),
     ({"rate": float("nan")}, "config.demo.rate=nan must be a finite number"),
     ({"mode": "b", "size": 9}, "config.demo.size must be at most 5 in mode b"),
     ({"sizes": 3}, "unknown config key 'demo.sizes'; did you mean demo.size"),

@@ -7,6 +7,7 @@ with a point-mass posterior and no prior.
 The package in layers, each importing only the ones above it in this list::
 
     vaegen.errors                   every user-facing error
+    vaegen.files                    the one atomic writer of files (with the fault hook) and readers that fail on one line
     vaegen.registry                 components by name (priors, likelihoods, posteriors, networks,
                                     objectives, model kinds, estimators) and typed settings
     vaegen.sharding, vaegen.data    meshes and the one per-example map; datasets, splits, binarization
@@ -38,9 +39,10 @@ from vaegen.blocks import discrete, quantizers
 from vaegen.coding import coders
 from vaegen.config.loading import load_config
 from vaegen.config.schema import RunSpec, to_spec
-from vaegen.errors import (CheckpointError, CodingError, CompressedFileError, ConfigError, DataError, InferenceError,
-                           NoLatentError, NoPriorError, NonFiniteError, RecipeError, SupportError, TrainingInterrupted,
-                           UndefinedEstimateError, UndefinedObjectiveError, WorkdirError)
+from vaegen.errors import (ArgumentError, CheckpointError, CodingError, CompressedFileError, ConfigError,
+                           DamagedFileError, DataError, InferenceError, NoLatentError, NoPriorError, NonFiniteError,
+                           RecipeError, SupportError, TrainingInterrupted, UndefinedEstimateError,
+                           UndefinedObjectiveError, WorkdirError)
 from vaegen.estimators import ais, diagnostics, enumeration, importance
 from vaegen.estimators.settings import EvalSettings
 from vaegen.inference import families, semi_amortized, svi
@@ -69,11 +71,10 @@ from vaegen.studies.gaps import compute_gaps
 __version__ = "0.2.0"
 
 __all__ = [
-    "Autoencoder", "CheckpointError", "CodingError", "CompressedFileError", "ConfigError", "DataError", "ELBO",
-    "EvalSettings", "IWAE", "InferenceError", "LatentVariableModel", "NoLatentError", "NoPriorError", "NonFiniteError",
-    "RECIPES", "Recipe", "RecipeError", "Run", "RunSpec", "SVISettings",
-    "SemiAmortizedELBO", "SupportError", "TrainingInterrupted", "UndefinedEstimateError", "UndefinedObjectiveError",
-    "WorkdirError", "build_model", "compress", "compute_gaps", "decompress", "evaluate", "fit_local", "load",
-    "load_config", "recipe", "registry",
-    "to_spec", "train_and_evaluate",
+    "ArgumentError", "Autoencoder", "CheckpointError", "CodingError", "CompressedFileError", "ConfigError",
+    "DamagedFileError", "DataError", "ELBO", "EvalSettings", "IWAE", "InferenceError", "LatentVariableModel",
+    "NoLatentError", "NoPriorError", "NonFiniteError", "RECIPES", "Recipe", "RecipeError", "Run", "RunSpec",
+    "SVISettings", "SemiAmortizedELBO", "SupportError", "TrainingInterrupted", "UndefinedEstimateError",
+    "UndefinedObjectiveError", "WorkdirError", "build_model", "compress", "compute_gaps", "decompress", "evaluate",
+    "fit_local", "load", "load_config", "recipe", "registry", "to_spec", "train_and_evaluate",
 ]

@@ -41,6 +41,12 @@ class ImagesError(DataError):
     run: format, shape, dtype, value range, or a binarization the likelihood does not allow."""
 
 
+class ArgumentError(ValueError):
+    """An argument of the Python API that cannot be used (``run.log_px(x, k=2.5)``, ``z`` of the
+    wrong shape, a seed where a key is expected): the message names the method and the argument.
+    Raised on the host, before anything is computed."""
+
+
 class SupportError(ValueError):
     """Data lie outside the support of the likelihood they are given to."""
 
@@ -131,6 +137,11 @@ class DiskFullError(RuntimeError):
     evaluation or a figure; the message names the path, what was kept, and the next step."""
 
 
+class DamagedFileError(RuntimeError):
+    """A file vaegen wrote (or a user gave) that cannot be read back: missing, truncated, damaged
+    or holding something else; the message names the file and what to do (``vaegen.files``)."""
+
+
 class TrainingInterrupted(Exception):
     """Training stopped on SIGINT/SIGTERM after writing a checkpoint.
 
@@ -151,9 +162,10 @@ class TrainingInterrupted(Exception):
 
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ConfigError, DatasetNotFoundError, SourceFormatError, DataError, SupportError, NoPriorError, NoLatentError,
+    ConfigError, DatasetNotFoundError, SourceFormatError, DataError, ArgumentError, SupportError, NoPriorError,
+    NoLatentError,
     UndefinedObjectiveError, InferenceError, WorkdirError, CheckpointError, NonFiniteError, DiskFullError,
-    CodingError, CompressedFileError, FileNotFoundError,
+    CodingError, CompressedFileError, DamagedFileError, FileNotFoundError,
 )
 """The errors the command line reports on one line with exit status 2 (TrainingInterrupted exits
 with 128 + the signal number)."""

@@ -139,6 +139,23 @@ def _type_name(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
+_PHRASES = {bool: ("a boolean", "booleans"), int: ("an integer", "integers"), float: ("a number", "numbers"),
+            str: ("a string", "strings")}
+
+
+def type_phrase(tp: Any, *, plural: bool = False) -> str:
+    """A type as messages say it: ``int`` -> "an integer", ``tuple[float, ...]`` -> "a tuple of
+    numbers", ``bool`` -> "a boolean" (``plural``: "integers", ...)."""
+    if typing.get_origin(tp) is tuple or tp is tuple:
+        args = typing.get_args(tp)
+        phrase = f"a tuple of {type_phrase(args[0], plural=True)}" if args and args[0] is not Any else "a tuple"
+        return phrase.replace("a tuple", "tuples", 1) if plural else phrase
+    if tp in _PHRASES:
+        return _PHRASES[tp][plural]
+    name = getattr(tp, "__name__", str(tp))
+    return f"{name} values" if plural else f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
+
+
 def _key(where: str, name: str) -> str:
     return f"{where}.{name}" if where else name
 
@@ -149,7 +166,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
     if origin is tuple:
         args = typing.get_args(tp)
         if not isinstance(value, (tuple, list)):
-            raise ConfigError(f"{key} expects a {_type_name(tp)}, got {value!r}")
+            raise ConfigError(f"{key} expects {type_phrase(tp)}, got {value!r}")
         item = args[0] if args else Any
         return tuple(_coerce(v, item, key) for v in value) if item is not Any else tuple(value)
     if tp is Any:
@@ -170,7 +187,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
     else:
         return value
-    raise ConfigError(f"{key} expects a {_type_name(tp)}, got {value!r}")
+    raise ConfigError(f"{key} expects {type_phrase(tp)}, got {value!r}")
 
 
 def _interval(meta: Mapping[str, Any]) -> str | None:

@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
     compilation_lib.enable(args.compilation_cache)
     if overrides and not getattr(args, "accepts_overrides", False):
         parser.error(f"--config.* overrides only apply to train, config, demo and compare, not {args.command}")
+    # orbax's "Event loop is closed" race can print before an error is reported: silenced from the start.
+    faults_lib.quiet_closed_event_loops()
     try:
         config_lib.check_distinct(overrides)
         with _workdir_lock(args):
@@ -128,12 +130,17 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except TrainingInterrupted as e:
         print(f"vaegen: {e}", file=sys.stderr)
+        faults_lib.quiet_background_errors()
         return e.exit_code
     except KeyboardInterrupt:
         print("vaegen: interrupted (nothing more was saved; what was written before is kept, and `vaegen train` "
               "resumes from its latest checkpoint)", file=sys.stderr)
         faults_lib.quiet_background_errors()
         return 130
+    except SystemExit as e:  # SIGTERM outside the trainer's epochs (vaegen.train.workdir.lock), sys.exit
+        if e.code not in (0, None):
+            faults_lib.quiet_background_errors()
+        raise
 
 
 def _workdir_lock(args):

@@ -60,9 +60,9 @@ def cmd_compress(args, overrides) -> int:
           f"{seconds:.2f} s")
     result = compression_lib.report(run, x, data, seed=args.seed, samples=args.samples, stats=stats, seconds=seconds)
     compression_lib.write_file(out, data)
-    evaluate_lib.write_json(_json_path(out), result)
+    saved = evaluate_lib.save_json(_json_path(out), result)
     print(compression_lib.format_report(result))
-    print(f"wrote {out} and {_json_path(out)}")
+    print(f"wrote {out}; {saved.message()}")
     return 0
 
 
@@ -88,9 +88,9 @@ def cmd_decompress(args, overrides) -> int:
           f"{images.get('binarization', 'not recorded')}) in {seconds:.2f} s")
     result = compression_lib.report(run, x, data, seed=args.seed, samples=args.samples, seconds=seconds)
     compression_lib.save_images(out, x)
-    evaluate_lib.write_json(_json_path(out), result)
+    saved = evaluate_lib.save_json(_json_path(out), result)
     print(compression_lib.format_report(result))
-    print(f"wrote {out} and {_json_path(out)}")
+    print(f"wrote {out}; {saved.message()}")
     return 0
 
 

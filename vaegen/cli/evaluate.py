@@ -34,9 +34,14 @@ def cmd_evaluate(args, overrides) -> int:
     default_name = (f"eval_{pathlib.Path(args.images).stem}.json" if args.images else
                     f"eval_{args.density}.json" if args.density else "eval.json")
     out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / default_name
-    workdir_lib.check_writable(out, option="--out")  # before the work, not after it (a read-only workdir)
+    # Every output path before the work, not after it (a read-only workdir, a directory named by --out).
+    workdir_lib.check_writable(out, option="--out", default_name=default_name)
     if args.per_example:
-        workdir_lib.check_writable(pathlib.Path(args.per_example), option="--per-example")
+        workdir_lib.check_writable(pathlib.Path(args.per_example), option="--per-example",
+                                   default_name="per_example.npz")
+        if pathlib.Path(args.per_example).absolute() == out.absolute():
+            raise ConfigError(f"--per-example {args.per_example} is also the --out path of the result; give them "
+                              "different paths")
     run = loading.load(args.workdir, density=args.density)
     images = (images_lib.load(args.images, event_shape=run.event_shape, binarize=args.binarize or "none",
                               support=run.spec.model.likelihood.trait("support", "real"), seed=args.seed)
@@ -46,10 +51,10 @@ def cmd_evaluate(args, overrides) -> int:
                                    max_examples=args.max_examples, batch_size=args.batch_size,
                                    progress=not args.no_progress, per_example=per_example, images=images)
     print(evaluate_lib.format_table(result))
-    evaluate_lib.write_json(out, result)
-    print(f"wrote {out}")
+    # Every result is kept: one that replaces an earlier file keeps that file as NAME.1.json, ...
+    print(evaluate_lib.save_json(out, result).message())
     if args.per_example:
-        print(f"wrote {evaluate_lib.write_per_example(args.per_example, per_example, result)}")
+        print(evaluate_lib.save_per_example(args.per_example, per_example, result).message())
     return 0
 
 

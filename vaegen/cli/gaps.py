@@ -5,7 +5,7 @@ from __future__ import annotations
 import pathlib
 
 from vaegen.cli.common import non_negative_int, positive_int
-from vaegen.errors import InferenceError
+from vaegen.errors import InferenceError, WorkdirError
 from vaegen.inference import families as families_lib
 from vaegen.inference.svi import SVISettings
 from vaegen.runs import run as run_lib
@@ -14,8 +14,12 @@ from vaegen.train import workdir as workdir_lib
 
 
 def cmd_gaps(args, overrides) -> int:
-    workdir_lib.check_writable((pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "gaps") / "gaps.md",
-                               option="--out")
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "gaps"
+    if out.exists() and not out.is_dir():
+        raise WorkdirError(f"cannot write the tables into {out}: it is a file, not a directory; pass --out a "
+                           "directory")
+    for name in ("gaps.md", "gaps.csv", "gaps.json", "gaps_per_example.npz"):
+        workdir_lib.check_writable(out / name, option="--out")
     run = run_lib.restore(args.workdir, epoch=args.epoch)
     kw = gaps_lib.settings_from_spec(run.spec)
     g = run.spec.gaps
@@ -45,10 +49,11 @@ def cmd_gaps(args, overrides) -> int:
         elif not args.split and "train" not in kw["splits"]:
             kw["splits"].append("train")
     report = gaps_lib.compute_gaps(run, seed=args.seed, **kw)
-    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "gaps"
-    paths = gaps_lib.write_tables(report, out)
+    kept: list[pathlib.Path] = []
+    paths = gaps_lib.write_tables(report, out, kept=kept)
     print(gaps_lib.markdown_table(report.rows))
-    print(f"wrote {paths['md']}, {paths['csv']}, {paths['json']}")
+    print(f"wrote {', '.join(str(p) for p in paths.values())}"
+          + (f"; the tables they replaced are kept as {', '.join(str(p) for p in kept)}" if kept else ""))
     return 0
 
 

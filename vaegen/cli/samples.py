@@ -13,12 +13,14 @@ from vaegen.runs import loading
 from vaegen.runs import run as run_lib
 from vaegen.runs.recipes import as_trained
 from vaegen.studies import figures
+from vaegen.train import workdir as workdir_lib
 
 
 def cmd_sample(args, overrides) -> int:
+    default_name = f"samples_{args.density}.png" if args.density else "samples.png"
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / default_name
+    workdir_lib.check_writable(out, option="--out", default_name=default_name)  # before the work
     run = loading.load(args.workdir, density=args.density)
-    out = (pathlib.Path(args.out) if args.out else
-           pathlib.Path(args.workdir) / (f"samples_{args.density}.png" if args.density else "samples.png"))
     recipe = as_trained(run)
     _, display = recipe.sample(run, jax.random.key(args.seed), args.n)
     what = recipe.samples_from(run.spec)
@@ -28,11 +30,12 @@ def cmd_sample(args, overrides) -> int:
 
 
 def cmd_reconstruct(args, overrides) -> int:
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "reconstructions.png"
+    workdir_lib.check_writable(out, option="--out", default_name="reconstructions.png")  # before the work
     run = run_lib.restore(args.workdir)
     x = run.split(args.split, max_examples=args.n)
     z = run.encode(x).mean()
     recon = np.asarray(run.decode(z).mean())
-    out = pathlib.Path(args.out) if args.out else pathlib.Path(args.workdir) / "reconstructions.png"
     ncols = min(8, args.n)
     figures.save_grid(out, figures.interleave_rows(x, recon, ncols), ncols=ncols,
                       title="data (odd rows) and E[x | z = E_q[z|x]] (even rows)")

@@ -20,10 +20,19 @@ def cmd_train(args, overrides) -> int:
     if not sharding_lib.is_primary():
         return 0
     bound = spec.objective.build().bound_name
+    finished_before = getattr(last, "finished_before", False)
+    if finished_before:
+        why = (f"it stopped early at epoch {last.checkpoint_epoch} (config.train.early_stopping_patience="
+               f"{spec.train.early_stopping_patience})" if last.stopped_early else
+               f"its checkpoint of epoch {last.checkpoint_epoch} is the last of config.train.num_epochs="
+               f"{spec.train.num_epochs}")
+        print(f"{workdir} is trained already: {why}; nothing was done (to train longer, raise "
+              f"--config.train.num_epochs; to evaluate it: vaegen evaluate --workdir {workdir})")
     if last:
         val = last.get(f"validation/{bound}")
         train = last.get(f"train/{bound}")
-        msg = f"epoch {last['epoch']}: train {bound} " + ("nan" if train is None else f"{train:.3f}") + " nats"
+        msg = (f"epoch {last['epoch']}" + (" (trained before)" if finished_before else "") + f": train {bound} "
+               + ("nan" if train is None else f"{train:.3f}") + " nats")
         if val is not None:
             msg += f", validation {bound} {val:.3f} nats"
         print(msg)

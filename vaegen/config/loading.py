@@ -28,6 +28,7 @@ import dataclasses
 import difflib
 import importlib
 import importlib.util
+import inspect
 import json
 import pathlib
 import pkgutil
@@ -39,7 +40,7 @@ import ml_collections
 from vaegen.config import presets as presets_pkg
 from vaegen.config import schema
 from vaegen.errors import ConfigError
-from vaegen.registry import field_type, fields, parse_selected, registry
+from vaegen.registry import field_type, fields, parse_selected, registry, type_phrase
 from vaegen.train import workdir as workdir_lib
 
 RESUMABLE_KEYS = workdir_lib.RESUMABLE_KEYS
@@ -109,17 +110,66 @@ def load_config(spec: str, overrides: Iterable[str] = ()) -> ml_collections.Conf
                 "(or give a path to a config .py file)"
             )
         module = importlib.import_module(f"vaegen.config.presets.{name}")
-    if not hasattr(module, "get_config"):
+    if not callable(getattr(module, "get_config", None)):
         raise ConfigError(f"config {spec!r} defines no get_config()")
-    try:
-        config = module.get_config(arg)
-    except ConfigError:
-        raise
-    except ValueError as e:
-        raise ConfigError(f"config {spec!r}: {e}") from None
+    config = _get_config(module.get_config, spec, name, arg, user_file=module.__name__.startswith("_vaegen_config_"))
     config = normalize(config)
     apply_overrides(config, overrides)
     validate(config)
+    return config
+
+
+def _required_positional(fn: Any) -> int:
+    """How many positional parameters ``fn`` requires (-1 if its signature cannot be read)."""
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return -1
+    return sum(1 for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)
+               and p.default is p.empty)
+
+
+def _takes_an_argument(fn: Any) -> bool:
+    try:
+        parameters = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters)
+
+
+def _get_config(get_config: Any, spec: str, name: str, arg: str | None, *, user_file: bool) -> Any:
+    """``get_config()`` called as ml_collections' ``config_flags`` calls it: with the argument
+    after the colon (``file.py:arg``) if there is one, else with none.  A ``get_config(arg)``
+    whose parameter has no default (the form vaegen's loader once required, always passing one) is
+    given ``None``.  Whatever a user's file raises becomes one line naming the file and the error."""
+    where = f"config file {name!r}" if user_file else f"config {spec!r}"
+    if arg is not None and not _takes_an_argument(get_config):
+        raise ConfigError(f"{where} was given the argument {arg!r} (after the colon), but its get_config() takes "
+                          f"none: drop ':{arg}', or give get_config a parameter")
+    try:
+        if arg is not None:
+            config = get_config(arg)
+        elif _required_positional(get_config) == 1:
+            config = get_config(None)
+        else:
+            config = get_config()
+    except ConfigError:
+        raise
+    except Exception as e:  # a user's file: any error of its own, on one line
+        if not (user_file or isinstance(e, ValueError)):
+            raise
+        text = str(e)
+        if isinstance(e, KeyError) and len(e.args) == 1 and isinstance(e.args[0], str) and (
+                e.args[0].startswith("'") or any(c.isspace() for c in e.args[0])):
+            text = e.args[0]  # a message of its own (ml_collections'), not a bare key: not its repr
+        message = " ".join(text.split())  # one line
+        if not user_file:  # a preset refusing its argument
+            raise ConfigError(f"{where}: {message}") from None
+        call = "get_config()" if arg is None else f"get_config({arg!r})"
+        raise ConfigError(f"{where}: {call} raised {type(e).__name__}" + (f": {message}" if message else "")) from None
+    if not isinstance(config, (ml_collections.ConfigDict, Mapping)):
+        raise ConfigError(f"{where}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict "
+                          "(or a mapping)")
     return config
 
 
@@ -155,7 +205,7 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
         if isinstance(current, bool) and text.lower() in ("true", "false"):
             return text.lower() == "true"
         raise ConfigError(
-            f"config.{key}: cannot parse {text!r} as a {type(current).__name__} literal"
+            f"config.{key}: cannot parse {text!r} as {type_phrase(type(current))} literal"
         ) from None
     if isinstance(current, bool):
         if isinstance(value, bool):
@@ -172,7 +222,7 @@ def _parse_value(text: str, current: Any, key: str) -> Any:
         if isinstance(value, (int, float)):
             return (value,)
     raise ConfigError(
-        f"config.{key} expects a {type(current).__name__} (currently {current!r}), got {text!r}"
+        f"config.{key} expects {type_phrase(type(current))} (currently {current!r}), got {text!r}"
     )
 
 

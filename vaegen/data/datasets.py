@@ -59,6 +59,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from vaegen import files as files_lib
 from vaegen.errors import ConfigError, DatasetNotFoundError, IDXFormatError, SourceFormatError
 
 logger = logging.getLogger(__name__)
@@ -808,42 +809,30 @@ def _fingerprint(dataset_dir: Path, split: str) -> str:
 
 
 def _read_cache(path: Path, fingerprint: str) -> tuple[np.ndarray, np.ndarray | None] | None:
+    """The cached split, or None if the cache is stale, truncated or damaged (it is then rebuilt
+    from the prepared dataset: a cache holds nothing that is not there)."""
     try:
         with np.load(path, allow_pickle=False) as z:
             if str(z["fingerprint"]) != fingerprint:
                 return None
-            labels = z["labels"] if bool(z["has_labels"]) else None
-            return z["images"], labels
-    except (OSError, KeyError, ValueError):
+            labels = np.asarray(z["labels"]) if bool(z["has_labels"]) else None
+            return np.asarray(z["images"]), labels
+    except files_lib.READ_ERRORS + (TypeError, AttributeError):  # not an .npz archive: np.load gave an array
         return None
 
 
 def _write_cache(
     path: Path, fingerprint: str, images: np.ndarray, labels: np.ndarray | None
 ) -> None:
-    """Writes the cache atomically; skipped (with a debug log) if the directory is read-only."""
-    tmp = None
+    """Writes the cache atomically (:func:`vaegen.files.write_atomic`); skipped (with a debug log) if
+    the directory is read-only or full: a cache is never needed."""
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(
-                f,
-                images=images,
-                labels=labels if labels is not None else np.zeros((0,), np.int64),
-                has_labels=np.array(labels is not None),
-                fingerprint=np.array(fingerprint),
-            )
-        os.chmod(tmp, 0o644)  # mkstemp creates it private; the dataset may be shared
-        os.replace(tmp, path)
-        tmp = None
+        files_lib.write_npz(path, {"images": images,
+                                   "labels": labels if labels is not None else np.zeros((0,), np.int64),
+                                   "has_labels": np.array(labels is not None),
+                                   "fingerprint": np.array(fingerprint)}, kind="data", report_disk_full=False)
     except OSError as e:
         logger.debug("Not caching %s: %s", path, e)
-    finally:
-        if tmp is not None:
-            try:
-                os.remove(tmp)
-            except OSError:
-                pass
 
 
 def _read_data_source(

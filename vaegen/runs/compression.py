@@ -32,12 +32,9 @@ and the decoder would then not end where the coder began -- which is detected an
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import os
-import pathlib
 import platform
 import struct
 import time
@@ -48,6 +45,7 @@ import numpy as np
 
 from vaegen.coding import ans
 from vaegen.coding import coders as coding
+from vaegen import files as files_lib
 from vaegen.errors import CodingError, CompressedFileError, ImagesError
 from vaegen.registry import to_mapping
 from vaegen.runs.run import Run
@@ -322,26 +320,11 @@ def format_report(result: dict) -> str:
 # --- files --------------------------------------------------------------------------------------------
 
 def write_file(path: Any, data: bytes) -> None:
-    """Writes ``data`` to ``path`` atomically: a failed write leaves a previous file as it was."""
-    _replace(path, lambda tmp: tmp.write_bytes(data))
+    """Writes ``data`` to ``path`` atomically (:func:`vaegen.files.write_atomic`): a failed write leaves a
+    previous file as it was."""
+    files_lib.write_atomic(path, data, kind="data")
 
 
 def save_images(path: Any, x: np.ndarray) -> None:
     """Saves images ``x`` to the ``.npy`` file ``path`` atomically."""
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            np.save(f, np.asarray(x), allow_pickle=False)
-    _replace(path, write)
-
-
-def _replace(path: Any, write) -> None:
-    path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    files_lib.write_atomic(path, lambda f: np.save(f, np.asarray(x), allow_pickle=False), kind="data")

@@ -30,7 +30,6 @@ the estimator: results do not depend on batch or chunk sizes or on the number of
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -44,6 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vaegen import compilation as compilation_lib
+from vaegen import files as files_lib
 from vaegen import sharding as sharding_lib
 from vaegen.blocks import discrete as discrete_lib
 from vaegen.blocks import posteriors as posteriors_lib
@@ -54,12 +54,13 @@ from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import diagnostics as diagnostics_lib
 from vaegen.estimators import importance as importance_lib
 from vaegen.estimators.settings import EvalSettings, parse_estimators
+from vaegen.errors import ArgumentError
+from vaegen.runs.questions import check_int
 from vaegen.runs.run import Run
 from vaegen.objectives.autoencoder import Autoencoder
 from vaegen.objectives.bounds import ELBO, bits_per_dim, objective_terms
 from vaegen.objectives.exact import ExactLogLikelihood
 from vaegen.registry import ESTIMATORS, NoSettings
-from vaegen.train import faults as faults_lib
 from vaegen.train.rng import purpose_key
 
 UNDEFINED_FOR_AE = {
@@ -307,6 +308,11 @@ def evaluate(run: Run, settings: EvalSettings | None = None, *, split: str = "te
     if not isinstance(settings, EvalSettings):
         raise TypeError(f"settings must be an EvalSettings (e.g. dataclasses.replace(run.spec.eval, ...)), "
                         f"got {type(settings).__name__}")
+    if images is None and split not in ("test", "validation"):
+        raise ArgumentError(f"vaegen.evaluate: argument split must be 'test' or 'validation', got {split!r}")
+    check_int(seed, "vaegen.evaluate", "seed", "the evaluation's seed", minimum=0)
+    check_int(max_examples, "vaegen.evaluate", "max_examples", "the first n examples; 0 = all", minimum=0)
+    check_int(batch_size, "vaegen.evaluate", "batch_size", "examples per device call", optional=True)
     spec = run.spec
     if images is not None:
         split, protocol = "images", images.protocol
@@ -418,6 +424,9 @@ def format_table(result: dict[str, Any]) -> str:
     source = (f"{result['images']['path']} (binarize: {result['images']['binarize']})" if "images" in result
               else f"{result['split']} split")
     rows = [f"{source}, {result['num_examples']} examples, epoch {result['epoch']} (nats per example)"]
+    converted = [result.get("images", {}).get(k) for k in ("png_conversion", "colour")]
+    if any(converted):
+        rows.append("images converted: " + "; ".join(c for c in converted if c))
     if "bits_per_dim_definition" in result:
         rows.append(f"bits/dim: {result['bits_per_dim_definition']}")
     rows.append(f"{'metric':<18}{'mean':>12}{'stderr':>10}{'bits/dim':>10}{'n':>8}")
@@ -475,44 +484,62 @@ def paired_difference(a: np.ndarray, b: np.ndarray, num_dims: int | None = None)
     return out
 
 
-def write_per_example(path: str | os.PathLike, per_example: dict[str, np.ndarray], result: dict[str, Any]) -> pathlib.Path:
-    """Writes :func:`evaluate`'s per-example values as ``.npz`` (one float64 array per metric,
-    ``example_index`` [N], and ``evaluation``: the evaluation's JSON without its metrics), atomically."""
-    path = pathlib.Path(path)
-    if path.suffix != ".npz":
-        raise ValueError(f"per-example values are written as .npz; got {str(path)!r}")
+@dataclasses.dataclass(frozen=True)
+class Saved:
+    """A result written to ``path``; ``kept``: where the result it replaced is kept (None if there
+    was none, or it was the same)."""
+
+    path: pathlib.Path
+    kept: pathlib.Path | None = None
+
+    def message(self) -> str:
+        """``wrote PATH`` (``; the result it replaced is kept as PATH.1.EXT``): what the CLI prints."""
+        return f"wrote {self.path}" + (f"; the result it replaced is kept as {self.kept}" if self.kept else "")
+
+
+def _per_example_arrays(per_example: dict[str, np.ndarray], result: dict[str, Any]) -> dict[str, np.ndarray]:
     meta = {k: v for k, v in result.items() if k not in ("metrics", "diagnostics")}
     arrays = {k: np.asarray(v, np.float64) for k, v in per_example.items()}
     n = max((v.size for v in arrays.values()), default=0)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    with _replacing(path, tmp):
-        np.savez(tmp, example_index=np.arange(n), evaluation=np.array(json.dumps(meta)), **arrays)
-    return path
+    return {"example_index": np.arange(n), "evaluation": np.array(json.dumps(meta)), **arrays}
 
 
-def write_json(path: str | os.PathLike, result: dict[str, Any]) -> pathlib.Path:
-    """Writes an evaluation's result as JSON, atomically (a failed write, e.g. on a full disk,
-    leaves the previous file as it was: :class:`vaegen.errors.DiskFullError`)."""
+def _check_npz(path: pathlib.Path) -> None:
+    if path.suffix != ".npz":
+        raise ValueError(f"per-example values are written as .npz; got {str(path)!r}")
+
+
+_NOT_SAVED = "(the results were computed but not saved)"
+
+
+def write_per_example(path: str | os.PathLike, per_example: dict[str, np.ndarray], result: dict[str, Any], *,
+                      keep_previous: bool = False) -> pathlib.Path:
+    """Writes :func:`evaluate`'s per-example values as ``.npz`` (one float64 array per metric,
+    ``example_index`` [N], and ``evaluation``: the evaluation's JSON without its metrics), atomically
+    (:func:`vaegen.files.write_atomic`; ``keep_previous``: as there)."""
+    return save_per_example(path, per_example, result, keep_previous=keep_previous).path
+
+
+def save_per_example(path: str | os.PathLike, per_example: dict[str, np.ndarray], result: dict[str, Any], *,
+                     keep_previous: bool = True) -> Saved:
+    """:func:`write_per_example`, keeping the file it replaces (``NAME.1.npz``, ...) by default."""
     path = pathlib.Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with _replacing(path, tmp):
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-    return path
+    _check_npz(path)
+    kept = files_lib.write_npz(path, _per_example_arrays(per_example, result), kind="eval",
+                               keep_previous=keep_previous, kept_note=_NOT_SAVED)
+    return Saved(path, kept)
 
 
-@contextlib.contextmanager
-def _replacing(path: pathlib.Path, tmp: pathlib.Path):
-    """The block writes ``tmp``, which then replaces ``path``; on a failure ``tmp`` is removed and
-    ``path`` is left as it was (a full disk: one line, :class:`vaegen.errors.DiskFullError`)."""
-    try:
-        faults_lib.before_write("eval", path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        yield
-        os.replace(tmp, path)
-    except BaseException as e:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if isinstance(e, Exception) and faults_lib.is_disk_full(e):
-            kept = "the previous file is kept" if path.exists() else "nothing was written"
-            raise faults_lib.disk_full_error(str(path), f"{kept} (the results were computed but not saved)") from None
-        raise
+def write_json(path: str | os.PathLike, result: dict[str, Any], *, keep_previous: bool = False) -> pathlib.Path:
+    """Writes an evaluation's result as JSON, atomically (:func:`vaegen.files.write_atomic`: a failed
+    write, e.g. on a full disk, leaves the previous file as it was: :class:`vaegen.errors.DiskFullError`;
+    ``keep_previous``: an existing file of other content is kept as ``NAME.1.json``, ...)."""
+    return save_json(path, result, keep_previous=keep_previous).path
+
+
+def save_json(path: str | os.PathLike, result: dict[str, Any], *, keep_previous: bool = True) -> Saved:
+    """:func:`write_json`, keeping the result it replaces (``eval.1.json``, ``eval.2.json``, ...: every
+    evaluation is kept, the latest under ``path``) by default."""
+    path = pathlib.Path(path)
+    kept = files_lib.write_json(path, result, kind="eval", keep_previous=keep_previous, kept_note=_NOT_SAVED)
+    return Saved(path, kept)

@@ -10,16 +10,14 @@ from its fit, never fitted here.
 
 from __future__ import annotations
 
-import json
 import os
 import pathlib
 
-from vaegen.errors import RecipeError
 from vaegen.runs import recipes as recipes_lib
 from vaegen.runs import run as run_lib
 from vaegen.runs.recipes.base import EXPOST_DIR
+from vaegen.runs.recipes.store import read_json, write_json
 from vaegen.runs.run import Run
-from vaegen.train import workdir as workdir_lib
 
 
 def load(workdir: str | os.PathLike, *, density: str | None = None, epoch: int | None = None,
@@ -59,10 +57,9 @@ def record_user_recipe(workdir: str | os.PathLike, recipe: recipes_lib.Recipe) -
     if component.builtin:
         return
     path = pathlib.Path(workdir) / EXPOST_DIR / USER_RECIPES_FILE
-    records = json.loads(path.read_text()) if path.exists() else {}
+    records = read_json(path, remedy="delete it and fit your recipe again") if path.exists() else {}
     records[component.name] = {"module": component.module, "file": str(pathlib.Path(component.file).resolve())}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    workdir_lib.write_atomic(path, json.dumps(records, indent=2) + "\n", kind="expost")
+    write_json(path, records)
 
 
 def import_user_recipes(workdir: str | os.PathLike) -> list[str]:
@@ -71,10 +68,7 @@ def import_user_recipes(workdir: str | os.PathLike) -> list[str]:
     path = pathlib.Path(workdir) / EXPOST_DIR / USER_RECIPES_FILE
     if not path.is_file():
         return []
-    try:
-        records = json.loads(path.read_text())
-    except ValueError as e:
-        raise RecipeError(f"{path} is damaged (not JSON: {e}); delete it and fit your recipe again") from None
+    records = read_json(path, remedy="delete it and fit your recipe again", what="record of the recipes of your own")
     imported = []
     for name, entry in records.items():
         if name in recipes_lib.RECIPES:

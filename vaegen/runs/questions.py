@@ -10,7 +10,9 @@
 ``x`` is ``[N, *event]`` observations as the model sees them (floats; binary for a Bernoulli
 likelihood), or one observation ``[*event]`` (then a scalar, or one image/code, comes back).
 Each call is batched and sharded over the local devices (:func:`vaegen.sharding.map_examples`)
-and checks ``x`` first (``check=False`` skips it); randomness comes from ``key`` (default
+and checks every argument first: ``k``, ``num_samples`` and ``batch_size`` are integers >= 1 (2.5
+is refused, not truncated), ``key`` a JAX random key, and ``x`` observations of the model
+(``check=False`` skips the check of ``x``); randomness comes from ``key`` (default
 ``jax.random.key(0)``, so a call repeats exactly), example i drawing from ``fold_in(key, i)``.
 
 What each number is: ``log_px`` by importance sampling is a stochastic lower bound on log p(x)
@@ -34,7 +36,7 @@ from vaegen.blocks import discrete as discrete_lib
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.data import binarization
 from vaegen.data import splits as splits_lib
-from vaegen.errors import ConfigError, NoLatentError, NO_LATENT_MESSAGE, UndefinedEstimateError
+from vaegen.errors import ArgumentError, ConfigError, NoLatentError, NO_LATENT_MESSAGE, UndefinedEstimateError
 from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import enumeration as enumeration_lib
 from vaegen.estimators import importance as importance_lib
@@ -44,6 +46,7 @@ from vaegen.objectives.exact import ExactLogLikelihood
 from vaegen.train.rng import purpose_key
 
 METHODS = ("is", "ais", "exact")
+PROPOSALS = ("posterior", "prior")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +63,40 @@ class _Decoded:
             return {"codes": z, "reconstruction": m.p_x_given_z(z).mean()}
 
         return self.model.apply(variables, method=f)
+
+
+def _where(method: str) -> str:
+    """``run.log_px`` for a method of a run; a qualified name (``vaegen.evaluate``) as it is."""
+    return method if "." in method else f"run.{method}"
+
+
+def check_int(value: Any, method: str, name: str, what: str, *, minimum: int = 1, optional: bool = False) -> None:
+    """:class:`vaegen.errors.ArgumentError` naming the argument ``name`` of ``run.<method>`` unless
+    ``value`` is an integer >= ``minimum`` (``None`` too with ``optional``): ``2.5`` is refused, not
+    truncated."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ArgumentError(f"{_where(method)}: argument {name} must be an integer >= {minimum} ({what}), got "
+                            f"{value!r}")
+    if value < minimum:
+        raise ArgumentError(f"{_where(method)}: argument {name} must be >= {minimum} ({what}), got {value}")
+
+
+def check_key(key: Any, method: str, *, optional: bool = True) -> None:
+    """:class:`vaegen.errors.ArgumentError` naming the argument ``key`` of ``run.<method>`` unless it
+    is a JAX random key (``jax.random.key(seed)``, or a legacy ``jax.random.PRNGKey(seed)``;
+    ``None`` with ``optional``)."""
+    if (optional and key is None) or isinstance(key, jax.core.Tracer):
+        return
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key):
+        return
+    if dtype == np.uint32 and np.shape(key)[-1:] == (2,):  # a legacy raw key
+        return
+    raise ArgumentError(f"{_where(method)}: argument key must be a JAX random key, e.g. jax.random.key(0), got "
+                        f"{type(key).__name__}{'' if dtype is None else f' of dtype {dtype}'}"
+                        + (f" {key!r}" if isinstance(key, (int, float, str)) else ""))
 
 
 CODE_PROPOSAL_CODES = 10000
@@ -102,9 +139,17 @@ class Questions:
         model without a prior (an autoencoder: fit a density to its codes first), and for ``exact`` on
         a continuous z or one with too many configurations.
         """
-        xs, single = self._examples(x, "log_px", check)
+        check_int(k, "log_px", "k", "importance samples per example")
         if method not in METHODS:
             raise ConfigError(f"run.log_px: method={method!r} is not one of {', '.join(METHODS)}")
+        if proposal not in PROPOSALS:
+            raise ConfigError(f"run.log_px: proposal={proposal!r} is not one of {', '.join(PROPOSALS)}")
+        if ais is not None and not isinstance(ais, ais_lib.AIS):
+            raise ArgumentError(f"run.log_px: argument ais must be a vaegen.estimators.ais.AIS (its settings), got "
+                             f"{type(ais).__name__}")
+        check_key(key, "log_px")
+        check_int(batch_size, "log_px", "batch_size", "examples per device call", optional=True)
+        xs, single = self._examples(x, "log_px", check)
         if self.spec.model.kind.trait("exact_log_likelihood", False):
             out = objective_terms(self.model, self.variables, ExactLogLikelihood(), xs, self._key(key),
                                   batch_size=batch_size)["log_px"]
@@ -133,6 +178,7 @@ class Questions:
         (:class:`vaegen.blocks.posteriors.CodeProposal`): the proposal of importance sampling.
         sigma is the per-dimension standard deviation of the codes of the first
         :data:`CODE_PROPOSAL_CODES` training examples, binarized as in training."""
+        check_int(batch_size, "with_code_proposal", "batch_size", "examples per device call", optional=True)
         x_u8 = self.data().train[:CODE_PROPOSAL_CODES]
         stored = splits_lib.stored_split(self.spec.data, x_u8, "train")
         protocol = splits_lib.split_protocol(self.spec.data, "train")
@@ -150,6 +196,9 @@ class Questions:
         ``num_samples`` draws of z for the first term (the KL in closed form where distrax has
         it); ``terms=True`` returns ``{"elbo", "reconstruction", "kl"}``.  Raises
         :class:`vaegen.errors.UndefinedObjectiveError` for a point-mass q (its ELBO is -inf)."""
+        check_int(num_samples, "elbo", "num_samples", "draws of z per example")
+        check_key(key, "elbo")
+        check_int(batch_size, "elbo", "batch_size", "examples per device call", optional=True)
         xs, single = self._examples(x, "elbo", check)
         objective = ELBO(num_samples=num_samples)
         objective(self.model, self.variables, xs[0], jax.random.key(0))           # the model's own check, once
@@ -162,7 +211,9 @@ class Questions:
     def _decoded(self, x: Any, what: str, check: bool, batch_size: int | None) -> jax.Array:
         if not self.has_latents:
             raise NoLatentError(NO_LATENT_MESSAGE)
-        xs, single = self._examples(x, what, check)
+        method = "reconstruct" if what == "reconstruction" else what
+        check_int(batch_size, method, "batch_size", "examples per device call", optional=True)
+        xs, single = self._examples(x, method, check)
         out = self._map(_Decoded(self.model), xs, None, batch_size)[what]
         return out[0] if single else out
 

@@ -38,20 +38,23 @@ from vaegen.blocks.likelihoods import check_support
 from vaegen.config import schema
 from vaegen.data import datasets
 from vaegen.data import splits as splits_lib
-from vaegen.errors import CheckpointError, ConfigError
+from vaegen.errors import NO_LATENT_MESSAGE, ArgumentError, CheckpointError, ConfigError, NoLatentError
 from vaegen.registry import Selected, to_mapping
-from vaegen.runs.questions import Questions
+from vaegen.runs.questions import Questions, check_int, check_key
 from vaegen.model import latent as latent_lib
 from vaegen.train import checkpoint as checkpoint_lib
 from vaegen.train import trainer as trainer_lib
 from vaegen.train import workdir as workdir_lib
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(repr=False)
 class Run(Questions):
     """A model with its trained parameters, the typed spec of its run and its data description;
     the common questions (``log_px``, ``elbo``, ``reconstruct``, ``codes``) are one call each
-    (:mod:`vaegen.runs.questions`)."""
+    (:mod:`vaegen.runs.questions`).  Every argument of these methods is checked on the host
+    before anything is computed (:class:`vaegen.errors.ArgumentError`, a ``ValueError``, naming the
+    method and the argument); the arrays ``x`` and ``z`` unless ``check=False`` or traced (inside
+    the caller's ``jit``)."""
 
     workdir: pathlib.Path
     spec: schema.RunSpec
@@ -63,6 +66,31 @@ class Run(Questions):
     recipe: Selected | None = None
     """The recipe (with its settings) that made this run generative (:mod:`vaegen.runs.recipes`; None:
     the run as trained)."""
+
+    def __repr__(self) -> str:
+        """One line: where the run is, which model, how many parameters (``run.spec`` has the rest)."""
+        spec = self.spec
+        parts = [f"workdir={str(self.workdir)!r}", f"epoch={self.epoch}", f"kind={spec.model.kind.name}"]
+        if self.has_latents:
+            prior = spec.model.prior.name
+            if self.recipe is not None:           # made generative by a recipe (vaegen.load(..., density=...))
+                parts.append(f"recipe={self.recipe.name}")
+            parts += [f"prior={prior}", f"posterior={spec.inference.posterior.name}", f"latent_dim={self.latent_dim}"]
+        parts += [f"likelihood={spec.model.likelihood.name}", f"event_shape={tuple(self.event_shape)}"]
+        try:
+            size = sum(int(np.size(v)) for v in jax.tree_util.tree_leaves(self.variables.get("params", {})))
+            parts.append(f"parameters={size:,}")
+        except (AttributeError, TypeError):
+            pass
+        return f"Run({', '.join(parts)})"
+
+    @property
+    def latent_dim(self) -> int | None:
+        """D, the dimension of z (of z1 and z2 together for two stochastic layers); None for a model
+        without z (autoregressive)."""
+        if not self.has_latents:
+            return None
+        return int(getattr(self.model.posterior, "latent_dim", self.spec.model.latent_dim))
 
     @property
     def config(self) -> ml_collections.ConfigDict:
@@ -88,8 +116,9 @@ class Run(Questions):
         return bool(getattr(self.model, "has_prior", False))
 
     def check_x(self, x: Any, method: str) -> None:
-        """Raises ValueError (:class:`vaegen.errors.SupportError` for values) naming the argument
-        ``x`` of ``run.<method>`` if it is not a batch of observations of this model: trailing
+        """Raises :class:`vaegen.errors.ArgumentError` (:class:`vaegen.errors.SupportError` for
+        values) naming the argument ``x`` of ``run.<method>`` if it is not a batch of observations
+        of this model: trailing
         shape ``event_shape``, finite, in the likelihood's support (binary for a Bernoulli).  On the
         host, once per call; skipped for traced values (inside the caller's ``jit``)."""
         if isinstance(x, jax.core.Tracer):
@@ -97,24 +126,55 @@ class Run(Questions):
         a = np.asarray(x)
         n = len(self.event_shape)
         if a.ndim < n or tuple(a.shape[a.ndim - n:]) != tuple(self.event_shape):
-            raise ValueError(f"run.{method}: argument x has shape {a.shape}, but observations of this model are "
+            raise ArgumentError(f"run.{method}: argument x has shape {a.shape}, but observations of this model are "
                              f"[..., {', '.join(map(str, self.event_shape))}]")
         if not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
-            raise ValueError(f"run.{method}: argument x must be numeric, got dtype {a.dtype}")
+            raise ArgumentError(f"run.{method}: argument x must be numeric, got dtype {a.dtype}")
         check_support(self.spec.model.likelihood.trait("support", "real"), a.astype(np.float64),
                       what=f"run.{method}: argument x")
 
+    def check_z(self, z: Any, method: str, x: Any = None) -> None:
+        """Raises :class:`vaegen.errors.ArgumentError` naming the argument ``z`` of ``run.<method>``
+        if it is not a batch of latent vectors of this model: real numbers, trailing shape ``[D]``,
+        and (with ``x``) a batch shape that broadcasts with ``x``'s.  On the host; skipped for
+        traced values.  Its values are not checked: a non-finite z gives a non-finite answer."""
+        if isinstance(z, jax.core.Tracer):
+            return
+        if not self.has_latents:
+            raise NoLatentError(NO_LATENT_MESSAGE)
+        a = np.asarray(z)
+        if not np.issubdtype(a.dtype, np.number) or np.issubdtype(a.dtype, np.complexfloating):
+            raise ArgumentError(f"run.{method}: argument z must be real numbers, got dtype {a.dtype}")
+        d = self.latent_dim
+        if a.ndim < 1 or a.shape[-1] != d:
+            raise ArgumentError(f"run.{method}: argument z has shape {a.shape}, but latent vectors of this model are "
+                             f"[..., {d}]")
+        if x is None or isinstance(x, jax.core.Tracer):
+            return
+        xs = np.shape(x)
+        x_batch, z_batch = xs[:len(xs) - len(self.event_shape)], a.shape[:-1]
+        try:
+            np.broadcast_shapes(x_batch, z_batch)
+        except ValueError:
+            raise ArgumentError(f"run.{method}: argument z has shape {a.shape} and x {tuple(xs)}: their batch shapes "
+                             f"{tuple(z_batch)} and {tuple(x_batch)} do not broadcast (z [..., {d}] goes with x "
+                             f"[..., {', '.join(map(str, self.event_shape))}]; S samples per example: z [S, N, {d}] "
+                             "with x [N, ...])") from None
+
     def log_joint(self, x: jax.Array, z: jax.Array, *, check: bool = True) -> jax.Array:
-        """log p(x, z) = log p(z) + log p(x | z), nats, ``[...]`` for ``z [..., D]``.  ``check``:
-        :meth:`check_x` first (``check=False`` skips it, e.g. in a loop of the caller's own)."""
+        """log p(x, z) = log p(z) + log p(x | z), nats, ``[...]`` for ``z [..., D]`` and ``x [..., *event]``
+        whose batch shapes broadcast.  ``check``: :meth:`check_x` and :meth:`check_z` first
+        (``check=False`` skips them, e.g. in a loop of the caller's own)."""
         if check:
             self.check_x(x, "log_joint")
+            self.check_z(z, "log_joint", x)
         return self.bound.log_joint(jnp.asarray(x), jnp.asarray(z))
 
     def log_likelihood(self, x: jax.Array, z: jax.Array, *, check: bool = True) -> jax.Array:
         """log p(x | z), nats, ``[...]`` for ``z [..., D]`` (``check``: as for :meth:`log_joint`)."""
         if check:
             self.check_x(x, "log_likelihood")
+            self.check_z(z, "log_likelihood", x)
         return self.bound.log_likelihood(jnp.asarray(x), jnp.asarray(z))
 
     def encode(self, x: jax.Array, *, check: bool = True) -> distrax.Distribution:
@@ -124,8 +184,10 @@ class Run(Questions):
             self.check_x(x, "encode")
         return self.bound.q_z_given_x(jnp.asarray(x))
 
-    def decode(self, z: jax.Array) -> distrax.Distribution:
-        """p(x | z) for ``z [..., D]``."""
+    def decode(self, z: jax.Array, *, check: bool = True) -> distrax.Distribution:
+        """p(x | z) for ``z [..., D]`` (``check``: :meth:`check_z` first)."""
+        if check:
+            self.check_z(z, "decode")
         return self.bound.p_x_given_z(jnp.asarray(z))
 
     def prior(self) -> distrax.Distribution:
@@ -137,12 +199,14 @@ class Run(Questions):
         integer >= 1, is checked unless ``check=False``."""
         if check:
             _check_n(n, "sample")
+            check_key(key, "sample", optional=False)
         return self.bound.sample(key, n)
 
     def sample_with_latents(self, key: jax.Array, n: int, *, check: bool = True) -> tuple[jax.Array, jax.Array]:
         """``(x [n, *event], z [n, D])``, as :meth:`sample`."""
         if check:
             _check_n(n, "sample_with_latents")
+            check_key(key, "sample_with_latents", optional=False)
         return self.bound.sample_with_latents(key, n)
 
     def data(self) -> datasets.Splits:
@@ -153,7 +217,11 @@ class Run(Questions):
         """A held-out split as the model sees it: float32 ``[N, *event]``, binarized once under
         the run's evaluation protocol (the same draw as in training and evaluation)."""
         if name == "train":
-            raise ValueError("the training split is binarized afresh for every batch; ask for 'validation' or 'test'")
+            raise ArgumentError("run.split: the training split is binarized afresh for every batch; ask for 'validation' or "
+                                "'test'")
+        if name not in ("validation", "test"):
+            raise ArgumentError(f"run.split: argument name must be 'validation' or 'test', got {name!r}")
+        check_int(max_examples, "split", "max_examples", "examples to keep; 0 = all", minimum=0)
         x = getattr(datasets.load_splits(self.spec.data), name)
         if max_examples:
             x = x[:max_examples]
@@ -161,10 +229,7 @@ class Run(Questions):
 
 
 def _check_n(n: Any, method: str) -> None:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
-        raise ValueError(f"run.{method}: argument n must be an integer >= 1 (the number of samples), got {n!r}")
-    if n < 1:
-        raise ValueError(f"run.{method}: argument n must be >= 1 (the number of samples), got {n}")
+    check_int(n, method, "n", "the number of samples")
 
 
 def import_user_components(workdir: pathlib.Path, info: dict) -> None:
@@ -219,7 +284,7 @@ def restore(workdir: str | pathlib.Path, *, epoch: int | None = None, best: bool
     template = jax.eval_shape(lambda: latent_lib.init_params(model, jax.random.key(0), event_shape))
     best_dir = workdir / trainer_lib.BEST_DIR
     if best and epoch is not None:
-        raise ValueError("load: ask for the best checkpoint or for an epoch, not both")
+        raise ArgumentError("load: ask for the best checkpoint (best=True) or for an epoch, not both")
     if best is None:
         best = epoch is None and best_dir.is_dir() and any(p.name.isdigit() for p in best_dir.iterdir())
     if best and not best_dir.is_dir():

@@ -60,6 +60,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from vaegen import files as files_lib
 from vaegen import sharding as sharding_lib
 from vaegen.blocks import densities as densities_lib
 from vaegen.config import loading as config_lib
@@ -68,11 +69,12 @@ from vaegen.data import datasets
 from vaegen.data import splits as splits_lib
 from vaegen.errors import ConfigError
 from vaegen.model import code_prior as code_prior_model
-from vaegen.registry import (MODEL_KINDS, OBJECTIVES, POSTERIORS, PRIORS, Selected, Settings, fields, parse, setting,
+from vaegen.registry import (OBJECTIVES, POSTERIORS, PRIORS, Selected, Settings, fields, parse, setting,
                              slot, to_mapping)
 from vaegen.runs import codes as codes_lib
 from vaegen.runs import evaluate as evaluate_lib
 from vaegen.runs.recipes import RECIPES, Estimate, Fit, LogPx, Recipe, codes_kind
+from vaegen.runs.recipes import code_prior as code_prior_lib
 from vaegen.runs.recipes.learned import train_seconds
 from vaegen.runs.run import Run
 from vaegen.studies import metrics as metrics_lib
@@ -164,7 +166,7 @@ class VQStudySettings(Settings):
                           code_dim=5, ema=True, ema_decay=0.99, dead_code_threshold=0.05)
     objective: Selected = slot("objective", "vq", "its objective", commitment=0.25)
     recipe: Selected = slot("recipe", "code_prior", "the categorical MADE fitted to its codes (early-stopped)",
-                            temperature=3.0, max_codes=10000, epochs=30, batch_size=256, learning_rate=1e-3, patience=3,
+                            temperature=code_prior_lib.DEFAULT_TEMPERATURE, max_codes=10000, epochs=30, batch_size=256, learning_rate=1e-3, patience=3,
                             density=code_prior_model.CategoricalMADESettings(hidden=(500,)))
 
 
@@ -589,8 +591,9 @@ def evaluate_row(ctx: StudyContext, row: Row) -> dict[str, Any]:
         x = np.asarray(eval_split(ctx.base_spec, "validation", int(ev.num_samples)))
         out["seconds_sampling"] = time.perf_counter() - t
         out["samples"] = metrics_lib.sample_quality(ctx.space, x, ctx.reference_features, k=int(ev.nn_k))
-        np.savez_compressed(ctx.workdir / "rows" / f"{ctx.stem(row)}.samples.npz", display=x[:64].astype(np.float16),
-                            x=x[:64].astype(np.float16))
+        files_lib.write_npz(ctx.workdir / "rows" / f"{ctx.stem(row)}.samples.npz",
+                            {"display": x[:64].astype(np.float16), "x": x[:64].astype(np.float16)}, kind="table",
+                            compressed=True)
         out["seconds"] = time.perf_counter() - t0
         return out
     run = ctx.runs[row.variant]
@@ -638,7 +641,7 @@ def evaluate_row(ctx: StudyContext, row: Row) -> dict[str, Any]:
         values["reconstruction"] = reconstruction_terms(run, ctx.bounds_images).astype(np.float64)
         out["reconstruction"] = evaluate_lib.summarize(values["reconstruction"], dims)
     if values:    # per-image values, for the paired differences between rows
-        np.savez(ctx.workdir / "rows" / f"{ctx.stem(row)}.values.npz", **values)
+        files_lib.write_npz(ctx.workdir / "rows" / f"{ctx.stem(row)}.values.npz", values, kind="table")
 
     # Samples and their quality in the classifier's feature space.
     if kind is not LogPx.UNDEFINED:
@@ -646,8 +649,9 @@ def evaluate_row(ctx: StudyContext, row: Row) -> dict[str, Any]:
         x, display = recipe.sample(gen, jax.random.fold_in(key, 1), int(ev.num_samples))
         out["seconds_sampling"] = time.perf_counter() - t
         out["samples"] = metrics_lib.sample_quality(ctx.space, x, ctx.reference_features, k=int(ev.nn_k))
-        np.savez_compressed(ctx.workdir / "rows" / f"{ctx.stem(row)}.samples.npz", display=display[:64].astype(np.float16),
-                            x=x[:64].astype(np.uint8))
+        files_lib.write_npz(ctx.workdir / "rows" / f"{ctx.stem(row)}.samples.npz",
+                            {"display": display[:64].astype(np.float16), "x": x[:64].astype(np.uint8)}, kind="table",
+                            compressed=True)
 
     # The aggregate posterior against the prior the samples come from.
     if _continuous_prior(gen):

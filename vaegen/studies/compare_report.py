@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import pathlib
 import textwrap
 from typing import Any, Sequence
@@ -24,6 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vaegen import files as files_lib
 from vaegen.blocks import priors as priors_lib
 from vaegen.studies import compare as compare_lib
 from vaegen.runs.recipes import LogPx
@@ -43,9 +43,7 @@ def _figure(width: float, height: float):
 
 
 def _save(fig, path: pathlib.Path, dpi: int = 100) -> pathlib.Path:
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
-    os.replace(tmp, path)
+    files_lib.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=dpi, bbox_inches="tight"), kind="figure")
     return path
 
 
@@ -94,8 +92,8 @@ def _display(ctx, name: str) -> np.ndarray | None:
     path = ctx.workdir / "rows" / f"{name}.samples.npz"
     if not path.exists():
         return None
-    with np.load(path) as f:
-        return np.asarray(f["display"], np.float32)
+    return np.asarray(files_lib.load_npz(path, what="row's samples", fix="measure the row again (delete it)",
+                                         names=("display",))["display"], np.float32)
 
 
 HEADLINE_COLUMNS = 5  # panels per row of headline.png: 5 x 1.9 in at 100 dpi, about 950 px wide
@@ -436,8 +434,8 @@ class Comparisons:
         if (row, seed) not in self._values:
             path = self.workdir / "rows" / f"{compare_lib.run_name(self.study, row, seed)}.values.npz"
             if path.exists():
-                with np.load(path) as f:
-                    self._values[(row, seed)] = {k: np.asarray(f[k]) for k in f.files}
+                self._values[(row, seed)] = files_lib.load_npz(path, what="row's per-image values",
+                                                               fix="measure the row again (delete it)")
             else:
                 self._values[(row, seed)] = {}
         return self._values[(row, seed)]
@@ -793,7 +791,5 @@ def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, 
         ("classifier", "feature classifier (this invocation; 0 when reused)"),
         ("evaluation", "evaluating every row (when computed)"), ("report", "figures")) if k in timings) + ".", ""]
     path = out / "report.md"
-    tmp = out / ".report.md.tmp"
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, path)
+    files_lib.write_atomic(path, "\n".join(lines) + "\n", kind="table")
     return path

@@ -7,7 +7,6 @@ The study itself -- its settings, the models and rows, how each row is measured 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pathlib
 import time
@@ -18,9 +17,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from vaegen import compilation as compilation_lib
+from vaegen import files as files_lib
 from vaegen.config.schema import RunSpec
 from vaegen.data import splits as splits_lib
-from vaegen.errors import ConfigError, WorkdirError
+from vaegen.errors import ConfigError, DamagedFileError, WorkdirError
 from vaegen.registry import to_mapping
 from vaegen.runs.recipes import LogPx
 from vaegen.runs.run import restore
@@ -70,8 +70,7 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "rows").mkdir(exist_ok=True)
     study_record = {"preset": preset, "settings": list(settings), "overrides": overrides, "study": to_mapping(study)}
-    workdir_lib.write_atomic(workdir / "study.json", json.dumps(study_record, indent=2, default=list) + "\n",
-                             kind="study")
+    files_lib.write_json(workdir / "study.json", study_record, kind="table", default=list)
 
     splits = trainer_lib.load_data(base_spec)
     log(f"[compare] {preset} study of {len(all_variants)} models x {len(seeds)} seed(s) in {workdir} "
@@ -141,8 +140,7 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
                "seeds": seeds, "rows_by_seed": {str(s): rs for s, rs in by_seed.items()},
                "paired": {row: {m: p.to_json() for m, p in ms.items()} for row, ms in paired.items()},
                "reference": study.reference, "convergence": convergence, "report": str(report_path)}
-    workdir_lib.write_atomic(workdir / "results.json", json.dumps(summary, indent=2, default=float) + "\n",
-                             kind="study")
+    files_lib.write_json(workdir / "results.json", summary, kind="table", default=float)
     log(f"[compare] report: {report_path} ({timings['total_wall']:.0f} s in all)")
     return summary
 
@@ -160,7 +158,10 @@ def _measured(ctx: compare.StudyContext, r: compare.Row, overrides: Sequence[str
         "classifier": ctx.space.info.get("recipe"), "overrides": list(overrides)})
     stem = ctx.stem(r)
     path = workdir / "rows" / f"{stem}.json"
-    cached = json.loads(path.read_text()) if path.exists() else None
+    try:
+        cached = files_lib.read_json(path, what="measured row", fix="") if path.exists() else None
+    except DamagedFileError:   # a row cut short by a kill or a full disk: measured again
+        cached = None
     has_samples = r.recipe is None or r.recipe_object.log_px_kind is not LogPx.UNDEFINED
     has_values = r.recipe is not None and r.variant is not None
     files_there = ((workdir / "rows" / f"{stem}.samples.npz").exists() == has_samples
@@ -169,7 +170,7 @@ def _measured(ctx: compare.StudyContext, r: compare.Row, overrides: Sequence[str
         return cached
     res = compare.evaluate_row(ctx, r)
     res["fingerprint"] = fingerprint
-    workdir_lib.write_atomic(path, json.dumps(res, indent=2, default=float) + "\n", kind="study")
+    files_lib.write_json(path, res, kind="table", default=float)
     log(f"[compare] {stem}: {compare.row_summary(res)}")
     return res
 
@@ -202,8 +203,7 @@ def _values(workdir: pathlib.Path, study: compare.CompareSettings, row: str, see
     path = workdir / "rows" / f"{compare.run_name(study, row, seed)}.values.npz"
     if not path.exists():
         return {}
-    with np.load(path) as f:
-        return {k: np.asarray(f[k]) for k in f.files}
+    return files_lib.load_npz(path, what="row's per-image values", fix="measure the row again (delete it)")
 
 
 def convergence_of(workdir: pathlib.Path, study: compare.CompareSettings, variants: Sequence[compare.Variant]

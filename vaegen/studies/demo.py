@@ -12,7 +12,6 @@ reconstruction grids and ``summary.md``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import pathlib
 import time
@@ -21,6 +20,7 @@ from typing import Iterable
 import jax
 import numpy as np
 
+from vaegen import files as files_lib
 from vaegen.config import loading as config_lib
 from vaegen.config.schema import to_spec
 from vaegen.runs import evaluate as evaluate_lib
@@ -47,8 +47,9 @@ def run(workdir: str | pathlib.Path = "runs/demo", *, overrides: Iterable[str] =
         print(f"[demo] evaluating the {name.upper()} on the test set")
         results[name] = evaluate_lib.evaluate(runs[name], dataclasses.replace(runs[name].spec.eval, num_samples=k),
                                               split="test")
-        evaluate_lib.write_json(workdir / name / "eval.json", results[name])
+        saved = evaluate_lib.save_json(workdir / name / "eval.json", results[name])
         print(evaluate_lib.format_table(results[name]))
+        print(f"[demo] {saved.message()}")
 
     # Figures: samples of the VAE; reconstructions of both; what the AE's decoder makes of N(0, I).
     key = jax.random.key(0)
@@ -73,9 +74,9 @@ def run(workdir: str | pathlib.Path = "runs/demo", *, overrides: Iterable[str] =
         "std_per_dim_max": float(codes.std(0).max()),
     }
     summary = _summary(configs, results, seconds, code_stats, k)
-    (workdir / "summary.md").write_text(summary)
-    (workdir / "summary.json").write_text(json.dumps({"results": results, "train_seconds": seconds,
-                                                      "ae_code_stats": code_stats}, indent=2) + "\n")
+    files_lib.write_atomic(workdir / "summary.md", summary, kind="table")
+    files_lib.write_json(workdir / "summary.json", {"results": results, "train_seconds": seconds,
+                                                    "ae_code_stats": code_stats}, kind="table")
     print(summary)
     return results
 

@@ -10,7 +10,6 @@ reused), attached as the run's p(z), sampled (``samples.png``) and evaluated on 
 from __future__ import annotations
 
 import dataclasses
-import pathlib
 from typing import Any, Callable
 
 import jax
@@ -48,9 +47,7 @@ def expost(run: Run, recipe: Recipe, *, n: int = 64, k: int = 100, max_examples:
         result["proposal"] = proposal_of(gen)
         log(evaluate_lib.format_table(result))
         log(f"log p(x) here is a {recipe.trait('log_px_meaning')}")
-    path = out_dir / "eval.json"
-    evaluate_lib.write_json(path, result)
-    log(f"wrote {path}")
+    log(evaluate_lib.save_json(out_dir / "eval.json", result).message())   # an earlier result is kept beside it
     return result
 
 

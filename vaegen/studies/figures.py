@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import pathlib
 
 import numpy as np
 
-from vaegen.train import faults as faults_lib
+from vaegen import files as files_lib
 
 
 def image_grid(images: np.ndarray, ncols: int | None = None, pad: int = 1) -> np.ndarray:
@@ -48,19 +47,8 @@ def save_grid(path: str | os.PathLike, images: np.ndarray, *, ncols: int | None 
     if title:
         fig.suptitle(title, fontsize=9)
     path = pathlib.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    try:
-        faults_lib.before_write("figure", path)
-        fig.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    except Exception as e:  # a failed write leaves no temporary file and the previous figure as it was
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        if faults_lib.is_disk_full(e):
-            raise faults_lib.disk_full_error(str(path), "the previous figure is kept" if path.exists()
-                                             else "nothing was written") from None
-        raise
+    # A failed write leaves no temporary file and the previous figure as it was.
+    files_lib.write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=100), kind="figure")
     return path
 
 

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vaegen import files as files_lib
 from vaegen import sharding as sharding_lib
 from vaegen.data import binarization
 from vaegen.data import splits as splits_lib
@@ -43,7 +44,6 @@ from vaegen.estimators import importance as estimators_lib
 from vaegen.inference import families as families_lib
 from vaegen.inference import svi
 from vaegen.objectives.bounds import elbo_of
-from vaegen.train import workdir as workdir_lib
 from vaegen.train.rng import purpose_key
 
 SPLITS = ("test", "train", "validation")
@@ -287,14 +287,13 @@ def csv_table(rows: Iterable[dict[str, Any]], *, extra_columns: Sequence[str] = 
     return buf.getvalue()
 
 
-def _write_atomic(path: pathlib.Path, text: str) -> None:
-    workdir_lib.write_atomic(path, text, kind="table")  # no temporary file is left by a failed write
-
-
-def write_tables(report: GapReport, out_dir: str | os.PathLike, *, per_example: bool = True) -> dict[str, pathlib.Path]:
-    """Writes ``gaps.md``, ``gaps.csv``, ``gaps.json`` (and ``gaps_per_example.npz``) in ``out_dir``."""
+def write_tables(report: GapReport, out_dir: str | os.PathLike, *, per_example: bool = True,
+                 kept: list[pathlib.Path] | None = None) -> dict[str, pathlib.Path]:
+    """Writes ``gaps.md``, ``gaps.csv``, ``gaps.json`` (and ``gaps_per_example.npz``) in ``out_dir``,
+    each atomically (:func:`vaegen.files.write_atomic`).  A table that replaces an earlier one of
+    other content keeps it as ``gaps.1.md``, ... (results are never replaced silently); with
+    ``kept`` (a list) the kept paths are appended to it."""
     out = pathlib.Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     s = report.settings
     svi = s["svi"]
     header = (f"Gap decomposition of {s['workdir']} (epoch {s['epoch']}), nats per example, mean ± standard error.  \n"
@@ -303,13 +302,16 @@ def write_tables(report: GapReport, out_dir: str | os.PathLike, *, per_example: 
               f"ELBOs with {s['elbo_samples']} samples; log p(x): importance sampling, k = {s['log_px_samples']}, "
               "best proposal kept.\n\n")
     paths = {"md": out / "gaps.md", "csv": out / "gaps.csv", "json": out / "gaps.json"}
-    _write_atomic(paths["md"], header + markdown_table(report.rows) + "\n")
-    _write_atomic(paths["csv"], csv_table(report.rows))
-    _write_atomic(paths["json"], json.dumps(report.to_json(), indent=2) + "\n")
+    written = [files_lib.write_atomic(paths["md"], header + markdown_table(report.rows) + "\n", kind="table",
+                                      keep_previous=True),
+               files_lib.write_atomic(paths["csv"], csv_table(report.rows), kind="table", keep_previous=True),
+               files_lib.write_json(paths["json"], report.to_json(), kind="table", keep_previous=True)]
     if per_example:
         flat = {f"{split}/{k}": v for split, arrays in report.per_example.items() for k, v in arrays.items()}
         paths["npz"] = out / "gaps_per_example.npz"
-        np.savez_compressed(paths["npz"], **flat)
+        written.append(files_lib.write_npz(paths["npz"], flat, kind="table", compressed=True, keep_previous=True))
+    if kept is not None:
+        kept.extend(p for p in written if p is not None)
     return paths
 
 

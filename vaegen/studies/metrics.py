@@ -47,8 +47,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from vaegen import files as files_lib
 from vaegen.data import binarization
 from vaegen.data import datasets
+from vaegen.errors import DamagedFileError
 
 
 # --- the classifier ----------------------------------------------------------------------------
@@ -129,9 +131,14 @@ def train_classifier(splits: datasets.Splits, protocol: str, directory: str | os
     template = module.init(jax.random.key(0), jnp.zeros((1,) + event))
     info_path, params_path = directory / "classifier.json", directory / "classifier.msgpack"
     if info_path.exists() and params_path.exists():
-        info = json.loads(info_path.read_text())
+        fix = f"remove {directory} and run the same command again (the classifier is then trained again)"
+        info = files_lib.read_json(info_path, what="record of a trained feature classifier", fix=fix)
         if {k: info.get(k) for k in identity} == json.loads(json.dumps(identity)):
-            params = flax.serialization.from_bytes(template, params_path.read_bytes())
+            try:
+                params = flax.serialization.from_bytes(template, params_path.read_bytes())
+            except Exception as e:  # msgpack's and flax's own errors for truncated or foreign bytes
+                raise DamagedFileError(f"{params_path} is not a readable feature classifier's parameters "
+                                       f"({type(e).__name__}: {e}); {fix}") from None
             return FeatureSpace(module, params, info)
 
     t0 = time.perf_counter()
@@ -178,11 +185,8 @@ def train_classifier(splits: datasets.Splits, protocol: str, directory: str | os
         accuracy = float(np.mean(np.argmax(probs, -1) == splits.test_labels))
     info = {**identity, "test_accuracy": accuracy, "final_train_loss": float(loss),
             "seconds": time.perf_counter() - t0}
-    directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / ".classifier.msgpack.tmp"
-    tmp.write_bytes(flax.serialization.to_bytes(params))
-    os.replace(tmp, params_path)
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
+    files_lib.write_atomic(params_path, flax.serialization.to_bytes(params), kind="table")
+    files_lib.write_json(info_path, info, kind="table")
     return FeatureSpace(module, params, info)
 
 

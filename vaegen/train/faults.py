@@ -15,10 +15,12 @@ Non-finite steps
     finite metrics.
 
 Full disks
-    Every writer in vaegen calls :func:`before_write` first; :func:`disk_full` (or the
-    environment variable :data:`DISK_FULL_ENV`, for a process of its own) makes chosen writes
-    fail with ``ENOSPC`` there, as a full disk would.  Writes go through temporary files and
-    renames (orbax's checkpoints too), so a failed write leaves what was written before intact;
+    Every writer in vaegen calls :func:`before_write` first (:func:`vaegen.files.write_atomic`,
+    the one writer of files, does; so do the checkpointer and the append to ``metrics.jsonl``);
+    :func:`disk_full` (or the environment variable :data:`DISK_FULL_ENV`, for a process of its
+    own) makes chosen writes fail with ``ENOSPC`` there, as a full disk would.  Writes go through
+    temporary files and renames (orbax's checkpoints too), so a failed write leaves what was
+    written before intact;
     :func:`disk_full_error` turns the failure into one line, :class:`vaegen.errors.DiskFullError`,
     naming the path, what was kept, and the next step (free space, run the same command again).
 
@@ -33,10 +35,8 @@ Stop signals
 from __future__ import annotations
 
 import contextlib
-import errno
 import logging
 import math
-import os
 import signal
 import sys
 import threading
@@ -45,7 +45,7 @@ from typing import Any, Callable, Iterator
 import jax
 import jax.numpy as jnp
 
-from vaegen.errors import DiskFullError
+from vaegen import files as files_lib
 
 
 # --- on the device -----------------------------------------------------------------------------
@@ -89,74 +89,15 @@ def format_metrics(metrics: dict[str, float], keys: tuple[str, ...] | None = Non
 
 
 # --- full disks --------------------------------------------------------------------------------
+#
+# The hook lives with the one writer (vaegen.files), below every layer that writes; these are its names.
 
-WRITE_KINDS = ("checkpoint", "metrics", "config", "eval", "figure", "table")
-"""What :func:`before_write` is told is being written: checkpoints, ``metrics.jsonl``,
-``config.json``/``run.json``, ``eval.json`` and per-example values, PNG figures, result tables."""
-
-DISK_FULL_ENV = "VAEGEN_FAULT_DISK_FULL"
-"""Fault injection for a process of its own: ``KIND[@N],...`` (kinds of :data:`WRITE_KINDS`)
-makes the N-th write of each KIND in the process (every one without ``@N``) fail with ENOSPC."""
-
-_injected: dict[str, int] = {}
-_writes: dict[str, int] = {}
-
-
-def _injected_at(kind: str) -> int | None:
-    if kind in _injected:
-        return _injected[kind]
-    for item in os.environ.get(DISK_FULL_ENV, "").split(","):
-        name, _, at = item.strip().partition("@")
-        if name == kind:
-            return int(at) if at else 0
-    return None
-
-
-def before_write(kind: str, path: Any) -> None:
-    """Called by vaegen before it writes ``path`` (a write of ``kind``): raises
-    ``OSError(ENOSPC)`` where a full disk is injected (:func:`disk_full`, :data:`DISK_FULL_ENV`);
-    does nothing otherwise."""
-    at = _injected_at(kind)
-    if at is None:
-        return
-    _writes[kind] = _writes.get(kind, 0) + 1
-    if at == 0 or _writes[kind] == at:
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
-
-
-@contextlib.contextmanager
-def disk_full(kind: str, at: int = 0) -> Iterator[None]:
-    """Within the block, the ``at``-th write of ``kind`` from now (1-based; 0: every one) fails
-    with ENOSPC, as on a full disk."""
-    if kind not in WRITE_KINDS:
-        raise ValueError(f"disk_full: kind must be one of {', '.join(WRITE_KINDS)}, got {kind!r}")
-    _injected[kind], _writes[kind] = at, 0
-    try:
-        yield
-    finally:
-        _injected.pop(kind, None)
-        _writes.pop(kind, None)
-
-
-def is_disk_full(error: BaseException | None) -> bool:
-    """True if ``error`` (or an exception it was raised from) is ENOSPC or EDQUOT, including
-    tensorstore's errors, which carry only the message."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        seen.add(id(error))
-        if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT):
-            return True
-        if any(m in str(error) for m in ("No space left on device", "Disk quota exceeded")):
-            return True
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def disk_full_error(writing: str, kept: str) -> DiskFullError:
-    """``no space left on device writing <writing>; <kept>; free space ... and run the same
-    command again``: one line for a failed write."""
-    return DiskFullError(f"no space left on device writing {writing}; {kept}; free space on that device and run "
-                         "the same command again")
+WRITE_KINDS = files_lib.WRITE_KINDS
+DISK_FULL_ENV = files_lib.DISK_FULL_ENV
+before_write = files_lib.before_write
+disk_full = files_lib.disk_full
+is_disk_full = files_lib.is_disk_full
+disk_full_error = files_lib.disk_full_error
 
 
 # --- stop signals ------------------------------------------------------------------------------
@@ -212,6 +153,38 @@ def stop_signals(enabled: bool = True, **kwargs) -> Iterator[StopSignals]:
 
 
 # --- after an error has been reported ------------------------------------------------------------
+
+def _closed_event_loop(exc: BaseException | None) -> bool:
+    return isinstance(exc, RuntimeError) and str(exc) == "Event loop is closed"
+
+
+_closed_loops_quiet = False
+
+
+def quiet_closed_event_loops() -> None:
+    """Drops ``RuntimeError: Event loop is closed``, which tensorstore's callbacks raise when they
+    arrive after orbax has closed the asyncio loop of a read that failed (a damaged checkpoint):
+    a race at the end of a failed operation, harmless (nothing waits for those callbacks), that
+    Python prints as "unraisable" tracebacks -- sometimes *before* the one-line error is
+    reported, so :func:`quiet_background_errors`, installed after it, is too late.  The command
+    line installs this at its start, for the whole process; every other exception is printed as
+    usual.  Idempotent."""
+    global _closed_loops_quiet
+    if _closed_loops_quiet:
+        return
+    _closed_loops_quiet = True
+    unraisable, thread_hook = sys.unraisablehook, threading.excepthook
+
+    def on_unraisable(u):
+        if not _closed_event_loop(u.exc_value):
+            unraisable(u)
+
+    def on_thread(a):
+        if not _closed_event_loop(a.exc_value):
+            thread_hook(a)
+
+    sys.unraisablehook, threading.excepthook = on_unraisable, on_thread
+
 
 def quiet_background_errors() -> None:
     """Drops what orbax's and tensorstore's background threads and finalizers would print while

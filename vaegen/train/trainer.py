@@ -76,6 +76,28 @@ CHECKPOINTS_DIR = "checkpoints"
 BEST_DIR = "best"
 INTERRUPTED_DIR = "interrupted"
 _MAX_LOGGED_SKIPS = 100
+
+
+class LastMetrics(dict):
+    """What :func:`train_and_evaluate` returns: the last line of ``metrics.jsonl`` (a dict), and
+    what this call did.
+
+    Attributes:
+      epochs_trained: epochs this call trained (0: the run was finished before it -- its
+        ``config.train.num_epochs`` reached, or stopped early -- and nothing was done).
+      checkpoint_epoch: the epoch of the checkpoint the call started from (0: none).
+      stopped_early: the run had been stopped by early stopping before this call.
+    """
+
+    def __init__(self, line: dict[str, Any], *, epochs_trained: int, checkpoint_epoch: int,
+                 stopped_early: bool = False):
+        super().__init__(line)
+        self.epochs_trained, self.checkpoint_epoch, self.stopped_early = epochs_trained, checkpoint_epoch, stopped_early
+
+    @property
+    def finished_before(self) -> bool:
+        """Nothing was left to train: this call trained no epoch."""
+        return self.epochs_trained == 0
 logger = logging.getLogger(__name__)
 
 
@@ -185,7 +207,9 @@ def train_and_evaluate(spec: Any, workdir: str | os.PathLike, *, splits: dataset
         :func:`vaegen.data.checks.check_splits`.
       devices: devices to train data-parallel on (default: all, of all processes).
 
-    Returns the last line written to ``metrics.jsonl`` (empty if nothing was left to train).
+    Returns the last line written to ``metrics.jsonl`` (a :class:`LastMetrics`, a dict whose
+    ``epochs_trained`` is 0 when nothing was left to train: the line is then the last one of the
+    earlier call that finished the run).
 
     Raises (each before anything is written, except the last two):
       vaegen.errors.ConfigError, DataError, SupportError, DatasetNotFoundError: bad config or data.
@@ -201,6 +225,8 @@ def train_and_evaluate(spec: Any, workdir: str | os.PathLike, *, splits: dataset
     with (workdir_lib.lock(training.workdir, "train") if sharding_lib.is_primary() else contextlib.nullcontext()):
         training.prepare()
         training.restore()
+        if training.finished:  # nothing to train: nothing is written either
+            return training.finished_before()
         try:
             training.write_run_files()
             return training.run()
@@ -265,6 +291,15 @@ class _Training:
         self.stopper = EarlyStopping.from_json(resume.early_stopping, patience=spec.train.early_stopping_patience,
                                                min_epochs=spec.train.early_stopping_min_epochs)
 
+    @property
+    def finished(self) -> bool:
+        """The checkpoint restored is the run's last: ``train.num_epochs`` reached, or stopped early."""
+        return self.start_epoch >= self.spec.train.num_epochs or self.stopper.stopped
+
+    def finished_before(self) -> "LastMetrics":
+        return LastMetrics(workdir_lib.last_metrics(self.workdir / workdir_lib.METRICS_FILE), epochs_trained=0,
+                           checkpoint_epoch=self.start_epoch, stopped_early=self.stopper.stopped)
+
     # --- stage 3: from here on the workdir is written -------------------------------------------------------
     def write_run_files(self) -> None:
         self.metrics_path = self.workdir / workdir_lib.METRICS_FILE
@@ -291,8 +326,8 @@ class _Training:
     def run(self) -> dict[str, Any]:
         spec, setup = self.spec, self.setup
         num_epochs = spec.train.num_epochs
-        if self.start_epoch >= num_epochs or self.stopper.stopped:
-            return workdir_lib.last_metrics(self.metrics_path)
+        if self.finished:
+            return self.finished_before()
         self.checkpointer = checkpoint_lib.Checkpointer(self.workdir / CHECKPOINTS_DIR, spec.train.keep_checkpoints)
         self.interrupts = checkpoint_lib.Checkpointer(self.workdir / INTERRUPTED_DIR, 1)
         self.best = (checkpoint_lib.Checkpointer(self.workdir / BEST_DIR, 1) if spec.train.early_stopping_patience
@@ -311,6 +346,7 @@ class _Training:
             spec.model.kind.trait("one_latent_vector", False)) else None
         self.board = self.open_board()
         last: dict[str, Any] = {}
+        trained = 0
         bar = tqdm(range(self.start_epoch, num_epochs), initial=self.start_epoch, total=num_epochs, unit="epoch",
                    disable=not (spec.train.progress and self.primary), dynamic_ncols=True, desc="train")
         try:
@@ -318,6 +354,7 @@ class _Training:
                 for epoch in bar:
                     log, first_offset, seconds, compile_s = self.run_epoch(epoch, stop)
                     last = self.end_of_epoch(epoch, log, first_offset, seconds, compile_s, stop, bar)
+                    trained += 1
                     if self.stopper.stopped:
                         logger.info("early stopping at epoch %d: validation %s has not improved on %.4f (epoch %d) "
                                     "for %d evaluations", epoch + 1, self.bound, self.stopper.best_value,
@@ -331,7 +368,7 @@ class _Training:
                 self.best.close()
             if self.board is not None:
                 self.board.close()
-        return last
+        return LastMetrics(last, epochs_trained=trained, checkpoint_epoch=self.start_epoch)
 
     def open_board(self) -> board_lib.Board | None:
         """The TensorBoard writer (primary process, ``train.tensorboard``), and what it shows at

@@ -21,6 +21,7 @@ import pathlib
 import platform
 import signal
 import socket
+import stat
 import sys
 import threading
 import time
@@ -33,6 +34,7 @@ import numpy as np
 import optax
 import orbax.checkpoint
 
+from vaegen import files as files_lib
 from vaegen.errors import ConfigError, WorkdirError
 from vaegen.registry import parse, selected_components, to_mapping
 from vaegen.train import faults as faults_lib
@@ -143,11 +145,18 @@ def check_location(workdir: pathlib.Path) -> None:
         raise WorkdirError(f"workdir {workdir} is not writable{where}; choose another --workdir")
 
 
-def check_writable(path: pathlib.Path, *, option: str = "--out") -> None:
-    """:class:`vaegen.errors.WorkdirError` if the file ``path`` cannot be written (its directory is
-    missing, read-only, or refuses a probe file), before any work is done.  A probe file is
-    created with ``O_EXCL`` and removed at once, so nothing is left behind."""
+def check_writable(path: pathlib.Path, *, option: str = "--out", default_name: str | None = None) -> None:
+    """:class:`vaegen.errors.WorkdirError` if the file ``path`` cannot be written (it is a
+    directory -- ``default_name`` then gives the example of a file in it --, its directory lies
+    under a file, is read-only, or refuses a probe file), before any work is done.  A probe file
+    is created with ``O_EXCL`` and removed at once, so nothing is left behind."""
     path = pathlib.Path(path)
+    if path.is_dir():
+        if default_name:
+            raise WorkdirError(f"cannot write {path}: it is a directory; pass {option} a file path, e.g. {option} "
+                               f"{path / default_name}")
+        raise WorkdirError(f"cannot write {path}: it is a directory; move it away, or pass {option} PATH to write "
+                           "elsewhere")
     directory = path.parent
     while not directory.exists() and directory != directory.parent:  # created by the writer
         directory = directory.parent
@@ -243,29 +252,40 @@ def _proc_stat(pid: int) -> list[str] | None:
         return None
 
 
+_UNREADABLE = "unreadable"  # the key of a lock record that could not be read (what was found instead)
+
+
 def read_lock(workdir: pathlib.Path) -> dict[str, Any] | None:
     """The record of the process holding ``workdir`` (``{"pid", "host", "machine_id", "boot_id",
-    "started", "command", "proc_start"}``), ``{}`` for a lock file without a readable record,
-    ``None`` if unlocked."""
+    "started", "command", "proc_start"}``), ``{}`` for an empty lock file (a process between
+    creating it and writing its record), ``{"unreadable": WHAT}`` for a lock file whose content
+    is not a record (damaged, or written by something else), ``None`` if unlocked."""
+    path = pathlib.Path(workdir) / LOCK_FILE
     try:
-        text = (pathlib.Path(workdir) / LOCK_FILE).read_text()
+        raw = path.read_bytes()
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError):
+    except IsADirectoryError:
+        return {_UNREADABLE: "a directory"}
+    except OSError as e:
+        return {_UNREADABLE: f"cannot be read: {e.strerror or type(e).__name__}"}
+    if not raw.strip():
         return {}
     try:
-        record = json.loads(text)
-    except ValueError:
-        return {}
-    return record if isinstance(record, dict) else {}
+        record = json.loads(raw.decode())
+    except ValueError:  # not UTF-8, or not JSON
+        return {_UNREADABLE: f"not a lock record: {raw[:40]!r}{'...' if len(raw) > 40 else ''}"}
+    if not isinstance(record, dict) or not isinstance(record.get("pid"), int):
+        return {_UNREADABLE: f"not a lock record: a JSON {type(record).__name__} without a pid"}
+    return record
 
 
 def _holder_is_gone(path: pathlib.Path, record: dict[str, Any]) -> bool:
     """True if the process that wrote the lock ``record`` is known to be dead: it ran on this
     host and its pid is gone (or belongs to a later process).  A holder on another host is never
     judged gone (there is no way to tell)."""
-    if not record:  # killed between creating the file and writing its record, or being written now
-        try:
+    if not record or _UNREADABLE in record:  # killed between creating the file and writing its record, being
+        try:                                  # written now, or damaged: gone once it is old enough
             return time.time() - path.stat().st_mtime > _EMPTY_LOCK_STALE_SECONDS
         except OSError:
             return False
@@ -289,6 +309,11 @@ def _holder_is_gone(path: pathlib.Path, record: dict[str, Any]) -> bool:
 
 
 def _busy(workdir: pathlib.Path, record: dict[str, Any]) -> WorkdirError:
+    if _UNREADABLE in record:
+        return WorkdirError(f"the lock of {workdir}, {workdir / LOCK_FILE}, holds no readable record "
+                            f"({record[_UNREADABLE]}) and is younger than {_EMPTY_LOCK_STALE_SECONDS:.0f} s; wait "
+                            "and run the command again (it is then taken over), or remove it if no vaegen process "
+                            "uses this workdir")
     if not record:
         return WorkdirError(f"another vaegen process is starting in {workdir} (its lock {workdir / LOCK_FILE} has no "
                             "record yet); wait for it or use another workdir")
@@ -315,7 +340,13 @@ def _take_over(path: pathlib.Path, stale: dict[str, Any]) -> bool:
         return False
     try:
         if read_lock(path.parent) == stale:
-            path.unlink()
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                return False
+            except OSError as e:
+                raise WorkdirError(f"cannot remove the stale lock {path} ({e.strerror}); remove it by hand if no "
+                                   f"vaegen process uses {path.parent}, or use another workdir") from None
             return True
         return False
     finally:
@@ -331,15 +362,21 @@ def _acquire(workdir: pathlib.Path, command: str) -> dict[str, Any]:
         try:
             fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
+            _check_lock_is_a_file(path)
             holder = read_lock(workdir)
             if holder is None:  # released in the meantime
                 continue
             if not _holder_is_gone(path, holder):
                 raise _busy(workdir, holder) from None
-            if _take_over(path, holder) and holder:
-                print(f"vaegen: took over the lock of {workdir} from pid {holder.get('pid')} (host "
-                      f"{holder.get('host')}, `vaegen {holder.get('command')}`), which is no longer running",
-                      file=sys.stderr, flush=True)
+            if _take_over(path, holder):
+                if _UNREADABLE in holder or not holder:
+                    what = holder.get(_UNREADABLE, "empty")
+                    print(f"vaegen: took over the lock of {workdir}: {path} held no record of a process ({what}) "
+                          f"for more than {_EMPTY_LOCK_STALE_SECONDS:.0f} s", file=sys.stderr, flush=True)
+                else:
+                    print(f"vaegen: took over the lock of {workdir} from pid {holder.get('pid')} (host "
+                          f"{holder.get('host')}, `vaegen {holder.get('command')}`), which is no longer running",
+                          file=sys.stderr, flush=True)
             continue  # try to create it again
         except OSError as e:
             raise WorkdirError(f"cannot lock workdir {workdir} (creating {path}: {e.strerror}); "
@@ -355,6 +392,18 @@ def _acquire(workdir: pathlib.Path, command: str) -> dict[str, Any]:
             os.close(fd)
             return record
     raise _busy(workdir, read_lock(workdir) or {})
+
+
+def _check_lock_is_a_file(path: pathlib.Path) -> None:
+    """A lock path that is not a regular file (a directory, a link, a socket) is never taken over."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(mode):
+        what = "a directory" if stat.S_ISDIR(mode) else "a symbolic link" if stat.S_ISLNK(mode) else "not a file"
+        raise WorkdirError(f"cannot lock workdir {path.parent}: {path} is {what}, not a vaegen lock file; remove it "
+                           "if no vaegen process uses this workdir, or use another workdir")
 
 
 def _release(workdir: pathlib.Path, record: dict[str, Any]) -> None:
@@ -500,18 +549,10 @@ def check_run_json(workdir: pathlib.Path, fingerprint: str) -> None:
 # --- writing -------------------------------------------------------------------------------------------
 
 def write_atomic(path: pathlib.Path, text: str, *, kind: str = "config") -> None:
-    """Writes ``path`` through a temporary file and a rename: a failed write (a full disk) leaves
-    the previous file as it was and no temporary file behind.  ``kind`` names the write for
-    :func:`vaegen.train.faults.before_write` (fault injection)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        faults_lib.before_write(kind, path)
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    """Writes ``path`` through :func:`vaegen.files.write_atomic` (temporary file, fsync, rename,
+    the fault hook): a failed write (a full disk) leaves the previous file as it was and no
+    temporary file behind; the ``OSError`` is raised as it is, for the trainer's own message."""
+    files_lib.write_atomic(path, text, kind=kind, report_disk_full=False)
 
 
 def versions() -> dict[str, str]:
@@ -547,7 +588,7 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
     """The complete lines of a JSON-lines file (a torn last line, from a process killed while
     writing it, is left out)."""
     records = []
-    for line in path.read_text().splitlines():
+    for line in _text(path).splitlines():
         if not line.strip():
             continue
         try:
@@ -557,13 +598,24 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
     return records
 
 
+def _text(path: pathlib.Path) -> str:
+    """A JSON-lines file as text; bytes that are not UTF-8 (a line damaged on disk) become U+FFFD,
+    so that line is dropped as a torn one, not the whole file refused."""
+    try:
+        return path.read_bytes().decode("utf-8", errors="replace")
+    except IsADirectoryError:
+        raise WorkdirError(f"{path} is a directory, not the run's JSON-lines log; move it away, or use a new "
+                           "workdir") from None
+
+
 def truncate_metrics(path: pathlib.Path, epoch: int) -> None:
     """Drops lines of epochs after ``epoch`` (left by a run that died before checkpointing
     them, or stopped on non-finite steps) and torn lines; they are recomputed, identically,
     by the resumed run."""
     if not path.exists():
         return
-    lines = [l for l in path.read_text().splitlines() if l.strip()]
+    text = _text(path)
+    lines = [l for l in text.splitlines() if l.strip()]
     keep = []
     for l in lines:
         try:
@@ -572,7 +624,7 @@ def truncate_metrics(path: pathlib.Path, epoch: int) -> None:
             continue
         if isinstance(record, dict) and record.get("epoch", 0) <= epoch and "halted" not in record:
             keep.append(l)
-    if len(keep) != len(lines) or not path.read_text().endswith("\n") and lines:
+    if len(keep) != len(lines) or not text.endswith("\n") and lines:
         write_atomic(path, "".join(l + "\n" for l in keep))
 
 

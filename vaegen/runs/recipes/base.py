@@ -46,7 +46,6 @@ import dataclasses
 import enum
 import functools
 import inspect
-import json
 import os
 import types
 import pathlib
@@ -55,6 +54,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
+from vaegen import files as files_lib
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.config.schema import RunSpec
 from vaegen.errors import RecipeError
@@ -63,7 +63,6 @@ from vaegen.model import latent as latent_lib
 from vaegen.objectives.bounds import ELBO, objective_terms
 from vaegen.registry import Component, NoSettings, Registry, Selected, Settings, parse, to_mapping
 from vaegen.runs.run import Run
-from vaegen.train import workdir as workdir_lib
 
 SETTINGS_SUFFIX = ".settings.json"
 """A fit's recorded recipe settings: ``<fit directory>/<name>.settings.json``."""
@@ -262,9 +261,8 @@ class Recipe:
         """Writes this recipe's settings beside its fit (``<name>.settings.json``), so that a run loaded with
         the fit later carries the settings it was fitted with (:meth:`as_fitted`)."""
         path = pathlib.Path(directory) / f"{self.name}{SETTINGS_SUFFIX}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        workdir_lib.write_atomic(path, json.dumps({"recipe": self.name, "settings": to_mapping(self.settings)},
-                                                  indent=2, default=list) + "\n", kind="expost")
+        files_lib.write_json(path, {"recipe": self.name, "settings": to_mapping(self.settings)}, kind="eval",
+                             default=list)
 
     def as_fitted(self, fit: Fit) -> "Recipe":
         """This recipe with the settings its fit was made with (recorded beside it; as it is where none
@@ -274,8 +272,9 @@ class Recipe:
         path = pathlib.Path(fit.directory) / f"{self.name}{SETTINGS_SUFFIX}"
         if not path.is_file():
             return self
+        record = files_lib.read_json(path, what="record of a recipe's settings",
+                                     fix="fit the recipe again with `vaegen expost --refit`")
         try:
-            record = json.loads(path.read_text())
             settings = parse(type(self.settings), record["settings"], self.name)
         except (ValueError, KeyError, TypeError) as e:
             raise RecipeError(f"{path} is damaged ({type(e).__name__}: {e}); fit the recipe again with `vaegen "

@@ -21,7 +21,6 @@ then is (each recipe declares it):
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import pathlib
@@ -42,7 +41,7 @@ from vaegen.errors import ConfigError, DataError, RecipeError
 from vaegen.model import latent as latent_lib
 from vaegen.registry import Settings, setting, to_mapping
 from vaegen.runs import codes as codes_lib
-from vaegen.runs.recipes.store import keep_aside, read_json, read_npz, write_json, write_npz
+from vaegen.runs.recipes.store import keep_aside, read_json, write_json
 from vaegen.runs.recipes.base import Fit, LogPx, Recipe, register_recipe, with_prior
 from vaegen.runs.recipes.trained import EXACT_P_Z
 from vaegen.runs.run import Run

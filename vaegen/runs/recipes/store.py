@@ -1,67 +1,45 @@
-"""Files of a fitted recipe: written through a temporary file and a rename, read with one line
-naming the file when it is damaged."""
+"""Files of a fitted recipe, through vaegen's one writer and its one-line readers
+(:mod:`vaegen.files`): a fit interrupted or a disk full leaves the previous files as they were, and
+a damaged file is one line naming it and what to do."""
 
 from __future__ import annotations
 
-import contextlib
-import json
 import os
 import pathlib
-import zipfile
 from typing import Any, Iterable
 
 import numpy as np
 
-from vaegen.errors import RecipeError
-from vaegen.train import faults as faults_lib
-from vaegen.train import workdir as workdir_lib
+from vaegen import files as files_lib
 
 
 def write_json(path: pathlib.Path, record: dict) -> None:
     """``record`` as JSON at ``path``, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    workdir_lib.write_atomic(path, json.dumps(record, indent=2, default=float) + "\n", kind="expost")
+    files_lib.write_json(path, record, kind="eval", default=float)
 
 
 def write_npz(path: pathlib.Path, **arrays: np.ndarray) -> None:
     """``arrays`` as an ``.npz`` at ``path``, atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp.npz")
-    try:
-        faults_lib.before_write("expost", path)
-        np.savez(tmp, **arrays)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
+    files_lib.write_npz(path, arrays, kind="eval")
 
 
-def read_json(path: pathlib.Path, *, remedy: str) -> Any:
-    """The JSON in ``path``; a damaged file is one line (:class:`vaegen.errors.RecipeError`) naming it
-    and ``remedy``."""
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise RecipeError(f"{path} is damaged (not JSON: {e}); {remedy}") from None
+def read_json(path: pathlib.Path, *, remedy: str, what: str = "record of a fitted recipe") -> Any:
+    """The JSON in ``path``; missing or damaged: one line naming it and ``remedy``."""
+    return files_lib.read_json(path, what=what, fix=remedy)
 
 
-def read_npz(path: pathlib.Path, keys: Iterable[str], *, remedy: str) -> dict[str, np.ndarray]:
-    """The arrays ``keys`` of the ``.npz`` at ``path``; a damaged or incomplete file is one line."""
-    try:
-        with np.load(path, allow_pickle=False) as f:
-            return {k: np.asarray(f[k]) for k in keys}
-    except (zipfile.BadZipFile, ValueError, KeyError, OSError, EOFError) as e:
-        if isinstance(e, FileNotFoundError):
-            raise
-        raise RecipeError(f"{path} is damaged ({type(e).__name__}: {e}); {remedy}") from None
+def read_npz(path: pathlib.Path, keys: Iterable[str], *, remedy: str, what: str = "fitted recipe") -> dict[str, np.ndarray]:
+    """The arrays ``keys`` of the ``.npz`` at ``path``: FileNotFoundError when there is none (nothing was
+    fitted), one line naming it and ``remedy`` when it is damaged or lacks one."""
+    path = pathlib.Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} does not exist: nothing was fitted there; {remedy}")
+    return files_lib.load_npz(path, what=what, fix=remedy, names=tuple(keys))
 
 
 def keep_aside(directory: pathlib.Path, names: Iterable[str]) -> list[pathlib.Path]:
     """Renames the files or directories ``names`` in ``directory`` to ``<stem>.<n><suffix>`` with the
-    first free ``n`` (nothing is deleted); returns the new paths."""
+    first free ``n`` (nothing is deleted or written); returns the new paths."""
     moved = []
     for name in names:
         path = directory / name
