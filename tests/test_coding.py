@@ -4,6 +4,7 @@
 conditionals against exact answers, and a file refused when it is damaged or comes from another model.
 An autoencoder without p(z) codes nothing."""
 
+import dataclasses
 import json
 import math
 import pathlib
@@ -216,7 +217,7 @@ def test_what_cannot_code_is_refused_with_one_line():
         (_random_run("tiny:vq"), errors.NoPriorError, "no prior over its codes"),
         (_random_run("tiny", ["model.likelihood=gaussian", "data.binarization=none"]), errors.CodingError,
          "p(x|z) is a Gaussian density over real-valued x"),
-        (_ae_with("diffusion", density=_density("diffusion", 4, hidden=(8,))), errors.CodingError,
+        (dataclasses.replace(_ae_with("diffusion", _density("diffusion", 4, hidden=(8,))), recipe=None), errors.CodingError,
          "p(z) is a variational diffusion model"),
     ]
     for run, error, message in cases:

@@ -30,7 +30,8 @@ from vaegen.estimators import settings as estimator_settings
 from vaegen.model import latent as model_lib
 from vaegen.runs import compression as compression_lib
 from vaegen.runs import run as run_lib
-from vaegen.runs.recipes import recipe
+from vaegen.runs.recipes import Fit, recipe
+from vaegen.runs.recipes import learned as learned_lib
 from vaegen.train import workdir as workdir_lib
 from conftest import xla_flags
 
@@ -411,12 +412,15 @@ def _flipped(data, at):
 
 
 def _diffusion_ae():
+    """A random AE with a random diffusion density over its codes attached (by the recipe, without its check of
+    what it cannot code, to reach the coder's own)."""
     ae = _random_run("tiny:ae")
-    spec = expost_lib.density_spec("diffusion", 4, expost_lib.FitSettings(density={"hidden": (8,)}), num_validation=0)
+    diffusion = recipe("diffusion", density=type(recipe("diffusion").settings.density)(hidden=(8,)))
+    spec = diffusion.density_spec(4, num_validation=0)
     model = model_lib.build_model(spec.model, spec.inference, (4,))
-    fit = expost_lib.DensityFit("diffusion", spec, model_lib.init_params(model, jax.random.key(0), (4,)),
-                                pathlib.Path("nowhere"), {})
-    return expost_lib.generative(ae, "diffusion", density=fit, code_scale=np.ones(4))
+    fitted = learned_lib.DensityFit("diffusion", spec, model_lib.init_params(model, jax.random.key(0), (4,)),
+                                    pathlib.Path("nowhere"), {})
+    return dataclasses.replace(diffusion.attach(ae, Fit("diffusion", value=fitted), code_scale=np.ones(4)), recipe=None)
 
 
 # (id, call, error class, message fragment): errors raised by library functions called directly.

@@ -249,6 +249,19 @@ def decompress(run: Run, data: bytes) -> np.ndarray:
 
 # --- measured against the model's bound ---------------------------------------------------------------
 
+def sizes(data: bytes) -> dict:
+    """What a file of ``n`` images of ``dims`` dimensions each costs (from its header), in bits per dimension:
+    ``file_bits_per_dim`` (all of it, header and checksum included) and ``net_bits_per_dim`` (the ANS words
+    less the initial bits, paid once by the first image: what the chain costs per image)."""
+    header, words = read(data)
+    n = int(header["images"]["num"])
+    dims = int(math.prod(header["images"]["event_shape"]))
+    initial = 32 * int(header["chain"]["seed_words"])
+    return {"num_images": n, "dims_per_image": dims, "file_bytes": len(data), "initial_bits": initial,
+            "file_bits_per_dim": 8 * len(data) / (n * dims),
+            "net_bits_per_dim": (32 * int(words.size) - initial) / (n * dims), "coder": header["coder"]["name"]}
+
+
 def report(run: Run, x: Any, data: bytes, *, seed: int = 0, samples: int | None = None,
            stats: dict | None = None, seconds: float | None = None) -> dict:
     """What a file costs against the model's bound on the same images ``x`` (JSON-able).

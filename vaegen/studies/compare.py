@@ -67,11 +67,12 @@ from vaegen.config import loading as config_lib
 from vaegen.config.schema import RunSpec, to_spec
 from vaegen.data import datasets
 from vaegen.data import splits as splits_lib
-from vaegen.errors import ConfigError
+from vaegen.errors import CodingError, ConfigError, NoPriorError
 from vaegen.model import code_prior as code_prior_model
 from vaegen.registry import (OBJECTIVES, POSTERIORS, PRIORS, Selected, Settings, fields, parse, setting,
                              slot, to_mapping)
 from vaegen.runs import codes as codes_lib
+from vaegen.runs import compression as compression_lib
 from vaegen.runs import evaluate as evaluate_lib
 from vaegen.runs.recipes import RECIPES, Estimate, Fit, LogPx, Recipe, codes_kind
 from vaegen.runs.recipes import code_prior as code_prior_lib
@@ -101,6 +102,8 @@ class StudyEvalSettings(Settings):
     nn_k: int = setting(3, "k of the k-NN balls (precision, recall, prior mass off the codes)", ge=1)
     num_codes: int = setting(5000, "training codes (aggregate-posterior draws) for the k-NN balls", ge=1)
     num_prior_samples: int = setting(2000, "z ~ p(z) tested against the codes", ge=1)
+    coded_examples: int = setting(200, "test images each model with a p(x) codes losslessly (vaegen.compress: the "
+                                  "file's size beside the bound; 0 = none)", ge=0)
 
     def validate(self, key):
         if self.num_samples <= self.nn_k or self.num_codes <= self.nn_k:
@@ -236,7 +239,7 @@ def study_settings(preset: str = "quick") -> CompareSettings:
         # objective (at most 20 epochs), 3 training seeds, log p(x) with k = 1000 on 2,000 test images and the bounds on
         # the whole test set (docs/results/ records what it measured and how far each model was from converging).
         return r(s, seeds=3, epochs=20, patience=3, latent_map_epochs=10,
-                 eval=r(s.eval, k=1000, max_test_examples=2000, max_bound_examples=0))
+                 eval=r(s.eval, k=1000, max_test_examples=2000, max_bound_examples=0, coded_examples=1000))
     if preset == "full":
         return r(s, epochs=100, patience=10, seeds=3, betas=(0.1, 0.5, 2.0, 4.0),
                  path=((1.0, 1.0), (0.3, 1.0), (0.1, 1.0), (0.03, 1.0), (0.01, 1.0), (0.1, 0.1), (0.01, 0.01)),
@@ -260,7 +263,7 @@ def study_settings(preset: str = "quick") -> CompareSettings:
                       recipe=_changed(s.vq.recipe, max_codes=400, epochs=2, batch_size=50,
                                       density=r(s.vq.recipe.settings.density, hidden=(16,)))),
                  eval=r(s.eval, k=4, max_test_examples=40, max_bound_examples=40, num_samples=64, num_codes=300,
-                        num_prior_samples=100),
+                        num_prior_samples=100, coded_examples=20),
                  classifier_epochs=1)
     return s
 
@@ -666,6 +669,15 @@ def evaluate_row(ctx: StudyContext, row: Row) -> dict[str, Any]:
         out["latent_fd"] = metrics_lib.frechet_distance(train_codes, z)
         out["code_mean_norm_sq"] = float(np.mean(np.sum(train_codes**2, -1)))
         out["prior_mean_norm_sq"] = float(np.mean(np.sum(z**2, -1)))
+    # The model as a lossless compressor: the measured size of a file of test images, beside its bound.
+    if int(ev.coded_examples):
+        x_code = ctx.bounds_images[: int(ev.coded_examples)]
+        t = time.perf_counter()
+        try:
+            out["coded"] = compression_lib.sizes(compression_lib.compress(gen, np.asarray(x_code)))
+            out["coded"]["seconds"] = time.perf_counter() - t
+        except (CodingError, NoPriorError) as e:
+            out["coded_undefined"] = " ".join(str(e).split())
     if recipe.fitted:
         fit = fit_of(ctx, row.variant, row.recipe)
         out["fit"] = {k: v for k, v in fit.info.items() if k != "train_metrics"}

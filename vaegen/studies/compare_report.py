@@ -375,10 +375,11 @@ def metric_table(rows, results, cmp: "Comparisons | None" = None, reference: str
     the paired difference of log p(x) to the reference row, the sample metrics and the prior's holes."""
     pm = (lambda r, key: _pm(results[r.name].get(key))) if cmp is None else (lambda r, key: cmp.pm(r.name, key))
     ref_label = next((r.label for r in rows if r.name == reference), reference)
-    head = (f"| model | samples drawn from | test log p(x) | Δ log p(x) vs {ref_label} (paired) | ELBO | reconstruction "
+    head = (f"| model | samples drawn from | test log p(x) | Δ log p(x) vs {ref_label} (paired) | coded bits/dim "
+            "(measured) | ELBO | reconstruction "
             "log p(x \\| ẑ) | FD ↓ | precision ↑ | recall ↑ | confidence | classes | prior mass off codes (held-out floor) "
             "| fit s |")
-    lines = [head, "|" + "---|" * 13]
+    lines = [head, "|" + "---|" * 14]
     for r in rows:
         res = results[r.name]
         kind = _kind(r)
@@ -400,11 +401,13 @@ def metric_table(rows, results, cmp: "Comparisons | None" = None, reference: str
             delta = paired_lib.cell(cmp.pair(r.name, reference))
         elif r.name == reference:
             delta = "(reference)"
+        coded = (f"{res['coded']['net_bits_per_dim']:.4f}" if "coded" in res else
+                 "cannot code" if res.get("coded_undefined") else "—")
         s = res.get("samples", {})
         off = res.get("prior_mass_off_codes")
         off_cell = "—" if off is None else f"{100 * off:.0f}% ({100 * res['held_out_codes_off_codes']:.0f}%)"
         cell = lambda text: str(text).replace("|", "\\|")
-        lines.append(f"| {cell(r.label)} | {cell(r.sampled_from)} | {log_px} | {delta} | {elbo} | "
+        lines.append(f"| {cell(r.label)} | {cell(r.sampled_from)} | {log_px} | {delta} | {coded} | {elbo} | "
                      f"{pm(r, 'reconstruction')} | "
                      f"{_num(s.get('fd'))} | {_num(s.get('precision'))} | {_num(s.get('recall'))} | "
                      f"{_num(s.get('confidence'))} | {_num(s.get('effective_classes'), '{:.1f}')} | {off_cell} | "
@@ -641,11 +644,14 @@ def answer(rows, results, study, cmp: Comparisons) -> str:
 
 
 def paired_table(rows, cmp: Comparisons, reference: str) -> str:
-    """Every row's paired differences to the reference row: mean ± paired standard error [seed spread], and the
-    word the report may use for log p(x)."""
+    """Every row's paired differences to the reference row: mean ± paired standard error [seed spread], the
+    word the report may use for log p(x), and the difference of the coded sizes (bits/dim; a file codes its
+    images as one chain, so it has no per-image values and no paired error of its own)."""
     metrics = (("log_px", "Δ log p(x)"), ("elbo", "Δ ELBO"), ("reconstruction", "Δ reconstruction"))
-    head = "| model | " + " | ".join(h for _, h in metrics) + " | log p(x) against the reference |"
-    lines = [head, "|" + "---|" * (len(metrics) + 2)]
+    head = ("| model | " + " | ".join(h for _, h in metrics) + " | log p(x) against the reference | "
+            "Δ coded bits/dim (no error: one chain) |")
+    lines = [head, "|" + "---|" * (len(metrics) + 3)]
+    coded = lambda name: _get(cmp.by_seed.get(cmp.seeds[0], {}).get(name, {}), "coded", "net_bits_per_dim")
     for r in rows:
         if r.recipe is None or r.name == reference:
             continue
@@ -654,8 +660,57 @@ def paired_table(rows, cmp: Comparisons, reference: str) -> str:
             continue
         word = pairs["log_px"].verdict if pairs["log_px"] is not None and _kind(r).rankable else "—"
         cells = [paired_lib.cell(pairs[m]) for m, _ in metrics]
-        lines.append(f"| {r.label} | " + " | ".join(cells) + f" | {word} |")
+        a, b = coded(r.name), coded(reference)
+        delta_coded = f"{a - b:+.4f}" if a is not None and b is not None else "—"
+        lines.append(f"| {r.label} | " + " | ".join(cells) + f" | {word} | {delta_coded} |")
     return "\n".join(lines)
+
+
+def coding_table(rows, results, cmp: Comparisons, dims: int) -> str:
+    """Every row as a lossless compressor: the measured size of a file of test images (the chain's bits, less
+    the initial bits paid once) beside its bounds on the same images, or why it cannot code."""
+    lines = ["| model | coder | coded bits/dim (measured) | −log p(x), same images | −ELBO, same images | "
+             "file bits/dim (header and initial bits included) |", "|---|---|---|---|---|---|"]
+    per_dim = 1.0 / (dims * math.log(2))
+    for r in rows:
+        res = results.get(r.name, {})
+        if r.recipe is None:
+            continue
+        if "coded" not in res:
+            if res.get("coded_undefined"):
+                lines.append(f"| {r.label} | — | cannot code: {res['coded_undefined']} | | | |")
+            continue
+        c = res["coded"]
+        n = int(c["num_images"])
+        same = {}
+        for metric in ("log_px", "elbo"):
+            v = cmp.values(r.name, compare_lib.seeds(cmp.study)[0]).get(metric)
+            same[metric] = None if v is None or v.shape[0] < n else -float(np.mean(v[:n])) * per_dim
+        lines.append(f"| {r.label} | {c['coder']} | {c['net_bits_per_dim']:.4f} | {_num(same['log_px'], '{:.4f}')} | "
+                     f"{_num(same['elbo'], '{:.4f}')} | {c['file_bits_per_dim']:.4f} |")
+    return "\n".join(lines)
+
+
+def coding_figure(rows, results, out: pathlib.Path) -> pathlib.Path | None:
+    """Coded bits/dim (measured) of every row that codes, beside its −log p(x) on the whole log p(x) set."""
+    coded = [(r.label, results[r.name]["coded"]["net_bits_per_dim"], results[r.name].get("log_px", {}).get("bits_per_dim"))
+             for r in rows if "coded" in results.get(r.name, {})]
+    if not coded:
+        return None
+    fig = _figure(8.0, 0.35 * len(coded) + 1.2)
+    ax = fig.add_subplot(1, 1, 1)
+    y = np.arange(len(coded))
+    ax.barh(y - 0.2, [c[1] for c in coded], height=0.4, label="coded bits/dim (measured file)")
+    ax.barh(y + 0.2, [c[2] if c[2] is not None else 0.0 for c in coded], height=0.4,
+            label="−log p(x) bits/dim (its estimate)")
+    ax.set_yticks(y)
+    ax.set_yticklabels([c[0] for c in coded], fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("bits per dimension (lower is better)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.set_title("Generative means compressive: the size of a lossless file of test images", fontsize=9)
+    fig.tight_layout()
+    return _save(fig, out / "coding.png")
 
 
 PUBLISHED_VAE = -228.77
@@ -753,6 +808,19 @@ def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, 
         "dae_chain": "The DAE's Markov chain.",
         "path": "The fixed-variance path from the VAE to the AE.",
     }
+    if any("coded" in results.get(r.name, {}) or results.get(r.name, {}).get("coded_undefined") for r in rows):
+        n_coded = int(study.eval.coded_examples)
+        lines += ["## Generative means compressive", "",
+                  f"Each model with a p(x) codes the first {n_coded} test images losslessly into one file "
+                  "(`vaegen.compress`: bits back for a q(z|x) with a density, the quantized code for a point mass, the "
+                  "discrete codes, pixel by pixel for MADE; docs/compression.md): the coded bits/dim are "
+                  "the chain's, less the initial bits the first image pays once; the bounds are the row's own "
+                  "estimates on the same images (bits back codes at the −ELBO, the quantized code above −log p(x)). "
+                  "A model without a p(x) cannot code, and the line says why.", "",
+                  coding_table(rows, results, cmp, int(np.prod(ctx.x_test.shape[1:]))), ""]
+        p = coding_figure(rows, results, out)
+        if p is not None:
+            lines += [f"![coded sizes]({p.name})", ""]
     lines += ["## Paired differences", "",
               f"Each row minus {_label(ctx, study.reference)}, per image, on the same test images and importance-sampling draws: the "
               "mean ± its paired standard error" + (", [the standard deviation of the per-seed differences]"
