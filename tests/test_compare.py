@@ -37,6 +37,11 @@ def test_variants_share_networks_and_likelihood():
                 "model.kind.ordering", "model.kind.ordering_seed", *elbo_settings}, diff
             continue
         assert not [d for d in diff if d.startswith(shared)], (v.name, diff)
+        if v.group == "discrete":   # a categorical q and p, its objective with a gradient estimator, M K dimensions
+            assert {"model.latent_dim", "model.prior.name", "inference.posterior.name", "objective.name"} <= diff
+            assert all(d.startswith(("model.latent_dim", "model.prior.", "inference.posterior.", "objective."))
+                       for d in diff), diff
+            continue
         assert diff <= {"model.prior.name", "inference.posterior.name", "inference.posterior.scale",
                         "inference.posterior.min_log_scale", "inference.posterior.max_log_scale", "objective.name",
                         "objective.beta", "objective.code_penalty", "objective.decoder_l2", "objective.corruption",
@@ -48,10 +53,10 @@ def test_variants_share_networks_and_likelihood():
                                                       "dead_code_threshold", "init_scale")}, *elbo_settings}, (v.name, diff)
         assert ("model.latent_dim" in diff) == (v.group == "map")
     assert {"vae", "beta_0.1", "beta_4", "fixed_scale_0.1_beta_1", "fixed_scale_0.01_beta_1", "ae", "rae", "wae", "aae",
-            "vq", "dae", "made", "vae_2d", "ae_2d"} <= names
+            "vq", "dvae", "dae", "made", "vae_2d", "ae_2d"} <= names
     row_names = [r.name for r in compare.rows(study)]
     assert {"data", "vae", "vae+gmm", "ae", "ae+n01", "ae+gmm", "rae+n01", "rae+gmm", "wae", "aae", "vq+prior",
-            "dae", "made"} <= set(row_names)
+            "dvae", "dae", "made"} <= set(row_names)
 
 
 @pytest.mark.parametrize("settings, message", [

@@ -417,7 +417,7 @@ def bernoulli_posterior(settings: Any, *, encoder: nn.Module, latent_dim: int) -
 
 
 @PRIORS.register("categorical", settings=CategoricalPriorSettings, check=_check_discrete_prior,
-                 traits={"discrete": CATEGORICAL})
+                 traits={"discrete": CATEGORICAL, "label": "categorical p(z)"})
 def categorical_prior(settings: CategoricalPriorSettings, *, latent_dim: int,
                       event_shape: tuple[int, ...]) -> CategoricalPrior:
     """p(z) = prod_m Cat(z_m; softmax(l_m)): M = latent_dim / K one-hot variables, uniform or learned."""
@@ -426,7 +426,7 @@ def categorical_prior(settings: CategoricalPriorSettings, *, latent_dim: int,
 
 
 @PRIORS.register("bernoulli", settings=BernoulliPriorSettings, check=_check_discrete_prior,
-                 traits={"discrete": BERNOULLI})
+                 traits={"discrete": BERNOULLI, "label": "Bernoulli p(z)"})
 def bernoulli_prior(settings: BernoulliPriorSettings, *, latent_dim: int, event_shape: tuple[int, ...]) -> BernoulliPrior:
     """p(z) = prod_d Bern(z_d; sigmoid(l_d)): latent_dim binary variables, uniform or learned."""
     del event_shape

@@ -24,6 +24,8 @@ Models (variants, each an ordinary vaegen run in ``<workdir>/<name>``; :func:`va
                             adversarial AE (Makhzani et al. 2016), :mod:`vaegen.objectives.matching`
 ``vq``                      the VQ-VAE (van den Oord et al. 2017): discrete codes, no prior in
                             training; a categorical MADE fitted to its codes afterwards is its p(c)
+``dvae``                    a discrete VAE: M categorical variables, q(z|x) and p(z) categorical, trained
+                            jointly on the ELBO (Gumbel-softmax gradients; :mod:`vaegen.objectives.discrete`)
 ``made``                    MADE: no latent variable, exact log p(x)
 ``vae_2d``, ``ae_2d``       2-D latent variants for the latent map
 ==========================  ===================================================================
@@ -174,6 +176,17 @@ class VQStudySettings(Settings):
 
 
 @dataclasses.dataclass(frozen=True)
+class DiscreteStudySettings(Settings):
+    """The discrete VAE beside the VQ-VAE: a categorical q(z|x) and p(z) trained jointly on the ELBO."""
+
+    enabled: bool = setting(True, "train the discrete VAE")
+    variables: int = setting(30, "M categorical variables (z: M one-hot vectors, the decoder reads [M K])", gt=0)
+    categories: int = setting(10, "K categories of each", ge=2)
+    objective: Selected = slot("objective", "discrete_elbo", "its objective and gradient estimator",
+                               estimator="gumbel_softmax", temperature=1.0, temperature_min=0.5, anneal_rate=1e-4)
+
+
+@dataclasses.dataclass(frozen=True)
 class CompareSettings(Settings):
     """The study's settings: a preset (:func:`study_settings`) with ``--set KEY=VALUE`` changes."""
 
@@ -204,6 +217,7 @@ class CompareSettings(Settings):
     aae_enabled: bool = setting(True, "train the AAE")
     aae: Selected = slot("objective", "aae", "the AAE's objective", adversarial_weight=10.0)
     vq: VQStudySettings = dataclasses.field(default_factory=VQStudySettings)
+    discrete: DiscreteStudySettings = dataclasses.field(default_factory=DiscreteStudySettings)
     latent_map: bool = setting(True, "train 2-D variants of the VAE and the AE for the latent map")
     latent_map_epochs: int = setting(3, "epochs of the 2-D variants", gt=0)
     expost: ExpostStudySettings = dataclasses.field(default_factory=ExpostStudySettings)
@@ -259,6 +273,7 @@ def study_settings(preset: str = "quick") -> CompareSettings:
                                                                     is_samples=4)),
                           diffusion=_changed(e.diffusion, density=r(e.diffusion.settings.density, hidden=(16,),
                                                                     bound_samples=4, sample_steps=5))),
+                 discrete=r(s.discrete, variables=2, categories=3),
                  vq=r(s.vq, kind=_changed(s.vq.kind, codebook_size=4, code_dim=2),
                       recipe=_changed(s.vq.recipe, max_codes=400, epochs=2, batch_size=50,
                                       density=r(s.vq.recipe.settings.density, hidden=(16,)))),
@@ -289,7 +304,7 @@ class Variant:
     """One trained model: the base preset's run spec with typed component choices.
 
     Attributes:
-      name, label, group: its workdir name, its label in tables, its group (vae | beta | path | ae |
+      name, label, group: its workdir name, its label in tables, its group (vae | beta | path | ae | discrete |
         rae | matched | vq | dae | made | map).
       epochs: training epochs.
       posterior, prior, objective, kind: the component sections it replaces (None: the base's).
@@ -373,6 +388,11 @@ def variants(study: CompareSettings) -> list[Variant]:
     if study.vq.enabled:
         out.append(Variant("vq", "VQ-VAE", "vq", e, posterior=point_mass, prior=no_prior, objective=study.vq.objective,
                            kind=study.vq.kind, recipes=(_with_study_settings(study, study.vq.recipe, fit=False),)))
+    if study.discrete.enabled:
+        d = study.discrete
+        out.append(Variant("dvae", "discrete VAE", "discrete", e, posterior=POSTERIORS.select("categorical", categories=d.categories),
+                           prior=PRIORS.select("categorical", categories=d.categories), objective=d.objective,
+                           latent_dim=int(d.variables) * int(d.categories), recipes=(own,)))
     out.append(Variant("dae", "DAE (walkback)", "dae", e, posterior=point_mass, prior=no_prior, objective=study.dae,
                        recipes=(study.chain,)))
     out.append(Variant("made", "MADE (no z)", "made", e, objective=OBJECTIVES.select("exact"), kind=study.made,

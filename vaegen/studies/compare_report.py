@@ -612,6 +612,20 @@ def answer(rows, results, study, cmp: Comparisons) -> str:
             p += f"; its log p(x) is {cmp.words(vq.name, ref)} the VAE's"
         p += f", at FD {_num(g(vq.name, 'samples', 'fd'))}."
         paras.append(p)
+    dvae = next((r for r in rows if _group(study, r.variant) == "discrete" and g(r.name, "log_px", "mean") is not None),
+                None)
+    if dvae is not None:
+        p = (f"**A discrete VAE against the VQ-VAE.** The {dvae.label} has the same networks and likelihood and a latent "
+             f"of the same kind, {study.discrete.variables} categorical choices of {study.discrete.categories}, but its "
+             "q(z|x) and p(z) are categorical distributions trained together on the ELBO, where the VQ-VAE quantizes "
+             f"and gets its prior afterwards. Its log p(x) is {g(dvae.name, 'log_px', 'mean'):.1f} nats"
+             + (f", ELBO {g(dvae.name, 'elbo', 'mean'):.1f}" if g(dvae.name, "elbo", "mean") is not None else ""))
+        if vq is not None:
+            p += f"; its log p(x) is {cmp.words(dvae.name, vq.name)} the {vq.label}'s"
+        if vae_lp is not None:
+            p += f", and {cmp.words(dvae.name, ref)} the VAE's"
+        p += f" (FD {_num(g(dvae.name, 'samples', 'fd'))})."
+        paras.append(p)
     dae = next((r for r in rows if _kind(r) is LogPx.INTRACTABLE and g(r.name, "samples", "fd") is not None), None)
     if dae is not None:
         p = (f"**{dae.label}** is generative through its corruption–reconstruction Markov chain (FD "
