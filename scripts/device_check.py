@@ -6,6 +6,7 @@ value and whether it was met.  The stages' time limits add up to 570 s, so that 
 lent GPU machine (at most 600 s) measures everything; how long they take there is not measured yet:
 
     python scripts/device_check.py --out $OUT                 # on the GPU machine
+    python scripts/device_check.py --out $OUT --only compare_full   # a second call: the comparison, full preset
     python scripts/device_check.py --out /tmp/dc --tiny       # a CPU smoke run of the same path
 
 Targets (one NVIDIA H100; ``docs/speed.md``): the trainer of the 784-200-200-50 MLP VAE at >= 1.2M
@@ -17,7 +18,10 @@ images, recorded as ``data``); per-example q* for 10,000 images x 500 Adam steps
 
 Only the standard library is imported here; the benchmarks run as subprocesses with this
 interpreter, so packages carried as wheels must be on ``PYTHONPATH`` (``scripts/device_wheels.sh``
-downloads the ones a bare GPU image lacks).
+downloads the ones a bare GPU image lacks).  The comparison study needs Fashion-MNIST, which a bare
+image cannot prepare (no tensorflow-datasets, no network): ``scripts/device_data.py`` copies the
+prepared dataset's cached arrays into ``.device-data/`` (carried with the wheels), which this script
+points ``TFDS_DATA_DIR`` at.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import argparse
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -44,7 +49,19 @@ STAGES = {
     "bench_inference": (["scripts/bench_inference.py", "--num-examples", "10000", "--steps", "500", "--family", "diag"],
                         ["scripts/bench_inference.py", "--num-examples", "16", "--steps", "5", "--family", "diag",
                          "--eval-samples", "4"], 120),
+    # The comparison study's full preset (every model up to 100 epochs, early-stopped, 3 seeds, k = 1000 on the
+    # whole test set), within a budget: seed 0 first, then every further seed that fits; the report says what was
+    # skipped.  Sized from the trainer's target (1.2M examples/s at batch 128: 100 epochs of 50,000 images in about
+    # 4 s plus compilation per model, 17 models in about 5 minutes per seed): seed 0 and its rows fit in 8.5 min.
+    "compare_full": (["-m", "vaegen.cli", "compare", "--preset", "full", "--workdir", "runs/compare-full", "--budget",
+                      "8.5", "--no-progress"],
+                     ["-m", "vaegen.cli", "compare", "--preset", "tiny", "--workdir", "runs/compare-tiny", "--only",
+                      "vae,ae", "--seeds", "2", "--no-progress"], 560),
 }
+DEFAULT_STAGES = ("bench_train", "bench_eval", "bench_inference")
+"""The stages of one call (570 s in all); ``--only compare_full`` is the second call, the study's full preset."""
+STUDY_DIRS = {"compare_full": ("runs/compare-full", "runs/compare-tiny")}
+"""Stages whose result is a study's ``results.json`` and ``report/`` (copied into ``--out``), not stdout."""
 
 
 def _get(d, *path):
@@ -87,7 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny sizes: a smoke run of the same path on a CPU")
     p.add_argument("--only", help="comma-separated stages (default all): " + ", ".join(STAGES))
     args = p.parse_args(argv)
-    names = [s.strip() for s in args.only.split(",")] if args.only else list(STAGES)
+    names = [s.strip() for s in args.only.split(",")] if args.only else list(DEFAULT_STAGES)
     unknown = [s for s in names if s not in STAGES]
     if unknown:
         p.error(f"unknown stages {unknown}; stages: {', '.join(STAGES)}")
@@ -95,6 +112,8 @@ def main(argv=None) -> int:
 
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env["PYTHONPATH"] = os.pathsep.join(x for x in (str(ROOT), env.get("PYTHONPATH", "")) if x)
+    if (ROOT / ".device-data").is_dir():    # Fashion-MNIST copied by scripts/device_data.py (no TFDS on the image)
+        env["TFDS_DATA_DIR"] = str(ROOT / ".device-data")
     results, stages = {}, {}
     for name in names:
         full, tiny, limit = STAGES[name]
@@ -108,6 +127,11 @@ def main(argv=None) -> int:
             except subprocess.TimeoutExpired as e:
                 status, stdout = f"timed out after {limit} s", (e.stdout or b"").decode() if isinstance(e.stdout, bytes) else (e.stdout or "")
         seconds = time.perf_counter() - t
+        if name in STUDY_DIRS:      # the study's results and report, small enough to bring back
+            study = ROOT / STUDY_DIRS[name][1 if args.tiny else 0]
+            if (study / "results.json").is_file():
+                shutil.copytree(study / "report", args.out / name / "report", dirs_exist_ok=True)
+                stdout = (study / "results.json").read_text()
         try:
             results[name] = json.loads(stdout[stdout.index("{"):]) if "{" in stdout else None
         except ValueError:

@@ -5,6 +5,7 @@
 # the benchmarks time random binary images when no prepared dataset exists.
 #
 #   bash scripts/device_wheels.sh          # here, with PyPI access; .whl/ is git-ignored
+#   python scripts/device_data.py --out .device-data   # Fashion-MNIST for the comparison study (git-ignored)
 #   # there, before the command:
 #   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl \
 #     && export PYTHONPATH=/tmp/site && python3 scripts/device_check.py --out "$OUT"

@@ -222,6 +222,30 @@ def test_load_split_uses_cache(synthetic_mnist_dir, monkeypatch):
     np.testing.assert_array_equal(y1, y2)
 
 
+def test_without_tensorflow_datasets_a_copy_with_the_cached_arrays_is_read_alone(synthetic_mnist_dir, tmp_path,
+                                                                                monkeypatch):
+    """A bare accelerator image has no tensorflow-datasets: a copy of the prepared dataset's info and vaegen's
+    cached arrays (scripts/device_data.py) gives the same splits, in the same order; without one, one line."""
+    cfg = ml_collections.ConfigDict({"name": "mnist", "data_dir": synthetic_mnist_dir, "validation_size": 5,
+                                     "validation_mode": "random", "validation_seed": 0, "max_train_examples": 0,
+                                     "max_test_examples": 0, "auto_prepare": False})
+    with_tfds = data.load_splits(cfg)
+    source = Path(synthetic_mnist_dir) / "mnist" / "3.0.1"
+    copy = tmp_path / "copy" / "mnist" / "3.0.1"
+    copy.mkdir(parents=True)
+    (copy / "dataset_info.json").write_bytes((source / "dataset_info.json").read_bytes())
+    for split in ("train", "test"):
+        with np.load(data._cache_path(source, split)) as z:
+            np.savez_compressed(data._cache_path(copy, split), **{k: z[k] for k in z.files})
+    monkeypatch.setattr(data, "tfds_installed", lambda: False)
+    without = data.load_splits(ml_collections.ConfigDict({**cfg.to_dict(), "data_dir": str(tmp_path / "copy")}))
+    for split in ("train", "validation", "test"):
+        np.testing.assert_array_equal(getattr(without, split), getattr(with_tfds, split))
+    assert without.info["source"].startswith("cached arrays:")
+    with pytest.raises(data.DatasetNotFoundError, match="needs tensorflow-datasets, which is not installed here"):
+        data.load_split("mnist", "train", str(tmp_path / "nothing"))
+
+
 def test_a_damaged_cache_is_rebuilt_from_the_prepared_dataset(synthetic_mnist_dir):
     x1, y1 = data.load_split("mnist", "train", synthetic_mnist_dir)
     cache = Path(synthetic_mnist_dir) / "mnist" / "3.0.1" / "vaegen_cache-train.npz"

@@ -14,7 +14,8 @@ def cmd_compare(args, overrides) -> int:
     if args.seeds:
         settings += [f"seeds={args.seeds}"]
     summary = compare_study.run_study(args.workdir, preset=args.preset, settings=settings, overrides=overrides,
-                                      only=only, progress=not args.no_progress)
+                                      only=only, progress=not args.no_progress,
+                                      budget_seconds=None if args.budget is None else 60.0 * args.budget)
     print(f"report: {summary['report']}")
     return 0
 
@@ -39,5 +40,8 @@ def add(sub) -> None:
                     help="train every model this many times (other initialisations and data orders; the same test images "
                          "and draws) and report the spread over seeds beside each paired difference")
     cp.add_argument("--only", default="", help="comma-separated variants to run, e.g. vae,ae (default: all)")
+    cp.add_argument("--budget", type=float, default=None, metavar="MINUTES",
+                    help="start no model or row after this many minutes (a lent GPU's time): the report covers the "
+                         "first seed as far as it got and every later seed measured in full, and lists what it skipped")
     cp.add_argument("--no-progress", action="store_true", help="no progress bars")
     cp.set_defaults(func=cmd_compare, accepts_overrides=True)

@@ -138,12 +138,48 @@ def _tfds() -> Any:
     return tfds
 
 
+@functools.lru_cache(maxsize=None)
+def tfds_installed() -> bool:
+    """Whether tensorflow-datasets can be imported.  Without it (a bare accelerator image), a dataset
+    prepared elsewhere is read from the arrays vaegen cached beside it (:func:`cached_dataset_dir`)."""
+    try:
+        _tfds()
+    except ImportError:
+        return False
+    return True
+
+
 def default_data_dir() -> str:
     """TFDS's default data directory: ``$TFDS_DATA_DIR`` or ``~/tensorflow_datasets``.
 
     Resolved at call time, so a ``TFDS_DATA_DIR`` set after importing TFDS is honoured.
     """
+    if not tfds_installed():
+        return os.path.expanduser(os.environ.get("TFDS_DATA_DIR", "~/tensorflow_datasets"))
     return os.path.expanduser(_tfds().core.constants.get_default_data_dir())
+
+
+def cached_dataset_dir(name: str, data_dir: str | os.PathLike[str]) -> Path | None:
+    """``<data_dir>/<name>/<version>/`` of a dataset prepared elsewhere and copied here with the arrays
+    vaegen cached beside it (``dataset_info.json`` and ``vaegen_cache-train.npz``, ``-test.npz``;
+    ``scripts/device_data.py`` makes such a copy): the latest version there, or None."""
+    root = Path(os.path.expanduser(os.fspath(data_dir))) / name
+    found = sorted(p for p in root.glob("*") if (p / "dataset_info.json").is_file()
+                   and (p / "vaegen_cache-train.npz").is_file()) if root.is_dir() else []
+    return found[-1] if found else None
+
+
+def _from_cache_only(name: str, split: str, data_dir: str) -> tuple[np.ndarray, np.ndarray | None]:
+    """A split read from vaegen's cached arrays alone (no tensorflow-datasets here)."""
+    dataset_dir = cached_dataset_dir(name, data_dir)
+    cached = (_read_cache(_cache_path(dataset_dir, split), _fingerprint(dataset_dir, split))
+              if dataset_dir is not None and _cache_path(dataset_dir, split).is_file() else None)
+    if cached is None:
+        raise DatasetNotFoundError(
+            f"dataset {name!r} needs tensorflow-datasets, which is not installed here, or a copy of a prepared "
+            f"dataset with vaegen's cached arrays in {data_dir}/{name}/<version>/ (its {split} split is missing): "
+            "pip install tensorflow-datasets, or copy one made by scripts/device_data.py")
+    return cached
 
 
 def _resolve_data_dir(data_dir: str | os.PathLike[str] | None) -> str:
@@ -878,6 +914,8 @@ def load_split(
     if name == "digits":
         return _load_digits(split)
     data_dir = _resolve_data_dir(data_dir)
+    if not tfds_installed():
+        return _from_cache_only(name, split, data_dir)
     builder = _builder(name, data_dir)
     if not _builder_prepared(builder):
         raise _not_found(name, data_dir, "no prepared dataset found")
@@ -969,6 +1007,12 @@ def load_splits(data_cfg: Any) -> Splits:
 
     if name == "digits":
         version, source, resolved_dir = "sklearn", "sklearn.datasets.load_digits", None
+    elif not tfds_installed():          # a copy of a dataset prepared elsewhere, with vaegen's cached arrays
+        resolved_dir = _resolve_data_dir(data_dir)
+        copy = cached_dataset_dir(name, resolved_dir)
+        if copy is None:
+            _from_cache_only(name, "train", resolved_dir)      # one line saying what is missing
+        version, source = copy.name, f"cached arrays:{copy}"
     else:
         resolved_dir = _resolve_data_dir(data_dir)
         builder = _builder(name, resolved_dir)

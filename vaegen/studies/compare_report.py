@@ -428,8 +428,8 @@ class Comparisons:
 
     def __init__(self, ctx, rows, by_seed: dict[int, dict[str, dict]] | None):
         self.study, self.workdir = ctx.study, ctx.workdir
-        self.seeds = compare_lib.seeds(ctx.study)
-        self.by_seed = by_seed or {self.seeds[0]: {}}
+        self.by_seed = by_seed or {compare_lib.seeds(ctx.study)[0]: {}}
+        self.seeds = list(self.by_seed)
         self.rows = {r.name: r for r in rows}
         self._values: dict = {}
 
@@ -647,7 +647,7 @@ def answer(rows, results, study, cmp: Comparisons) -> str:
         paras.append(p)
     verdicts = [cmp.pair(r.name, ref) for r in rows if r.name != ref and _kind(r) is not None and _kind(r).rankable]
     undecided = sum(1 for v in verdicts if v is not None and v.verdict == paired_lib.SAME)
-    seeds = compare_lib.seeds(study)
+    seeds = cmp.seeds
     paras.append(f"Every ranking word above comes from a paired difference on the same test images and importance-"
                  f"sampling draws, over {len(seeds)} training seed{'s' if len(seeds) > 1 else ''}: *better* or *worse* "
                  "only where it exceeds two paired standard errors for every seed. "
@@ -698,7 +698,7 @@ def coding_table(rows, results, cmp: Comparisons, dims: int) -> str:
         n = int(c["num_images"])
         same = {}
         for metric in ("log_px", "elbo"):
-            v = cmp.values(r.name, compare_lib.seeds(cmp.study)[0]).get(metric)
+            v = cmp.values(r.name, cmp.seeds[0]).get(metric)
             same[metric] = None if v is None or v.shape[0] < n else -float(np.mean(v[:n])) * per_dim
         lines.append(f"| {r.label} | {c['coder']} | {c['net_bits_per_dim']:.4f} | {_num(same['log_px'], '{:.4f}')} | "
                      f"{_num(same['elbo'], '{:.4f}')} | {c['file_bits_per_dim']:.4f} |")
@@ -745,7 +745,8 @@ def convergence_table(convergence: dict[str, Any], labels: dict[str, str]) -> st
 
 def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, settings: Sequence[str],
                  overrides: Sequence[str], by_seed: dict[int, dict[str, Any]] | None = None,
-                 paired: dict | None = None, convergence: dict[str, Any] | None = None) -> pathlib.Path:
+                 paired: dict | None = None, convergence: dict[str, Any] | None = None,
+                 skipped: Sequence[str] = (), budget_seconds: float | None = None) -> pathlib.Path:
     """Writes ``<workdir>/report/``: the figures and ``report.md`` (the answer, the metric table with every row's
     paired difference to the reference, the paired differences in full, how far each model was from
     converging, and how everything was measured)."""
@@ -784,7 +785,10 @@ def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, 
     ]
     if "headline" in figs:
         lines += ["![samples of each model](headline.png)", ""]
-    seeds = compare_lib.seeds(study)
+    seeds = cmp.seeds
+    if skipped:
+        lines += [f"**Run within a budget of {budget_seconds:.0f} s: skipped** " + ", ".join(skipped) + ". Seeds reported: "
+                  + ", ".join(map(str, seeds)) + ".", ""]
     lines += ["## The answer", "", answer(rows, results, study, cmp), "", "## Metrics", "",
               metric_table(rows, results, cmp, study.reference), ""]
     n_test = int(ctx.x_test.shape[0])

@@ -34,7 +34,7 @@ from vaegen.train import workdir as workdir_lib
 
 def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "quick", settings: Iterable[str] = (),
               overrides: Iterable[str] = (), only: Sequence[str] | None = None, progress: bool = True,
-              log: Callable[[str], None] = print) -> dict[str, Any]:
+              log: Callable[[str], None] = print, budget_seconds: float | None = None) -> dict[str, Any]:
     """Trains (or resumes) every variant with every training seed, evaluates every row for each seed,
     takes every row's paired differences to the reference row, writes the report.
 
@@ -46,6 +46,8 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
       settings: ``key=value`` changes to the study (e.g. ``epochs=3``, ``eval.k=500``, ``seeds=3``).
       overrides: ``key=value`` config overrides applied to *every* model (e.g. ``data.name=mnist``).
       only: train and report only these variants (rows that need others are skipped).
+      budget_seconds: stop starting models and rows after this long (a GPU's lent time): the report covers
+        the first seed as far as it got and every later seed measured in full, and says what was skipped.
 
     Interrupted (a kill, a full disk), it resumes: trained runs and measured rows are reused, a run
     cut short resumes from its checkpoint, and the result is the uninterrupted one.
@@ -76,68 +78,98 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
     log(f"[compare] {preset} study of {len(all_variants)} models x {len(seeds)} seed(s) in {workdir} "
         f"({base_spec.data.name}, {splits.train.shape[0]} training images)")
 
-    # 1. Train every model with the one trainer, once per seed.
     timings: dict[str, float] = {}
-    for (name, seed), spec in tqdm(list(specs.items()), desc="train", unit="model", disable=not progress):
-        t = time.perf_counter()
-        run_dir = workdir / compare.run_name(study, name, seed)
-        if _trained(run_dir, spec):
-            log(f"[compare] {run_dir.name}: trained already")
-            continue
-        last = trainer_lib.train_and_evaluate(spec, run_dir, splits=splits)
-        timings[run_dir.name] = time.perf_counter() - t
-        bound = {k: round(val, 2) for k, val in last.items() if k.startswith("validation/")} if last else "already trained"
-        log(f"[compare] {run_dir.name}: {timings[run_dir.name]:.0f} s {bound}")
-    runs = {s: {v.name: restore(workdir / compare.run_name(study, v.name, s)) for v in all_variants} for s in seeds}
+    skipped: list[str] = []
+    deadline = None if budget_seconds is None else t_start + float(budget_seconds)
+    out_of_time = lambda: deadline is not None and time.perf_counter() > deadline   # noqa: E731
 
-    # 2. The feature classifier.
+    # 1. The feature classifier (the sample metrics' feature space).
     t = time.perf_counter()
     space = metrics_lib.train_classifier(
         splits, splits_lib.split_protocol(base_spec.data, "train"), workdir / "classifier",
         recipe=dataclasses.replace(metrics_lib.CLASSIFIER_RECIPE, epochs=int(study.classifier_epochs)))
     timings["classifier"] = time.perf_counter() - t
     log(f"[compare] feature classifier: test accuracy {space.info['test_accuracy']:.3f}")
-
-    # 3. Every row, for every seed (the same test images and draws).
     ev = study.eval
     x_test = compare.eval_split(base_spec, "test", int(ev.max_test_examples))
     x_bounds = (compare.eval_split(base_spec, "test", int(ev.max_bound_examples))
                 if int(ev.max_bound_examples) != int(ev.max_test_examples) else None)
     reference = np.asarray(compare.eval_split(base_spec, "test", int(ev.num_samples)))
     reference_features, _ = space(reference)
-    contexts = {s: compare.StudyContext(study=study, workdir=workdir, splits=splits, base_spec=base_spec, runs=runs[s],
-                                        space=space, x_test=x_test, reference=reference,
-                                        reference_features=reference_features, key=jax.random.key(int(study.seed)),
-                                        x_bounds=x_bounds, seed=s) for s in seeds}
-    table_rows = [r for r in compare.rows(study) if (r.variant is None or r.variant in runs[seeds[0]])
-                  and (r.variant is not None or splits.validation.shape[0] > int(ev.nn_k))]  # the floor needs held-out images
-    by_seed: dict[int, dict[str, Any]] = {s: {} for s in seeds}
-    for i, r in enumerate(tqdm(list(table_rows), desc="evaluate", unit="row", disable=not progress)):
-        if r.best:  # the RAE + the density that did best on the AE's codes (first seed), measured above
-            r = compare.resolve_best(r, table_rows[:i], by_seed[seeds[0]])
-            table_rows[i] = r
-            if r is None:
+
+    # 2. Seed by seed: train every model with the one trainer, then measure every row (the same test images
+    # and draws for every seed).  A budget stops at the first model or row that starts after it, and only
+    # seeds measured in full (and the first) are reported.
+    runs: dict[int, dict[str, Any]] = {}
+    contexts: dict[int, compare.StudyContext] = {}
+    by_seed: dict[int, dict[str, Any]] = {}
+    table_rows: list[compare.Row | None] = []
+    seeds_used: list[int] = []
+    for s in seeds:
+        complete = True
+        for v in tqdm(all_variants, desc=f"train (seed {s})", unit="model", disable=not progress):
+            run_dir = workdir / compare.run_name(study, v.name, s)
+            if out_of_time():
+                skipped.append(f"training {run_dir.name}")
+                complete = False
                 continue
-        for s in seeds if r.variant is not None else seeds[:1]:   # the data row does not depend on the seed
+            t = time.perf_counter()
+            if _trained(run_dir, specs[(v.name, s)]):
+                log(f"[compare] {run_dir.name}: trained already")
+                continue
+            last = trainer_lib.train_and_evaluate(specs[(v.name, s)], run_dir, splits=splits)
+            timings[run_dir.name] = time.perf_counter() - t
+            bound = ({k: round(val, 2) for k, val in last.items() if k.startswith("validation/")} if last
+                     else "already trained")
+            log(f"[compare] {run_dir.name}: {timings[run_dir.name]:.0f} s {bound}")
+        runs[s] = {v.name: restore(workdir / compare.run_name(study, v.name, s)) for v in all_variants
+                   if _trained(workdir / compare.run_name(study, v.name, s), specs[(v.name, s)])}
+        contexts[s] = compare.StudyContext(study=study, workdir=workdir, splits=splits, base_spec=base_spec, runs=runs[s],
+                                           space=space, x_test=x_test, reference=reference,
+                                           reference_features=reference_features, key=jax.random.key(int(study.seed)),
+                                           x_bounds=x_bounds, seed=s)
+        by_seed[s] = {}
+        if s == seeds[0]:
+            table_rows = [r for r in compare.rows(study) if (r.variant is None or r.variant in runs[s])
+                          and (r.variant is not None or splits.validation.shape[0] > int(ev.nn_k))]   # the data row's floor
+        for i, r in enumerate(tqdm(list(table_rows), desc=f"evaluate (seed {s})", unit="row", disable=not progress)):
+            if r is None or (r.variant is None and s != seeds[0]):   # the data row does not depend on the seed
+                continue
+            if r.best:  # the RAE + the density that did best on the AE's codes (first seed), measured above
+                r = compare.resolve_best(r, table_rows[:i], by_seed[seeds[0]])
+                table_rows[i] = r
+                if r is None:
+                    continue
+            if (r.variant is not None and r.variant not in runs[s]) or out_of_time():
+                skipped.append(f"measuring {compare.run_name(study, r.name, s)}")
+                complete = False
+                continue
             by_seed[s][r.name] = _measured(contexts[s], r, overrides, log)
-    table_rows = [r for r in table_rows if r is not None]
+        if complete or s == seeds[0]:
+            seeds_used.append(s)
+    table_rows = [r for r in table_rows if r is not None and r.name in by_seed[seeds[0]]]
     results = by_seed[seeds[0]]
+    by_seed = {s: by_seed[s] for s in seeds_used}
     timings["evaluation"] = sum(res.get("seconds", 0.0) for rs in by_seed.values() for res in rs.values())
+    if skipped:
+        log(f"[compare] skipped to keep the budget of {budget_seconds:.0f} s: {', '.join(skipped)}")
 
     # 4. Paired differences to the reference row, and how far each model was from converging.
-    paired = paired_differences(workdir, study, table_rows)
-    convergence = convergence_of(workdir, study, all_variants)
+    paired = paired_differences(workdir, study, table_rows, seeds_used)
+    convergence = convergence_of(workdir, study, all_variants, seeds_used)
 
     # 5. Figures and the report.
     t = time.perf_counter()
     report_path = compare_report.write_report(contexts[seeds[0]], table_rows, results, timings=timings, preset=preset,
                                               settings=list(settings), overrides=overrides, by_seed=by_seed,
-                                              paired=paired, convergence=convergence)
+                                              paired=paired, convergence=convergence, skipped=skipped,
+                                              budget_seconds=budget_seconds)
     timings["report"] = time.perf_counter() - t
     timings["total_wall"] = time.perf_counter() - t_start
     summary = {"preset": preset, "settings": list(settings), "overrides": overrides, "study": to_mapping(study),
                "machine": compare.machine(), "timings_seconds": timings, "classifier": space.info, "rows": results,
-               "seeds": seeds, "rows_by_seed": {str(s): rs for s, rs in by_seed.items()},
+               "seeds": seeds_used, "rows_by_seed": {str(s): rs for s, rs in by_seed.items()},
+               "skipped": skipped, "budget_seconds": budget_seconds,
                "paired": {row: {m: p.to_json() for m, p in ms.items()} for row, ms in paired.items()},
                "reference": study.reference, "convergence": convergence, "report": str(report_path)}
     files_lib.write_json(workdir / "results.json", summary, kind="table", default=float)
@@ -179,21 +211,21 @@ PAIRED_METRICS = ("log_px", "elbo", "reconstruction")
 """The per-image metrics whose paired differences the study reports."""
 
 
-def paired_differences(workdir: pathlib.Path, study: compare.CompareSettings, rows: Sequence[compare.Row]
-                       ) -> dict[str, dict[str, paired_lib.Paired]]:
+def paired_differences(workdir: pathlib.Path, study: compare.CompareSettings, rows: Sequence[compare.Row],
+                       seeds: Sequence[int] | None = None) -> dict[str, dict[str, paired_lib.Paired]]:
     """Every row's paired difference to the reference row (``study.reference``), per metric, over the
     seeds: ``{row: {metric: Paired}}`` (a metric either row lacks is left out)."""
     names = {r.name for r in rows}
     if study.reference not in names:
         return {}
-    values = {(r.name, s): _values(workdir, study, r.name, s) for r in rows for s in compare.seeds(study)}
+    seeds = list(seeds or compare.seeds(study))
+    values = {(r.name, s): _values(workdir, study, r.name, s) for r in rows for s in seeds}
     out: dict[str, dict[str, paired_lib.Paired]] = {}
     for r in rows:
         if r.name == study.reference:
             continue
         for metric in PAIRED_METRICS:
-            pairs = [(values[(r.name, s)].get(metric), values[(study.reference, s)].get(metric))
-                     for s in compare.seeds(study)]
+            pairs = [(values[(r.name, s)].get(metric), values[(study.reference, s)].get(metric)) for s in seeds]
             if all(a is not None and b is not None and a.shape == b.shape for a, b in pairs):
                 out.setdefault(r.name, {})[metric] = paired_lib.paired([a for a, _ in pairs], [b for _, b in pairs])
     return out
@@ -206,14 +238,14 @@ def _values(workdir: pathlib.Path, study: compare.CompareSettings, row: str, see
     return files_lib.load_npz(path, what="row's per-image values", fix="measure the row again (delete it)")
 
 
-def convergence_of(workdir: pathlib.Path, study: compare.CompareSettings, variants: Sequence[compare.Variant]
-                   ) -> dict[str, Any]:
+def convergence_of(workdir: pathlib.Path, study: compare.CompareSettings, variants: Sequence[compare.Variant],
+                   seeds: Sequence[int] | None = None) -> dict[str, Any]:
     """How far each model (and seed) was from converging, from its ``metrics.jsonl``: the validation objective
     it tracked, its epochs, best epoch, whether early stopping stopped it, and the last validation
     improvement per epoch (nats; small means close to converged under this optimiser)."""
     out: dict[str, Any] = {}
     for v in variants:
-        for s in compare.seeds(study):
+        for s in seeds or compare.seeds(study):
             name = compare.run_name(study, v.name, s)
             path = workdir / name / "metrics.jsonl"
             if not path.exists():
