@@ -88,7 +88,7 @@ def main():
     r["dae_chain_steps_per_second"] = {"value": chains * steps / dt, "chains": chains, "steps": steps}
 
     for hidden in ((500,), (1000, 1000)):
-        made = autoregressive.MADE(event_shape=event, hidden=hidden)
+        made = autoregressive.MADE(event_shape=event, settings=autoregressive.MADESettings(hidden=hidden))
         v_made = made.init(key, jnp.zeros(event))
         m = s(2000)
         f = jax.jit(lambda v, kk: made.apply(v, kk, m, method="sample_with_probs")[0])

@@ -39,9 +39,8 @@ from vaegen.data import datasets
 from vaegen.data import images as images_lib
 from vaegen.errors import (NO_PRIOR_MESSAGE, USER_ERRORS, ConfigError, InferenceError, NoPriorError,
                            TrainingInterrupted)
-from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import importance as importance_lib
-from vaegen.estimators.settings import EvalSettings
+from vaegen.spec.eval import SCHEDULES, STARTS, EvalSettings
 from vaegen.inference import families as families_lib
 from vaegen.inference.svi import SVISettings
 from vaegen.registry import ESTIMATORS, describe, registries, registry
@@ -147,8 +146,8 @@ def cmd_evaluate(args, overrides) -> int:
     if args.per_example:
         workdir_lib.check_writable(pathlib.Path(args.per_example), option="--per-example")
     run = expost.load(args.workdir, density=args.density)
-    images = (images_lib.load(args.images, event_shape=run.event_shape, binarize=args.binarize or "none",
-                              support=run.spec.model.likelihood.trait("support", "real"), seed=args.seed)
+    images = (images_lib.load_images(args.images, event_shape=run.event_shape, binarize=args.binarize or "none",
+                              support=run.spec.model.likelihood.trait("support"), seed=args.seed)
               if args.images else None)
     per_example = {} if args.per_example else None
     result = evaluate_lib.evaluate(run, _eval_settings(args, run), split=args.split, seed=args.seed,
@@ -300,7 +299,7 @@ def components_markdown(kinds) -> str:
             settings = "; ".join(f"`{r['name']}` ({_default_text(r['default'])})" for r in describe(c.settings)) or "—"
             alias = f" (`{'`, `'.join(c.aliases)}`)" if c.aliases else ""
             summary = c.summary.replace("``", "`")
-            if c.trait("reports"):
+            if reg.declares("reports") and c.trait("reports"):
                 summary += f" Reports: {c.trait('reports')}."
             summary, settings = summary.replace("|", r"\|"), settings.replace("|", r"\|")
             out.append(f"| `{c.name}`{alias} | {summary} | {settings} |")
@@ -476,12 +475,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="--images for a Bernoulli likelihood: threshold (x/255 > 0.5), sample (one Bernoulli draw "
                         "keyed by --seed) or none (the images are binary already)")
     e.add_argument("--estimators", default=None,
-                   help=f"comma-separated: {','.join(c.name for c in sorted(ESTIMATORS, key=lambda c: c.trait('order', 0)))} "
+                   help=f"comma-separated: {','.join(c.name for c in sorted(ESTIMATORS, key=lambda c: c.trait('order')))} "
                         "or 'all' (default config.eval.estimators)")
     e.add_argument("--k", type=_positive_int, default=None, help="importance samples for IWAE_k / log p(x) (default config.eval.num_samples)")
     e.add_argument("--ks", type=_int_list, default=None, help="IWAE k's from the same samples, e.g. 1,5,50 (each <= --k)")
     e.add_argument("--chunk-size", type=_positive_int, default=None, help="importance samples drawn at once per example (memory only)")
-    e.add_argument("--is-proposal", choices=ais_lib.STARTS, default=None, help="proposal of IS: q(z|x) or p(z)")
+    e.add_argument("--is-proposal", choices=STARTS, default=None, help="proposal of IS: q(z|x) or p(z)")
     e.add_argument("--elbo-samples", type=_positive_int, default=None, help="z ~ q(z|x) per example for the ELBO's reconstruction term")
     e.add_argument("--ais-steps", type=_positive_int, default=None, help="AIS: number of intermediate distributions")
     e.add_argument("--ais-chains", type=_positive_int, default=None, help="AIS: chains per example")
@@ -489,8 +488,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--step-size", type=float, default=None, help="AIS: initial HMC step size")
     e.add_argument("--target-accept", type=float, default=None, help="AIS: acceptance rate the step size adapts toward")
     e.add_argument("--no-adapt-step-size", action="store_true", help="AIS: keep the step size fixed")
-    e.add_argument("--schedule", choices=ais_lib.SCHEDULES, default=None, help="AIS: inverse-temperature schedule")
-    e.add_argument("--ais-start", choices=ais_lib.STARTS, default=None, help="AIS: start from p(z) or q(z|x)")
+    e.add_argument("--schedule", choices=SCHEDULES, default=None, help="AIS: inverse-temperature schedule")
+    e.add_argument("--ais-start", choices=STARTS, default=None, help="AIS: start from p(z) or q(z|x)")
     e.add_argument("--ais-examples", type=_non_negative_int, default=None, help="AIS on the first n examples only (0 = all)")
     e.add_argument("--bdmc-examples", type=_non_negative_int, default=None, help="BDMC: examples (x, z) simulated from the model")
     e.add_argument("--mi-samples", type=_positive_int, default=None, help="diagnostics: z ~ q(z|x) per example for I_q(x; z)")

@@ -35,7 +35,8 @@ from vaegen.errors import ConfigError, NoLatentError, NO_LATENT_MESSAGE
 from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import importance as importance_lib
 from vaegen.model import latent as latent_lib
-from vaegen.objectives.bounds import ELBO, objective_terms
+from vaegen.objectives.bounds import ELBO, ELBOSettings, objective_terms
+from vaegen.spec.eval import AISSettings
 from vaegen.objectives.exact import ExactLogLikelihood
 from vaegen.train.rng import purpose_key
 
@@ -82,7 +83,7 @@ class Questions:
         return sharding_lib.map_examples(f, xs, self._key(key), batch_size=int(batch_size or min(xs.shape[0], 256)))
 
     def log_px(self, x: Any, k: int = 1000, *, method: str = "is", proposal: str = "posterior",
-               ais: ais_lib.AIS | None = None, key: jax.Array | None = None, batch_size: int | None = None,
+               ais: AISSettings | None = None, key: jax.Array | None = None, batch_size: int | None = None,
                check: bool = True) -> jax.Array:
         """log p(x) per example, nats, ``[N]`` (a scalar for one observation).
 
@@ -99,7 +100,7 @@ class Questions:
         xs, single = self._examples(x, "log_px", check)
         if method not in METHODS:
             raise ConfigError(f"run.log_px: method={method!r} is not one of {', '.join(METHODS)}")
-        if self.spec.model.kind.trait("exact_log_likelihood", False):
+        if self.spec.model.kind.trait("exact_log_likelihood"):
             out = objective_terms(self.model, self.variables, ExactLogLikelihood(), xs, self._key(key),
                                   batch_size=batch_size)["log_px"]
         elif method == "is":
@@ -112,8 +113,7 @@ class Questions:
         else:
             settings = self.spec.eval.ais if ais is None else ais
             log_joint, start = importance_lib.model_functions(self.model, self.variables, proposal=settings.start)
-            out = settings.forward(log_joint, start, xs, self._key(key),
-                                   batch_size=batch_size)["log_px"]
+            out = ais_lib.AIS(settings).forward(log_joint, start, xs, self._key(key), batch_size=batch_size)["log_px"]
         return out[0] if single else out
 
     def with_code_proposal(self, *, batch_size: int | None = None) -> tuple[Any, Any]:
@@ -140,7 +140,7 @@ class Questions:
         it); ``terms=True`` returns ``{"elbo", "reconstruction", "kl"}``.  Raises
         :class:`vaegen.errors.UndefinedObjectiveError` for a point-mass q (its ELBO is -inf)."""
         xs, single = self._examples(x, "elbo", check)
-        objective = ELBO(num_samples=num_samples)
+        objective = ELBO(ELBOSettings(num_samples=num_samples))
         objective(self.model, self.variables, xs[0], jax.random.key(0))           # the model's own check, once
         out = objective_terms(self.model, self.variables, objective, xs, self._key(key), batch_size=batch_size)
         out = {name: out[name] for name in ("elbo", "reconstruction", "kl")}

@@ -294,7 +294,7 @@ def generative(run, prior: str = "expost_mixture", *, mixture: Mixture | None = 
 
 def _continuous_codes(run) -> None:
     """A VQ-VAE's codes are discrete (K^M codebook points): its prior is the one over code indices."""
-    if run.spec.model.kind.trait("vq_vae", False):
+    if run.spec.model.kind.trait("latents") == "discrete":
         raise ConfigError("a VQ-VAE's codes are discrete (points of its codebook), so a density over real codes does "
                           "not fit them: use --density code_prior (vaegen.studies.vq.fit_code_prior)")
 
@@ -545,7 +545,7 @@ def fit_density(codes: np.ndarray, validation_codes: np.ndarray, name: str, work
     variables = _restore_density(spec, workdir, d)
     fitted = DensityFit(name, spec, variables, workdir, {})
     lp = np.asarray(_batched_log_prob(fitted, validation_codes)) if validation_codes.shape[0] else np.zeros((0,))
-    meaning = spec.model.prior.trait("log_prob", "exact")
+    meaning = spec.model.prior.trait("log_prob")
     mc_std = None
     if lp.size > 1 and meaning != "exact":  # a second, independent estimate: its spread is the Monte Carlo error
         other = _batched_log_prob(fitted, validation_codes[:1000], key=jax.random.key(int(fit.seed) + 7919))

@@ -72,7 +72,7 @@ k = 100 and 1000); any tau > 0 gives a valid stochastic lower bound, the best on
 
 def is_vq(run: Any) -> bool:
     """Whether ``run`` (a :class:`vaegen.Run`) is a VQ-VAE."""
-    return bool(run.spec.model.kind.trait("vq_vae", False))
+    return run.spec.model.kind.trait("latents") == "discrete"
 
 
 def check_vq(run: Any) -> None:
