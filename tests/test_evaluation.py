@@ -109,7 +109,7 @@ def test_results_do_not_depend_on_batch_size(vae_workdir):
     (["--estimators", "elbo,foo"], "unknown estimator(s) foo"),
     (["--ks", "1,100", "--k", "10"], "between 1 and the number of importance samples"),
     (["--ais-steps", "0", "--estimators", "ais"], "argument --ais-steps: must be >= 1, got 0"),
-    (["--estimators", "ais", "--step-size", "-0.1"], "AIS.step_size=-0.1 must be > 0"),
+    (["--estimators", "ais", "--step-size", "-0.1"], "AISSettings.step_size=-0.1 must be > 0"),
     (["--estimators", "ais", "--schedule", "linear", "--target-accept", "1.5"], "target_accept"),
 ])
 def test_bad_estimator_settings_are_one_clear_line(vae_workdir, capsys, args, message):
