@@ -78,8 +78,8 @@ def main():
     k = 1000
     chunk = max(1, min(500, 50_000 // k))
     for name, g in (("vae", (vae, v_vae)), ("ae_gmm", (gen.model, gen.variables))):
-        dt = _time(lambda x, kk: compare._per_example(g[0], objectives.IWAE(num_samples=k), chunk, g[1], x, kk), xs, key,
-                   repeats=1)
+        iwae = objectives.IWAE(objectives.IWAESettings(num_samples=k))
+        dt = _time(lambda x, kk: compare._per_example(g[0], iwae, chunk, g[1], x, kk), xs, key, repeats=1)
         r[f"{name}_is_k{k}_examples_per_second"] = xs.shape[0] / dt
 
     chains, steps = s(2000), 100
