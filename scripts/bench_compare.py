@@ -80,8 +80,8 @@ def main():
     k = 1000
     chunk = max(1, min(500, 50_000 // k))
     for name, g in (("vae", (vae, v_vae)), ("ae_gmm", (gen.model, gen.variables))):
-        dt = _time(lambda x, kk: compare._per_example(g[0], objectives.IWAE(num_samples=k), chunk, g[1], x, kk), xs, key,
-                   repeats=1)
+        iwae = objectives.IWAE(objectives.IWAESettings(num_samples=k))
+        dt = _time(lambda x, kk: compare._per_example(g[0], iwae, chunk, g[1], x, kk), xs, key, repeats=1)
         r[f"{name}_is_k{k}_examples_per_second"] = xs.shape[0] / dt
 
     chains, steps = s(2000), 100
@@ -90,7 +90,7 @@ def main():
     r["dae_chain_steps_per_second"] = {"value": chains * steps / dt, "chains": chains, "steps": steps}
 
     for hidden in ((500,), (1000, 1000)):
-        made = autoregressive.MADE(event_shape=event, hidden=hidden)
+        made = autoregressive.MADE(event_shape=event, settings=autoregressive.MADESettings(hidden=hidden))
         v_made = made.init(key, jnp.zeros(event))
         m = s(2000)
         f = jax.jit(lambda v, kk: made.apply(v, kk, m, method="sample_with_probs")[0])

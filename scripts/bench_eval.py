@@ -157,6 +157,7 @@ def main(argv=None) -> int:
 
     from vaegen import sharding
     from vaegen.estimators import ais as ais_lib
+    from vaegen.spec.eval import AISSettings
     from vaegen.estimators import importance as E
 
     spec, model, variables, xs, source = _model_and_data(args)
@@ -194,7 +195,8 @@ def main(argv=None) -> int:
 
     ais_images = n if args.ais_images is None else int(args.ais_images)
     if ais_images:
-        settings = ais_lib.AIS(num_steps=args.ais_steps, num_chains=args.ais_chains, num_leapfrog=args.leapfrog)
+        settings = ais_lib.AIS(AISSettings(num_steps=args.ais_steps, num_chains=args.ais_chains,
+                                           num_leapfrog=args.leapfrog))
         log_joint, prior = E.model_functions(model, variables, proposal="prior")
         xa = xs[:ais_images]
         run_ais = lambda: settings.forward(log_joint, prior, xa, jax.random.key(1))

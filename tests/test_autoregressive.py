@@ -12,7 +12,8 @@ from vaegen.config import loading as config
 
 
 def _made(event=(6,), hidden=(16, 16), ordering="natural", seed=0):
-    m = autoregressive.MADE(event_shape=event, hidden=hidden, ordering=ordering, ordering_seed=seed, activation="tanh")
+    m = autoregressive.MADE(event_shape=event, settings=autoregressive.MADESettings(
+        hidden=hidden, ordering=ordering, ordering_seed=seed, activation="tanh"))
     v = m.init(jax.random.key(seed), jnp.zeros(event))
     # Random biases too, so that no conditional is trivially 1/2.
     v = jax.tree_util.tree_map(lambda a: a + 0.5 * jax.random.normal(jax.random.key(7), a.shape), v)
@@ -63,8 +64,9 @@ def test_no_latent_variable_to_encode():
 
 
 @pytest.mark.parametrize("overrides, message", [
-    (["model.kind=autoregressive"], "set both or neither"),
-    (["objective.name=exact"], "set both or neither"),
+    (["model.kind=autoregressive"], r"not 'autoregressive' \(which is trained by objective exact\): set the two together"),
+    (["objective.name=exact"], "objective 'exact' trains config.model.kind=autoregressive or categorical_made, not "
+                               "'latent_variable'"),
     (["model.kind=autoregressive", "objective.name=exact", "model.likelihood=gaussian"], "binary data"),
     (["model.kind=autoregressive", "objective.name=exact", "model.kind.hidden=()"], "at least one"),
     (["model.kind=autoregressive", "objective.name=exact", "model.kind.ordering=zigzag"], "model.kind.ordering"),

@@ -67,12 +67,12 @@ def test_elbo_with_free_bits_reports_the_true_bound():
     assert float(with_fb["objective"]) == pytest.approx(float(with_fb["reconstruction"]) - expected, rel=1e-5)
     assert float(with_fb["kl_free_bits"]) >= float(with_fb["kl"]) - 1e-6
     # validation tracks the true ELBO
-    assert spec.objective.build(steps_per_epoch=10).for_validation(1).free_bits == 0
+    assert spec.objective.build(steps_per_epoch=10).for_validation(1).settings.free_bits == 0
 
 
 def test_cyclical_weight_in_epochs():
     obj = to_spec(_tiny(kl_cycle_epochs=2, kl_cycle_ratio=0.25)).objective.build(steps_per_epoch=5)
-    assert (obj.kl_cycle_steps, obj.kl_cycle_ratio) == (10, 0.25)
+    assert (obj.kl_cycle_steps, obj.settings.kl_cycle_ratio) == (10, 0.25)
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -14,7 +14,6 @@ from vaegen.studies import compare as compare
 from vaegen.studies import compare_study
 from vaegen.config import loading as config
 from vaegen.config import schema
-from vaegen.config import schema
 from vaegen.objectives.bounds import ELBOSettings
 
 

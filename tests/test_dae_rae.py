@@ -44,10 +44,10 @@ def test_corruptions_change_the_expected_fraction_of_pixels():
 def test_walkback_terms(ae):
     m, v = ae
     x = _binary(jax.random.key(3))
-    plain = dae.DenoisingAutoencoder(walkback_steps=1)(m, v, x, jax.random.key(4))
+    plain = dae.DenoisingAutoencoder(dae.DAESettings(walkback_steps=1))(m, v, x, jax.random.key(4))
     assert plain["walkback"] == plain["denoising"] == plain["objective"] and plain["walk_length"] == 1
-    always = dae.DenoisingAutoencoder(walkback_steps=4, walkback_continue=1.0)(m, v, x, jax.random.key(4))
-    never = dae.DenoisingAutoencoder(walkback_steps=4, walkback_continue=0.0)(m, v, x, jax.random.key(4))
+    always = dae.DenoisingAutoencoder(dae.DAESettings(walkback_steps=4, walkback_continue=1.0))(m, v, x, jax.random.key(4))
+    never = dae.DenoisingAutoencoder(dae.DAESettings(walkback_steps=4, walkback_continue=0.0))(m, v, x, jax.random.key(4))
     assert always["walk_length"] == 4 and never["walk_length"] == 1
     assert never["walkback"] == pytest.approx(float(never["denoising"]), rel=1e-6)
     # The first step is the same draw whatever the walk does afterwards.
@@ -77,7 +77,7 @@ def test_markov_chain_samples(ae):
 def test_rae_objective_terms_and_decoder_penalty_gradient(ae):
     m, v = ae
     x = _binary(jax.random.key(6))
-    obj = autoencoder.Autoencoder(code_penalty=2.0, decoder_l2=0.1)
+    obj = autoencoder.Autoencoder(autoencoder.AutoencoderSettings(code_penalty=2.0, decoder_l2=0.1))
     terms = obj(m, v, x, jax.random.key(0))
     kernels = [a for path, a in jax.tree_util.tree_flatten_with_path(v["params"]["likelihood"])[0]
                if path[-1].key == "kernel"]
@@ -89,7 +89,7 @@ def test_rae_objective_terms_and_decoder_penalty_gradient(ae):
         float(terms["reconstruction"]) - 1.0 * float(terms["code_norm_sq"]) - 0.05 * norm_sq, rel=1e-5)
     # The decoder penalty pulls every decoder weight toward 0 by gamma * theta; encoder weights are not penalised.
     g_pen = jax.grad(lambda v: obj(m, v, x, jax.random.key(0))["objective"])(v)
-    g_ae = jax.grad(lambda v: autoencoder.Autoencoder(2.0, 0.0)(m, v, x, jax.random.key(0))["objective"])(v)
+    g_ae = jax.grad(lambda v: autoencoder.Autoencoder(autoencoder.AutoencoderSettings(code_penalty=2.0))(m, v, x, jax.random.key(0))["objective"])(v)
     k = v["params"]["likelihood"]["logits"]["kernel"]
     np.testing.assert_allclose(g_pen["params"]["likelihood"]["logits"]["kernel"] - g_ae["params"]["likelihood"]["logits"]["kernel"],
                                -0.1 * k, rtol=1e-4, atol=1e-6)

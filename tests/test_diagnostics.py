@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vaegen.blocks.priors import Mixture
+from vaegen.blocks.priors import IndexedMixture
 from vaegen.config import loading as config_lib
 from vaegen.config.schema import to_spec
 from vaegen.estimators import diagnostics as D
@@ -82,16 +82,16 @@ def test_kl_per_unit_against_a_mixture_prior_uses_its_marginals():
     one-dimensional mixture marginal, computed here on a grid."""
     loc, scale = jnp.array([0.3, -1.0]), jnp.array([0.5, 2.0])
     q = distrax.MultivariateNormalDiag(jnp.array([1.0, 0.0]), jnp.array([0.7, 0.4]))
-    same = Mixture(distrax.Categorical(logits=jnp.zeros(3)),
-                   distrax.MultivariateNormalDiag(jnp.broadcast_to(loc, (3, 2)), jnp.broadcast_to(scale, (3, 2))))
+    same = IndexedMixture(distrax.Categorical(logits=jnp.zeros(3)),
+                          distrax.MultivariateNormalDiag(jnp.broadcast_to(loc, (3, 2)), jnp.broadcast_to(scale, (3, 2))))
     z = q.sample(seed=jax.random.key(0), sample_shape=(200_000,))
     q_d = distrax.Normal(q.loc, q.scale_diag)
     mc = np.asarray(jnp.mean(q_d.log_prob(z) - D.marginals(same).log_prob(z), 0))
     exact_kl = np.asarray(distrax.Normal(q.loc, q.scale_diag).kl_divergence(distrax.Normal(loc, scale)))
     np.testing.assert_allclose(mc, exact_kl, atol=0.01)
     # a two-component mixture: unit 0's marginal is 0.5 N(-1, 1) + 0.5 N(2, 0.5^2), on a grid
-    mix = Mixture(distrax.Categorical(logits=jnp.zeros(2)),
-                  distrax.MultivariateNormalDiag(jnp.array([[-1.0, 0.0], [2.0, 0.0]]), jnp.array([[1.0, 1.0], [0.5, 1.0]])))
+    mix = IndexedMixture(distrax.Categorical(logits=jnp.zeros(2)),
+                         distrax.MultivariateNormalDiag(jnp.array([[-1.0, 0.0], [2.0, 0.0]]), jnp.array([[1.0, 1.0], [0.5, 1.0]])))
     mc = float(jnp.mean(q_d.log_prob(z) - D.marginals(mix).log_prob(z), 0)[0])
     grid = np.linspace(-6, 8, 20001)
     qg = np.exp(distrax.Normal(1.0, 0.7).log_prob(grid))

@@ -25,6 +25,14 @@ from vaegen.objectives import discrete as objectives_lib
 from vaegen.train import trainer as trainer_lib
 
 
+
+def _elbo(**settings) -> objectives_lib.DiscreteELBO:
+    return objectives_lib.DiscreteELBO(objectives_lib.DiscreteELBOSettings(**settings))
+
+
+def _vimco(**settings) -> objectives_lib.VIMCO:
+    return objectives_lib.VIMCO(objectives_lib.VIMCOSettings(**settings))
+
 def _spec(preset="tiny:dvae", overrides=()):
     return schema.to_spec(config_lib.load_config(preset, list(overrides)))
 
@@ -95,7 +103,7 @@ def test_the_enumerated_elbo_and_log_px_are_the_brute_force_sums(trained):
     run, xs = trained
     fns = enumeration_lib.enumeration_functions(run)
     exact = enumeration_lib.exact_log_px(*fns, xs, chunk_size=4)              # 9 configurations in 3 chunks
-    objective = objectives_lib.DiscreteELBO(estimator="enumerate")
+    objective = _elbo(estimator="enumerate")
     for i, x in enumerate(xs[:2]):
         log_px, elbo = _brute_force(run, x)
         assert float(exact["log_px"][i]) == pytest.approx(log_px, abs=1e-4)
@@ -164,7 +172,7 @@ def _z_scores(g, exact, directions):
 @pytest.fixture(scope="module")
 def exact_elbo_gradient(trained):
     run, xs = trained
-    return _gradients(run, xs, objectives_lib.DiscreteELBO(estimator="enumerate"), 1)[0]
+    return _gradients(run, xs, _elbo(estimator="enumerate"), 1)[0]
 
 
 def test_gumbel_softmax_tends_to_the_exact_gradient_as_the_temperature_falls(trained, exact_elbo_gradient):
@@ -172,7 +180,7 @@ def test_gumbel_softmax_tends_to_the_exact_gradient_as_the_temperature_falls(tra
     exact = exact_elbo_gradient
     errors_at = {}
     for tau in (2.0, 0.5, 0.1):
-        obj = objectives_lib.DiscreteELBO(estimator="gumbel_softmax", temperature=tau, temperature_min=tau)
+        obj = _elbo(estimator="gumbel_softmax", temperature=tau, temperature_min=tau)
         mean = _gradients(run, xs, obj, 4000).mean(0)
         errors_at[tau] = (np.linalg.norm(mean - exact) / np.linalg.norm(exact),
                           mean @ exact / np.linalg.norm(mean) / np.linalg.norm(exact))
@@ -182,8 +190,8 @@ def test_gumbel_softmax_tends_to_the_exact_gradient_as_the_temperature_falls(tra
 
 
 @pytest.mark.parametrize("objective", [
-    objectives_lib.DiscreteELBO(estimator="reinforce", num_samples=4, baseline="loo"),
-    objectives_lib.DiscreteELBO(estimator="reinforce", num_samples=1, baseline="none"),
+    _elbo(estimator="reinforce", num_samples=4, baseline="loo"),
+    _elbo(estimator="reinforce", num_samples=1, baseline="none"),
 ], ids=["reinforce-loo", "reinforce-none"])
 def test_reinforce_is_unbiased_for_the_exact_gradient(trained, exact_elbo_gradient, objective):
     run, xs = trained
@@ -195,7 +203,7 @@ def test_reinforce_is_unbiased_for_the_exact_gradient(trained, exact_elbo_gradie
 def test_straight_through_is_biased_and_the_test_sees_it(trained, exact_elbo_gradient):
     """The check the unbiased estimators pass can fail: the straight-through mean misses the exact gradient."""
     run, xs = trained
-    g = _gradients(run, xs, objectives_lib.DiscreteELBO(estimator="straight_through"), 4000)
+    g = _gradients(run, xs, _elbo(estimator="straight_through"), 4000)
     z = _z_scores(g, exact_elbo_gradient, _directions(exact_elbo_gradient))
     assert np.max(np.abs(z)) > 10, z
 
@@ -210,11 +218,11 @@ def test_vimco_is_unbiased_for_the_exact_gradient_of_iwae_k(trained):
             m, m.q_z_given_x(x), x, k))}
 
     exact = _gradients(run, xs, exact_bound, 1)[0]                              # summed over all 729 triples
-    g = _gradients(run, xs, objectives_lib.VIMCO(num_samples=k), 2000)
+    g = _gradients(run, xs, _vimco(num_samples=k), 2000)
     z = _z_scores(g, exact, _directions(exact))
     assert np.all(np.abs(z) <= 4), z
     # Its reported value is the bound's estimate, whose mean is the exact bound.
-    values = jax.vmap(lambda key: objectives_lib.VIMCO(num_samples=k)(run.model, run.variables, xs[0], key)["iwae"])(
+    values = jax.vmap(lambda key: _vimco(num_samples=k)(run.model, run.variables, xs[0], key)["iwae"])(
         jax.random.split(jax.random.key(5), 4000))
     bound = float(run.model.apply(run.variables, method=lambda m: objectives_lib.enumerated_iwae(
         m, m.q_z_given_x(xs[0]), xs[0], k)))
@@ -226,11 +234,11 @@ def test_every_estimator_reports_the_true_elbo_whatever_its_surrogate(trained):
     estimator's reported ELBO is an unbiased estimate of the exact one."""
     run, xs = trained
     x = xs[1]
-    exact = float(objectives_lib.DiscreteELBO(estimator="enumerate")(run.model, run.variables, x, jax.random.key(0))["elbo"])
+    exact = float(_elbo(estimator="enumerate")(run.model, run.variables, x, jax.random.key(0))["elbo"])
     keys = jax.random.split(jax.random.key(9), 4000)
-    for obj in (objectives_lib.DiscreteELBO(estimator="gumbel_softmax", temperature=2.0, temperature_min=2.0),
-                objectives_lib.DiscreteELBO(estimator="straight_through"),
-                objectives_lib.DiscreteELBO(estimator="reinforce", num_samples=2)):
+    for obj in (_elbo(estimator="gumbel_softmax", temperature=2.0, temperature_min=2.0),
+                _elbo(estimator="straight_through"),
+                _elbo(estimator="reinforce", num_samples=2)):
         t = jax.vmap(lambda key: obj(run.model, run.variables, x, key))(keys)
         np.testing.assert_allclose(t["objective"], t["elbo"], rtol=0, atol=1e-3)
         np.testing.assert_allclose(t["elbo"], t["reconstruction"] - t["kl"], rtol=0, atol=1e-4)

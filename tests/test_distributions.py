@@ -12,7 +12,7 @@ from vaegen.blocks import likelihoods as likelihoods
 from vaegen.blocks import networks as networks
 from vaegen.blocks import posteriors as posteriors
 from vaegen.blocks import priors as priors
-from vaegen.registry import NETWORKS, POSTERIORS
+from vaegen.registry import NETWORKS, POSTERIORS, fields
 
 
 def _apply(module, x, key=0):
@@ -21,7 +21,7 @@ def _apply(module, x, key=0):
 
 
 def test_bernoulli_log_prob_matches_formula():
-    lik = likelihoods.Bernoulli(decoder=networks.MLP(hidden=(7,)), event_shape=(3, 2, 1))
+    lik = likelihoods.Bernoulli(decoder=networks.MLP(networks.MLPSettings(hidden=(7,))), event_shape=(3, 2, 1))
     z = jax.random.normal(jax.random.key(0), (4, 5))
     dist, variables = _apply(lik, z)
     x = (jax.random.uniform(jax.random.key(1), (4, 3, 2, 1)) > 0.5).astype(jnp.float32)
@@ -34,7 +34,8 @@ def test_bernoulli_log_prob_matches_formula():
 
 @pytest.mark.parametrize("scale", ["fixed", "learned", "per_pixel"])
 def test_gaussian_log_prob_matches_formula(scale):
-    lik = likelihoods.Gaussian(decoder=networks.MLP(hidden=(6,)), event_shape=(5,), scale=scale, fixed_scale=0.3)
+    lik = likelihoods.Gaussian(decoder=networks.MLP(networks.MLPSettings(hidden=(6,))), event_shape=(5,),
+                               settings=likelihoods.GaussianLikelihoodSettings(scale=scale, fixed_scale=0.3))
     z = jax.random.normal(jax.random.key(0), (2, 3))
     dist, _ = _apply(lik, z)
     x = jax.random.normal(jax.random.key(1), (2, 5))
@@ -46,7 +47,7 @@ def test_gaussian_log_prob_matches_formula(scale):
 
 
 def test_diagonal_gaussian_kl_to_standard_normal_matches_formula():
-    q_net = posteriors.DiagonalGaussian(encoder=networks.MLP(hidden=(8,)), latent_dim=3)
+    q_net = posteriors.DiagonalGaussian(encoder=networks.MLP(networks.MLPSettings(hidden=(8,))), latent_dim=3)
     x = jax.random.normal(jax.random.key(0), (6, 4))
     q, _ = _apply(q_net, x)
     p = priors.StandardNormal(latent_dim=3).apply({})
@@ -67,7 +68,7 @@ def test_soft_clip_bounds_and_inverse():
 
 
 def test_point_mass_is_its_location():
-    q_net = posteriors.PointMass(encoder=networks.MLP(hidden=(8,)), latent_dim=3)
+    q_net = posteriors.PointMass(encoder=networks.MLP(networks.MLPSettings(hidden=(8,))), latent_dim=3)
     x = jax.random.normal(jax.random.key(0), (2, 4))
     q, _ = _apply(q_net, x)
     z = q.sample(seed=jax.random.key(1))
@@ -94,13 +95,14 @@ def test_output_bias_is_logit_of_mean():
 def test_every_registered_posterior_builds_on_an_mlp_encoder(name):
     """Each posterior of the registry, at its default settings, on an mlp encoder trunk of 4x4x1
     observations: q(z | x) with batch [2] and event [2], whose samples have finite log-density
-    (a point mass: at its location)."""
+    (a point mass: at its location; a categorical q: two categories, one one-hot variable)."""
     component = POSTERIORS.get(name)
     assert component.summary.strip()
     encoder = NETWORKS.select("mlp", hidden=(8,)).build(event_ndims=3)
-    q_net = POSTERIORS.select(name).build(encoder=encoder, latent_dim=2)
+    changed = {"categories": 2} if "categories" in {f.name for f in fields(component.settings)} else {}
+    q_net = POSTERIORS.select(name, **changed).build(encoder=encoder, latent_dim=2)
     assert isinstance(q_net, nn.Module)
-    assert posteriors.is_point_mass(q_net) == bool(component.trait("point_mass", False))
+    assert posteriors.is_point_mass(q_net) == bool(component.trait("deterministic"))
     x = jax.random.uniform(jax.random.key(0), (2, 4, 4, 1))
     q, _ = _apply(q_net, x)
     assert q.batch_shape == (2,) and q.event_shape == (2,)

@@ -33,14 +33,14 @@ TINY = [
     ("docs/usage.md", "num_samples=1000), max_examples=1000)", "num_samples=20), max_examples=1000)"),  # compiled once, for the workspace
     ("docs/usage.md", "(8, 28, 28, 1)", "(8, 8, 8, 1)"),  # the building blocks: Fashion-MNIST's shapes, smaller nets
     ("docs/usage.md", "event_shape=(28, 28, 1)", "event_shape=(8, 8, 1)"),
-    ("docs/usage.md", "networks.MLP((200, 200)", "networks.MLP((16,)"),
+    ("docs/usage.md", "MLPSettings(hidden=(200, 200))", "MLPSettings(hidden=(16,))"),
     ("docs/usage.md", "latent_dim=50", "latent_dim=4"),
-    ("docs/usage.md", "IWAE(num_samples=50)", "IWAE(num_samples=5)"),
+    ("docs/usage.md", "IWAESettings(num_samples=50)", "IWAESettings(num_samples=5)"),
     ("docs/expost.md", "num_samples=1000)", "num_samples=50)"),
     ("docs/expost.md", "components=10)", "components=3)"),
     ("docs/evaluation.md", "num_samples=5000", "num_samples=100"),
-    ("docs/evaluation.md", "ais.AIS(num_steps=1000, num_chains=16, num_leapfrog=10)",
-     "ais.AIS(num_steps=10, num_chains=2, num_leapfrog=2)"),
+    ("docs/evaluation.md", "AISSettings(num_steps=1000, num_chains=16, num_leapfrog=10)",
+     "AISSettings(num_steps=10, num_chains=2, num_leapfrog=2)"),
     ("docs/evaluation.md", "num_examples=100)", "num_examples=20)"),  # as many as xs: AIS compiled once
 ]
 

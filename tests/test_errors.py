@@ -17,16 +17,15 @@ import pytest
 from PIL import Image
 
 import vaegen
-from vaegen import cli, errors
+from vaegen import cli, errors, registry
 from vaegen import files as files_lib
 from vaegen.blocks import likelihoods as likelihoods_lib
 from vaegen.config import loading as config_lib
 from vaegen.config import schema
 from vaegen.data import datasets as data_lib
 from vaegen.data import images as images_lib
-from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import importance as estimators_lib
-from vaegen.estimators import settings as estimator_settings
+from vaegen.spec import eval as estimator_settings
 from vaegen.model import latent as model_lib
 from vaegen.runs import compression as compression_lib
 from vaegen.runs import run as run_lib
@@ -79,7 +78,7 @@ CLI_CASES = [
     ("vq-code-dim", ["train", "--config", "tiny:vq", "--config.model.kind.code_dim=3"],
      "config.model.kind.code_dim=3 must divide config.model.latent_dim=4"),
     ("vq-objective", ["train", "--config", "tiny:ae", "--config.objective.name=vq"],
-     "objective 'vq' trains a VQ-VAE: set --config.model.kind=vq_vae"),
+     "objective 'vq' trains config.model.kind=vq_vae, not 'latent_variable'"),
     ("unknown-dataset", ["train", "--config", "tiny", "--config.data.name=cifar"],
      "config.data.name='cifar' is not one of fashion_mnist, mnist, binarized_mnist, cifar10, digits"),
     ("missing-dataset", ["train", "--config", "tiny", "--config.data.name=mnist", "--config.data.data_dir={tmp}/empty",
@@ -98,7 +97,8 @@ CLI_CASES = [
     ("dae-encoder", ["train", "--config", "tiny", "--config.objective.name=dae"],
      "objective 'dae' trains an autoencoder and needs a deterministic encoder"),
     ("made-objective", ["train", "--config", "tiny", "--config.model.kind=autoregressive"],
-     "is trained on its exact log p(x) (config.objective.name=exact), and only it: set both or neither"),
+     "objective 'elbo' trains config.model.kind=latent_variable or two_layer, not 'autoregressive' (which is trained "
+     "by objective exact): set the two together"),
     ("prior-components", ["train", "--config", "tiny", "--config.model.prior=mixture",
                           "--config.model.prior.components=0"],
      "config.model.prior.components=0 must be > 0"),
@@ -448,15 +448,18 @@ PYTHON_CASES = [
      "unknown estimator(s) foo; choose from elbo, iwae, is, exact, ais, bdmc, diagnostics or 'all'"),
     ("iwae-k", lambda: estimators_lib.check_ks([1, 100], 10), errors.ConfigError,
      "IWAE k must be between 1 and the number of importance samples (10); got [100]"),
-    ("ais-step-size", lambda: ais_lib.AIS(step_size=-0.1), errors.ConfigError,
-     "AIS.step_size=-0.1 must be > 0"),
-    ("ais-target-accept", lambda: ais_lib.AIS(target_accept=1.5), errors.ConfigError,
-     "AIS.target_accept=1.5 must be in (0, 1)"),
+    ("ais-step-size", lambda: estimator_settings.AISSettings(step_size=-0.1), errors.ConfigError,
+     "AISSettings.step_size=-0.1 must be > 0"),
+    ("ais-target-accept", lambda: estimator_settings.AISSettings(target_accept=1.5), errors.ConfigError,
+     "AISSettings.target_accept=1.5 must be in (0, 1)"),
+    ("undeclared-trait", lambda: registry.LIKELIHOODS.register("thing", traits={"suport": "binary"})(lambda s: None),
+     errors.ConfigError, "the likelihood 'thing' is registered with trait 'suport', which is not a declared likelihood "
+                         "trait (declared: support)"),
     ("undefined-log-px", lambda: estimators_lib.model_functions(_model_run("tiny:ae").model, {}),
      errors.UndefinedEstimateError, "log p(x) does not exist for this model: it has no prior p(z)"),
     ("x-support", lambda: _model_run("tiny").log_joint(np.full((1, 8, 8, 1), 3.0), np.zeros((1, 4))),
      errors.SupportError, "run.log_joint: argument x has values outside {0, 1}"),
-    ("images-missing", lambda: images_lib.load("no/such/images.npy", event_shape=(8, 8, 1), support="binary"),
+    ("images-missing", lambda: images_lib.load_images("no/such/images.npy", event_shape=(8, 8, 1), support="binary"),
      errors.ImagesError, "--images no/such/images.npy: no such file or folder"),
     ("expost-too-few-codes", lambda: recipe("flow").fit_codes(np.zeros((5, 2), np.float32), np.zeros((0, 2)),
                                                               "/nonexistent/fit"),
@@ -503,13 +506,13 @@ PYTHON_CASES = [
     ("damaged-npz", lambda: files_lib.load_npz(_damaged("mixture.npz"), what="ex-post mixture", fix="fit it again"),
      errors.DamagedFileError, "mixture.npz is not a readable ex-post mixture (truncated or damaged: File is not a zip "
      "file); fit it again"),
-    ("images-damaged", lambda: images_lib.load(_damaged("images.npz"), event_shape=(8, 8, 1), support="binary"),
+    ("images-damaged", lambda: images_lib.load_images(_damaged("images.npz"), event_shape=(8, 8, 1), support="binary"),
      errors.ImagesError, "images.npz is not a readable .npz archive of images (truncated or damaged"),
     # Colour images for a model of grey ones: converted when R = G = B (tests/test_images.py), else refused.
-    ("images-colour", lambda: images_lib.load(_colour_png(alpha=255), event_shape=(8, 8, 1), support="real"),
+    ("images-colour", lambda: images_lib.load_images(_colour_png(alpha=255), event_shape=(8, 8, 1), support="real"),
      errors.ImagesError, "holds colour (RGBA) images whose channels differ, and this run's model takes grey images "
      "(8, 8, 1): convert them to grey first, e.g. with PIL: Image.open(path).convert('L').save(path)"),
-    ("images-transparent", lambda: images_lib.load(_colour_png(alpha=0), event_shape=(8, 8, 1), support="real"),
+    ("images-transparent", lambda: images_lib.load_images(_colour_png(alpha=0), event_shape=(8, 8, 1), support="real"),
      errors.ImagesError, "holds RGBA images with transparent pixels (alpha < 255 in 1 of 1 images), and this run's "
      "model takes opaque grey images: flatten them onto a background first"),
 ]

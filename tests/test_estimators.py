@@ -15,6 +15,7 @@ from vaegen.config import loading as config_lib
 from vaegen.config.schema import to_spec
 from vaegen.estimators import ais as A
 from vaegen.estimators import importance as E
+from vaegen.spec.eval import AISSettings
 from vaegen.model import linear_gaussian as exact
 from vaegen.model.latent import build_model, init_params
 from conftest import xla_flags
@@ -122,12 +123,12 @@ def test_bad_settings_are_clear_errors(lg, xs):
     log_joint, q = E.model_functions(lg.model(), lg.variables())
     with pytest.raises(config_lib.ConfigError, match="between 1 and the number of importance samples"):
         E.importance_sampling(log_joint, q, xs, jax.random.key(0), num_samples=10, ks=(20,))
-    with pytest.raises(config_lib.ConfigError, match="AIS.num_steps=0 must be > 0"):
-        A.AIS(num_steps=0)
+    with pytest.raises(config_lib.ConfigError, match="AISSettings.num_steps=0 must be > 0"):
+        AISSettings(num_steps=0)
     with pytest.raises(config_lib.ConfigError, match="schedule"):
-        A.AIS(schedule="cosine")
+        AISSettings(schedule="cosine")
     with pytest.raises(config_lib.ConfigError, match="target_accept"):
-        A.AIS(target_accept=1.5)
+        AISSettings(target_accept=1.5)
 
 
 def test_autoencoder_has_no_log_px_and_a_point_mass_is_no_proposal():
@@ -163,7 +164,7 @@ AIS_SETTINGS = dict(num_steps=500, num_chains=16, num_leapfrog=5, max_step_size=
 
 def test_ais_from_q_lands_on_the_exact_log_px(lg, xs):
     log_joint, q = E.model_functions(lg.model(), lg.variables(), proposal="posterior")
-    out = A.AIS(num_steps=200, num_chains=16, num_leapfrog=5, max_step_size=0.25).forward(
+    out = A.AIS(AISSettings(num_steps=200, num_chains=16, num_leapfrog=5, max_step_size=0.25)).forward(
         log_joint, q, xs, jax.random.key(3))
     err = np.asarray(out["log_px"], np.float64) - lg.log_marginal(xs)
     assert abs(err.mean()) < 0.02 and np.abs(err).max() < 0.1, err
@@ -173,14 +174,14 @@ def test_ais_from_q_lands_on_the_exact_log_px(lg, xs):
 def test_bdmc_bounds_sandwich_the_exact_log_px(lg):
     model, variables = lg.model(), lg.variables()
     log_joint, prior = E.model_functions(model, variables, proposal="prior")
-    out = A.bdmc(A.AIS(**AIS_SETTINGS), log_joint, prior, E.model_sampler(model, variables), jax.random.key(4),
+    out = A.bdmc(A.AIS(AISSettings(**AIS_SETTINGS)), log_joint, prior, E.model_sampler(model, variables), jax.random.key(4),
                  num_examples=16)
     log_px = lg.log_marginal(np.asarray(out["xs"], np.float64))
     lower, upper = np.asarray(out["lower"], np.float64), np.asarray(out["upper"], np.float64)
     assert lower.mean() <= log_px.mean() + 0.05 and upper.mean() >= log_px.mean() - 0.05
     assert 0.0 <= np.mean(out["gap"]) < 0.3
     # Forward AIS from the prior with the same settings, on these simulated data, is as accurate as the gap says.
-    fwd = A.AIS(**AIS_SETTINGS).forward(log_joint, prior, out["xs"], jax.random.fold_in(jax.random.key(4), 1))
+    fwd = A.AIS(AISSettings(**AIS_SETTINGS)).forward(log_joint, prior, out["xs"], jax.random.fold_in(jax.random.key(4), 1))
     np.testing.assert_allclose(fwd["log_px"], lower, rtol=1e-5)
 
 
@@ -189,14 +190,14 @@ def test_step_size_adapts_toward_the_target_acceptance():
     x = lg.sample(jax.random.key(1), 4).astype(np.float32)
     log_joint, prior = E.model_functions(lg.model(), lg.variables(), proposal="prior")
     # Started at 0.5, far above the stable leapfrog step for this posterior (acceptance ~0 there).
-    out = A.AIS(num_steps=300, num_chains=8, num_leapfrog=5, step_size=0.5).forward(log_joint, prior, x, jax.random.key(2))
+    out = A.AIS(AISSettings(num_steps=300, num_chains=8, num_leapfrog=5, step_size=0.5)).forward(log_joint, prior, x, jax.random.key(2))
     assert np.all(np.abs(out["acceptance"] - 0.65) < 0.1), out["acceptance"]
     assert np.all((out["step_size"] > 0.02) & (out["step_size"] < 0.2)), out["step_size"]
 
 
 def test_ais_does_not_depend_on_the_batch_size_and_is_deterministic(lg, xs):
     log_joint, q = E.model_functions(lg.model(), lg.variables())
-    ais = A.AIS(num_steps=20, num_chains=4, num_leapfrog=3, max_step_size=0.25)
+    ais = A.AIS(AISSettings(num_steps=20, num_chains=4, num_leapfrog=3, max_step_size=0.25))
     x, key = xs[:5], jax.random.key(5)
     names = ("log_px", "acceptance", "step_size", "ess", "log_w")
     whole = ais.forward(log_joint, q, x, key, batch_size=5)
@@ -218,12 +219,13 @@ _SHARDING_SCRIPT = textwrap.dedent("""
     from vaegen.estimators import importance as E
     from vaegen.model import linear_gaussian as exact
     from vaegen.inference import svi as inference
+    from vaegen.spec.eval import AISSettings
     lg = exact.LinearGaussian.random(jax.random.key(0), data_dim=6, latent_dim=3, s=0.6)
     xs = lg.sample(jax.random.key(1), 13).astype(np.float32)      # 13: not a multiple of 8
     model, v = lg.model(), lg.variables()
     lj, q = E.model_functions(model, v)
     lj_prior, prior = E.model_functions(model, v, proposal="prior")
-    ais = A.AIS(num_steps=20, num_chains=4, num_leapfrog=3, max_step_size=0.25)
+    ais = A.AIS(AISSettings(num_steps=20, num_chains=4, num_leapfrog=3, max_step_size=0.25))
     svi = inference.SVISettings(num_steps=10, learning_rate=0.1, num_samples=2)
     arrays = lambda r, names: {k: np.asarray(r[k]).tolist() for k in names}
     out = {}

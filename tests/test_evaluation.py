@@ -9,7 +9,7 @@ import pytest
 import vaegen
 from vaegen import cli
 from vaegen.config import loading as config_lib
-from vaegen.estimators.settings import parse_estimators
+from vaegen.spec.eval import parse_estimators
 from vaegen.runs import evaluate as evaluation
 from vaegen.runs import training as train_lib
 

@@ -58,7 +58,7 @@ def _linear_gaussian_ae(lg):
     model = model_lib.LatentVariableModel(
         prior=None,
         likelihood=lg.model().likelihood,
-        posterior=posteriors.PointMass(encoder=networks.MLP(hidden=()), latent_dim=lg.latent_dim))
+        posterior=posteriors.PointMass(encoder=networks.MLP(networks.MLPSettings(hidden=())), latent_dim=lg.latent_dim))
     v = lg.variables()
     variables = {"params": {"likelihood": v["params"]["likelihood"],
                             "posterior": {"loc": v["params"]["posterior"]["loc"]}}}
@@ -78,7 +78,7 @@ def test_importance_sampling_with_the_code_proposal_matches_the_exact_log_px():
     # The proposal is centred on the code f(x).
     np.testing.assert_allclose(gen.encode(xs).mean(), codes, rtol=1e-5, atol=1e-6)
     keys = jax.random.split(jax.random.key(2), xs.shape[0])
-    est = jax.jit(lambda v, x, k: batched(objectives.IWAE(num_samples=2000), gen.model, v, x, k))(
+    est = jax.jit(lambda v, x, k: batched(objectives.IWAE(objectives.IWAESettings(num_samples=2000)), gen.model, v, x, k))(
         gen.variables, xs, keys)["iwae"]
     error = np.asarray(est, np.float64) - lg.log_marginal(np.asarray(xs, np.float64))
     # A stochastic lower bound: below log p(x) on average, and close with k = 2000.

@@ -57,7 +57,7 @@ def _grid(lo, hi, n):
 
 @pytest.mark.parametrize("kind", ["coupling", "autoregressive"])
 def test_a_random_flow_integrates_to_one_on_a_grid(kind):
-    module = densities.FlowDensity(latent_dim=2, kind=kind, layers=3, hidden=(16,))
+    module = densities.FlowDensity(latent_dim=2, settings=densities.FlowDensitySettings(kind=kind, layers=3, hidden=(16,)))
     params = module.init(jax.random.key(0))["params"]
     leaves, tree = jax.tree_util.tree_flatten(params)
     keys = jax.random.split(jax.random.key(1), len(leaves))
@@ -131,7 +131,7 @@ def test_linear_gaussian_log_px_with_each_density_is_never_above_the_closed_form
     standard = _log_px(*_with_prior(lg, lg.model().prior, None), x)
     diff = standard - closed   # the exact prior: the closed form up to the importance-sampling error
     assert abs(np.mean(diff)) <= 3 * np.std(diff) / math.sqrt(diff.size) + 1e-3, np.mean(diff)
-    identity = densities.FlowDensity(latent_dim=2, kind="coupling", layers=2, hidden=(8,))  # N(0, I) exactly
+    identity = densities.FlowDensity(latent_dim=2, settings=densities.FlowDensitySettings(kind="coupling", layers=2, hidden=(8,)))  # N(0, I) exactly
     np.testing.assert_allclose(_log_px(*_with_prior(lg, identity, identity.init(jax.random.key(0))["params"]), x),
                                standard, atol=1e-4)
     inner = {"flow": {}, "two_stage": {"is_samples": 32}, "diffusion": {"bound_samples": 64}}

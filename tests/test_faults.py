@@ -34,6 +34,7 @@ from vaegen.data import datasets as data_lib
 from vaegen.data import splits as splits_lib
 from vaegen.train import faults as faults
 from vaegen.model import latent as model_lib
+from vaegen.objectives.base import Objective
 from vaegen import sharding as sharding_lib
 from vaegen.train import trainer as train_lib
 
@@ -88,9 +89,10 @@ def _copy(reference, tmp_path):
 # --- non-finite steps --------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
-class InjectNonFinite:
+class InjectNonFinite(Objective):
     """Wraps an objective: a NaN objective at ``nan_loss_steps`` and from ``nan_from`` on, and
-    a finite objective with a NaN gradient at ``nan_grad_steps``."""
+    a finite objective with a NaN gradient at ``nan_grad_steps`` (the other hooks of the
+    contract: the defaults)."""
 
     inner: object
     nan_loss_steps: tuple = ()

@@ -19,6 +19,7 @@ from vaegen.model import linear_gaussian as exact
 from vaegen.registry import registry, setting
 from vaegen.studies import gaps as gaps
 from vaegen.inference import svi as inference
+from vaegen.spec.gaps import GapsSettings
 from vaegen.runs import run as run_lib
 from vaegen.runs import training as train_lib
 
@@ -155,7 +156,7 @@ def test_runs_trained_before_new_config_keys_still_load(tiny_run, monkeypatch):
     """Adding keys to the schema (as this library's amortization keys were) must not orphan older runs."""
     # A later version gives the gaps section and the ELBO a new setting each.
     @dataclasses.dataclass(frozen=True)
-    class GapsWithANewKey(inference.GapsSettings):
+    class GapsWithANewKey(GapsSettings):
         some_future_option: int = setting(1, "a setting added after the run was trained")
 
     @dataclasses.dataclass(frozen=True)

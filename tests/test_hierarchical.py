@@ -94,7 +94,7 @@ def test_bounds_are_ordered_and_importance_sampling_converges_to_log_px(hierarch
     np.testing.assert_allclose(est["log_px"], exact, atol=0.1)
     iw = {k: np.asarray(est[f"iwae_{k}"]) for k in (1, 10, 100)}
     keys = jax.random.split(jax.random.key(5), 4)
-    elbo = batched(objectives.ELBO(num_samples=2000), model, variables, jnp.asarray(xs), keys)["elbo"]
+    elbo = batched(objectives.ELBO(objectives.ELBOSettings(num_samples=2000)), model, variables, jnp.asarray(xs), keys)["elbo"]
     assert np.all(np.asarray(elbo) <= iw[10] + 0.05)
     assert np.all(iw[1] <= iw[10] + 1e-3) and np.all(iw[10] <= iw[100] + 1e-3)
     assert np.all(iw[100] <= exact + 0.05)

@@ -73,7 +73,7 @@ def test_16_bit_grey_levels_are_scaled_by_the_bit_depth_not_clipped(tmp_path):
     sixteen = np.round(levels.astype(np.float64) * 65535 / 255 + 100).astype(np.uint16)   # off the 8-bit grid
     Image.fromarray(sixteen).save(tmp_path / "off.png")
     for name in ("exact.png", "off.png"):
-        im = images_lib.load(tmp_path / name, event_shape=(8, 8, 1), support="real")
+        im = images_lib.load_images(tmp_path / name, event_shape=(8, 8, 1), support="real")
         np.testing.assert_array_equal(im.stored[0, ..., 0], levels)                 # not clipped to white at 256
         assert im.info["png_bit_depth"] == 16
     assert im.info["png_max_rounding"] == pytest.approx(100 / 65535, rel=1e-6)
@@ -86,10 +86,10 @@ def test_grey_levels_are_binarized_only_when_asked(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "has grey levels but this run's Bernoulli likelihood" in err and len(err.splitlines()) == 1
     assert not (tiny_run / "eval_grey.json").exists()
-    t = images_lib.load(tmp_path / "grey.npy", event_shape=(8, 8, 1), support="binary", binarize="threshold")
+    t = images_lib.load_images(tmp_path / "grey.npy", event_shape=(8, 8, 1), support="binary", binarize="threshold")
     np.testing.assert_array_equal(t.stored[..., 0], np.where(grey > 127, 255, 0))
-    s1 = images_lib.load(tmp_path / "grey.npy", event_shape=(8, 8, 1), support="binary", binarize="sample", seed=1)
-    s2 = images_lib.load(tmp_path / "grey.npy", event_shape=(8, 8, 1), support="binary", binarize="sample", seed=1)
+    s1 = images_lib.load_images(tmp_path / "grey.npy", event_shape=(8, 8, 1), support="binary", binarize="sample", seed=1)
+    s2 = images_lib.load_images(tmp_path / "grey.npy", event_shape=(8, 8, 1), support="binary", binarize="sample", seed=1)
     np.testing.assert_array_equal(s1.stored, s2.stored)
     assert set(np.unique(s1.stored)) <= {0, 255} and "seed 1" in s1.info["binarize"]
 
@@ -130,6 +130,6 @@ def test_bad_images_are_one_line_errors(tmp_path, name, write, kw, message):
     path = _bad(tmp_path, name, write)
     kw = {"support": "binary", "binarize": "none", **kw}
     with pytest.raises(ImagesError, match=message) as info:
-        images_lib.load(path, event_shape=(8, 8, 1), **kw)
+        images_lib.load_images(path, event_shape=(8, 8, 1), **kw)
     assert str(path) in str(info.value) or "--binarize" in str(info.value)
     assert "\n" not in str(info.value)

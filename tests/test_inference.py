@@ -91,7 +91,7 @@ def test_vmapped_q_star_equals_optimising_one_example_alone(lg, xs, poor_encoder
 
 
 def test_full_covariance_posterior_density_and_kl():
-    q_net = posteriors.FullCovarianceGaussian(encoder=networks.MLP(hidden=(8,)), latent_dim=3)
+    q_net = posteriors.FullCovarianceGaussian(encoder=networks.MLP(networks.MLPSettings(hidden=(8,))), latent_dim=3)
     x = jax.random.normal(jax.random.key(0), (5, 4))
     variables = q_net.init(jax.random.key(1), x)
     # Give the off-diagonal head non-zero weights (it starts at zero: a diagonal Gaussian).
@@ -178,7 +178,7 @@ def test_families_embed_a_diagonal_q_exactly(lg, xs):
 def test_semi_amortized_with_no_steps_is_the_elbo(lg, xs, poor_encoder):
     model, x = lg.model(), jnp.asarray(xs[0])
     key = jax.random.key(5)
-    sa = semi_amortized.SemiAmortizedELBO(settings=inference.SVISettings(num_steps=0, schedule="constant"))
+    sa = semi_amortized.SemiAmortizedELBO(semi_amortized.SemiAmortizedSettings(steps=0))
     elbo = objectives.ELBO()
 
     @jax.jit
@@ -198,9 +198,8 @@ def test_semi_amortized_with_no_steps_is_the_elbo(lg, xs, poor_encoder):
 def test_semi_amortized_refinement_and_its_gradients(lg, xs, poor_encoder):
     model, x = lg.model(), jnp.asarray(xs[1])
     key = jax.random.key(6)
-    settings = inference.SVISettings(num_steps=30, learning_rate=0.05, schedule="constant", num_samples=4,
-                                     path_gradient=False)
-    objs = {g: semi_amortized.SemiAmortizedELBO(settings=settings, gradient=g, num_samples=64)
+    objs = {g: semi_amortized.SemiAmortizedELBO(semi_amortized.SemiAmortizedSettings(
+                steps=30, learning_rate=0.05, step_samples=4, gradient=g, num_samples=64))
             for g in semi_amortized.GRADIENTS}
     terms = jax.jit(lambda v: objs["unrolled"](model, v, x, key))(poor_encoder)
     best = lg.elbo(xs[1:2], lg.posterior_mean(xs[1:2]), lg.optimal_diagonal_variance())[0]
@@ -220,7 +219,7 @@ def test_semi_amortized_refinement_and_its_gradients(lg, xs, poor_encoder):
     enc_u, enc_s = part("unrolled", "posterior"), part("stop", "posterior")
     assert np.all(np.isfinite(enc_u)) and np.max(np.abs(enc_u - enc_s)) > 1e-3
     amortized_grad = jax.jit(jax.grad(
-        lambda v: objectives.ELBO(num_samples=64)(model, v, x, jax.random.split(key)[1])["elbo"]))(poor_encoder)
+        lambda v: objectives.ELBO(objectives.ELBOSettings(num_samples=64))(model, v, x, jax.random.split(key)[1])["elbo"]))(poor_encoder)
     np.testing.assert_allclose(enc_s, np.concatenate([np.ravel(v) for v in jax.tree_util.tree_leaves(amortized_grad["params"]["posterior"])]),
                                rtol=1e-3, atol=1e-3)
 
@@ -240,7 +239,7 @@ def test_richer_posteriors_build_from_the_config_and_train_on_the_elbo(posterior
 
     @jax.jit
     def run(v):
-        loss = lambda v: -jnp.mean(batched(objectives.ELBO(num_samples=4), model, v, x, keys)["objective"])
+        loss = lambda v: -jnp.mean(batched(objectives.ELBO(objectives.ELBOSettings(num_samples=4)), model, v, x, keys)["objective"])
         return jax.value_and_grad(loss)(v)
 
     loss, grads = run(variables)

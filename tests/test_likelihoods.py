@@ -241,7 +241,8 @@ def test_gradients_are_finite_at_the_edges_and_for_extreme_scales(log_scale):
 
 
 def test_gradients_through_the_head_at_bounded_scales():
-    m = likelihoods.DiscretizedLogistic(decoder=networks.MLP(hidden=(8,)), event_shape=(2, 2, 3), num_mixtures=2)
+    m = likelihoods.DiscretizedLogistic(decoder=networks.MLP(networks.MLPSettings(hidden=(8,))), event_shape=(2, 2, 3),
+                                     settings=likelihoods.DiscretizedLogisticSettings(mixtures=2))
     v = m.init(jax.random.key(0), jnp.zeros((3,)))
     x = jnp.asarray(np.array([[[0, 0, 0], [255, 255, 255]], [[0, 128, 255], [255, 1, 254]]]) / 255.0, jnp.float32)
     grad = jax.jit(jax.grad(lambda vv: m.apply(vv, jnp.ones((3,))).log_prob(x)))
@@ -293,15 +294,17 @@ def _likelihood(name, trunk):
     if name == "bernoulli":
         return likelihoods.Bernoulli(decoder=trunk, event_shape=EVENT)
     if name == "gaussian":
-        return likelihoods.Gaussian(decoder=trunk, event_shape=EVENT, scale="per_pixel")
-    return likelihoods.DiscretizedLogistic(decoder=trunk, event_shape=EVENT, num_mixtures=2)
+        return likelihoods.Gaussian(decoder=trunk, event_shape=EVENT,
+                                    settings=likelihoods.GaussianLikelihoodSettings(scale="per_pixel"))
+    return likelihoods.DiscretizedLogistic(decoder=trunk, event_shape=EVENT,
+                                           settings=likelihoods.DiscretizedLogisticSettings(mixtures=2))
 
 
 def _model(name, spatial):
-    trunk = _PixelTrunk(pixel_shape=EVENT[:2]) if spatial else networks.MLP(hidden=(7,))
+    trunk = _PixelTrunk(pixel_shape=EVENT[:2]) if spatial else networks.MLP(networks.MLPSettings(hidden=(7,)))
     return model_lib.LatentVariableModel(
         prior=priors.StandardNormal(latent_dim=3), likelihood=_likelihood(name, trunk),
-        posterior=posteriors.DiagonalGaussian(encoder=networks.MLP(hidden=(7,), event_ndims=3), latent_dim=3))
+        posterior=posteriors.DiagonalGaussian(encoder=networks.MLP(networks.MLPSettings(hidden=(7,)), event_ndims=3), latent_dim=3))
 
 
 @pytest.mark.parametrize("name", ["bernoulli", "gaussian", "discretized_logistic"])

@@ -15,7 +15,6 @@ import vaegen
 from vaegen.config import loading as config_lib
 from vaegen.config import schema
 from vaegen.model import latent as latent_lib
-from vaegen.objectives import batch as batch_lib
 from vaegen.objectives import matching
 from vaegen.train import trainer as train_lib
 
@@ -81,7 +80,7 @@ def test_wae_batch_objective_is_reconstruction_minus_weighted_mmd():
     objective = spec.objective.build()
     x = (jax.random.uniform(jax.random.key(1), (10, 8, 8, 1)) > 0.5).astype(jnp.float32)
     keys = jax.random.split(jax.random.key(2), 10)
-    terms = batch_lib.batch_terms(objective, model, variables, x, keys)
+    terms = objective.batch_terms(model, variables, x, keys)
     codes = model.apply(variables, method=lambda m: m.q_z_given_x(x).mean())
     z = matching.prior_draws(model, variables, matching._batch_key(keys), 10)
     mmd = matching.mmd_unbiased(codes, z)

@@ -93,13 +93,13 @@ def test_every_registered_model_kind_builds_with_its_defaults(name):
     spec = vaegen.to_spec(load_config("tiny"))
     model_spec = dataclasses.replace(spec.model, kind=MODEL_KINDS.select(name))
     event = EVENT
-    if component.trait("density_model", False):  # a learned density (a flow) over vectors of latent_dim numbers
+    if component.trait("training") == "density":  # a learned density (a flow) over vectors of latent_dim numbers
         event = (spec.model.latent_dim,)
         model_spec = dataclasses.replace(model_spec, prior=PRIORS.select("flow"))
-    if component.trait("code_prior", False):  # a prior over vectors of latent_dim code indices
+    if component.trait("over_codes"):  # a prior over vectors of latent_dim code indices
         event = (spec.model.latent_dim,)
     m = model_lib.build_model(model_spec, spec.inference, event)
     v = jax.eval_shape(lambda: model_lib.init_params(m, jax.random.key(0), event))
     assert jax.tree_util.tree_leaves(v["params"])
-    if component.trait("has_latents", True):  # p(x | z) and q(z | x); p(z) may have no parameters (N(0, I))
+    if component.trait("latents") != "none":  # p(x | z) and q(z | x); p(z) may have no parameters (N(0, I))
         assert {"likelihood", "posterior"} <= set(v["params"])

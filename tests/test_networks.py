@@ -13,7 +13,7 @@ from vaegen.model import latent as model_lib
 from vaegen.blocks import networks as networks
 from vaegen.objectives import bounds as objectives
 from vaegen.objectives.batch import batched
-from vaegen.registry import NETWORKS
+from vaegen.registry import NETWORKS, reads_latents
 from vaegen.config.loading import ConfigError, load_config
 
 # The VampPrior's convolutional HVAE (Tomczak & Welling 2018) on 28x28x1 images.
@@ -52,16 +52,16 @@ def test_none_activation_is_the_identity():
 
 def test_mlp_keeps_its_parameter_names_and_gating_adds_gates():
     x = jnp.zeros((8, 8, 1))
-    plain = networks.MLP(hidden=(5, 4), event_ndims=3).init(jax.random.key(0), x)["params"]
+    plain = networks.MLP(networks.MLPSettings(hidden=(5, 4)), event_ndims=3).init(jax.random.key(0), x)["params"]
     assert set(plain) == {"dense_0", "dense_1"}
     assert plain["dense_0"]["kernel"].shape == (64, 5) and plain["dense_1"]["kernel"].shape == (5, 4)
-    gated = networks.MLP(hidden=(5, 4), gated=True, event_ndims=3).init(jax.random.key(0), x)["params"]
+    gated = networks.MLP(networks.MLPSettings(hidden=(5, 4), gated=True), event_ndims=3).init(jax.random.key(0), x)["params"]
     assert set(gated) == {"dense_0", "dense_0_gate", "dense_1", "dense_1_gate"}
 
 
 @pytest.mark.parametrize("act, fn", [("tanh", np.tanh), ("none", lambda a: a)])
 def test_gated_mlp_is_act_of_a_linear_map_times_a_sigmoid_gate(act, fn):
-    net = networks.MLP(hidden=(6, 3), activation=act, gated=True, event_ndims=1)
+    net = networks.MLP(networks.MLPSettings(hidden=(6, 3), activation=act, gated=True), event_ndims=1)
     x = np.random.RandomState(0).normal(size=(2, 4, 5))
     v = net.init(jax.random.key(1), jnp.zeros(5))
     got = net.apply(v, jnp.asarray(x, jnp.float32))
@@ -74,8 +74,8 @@ def test_gated_mlp_is_act_of_a_linear_map_times_a_sigmoid_gate(act, fn):
 
 
 def test_conv_encoder_is_gated_convolutions_then_dense_layers():
-    net = networks.ConvEncoder(conv_channels=(3, 2), conv_kernels=(3, 3), conv_strides=(1, 2), hidden=(5,),
-                               activation="tanh", gated=True)
+    net = networks.ConvEncoder(networks.ConvEncoderSettings(conv_channels=(3, 2), conv_kernels=(3, 3), conv_strides=(1, 2),
+                                                            hidden=(5,), activation="tanh", gated=True))
     x = np.random.RandomState(0).uniform(size=(2, 8, 8, 1))
     v = net.init(jax.random.key(0), jnp.zeros((8, 8, 1)))
     got = np.asarray(net.apply(v, jnp.asarray(x, jnp.float32)))
@@ -93,8 +93,8 @@ def test_conv_encoder_is_gated_convolutions_then_dense_layers():
 
 
 def test_conv_decoder_is_a_projection_then_resize_convolutions():
-    net = networks.ConvDecoder(output_shape=(4, 6, 1), hidden=(7,), reshape_channels=2, conv_channels=(3,),
-                               conv_kernels=(3,), conv_strides=(2,), activation="relu")
+    net = networks.ConvDecoder(output_shape=(4, 6, 1), settings=networks.ConvDecoderSettings(
+        hidden=(7,), reshape_channels=2, conv_channels=(3,), conv_kernels=(3,), conv_strides=(2,), activation="relu"))
     assert net.spatial_output and net.upsampling == 2
     z = np.random.RandomState(0).normal(size=(3, 2))
     v = net.init(jax.random.key(0), jnp.zeros(2))
@@ -111,11 +111,11 @@ def test_conv_decoder_is_a_projection_then_resize_convolutions():
 
 @pytest.mark.parametrize("batch", [(), (3,), (2, 3)])
 def test_vampprior_architecture_shapes_with_any_leading_batch_dims(batch):
-    enc = networks.ConvEncoder(**VAMP_ENCODER)
+    enc = networks.ConvEncoder(networks.ConvEncoderSettings(**VAMP_ENCODER))
     x = jax.ShapeDtypeStruct(batch + (28, 28, 1), jnp.float32)
     v = jax.eval_shape(enc.init, jax.random.key(1), x)
     assert jax.eval_shape(enc.apply, v, x).shape == batch + (294,)  # 7 x 7 x 6
-    dec = networks.ConvDecoder(output_shape=(28, 28, 1), **VAMP_DECODER)
+    dec = networks.ConvDecoder(output_shape=(28, 28, 1), settings=networks.ConvDecoderSettings(**VAMP_DECODER))
     z = jax.ShapeDtypeStruct(batch + (5,), jnp.float32)
     w = jax.eval_shape(dec.init, jax.random.key(3), z)
     assert w["params"]["project"]["kernel"].shape == (5, 784) and "project_gate" in w["params"]
@@ -124,9 +124,10 @@ def test_vampprior_architecture_shapes_with_any_leading_batch_dims(batch):
 
 @pytest.mark.parametrize("batch", [(), (3,), (2, 3)])
 def test_conv_trunks_act_on_each_example_alike(batch):
-    enc = networks.ConvEncoder(conv_channels=(3, 2), conv_kernels=(3, 3), conv_strides=(2, 1), hidden=(), gated=True)
-    dec = networks.ConvDecoder(output_shape=(8, 8, 1), hidden=(), conv_channels=(3, 2), conv_kernels=(3, 3),
-                               conv_strides=(2, 1), gated=True)
+    enc = networks.ConvEncoder(networks.ConvEncoderSettings(conv_channels=(3, 2), conv_kernels=(3, 3), conv_strides=(2, 1),
+                                                            hidden=(), gated=True))
+    dec = networks.ConvDecoder(output_shape=(8, 8, 1), settings=networks.ConvDecoderSettings(
+        hidden=(), conv_channels=(3, 2), conv_kernels=(3, 3), conv_strides=(2, 1), gated=True))
     x = jax.random.uniform(jax.random.key(0), batch + (8, 8, 1))
     z = jax.random.normal(jax.random.key(2), batch + (5,))
     v, w = enc.init(jax.random.key(1), jnp.zeros((8, 8, 1))), dec.init(jax.random.key(3), jnp.zeros(5))
@@ -141,8 +142,9 @@ def test_conv_trunks_act_on_each_example_alike(batch):
 
 @pytest.mark.parametrize("shape, strides", [((8, 8, 1), (1, 2, 1, 2)), ((28, 28, 1), (2, 2)), ((12, 8, 3), (2,))])
 def test_conv_decoder_produces_the_observation_height_and_width(shape, strides):
-    dec = networks.ConvDecoder(output_shape=shape, hidden=(8,), conv_channels=(4,) * len(strides),
-                               conv_kernels=(3,) * len(strides), conv_strides=strides, reshape_channels=2)
+    dec = networks.ConvDecoder(output_shape=shape, settings=networks.ConvDecoderSettings(
+        hidden=(8,), conv_channels=(4,) * len(strides), conv_kernels=(3,) * len(strides), conv_strides=strides,
+        reshape_channels=2))
     z = jax.ShapeDtypeStruct((2, 3), jnp.float32)
     out = jax.eval_shape(dec.apply, jax.eval_shape(dec.init, jax.random.key(0), z), z)
     assert out.shape == (2,) + shape[:2] + (4,)
@@ -151,12 +153,13 @@ def test_conv_decoder_produces_the_observation_height_and_width(shape, strides):
 def test_conv_trunks_refuse_impossible_shapes_when_built():
     with pytest.raises(ConfigError, match=r"conv_strides \(2, 2, 2\) upsample by 8 in all, which must divide the "
                                           r"observation's height and width \(28, 28\)"):
-        networks.ConvDecoder(output_shape=(28, 28, 1), conv_channels=(4,) * 3, conv_kernels=(3,) * 3,
-                             conv_strides=(2, 2, 2))
-    with pytest.raises(ValueError, match="got lengths 2, 1 and 2"):
-        networks.ConvEncoder(conv_channels=(4, 4), conv_kernels=(3,), conv_strides=(1, 2))
-    with pytest.raises(ValueError, match=r"conv_strides must be positive, got \(1, 0\)"):
-        networks.ConvDecoder(output_shape=(8, 8, 1), conv_channels=(4, 4), conv_kernels=(3, 3), conv_strides=(1, 0))
+        networks.ConvDecoder(output_shape=(28, 28, 1), settings=networks.ConvDecoderSettings(
+            conv_channels=(4,) * 3, conv_kernels=(3,) * 3, conv_strides=(2, 2, 2)))
+    # The stack's own rules are its settings' (checked once, however the settings are made).
+    with pytest.raises(ConfigError, match="got lengths 2, 1 and 2"):
+        networks.ConvEncoderSettings(conv_channels=(4, 4), conv_kernels=(3,), conv_strides=(1, 2))
+    with pytest.raises(ConfigError, match=r"ConvDecoderSettings.conv_strides=\(1, 0\): every entry must be > 0"):
+        networks.ConvDecoderSettings(conv_channels=(4, 4), conv_kernels=(3, 3), conv_strides=(1, 0))
     with pytest.raises(ValueError, match=r"conv_encoder takes images \[H, W, C\]"):
         networks.ConvEncoder(event_ndims=1)
     spec = vaegen.to_spec(load_config("tiny", ["model.decoder=conv_decoder", "model.decoder.conv_strides=(1, 3, 1, 1)"]))
@@ -215,7 +218,7 @@ def test_the_vampprior_architecture_is_a_valid_config():
     dec_net = spec.model.decoder.build(event_ndims=1, output_shape=(28, 28, 1))
     enc_net = spec.inference.encoder.build(event_ndims=3)
     assert isinstance(dec_net, networks.ConvDecoder) and dec_net.output_shape == (28, 28, 1)
-    assert isinstance(enc_net, networks.ConvEncoder) and enc_net.conv_kernels == (7, 3, 5, 3, 3)
+    assert isinstance(enc_net, networks.ConvEncoder) and enc_net.settings.conv_kernels == (7, 3, 5, 3, 3)
 
 
 @pytest.mark.parametrize("name", NETWORKS.names())
@@ -225,7 +228,7 @@ def test_every_registered_network_builds_with_its_defaults(name):
     component = NETWORKS.get(name)
     assert component.summary.strip()
     event = (8, 8, 1)
-    if networks.reads_latents(component):
+    if reads_latents(component):
         net = NETWORKS.select(name).build(event_ndims=1, output_shape=event)
         x = jnp.zeros((2, 3))
     else:
@@ -234,7 +237,7 @@ def test_every_registered_network_builds_with_its_defaults(name):
     assert isinstance(net, nn.Module)
     v = jax.eval_shape(net.init, jax.random.key(0), x[0])
     out = jax.eval_shape(net.apply, v, x)
-    if component.trait("spatial_output", False):
+    if component.trait("spatial_output"):
         assert out.shape[:3] == (2,) + event[:2]
     else:
         assert out.ndim == 2 and out.shape[0] == 2

@@ -41,7 +41,7 @@ def _binary(key, shape):
 
 
 def test_mixture_log_prob_is_the_logsumexp_of_its_weighted_components():
-    prior = priors.MixtureOfGaussians(latent_dim=3, num_components=4)
+    prior = priors.MixtureOfGaussians(latent_dim=3, settings=priors.MixtureSettings(components=4))
     v = prior.init(jax.random.key(0))
     p = v["params"]
     np.testing.assert_array_equal(p["logits"], np.zeros(4))
@@ -62,7 +62,7 @@ def test_mixture_log_prob_is_the_logsumexp_of_its_weighted_components():
 
 
 def test_mixture_samples_land_in_the_components_in_proportion():
-    prior = priors.MixtureOfGaussians(latent_dim=2, num_components=3)
+    prior = priors.MixtureOfGaussians(latent_dim=2, settings=priors.MixtureSettings(components=3))
     weights = np.array([0.2, 0.3, 0.5])
     means = np.array([[-10.0, 0.0], [0.0, 10.0], [10.0, 0.0]])
     v = _mixture_variables(np.log(weights), means, np.full((3, 2), np.log(0.5)))
@@ -100,7 +100,7 @@ def test_vampprior_takes_any_callable_posterior():
     def q(u):  # u [K, 4] -> batch [K], event [2]
         return distrax.MultivariateNormalDiag(u[:, :2] * 3.0, jnp.exp(u[:, 2:] - 1.0))
 
-    prior = priors.VampPrior(latent_dim=2, num_components=5, event_shape=(4,))
+    prior = priors.VampPrior(latent_dim=2, event_shape=(4,), settings=priors.VampPriorSettings(components=5))
     v = prior.init(jax.random.key(0), posterior=q)
     w = np.random.RandomState(1).normal(size=(5, 4))
     v = {"params": {priors.PSEUDO_INPUTS_PARAM: jnp.asarray(w, jnp.float32)}}
@@ -157,7 +157,7 @@ def test_elbo_with_a_learned_prior_runs_batched_and_its_kl_is_monte_carlo(prior)
     m, v = _model(prior)
     x = _binary(jax.random.key(1), (4,) + EVENT)
     keys = jax.random.split(jax.random.key(2), 4)
-    obj = objectives.ELBO(num_samples=3)
+    obj = objectives.ELBO(objectives.ELBOSettings(num_samples=3))
     terms = jax.jit(lambda v, x, k: batched(obj, m, v, x, k))(v, x, keys)
 
     def mc_kl(mm, xi, key):  # the same z_s ~ q(z | x) as the ELBO draws
@@ -184,7 +184,7 @@ def test_training_with_a_learned_prior_raises_the_validation_bound(prior, tmp_pa
 
 @pytest.mark.parametrize("override, message", [
     (["model.prior=gmm"], "config.model.prior.name='gmm' is not a registered prior "
-                          "(registered: diffusion, flow, mixture, none, standard_normal, two_stage, vampprior)"),
+                          f"(registered: {', '.join(PRIORS.names())})"),
     (["model.prior=mixture", "model.prior.components=0"], "config.model.prior.components=0 must be > 0"),
     (["model.prior=vampprior", "model.prior.components=0"], "config.model.prior.components=0 must be > 0"),
     (["model.prior=vampprior", "model.prior.init=zeros"], "config.model.prior.init='zeros' is not one of random, data"),
@@ -208,11 +208,14 @@ def test_vampprior_needs_a_posterior_with_a_density(posterior):
 @pytest.mark.parametrize("name", PRIORS.names())
 def test_every_registered_prior_builds_with_its_defaults(name):
     """Each prior of the registry, at its default settings, for a 2-d z and 4x4x1 observations: a
-    module whose p(z) has event [2] (the VampPrior through a stand-in q(z | u)), or None for 'none'."""
+    module whose p(z) has event [2] (the VampPrior through a stand-in q(z | u)), or None for 'none'.
+    A prior over discrete z takes two categories (one one-hot variable) and is evaluated at one of
+    its values."""
     component = PRIORS.get(name)
     assert component.summary.strip()
-    prior = PRIORS.select(name).build(latent_dim=2, event_shape=(4, 4, 1))
-    if not component.trait("exists", True):
+    changed = {"categories": 2} if "categories" in {f.name for f in vaegen.registry.fields(component.settings)} else {}
+    prior = PRIORS.select(name, **changed).build(latent_dim=2, event_shape=(4, 4, 1))
+    if not component.trait("exists"):
         assert prior is None
         return
     assert isinstance(prior, nn.Module)
@@ -222,6 +225,6 @@ def test_every_registered_prior_builds_with_its_defaults(name):
         return distrax.MultivariateNormalDiag(flat[:, :2], jnp.exp(flat[:, 2:4]))
 
     v = prior.init(jax.random.key(0), posterior=q)
-    z = jnp.zeros((3, 2))
+    z = jnp.tile(jnp.array([1.0, 0.0]), (3, 1)) if component.trait("discrete") else jnp.zeros((3, 2))
     lp = prior.apply(v, posterior=q).log_prob(z)
     assert lp.shape == (3,) and np.all(np.isfinite(np.asarray(lp)))

@@ -11,7 +11,7 @@ import pytest
 import vaegen
 from vaegen.errors import ConfigError, UndefinedEstimateError, UndefinedObjectiveError
 from vaegen.estimators import diagnostics, importance
-from vaegen.estimators.ais import AIS
+from vaegen.spec.eval import AISSettings
 from vaegen.registry import ESTIMATORS
 from vaegen.train.rng import purpose_key
 
@@ -38,7 +38,7 @@ def test_questions_equal_evaluate(runs):
     run = runs["tiny"]
     x = run.split("test", max_examples=16)
     settings = dataclasses.replace(run.spec.eval, estimators="elbo,is,ais", num_samples=50, ks=(50,), elbo_samples=1,
-                                   ais=AIS(num_steps=20, num_chains=3), ais_examples=4)
+                                   ais=AISSettings(num_steps=20, num_chains=3), ais_examples=4)
     values = {}
     vaegen.evaluate(run, settings, max_examples=16, per_example=values)
     np.testing.assert_allclose(run.log_px(x, k=50, key=_stream("is")), values["log_px"], rtol=1e-5)

@@ -196,3 +196,44 @@ def test_a_stored_config_that_is_not_one_is_a_clear_error(tmp_path):
 def test_the_component_listing_names_every_setting():
     text = cli.components_text(["prior"])
     assert "vampprior" in text and "components = 500 [> 0]" in text and "init = 'random' [random \\| data]" in text
+
+
+# --- traits: declared once, by each registry ---------------------------------------------------------
+
+def test_registering_an_undeclared_trait_is_one_line_naming_it_and_the_declared_ones():
+    reg = registry.Registry("test_kind_traits", "a test registry",
+                            traits=[registry.Trait("support", str, "real", "what x is", choices=("binary", "real"))])
+    with pytest.raises(ConfigError) as info:
+        reg.register("thing", traits={"suport": "binary"})(lambda settings: None)
+    assert str(info.value) == ("the test_kind_traits 'thing' is registered with trait 'suport', which is not a declared "
+                               "test_kind_traits trait (declared: support)")
+    with pytest.raises(ConfigError, match=r"trait 'support' takes a str, got 1"):
+        reg.register("thing", traits={"support": 1})(lambda settings: None)
+    with pytest.raises(ConfigError, match=r"trait 'support'='grey' is not one of binary, real"):
+        reg.register("thing", traits={"support": "grey"})(lambda settings: None)
+    assert "thing" not in reg
+
+
+def test_a_trait_reads_its_declared_default_and_an_undeclared_one_is_an_error():
+    assert registry.LIKELIHOODS.get("bernoulli").trait("support") == "binary"
+    assert registry.POSTERIORS.get("diagonal_gaussian").trait("deterministic") is False      # the declared default
+    assert registry.PRIORS.get("standard_normal").trait("data_init") is None
+    with pytest.raises(ConfigError, match=r"'suport' is not a declared likelihood trait \(declared: support\)"):
+        registry.LIKELIHOODS.get("bernoulli").trait("suport")
+    with pytest.raises(TypeError):
+        registry.LIKELIHOODS.get("bernoulli").trait("support", "real")     # no default chosen by the reader
+
+
+def test_every_trait_is_declared_with_a_type_default_and_meaning_and_none_names_a_component():
+    """A trait says what a component is or can (``latents``: continuous, discrete or none), never
+    which one it is: no declared trait is called like a registered component."""
+    names = {c.name for reg in registry.registries() for c in reg}
+    for reg in registry.registries():
+        for trait in reg.traits:
+            assert trait.doc and trait.type, (reg.kind, trait.name)
+            assert trait.name not in names, f"the {reg.kind} trait {trait.name!r} is the name of a component"
+        for c in reg:
+            for key, value in c.traits.items():
+                reg.declared_trait(key).check(value, f"{reg.kind} {c.name}")
+    assert registry.MODEL_KINDS.get("vq_vae").trait("latents") == "discrete"
+    assert {c.name for c in registry.MODEL_KINDS if c.trait("latents") == "none"} >= {"autoregressive", "density"}

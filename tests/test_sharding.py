@@ -58,7 +58,7 @@ _WORKER = textwrap.dedent("""
     setup = train.build_setup(spec, splits.train.shape[1:], splits.train.shape[0])
     params = latent.init_params(setup.model, jax.random.key(1), splits.train.shape[1:])
     stored = np.asarray(data_splits.stored_split(spec.data, splits.validation[:197], "validation"))
-    objective, key = objectives.IWAE(num_samples=5), jax.random.key(7)
+    objective, key = objectives.IWAE(objectives.IWAESettings(num_samples=5)), jax.random.key(7)
     local = sharding.data_mesh(jax.local_devices()[:1])
     one = steps.make_validation(setup.model, objective, protocol="static", batch_size=50, mesh=local)(
         jax.device_put(params, sharding.replicated(local)), sharding.shard_rows(stored, local), key)

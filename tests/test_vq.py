@@ -119,8 +119,8 @@ def test_a_dead_code_restarts_at_an_encoder_output(ema):
 
 def test_the_prior_over_codes_sums_to_one_over_every_code():
     for m, k, ordering in [(3, 3, "random")]:
-        prior = code_prior_lib.CategoricalMADE(num_positions=m, num_categories=k, hidden=(8, 8), ordering=ordering,
-                                               ordering_seed=3)
+        prior = code_prior_lib.CategoricalMADE(num_positions=m, settings=code_prior_lib.CategoricalMADESettings(
+            num_categories=k, hidden=(8, 8), ordering=ordering, ordering_seed=3))
         v = prior.init(jax.random.key(0), jnp.zeros((m,), jnp.int32))
         v = jax.tree_util.tree_map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(a.size), a.shape), v)
         codes = vq_study.all_codes(m, k)                                           # [K^M, M]

@@ -8,20 +8,22 @@ The package in layers, each importing only the ones above it in this list::
 
     vaegen.errors                   every user-facing error
     vaegen.files                    the one atomic writer of files (with the fault hook) and readers that fail on one line
+    vaegen.sharding, .activations   meshes and the one per-example map; the nonlinearities by name
     vaegen.registry                 components by name (priors, likelihoods, posteriors, networks,
-                                    objectives, model kinds, estimators) and typed settings
-    vaegen.sharding, vaegen.data    meshes and the one per-example map; datasets, splits, binarization
+                                    objectives, model kinds, estimators), their traits, typed settings
+    vaegen.data                     datasets, splits, binarization
+    vaegen.spec                     the typed RunSpec and the optim, train, eval and gaps sections
     vaegen.blocks                   networks, priors p(z), likelihoods p(x|z), posteriors q(z|x)
     vaegen.model                    LatentVariableModel and the model kinds (one z, two layers, MADE, VQ-VAE,
                                     a categorical MADE over codes)
     vaegen.objectives               ELBO, IWAE, the autoencoders' objectives, exact log-likelihood; WAE, AAE, VQ
-    vaegen.estimators               importance sampling, AIS, BDMC, diagnostics; the eval settings
+    vaegen.estimators               importance sampling, AIS, BDMC, diagnostics
     vaegen.train                    the fused trainer, optimiser, random streams, workdir, checkpoints,
                                     TensorBoard, the latent diagnostics at each validation
     vaegen.coding                   lossless coding with p(x): bits back with ANS, quantized codes,
                                     a VQ-VAE's codes, MADE's pixels (the registered coders)
     vaegen.inference                per-example q* by SVI, variational families, semi-amortized training
-    vaegen.config                   presets, overrides and the typed run spec (the boundary)
+    vaegen.config                   presets, overrides, and the boundary to the typed run spec
     vaegen.runs                     train_and_evaluate(config), load(workdir, density=...), evaluate(run),
                                     compress(run, x) and decompress(run, data); the recipes: every way a
                                     trained run gets p(x) (own prior, N(0, I), densities fitted to its
@@ -38,13 +40,14 @@ from vaegen.blocks import densities, likelihoods, networks, posteriors, priors
 from vaegen.blocks import discrete, quantizers
 from vaegen.coding import coders
 from vaegen.config.loading import load_config
-from vaegen.config.schema import RunSpec, to_spec
+from vaegen.config.schema import to_spec
 from vaegen.errors import (ArgumentError, CheckpointError, CodingError, CompressedFileError, ConfigError,
                            DamagedFileError, DataError, InferenceError, NoLatentError, NoPriorError, NonFiniteError,
                            RecipeError, SupportError, TrainingInterrupted, UndefinedEstimateError,
                            UndefinedObjectiveError, WorkdirError)
 from vaegen.estimators import ais, diagnostics, enumeration, importance
-from vaegen.estimators.settings import EvalSettings
+from vaegen.spec.eval import EvalSettings
+from vaegen.spec.run import RunSpec
 from vaegen.inference import families, semi_amortized, svi
 from vaegen.inference.semi_amortized import SemiAmortizedELBO
 from vaegen.inference.svi import SVISettings, fit_local

@@ -10,10 +10,15 @@ log p(x).  Each is declared **once**, where it is implemented::
         init: str = setting("random", "random: u_k = sigmoid(w_k), w_k ~ N(init_mean, init_std) | data",
                             choices=("random", "data"))
 
-    @PRIORS.register("vampprior", settings=VampPriorSettings)
+    class VampPrior(nn.Module):
+        latent_dim: int                       # what it is built for (the build context)
+        event_shape: tuple[int, ...]
+        settings: VampPriorSettings           # its settings: the only place they are written
+
+    @PRIORS.register("vampprior", settings=VampPriorSettings, traits={"needs_posterior": True})
     def vampprior(settings, *, latent_dim, event_shape):
         '''p(z) = 1/K sum_k q(z | u_k): K learned pseudo-inputs through the encoder.'''
-        return VampPrior(latent_dim=latent_dim, num_components=settings.components, ...)
+        return VampPrior(latent_dim=latent_dim, event_shape=event_shape, settings=settings)
 
 and everything else is derived from that declaration: the config's defaults, its validation
 (one line naming the key, the value and what is allowed), ``vaegen config --components``,
@@ -28,9 +33,12 @@ Settings of the run's other sections (data, optimiser, trainer, evaluation) are 
 same way, so one validator serves the whole config.
 
 A component's build function receives its settings and the context it is built in (listed for
-each registry below); ``traits`` are facts other parts check against (a point-mass posterior,
-a likelihood's support); ``check(settings, spec)`` validates how it combines with the rest of
-the run (``spec`` is the whole typed run spec) and raises :class:`vaegen.errors.ConfigError`.
+each registry below) and returns an object that holds the settings object itself, never copies of
+its fields; ``traits`` are facts other parts check against (a point-mass posterior, a likelihood's
+support), each declared once by its registry (:class:`Trait`: type, default, meaning), so a
+component registered with an undeclared trait is refused and a reader never chooses a default;
+``check(settings, spec)`` validates how it combines with the rest of the run (``spec`` is the whole
+typed :class:`vaegen.spec.run.RunSpec`) and raises :class:`vaegen.errors.ConfigError`.
 """
 
 from __future__ import annotations
@@ -258,6 +266,49 @@ def check(obj: Any, where: str, *, config: bool = True) -> None:
 # --- components ------------------------------------------------------------------------------------
 
 @dataclasses.dataclass(frozen=True)
+class Trait:
+    """A fact a component declares about itself for other parts to check: what it *is* or *can*,
+    never which component it is (a VampPrior asks for a posterior with ``batched_density``, not for
+    ``diagonal_gaussian``).  Each registry declares its traits once: a component registered with an
+    undeclared trait, or with a value of the wrong type, is refused; a component that does not
+    give a trait has its default.
+
+    Attributes:
+      name: the key components give it under (``register(..., traits={name: value})``).
+      type: the type (or types) of its values; ``None`` is allowed when the default is ``None``.
+      default: its value for a component that does not give it.
+      doc: one line: what it means.
+      choices: the values a string trait may take.
+    """
+
+    name: str
+    type: type | tuple[type, ...]
+    default: Any
+    doc: str
+    choices: tuple[str, ...] | None = None
+
+    def check(self, value: Any, where: str) -> None:
+        """Raises ConfigError unless ``value`` is a value of this trait."""
+        if value is None and self.default is None:
+            return
+        kinds = self.type if isinstance(self.type, tuple) else (self.type,)
+        wrong_type = not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds)
+        if wrong_type:
+            names = " or ".join(getattr(k, "__name__", str(k)) for k in kinds)
+            raise ConfigError(f"{where}: trait {self.name!r} takes a {names}, got {value!r}")
+        if self.choices is not None and value not in self.choices:
+            raise ConfigError(f"{where}: trait {self.name!r}={value!r} is not one of {', '.join(self.choices)}")
+
+    @property
+    def type_name(self) -> str:
+        """Its values, for listings: the choices of a string trait, else the type's name."""
+        if self.choices:
+            return " | ".join(self.choices)
+        kinds = self.type if isinstance(self.type, tuple) else (self.type,)
+        return " or ".join("function" if k is Callable else getattr(k, "__name__", str(k)) for k in kinds)
+
+
+@dataclasses.dataclass(frozen=True)
 class Component:
     """One registered component.
 
@@ -269,7 +320,8 @@ class Component:
       summary: one line saying what it is, in the paper's notation (the build function's
         docstring's first line unless given).
       aliases: other names accepted for it.
-      traits: facts that other parts check (e.g. ``point_mass``, ``support``).
+      traits: facts that other parts check (e.g. ``deterministic``, ``support``), each declared by
+        its registry (:class:`Trait`); read them with :meth:`trait`.
       check: ``check(settings, spec)``: how it combines with the rest of a run.
       module: the module that registered it; ``file``: its source file.
     """
@@ -285,8 +337,11 @@ class Component:
     module: str = ""
     file: str = ""
 
-    def trait(self, key: str, default: Any = None) -> Any:
-        return self.traits.get(key, default)
+    def trait(self, key: str) -> Any:
+        """The value of trait ``key``: the component's own, else the default its registry declares
+        (:class:`Trait`); an undeclared trait is a ConfigError."""
+        declared = registry(self.kind).declared_trait(key)
+        return self.traits.get(key, declared.default)
 
     @property
     def builtin(self) -> bool:
@@ -313,8 +368,8 @@ class Selected:
     def build(self, **context: Any) -> Any:
         return self.component.build(self.settings, **context)
 
-    def trait(self, key: str, default: Any = None) -> Any:
-        return self.component.trait(key, default)
+    def trait(self, key: str) -> Any:
+        return self.component.trait(key)
 
     def to_mapping(self) -> dict[str, Any]:
         """``{"name": name, **settings}`` (nested components as mappings too)."""
@@ -328,13 +383,46 @@ class Registry:
       kind: ``prior``, ``likelihood``, ...
       title: how the docs and ``vaegen config --components`` head its table ("p(z)").
       context: the keyword arguments its build functions receive (documentation).
+      traits: the traits its components may declare (:class:`Trait`), each with its type,
+        default and meaning.
     """
 
-    def __init__(self, kind: str, title: str, context: str = ""):
+    def __init__(self, kind: str, title: str, context: str = "", traits: Iterable[Trait] = ()):
         self.kind, self.title, self.context = kind, title, context
         self._components: dict[str, Component] = {}
         self._aliases: dict[str, str] = {}
+        self._traits: dict[str, Trait] = {}
+        for trait in traits:
+            self.declare_trait(trait)
         _REGISTRIES[kind] = self
+
+    def declare_trait(self, trait: Trait) -> None:
+        """Declares a trait the components of this registry may give (a module of your own can
+        declare a new one before registering components that use it)."""
+        previous = self._traits.get(trait.name)
+        if previous is not None and previous != trait:
+            raise ConfigError(f"the {self.kind} trait {trait.name!r} is declared twice, differently")
+        if trait.default is not None:
+            trait.check(trait.default, f"the {self.kind} trait {trait.name!r}'s default")
+        self._traits[trait.name] = trait
+
+    @property
+    def traits(self) -> list[Trait]:
+        """The declared traits, in declaration order."""
+        return list(self._traits.values())
+
+    def declares(self, name: str) -> bool:
+        """Whether trait ``name`` is declared for this registry's components."""
+        return name in self._traits
+
+    def declared_trait(self, name: str) -> Trait:
+        """The declaration of trait ``name``; an undeclared trait is a ConfigError naming the
+        declared ones."""
+        try:
+            return self._traits[name]
+        except KeyError:
+            declared = ", ".join(self._traits) or "none"
+            raise ConfigError(f"{name!r} is not a declared {self.kind} trait (declared: {declared})") from None
 
     def register(self, name: str, *, settings: type = NoSettings, aliases: Iterable[str] = (),
                  traits: Mapping[str, Any] | None = None, check: Callable[[Any, Any], None] | None = None,
@@ -361,6 +449,12 @@ class Registry:
         for f in fields(component.settings):
             if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise TypeError(f"{self.kind} {component.name!r}: setting {f.name!r} has no default")
+        for key, value in component.traits.items():
+            if key not in self._traits:
+                declared = ", ".join(self._traits) or "none"
+                raise ConfigError(f"the {self.kind} {component.name!r} is registered with trait {key!r}, which is not "
+                                  f"a declared {self.kind} trait (declared: {declared})")
+            self._traits[key].check(value, f"the {self.kind} {component.name!r}")
         previous = self._components.get(component.name)
         if previous is not None and previous.module != component.module:
             raise ConfigError(f"the {self.kind} {component.name!r} is registered twice: by {previous.module} and by "
@@ -415,6 +509,18 @@ class Registry:
         """The config section of ``name`` with its default settings."""
         return self.select(name).to_mapping()
 
+    def built_by(self, obj: Any) -> Component | None:
+        """The component whose build function returns objects of ``obj``'s class (by its return
+        annotation), or None: how code holding a built module reads its component's traits."""
+        for component in self._components.values():
+            try:
+                returned = typing.get_type_hints(component.build).get("return")
+            except Exception:  # an annotation that does not resolve names no class
+                continue
+            if isinstance(returned, type) and type(obj) is returned:
+                return component
+        return None
+
     def with_setting(self, key: str) -> list[str]:
         """The components that have a setting called ``key``."""
         return [c.name for c in self if key in {f.name for f in fields(c.settings)}]
@@ -438,13 +544,96 @@ def registries() -> list[Registry]:
 
 NETWORKS = Registry("network", "network trunks (nets only, no probability)",
                     "event_ndims: trailing input dimensions of one example; output_shape: the observation's shape "
-                    "(decoders)")
-PRIORS = Registry("prior", "p(z)", "latent_dim, event_shape")
-LIKELIHOODS = Registry("likelihood", "p(x | z)", "decoder (a trunk), event_shape")
-POSTERIORS = Registry("posterior", "q(z | x)", "encoder (a trunk), latent_dim")
-MODEL_KINDS = Registry("model_kind", "model kinds", "model, inference (the typed sections), event_shape")
-OBJECTIVES = Registry("objective", "training objectives", "steps_per_epoch")
-ESTIMATORS = Registry("estimator", "estimators of `vaegen evaluate`", "an evaluation context")
+                    "(decoders)", traits=[
+    Trait("reads", str, "any", "what it reads: any input, images [H, W, C] (an encoder's trunk) or a latent vector "
+          "(a decoder's)", choices=("any", "image", "latent")),
+    Trait("spatial_output", bool, False, "its features are per pixel, [..., H, W, F]: the likelihood's head acts on "
+          "each pixel (a 1x1 convolution)"),
+])
+PRIORS = Registry("prior", "p(z)", "latent_dim, event_shape", traits=[
+    Trait("exists", bool, True, "there is a p(z) (false: none, the autoencoder's, which defines no distribution over x "
+          "until a density is fitted to its codes)"),
+    Trait("needs_posterior", bool, False, "p(z) is defined through q(z | u) (the VampPrior): the posterior must have a "
+          "density on a batch of inputs"),
+    Trait("factorized", bool, False, "p(z) is a product over the latent dimensions (a KL to it splits over them: free "
+          "bits)"),
+    Trait("data_init", Callable, None, "data_init(settings, variables, *, examples, num_examples): a data-dependent "
+          "initialisation the trainer runs on a new run (examples(k): k training examples as the model sees them)"),
+    Trait("expost", bool, False, "a density over codes that is fitted to a trained run after training (an ex-post "
+          "prior)"),
+    Trait("log_prob", str, "exact", "what its log_prob is: exact, or the estimate or bound it computes instead"),
+    Trait("label", str, "", "how a table names the distribution samples are drawn from (N(0, I); empty: its name)"),
+    Trait("discrete", str, None, "its z is discrete: one-hot categorical variables or Bernoulli bits (None: continuous)",
+          choices=("one_hot_categorical", "bernoulli")),
+])
+LIKELIHOODS = Registry("likelihood", "p(x | z)", "decoder (a trunk), event_shape", traits=[
+    Trait("support", str, "real", "the values of x it is defined on: binary {0, 1}, 8bit k / 255, or real",
+          choices=("binary", "8bit", "real")),
+])
+POSTERIORS = Registry("posterior", "q(z | x)", "encoder (a trunk), latent_dim", traits=[
+    Trait("deterministic", bool, False, "q(z | x) = delta(z - f(x)), a point mass (the autoencoder's encoder): no "
+          "density, so no ELBO"),
+    Trait("batched_density", bool, False, "q(z | u) has a density on a batch of inputs (a VampPrior can be built on "
+          "it)"),
+    Trait("refinable", bool, False, "it has a variational family whose per-example parameters SVI optimises "
+          "(semi-amortized training, the gaps' q*)"),
+    Trait("layer_factors", bool, False, "each layer of a two-layer model can have a factor of this family, with these "
+          "settings"),
+    Trait("factorized", bool, False, "q(z | x) is a product over the latent dimensions (its KL to a factorized prior "
+          "splits over them: free bits)"),
+    Trait("discrete", str, None, "its z is discrete: one-hot categorical variables or Bernoulli bits (None: continuous)",
+          choices=("one_hot_categorical", "bernoulli")),
+    Trait("support_size", Callable, None, "support_size(settings, latent_dim): the number of values z takes (a "
+          "discrete z: enumerable when small)"),
+])
+TRAINING = ("latent", "codes", "exact", "density")
+"""The families of objectives, by what they train: a latent-variable model with a continuous z
+(bounds and the autoencoders' objectives), a VQ-VAE's discrete codes, a model with an exact
+log p(x), a density over real vectors.  A model kind and an objective fit together when their
+``training`` traits are equal."""
+MODEL_KINDS = Registry("model_kind", "model kinds", "model, inference (the typed sections), event_shape", traits=[
+    Trait("latents", str, "continuous", "what its latent is: a continuous z [D], a VQ-VAE's discrete codes, or none "
+          "(p(x) without a z)", choices=("continuous", "discrete", "none")),
+    Trait("one_latent_vector", bool, False, "q(z | x) and p(z) are the posterior's and the prior's own, over one "
+          "vector z: what needs their structure (free bits, the latent diagnostics) can rely on it"),
+    Trait("exact_log_likelihood", bool, False, "its log p(x) is exact: nothing to infer or bound"),
+    Trait("over_codes", bool, False, "it models vectors of integer code indices [M] (a VQ-VAE's codes), not "
+          "observations"),
+    Trait("training", str, "latent", "the objectives that train it (their training trait): " + ", ".join(TRAINING),
+          choices=TRAINING),
+])
+OBJECTIVES = Registry("objective", "training objectives", "steps_per_epoch", traits=[
+    Trait("training", str, "latent", "the model kinds it trains (their training trait): latent (a continuous z), "
+          "codes (a VQ-VAE), exact (an exact log p(x)), density (a density over real vectors)", choices=TRAINING),
+    Trait("bound_from_log_joint", bool, False, "it needs only log p(x, z) and a q(z | x) with a density, so any latent "
+          "structure serves (two stochastic layers included)"),
+    Trait("matches_prior", bool, False, "it matches the codes of a point-mass encoder to the model's p(z) in training "
+          "(the WAE's MMD, the AAE's discriminator)"),
+    Trait("markov_chain", bool, False, "the model it trains defines a Markov chain whose stationary distribution is its "
+          "p(x) (the denoising AE's corruption and reconstruction)"),
+    Trait("discrete_gradients", bool, False, "it trains a discrete z, with a gradient estimator for the discrete "
+          "expectation (relaxed, straight-through, score function or enumeration)"),
+])
+ESTIMATORS = Registry("estimator", "estimators of `vaegen evaluate`", "an evaluation context", traits=[
+    Trait("order", (int, float), 0, "its place in the results (and in 'all')"),
+    Trait("stream", int, 0, "the random stream it draws from (estimators on one stream share their draws)"),
+    Trait("reports", str, "", "what its numbers are (a lower bound, a stochastic lower bound, ...)"),
+])
+
+
+def reads_latents(component: Component) -> bool:
+    """A trunk that can read a latent vector z (a decoder's trunk): its ``reads`` trait."""
+    return component.trait("reads") in ("any", "latent")
+
+
+def reads_images(component: Component) -> bool:
+    """A trunk that can read observations x [H, W, C] (an encoder's trunk)."""
+    return component.trait("reads") in ("any", "image")
+
+
+def reads_vectors(component: Component) -> bool:
+    """A trunk from vectors to feature vectors (p(z1 | z2), q(z2 | z1))."""
+    return component.trait("reads") in ("any", "latent") and not component.trait("spatial_output")
 
 
 # --- parsing and printing settings -----------------------------------------------------------------

@@ -43,9 +43,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vaegen.blocks import networks as networks_lib
+from vaegen.activations import ACTIVATIONS, activation
 from vaegen.errors import ConfigError
 from vaegen.registry import PRIORS, Settings, setting
+from vaegen.spec.run import RunSpec
 
 Terms = dict[str, jax.Array]
 CV_POWER = 2.0
@@ -58,6 +59,52 @@ LOG_PROB_MEANING = {
     "diffusion": "variational lower bound (Monte Carlo estimate)",
 }
 """What each density's ``log_prob`` is."""
+
+
+# --- settings: what a config's prior section holds, and what each module reads ----------------------
+
+@dataclasses.dataclass(frozen=True)
+class FlowDensitySettings(Settings):
+    kind: str = setting("autoregressive", "autoregressive: masked autoregressive affine layers (MAF; density in one "
+                        "pass, sampling D passes per layer); coupling: affine coupling layers (RealNVP, "
+                        "distrax.MaskedCoupling; needs D >= 2)", choices=("autoregressive", "coupling"))
+    layers: int = setting(5, "flow layers (depth)", gt=0)
+    hidden: tuple[int, ...] = setting((128, 128), "hidden widths of each layer's conditioner", items_gt=0,
+                                      nonempty=True)
+    activation: str = setting("relu", "nonlinearity of the conditioners", choices=tuple(ACTIVATIONS))
+    max_log_scale: float = setting(3.0, "bound on each layer's log scale (tanh-squashed)", gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoStageSettings(Settings):
+    latent_dim: int = setting(0, "K, the second VAE's latent dimension (0 = the codes' D)", ge=0)
+    hidden: tuple[int, ...] = setting((256, 256), "hidden widths of its encoder and decoder", items_gt=0,
+                                      nonempty=True)
+    activation: str = setting("relu", "nonlinearity", choices=tuple(ACTIVATIONS))
+    is_samples: int = setting(64, "importance samples S of log p(z) (evaluation and sampling use p(z) itself)", gt=0)
+    min_log_scale: float = setting(-5.0, "floor of the decoder's log sigma (standardised units)")
+    seed: int = setting(0, "key of the importance samples inside log p(z)")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiffusionSettings(Settings):
+    hidden: tuple[int, ...] = setting((256, 256), "hidden widths of the noise-prediction MLP", items_gt=0,
+                                      nonempty=True)
+    activation: str = setting("silu", "nonlinearity", choices=tuple(ACTIVATIONS))
+    schedule: str = setting("fixed", "fixed: gamma(t) linear from gamma_min to gamma_max; learned: learned end "
+                            "points and monotone shape", choices=("fixed", "learned"))
+    gamma_min: float = setting(-10.0, "gamma(0) (log SNR -gamma: 10 = nearly noiseless)")
+    gamma_max: float = setting(8.0, "gamma(1) (nearly pure noise)")
+    schedule_bins: int = setting(16, "pieces of the learned piecewise-linear schedule", gt=0)
+    bound_samples: int = setting(128, "Monte Carlo times per code in the bound on log p(z) (evaluation)", gt=0)
+    train_samples: int = setting(1, "Monte Carlo times per code in the training objective", gt=0)
+    bound_steps: int = setting(0, "T of the bound: 0 = continuous time; T = the bound of the T-step model", ge=0)
+    sample_steps: int = setting(100, "reverse-process steps of the sampler", gt=0)
+    seed: int = setting(0, "key of the Monte Carlo draws inside log p(z)")
+
+    def validate(self, key):
+        if self.gamma_max <= self.gamma_min:
+            raise ConfigError(f"{key('gamma_max')}={self.gamma_max} must exceed {key('gamma_min')}={self.gamma_min}")
 
 
 # --- small networks on explicit parameter arrays ---------------------------------------------------
@@ -156,40 +203,39 @@ class MaskedAutoregressiveAffine(distrax.Bijector):
 class FlowDensity(nn.Module):
     """p(z) = T_# N(0, I): ``layers`` affine coupling (``kind="coupling"``) or masked autoregressive
     (``kind="autoregressive"``) layers, each conditioned by an MLP of widths ``hidden``, after the
-    fixed standardisation.  Exact log p(z) (nats); sampling is one pass (coupling) or D passes per
-    layer (autoregressive).  Every layer starts as the identity."""
+    fixed standardisation (``settings``: :class:`FlowDensitySettings`).  Exact log p(z) (nats);
+    sampling is one pass (coupling) or D passes per layer (autoregressive).  Every layer starts as
+    the identity."""
 
     latent_dim: int
-    kind: str = "coupling"
-    layers: int = 4
-    hidden: tuple[int, ...] = (64, 64)
-    activation: str = "relu"
-    max_log_scale: float = 3.0
+    settings: FlowDensitySettings = FlowDensitySettings()
 
     @nn.compact
     def __call__(self, posterior: Any = None) -> distrax.Distribution:
         del posterior
+        s = self.settings
         d = self.latent_dim
-        act = networks_lib.activation(self.activation)
+        act = activation(s.activation)
+        max_log_scale = s.max_log_scale
         loc, log_scale = _standardizer(self, d)
         bijectors = []
-        for l in range(self.layers):
-            if self.kind == "coupling":
-                params = _mlp_params(self, f"layer{l}", (d, *self.hidden, 2 * d), zero_last=True)
+        for l in range(s.layers):
+            if s.kind == "coupling":
+                params = _mlp_params(self, f"layer{l}", (d, *s.hidden, 2 * d), zero_last=True)
                 mask = jnp.asarray(coupling_mask(d, l))
 
                 def conditioner(z_kept, params=params):
                     shift, raw = jnp.split(_mlp(params, z_kept, act), 2, axis=-1)
-                    return shift, self.max_log_scale * jnp.tanh(raw / self.max_log_scale)
+                    return shift, max_log_scale * jnp.tanh(raw / max_log_scale)
 
                 bijectors.append(distrax.MaskedCoupling(
                     mask=mask, conditioner=conditioner,
                     bijector=lambda p: distrax.ScalarAffine(shift=p[0], log_scale=p[1])))
             else:
-                hidden = tuple(self.hidden)
+                hidden = tuple(s.hidden)
                 params = _mlp_params(self, f"layer{l}", (d, *hidden, 2 * d), zero_last=True)
                 masks = [jnp.asarray(m) for m in made_masks(d, hidden, reverse=bool(l % 2))]
-                bijectors.append(MaskedAutoregressiveAffine(params, masks, act, self.max_log_scale))
+                bijectors.append(MaskedAutoregressiveAffine(params, masks, act, max_log_scale))
         base = distrax.MultivariateNormalDiag(jnp.zeros((d,)), jnp.ones((d,)))
         flow = distrax.Transformed(base, distrax.Chain(bijectors[::-1]))  # the Chain applies its last first
         return _standardized(flow, loc, log_scale)
@@ -267,29 +313,26 @@ class TwoStageDistribution(_VectorDistribution):
 class TwoStageDensity(nn.Module):
     """The second-stage VAE over z [D] (Dai & Wipf 2019): p(z) through its own latent u [K];
     see :class:`TwoStageDistribution`.  Decoder scale: one learned sigma per dimension, floored at
-    ``exp(min_log_scale)`` (in standardised units)."""
+    ``exp(min_log_scale)`` (in standardised units).  ``settings``: :class:`TwoStageSettings` (K =
+    ``latent_dim``, 0 for the codes' D; S = ``is_samples``)."""
 
     latent_dim: int
-    second_latent_dim: int = 0
-    hidden: tuple[int, ...] = (256, 256)
-    activation: str = "relu"
-    num_samples: int = 64
-    min_log_scale: float = -5.0
-    seed: int = 0
+    settings: TwoStageSettings = TwoStageSettings()
 
     @nn.compact
     def __call__(self, posterior: Any = None) -> distrax.Distribution:
         del posterior
+        s = self.settings
         d = self.latent_dim
-        k = self.second_latent_dim or d
+        k = s.latent_dim or d
         loc, log_scale = _standardizer(self, d)
-        enc = _mlp_params(self, "encoder", (d, *self.hidden, 2 * k))
-        dec = _mlp_params(self, "decoder", (k, *self.hidden, d))
+        enc = _mlp_params(self, "encoder", (d, *s.hidden, 2 * k))
+        dec = _mlp_params(self, "decoder", (k, *s.hidden, d))
         raw = self.param("decoder_log_scale", nn.initializers.zeros, (d,))
-        dec_log_scale = self.min_log_scale + jax.nn.softplus(raw - self.min_log_scale)   # >= min_log_scale
+        dec_log_scale = s.min_log_scale + jax.nn.softplus(raw - s.min_log_scale)   # >= min_log_scale
         dist = TwoStageDistribution(enc, dec, dec_log_scale, latent_dim=k, data_dim=d,
-                                    activation=networks_lib.activation(self.activation),
-                                    num_samples=self.num_samples, key=jax.random.key(self.seed))
+                                    activation=activation(s.activation),
+                                    num_samples=s.is_samples, key=jax.random.key(s.seed))
         return _standardized(dist, loc, log_scale)
 
 
@@ -408,36 +451,27 @@ class DiffusionDensity(nn.Module):
 
     Schedule ``fixed``: gamma(t) = gamma_min + (gamma_max - gamma_min) t; ``learned``: gamma(0)
     and gamma(1) learned (starting at gamma_min, gamma_max) with a monotone piecewise-linear shape
-    of ``schedule_bins`` bins in between."""
+    of ``schedule_bins`` bins in between (``settings``: :class:`DiffusionSettings`)."""
 
     latent_dim: int
-    hidden: tuple[int, ...] = (256, 256)
-    activation: str = "silu"
-    schedule: str = "fixed"
-    gamma_min: float = -10.0
-    gamma_max: float = 8.0
-    schedule_bins: int = 16
-    num_samples: int = 128
-    train_samples: int = 1
-    bound_steps: int = 0
-    sample_steps: int = 100
-    seed: int = 0
+    settings: DiffusionSettings = DiffusionSettings()
 
     @nn.compact
     def __call__(self, posterior: Any = None) -> distrax.Distribution:
         del posterior
+        s = self.settings
         d = self.latent_dim
         loc, log_scale = _standardizer(self, d)
-        net = _mlp_params(self, "eps", (d + 9, *self.hidden, d), zero_last=True)
-        if self.schedule == "fixed":
-            g0, g1 = jnp.asarray(self.gamma_min, jnp.float32), jnp.asarray(self.gamma_max, jnp.float32)
-            widths = jnp.full((self.schedule_bins,), 1.0 / self.schedule_bins)
+        net = _mlp_params(self, "eps", (d + 9, *s.hidden, d), zero_last=True)
+        if s.schedule == "fixed":
+            g0, g1 = jnp.asarray(s.gamma_min, jnp.float32), jnp.asarray(s.gamma_max, jnp.float32)
+            widths = jnp.full((s.schedule_bins,), 1.0 / s.schedule_bins)
         else:
-            g0 = self.param("gamma_0", nn.initializers.constant(self.gamma_min), ())
-            span = self.param("gamma_span", nn.initializers.constant(math.log(math.expm1(self.gamma_max - self.gamma_min))), ())
+            g0 = self.param("gamma_0", nn.initializers.constant(s.gamma_min), ())
+            span = self.param("gamma_span", nn.initializers.constant(math.log(math.expm1(s.gamma_max - s.gamma_min))), ())
             g1 = g0 + jax.nn.softplus(span)
-            widths = jax.nn.softmax(self.param("gamma_shape", nn.initializers.zeros, (self.schedule_bins,)))
-        bins = self.schedule_bins
+            widths = jax.nn.softmax(self.param("gamma_shape", nn.initializers.zeros, (s.schedule_bins,)))
+        bins = s.schedule_bins
         knots = jnp.concatenate([jnp.zeros((1,)), jnp.cumsum(widths)])                # [bins + 1], 0 .. 1
 
         def gamma(t):
@@ -451,10 +485,10 @@ class DiffusionDensity(nn.Module):
             j = jnp.clip(jnp.floor(jnp.asarray(t) * bins), 0, bins - 1).astype(jnp.int32)
             return (g1 - g0) * widths[j] * bins
 
-        dist = DiffusionDistribution(net, gamma, dgamma, data_dim=d, activation=networks_lib.activation(self.activation),
-                                     num_samples=self.num_samples, bound_steps=self.bound_steps,
-                                     sample_steps=self.sample_steps, key=jax.random.key(self.seed),
-                                     train_samples=self.train_samples)
+        dist = DiffusionDistribution(net, gamma, dgamma, data_dim=d, activation=activation(s.activation),
+                                     num_samples=s.bound_samples, bound_steps=s.bound_steps,
+                                     sample_steps=s.sample_steps, key=jax.random.key(s.seed),
+                                     train_samples=s.train_samples)
         return _standardized(dist, loc, log_scale)
 
 
@@ -511,85 +545,33 @@ def _standardize_from_data(settings: Any, variables: Any, *, examples: Callable[
 
 # --- registered priors ------------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class FlowDensitySettings(Settings):
-    kind: str = setting("autoregressive", "autoregressive: masked autoregressive affine layers (MAF; density in one "
-                        "pass, sampling D passes per layer); coupling: affine coupling layers (RealNVP, "
-                        "distrax.MaskedCoupling; needs D >= 2)", choices=("autoregressive", "coupling"))
-    layers: int = setting(5, "flow layers (depth)", gt=0)
-    hidden: tuple[int, ...] = setting((128, 128), "hidden widths of each layer's conditioner", items_gt=0,
-                                      nonempty=True)
-    activation: str = setting("relu", "nonlinearity of the conditioners", choices=tuple(networks_lib.ACTIVATIONS))
-    max_log_scale: float = setting(3.0, "bound on each layer's log scale (tanh-squashed)", gt=0)
-
-
-@dataclasses.dataclass(frozen=True)
-class TwoStageSettings(Settings):
-    latent_dim: int = setting(0, "K, the second VAE's latent dimension (0 = the codes' D)", ge=0)
-    hidden: tuple[int, ...] = setting((256, 256), "hidden widths of its encoder and decoder", items_gt=0,
-                                      nonempty=True)
-    activation: str = setting("relu", "nonlinearity", choices=tuple(networks_lib.ACTIVATIONS))
-    is_samples: int = setting(64, "importance samples S of log p(z) (evaluation and sampling use p(z) itself)", gt=0)
-    min_log_scale: float = setting(-5.0, "floor of the decoder's log sigma (standardised units)")
-    seed: int = setting(0, "key of the importance samples inside log p(z)")
-
-
-@dataclasses.dataclass(frozen=True)
-class DiffusionSettings(Settings):
-    hidden: tuple[int, ...] = setting((256, 256), "hidden widths of the noise-prediction MLP", items_gt=0,
-                                      nonempty=True)
-    activation: str = setting("silu", "nonlinearity", choices=tuple(networks_lib.ACTIVATIONS))
-    schedule: str = setting("fixed", "fixed: gamma(t) linear from gamma_min to gamma_max; learned: learned end "
-                            "points and monotone shape", choices=("fixed", "learned"))
-    gamma_min: float = setting(-10.0, "gamma(0) (log SNR -gamma: 10 = nearly noiseless)")
-    gamma_max: float = setting(8.0, "gamma(1) (nearly pure noise)")
-    schedule_bins: int = setting(16, "pieces of the learned piecewise-linear schedule", gt=0)
-    bound_samples: int = setting(128, "Monte Carlo times per code in the bound on log p(z) (evaluation)", gt=0)
-    train_samples: int = setting(1, "Monte Carlo times per code in the training objective", gt=0)
-    bound_steps: int = setting(0, "T of the bound: 0 = continuous time; T = the bound of the T-step model", ge=0)
-    sample_steps: int = setting(100, "reverse-process steps of the sampler", gt=0)
-    seed: int = setting(0, "key of the Monte Carlo draws inside log p(z)")
-
-    def validate(self, key):
-        if self.gamma_max <= self.gamma_min:
-            raise ConfigError(f"{key('gamma_max')}={self.gamma_max} must exceed {key('gamma_min')}={self.gamma_min}")
-
-
-def _coupling_needs_two_dims(settings: FlowDensitySettings, spec: Any) -> None:
+def _coupling_needs_two_dims(settings: FlowDensitySettings, spec: RunSpec) -> None:
     if settings.kind == "coupling" and spec.model.latent_dim < 2:
         raise ConfigError("config.model.prior=flow with kind=coupling needs config.model.latent_dim >= 2; "
                           "use kind=autoregressive")
 
 
 @PRIORS.register("flow", settings=FlowDensitySettings, check=_coupling_needs_two_dims,
-                 traits={"data_init": _standardize_from_data, "log_prob": LOG_PROB_MEANING["flow"], "density": True})
+                 traits={"data_init": _standardize_from_data, "log_prob": LOG_PROB_MEANING["flow"], "expost": True})
 def flow(settings: FlowDensitySettings, *, latent_dim: int, event_shape: tuple[int, ...]) -> FlowDensity:
     """p(z) a normalizing flow (MAF or RealNVP layers on N(0, I)): exact log p(z); an ex-post density for codes."""
     del event_shape
-    return FlowDensity(latent_dim=latent_dim, kind=settings.kind, layers=settings.layers,
-                       hidden=tuple(settings.hidden), activation=settings.activation,
-                       max_log_scale=settings.max_log_scale)
+    return FlowDensity(latent_dim=latent_dim, settings=settings)
 
 
 @PRIORS.register("two_stage", settings=TwoStageSettings,
                  traits={"data_init": _standardize_from_data, "log_prob": LOG_PROB_MEANING["two_stage"],
-                         "density": True})
+                         "expost": True})
 def two_stage(settings: TwoStageSettings, *, latent_dim: int, event_shape: tuple[int, ...]) -> TwoStageDensity:
     """p(z) a second VAE on the codes (Dai & Wipf 2019): log p(z) by importance sampling in its own latent space."""
     del event_shape
-    return TwoStageDensity(latent_dim=latent_dim, second_latent_dim=settings.latent_dim,
-                           hidden=tuple(settings.hidden), activation=settings.activation,
-                           num_samples=settings.is_samples, min_log_scale=settings.min_log_scale, seed=settings.seed)
+    return TwoStageDensity(latent_dim=latent_dim, settings=settings)
 
 
 @PRIORS.register("diffusion", settings=DiffusionSettings,
                  traits={"data_init": _standardize_from_data, "log_prob": LOG_PROB_MEANING["diffusion"],
-                         "density": True})
+                         "expost": True})
 def diffusion(settings: DiffusionSettings, *, latent_dim: int, event_shape: tuple[int, ...]) -> DiffusionDensity:
     """p(z) a variational diffusion model (Kingma et al. 2021): log p(z) >= its VLB; sampled by its reverse process."""
     del event_shape
-    return DiffusionDensity(latent_dim=latent_dim, hidden=tuple(settings.hidden), activation=settings.activation,
-                            schedule=settings.schedule, gamma_min=settings.gamma_min, gamma_max=settings.gamma_max,
-                            schedule_bins=settings.schedule_bins, num_samples=settings.bound_samples,
-                            train_samples=settings.train_samples,
-                            bound_steps=settings.bound_steps, sample_steps=settings.sample_steps, seed=settings.seed)
+    return DiffusionDensity(latent_dim=latent_dim, settings=settings)

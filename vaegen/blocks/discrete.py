@@ -42,6 +42,7 @@ import jax.numpy as jnp
 
 from vaegen.errors import ConfigError
 from vaegen.registry import OBJECTIVES, POSTERIORS, PRIORS, Settings, setting
+from vaegen.spec.run import RunSpec
 
 
 class DiscreteLatents(distrax.Distribution):
@@ -254,18 +255,18 @@ class CategoricalPosterior(nn.Module):
     Attributes:
       encoder: trunk mapping ``x [..., *event]`` to features ``[..., F]``.
       latent_dim: D = M K, the length of z as the decoder reads it.
-      num_categories: K.
+      settings: :class:`CategoricalSettings`: K = ``categories``.
     """
 
     encoder: nn.Module
     latent_dim: int
-    num_categories: int
+    settings: "CategoricalSettings"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> OneHotCategoricals:
         logits = nn.Dense(self.latent_dim, name="logits")(self.encoder(x))          # [..., M K]
-        m = self.latent_dim // self.num_categories
-        return OneHotCategoricals(logits.reshape(logits.shape[:-1] + (m, self.num_categories)))
+        k = self.settings.categories
+        return OneHotCategoricals(logits.reshape(logits.shape[:-1] + (self.latent_dim // k, k)))
 
 
 class BernoulliPosterior(nn.Module):
@@ -290,19 +291,19 @@ class CategoricalPrior(nn.Module):
 
     Attributes:
       latent_dim: D = M K.
-      num_categories: K.
-      learned: whether the logits are parameters.
+      settings: :class:`CategoricalPriorSettings`: K = ``categories``; ``learned``: whether the logits
+        are parameters.
     """
 
     latent_dim: int
-    num_categories: int
-    learned: bool = False
+    settings: "CategoricalPriorSettings"
 
     @nn.compact
     def __call__(self, posterior: Any = None) -> OneHotCategoricals:
         del posterior
-        shape = (self.latent_dim // self.num_categories, self.num_categories)
-        logits = self.param("logits", nn.initializers.zeros, shape) if self.learned else jnp.zeros(shape)
+        k = self.settings.categories
+        shape = (self.latent_dim // k, k)
+        logits = self.param("logits", nn.initializers.zeros, shape) if self.settings.learned else jnp.zeros(shape)
         return OneHotCategoricals(logits)
 
 
@@ -311,17 +312,17 @@ class BernoulliPrior(nn.Module):
 
     Attributes:
       latent_dim: D.
-      learned: whether the logits are parameters.
+      settings: :class:`BernoulliPriorSettings`: ``learned``: whether the logits are parameters.
     """
 
     latent_dim: int
-    learned: bool = False
+    settings: "BernoulliPriorSettings"
 
     @nn.compact
     def __call__(self, posterior: Any = None) -> Bernoullis:
         del posterior
         shape = (self.latent_dim,)
-        logits = self.param("logits", nn.initializers.zeros, shape) if self.learned else jnp.zeros(shape)
+        logits = self.param("logits", nn.initializers.zeros, shape) if self.settings.learned else jnp.zeros(shape)
         return Bernoullis(logits)
 
 
@@ -356,16 +357,16 @@ class BernoulliPriorSettings(Settings):
 
 
 def _discrete_objectives() -> str:
-    return ", ".join(c.name for c in OBJECTIVES if c.trait("discrete_gradients", False))
+    return ", ".join(c.name for c in OBJECTIVES if c.trait("discrete_gradients"))
 
 
-def _check_discrete_posterior(settings: Any, spec: Any) -> None:
+def _check_discrete_posterior(settings: Settings, spec: RunSpec) -> None:
     """How a discrete q(z | x) fits the run: one latent vector, a prior on the same latent space
     (with as many categories), and an objective whose gradient does not pass through z."""
     posterior, prior = spec.inference.posterior, spec.model.prior
     where = f"config.inference.posterior={posterior.name}"
     space = posterior.trait("discrete")
-    if not spec.model.kind.trait("one_latent_vector", False):
+    if not spec.model.kind.trait("one_latent_vector"):
         raise ConfigError(f"{where} is a discrete z for one latent vector: set config.model.kind=latent_variable")
     categories = getattr(settings, "categories", None)
     if categories is not None and spec.model.latent_dim % categories:
@@ -379,12 +380,12 @@ def _check_discrete_posterior(settings: Any, spec: Any) -> None:
         raise ConfigError(f"config.model.prior.categories={prior.settings.categories} and "
                           f"config.inference.posterior.categories={categories} must be equal")
     objective = spec.objective
-    if not objective.trait("discrete_gradients", False):
+    if not objective.trait("discrete_gradients"):
         raise ConfigError(f"{where} has a discrete z, so objective {objective.name!r} has no gradient for q(z|x) "
                           f"(nothing to reparameterize); use config.objective.name= one of {_discrete_objectives()}")
 
 
-def _check_discrete_prior(settings: Any, spec: Any) -> None:
+def _check_discrete_prior(settings: Settings, spec: RunSpec) -> None:
     space = spec.model.prior.trait("discrete")
     if spec.inference.posterior.trait("discrete") != space:
         same = ", ".join(c.name for c in POSTERIORS if c.trait("discrete") == space)
@@ -405,7 +406,7 @@ def _bernoulli_support(settings: Any, latent_dim: int) -> int:
                      traits={"discrete": CATEGORICAL, "support_size": _categorical_support})
 def categorical_posterior(settings: CategoricalSettings, *, encoder: nn.Module, latent_dim: int) -> CategoricalPosterior:
     """q(z | x) = prod_m Cat(z_m; softmax(l_m(x))): M = latent_dim / K one-hot categorical variables."""
-    return CategoricalPosterior(encoder=encoder, latent_dim=latent_dim, num_categories=settings.categories)
+    return CategoricalPosterior(encoder=encoder, latent_dim=latent_dim, settings=settings)
 
 
 @POSTERIORS.register("bernoulli", check=_check_discrete_posterior,
@@ -422,7 +423,7 @@ def categorical_prior(settings: CategoricalPriorSettings, *, latent_dim: int,
                       event_shape: tuple[int, ...]) -> CategoricalPrior:
     """p(z) = prod_m Cat(z_m; softmax(l_m)): M = latent_dim / K one-hot variables, uniform or learned."""
     del event_shape
-    return CategoricalPrior(latent_dim=latent_dim, num_categories=settings.categories, learned=settings.learned)
+    return CategoricalPrior(latent_dim=latent_dim, settings=settings)
 
 
 @PRIORS.register("bernoulli", settings=BernoulliPriorSettings, check=_check_discrete_prior,
@@ -430,10 +431,10 @@ def categorical_prior(settings: CategoricalPriorSettings, *, latent_dim: int,
 def bernoulli_prior(settings: BernoulliPriorSettings, *, latent_dim: int, event_shape: tuple[int, ...]) -> BernoulliPrior:
     """p(z) = prod_d Bern(z_d; sigmoid(l_d)): latent_dim binary variables, uniform or learned."""
     del event_shape
-    return BernoulliPrior(latent_dim=latent_dim, learned=settings.learned)
+    return BernoulliPrior(latent_dim=latent_dim, settings=settings)
 
 
-def support_size(spec: Any) -> int | None:
+def support_size(spec: RunSpec) -> int | None:
     """K^M (or 2^D) configurations of the run's discrete q(z | x), or None for a continuous z."""
     fn = spec.inference.posterior.trait("support_size")
     return None if fn is None else int(fn(spec.inference.posterior.settings, spec.model.latent_dim))

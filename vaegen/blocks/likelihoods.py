@@ -5,8 +5,8 @@ Every likelihood returns a distribution whose *event* shape is the observation's
 (e.g. ``[28, 28, 1]``), so ``log_prob(x)`` is the log-density of a whole image in nats,
 ``[...]`` for latents of shape ``[..., D]``.
 
-Support: each likelihood states the values it is defined on (``support`` attribute) and
-:func:`check_support` turns a violation into a clear error before any training happens
+Support: each registered likelihood declares the values it is defined on (its ``support`` trait)
+and :func:`check_support` turns a violation into a clear error before any training happens
 (distrax would silently return a number for grey levels under a Bernoulli).
 
 Heads: a decoder trunk returns either a feature vector ``[..., F]`` (e.g. an MLP), which a
@@ -30,6 +30,7 @@ import numpy as np
 from vaegen.blocks.numerics import softplus
 from vaegen.errors import ConfigError, SupportError
 from vaegen.registry import LIKELIHOODS, NoSettings, Settings, setting
+from vaegen.spec.run import RunSpec
 
 
 def _is_spatial(decoder: nn.Module | None) -> bool:
@@ -132,6 +133,24 @@ class _BernoulliLogits(distrax.Bernoulli):
         return value * self._logits - softplus(self._logits)
 
 
+# --- settings: what a config's likelihood section holds, and what each module reads -----------------
+
+@dataclasses.dataclass(frozen=True)
+class GaussianLikelihoodSettings(Settings):
+    scale: str = setting("fixed", "fixed: sigma = fixed_scale; learned: one global sigma; per_pixel: a sigma per "
+                         "dimension of x (independent of z)", choices=("fixed", "learned", "per_pixel"))
+    fixed_scale: float = setting(1.0, "sigma when fixed, the initial sigma otherwise", gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscretizedLogisticSettings(Settings):
+    mixtures: int = setting(1, "mixture components per pixel (PixelCNN++)", gt=0)
+    channel_coupling: bool = setting(True, "with 3 channels, the mean of channel c depends linearly on the channels "
+                                     "before it in the same pixel (PixelCNN++)")
+
+
+# --- the modules ---------------------------------------------------------------------------------
+
 class Bernoulli(nn.Module):
     """p(x | z) = prod_i Bernoulli(x_i; sigmoid(f(z)_i)) for binary images, x_i in {0, 1}.
 
@@ -143,7 +162,6 @@ class Bernoulli(nn.Module):
 
     decoder: nn.Module
     event_shape: tuple[int, ...]
-    support = "binary"  # x in {0, 1}
 
     @nn.compact
     def __call__(self, z: jax.Array) -> distrax.Distribution:
@@ -172,33 +190,34 @@ class Gaussian(nn.Module):
       decoder: trunk mapping ``z [..., D]`` to features ``[..., F]``, or to per-pixel features
         ``[..., H, W, F]`` if its class sets ``spatial_output = True``.
       event_shape: shape of one observation.
-      scale: ``"fixed"`` (sigma = ``fixed_scale``), ``"learned"`` (one global learned sigma), or
-        ``"per_pixel"`` (a learned sigma per dimension of x, independent of z).
-      fixed_scale: sigma for ``"fixed"`` and the initial sigma otherwise.
-      min_scale: lower bound on a learned sigma (keeps the density bounded).
+      settings: :class:`GaussianLikelihoodSettings`: ``scale``, ``"fixed"`` (sigma =
+        ``fixed_scale``), ``"learned"`` (one global learned sigma) or ``"per_pixel"`` (a learned
+        sigma per dimension of x, independent of z); ``fixed_scale``, sigma for ``"fixed"`` and
+        the initial sigma otherwise.
+
+    A learned sigma is at least ``min_scale`` (keeps the density bounded).
     """
 
     decoder: nn.Module
     event_shape: tuple[int, ...]
-    scale: str = "fixed"
-    fixed_scale: float = 1.0
-    min_scale: float = 1e-3
-    support = "real"
+    settings: GaussianLikelihoodSettings = GaussianLikelihoodSettings()
+    min_scale = 1e-3
 
     @nn.compact
     def __call__(self, z: jax.Array) -> distrax.Distribution:
         (loc,) = _head(self.decoder(z), self.event_shape, 1, nn.initializers.zeros, "loc",
                        _is_spatial(self.decoder))
-        if self.scale == "fixed":
-            sigma = jnp.full(self.event_shape, self.fixed_scale, jnp.float32)
-        elif self.scale in ("learned", "per_pixel"):
-            shape = () if self.scale == "learned" else tuple(self.event_shape)
-            init = math.log(math.expm1(max(self.fixed_scale - self.min_scale, 1e-6)))
+        scale, fixed_scale = self.settings.scale, self.settings.fixed_scale
+        if scale == "fixed":
+            sigma = jnp.full(self.event_shape, fixed_scale, jnp.float32)
+        elif scale in ("learned", "per_pixel"):
+            shape = () if scale == "learned" else tuple(self.event_shape)
+            init = math.log(math.expm1(max(fixed_scale - self.min_scale, 1e-6)))
             raw = self.param("raw_scale", nn.initializers.constant(init), shape)
             sigma = self.min_scale + nn.softplus(raw) * jnp.ones(self.event_shape)
         else:
             raise ValueError(
-                f"unknown Gaussian scale {self.scale!r}; choose 'fixed', 'learned' or 'per_pixel'"
+                f"unknown Gaussian scale {scale!r}; choose 'fixed', 'learned' or 'per_pixel'"
             )
         sigma = jnp.broadcast_to(sigma, loc.shape)
         n = len(self.event_shape)
@@ -384,24 +403,24 @@ class DiscretizedLogistic(nn.Module):
       decoder: trunk mapping ``z [..., D]`` to features ``[..., F]``, or to per-pixel features
         ``[..., H, W, F]`` if its class sets ``spatial_output = True``.
       event_shape: shape of one observation ``(H, W, C)``.
-      num_mixtures: K, mixture components per pixel.
-      channel_coupling: the mean of channel c depends linearly on the observed channels before it.
-      min_log_scale: lower bound on log s (x in [0, 1]; PixelCNN++'s -7).
+      settings: :class:`DiscretizedLogisticSettings`: K = ``mixtures`` components per pixel;
+        ``channel_coupling``: the mean of channel c depends linearly on the observed channels
+        before it.
+
+    log s is at least ``min_log_scale`` (x in [0, 1]; PixelCNN++'s -7).
     """
 
     decoder: nn.Module
     event_shape: tuple[int, ...]
-    num_mixtures: int = 1
-    channel_coupling: bool = True
-    min_log_scale: float = -7.0
-    support = "8bit"  # x = k / 255, k in 0..255
+    settings: DiscretizedLogisticSettings = DiscretizedLogisticSettings()
+    min_log_scale = -7.0
     head_name = "head"
     init_scale = 0.1  # s of every logistic at initialisation (logistic std 0.18)
 
     def _sizes(self) -> tuple[int, int, int]:
         """(mixture logits, means = log-scales, coupling coefficients) per pixel."""
-        k, c = int(self.num_mixtures), int(self.event_shape[-1])
-        coupled = self.channel_coupling and c > 1
+        k, c = int(self.settings.mixtures), int(self.event_shape[-1])
+        coupled = self.settings.channel_coupling and c > 1
         return (k if k > 1 else 0), k * c, (k * c * (c - 1) // 2 if coupled else 0)
 
     def num_params(self) -> int:
@@ -413,7 +432,7 @@ class DiscretizedLogistic(nn.Module):
         """``[N, P]`` head biases for ``pixel_means [N, C]``: logits 0, every component's mean at
         the pixel mean, log s = log ``init_scale``, coupling 0."""
         n_logits, _, n_coupling = self._sizes()
-        k = int(self.num_mixtures)
+        k = int(self.settings.mixtures)
         n = pixel_means.shape[0]
         loc = np.tile(pixel_means, (1, k))
         log_scale = np.full_like(loc, math.log(self.init_scale))
@@ -431,9 +450,9 @@ class DiscretizedLogistic(nn.Module):
     @nn.compact
     def __call__(self, z: jax.Array) -> distrax.Distribution:
         pixel_shape, c = tuple(self.event_shape[:-1]), int(self.event_shape[-1])
-        k = int(self.num_mixtures)
+        k = int(self.settings.mixtures)
         if k < 1:
-            raise ValueError(f"the discretized logistic needs at least one mixture component, got num_mixtures={k}")
+            raise ValueError(f"the discretized logistic needs at least one mixture component, got mixtures={k}")
         p = self.num_params()
         default = self._pixel_bias(np.full((1, c), 0.5))[0]
 
@@ -501,25 +520,12 @@ def check_support(likelihood: str, x: np.ndarray, *, what: str = "data") -> None
 
 # --- registered likelihoods ------------------------------------------------------------------------
 #
-# Traits: ``support``: ``binary`` (x in {0, 1}), ``real`` or ``8bit`` (x = k / 255): what the data
-# must be (:func:`check_support`, :func:`vaegen.data.checks.check_splits`).
+# Traits (declared with :data:`vaegen.registry.LIKELIHOODS`): ``support``: ``binary`` (x in {0, 1}),
+# ``real`` or ``8bit`` (x = k / 255): what the data must be (:func:`check_support`,
+# :func:`vaegen.data.checks.check_splits`).
 
 
-@dataclasses.dataclass(frozen=True)
-class GaussianSettings(Settings):
-    scale: str = setting("fixed", "fixed: sigma = fixed_scale; learned: one global sigma; per_pixel: a sigma per "
-                         "dimension of x (independent of z)", choices=("fixed", "learned", "per_pixel"))
-    fixed_scale: float = setting(1.0, "sigma when fixed, the initial sigma otherwise", gt=0)
-
-
-@dataclasses.dataclass(frozen=True)
-class DiscretizedLogisticSettings(Settings):
-    mixtures: int = setting(1, "mixture components per pixel (PixelCNN++)", gt=0)
-    channel_coupling: bool = setting(True, "with 3 channels, the mean of channel c depends linearly on the channels "
-                                     "before it in the same pixel (PixelCNN++)")
-
-
-def _needs_8bit_data(settings, spec) -> None:
+def _needs_8bit_data(settings: DiscretizedLogisticSettings, spec: RunSpec) -> None:
     if spec.data.binarization != "none":
         raise ConfigError(
             "config.model.likelihood=discretized_logistic models the 256 grey levels of 8-bit data, but "
@@ -534,10 +540,10 @@ def bernoulli(settings: NoSettings, *, decoder: nn.Module, event_shape: tuple[in
     return Bernoulli(decoder=decoder, event_shape=event_shape)
 
 
-@LIKELIHOODS.register("gaussian", settings=GaussianSettings, traits={"support": "real"})
-def gaussian(settings: GaussianSettings, *, decoder: nn.Module, event_shape: tuple[int, ...]) -> Gaussian:
+@LIKELIHOODS.register("gaussian", settings=GaussianLikelihoodSettings, traits={"support": "real"})
+def gaussian(settings: GaussianLikelihoodSettings, *, decoder: nn.Module, event_shape: tuple[int, ...]) -> Gaussian:
     """p(x | z) = prod_i N(x_i; mu(z)_i, sigma^2): real-valued data."""
-    return Gaussian(decoder=decoder, event_shape=event_shape, scale=settings.scale, fixed_scale=settings.fixed_scale)
+    return Gaussian(decoder=decoder, event_shape=event_shape, settings=settings)
 
 
 @LIKELIHOODS.register("discretized_logistic", settings=DiscretizedLogisticSettings, check=_needs_8bit_data,
@@ -545,5 +551,4 @@ def gaussian(settings: GaussianSettings, *, decoder: nn.Module, event_shape: tup
 def discretized_logistic(settings: DiscretizedLogisticSettings, *, decoder: nn.Module,
                          event_shape: tuple[int, ...]) -> DiscretizedLogistic:
     """A mixture of discretized logistics per pixel with channel coupling (PixelCNN++): 8-bit images, bits/dim."""
-    return DiscretizedLogistic(decoder=decoder, event_shape=event_shape, num_mixtures=settings.mixtures,
-                               channel_coupling=settings.channel_coupling)
+    return DiscretizedLogistic(decoder=decoder, event_shape=event_shape, settings=settings)

@@ -31,31 +31,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from vaegen.activations import ACTIVATIONS, activation
 from vaegen.errors import ConfigError
 from vaegen.registry import NETWORKS, Settings, setting
-
-ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "tanh": jnp.tanh,
-    "relu": nn.relu,
-    "elu": nn.elu,
-    "gelu": nn.gelu,
-    "silu": nn.silu,
-    "softplus": nn.softplus,
-    "leaky_relu": nn.leaky_relu,
-    "sigmoid": nn.sigmoid,
-    "none": lambda x: x,  # linear (e.g. inside gated layers)
-}
-
-
-def activation(name: str) -> Callable[[jax.Array], jax.Array]:
-    """Looks up an activation function by name (``ACTIVATIONS``)."""
-    try:
-        return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}"
-        ) from None
-
 
 def _layer(make: Callable[[str], nn.Module], name: str, x: jax.Array, act, gated: bool) -> jax.Array:
     """act(layer(x)), or with ``gated`` act(layer(x)) * sigmoid(gate(x)); ``make(name)`` builds
@@ -66,186 +44,7 @@ def _layer(make: Callable[[str], nn.Module], name: str, x: jax.Array, act, gated
     return h
 
 
-def _check_conv_stack(kind: str, channels, kernels, strides) -> None:
-    lengths = (len(channels), len(kernels), len(strides))
-    if len(set(lengths)) != 1:
-        raise ConfigError(f"{kind}: conv_channels, conv_kernels and conv_strides need one entry per convolution, "
-                            f"got lengths {lengths[0]}, {lengths[1]} and {lengths[2]}")
-    for key, values in (("conv_channels", channels), ("conv_kernels", kernels), ("conv_strides", strides)):
-        if any(int(v) <= 0 for v in values):
-            raise ConfigError(f"{kind}: {key} must be positive, got {tuple(values)}")
-
-
-class MLP(nn.Module):
-    """A multilayer perceptron trunk.
-
-    Attributes:
-      hidden: widths of the hidden layers, e.g. ``(200, 200)``; each is followed by the
-        activation. The output is the last hidden layer's activation (``[hidden[-1]]``);
-        an empty tuple gives the identity on the flattened input (a linear model's trunk).
-      activation: name of the nonlinearity (see ``ACTIVATIONS``).
-      event_ndims: number of trailing input dimensions that form one example; they are
-        flattened (``[..., 28, 28, 1] -> [..., 784]``).
-      gated: each layer is act(W_h x + b_h) * sigmoid(W_g x + b_g) (``dense_i``, ``dense_i_gate``).
-    """
-
-    hidden: Sequence[int] = (200, 200)
-    activation: str = "tanh"
-    event_ndims: int = 1
-    gated: bool = False
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        batch_shape = x.shape[: x.ndim - self.event_ndims]
-        h = x.reshape(batch_shape + (-1,)).astype(jnp.float32)
-        act = activation(self.activation)
-        for i, width in enumerate(self.hidden):
-            h = _layer(lambda name, width=width: nn.Dense(width, name=name), f"dense_{i}", h, act, self.gated)
-        return h
-
-
-class ConvEncoder(nn.Module):
-    """A convolutional encoder trunk: ``x [..., H, W, C] -> features [..., F]``.
-
-    Convolution i has ``conv_channels[i]`` output channels, a ``conv_kernels[i]`` square kernel
-    and stride ``conv_strides[i]``, SAME padding (a stride s divides H and W by s, rounding up),
-    each followed by the activation (``conv_i``, gated: ``conv_i_gate``); the result is flattened
-    and passed through dense layers of widths ``hidden`` (``dense_i``; may be empty: then
-    F = H' W' conv_channels[-1]).
-
-    The VampPrior's encoder (Tomczak & Welling 2018) on 28x28x1 images is
-    ``conv_channels=(32, 32, 64, 64, 6), conv_kernels=(7, 3, 5, 3, 3), conv_strides=(1, 2, 1, 2, 1),
-    gated=True, activation="none", hidden=()``: features [294] = 7 x 7 x 6.
-
-    Attributes:
-      conv_channels, conv_kernels, conv_strides: the convolution stack (equal lengths).
-      hidden: widths of the dense layers after the convolutions.
-      activation: name of the nonlinearity after every layer (see ``ACTIVATIONS``).
-      gated: gated layers (GatedConv2d, GatedDense).
-      event_ndims: trailing dimensions of one example; must be 3 ([H, W, C]).
-    """
-
-    conv_channels: Sequence[int] = (32, 32, 64, 64)
-    conv_kernels: Sequence[int] = (3, 3, 3, 3)
-    conv_strides: Sequence[int] = (1, 2, 1, 2)
-    hidden: Sequence[int] = ()
-    activation: str = "relu"
-    gated: bool = False
-    event_ndims: int = 3
-
-    def __post_init__(self):
-        if self.event_ndims != 3:
-            raise ConfigError(f"conv_encoder takes images [H, W, C] (3 event dimensions), not inputs with "
-                                f"{self.event_ndims}; use an mlp for this trunk")
-        _check_conv_stack("conv_encoder", self.conv_channels, self.conv_kernels, self.conv_strides)
-        super().__post_init__()
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        if x.ndim < 3:
-            raise ValueError(f"conv_encoder takes images [..., H, W, C], got an input of shape {x.shape}")
-        batch_shape = x.shape[:-3]
-        h = x.astype(jnp.float32)
-        act = activation(self.activation)
-        for i, (c, k, s) in enumerate(zip(self.conv_channels, self.conv_kernels, self.conv_strides)):
-            conv = lambda name, c=c, k=k, s=s: nn.Conv(int(c), (int(k), int(k)), (int(s), int(s)), padding="SAME",
-                                                       name=name)
-            h = _layer(conv, f"conv_{i}", h, act, self.gated)          # [..., H_i, W_i, c]
-        h = h.reshape(batch_shape + (-1,))                              # [..., H' W' c]
-        for i, width in enumerate(self.hidden):
-            h = _layer(lambda name, width=width: nn.Dense(int(width), name=name), f"dense_{i}", h, act, self.gated)
-        return h
-
-
-def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
-    """Nearest-neighbour upsampling of ``[..., H, W, C]`` to ``[..., factor H, factor W, C]``."""
-    return jnp.repeat(jnp.repeat(x, factor, axis=-3), factor, axis=-2)
-
-
-class ConvDecoder(nn.Module):
-    """A convolutional decoder trunk: ``z [..., D] -> features [..., H, W, conv_channels[-1]]``.
-
-    z passes dense layers of widths ``hidden`` (``dense_i``), then a dense layer ``project`` to
-    (H / up) (W / up) reshape_channels units (each followed by the activation), reshaped to
-    ``[..., H / up, W / up, reshape_channels]`` with up = prod(conv_strides); then convolution i
-    (``conv_i``, SAME padding, ``conv_channels[i]`` channels, ``conv_kernels[i]`` kernel, then the
-    activation), preceded, when ``conv_strides[i] = s > 1``, by nearest-neighbour upsampling by s
-    (a resize-convolution).  H, W are ``output_shape[:2]`` and must be divisible by up.
-
-    ``spatial_output = True``: the features are per pixel; the likelihood's head maps the last
-    axis to each pixel's distribution parameters (a 1x1 convolution).
-
-    The VampPrior's decoder (Tomczak & Welling 2018) on 28x28x1 images is ``hidden=(),
-    reshape_channels=1, conv_channels=(64, 64, 64, 64), conv_kernels=(3, 3, 3, 3),
-    conv_strides=(1, 1, 1, 1), gated=True, activation="none"``: GatedDense to 784, reshape to
-    [28, 28, 1], four GatedConv2d.
-
-    Attributes:
-      output_shape: the observation's shape ``(H, W, C)``.
-      hidden: widths of the dense layers before ``project``.
-      activation: name of the nonlinearity after every layer (see ``ACTIVATIONS``).
-      gated: gated layers (GatedDense, GatedConv2d).
-      conv_channels, conv_kernels, conv_strides: the convolution stack (equal lengths).
-      reshape_channels: channels of the projected image.
-      event_ndims: trailing dimensions of one latent (1: z [D]).
-    """
-
-    output_shape: tuple[int, ...] | None = None
-    hidden: Sequence[int] = ()
-    activation: str = "relu"
-    gated: bool = False
-    conv_channels: Sequence[int] = (32, 32, 64, 64)
-    conv_kernels: Sequence[int] = (3, 3, 3, 3)
-    conv_strides: Sequence[int] = (1, 2, 1, 2)
-    reshape_channels: int = 1
-    event_ndims: int = 1
-    spatial_output = True
-
-    def __post_init__(self):
-        if self.output_shape is None or len(self.output_shape) != 3:
-            raise ConfigError(f"conv_decoder produces images [H, W, C]; the observation shape is "
-                                f"{None if self.output_shape is None else tuple(self.output_shape)}")
-        _check_conv_stack("conv_decoder", self.conv_channels, self.conv_kernels, self.conv_strides)
-        if int(self.reshape_channels) <= 0:
-            raise ConfigError(f"conv_decoder: reshape_channels must be positive, got {self.reshape_channels}")
-        up = self.upsampling
-        height, width = self.output_shape[:2]
-        if height % up or width % up:
-            raise ConfigError(
-                f"conv_decoder: conv_strides {tuple(self.conv_strides)} upsample by {up} in all, which must divide "
-                f"the observation's height and width ({height}, {width}); choose strides whose product divides both")
-        super().__post_init__()
-
-    @property
-    def upsampling(self) -> int:
-        """up = prod(conv_strides): the factor from the projected image to the output."""
-        return math.prod(int(s) for s in self.conv_strides)
-
-    @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:
-        batch_shape = z.shape[: z.ndim - self.event_ndims]
-        h = z.reshape(batch_shape + (-1,)).astype(jnp.float32)
-        act = activation(self.activation)
-        for i, width in enumerate(self.hidden):
-            h = _layer(lambda name, width=width: nn.Dense(int(width), name=name), f"dense_{i}", h, act, self.gated)
-        up = self.upsampling
-        shape = (self.output_shape[0] // up, self.output_shape[1] // up, int(self.reshape_channels))
-        h = _layer(lambda name: nn.Dense(math.prod(shape), name=name), "project", h, act, self.gated)
-        h = h.reshape(batch_shape + shape)                              # [..., H / up, W / up, reshape_channels]
-        for i, (c, k, s) in enumerate(zip(self.conv_channels, self.conv_kernels, self.conv_strides)):
-            if int(s) > 1:
-                h = upsample_nearest(h, int(s))
-            conv = lambda name, c=c, k=k: nn.Conv(int(c), (int(k), int(k)), padding="SAME", name=name)
-            h = _layer(conv, f"conv_{i}", h, act, self.gated)
-        return h                                                        # [..., H, W, channels]
-
-
-# --- registered trunks ---------------------------------------------------------------------------
-#
-# A trunk section of a config is ``{name: mlp | conv_encoder | conv_decoder, ...settings}``.  The
-# traits say what a trunk reads (``any`` input, ``image``s [H, W, C], or a ``latent`` vector) and
-# whether its output is per pixel (``spatial_output``), so a slot can say which trunks may fill it.
-
+# --- settings: what a config's trunk section holds, and what each module reads -----------------------
 
 def _validate_conv_stack(settings, key) -> None:
     lengths = (len(settings.conv_channels), len(settings.conv_kernels), len(settings.conv_strides))
@@ -292,12 +91,171 @@ class ConvDecoderSettings(Settings):
         _validate_conv_stack(self, key)
 
 
+# --- the modules ---------------------------------------------------------------------------------
+
+class MLP(nn.Module):
+    """A multilayer perceptron trunk.
+
+    Attributes:
+      settings: :class:`MLPSettings`: ``hidden``, the widths of the hidden layers, e.g.
+        ``(200, 200)``, each followed by the ``activation`` (see ``ACTIVATIONS``); the output is the
+        last hidden layer's activation (``[hidden[-1]]``), and an empty tuple gives the identity on
+        the flattened input (a linear model's trunk); ``gated``: each layer is
+        act(W_h x + b_h) * sigmoid(W_g x + b_g) (``dense_i``, ``dense_i_gate``).
+      event_ndims: number of trailing input dimensions that form one example; they are
+        flattened (``[..., 28, 28, 1] -> [..., 784]``).
+    """
+
+    settings: MLPSettings = MLPSettings()
+    event_ndims: int = 1
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        s = self.settings
+        batch_shape = x.shape[: x.ndim - self.event_ndims]
+        h = x.reshape(batch_shape + (-1,)).astype(jnp.float32)
+        act = activation(s.activation)
+        for i, width in enumerate(s.hidden):
+            h = _layer(lambda name, width=width: nn.Dense(width, name=name), f"dense_{i}", h, act, s.gated)
+        return h
+
+
+class ConvEncoder(nn.Module):
+    """A convolutional encoder trunk: ``x [..., H, W, C] -> features [..., F]``.
+
+    Convolution i has ``conv_channels[i]`` output channels, a ``conv_kernels[i]`` square kernel
+    and stride ``conv_strides[i]``, SAME padding (a stride s divides H and W by s, rounding up),
+    each followed by the activation (``conv_i``, gated: ``conv_i_gate``); the result is flattened
+    and passed through dense layers of widths ``hidden`` (``dense_i``; may be empty: then
+    F = H' W' conv_channels[-1]).
+
+    The VampPrior's encoder (Tomczak & Welling 2018) on 28x28x1 images is
+    ``conv_channels=(32, 32, 64, 64, 6), conv_kernels=(7, 3, 5, 3, 3), conv_strides=(1, 2, 1, 2, 1),
+    gated=True, activation="none", hidden=()``: features [294] = 7 x 7 x 6.
+
+    Attributes:
+      settings: :class:`ConvEncoderSettings`: the convolution stack (``conv_channels``,
+        ``conv_kernels``, ``conv_strides``, of equal lengths), the dense layers after it
+        (``hidden``), the nonlinearity after every layer (``activation``) and ``gated`` layers
+        (GatedConv2d, GatedDense).
+      event_ndims: trailing dimensions of one example; must be 3 ([H, W, C]).
+    """
+
+    settings: ConvEncoderSettings = ConvEncoderSettings()
+    event_ndims: int = 3
+
+    def __post_init__(self):
+        if self.event_ndims != 3:
+            raise ConfigError(f"conv_encoder takes images [H, W, C] (3 event dimensions), not inputs with "
+                                f"{self.event_ndims}; use an mlp for this trunk")
+        super().__post_init__()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if x.ndim < 3:
+            raise ValueError(f"conv_encoder takes images [..., H, W, C], got an input of shape {x.shape}")
+        s = self.settings
+        batch_shape = x.shape[:-3]
+        h = x.astype(jnp.float32)
+        act = activation(s.activation)
+        for i, (c, k, st) in enumerate(zip(s.conv_channels, s.conv_kernels, s.conv_strides)):
+            conv = lambda name, c=c, k=k, st=st: nn.Conv(int(c), (int(k), int(k)), (int(st), int(st)), padding="SAME",
+                                                         name=name)
+            h = _layer(conv, f"conv_{i}", h, act, s.gated)             # [..., H_i, W_i, c]
+        h = h.reshape(batch_shape + (-1,))                              # [..., H' W' c]
+        for i, width in enumerate(s.hidden):
+            h = _layer(lambda name, width=width: nn.Dense(int(width), name=name), f"dense_{i}", h, act, s.gated)
+        return h
+
+
+def upsample_nearest(x: jax.Array, factor: int) -> jax.Array:
+    """Nearest-neighbour upsampling of ``[..., H, W, C]`` to ``[..., factor H, factor W, C]``."""
+    return jnp.repeat(jnp.repeat(x, factor, axis=-3), factor, axis=-2)
+
+
+class ConvDecoder(nn.Module):
+    """A convolutional decoder trunk: ``z [..., D] -> features [..., H, W, conv_channels[-1]]``.
+
+    z passes dense layers of widths ``hidden`` (``dense_i``), then a dense layer ``project`` to
+    (H / up) (W / up) reshape_channels units (each followed by the activation), reshaped to
+    ``[..., H / up, W / up, reshape_channels]`` with up = prod(conv_strides); then convolution i
+    (``conv_i``, SAME padding, ``conv_channels[i]`` channels, ``conv_kernels[i]`` kernel, then the
+    activation), preceded, when ``conv_strides[i] = s > 1``, by nearest-neighbour upsampling by s
+    (a resize-convolution).  H, W are ``output_shape[:2]`` and must be divisible by up.
+
+    ``spatial_output = True``: the features are per pixel; the likelihood's head maps the last
+    axis to each pixel's distribution parameters (a 1x1 convolution).
+
+    The VampPrior's decoder (Tomczak & Welling 2018) on 28x28x1 images is ``hidden=(),
+    reshape_channels=1, conv_channels=(64, 64, 64, 64), conv_kernels=(3, 3, 3, 3),
+    conv_strides=(1, 1, 1, 1), gated=True, activation="none"``: GatedDense to 784, reshape to
+    [28, 28, 1], four GatedConv2d.
+
+    Attributes:
+      output_shape: the observation's shape ``(H, W, C)``.
+      settings: :class:`ConvDecoderSettings`: the dense layers before ``project`` (``hidden``),
+        the nonlinearity (``activation``), ``gated`` layers, the convolution stack
+        (``conv_channels``, ``conv_kernels``, ``conv_strides``) and the channels of the projected
+        image (``reshape_channels``).
+      event_ndims: trailing dimensions of one latent (1: z [D]).
+    """
+
+    output_shape: tuple[int, ...] | None
+    settings: ConvDecoderSettings = ConvDecoderSettings()
+    event_ndims: int = 1
+    spatial_output = True
+
+    def __post_init__(self):
+        if self.output_shape is None or len(self.output_shape) != 3:
+            raise ConfigError(f"conv_decoder produces images [H, W, C]; the observation shape is "
+                                f"{None if self.output_shape is None else tuple(self.output_shape)}")
+        up = self.upsampling
+        height, width = self.output_shape[:2]
+        if height % up or width % up:
+            raise ConfigError(
+                f"conv_decoder: conv_strides {tuple(self.settings.conv_strides)} upsample by {up} in all, which must "
+                f"divide the observation's height and width ({height}, {width}); choose strides whose product divides "
+                "both")
+        super().__post_init__()
+
+    @property
+    def upsampling(self) -> int:
+        """up = prod(conv_strides): the factor from the projected image to the output."""
+        return math.prod(int(s) for s in self.settings.conv_strides)
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        s = self.settings
+        batch_shape = z.shape[: z.ndim - self.event_ndims]
+        h = z.reshape(batch_shape + (-1,)).astype(jnp.float32)
+        act = activation(s.activation)
+        for i, width in enumerate(s.hidden):
+            h = _layer(lambda name, width=width: nn.Dense(int(width), name=name), f"dense_{i}", h, act, s.gated)
+        up = self.upsampling
+        shape = (self.output_shape[0] // up, self.output_shape[1] // up, int(s.reshape_channels))
+        h = _layer(lambda name: nn.Dense(math.prod(shape), name=name), "project", h, act, s.gated)
+        h = h.reshape(batch_shape + shape)                              # [..., H / up, W / up, reshape_channels]
+        for i, (c, k, st) in enumerate(zip(s.conv_channels, s.conv_kernels, s.conv_strides)):
+            if int(st) > 1:
+                h = upsample_nearest(h, int(st))
+            conv = lambda name, c=c, k=k: nn.Conv(int(c), (int(k), int(k)), padding="SAME", name=name)
+            h = _layer(conv, f"conv_{i}", h, act, s.gated)
+        return h                                                        # [..., H, W, channels]
+
+
+# --- registered trunks ---------------------------------------------------------------------------
+#
+# A trunk section of a config is ``{name: mlp | conv_encoder | conv_decoder, ...settings}``.  The
+# traits say what a trunk reads (``any`` input, ``image``s [H, W, C], or a ``latent`` vector) and
+# whether its output is per pixel (``spatial_output``, the module's own class attribute), so a slot can
+# say which trunks may fill it (:func:`vaegen.registry.reads_latents` and the like).
+
+
 @NETWORKS.register("mlp", settings=MLPSettings, traits={"reads": "any"})
 def mlp(settings: MLPSettings, *, event_ndims: int, output_shape: tuple[int, ...] | None = None) -> MLP:
     """Dense layers (optionally gated): ``[..., *event] -> [..., hidden[-1]]``."""
     del output_shape
-    return MLP(hidden=tuple(settings.hidden), activation=settings.activation, event_ndims=event_ndims,
-               gated=settings.gated)
+    return MLP(settings=settings, event_ndims=event_ndims)
 
 
 @NETWORKS.register("conv_encoder", settings=ConvEncoderSettings, traits={"reads": "image"})
@@ -305,42 +263,24 @@ def conv_encoder(settings: ConvEncoderSettings, *, event_ndims: int,
                  output_shape: tuple[int, ...] | None = None) -> ConvEncoder:
     """(Gated) convolutions, flattened, then dense layers: ``[..., H, W, C] -> [..., F]``."""
     del output_shape
-    return ConvEncoder(conv_channels=tuple(settings.conv_channels), conv_kernels=tuple(settings.conv_kernels),
-                       conv_strides=tuple(settings.conv_strides), hidden=tuple(settings.hidden),
-                       activation=settings.activation, gated=settings.gated, event_ndims=event_ndims)
+    return ConvEncoder(settings=settings, event_ndims=event_ndims)
 
 
-@NETWORKS.register("conv_decoder", settings=ConvDecoderSettings, traits={"reads": "latent", "spatial_output": True})
+@NETWORKS.register("conv_decoder", settings=ConvDecoderSettings,
+                   traits={"reads": "latent", "spatial_output": ConvDecoder.spatial_output})
 def conv_decoder(settings: ConvDecoderSettings, *, event_ndims: int,
                  output_shape: tuple[int, ...] | None = None) -> ConvDecoder:
     """Dense layers, a projection reshaped to an image, (gated) resize-convolutions: per-pixel
     features ``[..., H, W, F]`` for a 1x1 likelihood head."""
-    return ConvDecoder(output_shape=None if output_shape is None else tuple(output_shape), hidden=tuple(settings.hidden),
-                       activation=settings.activation, gated=settings.gated,
-                       conv_channels=tuple(settings.conv_channels), conv_kernels=tuple(settings.conv_kernels),
-                       conv_strides=tuple(settings.conv_strides), reshape_channels=settings.reshape_channels,
+    return ConvDecoder(output_shape=None if output_shape is None else tuple(output_shape), settings=settings,
                        event_ndims=event_ndims)
 
 
-def reads_latents(component) -> bool:
-    """A trunk that can read a latent vector z (a decoder's trunk)."""
-    return component.trait("reads") in ("any", "latent")
-
-
-def reads_images(component) -> bool:
-    """A trunk that can read observations x [H, W, C] (an encoder's trunk)."""
-    return component.trait("reads") in ("any", "image")
-
-
-def reads_vectors(component) -> bool:
-    """A trunk from vectors to feature vectors (p(z1 | z2), q(z2 | z1))."""
-    return component.trait("reads") in ("any", "latent") and not component.trait("spatial_output", False)
-
-
-def dense(trunk, widths: Sequence[int], *, event_ndims: int = 1) -> MLP | None:
+def dense(trunk: MLPSettings | ConvEncoderSettings | ConvDecoderSettings, widths: Sequence[int], *,
+          event_ndims: int = 1) -> MLP | None:
     """Dense layers of ``widths`` with the activation and gating of the trunk settings ``trunk``
     (any network's: all have ``activation`` and ``gated``); ``None`` for no widths."""
     if not widths:
         return None
-    return MLP(hidden=tuple(int(w) for w in widths), activation=trunk.activation, event_ndims=event_ndims,
-               gated=trunk.gated)
+    return MLP(settings=MLPSettings(hidden=tuple(int(w) for w in widths), activation=trunk.activation,
+                                    gated=trunk.gated), event_ndims=event_ndims)

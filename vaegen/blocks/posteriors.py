@@ -32,12 +32,49 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vaegen.blocks.networks import ACTIVATIONS
-from vaegen.blocks.networks import activation as activation_fn
+from vaegen.activations import ACTIVATIONS
+from vaegen.activations import activation as activation_fn
 from vaegen.blocks.numerics import softplus
 from vaegen.errors import ConfigError
 from vaegen.registry import POSTERIORS, NoSettings, Settings, setting
+from vaegen.spec.run import RunSpec
 
+
+# --- settings: what a config's posterior section holds, and what each module reads ------------------
+
+def _check_log_scales(settings, key) -> None:
+    if settings.min_log_scale >= settings.max_log_scale:
+        raise ConfigError(f"{key('min_log_scale')} must be below {key('max_log_scale')}")
+
+
+@dataclasses.dataclass(frozen=True)
+class GaussianPosteriorSettings(Settings):
+    min_log_scale: float = setting(-10.0, "lower bound on log sigma (numerical safety, softly enforced)")
+    max_log_scale: float = setting(3.0, "upper bound on log sigma")
+
+    def validate(self, key):
+        _check_log_scales(self, key)
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedScaleSettings(Settings):
+    scale: float = setting(1.0, "the constant s of N(mu(x), s^2 I); s -> 0 is the autoencoder", gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlowSettings(Settings):
+    layers: int = setting(4, "affine coupling layers", gt=0)
+    hidden: tuple[int, ...] = setting((64,), "hidden widths of each coupling layer's network", items_gt=0)
+    context_dim: int = setting(16, "dimension of the context c(x) that conditions every layer", ge=0)
+    activation: str = setting("tanh", "nonlinearity of the coupling networks", choices=tuple(ACTIVATIONS))
+    min_log_scale: float = setting(-10.0, "lower bound on the base's log sigma")
+    max_log_scale: float = setting(3.0, "upper bound on the base's log sigma")
+
+    def validate(self, key):
+        _check_log_scales(self, key)
+
+
+# --- the modules ---------------------------------------------------------------------------------
 
 def soft_clip(x: jax.Array, low: float, high: float) -> jax.Array:
     """Smoothly clips ``x`` to ``[low, high]`` (identity well inside, softplus near the ends)."""
@@ -58,23 +95,22 @@ class DiagonalGaussian(nn.Module):
     Attributes:
       encoder: trunk mapping ``x [..., *event]`` to features ``[..., F]``.
       latent_dim: D.
-      min_log_scale, max_log_scale: bounds on log sigma (numerical safety, not a modelling
-        choice: the defaults allow sigma in [4.5e-5, 20]).
+      settings: :class:`GaussianPosteriorSettings`: bounds on log sigma (numerical safety, not a
+        modelling choice: the defaults allow sigma in [4.5e-5, 20]).
     """
 
     family = "diag"  # the variational family of its parameters phi(x) (vaegen.inference.families)
 
     encoder: nn.Module
     latent_dim: int
-    min_log_scale: float = -10.0
-    max_log_scale: float = 3.0
+    settings: GaussianPosteriorSettings = GaussianPosteriorSettings()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> distrax.Distribution:
         h = self.encoder(x)
         loc = nn.Dense(self.latent_dim, name="loc")(h)
         raw = nn.Dense(self.latent_dim, name="log_scale")(h)
-        log_scale = soft_clip(raw, self.min_log_scale, self.max_log_scale)
+        log_scale = soft_clip(raw, self.settings.min_log_scale, self.settings.max_log_scale)
         return distrax.MultivariateNormalDiag(loc, jnp.exp(log_scale))
 
 
@@ -84,19 +120,19 @@ class FixedScaleGaussian(nn.Module):
     Attributes:
       encoder: trunk mapping ``x`` to features.
       latent_dim: D.
-      scale: the constant s > 0.
+      settings: :class:`FixedScaleSettings`: the constant s > 0 (``scale``).
     """
 
     family = "diag"  # the variational family of its parameters phi(x) (vaegen.inference.families)
 
     encoder: nn.Module
     latent_dim: int
-    scale: float = 1.0
+    settings: FixedScaleSettings = FixedScaleSettings()
 
     @nn.compact
     def __call__(self, x: jax.Array) -> distrax.Distribution:
         loc = nn.Dense(self.latent_dim, name="loc")(self.encoder(x))
-        return distrax.MultivariateNormalDiag(loc, jnp.full_like(loc, self.scale))
+        return distrax.MultivariateNormalDiag(loc, jnp.full_like(loc, self.settings.scale))
 
 
 class PointMass(nn.Module):
@@ -176,8 +212,7 @@ class FullCovarianceGaussian(nn.Module):
 
     encoder: nn.Module
     latent_dim: int
-    min_log_scale: float = -10.0
-    max_log_scale: float = 3.0
+    settings: GaussianPosteriorSettings = GaussianPosteriorSettings()
 
     @nn.compact
     def parameters(self, x: jax.Array) -> dict:
@@ -185,7 +220,8 @@ class FullCovarianceGaussian(nn.Module):
         loc = nn.Dense(self.latent_dim, name="loc")(h)
         raw = nn.Dense(self.latent_dim, name="log_scale")(h)
         tril = nn.Dense(num_tril(self.latent_dim), name="tril", kernel_init=nn.initializers.zeros)(h)
-        return {"loc": loc, "log_scale": soft_clip(raw, self.min_log_scale, self.max_log_scale), "tril": tril}
+        s = self.settings
+        return {"loc": loc, "log_scale": soft_clip(raw, s.min_log_scale, s.max_log_scale), "tril": tril}
 
     def __call__(self, x: jax.Array) -> distrax.Distribution:
         return full_covariance_gaussian(self.parameters(x))
@@ -301,17 +337,17 @@ def init_coupling_flow(key: jax.Array, latent_dim: int, context_dim: int, num_la
 
 class CouplingFlow(nn.Module):
     """The parameters of a coupling flow (see :func:`coupling_flow_bijector`) as a Flax module:
-    calling it returns the parameter tree, shared by every x of an amortized posterior."""
+    calling it returns the parameter tree, shared by every x of an amortized posterior.
+    ``settings``: the flow posterior's (``layers``, ``hidden``, ``context_dim``)."""
 
     latent_dim: int
-    context_dim: int = 16
-    num_layers: int = 4
-    hidden: tuple[int, ...] = (64,)
+    settings: FlowSettings = FlowSettings()
 
     @nn.compact
     def __call__(self) -> dict:
+        s = self.settings
         return self.param("layers", lambda key: init_coupling_flow(
-            key, self.latent_dim, self.context_dim, self.num_layers, tuple(self.hidden)))
+            key, self.latent_dim, s.context_dim, s.layers, tuple(s.hidden)))
 
 
 class FlowPosterior(nn.Module):
@@ -332,25 +368,21 @@ class FlowPosterior(nn.Module):
 
     encoder: nn.Module
     latent_dim: int
-    num_layers: int = 4
-    hidden: tuple[int, ...] = (64,)
-    context_dim: int = 16
-    activation: str = "tanh"
-    min_log_scale: float = -10.0
-    max_log_scale: float = 3.0
+    settings: FlowSettings = FlowSettings()
 
     @nn.compact
     def parameters(self, x: jax.Array) -> dict:
+        s = self.settings
         h = self.encoder(x)
         loc = nn.Dense(self.latent_dim, name="loc")(h)
         raw = nn.Dense(self.latent_dim, name="log_scale")(h)
-        context = nn.Dense(self.context_dim, name="context")(h)
-        flow = CouplingFlow(self.latent_dim, self.context_dim, self.num_layers, tuple(self.hidden), name="flow")()
-        return {"loc": loc, "log_scale": soft_clip(raw, self.min_log_scale, self.max_log_scale),
+        context = nn.Dense(s.context_dim, name="context")(h)
+        flow = CouplingFlow(self.latent_dim, s, name="flow")()
+        return {"loc": loc, "log_scale": soft_clip(raw, s.min_log_scale, s.max_log_scale),
                 "context": context, "flow": flow}
 
     def __call__(self, x: jax.Array) -> distrax.Distribution:
-        return flow_distribution(self.parameters(x), activation=self.activation)
+        return flow_distribution(self.parameters(x), activation=self.settings.activation)
 
 
 
@@ -403,58 +435,22 @@ def code_proposal(point_mass: PointMass, params: dict, code_scale, relative_scal
 
 # --- registered posteriors -------------------------------------------------------------------------
 #
-# Traits: ``point_mass`` (the autoencoder's deterministic encoder: no density, no ELBO);
-# ``batched_density`` (q(z | u) has a density on a batch of inputs, so a VampPrior can be built
-# on it); ``refinable`` (semi-amortized training may refine it per example); ``layer_factors``
-# (each layer of a two-layer model can have a factor of this family, with these settings); ``factorized``
-# (q(z | x) is a product over latent dimensions, so its KL to a factorized prior splits over them: free
-# bits).  The variational
-# family whose per-example form :mod:`vaegen.inference` optimises is each module's ``family``.
+# Traits (declared with :data:`vaegen.registry.POSTERIORS`): ``deterministic``, ``batched_density``,
+# ``refinable``, ``layer_factors``, ``factorized``.  The variational family whose per-example form
+# :mod:`vaegen.inference` optimises is each module's ``family``.
 
 
-def _check_log_scales(settings, key) -> None:
-    if settings.min_log_scale >= settings.max_log_scale:
-        raise ConfigError(f"{key('min_log_scale')} must be below {key('max_log_scale')}")
-
-
-@dataclasses.dataclass(frozen=True)
-class GaussianSettings(Settings):
-    min_log_scale: float = setting(-10.0, "lower bound on log sigma (numerical safety, softly enforced)")
-    max_log_scale: float = setting(3.0, "upper bound on log sigma")
-
-    def validate(self, key):
-        _check_log_scales(self, key)
-
-
-@dataclasses.dataclass(frozen=True)
-class FixedScaleSettings(Settings):
-    scale: float = setting(1.0, "the constant s of N(mu(x), s^2 I); s -> 0 is the autoencoder", gt=0)
-
-
-@dataclasses.dataclass(frozen=True)
-class FlowSettings(Settings):
-    layers: int = setting(4, "affine coupling layers", gt=0)
-    hidden: tuple[int, ...] = setting((64,), "hidden widths of each coupling layer's network", items_gt=0)
-    context_dim: int = setting(16, "dimension of the context c(x) that conditions every layer", ge=0)
-    activation: str = setting("tanh", "nonlinearity of the coupling networks", choices=tuple(ACTIVATIONS))
-    min_log_scale: float = setting(-10.0, "lower bound on the base's log sigma")
-    max_log_scale: float = setting(3.0, "upper bound on the base's log sigma")
-
-    def validate(self, key):
-        _check_log_scales(self, key)
-
-
-def _flow_latent_dim(settings, spec) -> None:
+def _flow_latent_dim(settings: FlowSettings, spec: RunSpec) -> None:
     if spec.model.latent_dim < 2:
         raise ConfigError("config.inference.posterior=flow needs config.model.latent_dim >= 2")
 
 
-@POSTERIORS.register("diagonal_gaussian", settings=GaussianSettings, aliases=("diag",),
+@POSTERIORS.register("diagonal_gaussian", settings=GaussianPosteriorSettings, aliases=("diag",),
                      traits={"batched_density": True, "refinable": True, "layer_factors": True, "factorized": True})
-def diagonal_gaussian_posterior(settings: GaussianSettings, *, encoder: nn.Module, latent_dim: int) -> DiagonalGaussian:
+def diagonal_gaussian_posterior(settings: GaussianPosteriorSettings, *, encoder: nn.Module,
+                                latent_dim: int) -> DiagonalGaussian:
     """q(z | x) = N(z; mu(x), diag sigma(x)^2): the VAE's."""
-    return DiagonalGaussian(encoder=encoder, latent_dim=latent_dim, min_log_scale=settings.min_log_scale,
-                            max_log_scale=settings.max_log_scale)
+    return DiagonalGaussian(encoder=encoder, latent_dim=latent_dim, settings=settings)
 
 
 @POSTERIORS.register("fixed_scale_gaussian", settings=FixedScaleSettings,
@@ -462,30 +458,26 @@ def diagonal_gaussian_posterior(settings: GaussianSettings, *, encoder: nn.Modul
 def fixed_scale_gaussian_posterior(settings: FixedScaleSettings, *, encoder: nn.Module,
                                    latent_dim: int) -> FixedScaleGaussian:
     """q(z | x) = N(z; mu(x), s^2 I), s constant: the path from a VAE to an AE as s -> 0."""
-    return FixedScaleGaussian(encoder=encoder, latent_dim=latent_dim, scale=settings.scale)
+    return FixedScaleGaussian(encoder=encoder, latent_dim=latent_dim, settings=settings)
 
 
-@POSTERIORS.register("point_mass", traits={"point_mass": True})
+@POSTERIORS.register("point_mass", traits={"deterministic": True})
 def point_mass_posterior(settings: NoSettings, *, encoder: nn.Module, latent_dim: int) -> PointMass:
     """q(z | x) = delta(z - f(x)): the autoencoder's deterministic encoder (no density, no ELBO)."""
     del settings
     return PointMass(encoder=encoder, latent_dim=latent_dim)
 
 
-@POSTERIORS.register("full_covariance_gaussian", settings=GaussianSettings, aliases=("fullcov",),
+@POSTERIORS.register("full_covariance_gaussian", settings=GaussianPosteriorSettings, aliases=("fullcov",),
                      traits={"batched_density": True, "refinable": True})
-def full_covariance_gaussian_posterior(settings: GaussianSettings, *, encoder: nn.Module,
+def full_covariance_gaussian_posterior(settings: GaussianPosteriorSettings, *, encoder: nn.Module,
                                        latent_dim: int) -> FullCovarianceGaussian:
     """q(z | x) = N(z; mu(x), L(x) L(x)^T), L(x) a Cholesky factor."""
-    return FullCovarianceGaussian(encoder=encoder, latent_dim=latent_dim, min_log_scale=settings.min_log_scale,
-                                  max_log_scale=settings.max_log_scale)
+    return FullCovarianceGaussian(encoder=encoder, latent_dim=latent_dim, settings=settings)
 
 
 @POSTERIORS.register("flow", settings=FlowSettings, check=_flow_latent_dim,
                      traits={"refinable": True})
 def flow_posterior(settings: FlowSettings, *, encoder: nn.Module, latent_dim: int) -> FlowPosterior:
     """q(z | x) = T(.; c(x))_# N(mu(x), diag sigma(x)^2): RealNVP coupling layers on a Gaussian base."""
-    return FlowPosterior(encoder=encoder, latent_dim=latent_dim, num_layers=settings.layers,
-                         hidden=tuple(settings.hidden), context_dim=settings.context_dim,
-                         activation=settings.activation, min_log_scale=settings.min_log_scale,
-                         max_log_scale=settings.max_log_scale)
+    return FlowPosterior(encoder=encoder, latent_dim=latent_dim, settings=settings)

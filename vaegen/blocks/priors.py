@@ -7,6 +7,8 @@ priors that do not need it ignore it.
 
 * :class:`StandardNormal` -- p(z) = N(0, I), no parameters.
 * :class:`MixtureOfGaussians` -- p(z) = sum_k pi_k N(z; mu_k, diag sigma_k^2), all learned.
+* :class:`IndexedMixture` -- the ``distrax.MixtureSameFamily`` both mixtures return: it samples one
+  component per draw.
 * :class:`VampPrior` -- p(z) = 1/K sum_k q(z | u_k), K learned pseudo-inputs u_k pushed
   through the encoder (Tomczak & Welling 2018).  :func:`init_pseudo_inputs_from_data` sets the
   pseudo-inputs to K data examples.
@@ -26,7 +28,26 @@ import numpy as np
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.errors import ConfigError
 from vaegen.registry import POSTERIORS, PRIORS, NoSettings, Settings, setting
+from vaegen.spec.run import RunSpec
 
+
+# --- settings: what a config's prior section holds, and what each module reads ----------------------
+
+@dataclasses.dataclass(frozen=True)
+class MixtureSettings(Settings):
+    components: int = setting(500, "K mixture components", gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class VampPriorSettings(Settings):
+    components: int = setting(500, "K pseudo-inputs", gt=0)
+    init: str = setting("random", "random: u_k = sigmoid(w_k), w_k ~ N(init_mean, init_std); data: K training "
+                        "examples", choices=("random", "data"))
+    init_mean: float = setting(-0.05, "mean of w at a random initialisation")
+    init_std: float = setting(0.01, "standard deviation of w at a random initialisation", gt=0)
+
+
+# --- the modules ---------------------------------------------------------------------------------
 
 class StandardNormal(nn.Module):
     """p(z) = N(z; 0, I_D), the VAE's default prior. No parameters."""
@@ -40,7 +61,7 @@ class StandardNormal(nn.Module):
         return distrax.MultivariateNormalDiag(jnp.zeros((d,)), jnp.ones((d,)))
 
 
-class Mixture(distrax.MixtureSameFamily):
+class IndexedMixture(distrax.MixtureSameFamily):
     """``distrax.MixtureSameFamily`` that samples by picking a component per draw and sampling it
     alone: memory ``[n, D]`` rather than ``[n, K, D]`` (K = 500 VampPrior components).  The
     density is the parent's, log p(z) = logsumexp_k [log pi_k + log p_k(z)].  Components whose
@@ -65,21 +86,21 @@ class MixtureOfGaussians(nn.Module):
 
     Attributes:
       latent_dim: D.
-      num_components: K.
+      settings: :class:`MixtureSettings`: K = ``components``.
     """
 
     latent_dim: int
-    num_components: int
+    settings: MixtureSettings = MixtureSettings()
 
     @nn.compact
     def __call__(self, posterior: Any = None) -> distrax.Distribution:
         del posterior
-        k, d = self.num_components, self.latent_dim
+        k, d = self.settings.components, self.latent_dim
         logits = self.param("logits", nn.initializers.zeros, (k,))
         means = self.param("means", nn.initializers.normal(1.0), (k, d))
         log_scales = self.param("log_scales", nn.initializers.zeros, (k, d))
         # p(z) = sum_k pi_k N(z; mu_k, diag sigma_k^2)
-        return Mixture(
+        return IndexedMixture(
             mixture_distribution=distrax.Categorical(logits=logits),
             components_distribution=distrax.MultivariateNormalDiag(means, jnp.exp(log_scales)),
         )
@@ -97,8 +118,8 @@ class VampPrior(nn.Module):
     the pseudo-inputs and the encoder.
 
     Parameter (``variables["params"][...]["pseudo_input_logits"]``): w ``[K, *event_shape]``,
-    initialised N(init_mean, init_std) (the VampPrior code's -0.05 and 0.01: u_k close to 0.49),
-    or set to logit(x_k) of K data examples by :func:`init_pseudo_inputs_from_data`.
+    initialised N(init_mean, init_std) (by default the VampPrior code's -0.05 and 0.01: u_k close to
+    0.49), or set to logit(x_k) of K data examples by :func:`init_pseudo_inputs_from_data`.
 
     Call: ``prior(posterior=q)`` with ``q`` any callable mapping ``x [K, *event_shape]`` to a
     distribution over z with batch shape ``[K]`` and event shape ``[D]``: the model's amortized
@@ -107,16 +128,14 @@ class VampPrior(nn.Module):
 
     Attributes:
       latent_dim: D (checked against the posterior's event shape).
-      num_components: K, the number of pseudo-inputs.
       event_shape: shape of one observation, e.g. ``(28, 28, 1)``.
-      init_mean, init_std: the normal initialisation of w.
+      settings: :class:`VampPriorSettings`: K = ``components`` pseudo-inputs, the normal
+        initialisation of w (``init_mean``, ``init_std``).
     """
 
     latent_dim: int
-    num_components: int
     event_shape: tuple[int, ...]
-    init_mean: float = -0.05
-    init_std: float = 0.01
+    settings: VampPriorSettings = VampPriorSettings()
 
     @nn.compact
     def __call__(self, posterior: Callable[[jax.Array], distrax.Distribution] | None = None) -> distrax.Distribution:
@@ -125,11 +144,12 @@ class VampPrior(nn.Module):
                              "prior(posterior=q)")
         if posteriors_lib.is_point_mass(posterior):
             raise ValueError("the VampPrior needs a posterior with a density; q(z | x) = delta(z - f(x)) has none")
-        k = self.num_components
+        k = self.settings.components
         shape = (k,) + tuple(self.event_shape)
+        init_mean, init_std = self.settings.init_mean, self.settings.init_std
 
         def init(key, shape):
-            return self.init_mean + self.init_std * jax.random.normal(key, shape, jnp.float32)
+            return init_mean + init_std * jax.random.normal(key, shape, jnp.float32)
 
         w = self.param(PSEUDO_INPUTS_PARAM, init, shape)
         u = nn.sigmoid(w)                                   # pseudo-inputs u_k   [K, *event]
@@ -140,8 +160,8 @@ class VampPrior(nn.Module):
                 f"{tuple(q_u.batch_shape)} and event shape {tuple(q_u.event_shape)}; expected ({k},) and "
                 f"({self.latent_dim},)")
         # p(z) = 1/K sum_k q(z | u_k)
-        return Mixture(mixture_distribution=distrax.Categorical(logits=jnp.zeros((k,))),
-                       components_distribution=q_u)
+        return IndexedMixture(mixture_distribution=distrax.Categorical(logits=jnp.zeros((k,))),
+                              components_distribution=q_u)
 
 
 def _vampprior_paths(tree: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
@@ -219,31 +239,15 @@ def init_pseudo_inputs_from_data(variables: Mapping, x: Any, *, eps: float = 1e-
 
 # --- registered priors -----------------------------------------------------------------------------
 #
-# Traits: ``exists`` (False for ``none``: the autoencoder has no p(z)); ``needs_posterior``
-# (p(z) is defined through q(z | u): the posterior must have a density on a batch of inputs);
-# ``data_init`` (``data_init(settings, variables, examples)``: a data-dependent initialisation the
-# trainer runs on a new run: ``examples(k)`` gives k of the ``num_examples`` training examples as the
-# model sees them); ``factorized`` (p(z) is a product over latent dimensions: free bits).
+# Traits (declared with :data:`vaegen.registry.PRIORS`): ``exists`` (False for ``none``: the
+# autoencoder has no p(z)), ``needs_posterior``, ``data_init``, ``factorized`` (and, for the
+# densities of :mod:`vaegen.blocks.densities`, ``expost`` and ``log_prob``).
 
 
-@dataclasses.dataclass(frozen=True)
-class MixtureSettings(Settings):
-    components: int = setting(500, "K mixture components", gt=0)
-
-
-@dataclasses.dataclass(frozen=True)
-class VampPriorSettings(Settings):
-    components: int = setting(500, "K pseudo-inputs", gt=0)
-    init: str = setting("random", "random: u_k = sigmoid(w_k), w_k ~ N(init_mean, init_std); data: K training "
-                        "examples", choices=("random", "data"))
-    init_mean: float = setting(-0.05, "mean of w at a random initialisation")
-    init_std: float = setting(0.01, "standard deviation of w at a random initialisation", gt=0)
-
-
-def _vampprior_needs_a_density(settings, spec) -> None:
+def _vampprior_needs_a_density(settings: VampPriorSettings, spec: RunSpec) -> None:
     posterior = spec.inference.posterior
-    if not posterior.trait("batched_density", False):
-        allowed = [c.name for c in POSTERIORS if c.trait("batched_density", False)]
+    if not posterior.trait("batched_density"):
+        allowed = [c.name for c in POSTERIORS if c.trait("batched_density")]
         raise ConfigError(
             f"config.model.prior=vampprior (p(z) = 1/K sum_k q(z | u_k)) needs a posterior with a density on a batch "
             f"of pseudo-inputs ({', '.join(allowed)}), not config.inference.posterior={posterior.name!r}")
@@ -272,16 +276,14 @@ def standard_normal(settings: NoSettings, *, latent_dim: int, event_shape: tuple
 def mixture(settings: MixtureSettings, *, latent_dim: int, event_shape: tuple[int, ...]) -> MixtureOfGaussians:
     """p(z) = sum_k pi_k N(z; mu_k, diag sigma_k^2): K learned diagonal Gaussians."""
     del event_shape
-    return MixtureOfGaussians(latent_dim=latent_dim, num_components=settings.components)
+    return MixtureOfGaussians(latent_dim=latent_dim, settings=settings)
 
 
 @PRIORS.register("vampprior", settings=VampPriorSettings, check=_vampprior_needs_a_density,
                  traits={"needs_posterior": True, "data_init": _vampprior_data_init})
 def vampprior(settings: VampPriorSettings, *, latent_dim: int, event_shape: tuple[int, ...]) -> VampPrior:
     """p(z) = 1/K sum_k q(z | u_k): K learned pseudo-inputs through the encoder (Tomczak & Welling 2018)."""
-    return VampPrior(latent_dim=latent_dim, num_components=settings.components,
-                     event_shape=tuple(int(s) for s in event_shape), init_mean=settings.init_mean,
-                     init_std=settings.init_std)
+    return VampPrior(latent_dim=latent_dim, event_shape=tuple(int(s) for s in event_shape), settings=settings)
 
 
 @PRIORS.register("none", traits={"exists": False})

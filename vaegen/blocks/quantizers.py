@@ -35,6 +35,7 @@ does the same).  Everything here is deterministic given the batch and the step's
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -42,6 +43,8 @@ import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from vaegen.registry import Settings, setting
 
 CODEBOOK = "codebook"
 """The flax collection of a quantizer's running statistics (and, with EMA, of its codebook)."""
@@ -116,6 +119,23 @@ def restart_dead_codes(key: jax.Array, cluster_size: jax.Array, codebook: jax.Ar
     return dead, cluster_size, codebook
 
 
+@dataclasses.dataclass(frozen=True)
+class VQSettings(Settings):
+    """Settings of the ``vq_vae`` model kind (``config.model.kind``, :mod:`vaegen.model.vq`): the
+    codebook and how it is kept, read by :class:`VectorQuantizer` and by the ``vq`` objective's update
+    of the codebook (:func:`vaegen.objectives.vq.codebook_update`)."""
+
+    codebook_size: int = setting(256, "K, the codebook's vectors (one codebook shared by the M groups)", ge=2)
+    code_dim: int = setting(4, "d: z_e [latent_dim] is cut into M = latent_dim / d groups, each quantized", gt=0)
+    ema: bool = setting(True, "codebook = moving averages of the encoder outputs assigned to each code (no codebook "
+                        "loss); false: a parameter trained by the codebook loss")
+    ema_decay: float = setting(0.99, "g of the moving averages (codebook with ema, code usage always)", ge=0, lt=1)
+    ema_epsilon: float = setting(1e-5, "Laplace smoothing of the moving-average counts", gt=0)
+    dead_code_threshold: float = setting(0.0, "restart codes used less than this many times per step (moving "
+                                         "average) at encoder outputs of the batch; 0 = never", ge=0)
+    init_scale: float = setting(1.0, "the codebook starts at N(0, init_scale^2)", gt=0)
+
+
 class VectorQuantizer(nn.Module):
     """q(c | x) = delta(c - c*(x)): the VQ-VAE's posterior (see the module docstring).
 
@@ -123,10 +143,10 @@ class VectorQuantizer(nn.Module):
       encoder: trunk mapping ``x [..., *event]`` to features ``[..., F]``; a dense head ``loc``
         gives z_e ``[..., D]`` (the same parameters as :class:`vaegen.blocks.posteriors.PointMass`).
       latent_dim: D = M * code_dim.
-      codebook_size: K.
-      code_dim: d.
-      ema: the codebook is a moving average (collection ``codebook``) instead of a parameter.
-      init_scale: the initial codebook entries are N(0, init_scale^2).
+      settings: :class:`VQSettings`: K = ``codebook_size``, d = ``code_dim``; ``ema``: the codebook
+        is a moving average (collection ``codebook``, kept with ``ema_decay`` and ``ema_epsilon``)
+        instead of a parameter; the initial codebook entries are N(0, ``init_scale``^2); codes used
+        less than ``dead_code_threshold`` times per step are restarted.
 
     ``__call__(x)`` is q over z: a point mass at the straight-through z = z_e + sg(z_q - z_e)
     (event ``[D]``), so the questions asked of an autoencoder (its code, its reconstruction) work.
@@ -134,10 +154,22 @@ class VectorQuantizer(nn.Module):
 
     encoder: nn.Module
     latent_dim: int
-    codebook_size: int
-    code_dim: int
-    ema: bool = True
-    init_scale: float = 1.0
+    settings: VQSettings = VQSettings()
+
+    @property
+    def codebook_size(self) -> int:
+        """K."""
+        return int(self.settings.codebook_size)
+
+    @property
+    def code_dim(self) -> int:
+        """d."""
+        return int(self.settings.code_dim)
+
+    @property
+    def ema(self) -> bool:
+        """Whether the codebook is a moving average."""
+        return bool(self.settings.ema)
 
     @property
     def num_groups(self) -> int:
@@ -147,7 +179,7 @@ class VectorQuantizer(nn.Module):
     def setup(self):
         self.loc = nn.Dense(self.latent_dim, name="loc")
         shape = (self.codebook_size, self.code_dim)
-        init = nn.initializers.normal(self.init_scale)
+        init = nn.initializers.normal(float(self.settings.init_scale))
         if self.ema:
             self.embedding = self.variable(CODEBOOK, "embedding", lambda: init(self.make_rng("params"), shape))
             self.embedding_sum = self.variable(CODEBOOK, "embedding_sum",  # its own buffer: the state is donated

@@ -40,9 +40,9 @@ def cmd_compress(args, overrides) -> int:
         workdir_lib.check_writable(path, option="--out")
     settings = key_values(args.set)
     run = _coding_run(args.workdir, args.density)
-    support = run.spec.model.likelihood.trait("support", "real")
+    support = run.spec.model.likelihood.trait("support")
     if args.images:
-        user = images_lib.load(args.images, event_shape=run.event_shape, support=support,
+        user = images_lib.load_images(args.images, event_shape=run.event_shape, support=support,
                                binarize=args.binarize or "none", seed=args.seed, max_examples=args.max_examples)
         x = np.asarray(binarization_lib.to_float(None, user.stored, user.protocol))
         images = {"source": str(args.images), "binarization": user.info["binarize"]}

@@ -1,5 +1,5 @@
 """``vaegen evaluate``: bounds, log-likelihood estimates and diagnostics of a trained run (its flags
-are the settings of the run's ``eval`` section, :class:`vaegen.estimators.settings.EvalSettings`)."""
+are the settings of the run's ``eval`` section, :class:`vaegen.spec.eval.EvalSettings`)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from vaegen.cli.common import add_settings_flags, non_negative_int, positive_int
 from vaegen.data import images as images_lib
 from vaegen.errors import ConfigError
 from vaegen.estimators import importance as importance_lib
-from vaegen.estimators.settings import EvalSettings
+from vaegen.spec.eval import EvalSettings
 from vaegen.runs import evaluate as evaluate_lib
 from vaegen.runs import loading
 from vaegen.runs.recipes import RECIPES
@@ -43,8 +43,8 @@ def cmd_evaluate(args, overrides) -> int:
             raise ConfigError(f"--per-example {args.per_example} is also the --out path of the result; give them "
                               "different paths")
     run = loading.load(args.workdir, density=args.density)
-    images = (images_lib.load(args.images, event_shape=run.event_shape, binarize=args.binarize or "none",
-                              support=run.spec.model.likelihood.trait("support", "real"), seed=args.seed)
+    images = (images_lib.load_images(args.images, event_shape=run.event_shape, binarize=args.binarize or "none",
+                              support=run.spec.model.likelihood.trait("support"), seed=args.seed)
               if args.images else None)
     per_example = {} if args.per_example else None
     result = evaluate_lib.evaluate(run, eval_settings(args, run.spec.eval), split=args.split, seed=args.seed,

@@ -24,7 +24,7 @@ _EXPOST_OWN = ("seed",)
 
 
 def _fitted() -> list:
-    return [c for c in RECIPES if c.trait("fitted", False)]
+    return [c for c in RECIPES if c.trait("fitted")]
 
 
 def _flag_fields() -> dict[str, tuple[type, dataclasses.Field, list[str]]]:
@@ -43,7 +43,7 @@ def _flag_fields() -> dict[str, tuple[type, dataclasses.Field, list[str]]]:
 def recipe_settings(args: argparse.Namespace, name: str):
     """The settings of recipe ``name`` with the command line's flags and ``--set`` items in place."""
     component = RECIPES.get(name, "density")
-    if not component.trait("fitted", False):
+    if not component.trait("fitted"):
         raise ConfigError(f"--density {component.name}: that recipe fits nothing; use `vaegen evaluate` or `vaegen sample` "
                           f"with --density {component.name}, or fit one of {', '.join(c.name for c in _fitted())}")
     cls = component.settings

@@ -75,11 +75,11 @@ def components_markdown(kinds) -> str:
             settings = "; ".join(f"`{r['name']}` ({_default_text(r['default'])})" for r in describe(c.settings)) or "—"
             alias = f" (`{'`, `'.join(c.aliases)}`)" if c.aliases else ""
             summary = c.summary.replace("``", "`")
-            if c.trait("reports"):
+            if reg.declares("reports") and c.trait("reports"):
                 summary += f" Reports: {c.trait('reports')}."
-            if c.trait("log_px") is not None:     # a recipe: what its log p(x) is and what it needs
+            if reg.declares("log_px"):     # a recipe: what its log p(x) is and what it needs
                 summary += (f" log p(x): {c.trait('log_px').value}; needs: "
-                            f"{', '.join(c.trait('needs', ())) or 'nothing'}.")
+                            f"{', '.join(c.trait('needs')) or 'nothing'}.")
             summary, settings = summary.replace("|", r"\|"), settings.replace("|", r"\|")
             out.append(f"| `{c.name}`{alias} | {summary} | {settings} |")
         out.append("")

@@ -45,8 +45,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vaegen.activations import activation
 from vaegen import sharding as sharding_lib
-from vaegen.blocks import networks as networks_lib
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.coding import ans, latents, observations
 from vaegen.coding.grid import Grid
@@ -57,10 +57,14 @@ from vaegen.estimators import importance as importance_lib
 from vaegen.model.autoregressive import MADE, made_masks
 from vaegen.model.vq import VQVAE
 from vaegen.objectives import bounds as bounds_lib
-from vaegen.registry import Registry, Settings, parse, setting, to_mapping
+from vaegen.registry import Registry, Settings, Trait, parse, setting, to_mapping
 
 CODERS = Registry("coder", "lossless coders of images (`vaegen compress`)",
-                  "none: ``build(settings)`` is the coder; it reads the model's structure itself")
+                  "none: ``build(settings)`` is the coder; it reads the model's structure itself", traits=[
+                      Trait("preference", int, 99, "its place among the coders that fit a model (the lowest is the "
+                            "model's own)"),
+                      Trait("needs", str, "", "what a model needs for it to code (one line, for the docs)"),
+                  ])
 
 SAFETY = 1.25
 """A block pops at most the stack's bits / (SAFETY x the most any earlier block popped per image)."""
@@ -239,8 +243,9 @@ class DiscreteCodesPlan(Plan):
     def __init__(self, model, variables, event_shape):
         self.model, self.variables = model, variables
         prior = model.prior
-        order, _ = made_masks(int(prior.num_positions), tuple(int(h) for h in prior.hidden), prior.ordering,
-                              int(prior.ordering_seed))
+        s = prior.settings
+        order, _ = made_masks(int(prior.num_positions), tuple(int(h) for h in s.hidden), s.ordering,
+                              int(s.ordering_seed))
         self.positions = np.argsort(order)
         self.m, self.k = int(prior.num_positions), int(prior.num_categories)
         self.codes = jax.jit(lambda v, x: model.apply(v, x, method="codes"))
@@ -284,7 +289,7 @@ def _made_step(m, pre, x_prev, d_prev, d):
     pre-activations ``pre [rows, H1]`` take the pixel decided last (``x_prev [rows]`` at ``d_prev``), and
     P(x_d = 1 | x_<d) ``[rows]`` follows."""
     pre = pre + x_prev[:, None] * m.hidden_layers[0].masked_kernel()[d_prev]
-    act = networks_lib.activation(m.activation)
+    act = activation(m.settings.activation)
     h = act(pre)
     for layer in m.hidden_layers[1:]:
         h = act(layer(h))
@@ -341,7 +346,7 @@ class Coder:
     (:meth:`reference`)."""
 
     name: str
-    settings: Any
+    settings: Settings
 
     def applies(self, model: Any) -> str | None:
         """None if this coder is for models of ``model``'s kind, else one line saying what it codes."""
@@ -426,7 +431,10 @@ class BlockSettings(Settings):
     max_block: int = setting(1024, "most images coded in one step (speed and memory only)", gt=0)
 
 
+@dataclasses.dataclass(frozen=True)
 class BitsBack(Coder):
+    settings: BitsBackSettings = BitsBackSettings()
+
     def applies(self, model):
         if not has_latents(model) or isinstance(model, VQVAE):
             return "bits back codes a continuous latent z, and this model has none"
@@ -448,7 +456,10 @@ class BitsBack(Coder):
                         "KL in closed form where it has one)")
 
 
+@dataclasses.dataclass(frozen=True)
 class QuantizedLatent(Coder):
+    settings: QuantizedLatentSettings = QuantizedLatentSettings()
+
     def applies(self, model):
         if not has_latents(model) or isinstance(model, VQVAE):
             return "quantized_latent codes a continuous latent code z, and this model has none"
@@ -473,7 +484,10 @@ class QuantizedLatent(Coder):
                 f"-log p(x) by importance sampling (k={k}, proposal {what}): above -log p(x) in expectation")
 
 
+@dataclasses.dataclass(frozen=True)
 class DiscreteCodes(Coder):
+    settings: BlockSettings = BlockSettings()
+
     def applies(self, model):
         return None if isinstance(model, VQVAE) else "discrete_codes codes a VQ-VAE's codes, and this model is no VQ-VAE"
 
@@ -489,7 +503,10 @@ class DiscreteCodes(Coder):
                 "bound on -log p(x)), exactly what the code costs")
 
 
+@dataclasses.dataclass(frozen=True)
 class Autoregressive(Coder):
+    settings: BlockSettings = BlockSettings()
+
     def applies(self, model):
         return None if isinstance(model, MADE) else "autoregressive codes a MADE's pixels, and this model is no MADE"
 
@@ -552,7 +569,7 @@ def make_coder(name: str, settings: Any = None) -> Coder:
 
 
 def _by_preference():
-    return sorted(CODERS, key=lambda c: (c.trait("preference", 99), c.name))
+    return sorted(CODERS, key=lambda c: (c.trait("preference"), c.name))
 
 
 def supported(model: Any, variables: Any, event_shape: tuple[int, ...]) -> dict[str, str | None]:
@@ -677,7 +694,8 @@ def compress(model: Any, variables: Any, x: np.ndarray, *, coder: str | None = N
     """
     x = np.asarray(x)
     event_shape = tuple(event_shape or x.shape[1:])
-    support = "binary" if isinstance(model, MADE) else getattr(getattr(model, "likelihood", None), "support", None)
+    likelihood = getattr(model, "likelihood", None)
+    support = "binary" if isinstance(model, MADE) else None if likelihood is None else observations.support(likelihood)
     if support in observations.OBSERVATIONS:       # images the likelihood cannot code: before anything is built
         observations.OBSERVATIONS[support].symbols(x)
     name = coder or default_coder(model, variables, event_shape)

@@ -32,6 +32,7 @@ from vaegen.blocks.likelihoods import NUM_LEVELS
 from vaegen.coding.ans import Stack
 from vaegen.coding.latents import MAX_TABLE_ENTRIES, pad
 from vaegen.errors import CodingError, SupportError
+from vaegen.registry import LIKELIHOODS
 
 CONTINUOUS_LIKELIHOOD = ("p(x|z) is a Gaussian density over real-valued x: it gives a discrete image no probability "
                          "mass, so it cannot code one losslessly; train with a Bernoulli likelihood (binary images) "
@@ -168,15 +169,22 @@ class Logistic(Observation):
 
 
 OBSERVATIONS: dict[str, type[Observation]] = {"binary": Bernoulli, "8bit": Logistic}
-"""The entropy model of x for each likelihood support (a likelihood's ``support`` attribute)."""
+"""The entropy model of x for each likelihood support (a registered likelihood's ``support`` trait)."""
+
+
+def support(likelihood: Any) -> str | None:
+    """The ``support`` trait of the registered likelihood that built the module ``likelihood``
+    (None for a module no registered likelihood builds)."""
+    component = LIKELIHOODS.built_by(likelihood)
+    return None if component is None else component.trait("support")
 
 
 def refusal(likelihood: Any) -> str | None:
     """Why a likelihood module cannot code images (one line), or None."""
-    support = getattr(likelihood, "support", None)
-    if support in OBSERVATIONS:
+    values = support(likelihood)
+    if values in OBSERVATIONS:
         return None
-    if support == "real":
+    if values == "real":
         return CONTINUOUS_LIKELIHOOD
     return (f"the likelihood {type(likelihood).__name__} declares no discrete support (binary or 8bit), so there "
             "is no entropy model of x to code images with")
@@ -187,4 +195,4 @@ def observation(likelihood: Any, dist_fn: Callable[[Any, Any], Any], event_shape
     reason = refusal(likelihood)
     if reason:
         raise CodingError(reason)
-    return OBSERVATIONS[likelihood.support](dist_fn, event_shape)
+    return OBSERVATIONS[support(likelihood)](dist_fn, event_shape)

@@ -2,7 +2,7 @@
 
 A configuration is an ``ml_collections.ConfigDict`` built by a preset's ``get_config(arg)`` (a
 module in :mod:`vaegen.config.presets`, or any Python file), locked so that only existing keys can be
-set, and checked by converting it into the typed :class:`vaegen.config.schema.RunSpec`.
+set, and checked by converting it into the typed :class:`vaegen.spec.run.RunSpec`.
 Overrides ``config.a.b=value`` are parsed as Python *literals* (``ast.literal_eval``, never
 evaluated as code) and must match the key's type.
 

@@ -229,7 +229,7 @@ def _shaped(x: np.ndarray, event_shape: tuple[int, ...], where: str) -> np.ndarr
     return x
 
 
-def load(path: str | pathlib.Path, *, event_shape: tuple[int, ...], support: str, binarize: str = "none",
+def load_images(path: str | pathlib.Path, *, event_shape: tuple[int, ...], support: str, binarize: str = "none",
          seed: int = 0, max_examples: int = 0) -> UserImages:
     """The images in ``path`` for a model of this ``event_shape`` whose likelihood has this
     ``support`` (``binary``, ``8bit`` or ``real``), binarized as ``binarize`` says.

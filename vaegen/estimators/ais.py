@@ -19,10 +19,8 @@ import numpy as np
 from vaegen import sharding as sharding_lib
 from vaegen.errors import ConfigError, UndefinedEstimateError
 from vaegen.estimators.importance import Estimates, LogJoint, Proposal, is_point_mass
-from vaegen.registry import Settings, setting
+from vaegen.spec.eval import SCHEDULES, AISSettings
 
-SCHEDULES = ("linear", "sigmoid")
-STARTS = ("prior", "posterior")
 
 
 def annealing_schedule(num_steps: int, kind: str = "sigmoid", radius: float = 4.0) -> np.ndarray:
@@ -42,7 +40,7 @@ def annealing_schedule(num_steps: int, kind: str = "sigmoid", radius: float = 4.
 
 
 @dataclasses.dataclass(frozen=True)
-class AIS(Settings):
+class AIS:
     """Annealed importance sampling (Neal 2001) with HMC transitions.
 
     The intermediate distributions interpolate geometrically from pi_0 (the prior p(z), or
@@ -65,42 +63,21 @@ class AIS(Settings):
     across temperatures.
 
     Attributes:
-      num_steps: T, the number of intermediate distributions (transitions).
-      num_chains: M, chains per example.
-      num_leapfrog: leapfrog steps per HMC transition.
-      step_size: initial leapfrog step size.
-      adapt_step_size, target_accept, adapt_rate, min_step_size, max_step_size: see above.
-      schedule: ``"linear"`` or ``"sigmoid"`` (:func:`annealing_schedule`); ``sigmoid_radius``.
-      start: ``prior`` or ``posterior``: where evaluation starts the chains (pi_0 is the
-        ``initial`` function the methods are given; :func:`vaegen.evaluate` builds it from this).
+      settings: :class:`vaegen.spec.eval.AISSettings` (the ``eval.ais`` section): T = ``num_steps``,
+        M = ``num_chains``, the leapfrog steps, the step-size adaptation, the schedule
+        (:func:`annealing_schedule`) and ``start`` (where evaluation starts the chains: pi_0 is the
+        ``initial`` function the methods are given; :func:`vaegen.evaluate` builds it from it).
     """
 
-    num_steps: int = setting(1000, "T intermediate distributions", gt=0, flags=("--ais-steps",))
-    num_chains: int = setting(16, "M chains per example", gt=0, flags=("--ais-chains",))
-    num_leapfrog: int = setting(10, "leapfrog steps per HMC transition", gt=0, flags=("--leapfrog",))
-    step_size: float = setting(0.01, "initial leapfrog step size", gt=0, flags=("--step-size",))
-    adapt_step_size: bool = setting(True, "adapt each chain's step size toward target_accept",
-                                   flags=("--adapt-step-size",))
-    target_accept: float = setting(0.65, "the acceptance rate the step size adapts toward", gt=0, lt=1,
-                                   flags=("--target-accept",))
-    adapt_rate: float = setting(0.02, "step sizes are multiplied by 1 +- adapt_rate per transition", ge=0, lt=1)
-    min_step_size: float = setting(1e-4, "lower bound of an adapted step size", gt=0)
-    max_step_size: float = setting(0.5, "upper bound of an adapted step size", gt=0)
-    schedule: str = setting("sigmoid", "inverse temperatures: sigmoid (more at both ends) or linear", choices=SCHEDULES,
-                            flags=("--schedule",))
-    sigmoid_radius: float = setting(4.0, "steepness of the sigmoid schedule", gt=0)
-    start: str = setting("prior", "pi_0 of the annealing path: prior p(z) or posterior q(z|x)", choices=STARTS)
-
-    def validate(self, key):
-        if self.max_step_size < self.min_step_size:
-            raise ConfigError(f"{key('max_step_size')} must be >= {key('min_step_size')}")
+    settings: AISSettings = AISSettings()
 
     def betas(self) -> np.ndarray:
         """The schedule beta_0..beta_T, ``[T + 1]``."""
-        return annealing_schedule(self.num_steps, self.schedule, self.sigmoid_radius)
+        s = self.settings
+        return annealing_schedule(s.num_steps, s.schedule, s.sigmoid_radius)
 
     def _batch_size(self, batch_size):
-        return int(batch_size or max(1, sharding_lib.default_rows() // self.num_chains))
+        return int(batch_size or max(1, sharding_lib.default_rows() // self.settings.num_chains))
 
     def forward(self, log_joint: LogJoint, initial: Proposal, xs: jax.Array, key: jax.Array, *,
                 batch_size: int | None = None, devices=None, progress: bool = False) -> Estimates:
@@ -113,7 +90,7 @@ class AIS(Settings):
         """
         fn = jax.tree_util.Partial(_AISChain(self, reverse=False), (log_joint, initial))
         return sharding_lib.map_examples(fn, jnp.asarray(xs), key, batch_size=self._batch_size(batch_size),
-                            devices=devices, progress=progress, desc=f"AIS T={self.num_steps}")
+                            devices=devices, progress=progress, desc=f"AIS T={self.settings.num_steps}")
 
     def reverse(self, log_joint: LogJoint, initial: Proposal, xs: jax.Array, zs: jax.Array, key: jax.Array, *,
                 batch_size: int | None = None, devices=None, progress: bool = False) -> Estimates:
@@ -125,18 +102,18 @@ class AIS(Settings):
         """
         fn = jax.tree_util.Partial(_AISChain(self, reverse=True), (log_joint, initial))
         return sharding_lib.map_examples(fn, (jnp.asarray(xs), jnp.asarray(zs)), key, batch_size=self._batch_size(batch_size),
-                            devices=devices, progress=progress, desc=f"reverse AIS T={self.num_steps}")
+                            devices=devices, progress=progress, desc=f"reverse AIS T={self.settings.num_steps}")
 
 
 @dataclasses.dataclass(frozen=True)
 class _AISChain:
     """Per-example AIS (see :class:`AIS`); ``reverse`` runs from an exact posterior sample."""
 
-    settings: AIS
+    ais: AIS
     reverse: bool
 
     def __call__(self, fns, data, key):
-        s = self.settings
+        s = self.ais.settings
         log_joint, initial = fns
         x, z_exact = data if self.reverse else (data, None)
         pi0 = initial(x)
@@ -180,7 +157,7 @@ class _AISChain:
                 lambda a, b: jnp.where(accept.reshape((M,) + (1,) * (a.ndim - 1)), a, b), new, state)
             return state, accept_prob
 
-        betas = jnp.asarray(s.betas(), jnp.float32)                # [T + 1]
+        betas = jnp.asarray(self.ais.betas(), jnp.float32)                # [T + 1]
         if self.reverse:
             betas = betas[::-1]
         key_init, key_run = jax.random.split(key)
@@ -213,7 +190,7 @@ class _AISChain:
         }
 
 
-def bdmc(settings: AIS, log_joint: LogJoint, initial: Proposal, sample_joint: Callable[[jax.Array, int], tuple[jax.Array, jax.Array]],
+def bdmc(ais: AIS, log_joint: LogJoint, initial: Proposal, sample_joint: Callable[[jax.Array, int], tuple[jax.Array, jax.Array]],
          key: jax.Array, *, num_examples: int, batch_size: int | None = None, devices=None,
          progress: bool = False) -> Estimates:
     """Bidirectional Monte Carlo (Grosse et al. 2015; Wu et al. 2017).
@@ -224,7 +201,7 @@ def bdmc(settings: AIS, log_joint: LogJoint, initial: Proposal, sample_joint: Ca
     these settings, on data like the simulated data.
 
     Args:
-      settings: the :class:`AIS` settings used in both directions.
+      ais: the :class:`AIS` run in both directions.
       sample_joint: ``sample_joint(key, n) -> (z [n, D], x [n, *event])`` (:func:`vaegen.estimators.importance.model_sampler`).
       key: ``fold_in(key, 0)`` simulates, ``fold_in(key, 1)`` runs forward, ``fold_in(key, 2)`` reverse.
       num_examples: how many (x, z) to simulate.
@@ -236,8 +213,8 @@ def bdmc(settings: AIS, log_joint: LogJoint, initial: Proposal, sample_joint: Ca
         raise ConfigError(f"BDMC needs at least one simulated example, got {num_examples}")
     zs, xs = sample_joint(jax.random.fold_in(key, 0), int(num_examples))
     kw = dict(batch_size=batch_size, devices=devices, progress=progress)
-    fwd = settings.forward(log_joint, initial, xs, jax.random.fold_in(key, 1), **kw)
-    rev = settings.reverse(log_joint, initial, xs, zs, jax.random.fold_in(key, 2), **kw)
+    fwd = ais.forward(log_joint, initial, xs, jax.random.fold_in(key, 1), **kw)
+    rev = ais.reverse(log_joint, initial, xs, zs, jax.random.fold_in(key, 2), **kw)
     return {
         "lower": fwd["log_px"],
         "upper": rev["log_px"],

@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.errors import ConfigError, InferenceError
 from vaegen.registry import POSTERIORS
+from vaegen.spec.gaps import family_names
 
 Phi = dict  # local variational parameters of one example (or, with a leading [N], of many)
 
@@ -129,15 +130,8 @@ Family = DiagonalFamily | FullCovarianceFamily | FlowFamily
 
 FAMILIES: dict[str, type] = {"diagonal_gaussian": DiagonalFamily, "full_covariance_gaussian": FullCovarianceFamily,
                              "flow": FlowFamily}
-"""The family of each posterior that has one, by the posterior's registered name."""
-
-
-def family_names() -> list[str]:
-    """The names a family may be asked for by: the posteriors that have one, and their aliases."""
-    out = []
-    for name in FAMILIES:
-        out += [*POSTERIORS.get(name).aliases, name]
-    return out
+"""The family of each posterior that has one (its ``refinable`` trait), by the posterior's registered name;
+:func:`vaegen.spec.gaps.family_names` lists the names they may be asked for by."""
 
 
 def resolve(name: str) -> type:
@@ -182,8 +176,9 @@ def make_family(name: str, model: Any | None = None, *, latent_dim: int | None =
         raise InferenceError("the flow family needs latent_dim >= 2")
     post = model.posterior if model is not None else None
     if isinstance(post, posteriors_lib.FlowPosterior):
-        flow_options = dict(num_layers=post.num_layers, hidden=tuple(post.hidden), context_dim=post.context_dim,
-                            activation=post.activation)
+        s = post.settings
+        flow_options = dict(num_layers=s.layers, hidden=tuple(s.hidden), context_dim=s.context_dim,
+                            activation=s.activation)
     if "hidden" in flow_options:
         flow_options["hidden"] = tuple(int(h) for h in flow_options["hidden"])
     return FlowFamily(latent_dim, **flow_options)

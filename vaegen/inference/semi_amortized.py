@@ -8,11 +8,13 @@ from typing import Any
 
 import jax
 
-from vaegen.errors import ConfigError, InferenceError
+from vaegen.errors import ConfigError
 from vaegen.inference.families import Family, amortized_parameters, family_of
 from vaegen.inference.svi import SVISettings, refine
+from vaegen.objectives.base import Objective
 from vaegen.objectives.bounds import elbo_of, needs_density_and_prior, require_density
 from vaegen.registry import OBJECTIVES, POSTERIORS, Settings, setting
+from vaegen.spec.run import RunSpec
 
 Terms = dict[str, jax.Array]
 
@@ -20,7 +22,25 @@ GRADIENTS = ("unrolled", "total", "stop")
 
 
 @dataclasses.dataclass(frozen=True)
-class SemiAmortizedELBO:
+class SemiAmortizedSettings(Settings):
+    num_samples: int = setting(1, "S samples of z for the final bound", gt=0)
+    analytic_kl: bool = setting(True, "closed-form KL where distrax has one")
+    steps: int = setting(10, "K SVI steps per example inside the training step", ge=0)
+    learning_rate: float = setting(0.05, "the inner step size", gt=0)
+    optimizer: str = setting("adam", "the inner optimiser (optax); Kim et al. used sgd with momentum",
+                             choices=("adam", "sgd"))
+    momentum: float = setting(0.5, "sgd only", ge=0)
+    step_samples: int = setting(1, "z samples per inner step", gt=0)
+    grad_clip_norm: float = setting(0.0, "clip each example's inner gradient to this norm (0 = off)", ge=0)
+    init: str = setting("amortized", "amortized: from the encoder's q; prior: from N(0, I) (non-amortized SVI)",
+                        choices=("amortized", "prior"))
+    gradient: str = setting("unrolled", "unrolled: through the K steps to the encoder (SA-VAE); total: theta's "
+                            "gradient also through the steps; stop: q_K held fixed, the encoder trained on its own "
+                            "ELBO (VAE+SVI)", choices=GRADIENTS)
+
+
+@dataclasses.dataclass(frozen=True)
+class SemiAmortizedELBO(Objective):
     """Semi-amortized variational inference (Kim et al. 2018) as a training objective.
 
     Per example: phi_0 = phi(x) from the encoder (or the standard point), then K SVI steps
@@ -45,30 +65,33 @@ class SemiAmortizedELBO:
     ``elbo_amortized`` where the encoder is trained on its own bound.
 
     Attributes:
-      settings: the inner optimiser (``num_steps`` = K, ``learning_rate`` = the inner rate, ...).
-      init: ``amortized`` | ``prior``.
-      gradient: ``unrolled`` | ``total`` | ``stop``.
-      num_samples: S, samples of z for the final bound.
+      settings: :class:`SemiAmortizedSettings`: K = ``steps``, the inner optimiser (``learning_rate``,
+        ``optimizer``, ``momentum``, ``step_samples`` samples of z per step, ``grad_clip_norm``), the
+        ``init`` (``amortized`` | ``prior``), the ``gradient`` (``unrolled`` | ``total`` | ``stop``),
+        and S = ``num_samples`` samples of z for the final bound.
       family: the family refined; None = the family of the model's q(z | x).
     """
 
-    settings: SVISettings = SVISettings(num_steps=10, learning_rate=0.05, schedule="constant", path_gradient=False)
-    init: str = "amortized"
-    gradient: str = "unrolled"
-    num_samples: int = 1
+    settings: SemiAmortizedSettings = SemiAmortizedSettings()
     family: Family | None = None
     bound_name = "elbo"
 
-    def __post_init__(self):
-        self.settings.validate()
-        if self.init not in ("amortized", "prior"):
-            raise InferenceError(f"unknown initialisation {self.init!r}; choose 'amortized' or 'prior'")
-        if self.gradient not in GRADIENTS:
-            raise InferenceError(f"unknown gradient {self.gradient!r}; choose one of {', '.join(GRADIENTS)}")
+    @property
+    def inner(self) -> SVISettings:
+        """The inner optimiser, as :func:`vaegen.inference.svi.refine` takes it: a constant step size
+        and no path gradient (gradients are taken *through* the optimiser)."""
+        s = self.settings
+        return SVISettings(num_steps=s.steps, learning_rate=s.learning_rate, optimizer=s.optimizer,
+                           momentum=s.momentum, schedule="constant", num_samples=s.step_samples,
+                           grad_clip_norm=s.grad_clip_norm, analytic_kl=s.analytic_kl, path_gradient=False)
+
+    @property
+    def samples_per_example(self) -> int:
+        return self.settings.num_samples
 
     @property
     def encoder_trained_separately(self) -> bool:
-        return self.gradient == "stop" or self.init == "prior"
+        return self.settings.gradient == "stop" or self.settings.init == "prior"
 
     def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array,
                  step: jax.Array | int = 0) -> Terms:
@@ -78,27 +101,28 @@ class SemiAmortizedELBO:
         sg = jax.lax.stop_gradient
         k_inner, k_final = jax.random.split(key)
 
+        s = self.settings
         amortized_phi = family.embed(*amortized_parameters(model, variables, x))
-        phi0 = family.standard() if self.init == "prior" else amortized_phi
-        inner_variables = variables if self.gradient == "total" else sg(variables)
-        if self.gradient == "stop":
+        phi0 = family.standard() if s.init == "prior" else amortized_phi
+        inner_variables = variables if s.gradient == "total" else sg(variables)
+        if s.gradient == "stop":
             phi0 = sg(phi0)
-        phi_k, _ = refine(model, inner_variables, family, phi0, x, k_inner, self.settings)
-        if self.gradient == "stop":
+        phi_k, _ = refine(model, inner_variables, family, phi0, x, k_inner, self.inner)
+        if s.gradient == "stop":
             phi_k = sg(phi_k)
-        refined = elbo_of(model, variables, family.distribution(phi_k), x, k_final, self.num_samples,
-                          analytic_kl=self.settings.analytic_kl)
+        refined = elbo_of(model, variables, family.distribution(phi_k), x, k_final, s.num_samples,
+                          analytic_kl=s.analytic_kl)
         if self.encoder_trained_separately:
             # The encoder's own bound, with the generative model held fixed in this term.
             params = dict(sg(variables["params"]))
             params["posterior"] = variables["params"]["posterior"]
             encoder_vars = {**variables, "params": params}
             amortized = elbo_of(model, encoder_vars, family.distribution(amortized_phi), x, k_final,
-                                self.num_samples, analytic_kl=self.settings.analytic_kl)
+                                s.num_samples, analytic_kl=s.analytic_kl)
             objective = refined["elbo"] + amortized["elbo"]
         else:
             amortized = elbo_of(model, variables, family.distribution(sg(amortized_phi)), x, k_final,
-                                self.num_samples, analytic_kl=self.settings.analytic_kl)
+                                s.num_samples, analytic_kl=s.analytic_kl)
             objective = refined["elbo"]
         return {
             "elbo": refined["elbo"],
@@ -110,35 +134,11 @@ class SemiAmortizedELBO:
         }
 
 
-    def for_validation(self, validation_num_samples: int) -> "SemiAmortizedELBO":
-        """The refined bound L[q_K] (and L[q_0] beside it), as in training."""
-        del validation_num_samples
-        return self
-
-
-@dataclasses.dataclass(frozen=True)
-class SemiAmortizedSettings(Settings):
-    num_samples: int = setting(1, "S samples of z for the final bound", gt=0)
-    analytic_kl: bool = setting(True, "closed-form KL where distrax has one")
-    steps: int = setting(10, "K SVI steps per example inside the training step", ge=0)
-    learning_rate: float = setting(0.05, "the inner step size", gt=0)
-    optimizer: str = setting("adam", "the inner optimiser (optax); Kim et al. used sgd with momentum",
-                             choices=("adam", "sgd"))
-    momentum: float = setting(0.5, "sgd only", ge=0)
-    step_samples: int = setting(1, "z samples per inner step", gt=0)
-    grad_clip_norm: float = setting(0.0, "clip each example's inner gradient to this norm (0 = off)", ge=0)
-    init: str = setting("amortized", "amortized: from the encoder's q; prior: from N(0, I) (non-amortized SVI)",
-                        choices=("amortized", "prior"))
-    gradient: str = setting("unrolled", "unrolled: through the K steps to the encoder (SA-VAE); total: theta's "
-                            "gradient also through the steps; stop: q_K held fixed, the encoder trained on its own "
-                            "ELBO (VAE+SVI)", choices=GRADIENTS)
-
-
-def _check(settings: SemiAmortizedSettings, spec: Any) -> None:
+def _check(settings: SemiAmortizedSettings, spec: RunSpec) -> None:
     needs_density_and_prior(settings, spec)
     posterior = spec.inference.posterior
-    if not posterior.trait("refinable", False):
-        allowed = [c.name for c in POSTERIORS if c.trait("refinable", False)]
+    if not posterior.trait("refinable"):
+        allowed = [c.name for c in POSTERIORS if c.trait("refinable")]
         raise ConfigError(f"objective 'semi_amortized' refines a {', '.join(allowed)} posterior, not "
                           f"{posterior.name!r}")
 
@@ -147,9 +147,4 @@ def _check(settings: SemiAmortizedSettings, spec: Any) -> None:
 def semi_amortized(settings: SemiAmortizedSettings, *, steps_per_epoch: int = 1) -> SemiAmortizedELBO:
     """The ELBO of q refined by K SVI steps per example inside the training step (SA-VAE, Kim et al. 2018)."""
     del steps_per_epoch
-    inner = SVISettings(num_steps=settings.steps, learning_rate=settings.learning_rate, optimizer=settings.optimizer,
-                        momentum=settings.momentum, schedule="constant", num_samples=settings.step_samples,
-                        grad_clip_norm=settings.grad_clip_norm, analytic_kl=settings.analytic_kl,
-                        path_gradient=False)
-    return SemiAmortizedELBO(settings=inner, init=settings.init, gradient=settings.gradient,
-                             num_samples=settings.num_samples)
+    return SemiAmortizedELBO(settings)

@@ -31,10 +31,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vaegen.blocks import networks as networks_lib
+from vaegen.activations import ACTIVATIONS, activation
 from vaegen.errors import NO_LATENT_MESSAGE, ConfigError, NoLatentError
 from vaegen.model.latent import NoLatents
 from vaegen.registry import MODEL_KINDS, Settings, setting
+from vaegen.spec.run import InferenceSpec, ModelSpec, RunSpec
 
 
 @functools.lru_cache(maxsize=16)
@@ -86,22 +87,31 @@ class MaskedDense(nn.Module):
         return h @ self.masked_kernel() + self.bias
 
 
+@dataclasses.dataclass(frozen=True)
+class MADESettings(Settings):
+    """Settings of the ``autoregressive`` model kind (``config.model.kind``): a MADE."""
+
+    hidden: tuple[int, ...] = setting((500,), "widths of the masked hidden layers", items_gt=0, nonempty=True)
+    activation: str = setting("relu", "nonlinearity of the hidden layers", choices=tuple(ACTIVATIONS))
+    ordering: str = setting("natural", "natural: index order (raster order for images); random: a permutation drawn "
+                            "from ordering_seed",
+                            choices=("natural", "random"))
+    ordering_seed: int = setting(0, "seed of the order and of the hidden units' connectivity degrees")
+
+
 class MADE(NoLatents, nn.Module):
     """MADE over binary observations of shape ``event_shape``: an exact p(x), no latent variable.
 
     Attributes:
       event_shape: shape of one observation, e.g. ``(28, 28, 1)``; D = its size.
-      hidden: widths of the masked hidden layers.
-      activation: name of the nonlinearity (:data:`vaegen.blocks.networks.ACTIVATIONS`).
-      ordering: ``natural`` (raster order) or ``random`` (seeded permutation).
-      ordering_seed: seed of the order and of the hidden units' degrees.
+      settings: :class:`MADESettings`: the widths of the masked hidden layers (``hidden``), their
+        nonlinearity (``activation``, :data:`vaegen.activations.ACTIVATIONS`), the ``ordering``
+        (``natural``: raster order; ``random``: a seeded permutation) and ``ordering_seed``, the seed
+        of the order and of the hidden units' degrees.
     """
 
     event_shape: tuple[int, ...]
-    hidden: tuple[int, ...] = (500,)
-    activation: str = "relu"
-    ordering: str = "natural"
-    ordering_seed: int = 0
+    settings: MADESettings = MADESettings()
 
     has_latents = False
 
@@ -111,11 +121,13 @@ class MADE(NoLatents, nn.Module):
 
     @property
     def spec(self) -> tuple:
-        return (self.num_inputs, tuple(int(h) for h in self.hidden), self.ordering, int(self.ordering_seed))
+        s = self.settings
+        return (self.num_inputs, tuple(int(h) for h in s.hidden), s.ordering, int(s.ordering_seed))
 
     def setup(self):
-        self.hidden_layers = [MaskedDense(int(w), i, self.spec, name=f"hidden_{i}") for i, w in enumerate(self.hidden)]
-        self.logits_layer = MaskedDense(self.num_inputs, len(self.hidden), self.spec, name="logits")
+        hidden = self.settings.hidden
+        self.hidden_layers = [MaskedDense(int(w), i, self.spec, name=f"hidden_{i}") for i, w in enumerate(hidden)]
+        self.logits_layer = MaskedDense(self.num_inputs, len(hidden), self.spec, name="logits")
 
     # --- the model -------------------------------------------------------------------------
     def logits(self, x: jax.Array) -> jax.Array:
@@ -123,7 +135,7 @@ class MADE(NoLatents, nn.Module):
         nd = len(self.event_shape)
         batch = x.shape[: x.ndim - nd]
         h = x.reshape(batch + (self.num_inputs,)).astype(jnp.float32)
-        act = networks_lib.activation(self.activation)
+        act = activation(self.settings.activation)
         for layer in self.hidden_layers:
             h = act(layer(h))
         return self.logits_layer(h).reshape(batch + tuple(self.event_shape))
@@ -154,7 +166,7 @@ class MADE(NoLatents, nn.Module):
         b_first = self.hidden_layers[0].bias
         rest = [(l.masked_kernel(), l.bias) for l in self.hidden_layers[1:]]
         w_out, b_out = self.logits_layer.masked_kernel(), self.logits_layer.bias   # [H_L, D], [D]
-        act = networks_lib.activation(self.activation)
+        act = activation(self.settings.activation)
 
         def one(k):
             def step(carry, t):
@@ -195,38 +207,18 @@ class MADE(NoLatents, nn.Module):
 
 # --- the registered model kind ---------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class MADESettings(Settings):
-    """Settings of the ``autoregressive`` model kind (``config.model.kind``): a MADE."""
-
-    hidden: tuple[int, ...] = setting((500,), "widths of the masked hidden layers", items_gt=0, nonempty=True)
-    activation: str = setting("relu", "nonlinearity of the hidden layers", choices=tuple(networks_lib.ACTIVATIONS))
-    ordering: str = setting("natural", "natural: index order (raster order for images); random: a permutation drawn "
-                            "from ordering_seed",
-                            choices=("natural", "random"))
-    ordering_seed: int = setting(0, "seed of the order and of the hidden units' connectivity degrees")
-
-
-EXACT_PAIRING = ("an autoregressive model (config.model.kind=autoregressive) is trained on its exact log p(x) "
-                 "(config.objective.name=exact), and only it: set both or neither")
-"""The message when the model kind and the objective ``exact`` do not go together."""
-
-
-def _check(settings: MADESettings, spec: Any) -> None:
-    if not spec.objective.trait("exact_log_likelihood", False):
-        raise ConfigError(EXACT_PAIRING)
+def _check(settings: MADESettings, spec: RunSpec) -> None:
     if spec.model.likelihood.trait("support") != "binary":
         raise ConfigError("config.model.kind=autoregressive (MADE) models binary data: set "
                           "config.model.likelihood=bernoulli and a binarization protocol")
 
 
 @MODEL_KINDS.register("autoregressive", settings=MADESettings, check=_check,
-                      traits={"has_latents": False, "exact_log_likelihood": True})
-def build(settings: MADESettings, *, model: Any, inference: Any, event_shape: Sequence[int]) -> MADE:
+                      traits={"latents": "none", "exact_log_likelihood": True, "training": "exact"})
+def build(settings: MADESettings, *, model: ModelSpec, inference: InferenceSpec, event_shape: Sequence[int]) -> MADE:
     """No z: p(x) = prod_i p(x_i | x_<i) by a MADE, exact log p(x), sampled pixel by pixel (Germain et al. 2015)."""
     del model, inference
-    return MADE(event_shape=tuple(int(s) for s in event_shape), hidden=tuple(int(h) for h in settings.hidden),
-                activation=settings.activation, ordering=settings.ordering, ordering_seed=int(settings.ordering_seed))
+    return MADE(event_shape=tuple(int(s) for s in event_shape), settings=settings)
 
 
 def num_parameters(variables: Any) -> int:

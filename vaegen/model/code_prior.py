@@ -24,11 +24,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vaegen.blocks import networks as networks_lib
+from vaegen.activations import activation
 from vaegen.errors import NO_LATENT_MESSAGE, ConfigError, NoLatentError
 from vaegen.model.autoregressive import MADESettings, made_masks
 from vaegen.model.latent import NoLatents
 from vaegen.registry import MODEL_KINDS, setting
+from vaegen.spec.run import InferenceSpec, ModelSpec, RunSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class CategoricalMADESettings(MADESettings):
+    """Settings of the ``categorical_made`` model kind: an autoregressive prior over code indices
+    (the MADE's masked layers, order and seed, over K values per position)."""
+
+    hidden: tuple[int, ...] = setting((512,), "widths of the masked hidden layers", items_gt=0, nonempty=True)
+    num_categories: int = setting(512, "K, the number of values of each position (a VQ-VAE's codebook size)", ge=2)
 
 
 class CategoricalMADE(NoLatents, nn.Module):
@@ -36,29 +46,30 @@ class CategoricalMADE(NoLatents, nn.Module):
 
     Attributes:
       num_positions: M.
-      num_categories: K.
-      hidden: widths of the masked hidden layers (at least one).
-      activation: nonlinearity (:data:`vaegen.blocks.networks.ACTIVATIONS`).
-      ordering: ``natural`` (position 0 first) or ``random`` (a permutation from ``ordering_seed``).
-      ordering_seed: seed of the order and of the hidden units' degrees.
+      settings: :class:`CategoricalMADESettings`: K = ``num_categories``; the widths of the masked
+        hidden layers (``hidden``, at least one), their nonlinearity (``activation``,
+        :data:`vaegen.activations.ACTIVATIONS`), the ``ordering`` (``natural``: position 0 first;
+        ``random``: a permutation from ``ordering_seed``) and ``ordering_seed``, the seed of the
+        order and of the hidden units' degrees.
     """
 
     num_positions: int
-    num_categories: int
-    hidden: tuple[int, ...] = (512,)
-    activation: str = "relu"
-    ordering: str = "natural"
-    ordering_seed: int = 0
+    settings: CategoricalMADESettings = CategoricalMADESettings()
 
     has_latents = False
 
+    @property
+    def num_categories(self) -> int:
+        """K."""
+        return int(self.settings.num_categories)
+
     def _masks(self) -> tuple[np.ndarray, tuple[np.ndarray, ...]]:
-        return made_masks(int(self.num_positions), tuple(int(h) for h in self.hidden), self.ordering,
-                          int(self.ordering_seed))
+        s = self.settings
+        return made_masks(int(self.num_positions), tuple(int(h) for h in s.hidden), s.ordering, int(s.ordering_seed))
 
     def setup(self):
         m, k = int(self.num_positions), int(self.num_categories)
-        widths = [int(h) for h in self.hidden]
+        widths = [int(h) for h in self.settings.hidden]
         init = nn.initializers.lecun_normal()
         # the first layer as [M, K, H1]: row (m, k) is the one-hot input "c_m = k"
         self.kernel_in = self.param("input_kernel", lambda key, s: init(key, (m * k, s[2])).reshape(s),
@@ -75,7 +86,7 @@ class CategoricalMADE(NoLatents, nn.Module):
     def logits(self, c: jax.Array) -> jax.Array:
         """logits of p(c_m = k | c_<m) for every m: ``[..., M, K]`` for codes ``c [..., M]``."""
         _, masks = self._masks()
-        act = networks_lib.activation(self.activation)
+        act = activation(self.settings.activation)
         c = jnp.asarray(c).astype(jnp.int32)
         m = int(self.num_positions)
         w_in = self.kernel_in * jnp.asarray(masks[0])[:, None, :]              # [M, K, H1]
@@ -121,35 +132,23 @@ class CategoricalMADE(NoLatents, nn.Module):
 
 # --- the registered model kind ---------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class CategoricalMADESettings(MADESettings):
-    """Settings of the ``categorical_made`` model kind: an autoregressive prior over code indices
-    (the MADE's masked layers, order and seed, over K values per position)."""
-
-    hidden: tuple[int, ...] = setting((512,), "widths of the masked hidden layers", items_gt=0, nonempty=True)
-    num_categories: int = setting(512, "K, the number of values of each position (a VQ-VAE's codebook size)", ge=2)
+CODE_PRIOR_DATA = ("config.model.kind=categorical_made (a prior over integer codes) is trained on codes passed "
+                   "as float arrays [N, M] (config.data.binarization=real)")
 
 
-CODE_PRIOR_PAIRING = ("config.model.kind=categorical_made (a prior over integer codes) is trained on its exact "
-                      "log p(c) (config.objective.name=exact) on codes passed as float arrays [N, M] "
-                      "(config.data.binarization=real)")
-
-
-def _check(settings: CategoricalMADESettings, spec: Any) -> None:
-    if not spec.objective.trait("exact_log_likelihood", False) or spec.data.binarization != "real":
-        raise ConfigError(CODE_PRIOR_PAIRING)
+def _check(settings: CategoricalMADESettings, spec: RunSpec) -> None:
+    if spec.data.binarization != "real":
+        raise ConfigError(CODE_PRIOR_DATA)
 
 
 @MODEL_KINDS.register("categorical_made", settings=CategoricalMADESettings, check=_check,
-                      traits={"has_latents": False, "exact_log_likelihood": True, "code_prior": True})
-def build(settings: CategoricalMADESettings, *, model: Any, inference: Any,
+                      traits={"latents": "none", "exact_log_likelihood": True, "over_codes": True, "training": "exact"})
+def build(settings: CategoricalMADESettings, *, model: ModelSpec, inference: InferenceSpec,
           event_shape: Sequence[int]) -> CategoricalMADE:
     """No z: p(c) = prod_m p(c_m | c_<m) over integer vectors c in {0..K-1}^M (a VQ-VAE's codes), exact log p(c)."""
     del model, inference
     if len(event_shape) != 1:
         raise ConfigError(f"config.model.kind=categorical_made models vectors of code indices [M]; the data are "
                           f"{tuple(event_shape)}")
-    return CategoricalMADE(num_positions=int(event_shape[0]), num_categories=int(settings.num_categories),
-                           hidden=tuple(int(h) for h in settings.hidden), activation=settings.activation,
-                           ordering=settings.ordering, ordering_seed=int(settings.ordering_seed))
+    return CategoricalMADE(num_positions=int(event_shape[0]), settings=settings)
 

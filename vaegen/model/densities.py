@@ -23,9 +23,7 @@ from vaegen.blocks import densities as densities_lib
 from vaegen.errors import ConfigError
 from vaegen.model.latent import NoLatents
 from vaegen.registry import MODEL_KINDS, NoSettings
-
-DENSITY_PAIRING = ("config.model.kind=density (a density over real vectors, e.g. codes) is trained by "
-                   "config.objective=density, and only it: set both or neither")
+from vaegen.spec.run import InferenceSpec, ModelSpec, RunSpec
 
 
 class DensityModel(NoLatents, nn.Module):
@@ -57,13 +55,11 @@ class DensityModel(NoLatents, nn.Module):
         return self.terms(x, jax.random.key(0))["objective"]
 
 
-def _check(settings: NoSettings, spec: Any) -> None:
-    if not spec.objective.trait("density_objective", False):
-        raise ConfigError(DENSITY_PAIRING)
-    if not spec.model.prior.trait("exists", True):
+def _check(settings: NoSettings, spec: RunSpec) -> None:
+    if not spec.model.prior.trait("exists"):
         raise ConfigError("config.model.kind=density needs a density as config.model.prior (flow, two_stage, "
                           "diffusion, mixture, ...), not 'none'")
-    if spec.model.prior.trait("needs_posterior", False):
+    if spec.model.prior.trait("needs_posterior"):
         raise ConfigError(f"config.model.kind=density cannot fit config.model.prior={spec.model.prior.name!r}: it "
                           "is defined through an inference network")
     if spec.data.binarization != "real":
@@ -71,8 +67,8 @@ def _check(settings: NoSettings, spec: Any) -> None:
                           "pass the data as float arrays [N, D]")
 
 
-@MODEL_KINDS.register("density", check=_check, traits={"has_latents": False, "density_model": True})
-def build(settings: NoSettings, *, model: Any, inference: Any, event_shape: tuple[int, ...]) -> DensityModel:
+@MODEL_KINDS.register("density", check=_check, traits={"latents": "none", "training": "density"})
+def build(settings: NoSettings, *, model: ModelSpec, inference: InferenceSpec, event_shape: tuple[int, ...]) -> DensityModel:
     """No z: a density over real vectors [D] (config.model.prior), e.g. an ex-post prior fitted to codes."""
     del settings, inference
     if len(event_shape) != 1 or int(event_shape[0]) != int(model.latent_dim):

@@ -22,7 +22,7 @@ supplied (e.g. a mixture fitted to the training codes, which then becomes ``prio
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol
 
 import distrax
 import flax.linen as nn
@@ -33,6 +33,48 @@ from vaegen.blocks import likelihoods as likelihoods_lib
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.errors import NO_LATENT_MESSAGE, NO_PRIOR_MESSAGE, NoLatentError, NoPriorError
 from vaegen.registry import MODEL_KINDS, NoSettings
+from vaegen.spec.run import InferenceSpec, ModelSpec
+
+
+class Model(Protocol):
+    """What every model kind builds (:class:`LatentVariableModel` and its subclasses, MADE, the
+    categorical MADE over codes, a density over vectors): a Flax module that can be initialised,
+    applied and sampled, and answers what it is.  A model without a z answers the questions about
+    z with :class:`vaegen.errors.NoLatentError` (:class:`NoLatents`); one without a p(z) with
+    :class:`vaegen.errors.NoPriorError`.
+
+    ``init``, ``apply`` and ``bind`` are Flax's; every method below is called through them
+    (``model.apply(variables, ..., method=...)``)."""
+
+    @property
+    def is_autoencoder(self) -> bool:
+        """Whether q(z | x) is a point mass (no ELBO)."""
+
+    @property
+    def has_prior(self) -> bool:
+        """Whether it has a p(z) to sample from."""
+
+    def init(self, rngs: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    def apply(self, variables: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    def bind(self, variables: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    def sample(self, key: jax.Array, n: int) -> jax.Array:
+        """x ~ p(x): ``[n, *event]``."""
+
+    def p_z(self) -> Any:
+        """p(z) (event [D])."""
+
+    def q_z_given_x(self, x: jax.Array) -> distrax.Distribution:
+        """q(z | x) for ``x [..., *event]``."""
+
+    def p_x_given_z(self, z: jax.Array) -> distrax.Distribution:
+        """p(x | z) for ``z [..., D]``."""
+
+    def with_output_bias(self, variables: Any, data_mean: Any) -> Any:
+        """``variables`` with the output layer started at the data mean ``[*event]`` (see
+        :func:`set_output_bias`)."""
 
 
 class NoLatents:
@@ -112,6 +154,18 @@ class LatentVariableModel(nn.Module):
     def has_prior(self) -> bool:
         return self.prior is not None
 
+    def with_output_bias(self, variables: Any, data_mean: Any) -> Any:
+        """``variables`` with the likelihood head's bias set so that p(x | z) starts at the data mean
+        ``[H, W, C]`` (see :func:`set_output_bias`)."""
+        head = type(self.likelihood).head_name
+        bias = jnp.asarray(likelihoods_lib.output_bias(self.likelihood, data_mean), jnp.float32)
+        params = jax.tree_util.tree_map(lambda a: a, variables["params"])  # shallow copy of the tree
+        old = params["likelihood"][head]["bias"]
+        if old.shape != bias.shape:
+            raise ValueError(f"output bias of shape {bias.shape} does not fit head {head!r} {old.shape}")
+        params["likelihood"][head] = dict(params["likelihood"][head], bias=bias)
+        return {**variables, "params": params}
+
     def __call__(self, x: jax.Array) -> jax.Array:
         """Touches every sub-module (used by ``init``): returns log p(x | z = E_q[z]) in nats."""
         z = self.q_z_given_x(x).mean()
@@ -125,14 +179,15 @@ class LatentVariableModel(nn.Module):
 # A model is assembled from its parts, each a registered component chosen in the config: the prior
 # p(z), the likelihood p(x | z) on a decoder trunk, the posterior q(z | x) on an encoder trunk.  The
 # model kind says how the parts make a model: one latent vector (here), two stochastic layers
-# (:mod:`vaegen.model.two_layer`), or no latent at all (:mod:`vaegen.model.autoregressive`).  Traits:
-# ``has_latents``; ``one_latent_vector`` (q(z | x) and p(z) are the posterior's and the prior's own,
-# over one vector z: what needs their structure, such as free bits, can rely on it); ``code_prior`` (a
-# model of vectors of integer code indices [M], fitted to a VQ-VAE's codes).
+# (:mod:`vaegen.model.two_layer`), or no latent at all (:mod:`vaegen.model.autoregressive`).  Traits
+# (declared with :data:`vaegen.registry.MODEL_KINDS`): ``latents`` (continuous, discrete or none),
+# ``one_latent_vector``, ``exact_log_likelihood``, ``over_codes``, and ``training`` (which objectives
+# train it).
 
 
-@MODEL_KINDS.register("latent_variable", traits={"has_latents": True, "one_latent_vector": True})
-def latent_variable(settings: NoSettings, *, model: Any, inference: Any, event_shape: tuple[int, ...]) -> LatentVariableModel:
+@MODEL_KINDS.register("latent_variable", traits={"one_latent_vector": True})
+def latent_variable(settings: NoSettings, *, model: ModelSpec, inference: InferenceSpec,
+                    event_shape: tuple[int, ...]) -> LatentVariableModel:
     """p(z) p(x | z) with q(z | x) beside it: one latent vector z [D]."""
     del settings
     d = int(model.latent_dim)
@@ -144,32 +199,23 @@ def latent_variable(settings: NoSettings, *, model: Any, inference: Any, event_s
     return LatentVariableModel(prior=prior, likelihood=likelihood, posterior=posterior)
 
 
-def build_model(model: Any, inference: Any, event_shape: tuple[int, ...]) -> nn.Module:
+def build_model(model: ModelSpec, inference: InferenceSpec, event_shape: tuple[int, ...]) -> Model:
     """The model of the typed ``model`` and ``inference`` sections of a run spec
-    (:class:`vaegen.config.schema.ModelSpec`, :class:`~vaegen.config.schema.InferenceSpec`), of the kind
+    (:class:`vaegen.spec.run.ModelSpec`, :class:`~vaegen.spec.run.InferenceSpec`), of the kind
     ``model.kind`` names, for observations of shape ``event_shape`` (e.g. ``(28, 28, 1)``)."""
     return model.kind.build(model=model, inference=inference, event_shape=tuple(int(s) for s in event_shape))
 
 
-def init_params(model: LatentVariableModel, key: jax.Array, event_shape: tuple[int, ...]):
+def init_params(model: Model, key: jax.Array, event_shape: tuple[int, ...]):
     """Initialises the parameters ``{"params": {...}}`` with a dummy observation."""
     return model.init(key, jnp.zeros(tuple(event_shape), jnp.float32))
 
 
-def set_output_bias(variables, model: LatentVariableModel, data_mean) -> Any:
+def set_output_bias(variables, model: Model, data_mean) -> Any:
     """Returns ``variables`` with the likelihood head's bias set so that p(x | z) starts at the
     data mean ``[H, W, C]`` (Bernoulli: logit of the pixel means, as in Burda et al. 2016;
     Gaussian: the means; discretized logistic: every component's mean).  A head on a spatial
     decoder trunk (``spatial_output``) has one bias per channel, set from each channel's mean
-    over the pixels (:func:`vaegen.blocks.likelihoods.output_bias`)."""
-    custom = getattr(model, "with_output_bias", None)  # models without p(x | z) (autoregressive)
-    if custom is not None:
-        return custom(variables, data_mean)
-    head = type(model.likelihood).head_name
-    bias = jnp.asarray(likelihoods_lib.output_bias(model.likelihood, data_mean), jnp.float32)
-    params = jax.tree_util.tree_map(lambda a: a, variables["params"])  # shallow copy of the tree
-    old = params["likelihood"][head]["bias"]
-    if old.shape != bias.shape:
-        raise ValueError(f"output bias of shape {bias.shape} does not fit head {head!r} {old.shape}")
-    params["likelihood"][head] = dict(params["likelihood"][head], bias=bias)
-    return {**variables, "params": params}
+    over the pixels (:func:`vaegen.blocks.likelihoods.output_bias`).  A model without p(x | z)
+    starts otherwise (its own ``with_output_bias``: MADE at the pixel means, a density unchanged)."""
+    return model.with_output_bias(variables, data_mean)

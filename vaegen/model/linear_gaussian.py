@@ -116,9 +116,12 @@ class LinearGaussian:
         """The model with a linear amortized diagonal-Gaussian q(z | x) = N(A x + c, diag(exp(2 l)))."""
         return LatentVariableModel(
             prior=priors.StandardNormal(latent_dim=self.latent_dim),
-            likelihood=likelihoods.Gaussian(decoder=networks.MLP(hidden=()), event_shape=(self.data_dim,),
-                                            scale="fixed", fixed_scale=self.s),
-            posterior=posteriors.DiagonalGaussian(encoder=networks.MLP(hidden=()), latent_dim=self.latent_dim),
+            likelihood=likelihoods.Gaussian(decoder=networks.MLP(networks.MLPSettings(hidden=())),
+                                            event_shape=(self.data_dim,),
+                                            settings=likelihoods.GaussianLikelihoodSettings(scale="fixed",
+                                                                                            fixed_scale=self.s)),
+            posterior=posteriors.DiagonalGaussian(encoder=networks.MLP(networks.MLPSettings(hidden=())),
+                                                  latent_dim=self.latent_dim),
         )
 
     def variables(self, A: np.ndarray | None = None, c: np.ndarray | None = None, log_scale: np.ndarray | None = None):
@@ -132,8 +135,9 @@ class LinearGaussian:
             c = -A @ self.b
         if log_scale is None:
             log_scale = 0.5 * np.log(self.optimal_diagonal_variance())
-        pm = self.model().posterior
-        raw = posteriors.soft_clip_inverse(jnp.asarray(log_scale, jnp.float32), pm.min_log_scale, pm.max_log_scale)
+        bounds = self.model().posterior.settings
+        raw = posteriors.soft_clip_inverse(jnp.asarray(log_scale, jnp.float32), bounds.min_log_scale,
+                                           bounds.max_log_scale)
         f32 = lambda a: jnp.asarray(a, jnp.float32)
         return {"params": {
             "likelihood": {"loc": {"kernel": f32(self.W.T), "bias": f32(self.b)}},

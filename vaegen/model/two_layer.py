@@ -34,7 +34,8 @@ from vaegen.blocks import networks as networks_lib
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.errors import ConfigError
 from vaegen.model import latent as latent_lib
-from vaegen.registry import MODEL_KINDS, OBJECTIVES, Selected, Settings, setting, slot
+from vaegen.registry import MODEL_KINDS, OBJECTIVES, Selected, Settings, reads_images, reads_vectors, setting, slot
+from vaegen.spec.run import InferenceSpec, ModelSpec, RunSpec
 
 
 class TwoStage(distrax.Distribution):
@@ -107,15 +108,15 @@ class TwoStage(distrax.Distribution):
         return self._join(a, self._conditional(a).mean())
 
 
-def ConditionalGaussian(trunk: nn.Module, latent_dim: int, min_log_scale: float = -10.0,
-                        max_log_scale: float = 3.0) -> nn.Module:
+def ConditionalGaussian(trunk: nn.Module, latent_dim: int,
+                        settings: posteriors_lib.GaussianPosteriorSettings) -> nn.Module:
     """A diagonal Gaussian whose parameters are networks of an input vector, N(mu(h), diag
-    sigma(h)^2) with h = trunk(v) and log sigma softly bounded: p(z1 | z2) and, bottom-up,
-    q(z2 | z1).  The same module as the amortized :class:`vaegen.blocks.posteriors.DiagonalGaussian`
-    (its ``encoder`` is the trunk): ``__call__(v [..., D_in])`` returns a
-    ``distrax.MultivariateNormalDiag`` with event ``[latent_dim]`` and batch ``[...]``."""
-    return posteriors_lib.DiagonalGaussian(encoder=trunk, latent_dim=latent_dim, min_log_scale=min_log_scale,
-                                           max_log_scale=max_log_scale)
+    sigma(h)^2) with h = trunk(v) and log sigma softly bounded (``settings``): p(z1 | z2) and,
+    bottom-up, q(z2 | z1).  The same module as the amortized
+    :class:`vaegen.blocks.posteriors.DiagonalGaussian` (its ``encoder`` is the trunk):
+    ``__call__(v [..., D_in])`` returns a ``distrax.MultivariateNormalDiag`` with event
+    ``[latent_dim]`` and batch ``[...]``."""
+    return posteriors_lib.DiagonalGaussian(encoder=trunk, latent_dim=latent_dim, settings=settings)
 
 
 class JoinedTrunk(nn.Module):
@@ -210,13 +211,14 @@ class TopDownPosterior(nn.Module):
         VampPrior on z2 passes its pseudo-inputs through.
       z1_trunk: :class:`JoinedTrunk` of (x, z2) for q(z1 | x, z2).
       dims: ``(D1, D2)``.
+      settings: the posterior's :class:`vaegen.blocks.posteriors.GaussianPosteriorSettings` (the
+        bounds on q(z1 | x, z2)'s log sigma).
     """
 
     q_z2_given_x: nn.Module
     z1_trunk: JoinedTrunk
     dims: tuple[int, int]
-    min_log_scale: float = -10.0
-    max_log_scale: float = 3.0
+    settings: posteriors_lib.GaussianPosteriorSettings = posteriors_lib.GaussianPosteriorSettings()
 
     @property
     def latent_dim(self) -> int:
@@ -233,7 +235,8 @@ class TopDownPosterior(nn.Module):
     def q_z1(self, x: jax.Array, z2: jax.Array) -> distrax.Distribution:
         """q(z1 | x, z2) for ``x [*event]`` and ``z2 [..., D2]``: batch ``[...]``, event ``[D1]``."""
         h = self.z1_trunk(x, z2)
-        log_scale = posteriors_lib.soft_clip(self.log_scale(h), self.min_log_scale, self.max_log_scale)
+        log_scale = posteriors_lib.soft_clip(self.log_scale(h), self.settings.min_log_scale,
+                                             self.settings.max_log_scale)
         return distrax.MultivariateNormalDiag(self.loc(h), jnp.exp(log_scale))
 
     def __call__(self, x: jax.Array) -> distrax.Distribution:
@@ -247,10 +250,10 @@ class TwoLayerSettings(Settings):
     """Settings of the ``two_layer`` model kind (``config.model.kind``)."""
 
     top_latent_dim: int = setting(10, "D2, the dimension of z2 (model.latent_dim is z1's)", gt=0)
-    top_decoder: Selected = slot("network", "mlp", "p(z1 | z2)'s trunk", accepts=networks_lib.reads_vectors,
+    top_decoder: Selected = slot("network", "mlp", "p(z1 | z2)'s trunk", accepts=reads_vectors,
                                  role="p(z1 | z2)'s trunk", hidden=(100, 100))
     top_encoder: Selected = slot("network", "mlp", "bottom_up: q(z2 | z1)'s trunk; top_down: q(z1 | x, z2)'s, "
-                                 "after the x and z2 branches", accepts=networks_lib.reads_images,
+                                 "after the x and z2 branches", accepts=reads_images,
                                  role="the top encoder's trunk", hidden=(100, 100))
     hierarchy: str = setting("bottom_up", "bottom_up: q(z1 | x) q(z2 | z1) (IWAE); top_down: q(z2 | x) q(z1 | x, z2) "
                              "(VampPrior HVAE; inference.encoder is q(z2 | x)'s trunk)",
@@ -264,6 +267,11 @@ class TwoLayerSettings(Settings):
     min_log_scale: float = setting(-10.0, "lower bound on log sigma of p(z1 | z2)")
     max_log_scale: float = setting(3.0, "upper bound on log sigma of p(z1 | z2)")
 
+    def conditional(self) -> posteriors_lib.GaussianPosteriorSettings:
+        """The bounds on p(z1 | z2)'s log sigma, as the settings of its diagonal Gaussian."""
+        return posteriors_lib.GaussianPosteriorSettings(min_log_scale=self.min_log_scale,
+                                                        max_log_scale=self.max_log_scale)
+
     def validate(self, key):
         if self.min_log_scale >= self.max_log_scale:
             raise ConfigError(f"{key('min_log_scale')} must be below {key('max_log_scale')}")
@@ -272,18 +280,18 @@ class TwoLayerSettings(Settings):
                               f"{key('hierarchy')}=bottom_up q(z2 | z1) reads z1; use an mlp")
 
 
-def _check(settings: TwoLayerSettings, spec: Any) -> None:
+def _check(settings: TwoLayerSettings, spec: RunSpec) -> None:
     """What two stochastic layers need of the rest of the run."""
-    if not spec.inference.posterior.trait("layer_factors", False):
+    if not spec.inference.posterior.trait("layer_factors"):
         raise ConfigError("with two stochastic layers (config.model.kind=two_layer) each factor of q is a diagonal "
                           "Gaussian: set config.inference.posterior=diagonal_gaussian")
-    if not spec.model.prior.trait("exists", True):
+    if not spec.model.prior.trait("exists"):
         raise ConfigError("a model with two stochastic layers needs a prior p(z2): set config.model.prior")
-    if spec.model.prior.trait("needs_posterior", False) and settings.hierarchy != "top_down":
+    if spec.model.prior.trait("needs_posterior") and settings.hierarchy != "top_down":
         raise ConfigError("a VampPrior on z2 is 1/K sum_k q(z2 | u_k) and needs q(z2 | x): set "
                           "config.model.kind.hierarchy=top_down (bottom_up inference has only q(z2 | z1))")
-    if not spec.objective.trait("bound_from_log_joint", False):
-        usable = [c.name for c in OBJECTIVES if c.trait("bound_from_log_joint", False)]
+    if not spec.objective.trait("bound_from_log_joint"):
+        usable = [c.name for c in OBJECTIVES if c.trait("bound_from_log_joint")]
         raise ConfigError(f"objective {spec.objective.name!r} is not available with two stochastic layers; "
                           f"use {' or '.join(usable)}")
 
@@ -294,7 +302,8 @@ def _branch(trunk: Selected, widths: tuple[int, ...]) -> nn.Module | None:
 
 
 @MODEL_KINDS.register("two_layer", settings=TwoLayerSettings, check=_check)
-def build(settings: TwoLayerSettings, *, model: Any, inference: Any, event_shape: tuple[int, ...]):
+def build(settings: TwoLayerSettings, *, model: ModelSpec, inference: InferenceSpec,
+          event_shape: tuple[int, ...]) -> latent_lib.LatentVariableModel:
     """z = [z1, z2]: p(z2) p(z1 | z2) p(x | z1) (IWAE) or p(x | z1, z2) (VampPrior HVAE), inferred bottom-up or top-down."""
     d1, d2 = int(model.latent_dim), int(settings.top_latent_dim)
     dims = (d1, d2)
@@ -305,7 +314,7 @@ def build(settings: TwoLayerSettings, *, model: Any, inference: Any, event_shape
     if top_prior is None:
         raise ConfigError("a model with two stochastic layers needs a prior p(z2) (config.model.prior)")
     p_z1 = ConditionalGaussian(trunk=settings.top_decoder.build(event_ndims=1), latent_dim=d1,
-                               min_log_scale=settings.min_log_scale, max_log_scale=settings.max_log_scale)
+                               settings=settings.conditional())
     prior = TwoLayerPrior(top=top_prior, conditional=p_z1, dims=dims)
 
     # p(x | z1) or p(x | z1, z2)
@@ -319,24 +328,22 @@ def build(settings: TwoLayerSettings, *, model: Any, inference: Any, event_shape
     likelihood = model.likelihood.build(decoder=decoder, event_shape=event_shape)
 
     # q(z | x): diagonal Gaussian factors
-    q_settings = inference.posterior.settings
-    lo, hi = q_settings.min_log_scale, q_settings.max_log_scale
+    q_settings = inference.posterior.settings     # each factor's bounds on log sigma: the posterior's own
     top = settings.top_encoder
     if settings.hierarchy == "bottom_up":
         q_z1 = posteriors_lib.DiagonalGaussian(encoder=inference.encoder.build(event_ndims=event_ndims), latent_dim=d1,
-                                               min_log_scale=lo, max_log_scale=hi)
-        q_z2 = ConditionalGaussian(trunk=top.build(event_ndims=1), latent_dim=d2, min_log_scale=lo, max_log_scale=hi)
+                                               settings=q_settings)
+        q_z2 = ConditionalGaussian(trunk=top.build(event_ndims=1), latent_dim=d2, settings=q_settings)
         posterior = BottomUpPosterior(q_z1_given_x=q_z1, q_z2_given_z1=q_z2, dims=dims)
     else:
         q_z2 = posteriors_lib.DiagonalGaussian(encoder=inference.encoder.build(event_ndims=event_ndims), latent_dim=d2,
-                                               min_log_scale=lo, max_log_scale=hi)
+                                               settings=q_settings)
         branch = tuple(settings.encoder_branch_hidden)
         x_branch = top.component.build(dataclasses.replace(top.settings, hidden=branch), event_ndims=event_ndims)
-        joint = networks_lib.MLP(hidden=tuple(top.settings.hidden), activation=top.settings.activation,
-                                 event_ndims=1, gated=top.settings.gated)
+        joint = networks_lib.MLP(settings=networks_lib.MLPSettings(
+            hidden=tuple(top.settings.hidden), activation=top.settings.activation, gated=top.settings.gated), event_ndims=1)
         z1_trunk = JoinedTrunk(branch_a=x_branch, branch_b=_branch(top, branch), trunk=joint)
-        posterior = TopDownPosterior(q_z2_given_x=q_z2, z1_trunk=z1_trunk, dims=dims,
-                                     min_log_scale=lo, max_log_scale=hi)
+        posterior = TopDownPosterior(q_z2_given_x=q_z2, z1_trunk=z1_trunk, dims=dims, settings=q_settings)
     return latent_lib.LatentVariableModel(prior=prior, likelihood=likelihood, posterior=posterior)
 
 

@@ -16,7 +16,8 @@ prior that makes it a good generative model is an autoregressive categorical MAD
 Why a model kind rather than a posterior: the latent of the generative model is the discrete c, not
 a vector with a density on R^D; p(c) is a distribution over integer codes, which none of the
 continuous priors is; and the codebook is shared by the encoder (the nearest code) and the decoder
-(the code's vector).  The kind says so to the rest of vaegen: its q over z is a point mass
+(the code's vector).  The kind says so to the rest of vaegen (its traits: ``latents`` discrete,
+``training`` codes, so only an objective that trains codes, ``vq``, trains it): its q over z is a point mass
 (``is_autoencoder``, so the questions asked of an autoencoder work), it is not one continuous latent
 vector with a prior of its own (no free bits, no latent diagnostics of a KL), and the ex-post
 densities over R^D do not apply to it (it takes ``--density code_prior``).
@@ -24,18 +25,17 @@ densities over R^D do not apply to it (it takes ``--density code_prior``).
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import distrax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from vaegen.blocks import quantizers as quantizers_lib
+from vaegen.blocks.quantizers import VQSettings
 from vaegen.errors import NO_PRIOR_MESSAGE, ConfigError, NoPriorError
 from vaegen.model.latent import LatentVariableModel
-from vaegen.registry import MODEL_KINDS, Settings, setting
+from vaegen.registry import MODEL_KINDS
+from vaegen.spec.run import InferenceSpec, ModelSpec, RunSpec
 
 
 class CodeLatents:
@@ -69,19 +69,13 @@ class CodeLatents:
 class VQVAE(LatentVariableModel):
     """p(c) p(x | z = e_c) with q(c | x) = delta(c - c*(x)) beside it (see the module).
 
-    Attributes (besides ``prior``, ``likelihood``, ``posterior`` of :class:`LatentVariableModel`):
+    Attributes (those of :class:`LatentVariableModel`):
       prior: a prior over codes ``[M]`` with ``log_prob(c)`` and ``sample(key, n)`` (a
         :class:`vaegen.model.code_prior.CategoricalMADE`), or None (in training).
-      posterior: a :class:`vaegen.blocks.quantizers.VectorQuantizer`.
-      ema_decay, ema_epsilon: the codebook's moving averages (with ``posterior.ema``; the usage
-        average always).
-      dead_code_threshold: codes used less than this many times per step (moving average) are
-        restarted at encoder outputs (0: never).
+      posterior: a :class:`vaegen.blocks.quantizers.VectorQuantizer`, which holds the kind's
+        settings (:class:`vaegen.blocks.quantizers.VQSettings`: the codebook, its moving averages
+        and the restarts of unused codes).
     """
-
-    ema_decay: float = 0.99
-    ema_epsilon: float = 1e-5
-    dead_code_threshold: float = 0.0
 
     @property
     def is_autoencoder(self) -> bool:
@@ -133,56 +127,31 @@ class VQVAE(LatentVariableModel):
 
 # --- the registered model kind ---------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class VQSettings(Settings):
-    """Settings of the ``vq_vae`` model kind (``config.model.kind``)."""
-
-    codebook_size: int = setting(256, "K, the codebook's vectors (one codebook shared by the M groups)", ge=2)
-    code_dim: int = setting(4, "d: z_e [latent_dim] is cut into M = latent_dim / d groups, each quantized", gt=0)
-    ema: bool = setting(True, "codebook = moving averages of the encoder outputs assigned to each code (no codebook "
-                        "loss); false: a parameter trained by the codebook loss")
-    ema_decay: float = setting(0.99, "g of the moving averages (codebook with ema, code usage always)", ge=0, lt=1)
-    ema_epsilon: float = setting(1e-5, "Laplace smoothing of the moving-average counts", gt=0)
-    dead_code_threshold: float = setting(0.0, "restart codes used less than this many times per step (moving "
-                                         "average) at encoder outputs of the batch; 0 = never", ge=0)
-    init_scale: float = setting(1.0, "the codebook starts at N(0, init_scale^2)", gt=0)
-
-
-VQ_PAIRING = ("config.model.kind=vq_vae is trained by config.objective.name=vq (reconstruction, codebook and "
-              "commitment terms), and only it: set both or neither")
-
-
-def _check(settings: VQSettings, spec: Any) -> None:
+def _check(settings: VQSettings, spec: RunSpec) -> None:
     d = int(spec.model.latent_dim)
     if d % settings.code_dim:
         raise ConfigError(f"config.model.kind.code_dim={settings.code_dim} must divide config.model.latent_dim={d} "
                           f"(z_e is cut into latent_dim / code_dim groups): choose a divisor of {d}")
-    if not spec.objective.trait("vq_objective", False):
-        raise ConfigError(VQ_PAIRING)
-    if spec.model.prior.trait("exists", True):
+    if spec.model.prior.trait("exists"):
         raise ConfigError(f"config.model.kind=vq_vae trains without a prior (its prior over codes is fitted after "
                           f"training: vaegen expost --density code_prior), not config.model.prior="
                           f"{spec.model.prior.name!r}: set --config.model.prior=none")
-    if not spec.inference.posterior.trait("point_mass", False):
+    if not spec.inference.posterior.trait("deterministic"):
         raise ConfigError("config.model.kind=vq_vae quantizes a deterministic encoder's output z_e = f(x): set "
                           "--config.inference.posterior=point_mass")
 
 
-@MODEL_KINDS.register("vq_vae", settings=VQSettings, check=_check, traits={"has_latents": True, "vq_vae": True})
-def build(settings: VQSettings, *, model: Any, inference: Any, event_shape: tuple[int, ...]) -> VQVAE:
+@MODEL_KINDS.register("vq_vae", settings=VQSettings, check=_check, traits={"latents": "discrete", "training": "codes"})
+def build(settings: VQSettings, *, model: ModelSpec, inference: InferenceSpec, event_shape: tuple[int, ...]) -> VQVAE:
     """c ~ p(c) over K^M codes, x ~ p(x | e_c); q(c | x) the nearest codes of z_e(x) (VQ-VAE, van den Oord et al. 2017)."""
     d = int(model.latent_dim)
     decoder = model.decoder.build(event_ndims=1, output_shape=event_shape)
     likelihood = model.likelihood.build(decoder=decoder, event_shape=event_shape)
     encoder = inference.encoder.build(event_ndims=len(event_shape))
-    posterior = quantizers_lib.VectorQuantizer(encoder=encoder, latent_dim=d, codebook_size=int(settings.codebook_size),
-                                               code_dim=int(settings.code_dim), ema=bool(settings.ema),
-                                               init_scale=float(settings.init_scale))
-    return VQVAE(prior=None, likelihood=likelihood, posterior=posterior, ema_decay=float(settings.ema_decay),
-                 ema_epsilon=float(settings.ema_epsilon), dead_code_threshold=float(settings.dead_code_threshold))
+    posterior = quantizers_lib.VectorQuantizer(encoder=encoder, latent_dim=d, settings=settings)
+    return VQVAE(prior=None, likelihood=likelihood, posterior=posterior)
 
 
 def with_prior(model: VQVAE, prior: nn.Module) -> VQVAE:
     """``model`` with ``prior`` (over codes) attached: the generative VQ-VAE."""
-    return VQVAE(prior=prior, likelihood=model.likelihood, posterior=model.posterior, ema_decay=model.ema_decay,
-                 ema_epsilon=model.ema_epsilon, dead_code_threshold=model.dead_code_threshold)
+    return VQVAE(prior=prior, likelihood=model.likelihood, posterior=model.posterior)

@@ -26,7 +26,9 @@ import jax
 import jax.numpy as jnp
 
 from vaegen.errors import ConfigError
+from vaegen.objectives.base import Objective
 from vaegen.registry import OBJECTIVES, Settings, setting
+from vaegen.spec.run import RunSpec
 
 
 def decoder_weight_norm_sq(variables: Any) -> jax.Array:
@@ -41,59 +43,6 @@ def decoder_weight_norm_sq(variables: Any) -> jax.Array:
 
 
 @dataclasses.dataclass(frozen=True)
-class Autoencoder:
-    """``log p(x | z = f(x)) - lambda/2 ||f(x)||^2 - gamma/2 ||theta_dec||^2`` per example.
-
-    This is not a bound on any log p(x): there is no p(z).
-
-    Attributes:
-      code_penalty: lambda (0: none).
-      decoder_l2: gamma (0: none).
-
-    Terms (nats, one example): ``reconstruction`` log p(x | z = f(x)), ``code_norm_sq``
-    ||f(x)||^2, with ``decoder_l2 > 0`` also ``decoder_norm_sq`` ||theta_dec||^2 (the same for
-    every example), and ``objective``.
-    """
-
-    code_penalty: float = 0.0
-    decoder_l2: float = 0.0
-    bound_name = "reconstruction"
-
-    def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array,
-                 step: jax.Array | int = 0) -> dict[str, jax.Array]:
-        del key, step
-
-        def terms(m: Any) -> dict[str, jax.Array]:
-            z = m.q_z_given_x(x).mean()                            # f(x)   [D]
-            return {"reconstruction": m.log_likelihood(x, z), "code_norm_sq": jnp.sum(z**2)}
-
-        out = model.apply(variables, method=terms)
-        out["objective"] = out["reconstruction"] - 0.5 * self.code_penalty * out["code_norm_sq"]
-        if self.decoder_l2 > 0:
-            out["decoder_norm_sq"] = decoder_weight_norm_sq(variables)
-            out["objective"] = out["objective"] - 0.5 * self.decoder_l2 * out["decoder_norm_sq"]
-        return out
-
-    def for_validation(self, validation_num_samples: int) -> "Autoencoder":
-        """log p(x | z = f(x)) without the penalties."""
-        del validation_num_samples
-        return Autoencoder()
-
-
-# --- registered objectives -------------------------------------------------------------------------
-
-def needs_point_mass(settings: Any, spec: Any) -> None:
-    """The autoencoders' objectives need a deterministic encoder."""
-    name = spec.objective.name
-    if not spec.inference.posterior.trait("point_mass", False):
-        if name == "ae":
-            raise ConfigError("objective 'ae' (log p(x | z = f(x))) needs a deterministic encoder: "
-                              "set --config.inference.posterior=point_mass")
-        raise ConfigError(f"objective {name!r} trains an autoencoder and needs a deterministic encoder: "
-                          "set --config.inference.posterior=point_mass")
-
-
-@dataclasses.dataclass(frozen=True)
 class AutoencoderSettings(Settings):
     code_penalty: float = setting(0.0, "lambda in - lambda/2 ||f(x)||^2 (the RAE's penalty on the codes)", ge=0)
     decoder_l2: float = setting(0.0, "gamma in - gamma/2 ||theta_dec||^2 (RAE-L2, Ghosh et al. 2020)", ge=0)
@@ -105,9 +54,62 @@ class RegularizedAutoencoderSettings(AutoencoderSettings):
     decoder_l2: float = setting(1e-3, "gamma in - gamma/2 ||theta_dec||^2 (L2 on the decoder's weights)", ge=0)
 
 
+@dataclasses.dataclass(frozen=True)
+class Autoencoder(Objective):
+    """``log p(x | z = f(x)) - lambda/2 ||f(x)||^2 - gamma/2 ||theta_dec||^2`` per example.
+
+    This is not a bound on any log p(x): there is no p(z).
+
+    Attributes:
+      settings: :class:`AutoencoderSettings` (``ae``; ``rae``: :class:`RegularizedAutoencoderSettings`):
+        lambda = ``code_penalty`` and gamma = ``decoder_l2`` (0: none).
+
+    Terms (nats, one example): ``reconstruction`` log p(x | z = f(x)), ``code_norm_sq``
+    ||f(x)||^2, with ``decoder_l2 > 0`` also ``decoder_norm_sq`` ||theta_dec||^2 (the same for
+    every example), and ``objective``.
+    """
+
+    settings: AutoencoderSettings = AutoencoderSettings()
+    bound_name = "reconstruction"
+
+    def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array,
+                 step: jax.Array | int = 0) -> dict[str, jax.Array]:
+        del key, step
+
+        def terms(m: Any) -> dict[str, jax.Array]:
+            z = m.q_z_given_x(x).mean()                            # f(x)   [D]
+            return {"reconstruction": m.log_likelihood(x, z), "code_norm_sq": jnp.sum(z**2)}
+
+        out = model.apply(variables, method=terms)
+        s = self.settings
+        out["objective"] = out["reconstruction"] - 0.5 * s.code_penalty * out["code_norm_sq"]
+        if s.decoder_l2 > 0:
+            out["decoder_norm_sq"] = decoder_weight_norm_sq(variables)
+            out["objective"] = out["objective"] - 0.5 * s.decoder_l2 * out["decoder_norm_sq"]
+        return out
+
+    def for_validation(self, validation_num_samples: int) -> "Autoencoder":
+        """log p(x | z = f(x)) without the penalties."""
+        del validation_num_samples
+        return Autoencoder()
+
+
+# --- registered objectives -------------------------------------------------------------------------
+
+def needs_point_mass(settings: Settings, spec: RunSpec) -> None:
+    """The autoencoders' objectives need a deterministic encoder."""
+    name = spec.objective.name
+    if not spec.inference.posterior.trait("deterministic"):
+        if name == "ae":
+            raise ConfigError("objective 'ae' (log p(x | z = f(x))) needs a deterministic encoder: "
+                              "set --config.inference.posterior=point_mass")
+        raise ConfigError(f"objective {name!r} trains an autoencoder and needs a deterministic encoder: "
+                          "set --config.inference.posterior=point_mass")
+
+
 def _autoencoder(settings: AutoencoderSettings, *, steps_per_epoch: int = 1) -> Autoencoder:
     del steps_per_epoch
-    return Autoencoder(code_penalty=settings.code_penalty, decoder_l2=settings.decoder_l2)
+    return Autoencoder(settings)
 
 
 OBJECTIVES.register("ae", settings=AutoencoderSettings, check=needs_point_mass,

@@ -1,6 +1,7 @@
 """Bounds on log p(x): the ELBO and the importance-weighted bound.
 
-Every objective is a frozen dataclass called on **one** observation::
+Every objective is a frozen dataclass (an :class:`vaegen.objectives.base.Objective` holding its
+registered settings) called on **one** observation::
 
     terms = objective(model, variables, x, key, step)     # x [*event], key: PRNG key
 
@@ -39,9 +40,9 @@ import optax
 
 from vaegen import sharding as sharding_lib
 from vaegen.errors import ConfigError, UndefinedObjectiveError
+from vaegen.objectives.base import Objective, Terms
 from vaegen.registry import OBJECTIVES, Settings, setting
-
-Terms = dict[str, jax.Array]
+from vaegen.spec.run import RunSpec
 
 
 def bits_per_dim(nats: Any, num_dims: int) -> Any:
@@ -158,21 +159,42 @@ def elbo_of(model: Any, variables: Any, q: distrax.Distribution | Callable[[Any]
     return model.apply(variables, method=terms)
 
 
+# --- what every bound needs: one rule, checked on a run spec and on a model ---------------------------
+
+def density_and_prior_problem(name: str, *, point_mass: bool, has_prior: bool) -> str | None:
+    """The rule of every bound on log p(x), stated once: q(z | x) must have a density (not a point
+    mass, whose KL to any p(z) is +inf) and the model a prior p(z).  Returns the message of the
+    first thing missing (``name`` names the bound), or None.  :func:`needs_density_and_prior`
+    checks it on a run spec's traits when the spec is built; :func:`require_density` on a model
+    when a bound is applied to it."""
+    if point_mass:
+        return (f"{name} is undefined for a point-mass posterior q(z|x) = delta(z - f(x)): its KL to p(z) is +inf "
+                "(a point mass has differential entropy -inf); train an autoencoder with --config.objective.name=ae, "
+                "or use a posterior with a density (--config.inference.posterior=diagonal_gaussian)")
+    if not has_prior:
+        return (f"{name} needs a prior p(z), and this model has none (--config.model.prior=none); set "
+                "--config.model.prior=standard_normal")
+    return None
+
+
+def needs_density_and_prior(settings: Settings, spec: RunSpec) -> None:
+    """The check of every bound (:func:`density_and_prior_problem`) on the run spec: a
+    :class:`vaegen.errors.ConfigError`."""
+    problem = density_and_prior_problem(f"objective {spec.objective.name!r}",
+                                        point_mass=spec.inference.posterior.trait("deterministic"),
+                                        has_prior=spec.model.prior.trait("exists"))
+    if problem:
+        raise ConfigError(problem)
+
+
 def require_density(model: Any, name: str) -> None:
-    """Raises :class:`vaegen.errors.UndefinedObjectiveError` unless the model has a q(z | x) with
-    a density and a prior p(z) (what every bound needs)."""
-    if model.posterior is not None and model.is_autoencoder:
-        raise UndefinedObjectiveError(
-            f"the {name} is undefined for a point-mass posterior q(z|x) = delta(z - f(x)): its "
-            "KL to p(z) is +inf (a point mass has differential entropy -inf). Train an autoencoder "
-            "with --config.objective.name=ae, or use a posterior with a density "
-            "(--config.inference.posterior=diagonal_gaussian)"
-        )
-    if model.prior is None:
-        raise UndefinedObjectiveError(
-            f"the {name} needs a prior p(z), and this model has none (--config.model.prior=none); "
-            "set --config.model.prior=standard_normal"
-        )
+    """The check of every bound (:func:`density_and_prior_problem`) on a model: a
+    :class:`vaegen.errors.UndefinedObjectiveError` unless it has a q(z | x) with a density and a
+    prior p(z)."""
+    problem = density_and_prior_problem(f"the {name}", point_mass=model.posterior is not None and model.is_autoencoder,
+                                        has_prior=model.prior is not None)
+    if problem:
+        raise UndefinedObjectiveError(problem)
 
 
 def kl_weight(beta: float, warmup_steps: int, step: jax.Array, cycle_steps: int = 0,
@@ -193,49 +215,85 @@ def kl_weight(beta: float, warmup_steps: int, step: jax.Array, cycle_steps: int 
 
 
 @dataclasses.dataclass(frozen=True)
-class ELBO:
+class ELBOSettings(Settings):
+    num_samples: int = setting(1, "S samples of z ~ q(z|x) for E_q[log p(x|z)]", gt=0)
+    analytic_kl: bool = setting(True, "closed-form KL where distrax has one, else Monte Carlo from the S samples")
+    beta: float = setting(1.0, "weight of the KL in the training objective (beta-VAE); the reported elbo has beta = 1",
+                          ge=0)
+    kl_warmup_epochs: float = setting(0.0, "linear warm-up of the KL weight from 0 to beta", ge=0)
+    kl_cycle_epochs: float = setting(0.0, "cyclical KL weight (Fu et al. 2019): the length of one cycle in epochs "
+                                     "(0 = none)", ge=0)
+    kl_cycle_ratio: float = setting(0.5, "cyclical KL weight: the fraction of each cycle over which it rises from 0 "
+                                    "to beta", gt=0, le=1)
+    free_bits: float = setting(0.0, "free bits (Kingma et al. 2016): each group's KL counts as at least this many "
+                               "nats in the training objective, per example (0 = none)", ge=0)
+    free_bits_group_size: int = setting(1, "free bits: latent dimensions per group (1 = per dimension)", gt=0)
+
+    def validate(self, key):
+        if self.kl_cycle_epochs and self.kl_warmup_epochs:
+            raise ConfigError(f"{key('kl_cycle_epochs')} and kl_warmup_epochs are two schedules of the KL weight; "
+                              "set one of them to 0")
+
+
+@dataclasses.dataclass(frozen=True)
+class IWAESettings(Settings):
+    num_samples: int = setting(5, "k importance samples per example", gt=0)
+
+
+@dataclasses.dataclass(frozen=True)
+class ELBO(Objective):
     """The evidence lower bound, with an optional weight on its KL term.
 
     L(x) = E_{q(z|x)}[log p(x | z)] - KL(q(z|x) || p(z)) <= log p(x)
 
     Attributes:
-      num_samples: S, Monte Carlo samples of z ~ q(z|x) for the reconstruction term.
-      analytic_kl: use the closed-form KL where distrax has one (else a Monte Carlo estimate
-        from the same S samples).
-      beta: weight of the KL in the *training* objective (beta-VAE); the reported ``elbo`` is
-        always the true bound (beta = 1).
-      kl_warmup_steps: the KL weight rises linearly from 0 to ``beta`` over this many steps.
-      kl_cycle_steps, kl_cycle_ratio: a cyclical KL weight instead (:func:`kl_weight`).
-      free_bits, free_bits_group_size: lambda > 0 replaces the KL of the *training* objective by
-        sum_g max(lambda, KL_g) over groups of latent dimensions (:func:`free_bits_kl`; needs a
-        KL that splits over dimensions, :func:`kl_per_dimension`).
+      settings: :class:`ELBOSettings`: S = ``num_samples`` Monte Carlo samples of z ~ q(z|x) for
+        the reconstruction term; ``analytic_kl``: the closed-form KL where distrax has one (else a
+        Monte Carlo estimate from the same S samples); ``beta``: the weight of the KL in the
+        *training* objective (beta-VAE; the reported ``elbo`` is always the true bound, beta = 1),
+        rising linearly from 0 over ``kl_warmup_epochs`` or cyclical (``kl_cycle_epochs``,
+        ``kl_cycle_ratio``; :func:`kl_weight`); ``free_bits`` lambda > 0 replaces the KL of the
+        *training* objective by sum_g max(lambda, KL_g) over groups of ``free_bits_group_size``
+        latent dimensions (:func:`free_bits_kl`; needs a KL that splits over dimensions,
+        :func:`kl_per_dimension`).
+      steps_per_epoch: the build context: the schedules given in epochs run in steps.
 
     Terms (nats, one example): ``reconstruction`` E_q[log p(x|z)], ``kl`` KL(q || p),
     ``elbo`` = reconstruction - kl, ``kl_weight``, ``objective`` = reconstruction - w * kl
     (with free bits, reconstruction - w * ``kl_free_bits``).
     """
 
-    num_samples: int = 1
-    analytic_kl: bool = True
-    beta: float = 1.0
-    kl_warmup_steps: int = 0
-    kl_cycle_steps: int = 0
-    kl_cycle_ratio: float = 0.5
-    free_bits: float = 0.0
-    free_bits_group_size: int = 1
+    settings: ELBOSettings = ELBOSettings()
+    steps_per_epoch: int = 1
     bound_name = "elbo"
+
+    @property
+    def kl_warmup_steps(self) -> int:
+        """The steps over which the KL weight rises from 0 to beta (0: none)."""
+        return int(round(self.settings.kl_warmup_epochs * self.steps_per_epoch))
+
+    @property
+    def kl_cycle_steps(self) -> int:
+        """The steps of one cycle of a cyclical KL weight (0: none)."""
+        epochs = self.settings.kl_cycle_epochs
+        return max(1, int(round(epochs * self.steps_per_epoch))) if epochs else 0
+
+    @property
+    def samples_per_example(self) -> int:
+        return self.settings.num_samples
 
     def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
         require_density(model, "ELBO")
+        s = self.settings
 
         def terms(m: Any) -> Terms:
             q = m.q_z_given_x(x)
-            t = elbo_terms(m, q, x, key, num_samples=self.num_samples, analytic_kl=self.analytic_kl)
-            w = kl_weight(self.beta, self.kl_warmup_steps, jnp.asarray(step), self.kl_cycle_steps, self.kl_cycle_ratio)
+            t = elbo_terms(m, q, x, key, num_samples=s.num_samples, analytic_kl=s.analytic_kl)
+            w = kl_weight(s.beta, self.kl_warmup_steps, jnp.asarray(step), self.kl_cycle_steps, s.kl_cycle_ratio)
             out = {"reconstruction": t["reconstruction"], "kl": t["kl"], "elbo": t["elbo"], "kl_weight": w}
             penalized = t["kl"]
-            if self.free_bits > 0:
-                penalized = free_bits_kl(kl_per_dimension(q, m.p_z()), self.free_bits, self.free_bits_group_size)
+            if s.free_bits > 0:
+                penalized = free_bits_kl(kl_per_dimension(q, m.p_z()), s.free_bits, s.free_bits_group_size)
                 out["kl_free_bits"] = penalized
             out["objective"] = t["reconstruction"] - w * penalized
             return out
@@ -244,11 +302,11 @@ class ELBO:
 
     def for_validation(self, validation_num_samples: int) -> "ELBO":
         """The true ELBO (beta = 1, no warm-up) with ``validation_num_samples`` samples."""
-        return ELBO(num_samples=int(validation_num_samples), analytic_kl=self.analytic_kl)
+        return ELBO(ELBOSettings(num_samples=int(validation_num_samples), analytic_kl=self.settings.analytic_kl))
 
 
 @dataclasses.dataclass(frozen=True)
-class IWAE:
+class IWAE(Objective):
     """The importance-weighted bound of Burda et al. (2016).
 
     L_k(x) = E_{z_1..k ~ q(z|x)}[ log (1/k) sum_i w_i ],  w_i = p(x, z_i) / q(z_i | x)
@@ -259,15 +317,22 @@ class IWAE:
     log-weights: an unbiased ELBO estimate from the same samples), ``reconstruction``
     (mean log p(x|z_i)), ``kl`` (analytic KL(q || p) if available, else its estimate),
     ``ess`` (effective sample size of the normalised weights), ``objective`` = iwae.
+
+    Attributes:
+      settings: :class:`IWAESettings`: k = ``num_samples``.
     """
 
-    num_samples: int = 5
+    settings: IWAESettings = IWAESettings()
     bound_name = "iwae"
+
+    @property
+    def samples_per_example(self) -> int:
+        return self.settings.num_samples
 
     def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
         require_density(model, "IWAE bound")
         del step
-        k = self.num_samples
+        k = self.settings.num_samples
 
         def terms(m: Any) -> Terms:
             q = m.q_z_given_x(x)
@@ -301,73 +366,39 @@ class _ObjectiveTerms:
     """One example's terms of a per-example objective (for :func:`vaegen.sharding.map_examples`)."""
 
     model: Any
-    objective: Any
+    objective: Objective
 
     def __call__(self, variables, x, key):
         return self.objective(self.model, variables, x, key)
 
 
-def objective_terms(model, variables, objective, xs, key, *, batch_size=None, devices=None, progress=False):
+def objective_terms(model: Any, variables: Any, objective: Objective, xs: Any, key: jax.Array, *,
+                    batch_size: int | None = None, devices=None, progress: bool = False) -> Terms:
     """Per-example terms ``[N]`` of ``objective`` (e.g. :class:`ELBO`) over ``xs [N, *event]``,
     example i keyed by ``fold_in(key, i)``, batched and sharded over the devices
     (:func:`vaegen.sharding.map_examples`)."""
     fn = jax.tree_util.Partial(_ObjectiveTerms(model, objective), variables)
-    samples = int(getattr(objective, "num_samples", 1))
+    samples = int(objective.samples_per_example)
     b = int(batch_size or max(1, sharding_lib.default_rows() // (8 * samples)))
     return sharding_lib.map_examples(fn, jnp.asarray(xs), key, batch_size=b, devices=devices, progress=progress,
-                                     desc=getattr(objective, "bound_name", "objective"))
+                                     desc=objective.bound_name)
 
 
 # --- registered objectives -------------------------------------------------------------------------
 #
 # Build context: ``steps_per_epoch`` (for schedules given in epochs).  Checks use the posterior's
-# and prior's traits: every bound needs a q(z | x) with a density and a prior p(z).  Traits:
-# ``bound_from_log_joint`` (the objective needs only log p(x, z) and q(z | x), so any latent
-# structure serves, two stochastic layers included); ``exact_log_likelihood`` (log p(x) itself).
+# and prior's traits: every bound needs a q(z | x) with a density and a prior p(z)
+# (:func:`needs_density_and_prior`).  Traits (declared with :data:`vaegen.registry.OBJECTIVES`):
+# ``training`` (latent, the default, for these), ``bound_from_log_joint`` (the objective needs only
+# log p(x, z) and q(z | x), so any latent structure serves, two stochastic layers included).
 
 
-def needs_density_and_prior(settings: Any, spec: Any) -> None:
-    """The check of every bound: a posterior with a density and a prior p(z)."""
-    name = spec.objective.name
-    if spec.inference.posterior.trait("point_mass", False):
-        raise ConfigError(f"objective {name!r} is undefined for a point-mass posterior (its KL to p(z) is +inf); "
-                          "use --config.objective.name=ae for an autoencoder")
-    if not spec.model.prior.trait("exists", True):
-        raise ConfigError(f"objective {name!r} needs a prior; set config.model.prior")
-
-
-@dataclasses.dataclass(frozen=True)
-class ELBOSettings(Settings):
-    num_samples: int = setting(1, "S samples of z ~ q(z|x) for E_q[log p(x|z)]", gt=0)
-    analytic_kl: bool = setting(True, "closed-form KL where distrax has one, else Monte Carlo from the S samples")
-    beta: float = setting(1.0, "weight of the KL in the training objective (beta-VAE); the reported elbo has beta = 1",
-                          ge=0)
-    kl_warmup_epochs: float = setting(0.0, "linear warm-up of the KL weight from 0 to beta", ge=0)
-    kl_cycle_epochs: float = setting(0.0, "cyclical KL weight (Fu et al. 2019): the length of one cycle in epochs "
-                                     "(0 = none)", ge=0)
-    kl_cycle_ratio: float = setting(0.5, "cyclical KL weight: the fraction of each cycle over which it rises from 0 "
-                                    "to beta", gt=0, le=1)
-    free_bits: float = setting(0.0, "free bits (Kingma et al. 2016): each group's KL counts as at least this many "
-                               "nats in the training objective, per example (0 = none)", ge=0)
-    free_bits_group_size: int = setting(1, "free bits: latent dimensions per group (1 = per dimension)", gt=0)
-
-    def validate(self, key):
-        if self.kl_cycle_epochs and self.kl_warmup_epochs:
-            raise ConfigError(f"{key('kl_cycle_epochs')} and kl_warmup_epochs are two schedules of the KL weight; "
-                              "set one of them to 0")
-
-
-@dataclasses.dataclass(frozen=True)
-class IWAESettings(Settings):
-    num_samples: int = setting(5, "k importance samples per example", gt=0)
-
-
-def _check_elbo(settings: ELBOSettings, spec: Any) -> None:
+def _check_elbo(settings: ELBOSettings, spec: RunSpec) -> None:
     """Every bound's check; free bits also need a KL that splits over latent dimensions."""
     needs_density_and_prior(settings, spec)
     if settings.free_bits > 0:
-        if not (spec.model.kind.trait("one_latent_vector", False) and spec.inference.posterior.trait("factorized", False)
-                and spec.model.prior.trait("factorized", False)):
+        if not (spec.model.kind.trait("one_latent_vector") and spec.inference.posterior.trait("factorized")
+                and spec.model.prior.trait("factorized")):
             raise ConfigError("config.objective.free_bits needs a KL that splits over latent dimensions: one latent "
                               "vector with a factorized posterior (diagonal_gaussian, fixed_scale_gaussian) and prior "
                               "(standard_normal); set free_bits=0 or change them")
@@ -379,11 +410,7 @@ def _check_elbo(settings: ELBOSettings, spec: Any) -> None:
 @OBJECTIVES.register("elbo", settings=ELBOSettings, check=_check_elbo, traits={"bound_from_log_joint": True})
 def elbo(settings: ELBOSettings, *, steps_per_epoch: int = 1) -> ELBO:
     """L(x) = E_q[log p(x|z)] - beta KL(q(z|x) || p(z)) (beta = 1: the ELBO; KL warm-up, cyclical KL weight and free bits optional)."""
-    return ELBO(num_samples=settings.num_samples, analytic_kl=settings.analytic_kl, beta=settings.beta,
-                kl_warmup_steps=int(round(settings.kl_warmup_epochs * steps_per_epoch)),
-                kl_cycle_steps=max(1, int(round(settings.kl_cycle_epochs * steps_per_epoch))) if settings.kl_cycle_epochs else 0,
-                kl_cycle_ratio=settings.kl_cycle_ratio, free_bits=settings.free_bits,
-                free_bits_group_size=settings.free_bits_group_size)
+    return ELBO(settings, steps_per_epoch=steps_per_epoch)
 
 
 @OBJECTIVES.register("iwae", settings=IWAESettings, check=needs_density_and_prior,
@@ -391,4 +418,4 @@ def elbo(settings: ELBOSettings, *, steps_per_epoch: int = 1) -> ELBO:
 def iwae(settings: IWAESettings, *, steps_per_epoch: int = 1) -> IWAE:
     """L_k(x) = E log 1/k sum_i p(x, z_i) / q(z_i | x): the importance-weighted bound (Burda et al. 2016)."""
     del steps_per_epoch
-    return IWAE(num_samples=settings.num_samples)
+    return IWAE(settings)

@@ -41,6 +41,7 @@ import jax.numpy as jnp
 from vaegen.errors import ConfigError
 from vaegen.model.latent import LatentVariableModel
 from vaegen.objectives.autoencoder import needs_point_mass
+from vaegen.objectives.base import Objective
 from vaegen.registry import OBJECTIVES, Settings, setting
 
 CORRUPTIONS = ("salt_and_pepper", "bit_flip", "gaussian")
@@ -67,55 +68,6 @@ def _reconstruction(m: LatentVariableModel, x_tilde: jax.Array):
 
 
 @dataclasses.dataclass(frozen=True)
-class DenoisingAutoencoder:
-    """The DAE objective with walkback, per example (see the module docstring).
-
-    Attributes:
-      corruption: ``salt_and_pepper`` | ``bit_flip`` | ``gaussian``.
-      noise_level: rho, the corruption probability per pixel (or the Gaussian noise std).
-      walkback_steps: the most steps of the walk (1: the plain DAE).
-      walkback_continue: probability of taking each further step.
-
-    Terms (nats, one example): ``denoising`` log P(x | x~_1) (the plain DAE term),
-    ``walkback`` the weighted mean over the walk (= ``denoising`` when ``walkback_steps`` is 1),
-    ``walk_length`` sum_t w_t, ``objective`` = ``walkback``.
-    """
-
-    corruption: str = "salt_and_pepper"
-    noise_level: float = 0.3
-    walkback_steps: int = 1
-    walkback_continue: float = 0.5
-    bound_name = "denoising"
-
-    def __call__(self, model: LatentVariableModel, variables: Any, x: jax.Array, key: jax.Array,
-                 step: jax.Array | int = 0) -> dict[str, jax.Array]:
-        del step
-        if not model.is_autoencoder:
-            raise ValueError("the DAE objective needs a deterministic encoder (inference.posterior=point_mass)")
-
-        def walk(x_prev, k):
-            k_corrupt, k_sample, k_continue = jax.random.split(k, 3)
-            x_tilde = corrupt(k_corrupt, x_prev, self.corruption, self.noise_level)
-            log_p, x_next = model.apply(
-                variables, method=lambda m: (lambda p: (p.log_prob(x), p.sample(seed=k_sample)))(
-                    _reconstruction(m, x_tilde)))
-            go_on = jax.random.bernoulli(k_continue, self.walkback_continue)
-            return jax.lax.stop_gradient(x_next).astype(x.dtype), (log_p, go_on)
-
-        keys = jax.random.split(key, self.walkback_steps)
-        _, (log_ps, go_on) = jax.lax.scan(walk, x, keys)            # [K], [K]
-        weights = jnp.concatenate([jnp.ones((1,)), jnp.cumprod(go_on[:-1].astype(jnp.float32))])  # [K]
-        walkback = jnp.sum(weights * log_ps) / jnp.sum(weights)
-        return {"denoising": log_ps[0], "walkback": walkback, "walk_length": jnp.sum(weights),
-                "objective": walkback}
-
-    def for_validation(self, validation_num_samples: int) -> "DenoisingAutoencoder":
-        """The plain denoising term (no walk) on held-out data: log P(x | x~), x~ ~ C(x~ | x)."""
-        del validation_num_samples
-        return dataclasses.replace(self, walkback_steps=1)
-
-
-@dataclasses.dataclass(frozen=True)
 class DAESettings(Settings):
     corruption: str = setting("salt_and_pepper", "C(x~ | x): salt_and_pepper (a pixel replaced by a fair coin), "
                               "bit_flip (x -> 1 - x) or gaussian (x + rho eps)", choices=CORRUPTIONS)
@@ -129,12 +81,59 @@ class DAESettings(Settings):
                               f"{self.corruption} corrupts a pixel and must lie in (0, 1)")
 
 
+@dataclasses.dataclass(frozen=True)
+class DenoisingAutoencoder(Objective):
+    """The DAE objective with walkback, per example (see the module docstring).
+
+    Attributes:
+      settings: :class:`DAESettings`: the ``corruption`` (``salt_and_pepper`` | ``bit_flip`` |
+        ``gaussian``), rho = ``noise_level`` (the corruption probability per pixel, or the Gaussian
+        noise's std), ``walkback_steps`` (the most steps of the walk; 1: the plain DAE) and
+        ``walkback_continue`` (the probability of taking each further step).
+
+    Terms (nats, one example): ``denoising`` log P(x | x~_1) (the plain DAE term),
+    ``walkback`` the weighted mean over the walk (= ``denoising`` when ``walkback_steps`` is 1),
+    ``walk_length`` sum_t w_t, ``objective`` = ``walkback``.
+    """
+
+    settings: DAESettings = DAESettings()
+    bound_name = "denoising"
+
+    def __call__(self, model: LatentVariableModel, variables: Any, x: jax.Array, key: jax.Array,
+                 step: jax.Array | int = 0) -> dict[str, jax.Array]:
+        del step
+        if not model.is_autoencoder:
+            raise ValueError("the DAE objective needs a deterministic encoder (inference.posterior=point_mass)")
+
+        s = self.settings
+
+        def walk(x_prev, k):
+            k_corrupt, k_sample, k_continue = jax.random.split(k, 3)
+            x_tilde = corrupt(k_corrupt, x_prev, s.corruption, s.noise_level)
+            log_p, x_next = model.apply(
+                variables, method=lambda m: (lambda p: (p.log_prob(x), p.sample(seed=k_sample)))(
+                    _reconstruction(m, x_tilde)))
+            go_on = jax.random.bernoulli(k_continue, s.walkback_continue)
+            return jax.lax.stop_gradient(x_next).astype(x.dtype), (log_p, go_on)
+
+        keys = jax.random.split(key, s.walkback_steps)
+        _, (log_ps, go_on) = jax.lax.scan(walk, x, keys)            # [K], [K]
+        weights = jnp.concatenate([jnp.ones((1,)), jnp.cumprod(go_on[:-1].astype(jnp.float32))])  # [K]
+        walkback = jnp.sum(weights * log_ps) / jnp.sum(weights)
+        return {"denoising": log_ps[0], "walkback": walkback, "walk_length": jnp.sum(weights),
+                "objective": walkback}
+
+    def for_validation(self, validation_num_samples: int) -> "DenoisingAutoencoder":
+        """The plain denoising term (no walk) on held-out data: log P(x | x~), x~ ~ C(x~ | x)."""
+        del validation_num_samples
+        return dataclasses.replace(self, settings=dataclasses.replace(self.settings, walkback_steps=1))
+
+
 @OBJECTIVES.register("dae", settings=DAESettings, check=needs_point_mass, traits={"markov_chain": True})
 def dae(settings: DAESettings, *, steps_per_epoch: int = 1) -> DenoisingAutoencoder:
     """E_{x~ ~ C(x~|x)} log P(x | x~) with walkback (Bengio et al. 2013): generative through its Markov chain."""
     del steps_per_epoch
-    return DenoisingAutoencoder(corruption=settings.corruption, noise_level=settings.noise_level,
-                                walkback_steps=settings.walkback_steps, walkback_continue=settings.walkback_continue)
+    return DenoisingAutoencoder(settings)
 
 
 def sample_chain(model: LatentVariableModel, variables: Any, key: jax.Array, n: int, *, num_steps: int,

@@ -8,13 +8,12 @@ from typing import Any
 
 import jax
 
-from vaegen.errors import ConfigError
-from vaegen.model.densities import DENSITY_PAIRING
+from vaegen.objectives.base import Objective
 from vaegen.registry import OBJECTIVES, NoSettings
 
 
 @dataclasses.dataclass(frozen=True)
-class DensityObjective:
+class DensityObjective(Objective):
     """Terms (nats, one vector): ``log_pz`` (exact for a flow, the ELBO for the second-stage VAE, the
     variational bound for the diffusion prior), their parts, and ``objective``."""
 
@@ -25,17 +24,8 @@ class DensityObjective:
         del step
         return model.apply(variables, x, key, method="terms")
 
-    def for_validation(self, validation_num_samples: int) -> "DensityObjective":
-        del validation_num_samples
-        return self
 
-
-def _needs_a_density_model(settings: Any, spec: Any) -> None:
-    if not spec.model.kind.trait("density_model", False):
-        raise ConfigError(DENSITY_PAIRING)
-
-
-@OBJECTIVES.register("density", check=_needs_a_density_model, traits={"density_objective": True})
+@OBJECTIVES.register("density", traits={"training": "density"})
 def density(settings: NoSettings, *, steps_per_epoch: int = 1) -> DensityObjective:
     """A density's own training terms on real vectors (model.kind=density): exact log p, an ELBO or a diffusion bound."""
     del settings, steps_per_epoch

@@ -55,10 +55,12 @@ import jax.numpy as jnp
 import optax
 
 from vaegen.blocks import discrete as discrete_lib
-from vaegen.blocks.networks import MLP
+from vaegen.blocks.networks import MLP, MLPSettings
 from vaegen.errors import ConfigError
-from vaegen.objectives.bounds import ELBO, require_density
+from vaegen.objectives.base import Objective
+from vaegen.objectives.bounds import ELBO, ELBOSettings, require_density
 from vaegen.registry import OBJECTIVES, Settings, setting
+from vaegen.spec.run import RunSpec
 
 Terms = dict[str, jax.Array]
 stop = jax.lax.stop_gradient
@@ -109,33 +111,62 @@ def enumerated_iwae(m: Any, q: discrete_lib.DiscreteLatents, x: jax.Array, k: in
     return jnp.sum(jnp.exp(log_prob_tuple) * bound)
 
 
+# --- settings ---------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class DiscreteELBOSettings(Settings):
+    estimator: str = setting("gumbel_softmax", "the gradient of E_q[log p(x|z)]: gumbel_softmax (relaxed, biased) | "
+                             "straight_through (biased) | reinforce (unbiased) | enumerate (exact, small K^M only)",
+                             choices=ESTIMATORS)
+    num_samples: int = setting(1, "S draws of z ~ q(z|x) per example (not used by enumerate)", gt=0)
+    temperature: float = setting(1.0, "tau_0 of the relaxations (gumbel_softmax, straight_through)", gt=0)
+    temperature_min: float = setting(0.5, "tau_min: the temperature is max(tau_min, tau_0 exp(-r t)) at step t", gt=0)
+    anneal_rate: float = setting(0.0, "r, per training step (Jang et al. 2017 use 1e-5 to 1e-4; 0 = constant)", ge=0)
+    baseline: str = setting("loo", "reinforce's baseline: loo (the mean of the other samples, S >= 2) | learned "
+                            "(c + MLP(x), Mnih & Gregor 2014) | none", choices=BASELINES)
+    baseline_hidden: tuple[int, ...] = setting((100,), "the learned baseline's hidden widths (tanh)", items_gt=0)
+    baseline_learning_rate: float = setting(1e-3, "Adam learning rate of the learned baseline's network", gt=0)
+    baseline_decay: float = setting(0.9, "decay of the moving average c of the learned baseline", ge=0, lt=1)
+    max_configurations: int = setting(1024, "enumerate: the most configurations K^M of z summed per example", gt=0)
+
+    def validate(self, key):
+        if self.temperature_min > self.temperature:
+            raise ConfigError(f"{key('temperature_min')}={self.temperature_min} must be at most "
+                              f"{key('temperature')}={self.temperature}")
+
+
+@dataclasses.dataclass(frozen=True)
+class VIMCOSettings(Settings):
+    num_samples: int = setting(5, "k samples per example (VIMCO's leave-one-out needs k >= 2)", ge=2)
+
+
 # --- the reconstruction term's estimators: (value, surrogate) of E_q[log p(x | z)] ---------------------
 #
 # Each returns the value reported (an unbiased estimate of E_q[log p(x | z)], or its exact value) and the
 # surrogate whose gradient is the estimator's, and extra terms.
 
 def _gumbel_softmax(obj: "DiscreteELBO", m, q, x, key, step, baseline):
-    tau = temperature_at(step, obj.temperature, obj.temperature_min, obj.anneal_rate)
-    hard, soft = q.relaxed_sample(key, tau, (obj.num_samples,))                  # [S, D] each
+    tau = temperature_at(step, obj.settings.temperature, obj.settings.temperature_min, obj.settings.anneal_rate)
+    hard, soft = q.relaxed_sample(key, tau, (obj.settings.num_samples,))                  # [S, D] each
     value = jnp.mean(_log_likelihood(m, x, stop(hard)))                          # an exact sample's log p(x|z)
     surrogate = jnp.mean(_log_likelihood(m, x, soft))                            # the relaxed objective
     return value, surrogate, {"temperature": tau}
 
 
 def _straight_through(obj: "DiscreteELBO", m, q, x, key, step, baseline):
-    tau = temperature_at(step, obj.temperature, obj.temperature_min, obj.anneal_rate)
-    hard, soft = q.relaxed_sample(key, tau, (obj.num_samples,))
+    tau = temperature_at(step, obj.settings.temperature, obj.settings.temperature_min, obj.settings.anneal_rate)
+    hard, soft = q.relaxed_sample(key, tau, (obj.settings.num_samples,))
     z = hard + (soft - stop(soft))                  # = hard exactly; d z / d phi := d soft / d phi
     f = jnp.mean(_log_likelihood(m, x, z))
     return f, f, {"temperature": tau}
 
 
 def _reinforce(obj: "DiscreteELBO", m, q, x, key, step, baseline):
-    s = obj.num_samples
+    s = obj.settings.num_samples
     z = stop(q.sample(seed=key, sample_shape=(s,)))                              # [S, D]
     f = _log_likelihood(m, x, z)                                                 # log p(x | z_s)   [S]
     log_q = q.log_prob(z)                                                        # log q(z_s | x)   [S]
-    if obj.baseline == "loo":
+    if obj.settings.baseline == "loo":
         b = (jnp.sum(f) - f) / (s - 1)             # the mean of the other samples: independent of z_s
     else:
         b = jnp.broadcast_to(jnp.asarray(0.0 if baseline is None else baseline, jnp.float32), f.shape)
@@ -156,20 +187,20 @@ _RECONSTRUCTION: dict[str, Callable[..., tuple[jax.Array, jax.Array, Terms]]] = 
 
 
 @dataclasses.dataclass(frozen=True)
-class DiscreteELBO:
+class DiscreteELBO(Objective):
     """The ELBO of a model with a discrete z, with the gradient estimator ``estimator`` (see the
     module's table for what each is unbiased for).
 
     L(x) = E_q[log p(x | z)] - KL(q(z | x) || p(z))
 
     Attributes:
-      estimator: ``gumbel_softmax`` | ``straight_through`` | ``reinforce`` | ``enumerate``.
-      num_samples: S draws of z per example (not used by ``enumerate``).
-      temperature, temperature_min, anneal_rate: tau_0, tau_min and r of the relaxations' schedule
-        (:func:`temperature_at`).
-      baseline: REINFORCE's baseline, ``loo`` (S >= 2), ``learned`` or ``none``.
-      baseline_hidden, baseline_learning_rate, baseline_decay: the learned baseline's MLP widths, the
-        Adam learning rate of its network and the decay of its moving-average centre.
+      settings: :class:`DiscreteELBOSettings`: ``estimator`` (``gumbel_softmax`` | ``straight_through``
+        | ``reinforce`` | ``enumerate``), S = ``num_samples`` draws of z per example (not used by
+        ``enumerate``), tau_0, tau_min and r of the relaxations' schedule (``temperature``,
+        ``temperature_min``, ``anneal_rate``: :func:`temperature_at`), REINFORCE's ``baseline``
+        (``loo`` with S >= 2, ``learned`` or ``none``) and the learned baseline's MLP widths, Adam
+        learning rate and moving-average decay (``baseline_hidden``, ``baseline_learning_rate``,
+        ``baseline_decay``).
 
     Terms (nats, one example): ``reconstruction`` E_q[log p(x | z)] (an unbiased estimate from S
     exact samples; exact for ``enumerate``), ``kl`` KL(q || p) (closed form), ``elbo`` =
@@ -177,22 +208,18 @@ class DiscreteELBO:
     ``temperature`` (relaxations) or ``learning_signal`` (REINFORCE: the mean of log p(x | z_s) - b_s).
     """
 
-    estimator: str = "gumbel_softmax"
-    num_samples: int = 1
-    temperature: float = 1.0
-    temperature_min: float = 0.5
-    anneal_rate: float = 0.0
-    baseline: str = "loo"
-    baseline_hidden: tuple[int, ...] = (100,)
-    baseline_learning_rate: float = 1e-3
-    baseline_decay: float = 0.9
+    settings: DiscreteELBOSettings = DiscreteELBOSettings()
     bound_name = "elbo"
+
+    @property
+    def samples_per_example(self) -> int:
+        return 1 if self.settings.estimator == "enumerate" else self.settings.num_samples
 
     def terms(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: Any = 0,
               baseline: jax.Array | None = None) -> Terms:
         """The terms of one example ``x [*event]``; ``baseline`` is REINFORCE's learned b(x) ``[]``."""
         require_density(model, "ELBO")
-        estimate = _RECONSTRUCTION[self.estimator]
+        estimate = _RECONSTRUCTION[self.settings.estimator]
 
         def terms(m: Any) -> Terms:
             q, p = m.q_z_given_x(x), m.p_z()
@@ -210,9 +237,9 @@ class DiscreteELBO:
     def for_validation(self, validation_num_samples: int) -> Any:
         """The exact ELBO for ``enumerate``; else the ELBO estimated from ``validation_num_samples``
         exact samples of q with the closed-form KL (:class:`vaegen.objectives.bounds.ELBO`)."""
-        if self.estimator == "enumerate":
+        if self.settings.estimator == "enumerate":
             return self
-        return ELBO(num_samples=int(validation_num_samples))
+        return ELBO(ELBOSettings(num_samples=int(validation_num_samples)))
 
 
 class BaselineNetwork(nn.Module):
@@ -223,8 +250,8 @@ class BaselineNetwork(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        h = x.reshape(x.shape[:x.ndim - self.event_ndims] + (-1,))
-        h = MLP(hidden=tuple(self.hidden), activation="tanh", name="trunk")(h)
+        h = MLP(MLPSettings(hidden=tuple(self.hidden), activation="tanh"), event_ndims=self.event_ndims,
+                name="trunk")(x)
         return nn.Dense(1, name="out", kernel_init=nn.initializers.zeros)(h)[..., 0]
 
 
@@ -240,10 +267,11 @@ class LearnedBaselineELBO(DiscreteELBO):
     deviation of log p(x | z_s) - b(x) over the batch, nats: what is left of the learning signal's
     scale)."""
 
+    has_auxiliary = True
     auxiliary_name = "baseline"
 
     def network(self, x: jax.Array) -> BaselineNetwork:
-        return BaselineNetwork(hidden=tuple(self.baseline_hidden), event_ndims=x.ndim - 1)
+        return BaselineNetwork(hidden=tuple(self.settings.baseline_hidden), event_ndims=x.ndim - 1)
 
     def _baseline(self, auxiliary: Any, x: jax.Array) -> jax.Array:
         return auxiliary["center"] + self.network(x).apply(auxiliary["network"], x)          # [B]
@@ -258,13 +286,14 @@ class LearnedBaselineELBO(DiscreteELBO):
         return {"center": jnp.zeros((), jnp.float32), "network": self.network(x).init(key, x)}
 
     def auxiliary_optimizer(self) -> optax.GradientTransformation:
-        return optax.multi_transform({"center": optax.sgd(1.0 - self.baseline_decay),
-                                      "network": optax.adam(self.baseline_learning_rate)},
+        s = self.settings
+        return optax.multi_transform({"center": optax.sgd(1.0 - s.baseline_decay),
+                                      "network": optax.adam(s.baseline_learning_rate)},
                                      {"center": "center", "network": "network"})
 
     def auxiliary_loss(self, auxiliary: Any, model: Any, variables: Any, x: jax.Array, keys: jax.Array,
                        step: Any = 0) -> tuple[jax.Array, Terms]:
-        s = self.num_samples
+        s = self.settings.num_samples
 
         def samples(xi, ki):
             def f(m):
@@ -279,7 +308,7 @@ class LearnedBaselineELBO(DiscreteELBO):
 
 
 @dataclasses.dataclass(frozen=True)
-class VIMCO:
+class VIMCO(Objective):
     """IWAE_k with the VIMCO gradient estimator (Mnih & Rezende 2016), for a discrete z.
 
     L_k(x) = E[log (1/k) sum_j w_j],  w_j = p(x, z_j) / q(z_j | x),  z_j ~ q(z | x)
@@ -290,15 +319,22 @@ class VIMCO:
     Terms (nats, one example): ``iwae`` (the k-sample estimate of L_k), ``elbo`` (mean of the
     log-weights: an unbiased ELBO estimate), ``reconstruction`` (mean log p(x | z_j)), ``kl``
     (closed form), ``ess`` (effective sample size), ``objective`` (equal to ``iwae``).
+
+    Attributes:
+      settings: :class:`VIMCOSettings`: k = ``num_samples``.
     """
 
-    num_samples: int = 5
+    settings: VIMCOSettings = VIMCOSettings()
     bound_name = "iwae"
+
+    @property
+    def samples_per_example(self) -> int:
+        return self.settings.num_samples
 
     def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: Any = 0) -> Terms:
         require_density(model, "IWAE bound")
         del step
-        k = self.num_samples
+        k = self.settings.num_samples
 
         def terms(m: Any) -> Terms:
             q, p = m.q_z_given_x(x), m.p_z()
@@ -331,36 +367,14 @@ class VIMCO:
 # q(z | x) (the discrete posteriors' check asks for it).
 
 
-def _needs_discrete_posterior(spec: Any) -> None:
+def _needs_discrete_posterior(spec: RunSpec) -> None:
     name = spec.objective.name
     if not spec.inference.posterior.trait("discrete"):
         raise ConfigError(f"objective {name!r} trains a discrete q(z|x): set config.inference.posterior=categorical "
                           "(or bernoulli) and config.model.prior to match")
 
 
-@dataclasses.dataclass(frozen=True)
-class DiscreteELBOSettings(Settings):
-    estimator: str = setting("gumbel_softmax", "the gradient of E_q[log p(x|z)]: gumbel_softmax (relaxed, biased) | "
-                             "straight_through (biased) | reinforce (unbiased) | enumerate (exact, small K^M only)",
-                             choices=ESTIMATORS)
-    num_samples: int = setting(1, "S draws of z ~ q(z|x) per example (not used by enumerate)", gt=0)
-    temperature: float = setting(1.0, "tau_0 of the relaxations (gumbel_softmax, straight_through)", gt=0)
-    temperature_min: float = setting(0.5, "tau_min: the temperature is max(tau_min, tau_0 exp(-r t)) at step t", gt=0)
-    anneal_rate: float = setting(0.0, "r, per training step (Jang et al. 2017 use 1e-5 to 1e-4; 0 = constant)", ge=0)
-    baseline: str = setting("loo", "reinforce's baseline: loo (the mean of the other samples, S >= 2) | learned "
-                            "(c + MLP(x), Mnih & Gregor 2014) | none", choices=BASELINES)
-    baseline_hidden: tuple[int, ...] = setting((100,), "the learned baseline's hidden widths (tanh)", items_gt=0)
-    baseline_learning_rate: float = setting(1e-3, "Adam learning rate of the learned baseline's network", gt=0)
-    baseline_decay: float = setting(0.9, "decay of the moving average c of the learned baseline", ge=0, lt=1)
-    max_configurations: int = setting(1024, "enumerate: the most configurations K^M of z summed per example", gt=0)
-
-    def validate(self, key):
-        if self.temperature_min > self.temperature:
-            raise ConfigError(f"{key('temperature_min')}={self.temperature_min} must be at most "
-                              f"{key('temperature')}={self.temperature}")
-
-
-def _check_discrete_elbo(settings: DiscreteELBOSettings, spec: Any) -> None:
+def _check_discrete_elbo(settings: DiscreteELBOSettings, spec: RunSpec) -> None:
     _needs_discrete_posterior(spec)
     if settings.estimator == "reinforce" and settings.baseline == "loo" and settings.num_samples < 2:
         raise ConfigError("config.objective.baseline=loo takes each sample's baseline from the others: set "
@@ -373,12 +387,7 @@ def _check_discrete_elbo(settings: DiscreteELBOSettings, spec: Any) -> None:
                               f"{settings.max_configurations}; choose another estimator or a smaller latent space")
 
 
-@dataclasses.dataclass(frozen=True)
-class VIMCOSettings(Settings):
-    num_samples: int = setting(5, "k samples per example (VIMCO's leave-one-out needs k >= 2)", ge=2)
-
-
-def _check_vimco(settings: VIMCOSettings, spec: Any) -> None:
+def _check_vimco(settings: VIMCOSettings, spec: RunSpec) -> None:
     _needs_discrete_posterior(spec)
 
 
@@ -388,14 +397,11 @@ def discrete_elbo(settings: DiscreteELBOSettings, *, steps_per_epoch: int = 1) -
     """L(x) = E_q[log p(x|z)] - KL(q || p) for a discrete z, gradient by Gumbel-softmax, straight-through, REINFORCE or enumeration."""
     del steps_per_epoch
     cls = LearnedBaselineELBO if settings.estimator == "reinforce" and settings.baseline == "learned" else DiscreteELBO
-    return cls(estimator=settings.estimator, num_samples=settings.num_samples, temperature=settings.temperature,
-               temperature_min=settings.temperature_min, anneal_rate=settings.anneal_rate, baseline=settings.baseline,
-               baseline_hidden=tuple(settings.baseline_hidden), baseline_learning_rate=settings.baseline_learning_rate,
-               baseline_decay=settings.baseline_decay)
+    return cls(settings)
 
 
 @OBJECTIVES.register("vimco", settings=VIMCOSettings, check=_check_vimco, traits={"discrete_gradients": True})
 def vimco(settings: VIMCOSettings, *, steps_per_epoch: int = 1) -> VIMCO:
     """L_k(x) = E log 1/k sum_j p(x, z_j) / q(z_j | x) for a discrete z, with VIMCO's leave-one-out gradient (Mnih & Rezende 2016)."""
     del steps_per_epoch
-    return VIMCO(num_samples=settings.num_samples)
+    return VIMCO(settings)

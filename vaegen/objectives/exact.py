@@ -8,13 +8,12 @@ from typing import Any
 
 import jax
 
-from vaegen.errors import ConfigError
-from vaegen.model.autoregressive import EXACT_PAIRING
+from vaegen.objectives.base import Objective
 from vaegen.registry import OBJECTIVES, NoSettings
 
 
 @dataclasses.dataclass(frozen=True)
-class ExactLogLikelihood:
+class ExactLogLikelihood(Objective):
     """log p(x) of a model whose ``log_prob`` is exact.
 
     Terms (nats, one example): ``log_px``, ``objective`` = ``log_px``.
@@ -28,17 +27,8 @@ class ExactLogLikelihood:
         log_px = model.apply(variables, x, method="log_prob")
         return {"log_px": log_px, "objective": log_px}
 
-    def for_validation(self, validation_num_samples: int) -> "ExactLogLikelihood":
-        del validation_num_samples
-        return self
 
-
-def _needs_an_exact_model(settings: Any, spec: Any) -> None:
-    if not spec.model.kind.trait("exact_log_likelihood", False):
-        raise ConfigError(EXACT_PAIRING)
-
-
-@OBJECTIVES.register("exact", check=_needs_an_exact_model, traits={"exact_log_likelihood": True})
+@OBJECTIVES.register("exact", traits={"training": "exact"})
 def exact(settings: NoSettings, *, steps_per_epoch: int = 1) -> ExactLogLikelihood:
     """log p(x) itself, for a model with a tractable p(x) (model.kind=autoregressive)."""
     del settings, steps_per_epoch

@@ -37,11 +37,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from vaegen.blocks.networks import MLP
+from vaegen.blocks.networks import MLP, MLPSettings
 from vaegen.errors import ConfigError
 from vaegen.objectives.autoencoder import Autoencoder, needs_point_mass
+from vaegen.objectives.base import Objective
 from vaegen.objectives.batch import Terms, batched
 from vaegen.registry import OBJECTIVES, Settings, setting
+from vaegen.spec.run import RunSpec
 
 DEFAULT_KERNEL_SCALES = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 """The scales s of the kernels summed in the MMD, as multiples of 2 D sigma^2 (Tolstikhin et al. 2018)."""
@@ -100,130 +102,7 @@ def _batch_key(keys: jax.Array) -> jax.Array:
     return jax.random.fold_in(keys[0], 0x6D6D64)
 
 
-# --- WAE-MMD -----------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class WAE:
-    """``log p(x | z = f(x)) - lambda MMD^2(codes, z ~ p(z))`` on a batch (see the module).
-
-    Terms (each ``[B]``): ``reconstruction`` log p(x | z = f(x)) (nats), ``mmd`` the batch's
-    unbiased MMD^2 estimate (the same for every example), ``objective``.
-    """
-
-    mmd_weight: float = 100.0
-    kernel: str = "imq"
-    kernel_scales: tuple[float, ...] = DEFAULT_KERNEL_SCALES
-    prior_variance: float = 1.0
-    bound_name = "reconstruction"
-
-    def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
-        """The per-example part, log p(x | z = f(x)) (the MMD is a term of a batch)."""
-        return Autoencoder()(model, variables, x, key, step)
-
-    def mmd(self, codes: jax.Array, z_prior: jax.Array) -> jax.Array:
-        return mmd_unbiased(codes, z_prior, kernel=self.kernel, scales=self.kernel_scales,
-                            prior_variance=self.prior_variance)
-
-    def batch_terms(self, model: Any, variables: Any, x: jax.Array, keys: jax.Array, step: Any = 0,
-                    auxiliary: Any = None) -> Terms:
-        del auxiliary
-        terms = batched(self, model, variables, x, keys, step)
-        codes = _codes(model, variables, x)                                  # [B, D]
-        z = prior_draws(model, variables, _batch_key(keys), codes.shape[0])  # [B, D]
-        mmd = self.mmd(codes, z)
-        b = x.shape[0]
-        terms["mmd"] = jnp.broadcast_to(mmd, (b,))
-        terms["objective"] = terms["reconstruction"] - self.mmd_weight * mmd
-        return terms
-
-    def for_validation(self, validation_num_samples: int) -> Autoencoder:
-        """log p(x | z = f(x)) on held-out data."""
-        del validation_num_samples
-        return Autoencoder()
-
-
-# --- the adversarial AE -------------------------------------------------------------------------------
-
-class Discriminator(nn.Module):
-    """D(z): an MLP on the code with one logit out, ``[..., D] -> [...]`` (p(z) vs q(z))."""
-
-    hidden: Sequence[int] = (256, 256)
-    activation: str = "relu"
-
-    @nn.compact
-    def __call__(self, z: jax.Array) -> jax.Array:
-        h = MLP(hidden=tuple(self.hidden), activation=self.activation, name="trunk")(z)
-        return nn.Dense(1, name="logit")(h)[..., 0]
-
-
-@dataclasses.dataclass(frozen=True)
-class AAE:
-    """The adversarial autoencoder (see the module): the encoder maximises
-    ``log p(x | f(x)) + lambda log sigmoid(D(f(x)))``, the discriminator D (the objective's own
-    parameters, trained by its own Adam) minimises its cross-entropy between draws of p(z)
-    (label 1) and codes (label 0).
-
-    Terms: ``reconstruction``, ``adversarial`` log sigmoid(D(f(x))) (nats), ``objective``, each
-    ``[B]``; the discriminator's (scalars, as ``discriminator/...``): ``loss``, ``accuracy`` on
-    the batch's codes and as many prior draws, ``prior_prob`` mean sigmoid(D(z_p)) and
-    ``code_prob`` mean sigmoid(D(f(x))) (both 0.5 when it cannot tell them apart).
-    """
-
-    adversarial_weight: float = 10.0
-    hidden: tuple[int, ...] = (256, 256)
-    learning_rate: float = 1e-4
-    b1: float = 0.5
-    bound_name = "reconstruction"
-    auxiliary_name = "discriminator"
-
-    @property
-    def discriminator(self) -> Discriminator:
-        return Discriminator(hidden=self.hidden)
-
-    def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
-        """The per-example reconstruction (the adversarial term needs the discriminator)."""
-        return Autoencoder()(model, variables, x, key, step)
-
-    def batch_terms(self, model: Any, variables: Any, x: jax.Array, keys: jax.Array, step: Any = 0,
-                    auxiliary: Any = None) -> Terms:
-        terms = batched(self, model, variables, x, keys, step)
-        logits = self.discriminator.apply(auxiliary, _codes(model, variables, x))    # [B]
-        terms["adversarial"] = jax.nn.log_sigmoid(logits)
-        terms["objective"] = terms["reconstruction"] + self.adversarial_weight * terms["adversarial"]
-        return terms
-
-    def init_auxiliary(self, key: jax.Array, model: Any, variables: Any) -> Any:
-        z = prior_draws(model, variables, key, 1)
-        return self.discriminator.init(jax.random.fold_in(key, 1), z)
-
-    def auxiliary_optimizer(self) -> optax.GradientTransformation:
-        return optax.adam(self.learning_rate, b1=self.b1)
-
-    def auxiliary_loss(self, auxiliary: Any, model: Any, variables: Any, x: jax.Array, keys: jax.Array,
-                       step: Any = 0) -> tuple[jax.Array, Terms]:
-        codes = _codes(model, variables, x)                                   # [B, D]
-        z = prior_draws(model, variables, _batch_key(keys), codes.shape[0])   # [B, D]
-        real, fake = self.discriminator.apply(auxiliary, z), self.discriminator.apply(auxiliary, codes)
-        loss = -jnp.mean(jax.nn.log_sigmoid(real)) - jnp.mean(jax.nn.log_sigmoid(-fake))
-        accuracy = 0.5 * (jnp.mean(real > 0) + jnp.mean(fake < 0))
-        return loss, {"accuracy": accuracy, "prior_prob": jnp.mean(jax.nn.sigmoid(real)),
-                      "code_prob": jnp.mean(jax.nn.sigmoid(fake))}
-
-    def for_validation(self, validation_num_samples: int) -> Autoencoder:
-        del validation_num_samples
-        return Autoencoder()
-
-
-# --- registered objectives -------------------------------------------------------------------------
-
-def needs_point_mass_and_prior(settings: Any, spec: Any) -> None:
-    """Matching the codes to p(z) needs a deterministic encoder and a prior to match."""
-    needs_point_mass(settings, spec)
-    name = spec.objective.name
-    if not spec.model.prior.trait("exists", True):
-        raise ConfigError(f"objective {name!r} matches the codes to a prior p(z), and config.model.prior is none: "
-                          "set --config.model.prior=standard_normal")
-
+# --- settings: what a config's objective section holds, and what each objective reads ----------------
 
 @dataclasses.dataclass(frozen=True)
 class WAESettings(Settings):
@@ -246,19 +125,145 @@ class AAESettings(Settings):
     discriminator_b1: float = setting(0.5, "the discriminator's Adam first-moment decay", ge=0, lt=1)
 
 
+# --- WAE-MMD -----------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class WAE(Objective):
+    """``log p(x | z = f(x)) - lambda MMD^2(codes, z ~ p(z))`` on a batch (see the module).
+
+    Attributes:
+      settings: :class:`WAESettings`: lambda = ``mmd_weight``, the ``kernel``, its
+        ``kernel_scales`` and ``prior_variance`` (:func:`kernel_matrix`).
+
+    Terms (each ``[B]``): ``reconstruction`` log p(x | z = f(x)) (nats), ``mmd`` the batch's
+    unbiased MMD^2 estimate (the same for every example), ``objective``.
+    """
+
+    settings: WAESettings = WAESettings()
+    bound_name = "reconstruction"
+
+    def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
+        """The per-example part, log p(x | z = f(x)) (the MMD is a term of a batch)."""
+        return Autoencoder()(model, variables, x, key, step)
+
+    def mmd(self, codes: jax.Array, z_prior: jax.Array) -> jax.Array:
+        s = self.settings
+        return mmd_unbiased(codes, z_prior, kernel=s.kernel, scales=tuple(s.kernel_scales), prior_variance=s.prior_variance)
+
+    def batch_terms(self, model: Any, variables: Any, x: jax.Array, keys: jax.Array, step: Any = 0,
+                    auxiliary: Any = None) -> Terms:
+        del auxiliary
+        terms = batched(self, model, variables, x, keys, step)
+        codes = _codes(model, variables, x)                                  # [B, D]
+        z = prior_draws(model, variables, _batch_key(keys), codes.shape[0])  # [B, D]
+        mmd = self.mmd(codes, z)
+        b = x.shape[0]
+        terms["mmd"] = jnp.broadcast_to(mmd, (b,))
+        terms["objective"] = terms["reconstruction"] - self.settings.mmd_weight * mmd
+        return terms
+
+    def for_validation(self, validation_num_samples: int) -> Autoencoder:
+        """log p(x | z = f(x)) on held-out data."""
+        del validation_num_samples
+        return Autoencoder()
+
+
+# --- the adversarial AE -------------------------------------------------------------------------------
+
+class Discriminator(nn.Module):
+    """D(z): a ReLU MLP on the code with one logit out, ``[..., D] -> [...]`` (p(z) vs q(z)); ``hidden``:
+    the widths of its hidden layers (the AAE's ``discriminator_hidden``)."""
+
+    hidden: tuple[int, ...]
+
+    @nn.compact
+    def __call__(self, z: jax.Array) -> jax.Array:
+        h = MLP(MLPSettings(hidden=tuple(self.hidden), activation="relu"), name="trunk")(z)
+        return nn.Dense(1, name="logit")(h)[..., 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class AAE(Objective):
+    """The adversarial autoencoder (see the module): the encoder maximises
+    ``log p(x | f(x)) + lambda log sigmoid(D(f(x)))``, the discriminator D (the objective's own
+    parameters, trained by its own Adam) minimises its cross-entropy between draws of p(z)
+    (label 1) and codes (label 0).
+
+    Terms: ``reconstruction``, ``adversarial`` log sigmoid(D(f(x))) (nats), ``objective``, each
+    ``[B]``; the discriminator's (scalars, as ``discriminator/...``): ``loss``, ``accuracy`` on
+    the batch's codes and as many prior draws, ``prior_prob`` mean sigmoid(D(z_p)) and
+    ``code_prob`` mean sigmoid(D(f(x))) (both 0.5 when it cannot tell them apart).
+
+    Attributes:
+      settings: :class:`AAESettings`: lambda = ``adversarial_weight``; the discriminator's
+        hidden widths and its Adam's learning rate and b1.
+    """
+
+    settings: AAESettings = AAESettings()
+    bound_name = "reconstruction"
+    has_auxiliary = True
+    auxiliary_name = "discriminator"
+
+    @property
+    def discriminator(self) -> Discriminator:
+        return Discriminator(hidden=tuple(self.settings.discriminator_hidden))
+
+    def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
+        """The per-example reconstruction (the adversarial term needs the discriminator)."""
+        return Autoencoder()(model, variables, x, key, step)
+
+    def batch_terms(self, model: Any, variables: Any, x: jax.Array, keys: jax.Array, step: Any = 0,
+                    auxiliary: Any = None) -> Terms:
+        terms = batched(self, model, variables, x, keys, step)
+        logits = self.discriminator.apply(auxiliary, _codes(model, variables, x))    # [B]
+        terms["adversarial"] = jax.nn.log_sigmoid(logits)
+        terms["objective"] = terms["reconstruction"] + self.settings.adversarial_weight * terms["adversarial"]
+        return terms
+
+    def init_auxiliary(self, key: jax.Array, model: Any, variables: Any) -> Any:
+        z = prior_draws(model, variables, key, 1)
+        return self.discriminator.init(jax.random.fold_in(key, 1), z)
+
+    def auxiliary_optimizer(self) -> optax.GradientTransformation:
+        return optax.adam(self.settings.discriminator_learning_rate, b1=self.settings.discriminator_b1)
+
+    def auxiliary_loss(self, auxiliary: Any, model: Any, variables: Any, x: jax.Array, keys: jax.Array,
+                       step: Any = 0) -> tuple[jax.Array, Terms]:
+        codes = _codes(model, variables, x)                                   # [B, D]
+        z = prior_draws(model, variables, _batch_key(keys), codes.shape[0])   # [B, D]
+        real, fake = self.discriminator.apply(auxiliary, z), self.discriminator.apply(auxiliary, codes)
+        loss = -jnp.mean(jax.nn.log_sigmoid(real)) - jnp.mean(jax.nn.log_sigmoid(-fake))
+        accuracy = 0.5 * (jnp.mean(real > 0) + jnp.mean(fake < 0))
+        return loss, {"accuracy": accuracy, "prior_prob": jnp.mean(jax.nn.sigmoid(real)),
+                      "code_prob": jnp.mean(jax.nn.sigmoid(fake))}
+
+    def for_validation(self, validation_num_samples: int) -> Autoencoder:
+        del validation_num_samples
+        return Autoencoder()
+
+
+# --- registered objectives -------------------------------------------------------------------------
+
+def needs_point_mass_and_prior(settings: Settings, spec: RunSpec) -> None:
+    """Matching the codes to p(z) needs a deterministic encoder and a prior to match."""
+    needs_point_mass(settings, spec)
+    name = spec.objective.name
+    if not spec.model.prior.trait("exists"):
+        raise ConfigError(f"objective {name!r} matches the codes to a prior p(z), and config.model.prior is none: "
+                          "set --config.model.prior=standard_normal")
+
+
 @OBJECTIVES.register("wae", settings=WAESettings, check=needs_point_mass_and_prior, traits={"matches_prior": True})
 def wae(settings: WAESettings, *, steps_per_epoch: int = 1) -> WAE:
     """log p(x | z = f(x)) - lambda MMD^2(q(z), p(z)): the Wasserstein AE with an MMD penalty (Tolstikhin et al. 2018)."""
     del steps_per_epoch
-    return WAE(mmd_weight=settings.mmd_weight, kernel=settings.kernel, kernel_scales=tuple(settings.kernel_scales),
-               prior_variance=settings.prior_variance)
+    return WAE(settings)
 
 
 @OBJECTIVES.register("aae", settings=AAESettings, check=needs_point_mass_and_prior, traits={"matches_prior": True})
 def aae(settings: AAESettings, *, steps_per_epoch: int = 1) -> AAE:
     """log p(x | z = f(x)) + lambda log D(f(x)), D a discriminator of codes vs p(z) with its own optimizer (Makhzani et al. 2016)."""
     del steps_per_epoch
-    return AAE(adversarial_weight=settings.adversarial_weight, hidden=tuple(settings.discriminator_hidden),
-               learning_rate=settings.discriminator_learning_rate, b1=settings.discriminator_b1)
+    return AAE(settings)
 
 

@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from vaegen.blocks import quantizers as quantizers_lib
-from vaegen.errors import ConfigError
+from vaegen.objectives.base import Objective
 from vaegen.objectives.batch import Terms
 from vaegen.registry import OBJECTIVES, Settings, setting
 
@@ -56,21 +56,27 @@ def vq_terms(model: Any, variables: Any, x: jax.Array, commitment: float) -> tup
 
 
 @dataclasses.dataclass(frozen=True)
-class VQ:
-    """The ``vq`` objective (see the module): per example by ``__call__`` (validation), per batch by
-    ``batch_terms`` (training: adds the code usage), and the codebook's update by ``after_step``."""
+class VQObjectiveSettings(Settings):
+    commitment: float = setting(0.25, "beta of the commitment term beta ||z_e - sg(e_c)||^2", ge=0)
 
-    commitment: float = 0.25
+
+@dataclasses.dataclass(frozen=True)
+class VQ(Objective):
+    """The ``vq`` objective (see the module): per example by ``__call__`` (validation), per batch by
+    ``batch_terms`` (training: adds the code usage), and the codebook's update by ``after_step``.
+    ``settings``: :class:`VQObjectiveSettings` (beta = ``commitment``)."""
+
+    settings: VQObjectiveSettings = VQObjectiveSettings()
     bound_name = "reconstruction"
 
     def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
         del key, step
-        return vq_terms(model, variables, x, self.commitment)[0]
+        return vq_terms(model, variables, x, self.settings.commitment)[0]
 
     def batch_terms(self, model: Any, variables: Any, x: jax.Array, keys: jax.Array, step: Any = 0,
                     auxiliary: Any = None) -> Terms:
         del keys, step, auxiliary
-        terms, indices = vq_terms(model, variables, x, self.commitment)          # [B], [B, M]
+        terms, indices = vq_terms(model, variables, x, self.settings.commitment)  # [B], [B, M]
         perplexity, used = quantizers_lib.perplexity(indices, model.posterior.codebook_size)
         b = x.shape[0]
         terms["perplexity"] = jnp.broadcast_to(perplexity, (b,))
@@ -93,6 +99,7 @@ def codebook_update(model: Any, before: Any, after: Any, x: jax.Array, key: jax.
     """``after`` with its ``codebook`` collection (and, without EMA, its codebook parameter) updated
     from the batch ``x [B, *event]`` encoded with ``before`` (see :mod:`vaegen.blocks.quantizers`)."""
     posterior = model.posterior
+    s = posterior.settings
     d = posterior.code_dim
     q = model.apply(before, method=lambda m: m.quantize(x))
     z = jax.lax.stop_gradient(q["z_e"]).reshape(-1, d)                      # [B M, d]
@@ -100,10 +107,11 @@ def codebook_update(model: Any, before: Any, after: Any, x: jax.Array, key: jax.
     stats = dict(after[quantizers_lib.CODEBOOK]["posterior"])
     params = after["params"]
     if posterior.ema:
-        stats.update(quantizers_lib.ema_update(stats, z, indices, decay=model.ema_decay, epsilon=model.ema_epsilon))
+        stats.update(quantizers_lib.ema_update(stats, z, indices, decay=float(s.ema_decay),
+                                               epsilon=float(s.ema_epsilon)))
     else:
-        stats["cluster_size"] = quantizers_lib.usage_update(stats["cluster_size"], indices, decay=model.ema_decay)
-    threshold = float(model.dead_code_threshold)
+        stats["cluster_size"] = quantizers_lib.usage_update(stats["cluster_size"], indices, decay=float(s.ema_decay))
+    threshold = float(s.dead_code_threshold)
     if threshold > 0:
         codebook = stats["embedding"] if posterior.ema else params["posterior"]["embedding"]
         dead, stats["cluster_size"], codebook = quantizers_lib.restart_dead_codes(
@@ -119,19 +127,8 @@ def codebook_update(model: Any, before: Any, after: Any, x: jax.Array, key: jax.
 
 # --- registered objective ----------------------------------------------------------------------------
 
-@dataclasses.dataclass(frozen=True)
-class VQObjectiveSettings(Settings):
-    commitment: float = setting(0.25, "beta of the commitment term beta ||z_e - sg(e_c)||^2", ge=0)
-
-
-def _needs_vq_model(settings: Any, spec: Any) -> None:
-    if not spec.model.kind.trait("vq_vae", False):
-        raise ConfigError("objective 'vq' trains a VQ-VAE: set --config.model.kind=vq_vae (with "
-                          "--config.model.prior=none and --config.inference.posterior=point_mass)")
-
-
-@OBJECTIVES.register("vq", settings=VQObjectiveSettings, check=_needs_vq_model, traits={"vq_objective": True})
+@OBJECTIVES.register("vq", settings=VQObjectiveSettings, traits={"training": "codes"})
 def vq(settings: VQObjectiveSettings, *, steps_per_epoch: int = 1) -> VQ:
     """log p(x | e_c*) - ||sg(z_e) - e_c*||^2 - beta ||z_e - sg(e_c*)||^2: the VQ-VAE's (van den Oord et al. 2017)."""
     del steps_per_epoch
-    return VQ(commitment=settings.commitment)
+    return VQ(settings)

@@ -122,7 +122,7 @@ def compress_with_stats(run: Run, x: Any, *, coder: str | None = None, settings:
         "model": {"fingerprint": fingerprint(run), "workdir": str(run.workdir), "kind": run.spec.model.kind.name,
                   "prior": _prior_name(run), **(model or {})},
         "images": {"num": layout.num_images, "event_shape": list(layout.event_shape),
-                   "support": run.spec.model.likelihood.trait("support", "real"), **(images or {})},
+                   "support": run.spec.model.likelihood.trait("support"), **(images or {})},
         "coder": {"name": layout.coder, "settings": layout.settings},
         "chain": {"blocks": list(layout.blocks), "seed_words": layout.seed_words},
         "coded_with": _environment(),

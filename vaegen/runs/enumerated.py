@@ -15,11 +15,11 @@ import jax
 
 from vaegen.estimators import enumeration as enumeration_lib
 from vaegen.registry import ESTIMATORS, NoSettings
-from vaegen.runs.evaluate import NO_PRIOR, Context
+from vaegen.runs.evaluate import NO_PRIOR, EstimatorContext
 
 
 @ESTIMATORS.register("exact", traits={"order": 2.5, "stream": 5, "reports": "exact"})
-def _exact(settings: NoSettings, ctx: Context) -> None:
+def _exact(settings: NoSettings, ctx: EstimatorContext) -> None:
     """log p(x) and the ELBO summed over every configuration of a discrete z (small latent spaces)."""
     run = ctx.run
     if not run.has_prior or run.is_autoencoder:

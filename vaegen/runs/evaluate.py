@@ -53,12 +53,12 @@ from vaegen.data import splits as splits_lib
 from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import diagnostics as diagnostics_lib
 from vaegen.estimators import importance as importance_lib
-from vaegen.estimators.settings import EvalSettings, parse_estimators
+from vaegen.spec.eval import EvalSettings, parse_estimators
 from vaegen.errors import ArgumentError
 from vaegen.runs.questions import check_int
 from vaegen.runs.run import Run
 from vaegen.objectives.autoencoder import Autoencoder
-from vaegen.objectives.bounds import ELBO, bits_per_dim, objective_terms
+from vaegen.objectives.bounds import ELBO, ELBOSettings, bits_per_dim, objective_terms
 from vaegen.objectives.exact import ExactLogLikelihood
 from vaegen.registry import ESTIMATORS, NoSettings
 from vaegen.train.rng import purpose_key
@@ -107,7 +107,7 @@ def bits_per_dim_definition(support: str, event_shape) -> str:
 # --- the estimators, registered --------------------------------------------------------------------
 
 @dataclasses.dataclass
-class Context:
+class EstimatorContext:
     """What an estimator gets: the run, the data as the model sees it and the settings, and
     where to put its results (``record`` a per-example metric, ``undefined`` what does not
     exist and why)."""
@@ -144,7 +144,7 @@ class Context:
 
 
 @ESTIMATORS.register("elbo", traits={"order": 0, "stream": 0, "reports": "lower bound"})
-def _elbo(settings: NoSettings, ctx: Context) -> None:
+def _elbo(settings: NoSettings, ctx: EstimatorContext) -> None:
     """ELBO = E_q[log p(x|z)] - KL(q(z|x) || p(z)) and its terms (an AE: log p(x | z = f(x)) only)."""
     run, s = ctx.run, ctx.settings
     if run.is_autoencoder or not run.has_prior:
@@ -157,7 +157,7 @@ def _elbo(settings: NoSettings, ctx: Context) -> None:
         return
     analytic_kl = bool(getattr(run.spec.objective.settings, "analytic_kl", True))
     terms = ctx.timed("elbo", lambda: objective_terms(
-        run.model, run.variables, ELBO(num_samples=s.elbo_samples, analytic_kl=analytic_kl), ctx.xs,
+        run.model, run.variables, ELBO(ELBOSettings(num_samples=s.elbo_samples, analytic_kl=analytic_kl)), ctx.xs,
         ctx.stream("elbo"), **ctx.kw))
     around_code = isinstance(run.model.posterior, posteriors_lib.CodeProposal)
     for name in ("elbo", "reconstruction", "kl"):
@@ -165,7 +165,7 @@ def _elbo(settings: NoSettings, ctx: Context) -> None:
         ctx.record(name, jax.device_get(terms[name]), None if name == "kl" else ctx.num_dims, **extra)
 
 
-def _importance_pass(ctx: Context) -> tuple[dict[str, Any] | None, str | None]:
+def _importance_pass(ctx: EstimatorContext) -> tuple[dict[str, Any] | None, str | None]:
     """The one importance-sampling pass behind ``iwae`` and ``is`` (run once), or the reason it
     does not exist."""
     if "is" not in ctx.cache:
@@ -188,7 +188,7 @@ def _importance_pass(ctx: Context) -> tuple[dict[str, Any] | None, str | None]:
 
 
 @ESTIMATORS.register("iwae", traits={"order": 1, "stream": 1, "reports": "lower bounds"})
-def _iwae(settings: NoSettings, ctx: Context) -> None:
+def _iwae(settings: NoSettings, ctx: EstimatorContext) -> None:
     """IWAE_k for every k of eval.ks and k = K, from the importance-sampling pass."""
     est, reason = _importance_pass(ctx)
     if reason:
@@ -199,7 +199,7 @@ def _iwae(settings: NoSettings, ctx: Context) -> None:
 
 
 @ESTIMATORS.register("is", traits={"order": 2, "stream": 1, "reports": "stochastic lower bound"})
-def _is(settings: NoSettings, ctx: Context) -> None:
+def _is(settings: NoSettings, ctx: EstimatorContext) -> None:
     """log p(x) by importance sampling with K samples from q(z|x) (or p(z))."""
     est, reason = _importance_pass(ctx)
     if reason:
@@ -216,7 +216,7 @@ def _is(settings: NoSettings, ctx: Context) -> None:
     ctx.record("is_ess", est["ess"], None)
 
 
-def _ais_functions(ctx: Context, what: str):
+def _ais_functions(ctx: EstimatorContext, what: str):
     run, start = ctx.run, ctx.settings.ais.start
     reason = (NO_PRIOR if not run.has_prior else
               "undefined: AIS cannot start from a point-mass q(z|x) (use --ais-start prior)"
@@ -229,14 +229,14 @@ def _ais_functions(ctx: Context, what: str):
 
 
 @ESTIMATORS.register("ais", traits={"order": 3, "stream": 2, "reports": "stochastic lower bound"})
-def _ais(settings: NoSettings, ctx: Context) -> None:
+def _ais(settings: NoSettings, ctx: EstimatorContext) -> None:
     """log p(x) by annealed importance sampling with HMC from p(z) (or q(z|x))."""
     fns = _ais_functions(ctx, "log_px_ais")
     if fns is None:
         return
     s = ctx.settings
     xa = ctx.xs[:s.ais_examples] if s.ais_examples else ctx.xs
-    est = jax.device_get(ctx.timed("ais", lambda: s.ais.forward(*fns, xa, ctx.stream("ais"), **ctx.kw)))
+    est = jax.device_get(ctx.timed("ais", lambda: ais_lib.AIS(s.ais).forward(*fns, xa, ctx.stream("ais"), **ctx.kw)))
     ctx.record("log_px_ais", est["log_px"], ctx.num_dims,
                estimator=f"AIS from {'p(z)' if s.ais.start == 'prior' else 'q(z|x)'}, {s.ais.num_steps} steps, "
                          f"{s.ais.num_chains} chains, {s.ais.num_leapfrog} leapfrog steps")
@@ -245,7 +245,7 @@ def _ais(settings: NoSettings, ctx: Context) -> None:
 
 
 @ESTIMATORS.register("bdmc", traits={"order": 4, "stream": 3, "reports": "stochastic lower and upper bounds"})
-def _bdmc(settings: NoSettings, ctx: Context) -> None:
+def _bdmc(settings: NoSettings, ctx: EstimatorContext) -> None:
     """Forward and reverse AIS on data simulated from the model: bounds on their log p(x) and the gap."""
     fns = _ais_functions(ctx, "bdmc")
     if fns is None:
@@ -255,7 +255,7 @@ def _bdmc(settings: NoSettings, ctx: Context) -> None:
         ctx.undefined["bdmc"] = "not run: no simulated examples (bdmc_examples = 0)"
         return
     sampler = importance_lib.model_sampler(ctx.run.model, ctx.run.variables)
-    est = jax.device_get(ctx.timed("bdmc", lambda: ais_lib.bdmc(s.ais, *fns, sampler, ctx.stream("bdmc"),
+    est = jax.device_get(ctx.timed("bdmc", lambda: ais_lib.bdmc(ais_lib.AIS(s.ais), *fns, sampler, ctx.stream("bdmc"),
                                                                 num_examples=s.bdmc_examples, **ctx.kw)))
     for name in ("lower", "upper"):
         ctx.metrics[f"bdmc_{name}"] = dict(summarize(est[name], ctx.num_dims),
@@ -265,7 +265,7 @@ def _bdmc(settings: NoSettings, ctx: Context) -> None:
 
 
 @ESTIMATORS.register("diagnostics", traits={"order": 5, "stream": 4, "reports": "diagnostics"})
-def _diagnostics(settings: NoSettings, ctx: Context) -> None:
+def _diagnostics(settings: NoSettings, ctx: EstimatorContext) -> None:
     """KL per unit, active units, rate and distortion, I_q(x; z), posterior collapse."""
     run, s = ctx.run, ctx.settings
     ctx.result["diagnostics"] = ctx.timed("diagnostics", lambda: diagnostics_lib.diagnose(
@@ -283,7 +283,7 @@ def evaluate(run: Run, settings: EvalSettings | None = None, *, split: str = "te
     """Evaluates ``run`` (from :func:`vaegen.load`) on ``split``, or on ``images``.
 
     Args:
-      settings: the estimators and their settings (:class:`vaegen.estimators.settings.EvalSettings`);
+      settings: the estimators and their settings (:class:`vaegen.spec.eval.EvalSettings`);
         default the run's own ``eval`` section.  Change some with ``dataclasses.replace``, e.g.
         ``replace(run.spec.eval, num_samples=5000, estimators="is,ais")``.
       split: ``test`` or ``validation``.
@@ -298,7 +298,7 @@ def evaluate(run: Run, settings: EvalSettings | None = None, *, split: str = "te
         ``ais_examples`` for ``log_px_ais``), keyed like the metrics; for paired comparisons
         of two models on the same examples (:func:`paired_difference`, :func:`write_per_example`).
         BDMC's bounds are over simulated data, not the split's examples, and are not included.
-      images: images of the user's own (:func:`vaegen.data.images.load`) instead of a split;
+      images: images of the user's own (:func:`vaegen.data.images.load_images`) instead of a split;
         the result records their source and binarization under ``images``.
     Returns:
       A JSON-able dict: settings, and per metric ``{mean, stderr, bits_per_dim}`` in nats.
@@ -332,7 +332,7 @@ def evaluate(run: Run, settings: EvalSettings | None = None, *, split: str = "te
         if images is not None:
             result["images"] = images.info
         return result
-    if spec.model.kind.trait("exact_log_likelihood", False):
+    if spec.model.kind.trait("exact_log_likelihood"):
         result = _evaluate_exact(run, xs, split=split, seed=seed, protocol=protocol, batch_size=batch_size,
                                  per_example=per_example)
         if images is not None:
@@ -345,7 +345,7 @@ def evaluate(run: Run, settings: EvalSettings | None = None, *, split: str = "te
     result: dict[str, Any] = {
         "workdir": str(run.workdir), "epoch": run.epoch, "split": split, "num_examples": int(x_u8.shape[0]),
         "seed": seed, "protocol": protocol, "num_samples": k, "estimators": list(names),
-        "bits_per_dim_definition": bits_per_dim_definition(spec.model.likelihood.trait("support", "real"),
+        "bits_per_dim_definition": bits_per_dim_definition(spec.model.likelihood.trait("support"),
                                                            run.event_shape),
         "settings": {**dataclasses.asdict(settings), "ks": list(ks), "batch_size": batch_size},
         "devices": [str(d) for d in (devices or jax.local_devices())],
@@ -353,7 +353,7 @@ def evaluate(run: Run, settings: EvalSettings | None = None, *, split: str = "te
     }
     if images is not None:
         result["images"] = images.info
-    ctx = Context(run=run, xs=xs, settings=settings, ks=ks, names=names, root=purpose_key(seed, "evaluation"),
+    ctx = EstimatorContext(run=run, xs=xs, settings=settings, ks=ks, names=names, root=purpose_key(seed, "evaluation"),
                   kw=dict(batch_size=batch_size, devices=devices, progress=progress), result=result, metrics=metrics,
                   undefined={}, timings={}, values=per_example if per_example is not None else {},
                   num_dims=int(np.prod(run.event_shape)))

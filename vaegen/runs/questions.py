@@ -41,7 +41,8 @@ from vaegen.estimators import ais as ais_lib
 from vaegen.estimators import enumeration as enumeration_lib
 from vaegen.estimators import importance as importance_lib
 from vaegen.model import latent as latent_lib
-from vaegen.objectives.bounds import ELBO, objective_terms
+from vaegen.objectives.bounds import ELBO, ELBOSettings, objective_terms
+from vaegen.spec.eval import AISSettings
 from vaegen.objectives.exact import ExactLogLikelihood
 from vaegen.train.rng import purpose_key
 
@@ -123,7 +124,7 @@ class Questions:
         return sharding_lib.map_examples(f, xs, self._key(key), batch_size=int(batch_size or min(xs.shape[0], 256)))
 
     def log_px(self, x: Any, k: int = 1000, *, method: str = "is", proposal: str = "posterior",
-               ais: ais_lib.AIS | None = None, key: jax.Array | None = None, batch_size: int | None = None,
+               ais: AISSettings | None = None, key: jax.Array | None = None, batch_size: int | None = None,
                check: bool = True) -> jax.Array:
         """log p(x) per example, nats, ``[N]`` (a scalar for one observation).
 
@@ -144,13 +145,13 @@ class Questions:
             raise ConfigError(f"run.log_px: method={method!r} is not one of {', '.join(METHODS)}")
         if proposal not in PROPOSALS:
             raise ConfigError(f"run.log_px: proposal={proposal!r} is not one of {', '.join(PROPOSALS)}")
-        if ais is not None and not isinstance(ais, ais_lib.AIS):
-            raise ArgumentError(f"run.log_px: argument ais must be a vaegen.estimators.ais.AIS (its settings), got "
-                             f"{type(ais).__name__}")
+        if ais is not None and not isinstance(ais, AISSettings):
+            raise ArgumentError(f"run.log_px: argument ais must be a vaegen.spec.eval.AISSettings (the AIS settings), "
+                                f"got {type(ais).__name__}")
         check_key(key, "log_px")
         check_int(batch_size, "log_px", "batch_size", "examples per device call", optional=True)
         xs, single = self._examples(x, "log_px", check)
-        if self.spec.model.kind.trait("exact_log_likelihood", False):
+        if self.spec.model.kind.trait("exact_log_likelihood"):
             out = objective_terms(self.model, self.variables, ExactLogLikelihood(), xs, self._key(key),
                                   batch_size=batch_size)["log_px"]
         elif method == "is":
@@ -168,8 +169,7 @@ class Questions:
                 raise UndefinedEstimateError(discrete_lib.NO_HMC)
             settings = self.spec.eval.ais if ais is None else ais
             log_joint, start = importance_lib.model_functions(self.model, self.variables, proposal=settings.start)
-            out = settings.forward(log_joint, start, xs, self._key(key),
-                                   batch_size=batch_size)["log_px"]
+            out = ais_lib.AIS(settings).forward(log_joint, start, xs, self._key(key), batch_size=batch_size)["log_px"]
         return out[0] if single else out
 
     def with_code_proposal(self, *, batch_size: int | None = None) -> tuple[Any, Any]:
@@ -200,7 +200,7 @@ class Questions:
         check_key(key, "elbo")
         check_int(batch_size, "elbo", "batch_size", "examples per device call", optional=True)
         xs, single = self._examples(x, "elbo", check)
-        objective = ELBO(num_samples=num_samples)
+        objective = ELBO(ELBOSettings(num_samples=num_samples))
         objective(self.model, self.variables, xs[0], jax.random.key(0))           # the model's own check, once
         out = objective_terms(self.model, self.variables, objective, xs, self._key(key), batch_size=batch_size)
         out = {name: out[name] for name in ("elbo", "reconstruction", "kl")}

@@ -58,7 +58,7 @@ class Run(Questions):
 
     workdir: pathlib.Path
     spec: schema.RunSpec
-    model: Any
+    model: latent_lib.Model
     variables: Any
     event_shape: tuple[int, ...]
     epoch: int
@@ -105,7 +105,7 @@ class Run(Questions):
     @property
     def has_latents(self) -> bool:
         """False for a model without z (autoregressive)."""
-        return bool(self.spec.model.kind.trait("has_latents", True))
+        return self.spec.model.kind.trait("latents") != "none"
 
     @property
     def is_autoencoder(self) -> bool:
@@ -130,7 +130,7 @@ class Run(Questions):
                              f"[..., {', '.join(map(str, self.event_shape))}]")
         if not np.issubdtype(a.dtype, np.number) and a.dtype != bool:
             raise ArgumentError(f"run.{method}: argument x must be numeric, got dtype {a.dtype}")
-        check_support(self.spec.model.likelihood.trait("support", "real"), a.astype(np.float64),
+        check_support(self.spec.model.likelihood.trait("support"), a.astype(np.float64),
                       what=f"run.{method}: argument x")
 
     def check_z(self, z: Any, method: str, x: Any = None) -> None:

@@ -154,9 +154,9 @@ class ExpostStudySettings(Settings):
             if name not in RECIPES:
                 RECIPES.get(name, key("recipes"))          # one line naming the registered recipes
             component = RECIPES.get(name)
-            if not component.trait("fitted", False) or "continuous_codes" not in component.trait("needs", ()):
-                allowed = [c.name for c in RECIPES if c.trait("fitted", False)
-                           and "continuous_codes" in c.trait("needs", ())]
+            if not component.trait("fitted") or "continuous_codes" not in component.trait("needs"):
+                allowed = [c.name for c in RECIPES if c.trait("fitted")
+                           and "continuous_codes" in c.trait("needs")]
                 raise ConfigError(f"{key('recipes')}: {name!r} is not a density fitted to continuous codes; choose "
                                   f"from {', '.join(allowed)}")
         for name in self.rae_recipes:

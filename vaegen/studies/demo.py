@@ -12,7 +12,6 @@ reconstruction grids and ``summary.md``.
 from __future__ import annotations
 
 import dataclasses
-import math
 import pathlib
 import time
 from typing import Iterable
@@ -89,7 +88,6 @@ def _summary(configs, results, seconds, code_stats, k) -> str:
     v, a = results["vae"]["metrics"], results["ae"]["metrics"]
     cfg = configs["vae"]
     encoder, decoder = cfg.inference.encoder.settings, cfg.model.decoder.settings
-    dims = int(np.prod([28, 28, 1]))
     lines = [
         "# vaegen demo: VAE vs AE on Fashion-MNIST",
         "",
@@ -101,9 +99,9 @@ def _summary(configs, results, seconds, code_stats, k) -> str:
         "",
         "| | VAE | AE |",
         "|---|---|---|",
-        f"| q(z\\|x) | diagonal Gaussian | point mass δ(z − f(x)) |",
-        f"| p(z) | N(0, I) | none |",
-        f"| training objective | ELBO | log p(x \\| z = f(x)) |",
+        "| q(z\\|x) | diagonal Gaussian | point mass δ(z − f(x)) |",
+        "| p(z) | N(0, I) | none |",
+        "| training objective | ELBO | log p(x \\| z = f(x)) |",
         f"| test log p(x), IS k={k} | {_fmt(v.get('log_px'))} ({v['log_px']['bits_per_dim']:.4f} bits/dim) | undefined (no p(z)) |",
         f"| test ELBO | {_fmt(v.get('elbo'))} | undefined (KL = +∞) |",
         f"| test KL(q(z\\|x) ‖ p(z)) | {_fmt(v.get('kl'))} | undefined |",

@@ -24,7 +24,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
-import json
 import math
 import os
 import pathlib
@@ -166,7 +165,7 @@ def compute_gaps(run, *, families: Sequence[str] = ("diag",), splits: Sequence[s
       devices: devices to shard the examples over (default: all local devices); the numbers do
         not depend on them.
       flow_options: the flow family's architecture for a model whose q(z|x) is not a flow
-        (:meth:`vaegen.inference.svi.GapsSettings.flow_options`; default the run's ``gaps`` section).
+        (:meth:`vaegen.spec.gaps.GapsSettings.flow_options`; default the run's ``gaps`` section).
     """
     flow_options = run.spec.gaps.flow_options() if flow_options is None else flow_options
     if run.is_autoencoder or not run.has_prior:

@@ -17,6 +17,7 @@ from vaegen import compilation as compilation_lib
 from vaegen import sharding as sharding_lib
 from vaegen.data.binarization import to_float
 from vaegen.objectives import batch as batch_lib
+from vaegen.objectives.base import Objective
 from vaegen.train import faults as faults_lib
 from vaegen.train.rng import purpose_key
 
@@ -50,7 +51,7 @@ class TrainState:
         return items
 
 
-def initial_state(objective: Any, optimizer: optax.GradientTransformation, model: Any, variables: Any,
+def initial_state(objective: Objective, optimizer: optax.GradientTransformation, model: Any, variables: Any,
                   key: jax.Array) -> TrainState:
     """The state at step 0: ``variables``, the optimizer's state of their trainable part, and the
     objective's auxiliary parameters (initialised from ``key``) with their optimizer's state."""
@@ -63,7 +64,7 @@ def initial_state(objective: Any, optimizer: optax.GradientTransformation, model
 
 def make_train_steps(
     model: Any,
-    objective: Any,
+    objective: Objective,
     optimizer: optax.GradientTransformation,
     *,
     batch_size: int,
@@ -158,12 +159,12 @@ def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch,
         example_keys = jax.random.split(key_obj, batch_size)          # [B]
 
         aux = state.auxiliary
-        aux_name = getattr(objective, "auxiliary_name", "auxiliary")
+        aux_name = objective.auxiliary_name
         stop = jax.lax.stop_gradient
 
         def loss_fn(trainable, aux_params):
             variables = batch_lib.with_trainable(state.params, trainable)
-            terms = batch_lib.batch_terms(objective, model, variables, x, example_keys, state.step,
+            terms = objective.batch_terms(model, variables, x, example_keys, state.step,
                                           None if aux_params is None else stop(aux_params))
             loss = -jnp.mean(terms["objective"])                       # nats per example
             if aux_params is None:
@@ -182,14 +183,11 @@ def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch,
             aux_grad_norm = optax.global_norm(aux_grads)
             terms[f"{aux_name}/grad_norm"] = aux_grad_norm
             finite = finite & faults_lib.finite_step(loss, aux_grad_norm)
-        after_step = getattr(objective, "after_step", None)
-
         def update(params, opt_states):
             opt_state, aux_state = opt_states
             updates, opt_state = optimizer.update(grads, opt_state, batch_lib.trainable(params))
             new = batch_lib.with_trainable(params, optax.apply_updates(batch_lib.trainable(params), updates))
-            if after_step is not None:
-                new = after_step(model, params, new, x, example_keys, state.step)
+            new = objective.after_step(model, params, new, x, example_keys, state.step)
             if aux_state is not None:
                 aux_updates, aux_opt = objective.auxiliary_optimizer().update(aux_grads, aux_state["opt_state"],
                                                                               aux_state["params"])
@@ -230,7 +228,7 @@ def _train_steps_fn(model, objective, optimizer, *, batch_size, steps_per_epoch,
 
 def make_train_epoch(
     model: Any,
-    objective: Any,
+    objective: Objective,
     optimizer: optax.GradientTransformation,
     *,
     batch_size: int,
@@ -320,7 +318,7 @@ class EpochLog:
         return log
 
 
-def make_validation(model: Any, objective: Any, *, protocol: str, batch_size: int, mesh: jax.sharding.Mesh
+def make_validation(model: Any, objective: Objective, *, protocol: str, batch_size: int, mesh: jax.sharding.Mesh
                     ) -> Callable[[Any, jax.Array, jax.Array], dict[str, jax.Array]]:
     """Builds ``evaluate(params, rows, key) -> terms``: ``objective``'s per-example terms on the
     row-sharded held-out split ``rows`` (uint8, from :func:`vaegen.sharding.shard_rows`),

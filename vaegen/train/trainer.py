@@ -3,7 +3,7 @@
 The whole training split lives on the device as uint8; an epoch is **one** jitted device call
 (:mod:`vaegen.train.steps`).  The state is donated, so parameters are updated in place.
 
-The trainer takes a typed run spec (:class:`vaegen.config.schema.RunSpec`: the config after the
+The trainer takes a typed run spec (:class:`vaegen.spec.run.RunSpec`: the config after the
 boundary) and runs in named stages: :meth:`_Training.prepare` (every check; nothing written),
 :meth:`_Training.restore` (the initial state, or the workdir's latest checkpoint; nothing
 written), :meth:`_Training.write_run_files` (from here on the workdir is written), then per
@@ -61,8 +61,10 @@ from vaegen.data import splits as splits_lib
 from vaegen.estimators import diagnostics as diagnostics_lib
 from vaegen.errors import CheckpointError, ConfigError, NonFiniteError, TrainingInterrupted
 from vaegen.model import latent as latent_lib
+from vaegen.objectives.base import Objective
 from vaegen.objectives.bounds import bits_per_dim
-from vaegen.registry import Settings, setting, to_mapping
+from vaegen.registry import to_mapping
+from vaegen.spec.run import RunSpec
 from vaegen.train import board as board_lib
 from vaegen.train import checkpoint as checkpoint_lib
 from vaegen.train import faults as faults_lib
@@ -101,59 +103,21 @@ class LastMetrics(dict):
 logger = logging.getLogger(__name__)
 
 
-@dataclasses.dataclass(frozen=True)
-class TrainSettings(Settings):
-    """The ``train`` section."""
-
-    batch_size: int = setting(128, "global batch, split over all devices", gt=0)
-    num_epochs: int = setting(10, "one epoch = one fused device call (lax.scan over its steps)", gt=0)
-    eval_every_epochs: int = setting(1, "validation bound every n epochs (0 = never)", ge=0)
-    checkpoint_every_epochs: int = setting(1, "an end-of-epoch checkpoint every n epochs (and the last)", gt=0)
-    early_stopping_patience: int = setting(0, "stop after this many validations without improvement (0 = never); "
-                                           "the best parameters are kept in <workdir>/best/ and loaded by default",
-                                           ge=0)
-    early_stopping_min_epochs: int = setting(0, "no stopping (and no patience counted) before this epoch (KL "
-                                             "warm-up)", ge=0)
-    keep_checkpoints: int = setting(2, "end-of-epoch checkpoints kept", gt=0)
-    progress: bool = setting(True, "progress bar")
-    max_consecutive_skips: int = setting(10, "this many consecutive steps with a non-finite loss or gradient (each "
-                                         "skipped on the device) stop the run", gt=0)
-    steps_per_call: int = setting(0, "steps per device call (0 = a whole epoch); SIGINT/SIGTERM wait for the call "
-                                  "to return; results do not depend on it", ge=0)
-    handle_signals: bool = setting(True, "SIGINT/SIGTERM: save a checkpoint and stop (main thread only)")
-    tensorboard: bool = setting(True, "TensorBoard event files in <workdir>/tensorboard: every number of "
-                                "metrics.jsonl, and image grids at each validation")
-    latent_health_examples: int = setting(1000, "at each validation, the latent diagnostics (active units, KL per "
-                                          "unit, rate, distortion, I_q(x;z)) on the first n validation examples, "
-                                          "into metrics.jsonl as latent/...; 0 = none", ge=0)
-    tensorboard_images: int = setting(16, "images in each TensorBoard grid (samples, reconstructions) at each "
-                                      "validation; 0 = scalars only", ge=0)
-
-
-def _check_training_section(spec: Any) -> None:
-    """What early stopping needs of the rest of the run."""
-    if spec.train.early_stopping_patience and not (spec.data.validation_size or spec.data.validation_mode == "split"):
-        raise ConfigError("config.train.early_stopping_patience needs a validation split: set "
-                          "config.data.validation_size > 0")
-    if spec.train.early_stopping_patience and not spec.train.eval_every_epochs:
-        raise ConfigError("config.train.early_stopping_patience needs validation: set config.train.eval_every_epochs > 0")
-
-
 @dataclasses.dataclass
 class Setup:
     """Everything a run derives from its spec and the shape of its data (shared by training and
     loading)."""
 
-    spec: Any
-    model: Any
+    spec: RunSpec
+    model: latent_lib.Model
     event_shape: tuple[int, ...]
     steps_per_epoch: int
-    objective: Any
+    objective: Objective
     optimizer: optax.GradientTransformation
     learning_rate: optax.Schedule
 
 
-def build_setup(spec: Any, event_shape: tuple[int, ...], num_train: int) -> Setup:
+def build_setup(spec: RunSpec, event_shape: tuple[int, ...], num_train: int) -> Setup:
     """The model, objective and optimiser of the run spec ``spec`` for ``num_train`` training
     examples of shape ``event_shape``."""
     batch = spec.train.batch_size
@@ -167,12 +131,12 @@ def build_setup(spec: Any, event_shape: tuple[int, ...], num_train: int) -> Setu
                  make_schedule(spec.optim, steps_per_epoch))
 
 
-def load_data(spec: Any) -> datasets.Splits:
+def load_data(spec: RunSpec) -> datasets.Splits:
     """The splits of a run spec, checked against its likelihood's support."""
-    return splits_lib.load_data(spec.data, support=spec.model.likelihood.trait("support", "real"))
+    return splits_lib.load_data(spec.data, support=spec.model.likelihood.trait("support"))
 
 
-def initial_variables(spec: Any, model: Any, event_shape: tuple[int, ...], train_u8: np.ndarray) -> Any:
+def initial_variables(spec: RunSpec, model: latent_lib.Model, event_shape: tuple[int, ...], train_u8: np.ndarray) -> Any:
     """A new run's variables: initialised from the init stream, the likelihood's output bias at
     the data mean (``model.init_output_bias_from_data``), and any data-dependent initialisation
     of the prior (its ``data_init`` trait, e.g. the VampPrior's pseudo-inputs from data)."""
@@ -196,12 +160,12 @@ def initial_variables(spec: Any, model: Any, event_shape: tuple[int, ...], train
     return variables
 
 
-def train_and_evaluate(spec: Any, workdir: str | os.PathLike, *, splits: datasets.Splits | None = None,
+def train_and_evaluate(spec: RunSpec, workdir: str | os.PathLike, *, splits: datasets.Splits | None = None,
                        devices=None) -> dict[str, Any]:
     """Trains the model of the run spec ``spec`` in ``workdir`` (resuming if it holds a checkpoint).
 
     Args:
-      spec: a :class:`vaegen.config.schema.RunSpec` (``vaegen.train_and_evaluate`` also takes a
+      spec: a :class:`vaegen.spec.run.RunSpec` (``vaegen.train_and_evaluate`` also takes a
         config and converts it).
       splits: the data (default: loaded from ``spec.data``); checked by
         :func:`vaegen.data.checks.check_splits`.
@@ -239,7 +203,7 @@ def train_and_evaluate(spec: Any, workdir: str | os.PathLike, *, splits: dataset
 class _Training:
     """One call of :func:`train_and_evaluate`, in its stages."""
 
-    def __init__(self, spec: Any, workdir: pathlib.Path, splits: datasets.Splits | None, devices):
+    def __init__(self, spec: RunSpec, workdir: pathlib.Path, splits: datasets.Splits | None, devices):
         self.spec, self.workdir, self.splits, self.devices = spec, workdir, splits, devices
 
     # --- stage 1: every check; nothing is written -----------------------------------------------------
@@ -248,7 +212,7 @@ class _Training:
         if self.splits is None:
             self.splits = load_data(spec)
         else:
-            checks_lib.check_splits(self.splits, support=spec.model.likelihood.trait("support", "real"),
+            checks_lib.check_splits(self.splits, support=spec.model.likelihood.trait("support"),
                                     binarization=spec.data.binarization, dataset=spec.data.name)
         self.event_shape = tuple(self.splits.train.shape[1:])
         self.num_train = int(self.splits.train.shape[0])
@@ -343,7 +307,7 @@ class _Training:
         self.bound = setup.objective.bound_name
         self.compiled: dict[int, Any] = {}
         self.health_inputs = self.validation_examples(spec.train.latent_health_examples) if (
-            spec.model.kind.trait("one_latent_vector", False)) else None
+            spec.model.kind.trait("one_latent_vector")) else None
         self.board = self.open_board()
         last: dict[str, Any] = {}
         trained = 0
@@ -384,7 +348,7 @@ class _Training:
             n = int(self.picture_inputs.shape[0])
             self.pictures = board_lib.make_pictures(self.setup.model, num_images=n,
                                                     mesh=self.mesh if jax.process_count() == 1 else None,
-                                                    has_latents=spec.model.kind.trait("has_latents", True))
+                                                    has_latents=spec.model.kind.trait("latents") != "none")
         return board
 
     def validation_examples(self, n: int) -> jax.Array | None:

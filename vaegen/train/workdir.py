@@ -37,6 +37,7 @@ import orbax.checkpoint
 from vaegen import files as files_lib
 from vaegen.errors import ConfigError, WorkdirError
 from vaegen.registry import parse, selected_components, to_mapping
+from vaegen.spec.run import RunSpec
 from vaegen.train import faults as faults_lib
 from vaegen.train import legacy
 
@@ -90,7 +91,7 @@ def config_fingerprint(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def to_json(spec: Any) -> str:
+def to_json(spec: RunSpec) -> str:
     """The ``config.json`` of a run spec."""
     return json.dumps(to_mapping(spec), indent=2, sort_keys=True, default=list)
 
@@ -118,7 +119,7 @@ def current_shape(stored: Mapping[str, Any]) -> dict[str, Any]:
     return legacy.translate(stored) if legacy.is_legacy(stored) else dict(stored)
 
 
-def parse_stored(spec_type: type, path: pathlib.Path) -> Any:
+def parse_stored(spec_type: type[RunSpec], path: pathlib.Path) -> RunSpec:
     """The typed run spec of a stored ``config.json`` (keys added since it was written take their
     defaults); ConfigError or WorkdirError naming the file if it cannot be one."""
     stored = read_stored(path)
@@ -177,7 +178,7 @@ def check_writable(path: pathlib.Path, *, option: str = "--out", default_name: s
                            f"pass {option} PATH to write the result elsewhere")
 
 
-def check(workdir: pathlib.Path, spec: Any) -> bool:
+def check(workdir: pathlib.Path, spec: RunSpec) -> bool:
     """Returns True if the workdir holds this run already (resume); raises
     :class:`vaegen.errors.WorkdirError` if it cannot be used.  Writes nothing."""
     check_location(workdir)
@@ -567,7 +568,7 @@ def versions() -> dict[str, str]:
     }
 
 
-def user_components(spec: Any) -> list[dict[str, str]]:
+def user_components(spec: RunSpec) -> list[dict[str, str]]:
     """The components of ``spec`` that vaegen did not register itself (a user's module), as
     recorded in ``run.json``: ``{"config_key", "kind", "name", "module", "file"}``."""
     return [{"config_key": key, "kind": sel.kind, "name": sel.name, "module": sel.component.module,

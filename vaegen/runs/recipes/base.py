@@ -61,7 +61,7 @@ from vaegen.errors import RecipeError
 from vaegen.estimators import importance as importance_lib
 from vaegen.model import latent as latent_lib
 from vaegen.objectives.bounds import ELBO, objective_terms
-from vaegen.registry import Component, NoSettings, Registry, Selected, Settings, parse, to_mapping
+from vaegen.registry import Component, NoSettings, Registry, Selected, Settings, Trait, parse, to_mapping
 from vaegen.runs.run import Run
 
 SETTINGS_SUFFIX = ".settings.json"
@@ -70,8 +70,6 @@ SETTINGS_SUFFIX = ".settings.json"
 EXPOST_DIR = "expost"
 """Where a run keeps what was fitted to its codes: ``<workdir>/expost/``."""
 
-RECIPES = Registry("recipe", "ways a trained run gets p(x) (vaegen.load(W, density=NAME), --density NAME)",
-                   "none: a recipe is built from its settings alone")
 
 
 class LogPx(enum.Enum):
@@ -92,6 +90,23 @@ class LogPx(enum.Enum):
     def mark(self) -> str:
         """The table's footnote mark: † a lower bound in expectation, ‡ a biased estimate."""
         return {LogPx.LOWER_BOUND_IN_EXPECTATION: "†", LogPx.BIASED: "‡"}.get(self, "")
+
+
+RECIPES = Registry("recipe", "ways a trained run gets p(x) (vaegen.load(W, density=NAME), --density NAME)",
+                   "none: a recipe is built from its settings alone", traits=[
+    Trait("label", str, "", "how a table names it after the model's label (\"ex-post GMM\": \"AE + ex-post GMM\"); "
+          "empty: the model as trained"),
+    Trait("samples_from", str, "", "what its samples are drawn from (a table's column)"),
+    Trait("tag", str, "", "the suffix of its rows' names in a study (ae+gmm); empty: the model's name"),
+    Trait("log_px", LogPx, LogPx.STOCHASTIC_LOWER_BOUND, "what the log p(x) reported with it is"),
+    Trait("log_px_meaning", str, "", "the sentence every table and record carries about its log p(x)"),
+    Trait("needs", tuple, (), "what it needs of the run: capabilities (vaegen.runs.recipes.base.CAPABILITIES)"),
+    Trait("fitted", bool, False, "it is fitted to the run (vaegen expost fits it; loading reads the fit)"),
+    Trait("reports_elbo", bool, False, "a study reports the ELBO of q(z|x) with this p(z) (the prior q was trained "
+          "with)"),
+    Trait("as_trained", bool, False, "it is the run as trained (what a run is when no recipe is asked for)"),
+    Trait("cannot_code", str, "", "why the model it makes cannot code images losslessly (empty: it codes)"),
+])
 
 
 # --- what a run offers, what a recipe needs ----------------------------------------------------------
@@ -115,7 +130,7 @@ def codes_kind(run: Run) -> str:
     discrete latent variable's values) or ``none``."""
     if not run.has_latents:
         return "none"
-    discrete = run.spec.model.kind.trait("vq_vae", False) or run.spec.inference.posterior.trait("discrete", None)
+    discrete = run.spec.model.kind.trait("latents") == "discrete" or run.spec.inference.posterior.trait("discrete")
     return "discrete" if discrete else "continuous"
 
 
@@ -133,14 +148,14 @@ CAPABILITIES: dict[str, Capability] = {c.name: c for c in (
     Capability("discrete_codes", "discrete codes (a VQ-VAE's codebook indices, a discrete latent variable)",
                lambda r: codes_kind(r) == "discrete", lambda r: f"has no discrete codes (model.kind={_kind(r)!r})"),
     Capability("codebook", "discrete codes (a VQ-VAE's codebook indices)",
-               lambda r: bool(r.spec.model.kind.trait("vq_vae", False)),
+               lambda r: r.spec.model.kind.trait("latents") == "discrete",
                lambda r: f"has no discrete codes (model.kind={_kind(r)!r}; a prior over codes needs a VQ-VAE: "
                          "`vaegen train --config vq_mlp_fmnist`)"),
     Capability("markov_chain", "a denoising Markov chain (an objective that defines one)",
-               lambda r: bool(r.spec.objective.trait("markov_chain", False)),
+               lambda r: r.spec.objective.trait("markov_chain"),
                lambda r: f"defines no Markov chain (objective {r.spec.objective.name!r}; the denoising AE's is dae)"),
     Capability("exact_likelihood", "an exact log p(x) (an autoregressive model)",
-               lambda r: bool(r.spec.model.kind.trait("exact_log_likelihood", False)),
+               lambda r: r.spec.model.kind.trait("exact_log_likelihood"),
                lambda r: f"has no exact log p(x) (model.kind={_kind(r)!r})"),
 )}
 """Everything a recipe may declare in ``needs``."""
@@ -202,7 +217,7 @@ class Recipe:
         return RECIPES.get(self.name)
 
     def trait(self, key: str) -> Any:
-        return self.component.trait(key, _TRAIT_DEFAULTS[key])
+        return self.component.trait(key)
 
     @property
     def selected(self) -> Selected:
@@ -315,10 +330,6 @@ class Recipe:
         return np.asarray(x), np.asarray(mean)
 
 
-_TRAIT_DEFAULTS = {"label": "", "samples_from": "", "tag": "", "log_px": LogPx.STOCHASTIC_LOWER_BOUND,
-                   "log_px_meaning": "", "needs": (), "fitted": False, "reports_elbo": False,
-                   "as_trained": False, "cannot_code": ""}
-
 
 def register_recipe(name: str, *, settings: type = NoSettings, aliases: Sequence[str] = (), summary: str | None = None,
                     **traits: Any) -> Callable[[type[Recipe]], type[Recipe]]:
@@ -326,14 +337,9 @@ def register_recipe(name: str, *, settings: type = NoSettings, aliases: Sequence
     settings dataclass and its declared traits (``label``, ``samples_from``, ``tag``, ``log_px``,
     ``log_px_meaning``, ``needs``, ``fitted``: see the module).  One class may be registered under
     several names (each with its own ``summary``; default the class docstring's first paragraph)."""
-    unknown = sorted(set(traits) - set(_TRAIT_DEFAULTS))
-    if unknown:
-        raise TypeError(f"recipe {name!r}: undeclared trait {unknown[0]!r}; recipes declare {', '.join(_TRAIT_DEFAULTS)}")
     for need in traits.get("needs", ()):
         if need not in CAPABILITIES:
             raise TypeError(f"recipe {name!r} needs {need!r}, which is not a capability ({', '.join(CAPABILITIES)})")
-    if "log_px" in traits and not isinstance(traits["log_px"], LogPx):
-        raise TypeError(f"recipe {name!r}: log_px must be a LogPx, got {traits['log_px']!r}")
 
     def decorate(cls: type[Recipe]) -> type[Recipe]:
         def build(settings_obj: Settings) -> Recipe:
@@ -359,7 +365,7 @@ def as_trained(run: Run) -> Recipe:
     if run.recipe is not None:
         return run.recipe.build()
     for component in RECIPES:
-        if component.trait("as_trained", False):
+        if component.trait("as_trained"):
             r = component.build(component.settings())
             if all(CAPABILITIES[n].test(run) for n in r.trait("needs")):
                 return r

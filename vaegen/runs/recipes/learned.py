@@ -319,7 +319,7 @@ class LearnedDensity(Recipe):
         variables = restore(spec, directory, d)
         fitted = DensityFit(self.name, spec, variables, directory, {})
         lp = np.asarray(batched_log_prob(fitted, validation_codes)) if validation_codes.shape[0] else np.zeros((0,))
-        meaning = spec.model.prior.trait("log_prob", "exact")
+        meaning = spec.model.prior.trait("log_prob")
         mc_std = None
         if lp.size > 1 and meaning != "exact":  # a second, independent estimate: its spread is the Monte Carlo error
             other = batched_log_prob(fitted, validation_codes[:1000], key=jax.random.key(int(self.settings.seed) + 7919))

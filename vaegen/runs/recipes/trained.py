@@ -52,8 +52,8 @@ class OwnPrior(Recipe):
 
     def samples_from(self, spec: RunSpec) -> str:
         """Its prior's label; "matched in training" where the objective matched the codes to it."""
-        label = spec.model.prior.trait("label", spec.model.prior.name)
-        return f"{label}, matched in training" if spec.objective.trait("matches_prior", False) else label
+        label = spec.model.prior.trait("label") or spec.model.prior.name
+        return f"{label}, matched in training" if spec.objective.trait("matches_prior") else label
 
     def attach(self, run: Run, fit: Fit, *, code_scale: np.ndarray | None = None) -> Run:
         self.check(run)

@@ -1,13 +1,19 @@
 """The ``eval`` section of a config: which estimators ``vaegen evaluate`` runs, and their settings
-(:class:`EvalSettings`); also the held-out bound the trainer tracks at every validation."""
+(:class:`EvalSettings`, with the AIS settings :class:`AISSettings` that
+:class:`vaegen.estimators.ais.AIS` holds); also the held-out bound the trainer tracks at every
+validation."""
 
 from __future__ import annotations
 
 import dataclasses
 
 from vaegen.errors import ConfigError
-from vaegen.estimators.ais import AIS, STARTS
 from vaegen.registry import ESTIMATORS, Settings, setting
+
+SCHEDULES = ("linear", "sigmoid")
+"""The inverse-temperature schedules of AIS (:func:`vaegen.estimators.ais.annealing_schedule`)."""
+STARTS = ("prior", "posterior")
+"""Where importance sampling's proposal and AIS's chains start: p(z) or q(z | x)."""
 
 
 def parse_estimators(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
@@ -26,7 +32,33 @@ def parse_estimators(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]
 
 def _in_order() -> list[str]:
     """The registered estimators in their ``order`` (the order of their results)."""
-    return [c.name for c in sorted(ESTIMATORS, key=lambda c: c.trait("order", 0))]
+    return [c.name for c in sorted(ESTIMATORS, key=lambda c: c.trait("order"))]
+
+
+@dataclasses.dataclass(frozen=True)
+class AISSettings(Settings):
+    """The ``eval.ais`` section: annealed importance sampling with HMC
+    (:class:`vaegen.estimators.ais.AIS`)."""
+
+    num_steps: int = setting(1000, "T intermediate distributions", gt=0, flags=("--ais-steps",))
+    num_chains: int = setting(16, "M chains per example", gt=0, flags=("--ais-chains",))
+    num_leapfrog: int = setting(10, "leapfrog steps per HMC transition", gt=0, flags=("--leapfrog",))
+    step_size: float = setting(0.01, "initial leapfrog step size", gt=0, flags=("--step-size",))
+    adapt_step_size: bool = setting(True, "adapt each chain's step size toward target_accept",
+                                   flags=("--adapt-step-size",))
+    target_accept: float = setting(0.65, "the acceptance rate the step size adapts toward", gt=0, lt=1,
+                                   flags=("--target-accept",))
+    adapt_rate: float = setting(0.02, "step sizes are multiplied by 1 +- adapt_rate per transition", ge=0, lt=1)
+    min_step_size: float = setting(1e-4, "lower bound of an adapted step size", gt=0)
+    max_step_size: float = setting(0.5, "upper bound of an adapted step size", gt=0)
+    schedule: str = setting("sigmoid", "inverse temperatures: sigmoid (more at both ends) or linear", choices=SCHEDULES,
+                            flags=("--schedule",))
+    sigmoid_radius: float = setting(4.0, "steepness of the sigmoid schedule", gt=0)
+    start: str = setting("prior", "pi_0 of the annealing path: prior p(z) or posterior q(z|x)", choices=STARTS)
+
+    def validate(self, key):
+        if self.max_step_size < self.min_step_size:
+            raise ConfigError(f"{key('max_step_size')} must be >= {key('min_step_size')}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,7 +81,8 @@ class EvalSettings(Settings):
                                            ge=0)
     collapse_threshold: float = setting(0.01, "nats: a unit with mean KL(q(z_d|x) || p(z_d)) below this is collapsed",
                                         ge=0)
-    ais: AIS = dataclasses.field(default_factory=AIS, metadata={"doc": "annealed importance sampling with HMC"})
+    ais: AISSettings = dataclasses.field(default_factory=AISSettings,
+                                         metadata={"doc": "annealed importance sampling with HMC"})
     ais_examples: int = setting(0, "AIS on the first n examples of the split only (0 = all)", ge=0)
     bdmc_examples: int = setting(100, "examples (x, z) simulated from the model for BDMC", ge=0)
     batch_size: int = setting(100, "examples per vmapped chunk of the validation pass in training (memory only)",
