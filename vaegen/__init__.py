@@ -13,7 +13,8 @@ The package in layers, each importing only the ones above it in this list::
     vaegen.blocks                   networks, priors p(z), likelihoods p(x|z), posteriors q(z|x)
     vaegen.model                    LatentVariableModel and the model kinds (one z, two layers, MADE, VQ-VAE,
                                     a categorical MADE over codes)
-    vaegen.objectives               ELBO, IWAE, the autoencoders' objectives, exact log-likelihood; WAE, AAE, VQ
+    vaegen.objectives               ELBO, IWAE (reparam, STL, DReG gradients), MIWAE, CIWAE, PIWAE, the autoencoders'
+                                    objectives, exact log-likelihood; WAE, AAE, VQ
     vaegen.estimators               importance sampling, AIS, BDMC, diagnostics; the eval settings
     vaegen.train                    the fused trainer, optimiser, random streams, workdir, checkpoints,
                                     TensorBoard, the latent diagnostics at each validation
@@ -35,7 +36,7 @@ from vaegen.config.schema import RunSpec, to_spec
 from vaegen.errors import (CheckpointError, ConfigError, DataError, InferenceError, NoLatentError, NoPriorError,
                            NonFiniteError, SupportError, TrainingInterrupted, UndefinedEstimateError,
                            UndefinedObjectiveError, WorkdirError)
-from vaegen.estimators import ais, diagnostics, importance
+from vaegen.estimators import ais, diagnostics, importance, snr
 from vaegen.estimators.settings import EvalSettings
 from vaegen.inference import families, semi_amortized, svi
 from vaegen.inference.semi_amortized import SemiAmortizedELBO
@@ -44,7 +45,7 @@ from vaegen.model import autoregressive, latent, linear_gaussian, two_layer
 from vaegen.model import densities as density_models
 from vaegen.model import code_prior, vq as vq_vae
 from vaegen.model.latent import LatentVariableModel, build_model
-from vaegen.objectives import autoencoder, batch, bounds, denoising, density, exact, matching
+from vaegen.objectives import autoencoder, batch, bounds, denoising, density, exact, matching, multisample, surrogates
 from vaegen.objectives import vq as vq_objective
 from vaegen.objectives.autoencoder import Autoencoder
 from vaegen.objectives.bounds import ELBO, IWAE

@@ -1,5 +1,7 @@
 """Semi-amortized variational inference (Kim et al. 2018) as a training objective: K SVI steps on
-each example's ELBO inside the training step, from the encoder's q (or from N(0, I))."""
+each example's ELBO inside the training step, from the encoder's q (or from N(0, I)); the model is
+trained on the ELBO of the refined q, or on another bound of it (``bound``: IWAE, MIWAE, CIWAE,
+PIWAE with their gradient estimators, :mod:`vaegen.objectives.multisample`)."""
 
 from __future__ import annotations
 
@@ -11,8 +13,11 @@ import jax
 from vaegen.errors import ConfigError, InferenceError
 from vaegen.inference.families import Family, amortized_parameters, family_of
 from vaegen.inference.svi import SVISettings, refine
-from vaegen.objectives.bounds import elbo_of, needs_density_and_prior, require_density
-from vaegen.registry import OBJECTIVES, POSTERIORS, Settings, setting
+from vaegen.objectives import surrogates
+from vaegen.objectives.bounds import ELBOSettings, elbo_of, needs_density_and_prior, require_density
+from vaegen.objectives.multisample import terms_of_q
+from vaegen.objectives.surrogates import Proposal
+from vaegen.registry import OBJECTIVES, POSTERIORS, Selected, Settings, setting, slot
 
 Terms = dict[str, jax.Array]
 
@@ -44,12 +49,19 @@ class SemiAmortizedELBO:
     ``reconstruction`` and ``kl`` of q(z; phi_K), and ``objective``: ``elbo``, plus
     ``elbo_amortized`` where the encoder is trained on its own bound.
 
+    With ``bound`` (an ELBO with an estimator, IWAE, MIWAE, CIWAE or PIWAE object), the model is
+    trained on that bound of q(z; phi_K) instead (:func:`vaegen.objectives.multisample.terms_of_q`,
+    stl and dreg with log q(z; sg(phi_K))): every term of the bound of q(z; phi_K), and
+    ``<bound>_amortized`` and ``refinement_gain`` for the bound's own value.
+
     Attributes:
       settings: the inner optimiser (``num_steps`` = K, ``learning_rate`` = the inner rate, ...).
       init: ``amortized`` | ``prior``.
       gradient: ``unrolled`` | ``total`` | ``stop``.
       num_samples: S, samples of z for the final bound.
       family: the family refined; None = the family of the model's q(z | x).
+      bound: None (the ELBO with ``num_samples`` samples, analytic KL as ``settings.analytic_kl``)
+        or the bound object to train q(z; phi_K) on.
     """
 
     settings: SVISettings = SVISettings(num_steps=10, learning_rate=0.05, schedule="constant", path_gradient=False)
@@ -57,7 +69,11 @@ class SemiAmortizedELBO:
     gradient: str = "unrolled"
     num_samples: int = 1
     family: Family | None = None
-    bound_name = "elbo"
+    bound: Any = None
+
+    @property
+    def bound_name(self) -> str:
+        return "elbo" if self.bound is None else self.bound.bound_name
 
     def __post_init__(self):
         self.settings.validate()
@@ -86,6 +102,8 @@ class SemiAmortizedELBO:
         phi_k, _ = refine(model, inner_variables, family, phi0, x, k_inner, self.settings)
         if self.gradient == "stop":
             phi_k = sg(phi_k)
+        if self.bound is not None:
+            return self._bound_terms(model, variables, family, phi_k, amortized_phi, x, k_final)
         refined = elbo_of(model, variables, family.distribution(phi_k), x, k_final, self.num_samples,
                           analytic_kl=self.settings.analytic_kl)
         if self.encoder_trained_separately:
@@ -110,6 +128,26 @@ class SemiAmortizedELBO:
         }
 
 
+    def _bound_terms(self, model: Any, variables: Any, family: Family, phi_k: Any, amortized_phi: Any, x: jax.Array,
+                     key: jax.Array) -> Terms:
+        """The terms of ``self.bound`` of q(z; phi_K), as ``__call__`` with the ELBO."""
+        sg = jax.lax.stop_gradient
+        name = self.bound.bound_name
+
+        def of(v, phi):
+            return terms_of_q(self.bound, model, v, x, key, Proposal(family.distribution(phi),
+                                                                      family.distribution(sg(phi))))
+
+        refined = of(variables, phi_k)
+        if self.encoder_trained_separately:  # the encoder's own bound, the generative model held fixed
+            amortized = of(surrogates.stop_generative(variables), amortized_phi)
+            objective = refined["objective"] + amortized["objective"]
+        else:
+            amortized = of(variables, sg(amortized_phi))
+            objective = refined["objective"]
+        return {**{k: v for k, v in refined.items() if k != "objective"}, f"{name}_amortized": amortized[name],
+                "refinement_gain": sg(refined[name] - amortized[name]), "objective": objective}
+
     def for_validation(self, validation_num_samples: int) -> "SemiAmortizedELBO":
         """The refined bound L[q_K] (and L[q_0] beside it), as in training."""
         del validation_num_samples
@@ -132,6 +170,13 @@ class SemiAmortizedSettings(Settings):
     gradient: str = setting("unrolled", "unrolled: through the K steps to the encoder (SA-VAE); total: theta's "
                             "gradient also through the steps; stop: q_K held fixed, the encoder trained on its own "
                             "ELBO (VAE+SVI)", choices=GRADIENTS)
+    bound: Selected = slot("objective", "elbo", "the bound of the refined q the model is trained on, with its own "
+                           "settings and estimator (e.g. bound=iwae, bound.estimator=dreg); left at the default ELBO, "
+                           "this section's num_samples and analytic_kl are its", accepts=lambda c: c.trait(
+                               "bound_of_any_q", False), role="the refined q's bound")
+
+
+_DEFAULT_BOUND = OBJECTIVES.select("elbo")
 
 
 def _check(settings: SemiAmortizedSettings, spec: Any) -> None:
@@ -141,15 +186,23 @@ def _check(settings: SemiAmortizedSettings, spec: Any) -> None:
         allowed = [c.name for c in POSTERIORS if c.trait("refinable", False)]
         raise ConfigError(f"objective 'semi_amortized' refines a {', '.join(allowed)} posterior, not "
                           f"{posterior.name!r}")
+    if settings.bound != _DEFAULT_BOUND:
+        if settings.num_samples != 1:
+            raise ConfigError("config.objective.num_samples is the default ELBO's; with config.objective.bound set, "
+                              "set the bound's own (e.g. config.objective.bound.num_samples)")
+        b = settings.bound.settings
+        if isinstance(b, ELBOSettings) and (b.beta != 1 or b.kl_warmup_epochs or b.kl_cycle_epochs or b.free_bits):
+            raise ConfigError("config.objective.bound: the refined q's ELBO is the true bound; leave its beta, KL "
+                              "schedules and free bits at their defaults")
 
 
 @OBJECTIVES.register("semi_amortized", settings=SemiAmortizedSettings, check=_check)
 def semi_amortized(settings: SemiAmortizedSettings, *, steps_per_epoch: int = 1) -> SemiAmortizedELBO:
     """The ELBO of q refined by K SVI steps per example inside the training step (SA-VAE, Kim et al. 2018)."""
-    del steps_per_epoch
     inner = SVISettings(num_steps=settings.steps, learning_rate=settings.learning_rate, optimizer=settings.optimizer,
                         momentum=settings.momentum, schedule="constant", num_samples=settings.step_samples,
                         grad_clip_norm=settings.grad_clip_norm, analytic_kl=settings.analytic_kl,
                         path_gradient=False)
+    bound = None if settings.bound == _DEFAULT_BOUND else settings.bound.build(steps_per_epoch=steps_per_epoch)
     return SemiAmortizedELBO(settings=inner, init=settings.init, gradient=settings.gradient,
-                             num_samples=settings.num_samples)
+                             num_samples=settings.num_samples, bound=bound)

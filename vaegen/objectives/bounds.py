@@ -39,6 +39,7 @@ import optax
 
 from vaegen import sharding as sharding_lib
 from vaegen.errors import ConfigError, UndefinedObjectiveError
+from vaegen.objectives import surrogates
 from vaegen.registry import OBJECTIVES, Settings, setting
 
 Terms = dict[str, jax.Array]
@@ -209,6 +210,9 @@ class ELBO:
       free_bits, free_bits_group_size: lambda > 0 replaces the KL of the *training* objective by
         sum_g max(lambda, KL_g) over groups of latent dimensions (:func:`free_bits_kl`; needs a
         KL that splits over dimensions, :func:`kl_per_dimension`).
+      estimator: ``reparam`` or ``stl`` (:mod:`vaegen.objectives.surrogates`): stl differentiates
+        the Monte Carlo ELBO log p(x, z) - log q(z | x) with log q's parameters stopped (needs
+        ``analytic_kl=False`` and no free bits); unbiased for the ELBO's gradient.
 
     Terms (nats, one example): ``reconstruction`` E_q[log p(x|z)], ``kl`` KL(q || p),
     ``elbo`` = reconstruction - kl, ``kl_weight``, ``objective`` = reconstruction - w * kl
@@ -223,14 +227,22 @@ class ELBO:
     kl_cycle_ratio: float = 0.5
     free_bits: float = 0.0
     free_bits_group_size: int = 1
+    estimator: str = "reparam"
     bound_name = "elbo"
 
     def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
         require_density(model, "ELBO")
+        q_density = None
+        if self.estimator != "reparam":  # stl: log q(z|x) of the Monte Carlo KL with q's parameters stopped
+            problem = elbo_estimator_problem(self.estimator, self.analytic_kl, self.free_bits, lambda name: name)
+            if problem:
+                raise ConfigError(f"ELBO(estimator={self.estimator!r}): {problem}")
+            q_density = model.apply(surrogates.stop_posterior(variables), x, method="q_z_given_x")
 
         def terms(m: Any) -> Terms:
             q = m.q_z_given_x(x)
-            t = elbo_terms(m, q, x, key, num_samples=self.num_samples, analytic_kl=self.analytic_kl)
+            t = elbo_terms(m, q, x, key, num_samples=self.num_samples, analytic_kl=self.analytic_kl,
+                           q_density=q_density)
             w = kl_weight(self.beta, self.kl_warmup_steps, jnp.asarray(step), self.kl_cycle_steps, self.kl_cycle_ratio)
             out = {"reconstruction": t["reconstruction"], "kl": t["kl"], "elbo": t["elbo"], "kl_weight": w}
             penalized = t["kl"]
@@ -259,15 +271,22 @@ class IWAE:
     log-weights: an unbiased ELBO estimate from the same samples), ``reconstruction``
     (mean log p(x|z_i)), ``kl`` (analytic KL(q || p) if available, else its estimate),
     ``ess`` (effective sample size of the normalised weights), ``objective`` = iwae.
+
+    ``estimator``: ``reparam`` | ``stl`` | ``dreg``, the gradient of the same values
+    (:mod:`vaegen.objectives.surrogates`): dreg's phi-gradient is unbiased for the bound's, stl's is
+    biased for k > 1.
     """
 
     num_samples: int = 5
+    estimator: str = "reparam"
     bound_name = "iwae"
 
     def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
         require_density(model, "IWAE bound")
         del step
         k = self.num_samples
+        if self.estimator != "reparam":
+            return surrogates.importance_weighted(model, variables, x, key, k, self.estimator)
 
         def terms(m: Any) -> Terms:
             q = m.q_z_given_x(x)
@@ -291,9 +310,9 @@ class IWAE:
         return model.apply(variables, method=terms)
 
     def for_validation(self, validation_num_samples: int) -> "IWAE":
-        """The training bound itself, IWAE_k with the training k."""
+        """The training bound itself, IWAE_k with the training k (its value; no gradient is taken)."""
         del validation_num_samples
-        return self
+        return IWAE(num_samples=self.num_samples)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -350,21 +369,58 @@ class ELBOSettings(Settings):
     free_bits: float = setting(0.0, "free bits (Kingma et al. 2016): each group's KL counts as at least this many "
                                "nats in the training objective, per example (0 = none)", ge=0)
     free_bits_group_size: int = setting(1, "free bits: latent dimensions per group (1 = per dimension)", gt=0)
+    estimator: str = setting("reparam", surrogates.ESTIMATOR_DOC + "; stl needs analytic_kl=false",
+                             choices=surrogates.ESTIMATORS)
 
     def validate(self, key):
         if self.kl_cycle_epochs and self.kl_warmup_epochs:
             raise ConfigError(f"{key('kl_cycle_epochs')} and kl_warmup_epochs are two schedules of the KL weight; "
                               "set one of them to 0")
+        problem = elbo_estimator_problem(self.estimator, self.analytic_kl, self.free_bits, key)
+        if problem:
+            raise ConfigError(f"{key('estimator')}={self.estimator!r}: {problem}")
 
 
 @dataclasses.dataclass(frozen=True)
 class IWAESettings(Settings):
     num_samples: int = setting(5, "k importance samples per example", gt=0)
+    estimator: str = setting("reparam", surrogates.ESTIMATOR_DOC, choices=surrogates.ESTIMATORS)
+
+
+def elbo_estimator_problem(estimator: str, analytic_kl: bool, free_bits: float,
+                           key: Callable[[str], str] = lambda name: f"config.objective.{name}") -> str | None:
+    """Why the ELBO cannot take ``estimator`` with these settings (None if it can).
+
+    stl differentiates the Monte Carlo ELBO log p(x, z) - log q(z | x) along z's path only; a
+    closed-form KL has no log q(z) to stop (its gradient is exact, and replacing it by the path
+    derivative of a Monte Carlo KL is what stl *is*), and free bits replace the KL of the training
+    objective by a closed form.  DReG of one sample is stl."""
+    if estimator == "dreg":
+        return ("for the ELBO (one importance sample per term), DReG is STL: use estimator=stl, or the IWAE "
+                "bound (objective=iwae) for DReG")
+    if estimator == "stl" and analytic_kl:
+        return f"STL differentiates the Monte Carlo KL log q(z|x) - log p(z) along z's path; set {key('analytic_kl')}=false"
+    if estimator == "stl" and free_bits > 0:
+        return f"free bits replace the KL of the training objective by its closed form; set {key('free_bits')}=0 for stl"
+    return None
+
+
+def needs_a_reparameterized_density(settings: Any, spec: Any) -> None:
+    """The check of every bound (:func:`needs_density_and_prior`), and for ``estimator`` stl or dreg
+    a posterior whose samples are a differentiable function of its parameters (trait
+    ``reparameterized``, True unless a posterior declares otherwise)."""
+    needs_density_and_prior(settings, spec)
+    estimator = getattr(settings, "estimator", "reparam")
+    posterior = spec.inference.posterior
+    if estimator != "reparam" and not posterior.trait("reparameterized", True):
+        raise ConfigError(f"config.objective.estimator={estimator!r} differentiates through the samples of q(z|x), "
+                          f"and the posterior {posterior.name!r} has no reparameterized sampler; use "
+                          "estimator=reparam or another posterior")
 
 
 def _check_elbo(settings: ELBOSettings, spec: Any) -> None:
     """Every bound's check; free bits also need a KL that splits over latent dimensions."""
-    needs_density_and_prior(settings, spec)
+    needs_a_reparameterized_density(settings, spec)
     if settings.free_bits > 0:
         if not (spec.model.kind.trait("one_latent_vector", False) and spec.inference.posterior.trait("factorized", False)
                 and spec.model.prior.trait("factorized", False)):
@@ -376,19 +432,20 @@ def _check_elbo(settings: ELBOSettings, spec: Any) -> None:
                               f"config.model.latent_dim={spec.model.latent_dim}")
 
 
-@OBJECTIVES.register("elbo", settings=ELBOSettings, check=_check_elbo, traits={"bound_from_log_joint": True})
+@OBJECTIVES.register("elbo", settings=ELBOSettings, check=_check_elbo,
+                     traits={"bound_from_log_joint": True, "bound_of_any_q": True})
 def elbo(settings: ELBOSettings, *, steps_per_epoch: int = 1) -> ELBO:
     """L(x) = E_q[log p(x|z)] - beta KL(q(z|x) || p(z)) (beta = 1: the ELBO; KL warm-up, cyclical KL weight and free bits optional)."""
     return ELBO(num_samples=settings.num_samples, analytic_kl=settings.analytic_kl, beta=settings.beta,
                 kl_warmup_steps=int(round(settings.kl_warmup_epochs * steps_per_epoch)),
                 kl_cycle_steps=max(1, int(round(settings.kl_cycle_epochs * steps_per_epoch))) if settings.kl_cycle_epochs else 0,
                 kl_cycle_ratio=settings.kl_cycle_ratio, free_bits=settings.free_bits,
-                free_bits_group_size=settings.free_bits_group_size)
+                free_bits_group_size=settings.free_bits_group_size, estimator=settings.estimator)
 
 
-@OBJECTIVES.register("iwae", settings=IWAESettings, check=needs_density_and_prior,
-                     traits={"bound_from_log_joint": True})
+@OBJECTIVES.register("iwae", settings=IWAESettings, check=needs_a_reparameterized_density,
+                     traits={"bound_from_log_joint": True, "bound_of_any_q": True})
 def iwae(settings: IWAESettings, *, steps_per_epoch: int = 1) -> IWAE:
     """L_k(x) = E log 1/k sum_i p(x, z_i) / q(z_i | x): the importance-weighted bound (Burda et al. 2016)."""
     del steps_per_epoch
-    return IWAE(num_samples=settings.num_samples)
+    return IWAE(num_samples=settings.num_samples, estimator=settings.estimator)
