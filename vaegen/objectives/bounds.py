@@ -234,7 +234,8 @@ class ELBO:
         require_density(model, "ELBO")
         q_density = None
         if self.estimator != "reparam":  # stl: log q(z|x) of the Monte Carlo KL with q's parameters stopped
-            problem = elbo_estimator_problem(self.estimator, self.analytic_kl, self.free_bits, lambda name: name)
+            problem = surrogates.elbo_estimator_problem(self.estimator, self.analytic_kl, self.free_bits,
+                                                       lambda name: name)
             if problem:
                 raise ConfigError(f"ELBO(estimator={self.estimator!r}): {problem}")
             q_density = model.apply(surrogates.stop_posterior(variables), x, method="q_z_given_x")
@@ -342,17 +343,22 @@ def objective_terms(model, variables, objective, xs, key, *, batch_size=None, de
 # Build context: ``steps_per_epoch`` (for schedules given in epochs).  Checks use the posterior's
 # and prior's traits: every bound needs a q(z | x) with a density and a prior p(z).  Traits:
 # ``bound_from_log_joint`` (the objective needs only log p(x, z) and q(z | x), so any latent
-# structure serves, two stochastic layers included); ``exact_log_likelihood`` (log p(x) itself).
+# structure serves, two stochastic layers included); ``exact_log_likelihood`` (log p(x) itself);
+# ``bound_of_any_q`` (a bound of any given q, which the semi-amortized objective can train its refined
+# q on: :func:`vaegen.objectives.multisample.terms_of_q`).  The ``estimator`` setting (stl, dreg) asks
+# of the posterior the trait ``reparameterized`` (True unless the posterior declares it False).
 
 
 def needs_density_and_prior(settings: Any, spec: Any) -> None:
-    """The check of every bound: a posterior with a density and a prior p(z)."""
+    """The check of every bound: a posterior with a density and a prior p(z) (and, for a gradient
+    estimator other than reparam, a reparameterized sampler)."""
     name = spec.objective.name
     if spec.inference.posterior.trait("point_mass", False):
         raise ConfigError(f"objective {name!r} is undefined for a point-mass posterior (its KL to p(z) is +inf); "
                           "use --config.objective.name=ae for an autoencoder")
     if not spec.model.prior.trait("exists", True):
         raise ConfigError(f"objective {name!r} needs a prior; set config.model.prior")
+    surrogates.check_estimator_posterior(settings, spec)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -376,7 +382,7 @@ class ELBOSettings(Settings):
         if self.kl_cycle_epochs and self.kl_warmup_epochs:
             raise ConfigError(f"{key('kl_cycle_epochs')} and kl_warmup_epochs are two schedules of the KL weight; "
                               "set one of them to 0")
-        problem = elbo_estimator_problem(self.estimator, self.analytic_kl, self.free_bits, key)
+        problem = surrogates.elbo_estimator_problem(self.estimator, self.analytic_kl, self.free_bits, key)
         if problem:
             raise ConfigError(f"{key('estimator')}={self.estimator!r}: {problem}")
 
@@ -387,40 +393,9 @@ class IWAESettings(Settings):
     estimator: str = setting("reparam", surrogates.ESTIMATOR_DOC, choices=surrogates.ESTIMATORS)
 
 
-def elbo_estimator_problem(estimator: str, analytic_kl: bool, free_bits: float,
-                           key: Callable[[str], str] = lambda name: f"config.objective.{name}") -> str | None:
-    """Why the ELBO cannot take ``estimator`` with these settings (None if it can).
-
-    stl differentiates the Monte Carlo ELBO log p(x, z) - log q(z | x) along z's path only; a
-    closed-form KL has no log q(z) to stop (its gradient is exact, and replacing it by the path
-    derivative of a Monte Carlo KL is what stl *is*), and free bits replace the KL of the training
-    objective by a closed form.  DReG of one sample is stl."""
-    if estimator == "dreg":
-        return ("for the ELBO (one importance sample per term), DReG is STL: use estimator=stl, or the IWAE "
-                "bound (objective=iwae) for DReG")
-    if estimator == "stl" and analytic_kl:
-        return f"STL differentiates the Monte Carlo KL log q(z|x) - log p(z) along z's path; set {key('analytic_kl')}=false"
-    if estimator == "stl" and free_bits > 0:
-        return f"free bits replace the KL of the training objective by its closed form; set {key('free_bits')}=0 for stl"
-    return None
-
-
-def needs_a_reparameterized_density(settings: Any, spec: Any) -> None:
-    """The check of every bound (:func:`needs_density_and_prior`), and for ``estimator`` stl or dreg
-    a posterior whose samples are a differentiable function of its parameters (trait
-    ``reparameterized``, True unless a posterior declares otherwise)."""
-    needs_density_and_prior(settings, spec)
-    estimator = getattr(settings, "estimator", "reparam")
-    posterior = spec.inference.posterior
-    if estimator != "reparam" and not posterior.trait("reparameterized", True):
-        raise ConfigError(f"config.objective.estimator={estimator!r} differentiates through the samples of q(z|x), "
-                          f"and the posterior {posterior.name!r} has no reparameterized sampler; use "
-                          "estimator=reparam or another posterior")
-
-
 def _check_elbo(settings: ELBOSettings, spec: Any) -> None:
     """Every bound's check; free bits also need a KL that splits over latent dimensions."""
-    needs_a_reparameterized_density(settings, spec)
+    needs_density_and_prior(settings, spec)
     if settings.free_bits > 0:
         if not (spec.model.kind.trait("one_latent_vector", False) and spec.inference.posterior.trait("factorized", False)
                 and spec.model.prior.trait("factorized", False)):
@@ -443,7 +418,7 @@ def elbo(settings: ELBOSettings, *, steps_per_epoch: int = 1) -> ELBO:
                 free_bits_group_size=settings.free_bits_group_size, estimator=settings.estimator)
 
 
-@OBJECTIVES.register("iwae", settings=IWAESettings, check=needs_a_reparameterized_density,
+@OBJECTIVES.register("iwae", settings=IWAESettings, check=needs_density_and_prior,
                      traits={"bound_from_log_joint": True, "bound_of_any_q": True})
 def iwae(settings: IWAESettings, *, steps_per_epoch: int = 1) -> IWAE:
     """L_k(x) = E log 1/k sum_i p(x, z_i) / q(z_i | x): the importance-weighted bound (Burda et al. 2016)."""

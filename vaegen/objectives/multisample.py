@@ -36,8 +36,7 @@ import jax.numpy as jnp
 
 from vaegen.errors import ConfigError
 from vaegen.objectives import surrogates
-from vaegen.objectives.bounds import (ELBO, IWAE, elbo_estimator_problem, elbo_of, needs_a_reparameterized_density,
-                                      require_density)
+from vaegen.objectives.bounds import ELBO, IWAE, elbo_of, needs_density_and_prior, require_density
 from vaegen.objectives.surrogates import Proposal
 from vaegen.registry import OBJECTIVES, Settings, setting
 
@@ -209,7 +208,8 @@ def terms_of_q(bound: Any, model: Any, variables: Any, x: jax.Array, key: jax.Ar
     serves stl and dreg.  The ELBO is the true bound (beta = 1, no schedules); ``objective`` is
     the bound's own."""
     if isinstance(bound, ELBO):
-        problem = elbo_estimator_problem(bound.estimator, bound.analytic_kl, bound.free_bits, lambda name: name)
+        problem = surrogates.elbo_estimator_problem(bound.estimator, bound.analytic_kl, bound.free_bits,
+                                                   lambda name: name)
         if problem:
             raise ConfigError(f"ELBO(estimator={bound.estimator!r}): {problem}")
         t = elbo_of(model, variables, proposal.q, x, key, bound.num_samples, analytic_kl=bound.analytic_kl,
@@ -248,21 +248,21 @@ class PIWAESettings(Settings):
 _TRAITS = {"bound_from_log_joint": True, "bound_of_any_q": True}
 
 
-@OBJECTIVES.register("miwae", settings=MIWAESettings, check=needs_a_reparameterized_density, traits=_TRAITS)
+@OBJECTIVES.register("miwae", settings=MIWAESettings, check=needs_density_and_prior, traits=_TRAITS)
 def miwae(settings: MIWAESettings, *, steps_per_epoch: int = 1) -> MIWAE:
     """L = 1/M sum_m log 1/k sum_i w_{m,i}: M independent IWAE_k estimates averaged (Rainforth et al. 2018)."""
     del steps_per_epoch
     return MIWAE(num_groups=settings.num_groups, num_samples=settings.num_samples, estimator=settings.estimator)
 
 
-@OBJECTIVES.register("ciwae", settings=CIWAESettings, check=needs_a_reparameterized_density, traits=_TRAITS)
+@OBJECTIVES.register("ciwae", settings=CIWAESettings, check=needs_density_and_prior, traits=_TRAITS)
 def ciwae(settings: CIWAESettings, *, steps_per_epoch: int = 1) -> CIWAE:
     """L = beta ELBO_k + (1 - beta) IWAE_k from the same k samples (Rainforth et al. 2018)."""
     del steps_per_epoch
     return CIWAE(beta=settings.beta, num_samples=settings.num_samples, estimator=settings.estimator)
 
 
-@OBJECTIVES.register("piwae", settings=PIWAESettings, check=needs_a_reparameterized_density, traits=_TRAITS)
+@OBJECTIVES.register("piwae", settings=PIWAESettings, check=needs_density_and_prior, traits=_TRAITS)
 def piwae(settings: PIWAESettings, *, steps_per_epoch: int = 1) -> PIWAE:
     """The decoder on IWAE_{Mk}, the encoder on MIWAE(M, k), same samples (Rainforth et al. 2018)."""
     del steps_per_epoch

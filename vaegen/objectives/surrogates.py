@@ -58,6 +58,8 @@ import distrax
 import jax
 import jax.numpy as jnp
 
+from vaegen.errors import ConfigError
+
 Terms = dict[str, jax.Array]
 
 ESTIMATORS = ("reparam", "stl", "dreg")
@@ -66,6 +68,38 @@ ESTIMATORS = ("reparam", "stl", "dreg")
 ESTIMATOR_DOC = ("the gradient estimator (the bound's value is the same): reparam (plain reparameterized) | stl "
                  "(sticking the landing, Roeder et al. 2017: log q with stop-gradient parameters) | dreg (doubly "
                  "reparameterized, Tucker et al. 2019)")
+
+
+def elbo_estimator_problem(estimator: str, analytic_kl: bool, free_bits: float,
+                           key: Callable[[str], str] = lambda name: f"config.objective.{name}") -> str | None:
+    """Why the ELBO cannot take ``estimator`` with these settings (None if it can).
+
+    stl differentiates the Monte Carlo ELBO log p(x, z) - log q(z | x) along z's path only; a
+    closed-form KL has no log q(z) to stop (its gradient is exact, and replacing it by the path
+    derivative of a Monte Carlo KL is what stl *is*), and free bits replace the KL of the training
+    objective by a closed form.  DReG of one sample is stl."""
+    if estimator == "dreg":
+        return ("for the ELBO (one importance sample per term), DReG is STL: use estimator=stl, or the IWAE "
+                "bound (objective=iwae) for DReG")
+    if estimator == "stl" and analytic_kl:
+        return (f"STL differentiates the Monte Carlo KL log q(z|x) - log p(z) along z's path; set "
+                f"{key('analytic_kl')}=false")
+    if estimator == "stl" and free_bits > 0:
+        return (f"free bits replace the KL of the training objective by its closed form; set {key('free_bits')}=0 "
+                "for stl")
+    return None
+
+
+def check_estimator_posterior(settings: Any, spec: Any) -> None:
+    """Raises ConfigError if ``settings.estimator`` (stl, dreg) differentiates through the samples of
+    a posterior that has no reparameterized sampler (trait ``reparameterized``, True unless the
+    posterior declares it False).  Objectives without the setting pass."""
+    estimator = getattr(settings, "estimator", "reparam")
+    posterior = spec.inference.posterior
+    if estimator != "reparam" and not posterior.trait("reparameterized", True):
+        raise ConfigError(f"config.objective.estimator={estimator!r} differentiates through the samples of q(z|x), "
+                          f"and the posterior {posterior.name!r} has no reparameterized sampler; use "
+                          "estimator=reparam or another posterior")
 
 
 # --- stop-gradient on the parameter subtrees ---------------------------------------------------
