@@ -153,7 +153,8 @@ def gradient_snr(model: Any, variables: Any, objective: Any, xs: jax.Array, key:
     """The SNR of ``objective``'s minibatch gradient at ``variables``, per parameter and group.
 
     Args:
-      model, variables: the model and the parameters at which the gradient is measured.
+      model: the model.
+      variables: the parameters at which the gradient is measured.
       objective: a per-example training objective (e.g. ``IWAE(k, estimator="dreg")``); its
         gradient is that of ``mean_b objective(...)["objective"]``, as in training.
       xs: the fixed minibatch ``[B, *event]`` (float, as the model sees it).

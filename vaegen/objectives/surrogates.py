@@ -230,7 +230,8 @@ def log_weights(model: Any, variables: Any, x: jax.Array, key: jax.Array, num_sa
     """n = ``num_samples`` reparameterized samples z_i ~ q and their log-weights, for one example.
 
     Args:
-      model, variables: the model and its variables.
+      model: the model.
+      variables: its variables.
       x: one observation ``[*event]``.
       key: the samples' key (the same z for every estimator).
       estimator: ``reparam`` | ``stl`` | ``dreg`` (see the module docstring).
