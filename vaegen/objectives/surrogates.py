@@ -22,7 +22,7 @@ stl        "sticking the landing" (Roeder et al. 2017): log q(z_i | x) is evalua
 dreg       doubly reparameterized (Tucker et al. 2019): for L_k = E log 1/k sum_i w_i,
            sum_i w~_i^2 (d log w_i / d z_i)(d z_i / d phi),  w~_i = w_i / sum_j w_j,
            computed with stop-gradient parameters in log q (as stl) and one extra factor w~_i on
-           the cotangent that reaches z_i (:func:`path_reweighted`).
+           the cotangent that reaches z_i (:func:`path_reweighted`, :func:`scale_cotangent`).
 =========  =====================================================================================
 
 What is unbiased for what (E over eps):
@@ -125,6 +125,28 @@ def self_normalized(log_w: jax.Array) -> jax.Array:
     return jax.nn.softmax(log_w, axis=-1)
 
 
+def scale_cotangent(z: jax.Array, s: jax.Array) -> jax.Array:
+    """``z`` itself, whose cotangent is multiplied by ``s`` on the way back: ``z [n, D]``,
+    ``s [n]`` (a constant: no gradient reaches it)."""
+    return _scale_cotangent(z, jax.lax.stop_gradient(s))
+
+
+@jax.custom_vjp
+def _scale_cotangent(z, s):
+    return z
+
+
+def _scale_cotangent_forward(z, s):
+    return z, s
+
+
+def _scale_cotangent_backward(s, cotangent):
+    return cotangent * s.reshape(s.shape + (1,) * (cotangent.ndim - s.ndim)), jnp.zeros_like(s)
+
+
+_scale_cotangent.defvjp(_scale_cotangent_forward, _scale_cotangent_backward)
+
+
 def path_reweighted(fn: Callable[[jax.Array, Any], tuple[jax.Array, Any]], z: jax.Array, variables: Any,
                     scale: Callable[[jax.Array], jax.Array]) -> tuple[jax.Array, Any]:
     """``fn(z, variables)``, whose backward pass multiplies the cotangent that reaches ``z_i`` by
@@ -134,31 +156,22 @@ def path_reweighted(fn: Callable[[jax.Array, Any], tuple[jax.Array, Any]], z: ja
       fn: ``(z [n, D], variables) -> (log_w [n], extras)``; each log_w_i depends on z_i alone.
       z: the samples ``[n, D]``, a differentiable function of phi (the path).
       variables: the model's variables (theta's gradient passes unchanged).
-      scale: ``log_w [n] -> [n]``, evaluated at the forward pass's log-weights.
+      scale: ``log_w [n] -> [n]``, evaluated at the log-weights of the forward pass.
     Returns:
       ``fn(z, variables)``; differentiating ``sum_i c_i log_w_i`` gives theta the cotangent
       sum_i c_i d log w_i / d theta and z_i the cotangent c_i scale_i d log w_i / d z_i: with
-      c = w~ (the IWAE bound) and scale = w~, the DReG estimator, at the cost of one backward
-      pass of the decoder.  ``extras`` are returned gradient-stopped (for reporting).
+      c = w~ (the IWAE bound) and scale = w~, the DReG estimator.  ``extras`` are returned
+      gradient-stopped (for reporting).
+
+    The factor is computed from ``fn`` at gradient-stopped inputs and applied by
+    :func:`scale_cotangent` to the z that ``fn`` then sees; both calls of ``fn`` are the same
+    computation on the same arrays, which XLA evaluates once, so the cost is that of one forward
+    and one backward pass (the theta-gradient stays one contraction over the batch).
     """
-
-    @jax.custom_vjp
-    def apply(z, variables):
-        return fn(z, variables)
-
-    def forward(z, variables):
-        out, pullback = jax.vjp(fn, z, variables)
-        return out, (pullback, out[0])
-
-    def backward(residuals, cotangent):
-        pullback, log_w = residuals
-        dz, dvariables = pullback(cotangent)
-        s = jax.lax.stop_gradient(scale(log_w))                    # [n]
-        return dz * s.reshape(s.shape + (1,) * (dz.ndim - s.ndim)), dvariables
-
-    apply.defvjp(forward, backward)
-    log_w, extras = apply(z, variables)
-    return log_w, jax.lax.stop_gradient(extras)
+    sg = jax.lax.stop_gradient
+    log_w0, _ = fn(sg(z), sg(variables))
+    log_w, extras = fn(scale_cotangent(z, scale(sg(log_w0))), variables)
+    return log_w, sg(extras)
 
 
 def dreg_scale(log_w: jax.Array, *, num_groups: int = 1, beta: float = 0.0) -> jax.Array:
@@ -168,7 +181,7 @@ def dreg_scale(log_w: jax.Array, *, num_groups: int = 1, beta: float = 0.0) -> j
 
     (n = M k samples in M groups of k; IWAE: M = 1, beta = 0; MIWAE: M groups; CIWAE: beta).
     Rewriting the score term of dF/dphi by the reparameterization identity gives z_i the weight
-    a_i = g_i - dg_i/d log w_i with g_i = dF/d log w_i (Tucker et al. 2019, eq. 5, for each
+    a_i = g_i - dg_i/d log w_i with g_i = dF/d log w_i (Tucker et al. 2019's identity, term by
     term), i.e. a_i = beta / n + (1 - beta) w~_i^2 / M (w~ normalized within i's group), while
     F's own cotangent is g_i = beta / n + (1 - beta) w~_i / M: the factor is a_i / g_i.
     """
@@ -212,8 +225,8 @@ def _log_p_parts(m: Any, x: jax.Array, z: jax.Array) -> tuple[jax.Array, jax.Arr
 
 @dataclasses.dataclass(frozen=True)
 class Proposal:
-    """A q(z) to draw the importance samples from, given as arrays rather than a bound module: a
-    per-example q(z; phi) (e.g. refined by SVI inside the training step).
+    """A q(z) to draw the importance samples from in place of the model's amortized q(z | x): a
+    per-example q(z; phi) built from arrays (e.g. refined by SVI inside the training step).
 
     Attributes:
       q: the distribution, a differentiable function of its parameters (event ``[D]``).
