@@ -22,7 +22,13 @@ Command::
     python experiments/snr/run.py --preset quick --out runs/snr/quick
     vaegen train --config experiments/snr/configs/quick.py:iwae_dreg --workdir /tmp/iwae_dreg   # one cell
 
-Runtime and results: see docs/estimators.md (measured there with the command, commit and machine).
+Runtime: 3 min 21 s on the 2-core development CPU at commit 26a6330 (shared; training 21-26 s per
+model, the SNR rows 80 s, log p(x) and gaps 24 s).
+Expected (measured; docs/estimators.md has the tables with their command, commit and machine): the
+encoder SNR of IWAE falling with k (0.52 at k = 1, 0.20 at k = 256), DReG's level (0.50-0.52 for
+k = 4 to 64, 0.43 at 256), STL's rising (its gradient is biased for k > 1); the decoder's rising
+with k (1.8 to 4.2); test log p(x) about -254.5 nats for all three models, amortization gaps of
+6.8 (IWAE), 5.7 (DReG) and 5.3 (STL) nats from one training run each.
 """
 
 import importlib.util
