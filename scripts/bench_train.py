@@ -7,6 +7,7 @@ device, dynamically binarized inside the step.
 
     python scripts/bench_train.py                       # batch 128 and 1024: vaegen and the compute floor
     python scripts/bench_train.py --baselines torch     # also an eager PyTorch loop of the same model
+    python scripts/bench_train.py --estimators          # also the STL and DReG steps beside reparam's
 
 Measured: ``vaegen``, the trainer's own fused epoch (``vaegen.train.steps.make_train_steps`` as
 the trainer compiles it, one ``lax.scan`` per epoch, donated state); ``floor``, the compute floor
@@ -17,6 +18,12 @@ dispatched once per batch from Python (what a naive loop does); ``torch_eager``,
 PyTorch training loop of the same model (if torch is installed).  Timings exclude compilation
 and a warm-up epoch; the implementations are timed in interleaved rounds (``--repeats``) and the
 best and median rates reported, so that a machine shared with other work slows all alike.
+
+``--estimators`` adds the gradient estimators' steps of the same model (the trainer's fused epoch,
+in the same interleaved rounds): ``elbo_mc_reparam`` and ``elbo_mc_stl`` (the ELBO with a Monte
+Carlo KL, reparameterized and "sticking the landing"), ``iwae<k>_reparam``, ``iwae<k>_stl`` and
+``iwae<k>_dreg`` (``--iwae-k``, default 5), and for each STL/DReG step its rate as a percentage
+of the reparameterized step of the same bound (``percent_of_reparam_*``).
 """
 
 from __future__ import annotations
@@ -246,6 +253,17 @@ def measure(benches: dict, repeats: int) -> dict:
     return out
 
 
+def estimator_benches(k: int) -> dict[str, tuple[str, ...]]:
+    """The gradient estimators' steps: name -> config overrides of the benchmark model."""
+    mc = ("objective.analytic_kl=false",)
+    iwae = ("objective=iwae", f"objective.num_samples={k}")
+    return {
+        "elbo_mc_reparam": mc, "elbo_mc_stl": mc + ("objective.estimator=stl",),
+        f"iwae{k}_reparam": iwae, f"iwae{k}_stl": iwae + ("objective.estimator=stl",),
+        f"iwae{k}_dreg": iwae + ("objective.estimator=dreg",),
+    }
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--batch-sizes", default="128,1024")
@@ -254,6 +272,9 @@ def main():
     p.add_argument("--floor", default=str(FLOOR), help="the compute-floor script (cpu_roofline.py); 'none' to skip")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="a config override for vaegen's model (e.g. optim.flatten=true), repeatable")
+    p.add_argument("--estimators", action="store_true",
+                   help="also the STL and DReG steps (ELBO with a Monte Carlo KL, IWAE-k) beside the reparameterized ones")
+    p.add_argument("--iwae-k", type=int, default=5, help="k of the IWAE steps of --estimators")
     p.add_argument("--profile", action="store_true",
                    help="also profile one epoch of vaegen's trainer: its kernel time by part of the step")
     args = p.parse_args()
@@ -274,7 +295,17 @@ def main():
             benches["jax_step_loop"] = lambda b=b: bench_jax_step_loop(b)
         if "torch" in baselines:
             benches["torch_eager"] = lambda b=b: bench_torch_eager(b)
+        if args.estimators:
+            for name, extra in estimator_benches(args.iwae_k).items():
+                benches[name] = lambda b=b, extra=extra: bench_vaegen(b, tuple(args.set) + extra)
         r = measure(benches, args.repeats)
+        if args.estimators:
+            for name in estimator_benches(args.iwae_k):
+                base = name.rsplit("_", 1)[0] + "_reparam"
+                if name != base:
+                    for stat in ("best", "median"):
+                        r[name][f"percent_of_reparam_{stat}"] = 100 * (r[name][f"examples_per_second_{stat}"]
+                                                                       / r[base][f"examples_per_second_{stat}"])
         if "floor" in r:
             for stat in ("best", "median"):
                 r[f"percent_of_floor_{stat}"] = 100 * (r["vaegen"][f"examples_per_second_{stat}"]

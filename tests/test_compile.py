@@ -37,6 +37,34 @@ def test_another_seed_or_stage_of_a_study_compiles_nothing(tmp_path):
     assert out1["train/elbo"] != seed0_epoch1["train/elbo"]  # the seed reached the compiled program
 
 
+@pytest.mark.parametrize("overrides", [
+    ["objective.estimator=stl", "objective.analytic_kl=false"],
+    ["objective=iwae", "objective.num_samples=3", "objective.estimator=stl"],
+    ["objective=iwae", "objective.num_samples=3", "objective.estimator=dreg"],
+    ["objective=miwae", "objective.num_groups=2", "objective.num_samples=2", "objective.estimator=dreg"],
+    ["objective=ciwae", "objective.num_samples=3", "objective.estimator=dreg"],
+    ["objective=piwae", "objective.num_groups=2", "objective.num_samples=2", "objective.estimator=dreg"],
+], ids=["elbo-stl", "iwae-stl", "iwae-dreg", "miwae-dreg", "ciwae-dreg", "piwae-dreg"])
+def test_every_gradient_estimator_compiles_once_and_resumes_bitwise(tmp_path, overrides):
+    """The STL and DReG gradients (a custom VJP) and the multi-sample objectives: another seed,
+    the next stage and a fresh run of the same model compile nothing, and the resumed run ends at
+    bitwise the parameters of the uninterrupted one."""
+    import vaegen
+
+    spec = schema.to_spec(loading.load_config("tiny", ["train.num_epochs=1", "eval.estimators=elbo"] + overrides))
+    splits = trainer.load_data(spec)
+    two = dataclasses.replace(spec, train=dataclasses.replace(spec.train, num_epochs=2))
+    trainer.train_and_evaluate(spec, tmp_path / "resumed", splits=splits)
+    with compilation.count_compilations() as again:
+        trainer.train_and_evaluate(dataclasses.replace(spec, seed=1), tmp_path / "seed1", splits=splits)
+        trainer.train_and_evaluate(two, tmp_path / "resumed", splits=splits)
+        trainer.train_and_evaluate(two, tmp_path / "straight", splits=splits)
+    assert again["compiled"] == 0 and again["loaded"] == 0, again["names"]
+    a, b = vaegen.load(tmp_path / "straight"), vaegen.load(tmp_path / "resumed")
+    assert a.epoch == b.epoch == 2
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a.variables, b.variables)
+
+
 def test_the_seed_is_an_argument_and_gives_the_trajectory_of_a_constant_seed():
     """The seed's streams as an argument give bitwise the steps of the seed as a constant."""
     from vaegen import sharding

@@ -16,8 +16,9 @@ The package in layers, each importing only the ones above it in this list::
     vaegen.blocks                   networks, priors p(z), likelihoods p(x|z), posteriors q(z|x)
     vaegen.model                    LatentVariableModel and the model kinds (one z, two layers, MADE, VQ-VAE,
                                     a categorical MADE over codes)
-    vaegen.objectives               ELBO, IWAE, the autoencoders' objectives, exact log-likelihood; WAE, AAE, VQ
-    vaegen.estimators               importance sampling, AIS, BDMC, diagnostics
+    vaegen.objectives               ELBO, IWAE (reparam, STL, DReG gradients), MIWAE, CIWAE, PIWAE, the autoencoders'
+                                    objectives, exact log-likelihood; WAE, AAE, VQ; a discrete z's estimators
+    vaegen.estimators               importance sampling, AIS, BDMC, diagnostics, the gradient SNR
     vaegen.train                    the fused trainer, optimiser, random streams, workdir, checkpoints,
                                     TensorBoard, the latent diagnostics at each validation
     vaegen.coding                   lossless coding with p(x): bits back with ANS, quantized codes,
@@ -45,7 +46,7 @@ from vaegen.errors import (ArgumentError, CheckpointError, CodingError, Compress
                            DamagedFileError, DataError, InferenceError, NoLatentError, NoPriorError, NonFiniteError,
                            RecipeError, SupportError, TrainingInterrupted, UndefinedEstimateError,
                            UndefinedObjectiveError, WorkdirError)
-from vaegen.estimators import ais, diagnostics, enumeration, importance
+from vaegen.estimators import ais, diagnostics, enumeration, importance, snr
 from vaegen.spec.eval import EvalSettings
 from vaegen.spec.run import RunSpec
 from vaegen.inference import families, semi_amortized, svi
@@ -55,7 +56,7 @@ from vaegen.model import autoregressive, latent, linear_gaussian, two_layer
 from vaegen.model import densities as density_models
 from vaegen.model import code_prior, vq as vq_vae
 from vaegen.model.latent import LatentVariableModel, build_model
-from vaegen.objectives import autoencoder, batch, bounds, denoising, density, exact, matching
+from vaegen.objectives import autoencoder, batch, bounds, denoising, density, exact, matching, multisample, surrogates
 from vaegen.objectives import discrete as discrete_objectives
 from vaegen.objectives import vq as vq_objective
 from vaegen.objectives.autoencoder import Autoencoder

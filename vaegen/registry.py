@@ -585,6 +585,8 @@ POSTERIORS = Registry("posterior", "q(z | x)", "encoder (a trunk), latent_dim", 
           choices=("one_hot_categorical", "bernoulli")),
     Trait("support_size", Callable, None, "support_size(settings, latent_dim): the number of values z takes (a "
           "discrete z: enumerable when small)"),
+    Trait("reparameterized", bool, True, "its samples are a differentiable function of its parameters and noise, so "
+          "the stl and dreg gradient estimators can differentiate through them"),
 ])
 TRAINING = ("latent", "codes", "exact", "density")
 """The families of objectives, by what they train: a latent-variable model with a continuous z
@@ -613,6 +615,8 @@ OBJECTIVES = Registry("objective", "training objectives", "steps_per_epoch", tra
           "p(x) (the denoising AE's corruption and reconstruction)"),
     Trait("discrete_gradients", bool, False, "it trains a discrete z, with a gradient estimator for the discrete "
           "expectation (relaxed, straight-through, score function or enumeration)"),
+    Trait("bound_of_any_q", bool, False, "a bound of any given q(z), which semi-amortized training can train the q it "
+          "refined per example on (vaegen.objectives.multisample.terms_of_q)"),
 ])
 ESTIMATORS = Registry("estimator", "estimators of `vaegen evaluate`", "an evaluation context", traits=[
     Trait("order", (int, float), 0, "its place in the results (and in 'all')"),

@@ -403,14 +403,14 @@ def _bernoulli_support(settings: Any, latent_dim: int) -> int:
 
 
 @POSTERIORS.register("categorical", settings=CategoricalSettings, check=_check_discrete_posterior,
-                     traits={"discrete": CATEGORICAL, "support_size": _categorical_support})
+                     traits={"discrete": CATEGORICAL, "support_size": _categorical_support, "reparameterized": False})
 def categorical_posterior(settings: CategoricalSettings, *, encoder: nn.Module, latent_dim: int) -> CategoricalPosterior:
     """q(z | x) = prod_m Cat(z_m; softmax(l_m(x))): M = latent_dim / K one-hot categorical variables."""
     return CategoricalPosterior(encoder=encoder, latent_dim=latent_dim, settings=settings)
 
 
 @POSTERIORS.register("bernoulli", check=_check_discrete_posterior,
-                     traits={"discrete": BERNOULLI, "support_size": _bernoulli_support})
+                     traits={"discrete": BERNOULLI, "support_size": _bernoulli_support, "reparameterized": False})
 def bernoulli_posterior(settings: Any, *, encoder: nn.Module, latent_dim: int) -> BernoulliPosterior:
     """q(z | x) = prod_d Bern(z_d; sigmoid(l_d(x))): latent_dim binary variables."""
     del settings

@@ -40,6 +40,7 @@ import optax
 
 from vaegen import sharding as sharding_lib
 from vaegen.errors import ConfigError, UndefinedObjectiveError
+from vaegen.objectives import surrogates
 from vaegen.objectives.base import Objective, Terms
 from vaegen.registry import OBJECTIVES, Settings, setting
 from vaegen.spec.run import RunSpec
@@ -185,6 +186,7 @@ def needs_density_and_prior(settings: Settings, spec: RunSpec) -> None:
                                         has_prior=spec.model.prior.trait("exists"))
     if problem:
         raise ConfigError(problem)
+    surrogates.check_estimator_posterior(settings, spec)
 
 
 def require_density(model: Any, name: str) -> None:
@@ -228,16 +230,22 @@ class ELBOSettings(Settings):
     free_bits: float = setting(0.0, "free bits (Kingma et al. 2016): each group's KL counts as at least this many "
                                "nats in the training objective, per example (0 = none)", ge=0)
     free_bits_group_size: int = setting(1, "free bits: latent dimensions per group (1 = per dimension)", gt=0)
+    estimator: str = setting("reparam", surrogates.ESTIMATOR_DOC + "; stl needs analytic_kl=false",
+                             choices=surrogates.ESTIMATORS)
 
     def validate(self, key):
         if self.kl_cycle_epochs and self.kl_warmup_epochs:
             raise ConfigError(f"{key('kl_cycle_epochs')} and kl_warmup_epochs are two schedules of the KL weight; "
                               "set one of them to 0")
+        problem = surrogates.elbo_estimator_problem(self.estimator, self.analytic_kl, self.free_bits, key)
+        if problem:
+            raise ConfigError(f"{key('estimator')}={self.estimator!r}: {problem}")
 
 
 @dataclasses.dataclass(frozen=True)
 class IWAESettings(Settings):
     num_samples: int = setting(5, "k importance samples per example", gt=0)
+    estimator: str = setting("reparam", surrogates.ESTIMATOR_DOC, choices=surrogates.ESTIMATORS)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -255,7 +263,10 @@ class ELBO(Objective):
         ``kl_cycle_ratio``; :func:`kl_weight`); ``free_bits`` lambda > 0 replaces the KL of the
         *training* objective by sum_g max(lambda, KL_g) over groups of ``free_bits_group_size``
         latent dimensions (:func:`free_bits_kl`; needs a KL that splits over dimensions,
-        :func:`kl_per_dimension`).
+        :func:`kl_per_dimension`); ``estimator``, ``reparam`` or ``stl``
+        (:mod:`vaegen.objectives.surrogates`): stl differentiates the Monte Carlo ELBO
+        log p(x, z) - log q(z | x) with log q's parameters stopped (needs ``analytic_kl=False`` and
+        no free bits), unbiased for the ELBO's gradient.
       steps_per_epoch: the build context: the schedules given in epochs run in steps.
 
     Terms (nats, one example): ``reconstruction`` E_q[log p(x|z)], ``kl`` KL(q || p),
@@ -285,10 +296,16 @@ class ELBO(Objective):
     def __call__(self, model: Any, variables: Any, x: jax.Array, key: jax.Array, step: jax.Array | int = 0) -> Terms:
         require_density(model, "ELBO")
         s = self.settings
+        q_density = None
+        if s.estimator != "reparam":  # stl: log q(z|x) of the Monte Carlo KL with q's parameters stopped
+            problem = surrogates.elbo_estimator_problem(s.estimator, s.analytic_kl, s.free_bits, lambda name: name)
+            if problem:
+                raise ConfigError(f"ELBO(estimator={s.estimator!r}): {problem}")
+            q_density = model.apply(surrogates.stop_posterior(variables), x, method="q_z_given_x")
 
         def terms(m: Any) -> Terms:
             q = m.q_z_given_x(x)
-            t = elbo_terms(m, q, x, key, num_samples=s.num_samples, analytic_kl=s.analytic_kl)
+            t = elbo_terms(m, q, x, key, num_samples=s.num_samples, analytic_kl=s.analytic_kl, q_density=q_density)
             w = kl_weight(s.beta, self.kl_warmup_steps, jnp.asarray(step), self.kl_cycle_steps, s.kl_cycle_ratio)
             out = {"reconstruction": t["reconstruction"], "kl": t["kl"], "elbo": t["elbo"], "kl_weight": w}
             penalized = t["kl"]
@@ -318,8 +335,12 @@ class IWAE(Objective):
     (mean log p(x|z_i)), ``kl`` (analytic KL(q || p) if available, else its estimate),
     ``ess`` (effective sample size of the normalised weights), ``objective`` = iwae.
 
+    ``estimator``: ``reparam`` | ``stl`` | ``dreg``, the gradient of the same values
+    (:mod:`vaegen.objectives.surrogates`): dreg's phi-gradient is unbiased for the bound's, stl's is
+    biased for k > 1.
+
     Attributes:
-      settings: :class:`IWAESettings`: k = ``num_samples``.
+      settings: :class:`IWAESettings`: k = ``num_samples``; the gradient ``estimator``.
     """
 
     settings: IWAESettings = IWAESettings()
@@ -333,6 +354,8 @@ class IWAE(Objective):
         require_density(model, "IWAE bound")
         del step
         k = self.settings.num_samples
+        if self.settings.estimator != "reparam":
+            return surrogates.importance_weighted(model, variables, x, key, k, self.settings.estimator)
 
         def terms(m: Any) -> Terms:
             q = m.q_z_given_x(x)
@@ -356,9 +379,9 @@ class IWAE(Objective):
         return model.apply(variables, method=terms)
 
     def for_validation(self, validation_num_samples: int) -> "IWAE":
-        """The training bound itself, IWAE_k with the training k."""
+        """The training bound itself, IWAE_k with the training k (its value; no gradient is taken)."""
         del validation_num_samples
-        return self
+        return IWAE(IWAESettings(num_samples=self.settings.num_samples))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -390,7 +413,10 @@ def objective_terms(model: Any, variables: Any, objective: Objective, xs: Any, k
 # and prior's traits: every bound needs a q(z | x) with a density and a prior p(z)
 # (:func:`needs_density_and_prior`).  Traits (declared with :data:`vaegen.registry.OBJECTIVES`):
 # ``training`` (latent, the default, for these), ``bound_from_log_joint`` (the objective needs only
-# log p(x, z) and q(z | x), so any latent structure serves, two stochastic layers included).
+# log p(x, z) and q(z | x), so any latent structure serves, two stochastic layers included),
+# ``bound_of_any_q`` (a bound of any given q, which the semi-amortized objective can train its refined
+# q on: :func:`vaegen.objectives.multisample.terms_of_q`).  The ``estimator`` setting (stl, dreg) asks
+# of the posterior the trait ``reparameterized``.
 
 
 def _check_elbo(settings: ELBOSettings, spec: RunSpec) -> None:
@@ -407,14 +433,15 @@ def _check_elbo(settings: ELBOSettings, spec: RunSpec) -> None:
                               f"config.model.latent_dim={spec.model.latent_dim}")
 
 
-@OBJECTIVES.register("elbo", settings=ELBOSettings, check=_check_elbo, traits={"bound_from_log_joint": True})
+@OBJECTIVES.register("elbo", settings=ELBOSettings, check=_check_elbo,
+                     traits={"bound_from_log_joint": True, "bound_of_any_q": True})
 def elbo(settings: ELBOSettings, *, steps_per_epoch: int = 1) -> ELBO:
     """L(x) = E_q[log p(x|z)] - beta KL(q(z|x) || p(z)) (beta = 1: the ELBO; KL warm-up, cyclical KL weight and free bits optional)."""
     return ELBO(settings, steps_per_epoch=steps_per_epoch)
 
 
 @OBJECTIVES.register("iwae", settings=IWAESettings, check=needs_density_and_prior,
-                     traits={"bound_from_log_joint": True})
+                     traits={"bound_from_log_joint": True, "bound_of_any_q": True})
 def iwae(settings: IWAESettings, *, steps_per_epoch: int = 1) -> IWAE:
     """L_k(x) = E log 1/k sum_i p(x, z_i) / q(z_i | x): the importance-weighted bound (Burda et al. 2016)."""
     del steps_per_epoch
