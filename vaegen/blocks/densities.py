@@ -356,7 +356,7 @@ class DiffusionDistribution(_VectorDistribution):
     training), with |eps|^2 - D as a control variate (mean zero): unbiased for the bound.  Its exp is
     not: E[exp(estimate)] >= exp(bound) (Jensen), by about exp(Var / 2); ``log_prob`` therefore
     averages enough samples (``bound_samples``) for that variance to be small, and the ex-post
-    report states it (:func:`vaegen.studies.expost.fit_density`'s ``log_pz_mc_std``).  ``log_prob``
+    report states it (``log_pz_mc_std`` in the fit's ``fitted.json``).  ``log_prob``
     uses the fixed ``key``; :meth:`training_terms` a fresh one.  Sampling: z_1 ~ N(0, I), the
     reverse process p(z_s | z_t) = q(z_s | z_t, s = s_hat(z_t)) over ``sample_steps`` equal steps,
     then s ~ N(z_0 / alpha_0, exp(gamma(0)) I) -- the T-step model, whose own bound is the one with

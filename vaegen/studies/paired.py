@@ -64,8 +64,8 @@ class Paired:
 
     @property
     def verdict(self) -> str:
-        """:data:`BETTER` / :data:`WORSE` where every seed's difference exceeds :data:`THRESHOLD` paired
-        standard errors in the same direction, else :data:`SAME` (higher is better)."""
+        """``BETTER`` / ``WORSE`` where every seed's difference exceeds ``THRESHOLD`` paired standard
+        errors in the same direction, else ``SAME`` (higher is better)."""
         return verdict(self.means, self.stderrs)
 
     def to_json(self) -> dict:
