@@ -14,11 +14,15 @@ of the whole set: the model's after a first, compiling pass ("warm"; the first p
     python scripts/bench_compress.py --workdir /tmp/coding-vae                  # the 10,000 test images
     python scripts/bench_compress.py --workdir /tmp/coding-vae --max-examples 1000
     python scripts/bench_compress.py --kinds                # every kind of model, tiny runs on 8x8 digits
+    python scripts/bench_compress.py --kinds --only dvae,dvae_bernoulli,dvae_16x4     # some of them
 
 ``--kinds`` trains tiny runs of each kind of model on scikit-learn's 8x8 digits in a temporary
 directory (a VAE, two stochastic layers, an AE with N(0, I), a fitted mixture and a flow over its
-codes, a WAE, a VQ-VAE with its code prior, MADE) and codes the digits' 297 test images with each:
-coded bits/dim against each one's bound on the same images.
+codes, a WAE, a VQ-VAE with its code prior, MADE, discrete VAEs with categorical and Bernoulli z) and
+codes the digits' 297 test images with each: coded bits/dim against each one's bound on the same
+images.  For a discrete z it also measures what the coder's 24-bit probabilities cost: the coded bits
+less the information content of what was coded, -log2 p(x|z) - log2 p(z) + log2 q(z|x) at the z's the
+chain popped, summed in float64 from the model's exact probabilities.
 """
 
 from __future__ import annotations
@@ -38,7 +42,10 @@ import time
 import numpy as np
 from PIL import Image
 
+import jax.numpy as jnp
+
 import vaegen
+from vaegen.coding import ans, coders
 from vaegen.config import loading
 from vaegen.runs import compression
 from vaegen.model import code_prior as code_prior_model
@@ -136,19 +143,63 @@ def _row(size: int, n: int, dims: int, tc: float, td: float) -> dict:
             "decompress_images_per_s": n / td}
 
 
-def kinds(root: str, repeats: int) -> dict:
-    """Every kind of model, trained tiny on the 8x8 digits, coding the test split."""
+def discrete_quantization(run, x) -> dict:
+    """A discrete z's chain: its coded bits (less the initial bits) against the information content of what
+    it coded, -log2 p(x|z) - log2 p(z) + log2 q(z|x) at the z's it popped (float64, from the model's exact
+    probabilities), in bits: what quantizing the probabilities to the coder's 24 bits cost."""
+    popped = []
+    originals = {m: getattr(ans.Stack, m) for m in ("pop_categorical", "pop_bernoulli")}
+
+    def recorder(original):
+        def record(self, probs):
+            out = original(self, probs)
+            popped.append(out)          # encoding pops only z, block by block
+            return out
+        return record
+
+    try:
+        for method, original in originals.items():
+            setattr(ans.Stack, method, recorder(original))
+        _, stats = compression.compress_with_stats(run, x)
+    finally:
+        for method, original in originals.items():
+            setattr(ans.Stack, method, original)
+    plan = coders.plan_for(run.model, run.variables, tuple(run.event_shape), coders.make_coder("discrete_bits_back"))
+    symbols = np.concatenate(popped).reshape(x.shape[0], -1)
+    z = jnp.asarray(plan.latents.decoder_input(symbols, x.shape[0]))
+    xs = jnp.asarray(x)
+    log_joint = np.asarray(run.model.apply(run.variables, xs, z, method="log_joint"), np.float64)
+    log_q = np.asarray(run.model.apply(run.variables, xs, method=lambda m, xs: m.q_z_given_x(xs).log_prob(z)), np.float64)
+    information = float(np.sum(log_q - log_joint) / math.log(2))
+    coded = stats["bits_after"][-1] - ans.Stack(ans.seed_words(stats["layout"].seed_words)).bits()
+    return {"coded_bits": coded, "information_bits": information, "quantization_bits": coded - information,
+            "quantization_percent": 100 * (coded - information) / information, "blocks": len(stats["layout"].blocks)}
+
+
+KINDS = {  # short name: the row's label
+    "vae": "VAE (bits_back)",
+    "two_layer": "VAE, two stochastic layers (bits_back)",
+    "ae_n01": "AE + N(0, I) attached (quantized_latent)",
+    "ae_gmm": "AE + ex-post GMM (quantized_latent)",
+    "ae_flow": "AE + ex-post flow (quantized_latent)",
+    "ae_two_stage": "AE + ex-post second-stage VAE (quantized_latent, bits back inside)",
+    "wae": "WAE, N(0, I) (quantized_latent)",
+    "vq": "VQ-VAE + code prior (discrete_codes)",
+    "made": "MADE (autoregressive)",
+    "dvae": "discrete VAE, 2 categorical variables of 3 (discrete_bits_back)",
+    "dvae_bernoulli": "discrete VAE, 8 Bernoulli bits (discrete_bits_back)",
+    "dvae_16x4": "discrete VAE, 16 categorical variables of 4 (discrete_bits_back)",
+}
+
+
+def kinds(root: str, repeats: int, only: list[str] | None = None) -> dict:
+    """Every kind of model (or those named in ``only``), trained tiny on the 8x8 digits, coding the test split."""
     def train(name, preset, overrides=()):
         workdir = os.path.join(root, name)
-        vaegen.train_and_evaluate(loading.load_config(preset, list(overrides) + ["train.num_epochs=20"]), workdir)
+        if not os.path.isdir(workdir):
+            vaegen.train_and_evaluate(loading.load_config(preset, list(overrides) + ["train.num_epochs=20"]), workdir)
         return vaegen.load(workdir)
 
-    vae = train("vae", "tiny")
-    two = train("two_layer", "tiny", ["model.kind=two_layer", "model.kind.top_latent_dim=2"])
-    ae = train("ae", "tiny:ae")
-    wae = train("wae", "tiny:wae")
-    vq = train("vq", "tiny:vq")
-    made = train("made", "tiny", ["model.kind=autoregressive", "objective=exact", "model.kind.hidden=(64,)"])
     fit = dict(epochs=20, batch_size=100, max_codes=1300)
 
     def made_generative(run, name, **settings):
@@ -156,20 +207,31 @@ def kinds(root: str, repeats: int) -> dict:
         r = recipe(name, **settings)
         return r.attach(run, r.fit(run))
 
-    rows = {
-        "VAE (bits_back)": vae,
-        "VAE, two stochastic layers (bits_back)": two,
-        "AE + N(0, I) attached (quantized_latent)": made_generative(ae, "standard_normal"),
-        "AE + ex-post GMM (quantized_latent)": made_generative(ae, "gmm", components=10, max_codes=1300),
-        "AE + ex-post flow (quantized_latent)": made_generative(ae, "flow", **fit),
-        "AE + ex-post second-stage VAE (quantized_latent, bits back inside)": made_generative(ae, "two_stage", **fit),
-        "WAE, N(0, I) (quantized_latent)": wae,
-        "VQ-VAE + code prior (discrete_codes)": made_generative(
-            vq, "code_prior", **fit, density=code_prior_model.CategoricalMADESettings(hidden=(64,))),
-        "MADE (autoregressive)": made,
+    bernoulli = ["inference.posterior=bernoulli", "model.prior=bernoulli"]
+    make = {
+        "vae": lambda: train("vae", "tiny"),
+        "two_layer": lambda: train("two_layer", "tiny", ["model.kind=two_layer", "model.kind.top_latent_dim=2"]),
+        "ae_n01": lambda: made_generative(train("ae", "tiny:ae"), "standard_normal"),
+        "ae_gmm": lambda: made_generative(train("ae", "tiny:ae"), "gmm", components=10, max_codes=1300),
+        "ae_flow": lambda: made_generative(train("ae", "tiny:ae"), "flow", **fit),
+        "ae_two_stage": lambda: made_generative(train("ae", "tiny:ae"), "two_stage", **fit),
+        "wae": lambda: train("wae", "tiny:wae"),
+        "vq": lambda: made_generative(train("vq", "tiny:vq"), "code_prior", **fit,
+                                      density=code_prior_model.CategoricalMADESettings(hidden=(64,))),
+        "made": lambda: train("made", "tiny", ["model.kind=autoregressive", "objective=exact", "model.kind.hidden=(64,)"]),
+        "dvae": lambda: train("dvae", "tiny:dvae"),
+        "dvae_bernoulli": lambda: train("dvae_bernoulli", "tiny:dvae", bernoulli + ["model.latent_dim=8"]),
+        "dvae_16x4": lambda: train("dvae_16x4", "tiny:dvae", ["model.latent_dim=64", "inference.posterior.categories=4",
+                                                              "model.prior.categories=4"]),
     }
+    unknown = sorted(set(only or ()) - set(KINDS))
+    if unknown:
+        raise SystemExit(f"--only: unknown kind(s) {', '.join(unknown)}; choose from {', '.join(KINDS)}")
     out = {}
-    for name, run in rows.items():
+    for key, name in KINDS.items():
+        if only and key not in only:
+            continue
+        run = make[key]()
         x = run.split("test")
         r = model_row(run, x, repeats=repeats, samples=None)
         out[name] = {"coded_bits_per_dim_file": r["file_bits_per_dim"], "coded_bits_per_dim_net": r["net_bits_per_dim"],
@@ -177,6 +239,8 @@ def kinds(root: str, repeats: int) -> dict:
                      "bound": r["bound"]["meaning"], "net_gap_bits_per_dim": r["net_gap_bits_per_dim"],
                      "initial_bits": r["initial_bits"], "header_bytes": r["header_bytes"], "num_images": r["num_images"],
                      "speed": r["speed"]}
+        if r["coder"]["name"] == "discrete_bits_back":
+            out[name]["quantization"] = discrete_quantization(run, x)
     return out
 
 
@@ -187,6 +251,7 @@ def main():
     p.add_argument("--repeats", type=int, default=2, help="warm passes timed (the best is reported)")
     p.add_argument("--samples", type=int, default=None, help="samples of the bound (z per image for the -ELBO)")
     p.add_argument("--kinds", action="store_true", help="every kind of model, tiny runs on the 8x8 digits")
+    p.add_argument("--only", default="", help=f"with --kinds: these kinds only (comma-separated: {', '.join(KINDS)})")
     args = p.parse_args()
     result = {"machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
                           "cpus": os.cpu_count()}}
@@ -196,10 +261,12 @@ def main():
         result["images"] = {"workdir": args.workdir, "dataset": run.spec.data.name, "num": int(x.shape[0]),
                             "shape": list(x.shape[1:]), "binarization": run.spec.data.binarization}
         result["model"] = model_row(run, x, repeats=args.repeats, samples=args.samples)
+        if result["model"]["coder"]["name"] == "discrete_bits_back":
+            result["model"]["quantization"] = discrete_quantization(run, x)
         result["everyday"] = everyday(x)
     if args.kinds:
         with tempfile.TemporaryDirectory(prefix="vaegen-bench-compress-") as root:
-            result["kinds"] = kinds(root, args.repeats)
+            result["kinds"] = kinds(root, args.repeats, [k for k in args.only.split(",") if k])
     print(json.dumps(result, indent=2, default=float))
 
 

@@ -247,7 +247,9 @@ def test_which_coders_a_model_supports_and_why_not():
     assert verdict["bits_back"] is None and verdict["quantized_latent"] is None
     assert "no MADE" in verdict["autoregressive"] and "no VQ-VAE" in verdict["discrete_codes"]
     assert coders.default_coder(vae.model, vae.variables, EVENT) == "bits_back"
-    assert set(coders.CODERS.names()) == {"autoregressive", "bits_back", "discrete_codes", "quantized_latent"}
+    assert set(coders.CODERS.names()) == {"autoregressive", "bits_back", "discrete_bits_back", "discrete_codes",
+                                          "quantized_latent"}
+    assert "continuous" in verdict["discrete_bits_back"]      # a discrete z: tests/test_coding_discrete.py
     # The same images, coded by the quantized code instead: lossless too, and dearer (no bits back).
     x = _binary(9)
     back, quantized = compression.compress(vae, x), compression.compress(vae, x, coder="quantized_latent")

@@ -487,6 +487,9 @@ PYTHON_CASES = [
      "the images have values outside {0, 1}"),
     ("coding-coder", lambda: compression_lib.compress(_model_run("tiny"), _BITS, coder="autoregressive"),
      errors.CodingError, "coder autoregressive: autoregressive codes a MADE's pixels, and this model is no MADE"),
+    ("coding-discrete-z", lambda: compression_lib.compress(_model_run("tiny:dvae"), _BITS, coder="bits_back"),
+     errors.CodingError, "coder bits_back: q(z|x) is over a discrete z (categorical or Bernoulli variables), which "
+                         "bits_back does not code: code it exactly, without a grid, with the discrete_bits_back coder"),
     ("coding-setting", lambda: compression_lib.compress(_random_run("tiny"), _BITS, settings={"precision": 30}),
      errors.ConfigError, "coder bits_back setting precision=30 must be in [2, 20]"),
     ("compressed-other-model", lambda: compression_lib.decompress(_random_run("tiny", seed=1), _compressed()[1]),

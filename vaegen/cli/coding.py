@@ -96,10 +96,11 @@ def cmd_decompress(args, overrides) -> int:
 
 def add(sub) -> None:
     """The ``compress`` and ``decompress`` subcommands."""
-    samples_help = "samples of the bound it is compared with: z per image for the -ELBO (8), importance samples (100)"
+    samples_help = ("samples of the bound it is compared with: z per image for the -ELBO (8; none where a discrete z "
+                    "has at most 256 values: its -ELBO is then summed exactly), importance samples (100)")
     z = sub.add_parser("compress", help="code images losslessly with the model's p(x) into one file",
-                       description="Codes a split or your images with the run's model (bits back for a VAE, the "
-                                   "quantized code for an AE with a density over its codes, a VQ-VAE's codes, "
+                       description="Codes a split or your images with the run's model (bits back for a VAE, its z "
+                                   "continuous or discrete, the quantized code for an AE with a density over its codes, a VQ-VAE's codes, "
                                    "MADE's pixels) into FILE, and writes FILE.json: the file's bits/dim, the "
                                    "model's bound on the same images and the gap. An AE without p(z) is refused: "
                                    "it defines no p(x).")

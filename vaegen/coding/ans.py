@@ -30,6 +30,10 @@ _MODELS = constriction.stream.model
 _BERNOULLI = _MODELS.Bernoulli(perfect=False)
 _CATEGORICAL = _MODELS.Categorical(perfect=False)
 
+PROBABILITY_BITS = 24
+"""The fixed-point precision of every entropy model (constriction's default for 32-bit words): a
+symbol's probability is a multiple of 2^-24, at least 2^-24, so no symbol costs more than 24 bits."""
+
 PROBABILITY_FLOOR = 1e-30
 """Added to every entry of a probability table before it is handed to the coder: a table whose every
 entry underflowed to 0 (a bin far in the tail of a narrow Gaussian) becomes uniform instead of

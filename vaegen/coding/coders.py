@@ -4,31 +4,37 @@ A model that defines p(x) is a lossless compressor: an image costs about -log2 p
 coder is a registered component of :data:`CODERS` (``vaegen config --components coder``) with typed
 settings, and says what it needs of a model (:meth:`Coder.refusal`, :func:`supported`):
 
-=====================  ======================================================================
-``bits_back``          a continuous q(z | x) with a density and a p(z) (a VAE; two stochastic
-                       layers through both; a second-stage VAE as p(z), bits back twice):
-                       BB-ANS (Townsend, Bird & Barber 2019).  Pop z from q(z | x) on the grid
-                       (the bits come back), push x with p(x | z), push z with p(z): the file
-                       grows by -log P(x | z) - log P(z) + log Q(z | x), the negative ELBO.
-``quantized_latent``   a code z = E_q[z | x] (a point mass: the AE, WAE, AAE) and a p(z): push
-                       x with p(x | z^) and the bin z^ of z with the mass p(z) gives it.  No bits
-                       back: the file costs -log P(z^) - log p(x | z^), above -log p(x) by what
-                       the quantization costs.
-``discrete_codes``     a VQ-VAE with a prior over its codes: push x with p(x | e_c*), then the
-                       codes c* with the categorical MADE, position by position: -log p(c*) -
-                       log p(x | c*), the VQ-VAE's deterministic bound.
-``autoregressive``     MADE: pixel by pixel with p(x_d | x_<d): its exact -log p(x).
-=====================  ======================================================================
+=======================  ======================================================================
+``bits_back``            a continuous q(z | x) with a density and a p(z) (a VAE; two stochastic
+                         layers through both; a second-stage VAE as p(z), bits back twice):
+                         BB-ANS (Townsend, Bird & Barber 2019).  Pop z from q(z | x) on the grid
+                         (the bits come back), push x with p(x | z), push z with p(z): the file
+                         grows by -log P(x | z) - log P(z) + log Q(z | x), the negative ELBO.
+``quantized_latent``     a code z = E_q[z | x] (a point mass: the AE, WAE, AAE) and a p(z): push
+                         x with p(x | z^) and the bin z^ of z with the mass p(z) gives it.  No bits
+                         back: the file costs -log P(z^) - log p(x | z^), above -log p(x) by what
+                         the quantization costs.
+``discrete_bits_back``   a discrete q(z | x) and p(z) over the same z (a discrete VAE: M one-hot
+                         categorical variables, or D Bernoulli bits): BB-ANS without a grid.  Pop z
+                         from q(z | x) with its exact (quantized) probabilities, push x with
+                         p(x | z), push z with p(z): the file grows by -log P(x | z) - log P(z) +
+                         log Q(z | x), whose expectation is the negative ELBO.
+``discrete_codes``       a VQ-VAE with a prior over its codes: push x with p(x | e_c*), then the
+                         codes c* with the categorical MADE, position by position: -log p(c*) -
+                         log p(x | c*), the VQ-VAE's deterministic bound.
+``autoregressive``       MADE: pixel by pixel with p(x_d | x_<d): its exact -log p(x).
+=======================  ======================================================================
 
 An autoencoder without p(z) is refused by every coder with one line
 (:data:`vaegen.errors.NO_PRIOR_TO_CODE`): it defines no p(x), so there is nothing to code z with.
 
 **Chaining.**  The images are coded in blocks on one stack (:mod:`vaegen.coding.ans`), the networks
 of a block in one compiled batch, the coder sequential.  Bits back needs bits on the stack to pop:
-the stack starts with a few fixed words (the *initial bits*, at most about D x P bits, paid once by
-the first image) and the blocks grow as the stack does -- block k pops at most what the blocks
-before it pushed (size 1, then about stack bits / (1.25 x the most popped per image so far), at most
-``max_block``) -- so the initial bits are paid once for the whole set.  The decoder runs the blocks
+the stack starts with a few fixed words (the *initial bits*, at most about D x P bits, or M x 24 for
+a discrete z of M variables, paid once by the first image) and the blocks grow as the stack does -- block k pops at most what the blocks
+before it pushed (size 1, then about stack bits / (1.25 x the most popped per image so far, or the
+most one image pops in expectation where the plan knows it), at most ``max_block``) -- so the
+initial bits are paid once for the whole set.  The decoder runs the blocks
 in reverse and ends with exactly the initial words on the stack.  A block's networks run on a
 padded batch of 16, 256 or ``max_block`` rows, the same when decoding.
 """
@@ -49,15 +55,17 @@ from vaegen.activations import activation
 from vaegen import sharding as sharding_lib
 from vaegen.blocks import posteriors as posteriors_lib
 from vaegen.coding import ans, latents, observations
+from vaegen.coding import discrete as discrete_coding
 from vaegen.coding.grid import Grid
 from vaegen.coding.latents import Block, Refused, Session, pad
 from vaegen.errors import (NO_PRIOR_TO_CODE, CodingError, CompressedFileError, ConfigError, NoPriorError,
                            UndefinedEstimateError)
+from vaegen.estimators import enumeration as enumeration_lib
 from vaegen.estimators import importance as importance_lib
 from vaegen.model.autoregressive import MADE, made_masks
 from vaegen.model.vq import VQVAE
 from vaegen.objectives import bounds as bounds_lib
-from vaegen.registry import Registry, Settings, Trait, parse, setting, to_mapping
+from vaegen.registry import POSTERIORS, Registry, Settings, Trait, parse, setting, to_mapping
 
 CODERS = Registry("coder", "lossless coders of images (`vaegen compress`)",
                   "none: ``build(settings)`` is the coder; it reads the model's structure itself", traits=[
@@ -67,11 +75,15 @@ CODERS = Registry("coder", "lossless coders of images (`vaegen compress`)",
                   ])
 
 SAFETY = 1.25
-"""A block pops at most the stack's bits / (SAFETY x the most any earlier block popped per image)."""
+"""A block pops at most the stack's bits / (SAFETY x the most any earlier block popped per image, or
+the plan's ``pop_rate`` if that is more)."""
 
 BUCKET = 16
 """Padded batch sizes are powers of BUCKET from BUCKET on (16, 256, 4096, ...), at most the block limit:
 a few compiled shapes, at most BUCKET times the rows a block needs."""
+
+DISCRETE_Z = ("q(z|x) is over a discrete z (categorical or Bernoulli variables), which {coder} does not code: code "
+              "it exactly, without a grid, with the discrete_bits_back coder")
 
 NO_CODE_PRIOR = ("this VQ-VAE has no prior over its codes, so there is nothing to code the codes with: fit one "
                  "(`vaegen expost --density code_prior`) and code with --density code_prior")
@@ -87,6 +99,13 @@ def _point_mass(model: Any) -> bool:
     """q(z | x) is the autoencoder's point mass (or the proposal around it that an ex-post density brings)."""
     posterior = getattr(model, "posterior", None)
     return posteriors_lib.is_point_mass(posterior) or isinstance(posterior, posteriors_lib.CodeProposal)
+
+
+def discrete_latent(model: Any) -> str | None:
+    """The discrete latent space of ``model``'s q(z | x) (``one_hot_categorical`` or ``bernoulli``: the
+    ``discrete`` trait of the registered posterior that built it), or None for a continuous z."""
+    component = POSTERIORS.built_by(getattr(model, "posterior", None))
+    return None if component is None else component.trait("discrete")
 
 
 def _no_prior(model: Any) -> tuple[type, str] | None:
@@ -108,11 +127,14 @@ class Plan:
     """How one model codes a block (see the module): ``encode(stack, symbols, rows)`` pushes a block
     of images (int32 symbols ``[n, *event]``) and ``decode(stack, n, rows)`` pops it; ``pops`` says
     whether encoding pops (bits back), ``seed_bits`` the initial bits one image may pop,
+    ``pop_rate`` the bits per image a block is sized for at least (the most one image pops in
+    expectation, where the plan knows it: what the first images popped may be far less),
     ``max_rows`` the largest block its tables allow."""
 
     observation: observations.Observation
     pops: bool = False
     seed_bits: int = 0
+    pop_rate: float = 1.0
 
     @property
     def max_rows(self) -> int:
@@ -211,6 +233,57 @@ class BitsBackPlan(_LatentPlan):
         symbols = self.observation.pop(stack, self.session.variables, block.values, n)
         block.context = self._images(symbols, rows)
         self.posterior.push(stack, block, self.session)                    # the bits go back
+        return symbols
+
+
+class DiscreteBitsBackPlan(Plan):
+    """BB-ANS with a discrete z (:mod:`vaegen.coding.discrete`): per block, pop z from q(z | x) (the
+    n x V symbols in one call), push x with p(x | z), push z with p(z); decoding runs it backwards.
+    q's probabilities come from one compiled function of the padded images, the same when coding
+    and decoding; p(z)'s from another of the parameters alone."""
+
+    pops = True
+
+    def __init__(self, model, variables, event_shape):
+        self.model, self.event_shape = model, tuple(event_shape)
+        q_root = lambda v, x: model.apply(v, x, method="q_z_given_x")
+        p_root = lambda v: model.apply(v, method=_p_z)
+        self.latents = _traced(lambda v, x: discrete_coding.entropy_model(q_root(v, x), p_root(v)),
+                               variables, jnp.zeros((1,) + self.event_shape, jnp.float32))
+        self._q = jax.jit(lambda v, x: q_root(v, x).probs.astype(jnp.float32))
+        self._p = jax.jit(lambda v: p_root(v).probs.astype(jnp.float32))
+        self.observation = observations.observation(
+            model.likelihood, lambda v, z: model.apply(v, z, method="p_x_given_z"), self.event_shape)
+        self.seed_bits = self.latents.max_pop_bits + 64           # one image's pop at most, and the state
+        self.pop_rate = self.latents.max_entropy_bits             # E[pop] = H(q(z|x)): at most this
+
+    @property
+    def max_rows(self):
+        return min(self.observation.max_rows, self.latents.max_rows)
+
+    def bind(self, variables):
+        """The parameters, and p(z)'s probabilities with them (the same for every image)."""
+        self.variables = variables
+        self.prior = np.asarray(self._p(variables)).reshape(self.latents.probs_shape)
+        return self
+
+    def _prior(self, n):
+        return np.broadcast_to(self.prior, (n,) + self.prior.shape)
+
+    def _posterior(self, symbols, rows):
+        images = pad(self.observation.images(symbols), rows)
+        return np.asarray(self._q(self.variables, images))[: symbols.shape[0]]
+
+    def encode(self, stack, symbols, rows):
+        n = symbols.shape[0]
+        z = self.latents.pop(stack, self._posterior(symbols, rows))           # z ~ Q(z | x): bits back
+        self.observation.push(stack, self.variables, self.latents.decoder_input(z, rows), symbols)
+        self.latents.push(stack, z, self._prior(n))
+
+    def decode(self, stack, n, rows):
+        z = self.latents.pop(stack, self._prior(n))
+        symbols = self.observation.pop(stack, self.variables, self.latents.decoder_input(z, rows), n)
+        self.latents.push(stack, z, self._posterior(symbols, rows))          # the bits go back
         return symbols
 
 
@@ -441,6 +514,8 @@ class BitsBack(Coder):
         if _point_mass(model):
             return ("q(z|x) is a point mass (an autoencoder's code): it has no density, so no bits come back; code "
                     "the code itself with the quantized_latent coder")
+        if discrete_latent(model):
+            return DISCRETE_Z.format(coder=self.name)
         return None
 
     def _needs(self, model):
@@ -463,6 +538,8 @@ class QuantizedLatent(Coder):
     def applies(self, model):
         if not has_latents(model) or isinstance(model, VQVAE):
             return "quantized_latent codes a continuous latent code z, and this model has none"
+        if discrete_latent(model):
+            return DISCRETE_Z.format(coder=self.name)
         return None
 
     def _needs(self, model):
@@ -482,6 +559,45 @@ class QuantizedLatent(Coder):
         what = "q(z|x)" if proposal == "posterior" else "p(z)"
         return (-np.asarray(out["log_px"], np.float64),
                 f"-log p(x) by importance sampling (k={k}, proposal {what}): above -log p(x) in expectation")
+
+
+EXACT_REFERENCE_CONFIGURATIONS = 256
+"""A discrete z with at most this many configurations gets its exact -ELBO as the reference (summed
+over every z: that many decoder passes per image); a larger one a Monte Carlo estimate."""
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscreteBitsBack(Coder):
+    settings: BlockSettings = BlockSettings()
+
+    def applies(self, model):
+        if not has_latents(model) or isinstance(model, VQVAE):
+            return "discrete_bits_back codes a discrete latent z, and this model has none"
+        if _point_mass(model):
+            return ("q(z|x) is a point mass (an autoencoder's code): discrete_bits_back codes a discrete z drawn from "
+                    "a categorical or Bernoulli q(z|x)")
+        if not discrete_latent(model):
+            return ("discrete_bits_back codes a discrete z (a categorical or Bernoulli q(z|x)), and this model's z is "
+                    "continuous: code it with the bits_back coder")
+        return None
+
+    def _needs(self, model):
+        return _no_prior(model) or _likelihood(model)
+
+    def plan(self, model, variables, event_shape):
+        return DiscreteBitsBackPlan(model, variables, event_shape)
+
+    def reference(self, model, variables, x, key, samples=None):
+        size = enumeration_lib.support_size(model, variables)
+        if size is not None and size <= EXACT_REFERENCE_CONFIGURATIONS:
+            fns = enumeration_lib.enumeration_functions(model, variables)
+            out = enumeration_lib.exact_log_px(*fns, jnp.asarray(x), max_configurations=EXACT_REFERENCE_CONFIGURATIONS)
+            return (-np.asarray(out["elbo"], np.float64),
+                    f"-ELBO, exact: summed over the {size} configurations of z (an upper bound on -log p(x))")
+        s = int(samples or 8)
+        values = _per_example(_NegativeELBO(model, s), variables, x, key, batch_size=max(1, 800 // s))
+        return values, (f"-ELBO: an upper bound on -log p(x) (E_q[log p(x|z)] with {s} samples of z per image, the "
+                        "KL in closed form)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -522,6 +638,14 @@ class Autoregressive(Coder):
 def bits_back(settings: BitsBackSettings) -> BitsBack:
     """BB-ANS: z popped from q(z|x) on the grid (bits back), x pushed with p(x|z), z with p(z); costs the -ELBO."""
     return BitsBack("bits_back", settings)
+
+
+@CODERS.register("discrete_bits_back", settings=BlockSettings, traits={
+    "preference": 2, "needs": "a categorical or Bernoulli q(z|x), a p(z) over the same z, a discrete p(x|z)"})
+def discrete_bits_back(settings: BlockSettings) -> DiscreteBitsBack:
+    """BB-ANS with a discrete z: z popped from q(z|x) with its exact probabilities, x pushed with p(x|z), z with
+    p(z); costs the -ELBO."""
+    return DiscreteBitsBack("discrete_bits_back", settings)
 
 
 @CODERS.register("quantized_latent", settings=QuantizedLatentSettings, traits={
@@ -591,9 +715,9 @@ def supported(model: Any, variables: Any, event_shape: tuple[int, ...]) -> dict[
 
 
 def default_coder(model: Any, variables: Any, event_shape: tuple[int, ...]) -> str:
-    """The first coder (by preference: autoregressive, discrete_codes, bits_back, quantized_latent)
-    that codes ``model``.  If none does, the refusal of the first one made for its kind of model is
-    raised (:class:`vaegen.errors.NoPriorError` for an autoencoder without p(z))."""
+    """The first coder (by preference: autoregressive, discrete_codes, bits_back or discrete_bits_back,
+    quantized_latent) that codes ``model``.  If none does, the refusal of the first one made for its
+    kind of model is raised (:class:`vaegen.errors.NoPriorError` for an autoencoder without p(z))."""
     first = None
     for component in _by_preference():
         c = component.build(component.settings())
@@ -710,7 +834,7 @@ def compress(model: Any, variables: Any, x: np.ndarray, *, coder: str | None = N
     pos, rate, n_total = 0, 0.0, symbols.shape[0]
     while pos < n_total:
         if p.pops:
-            b = 1 if not blocks else int(stack.bits() / (SAFETY * max(rate, 1.0)))
+            b = 1 if not blocks else int(stack.bits() / (SAFETY * max(rate, p.pop_rate)))
             b = max(1, min(b, cap))
         else:
             b = cap

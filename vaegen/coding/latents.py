@@ -20,7 +20,8 @@ a flow on a Gaussian base          (only to code a point-mass code, no bits back
 =================================  =============================================================
 
 Anything else (a flow posterior, a diffusion prior, a flow prior under bits back) is refused with
-a one-line reason (:class:`Refused`).
+a one-line reason (:class:`Refused`); a discrete z needs no grid and is coded by
+:mod:`vaegen.coding.discrete` instead.
 
 **The invariant that makes decoding exact.**  An entropy model's probabilities are computed by a
 compiled (``jax.jit``) function of arrays, and the decoder calls the *same* function with
@@ -44,6 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vaegen.blocks import discrete as discrete_lib
 from vaegen.coding import grid as grid_lib
 from vaegen.coding.ans import Stack
 from vaegen.model.two_layer import TwoStage
@@ -474,6 +476,8 @@ FLOW_POSTERIOR = ("q(z|x) is a normalizing flow: bits back needs the mass q give
 FLOW_PRIOR_BITS_BACK = ("p(z) is a normalizing flow, whose mass on the bins of z is not tractable dimension by "
                         "dimension, so bits back cannot code z with it; code the posterior mean with the "
                         "quantized_latent coder (bins in the flow's base space) instead")
+DISCRETE = ("{what} is a {name}, over a discrete z: it is coded exactly, without a grid, by the discrete_bits_back "
+            "coder")
 UNSUPPORTED = "{what} is a {name}, which has no tractable mass on the bins of z, so it cannot code z exactly"
 BOUND_ONLY = ("p(z) is a variational diffusion model: its log p(z) is only a Monte Carlo estimate of a variational "
               "bound, and its reverse chain gives no tractable mass to the bins of z, so z cannot be entropy-coded "
@@ -550,6 +554,8 @@ def plan(dist: distrax.Distribution, root: Callable, grid: grid_lib.Grid, *, wha
     Raises:
       Refused: the distribution cannot be coded on the grid (one line why).
     """
+    if discrete_lib.is_discrete(dist):
+        raise Refused(DISCRETE.format(what=what, name=type(dist).__name__))
     d = int(dist.event_shape[-1])
     dims = np.arange(d)
     none = np.zeros((0,), np.int64)

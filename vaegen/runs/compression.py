@@ -3,8 +3,8 @@
 
 ``x`` is a batch of images as the model sees them (float32 ``[N, *event]``: binary for a Bernoulli
 likelihood, k / 255 for the discretized logistic); ``decompress`` returns them bit for bit.  The
-coder is the model's (:func:`vaegen.coding.coders.default_coder`: bits back for a VAE, the quantized code
-for an autoencoder with a density over its codes, the codes for a VQ-VAE with its code prior, the
+coder is the model's (:func:`vaegen.coding.coders.default_coder`: bits back for a VAE, its z continuous
+or discrete, the quantized code for an autoencoder with a density over its codes, the codes for a VQ-VAE with its code prior, the
 pixels for MADE) unless one is named.  A run with an ex-post density attached
 (``vaegen.load(workdir, density=NAME)``) codes with that p(z).
 

@@ -830,7 +830,7 @@ def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, 
         n_coded = int(study.eval.coded_examples)
         lines += ["## Generative means compressive", "",
                   f"Each model with a p(x) codes the first {n_coded} test images losslessly into one file "
-                  "(`vaegen.compress`: bits back for a q(z|x) with a density, the quantized code for a point mass, the "
+                  "(`vaegen.compress`: bits back for a q(z|x) with a density or a discrete q(z|x), the quantized code for a point mass, the "
                   "discrete codes, pixel by pixel for MADE; docs/compression.md): the coded bits/dim are "
                   "the chain's, less the initial bits the first image pays once; the bounds are the row's own "
                   "estimates on the same images (bits back codes at the −ELBO, the quantized code above −log p(x)). "

@@ -36,8 +36,8 @@ The declared traits:
 ``as_trained``    whether it is the run as trained (what a run is when no recipe is asked for: the one of
                   these whose needs the run meets, :func:`as_trained`).
 ``cannot_code``   why the model it makes cannot code images losslessly (:func:`vaegen.compress`), or empty:
-                  it codes with the coder its structure admits (bits back for a q with a density, the
-                  quantized code for a point mass, the discrete codes, pixel by pixel).
+                  it codes with the coder its structure admits (bits back for a q with a density or a
+                  discrete q, the quantized code for a point mass, the discrete codes, pixel by pixel).
 """
 
 from __future__ import annotations
