@@ -88,3 +88,16 @@ def test_a_study_killed_mid_run_resumes_to_the_uninterrupted_table(one_then_two_
     assert _tables(tmp_path) == _tables(workdir)
     gmm = next(l for l in _tables(tmp_path)[0] if l.startswith("| AE + ex-post GMM |"))
     assert re.match(r" [+-]\d+\.\d ± \d+\.\d \[seeds ±\d+\.\d\] ", gmm.split("|")[4])   # its paired difference
+
+
+def test_a_budget_reuses_what_is_finished(one_then_two_seeds, tmp_path):
+    """Past its budget a study starts no work, but trained runs and measured rows cost nothing: a budget of
+    0 s on a finished workdir reports every seed, unchanged; on a new workdir it skips everything."""
+    workdir, _, second, _ = one_then_two_seeds
+    again = compare_study.run_study(workdir, preset="tiny", settings=SETTINGS, only=ONLY, progress=False,
+                                    log=lambda s: None, budget_seconds=0)
+    assert again["skipped"] == [] and again["seeds"] == [0, 1]
+    assert again["rows_by_seed"]["1"]["ae+gmm"]["log_px"] == second["rows_by_seed"]["1"]["ae+gmm"]["log_px"]
+    empty = compare_study.run_study(tmp_path, preset="tiny", settings=SETTINGS, only=ONLY, progress=False,
+                                    log=lambda s: None, budget_seconds=0)
+    assert empty["seeds"] == [0] and any(s.startswith("training vae") for s in empty["skipped"])

@@ -48,6 +48,8 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
       only: train and report only these variants (rows that need others are skipped).
       budget_seconds: stop starting models and rows after this long (a GPU's lent time): the report covers
         the first seed as far as it got and every later seed measured in full, and says what was skipped.
+        Trained runs and measured rows in the workdir are reused past it, so ``budget_seconds=0`` writes
+        the report of what an interrupted study has finished.
 
     Interrupted (a kill, a full disk), it resumes: trained runs and measured rows are reused, a run
     cut short resumes from its checkpoint, and the result is the uninterrupted one.
@@ -98,8 +100,9 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
     reference_features, _ = space(reference)
 
     # 2. Seed by seed: train every model with the one trainer, then measure every row (the same test images
-    # and draws for every seed).  A budget stops at the first model or row that starts after it, and only
-    # seeds measured in full (and the first) are reported.
+    # and draws for every seed).  A budget stops at the first model or row that would start work after it
+    # (finished runs and measured rows are reused, budget or not), and only seeds measured in full (and the
+    # first) are reported.
     runs: dict[int, dict[str, Any]] = {}
     contexts: dict[int, compare.StudyContext] = {}
     by_seed: dict[int, dict[str, Any]] = {}
@@ -109,14 +112,14 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
         complete = True
         for v in tqdm(all_variants, desc=f"train (seed {s})", unit="model", disable=not progress):
             run_dir = workdir / compare.run_name(study, v.name, s)
+            if _trained(run_dir, specs[(v.name, s)]):   # a finished run costs nothing, budget or not
+                log(f"[compare] {run_dir.name}: trained already")
+                continue
             if out_of_time():
                 skipped.append(f"training {run_dir.name}")
                 complete = False
                 continue
             t = time.perf_counter()
-            if _trained(run_dir, specs[(v.name, s)]):
-                log(f"[compare] {run_dir.name}: trained already")
-                continue
             last = trainer_lib.train_and_evaluate(specs[(v.name, s)], run_dir, splits=splits)
             timings[run_dir.name] = time.perf_counter() - t
             bound = ({k: round(val, 2) for k, val in last.items() if k.startswith("validation/")} if last
@@ -140,11 +143,13 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
                 table_rows[i] = r
                 if r is None:
                     continue
-            if (r.variant is not None and r.variant not in runs[s]) or out_of_time():
+            res = (None if r.variant is not None and r.variant not in runs[s]
+                   else _measured(contexts[s], r, overrides, log, compute=not out_of_time()))
+            if res is None:
                 skipped.append(f"measuring {compare.run_name(study, r.name, s)}")
                 complete = False
                 continue
-            by_seed[s][r.name] = _measured(contexts[s], r, overrides, log)
+            by_seed[s][r.name] = res
         if complete or s == seeds[0]:
             seeds_used.append(s)
     table_rows = [r for r in table_rows if r is not None and r.name in by_seed[seeds[0]]]
@@ -177,10 +182,11 @@ def run_study(workdir: str | os.PathLike = "runs/compare", *, preset: str = "qui
     return summary
 
 
-def _measured(ctx: compare.StudyContext, r: compare.Row, overrides: Sequence[str], log: Callable[[str], None]
-              ) -> dict[str, Any]:
+def _measured(ctx: compare.StudyContext, r: compare.Row, overrides: Sequence[str], log: Callable[[str], None],
+              compute: bool = True) -> dict[str, Any] | None:
     """The row's measurement for the context's seed: reused from ``rows/`` when it was made from the same
-    settings, runs and classifier (and its files are there), else made and saved."""
+    settings, runs and classifier (and its files are there), else made and saved -- or, with ``compute``
+    false (past the study's budget), None."""
     study, workdir = ctx.study, ctx.workdir
     fingerprint = compare.fingerprint({
         "eval": to_mapping(study.eval), "fit": to_mapping(study.expost.fit), "row": compare.row_record(r),
@@ -200,6 +206,8 @@ def _measured(ctx: compare.StudyContext, r: compare.Row, overrides: Sequence[str
                    and (not has_values or (workdir / "rows" / f"{stem}.values.npz").exists()))
     if cached and cached.get("fingerprint") == fingerprint and files_there:
         return cached
+    if not compute:
+        return None
     res = compare.evaluate_row(ctx, r)
     res["fingerprint"] = fingerprint
     files_lib.write_json(path, res, kind="table", default=float)
