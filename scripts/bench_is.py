@@ -237,7 +237,7 @@ def main():
             best = max(rates, key=rates.get)
             r["pythae_best_threads"], r["pythae_images_per_s"], r["pythae_mean_log_px"] = best, rates[best], log_px
             for name in [n for n in runs if n.startswith("vaegen")]:
-                r[f"{name}_speedup_vs_pythae"] = r[f"{name}_images_per_s"] / rate
+                r[f"{name}_speedup_vs_pythae"] = r[f"{name}_images_per_s"] / rates[best]
         out["results"][f"k_{k}"] = r
     print(json.dumps(out, indent=2))
 
