@@ -180,6 +180,8 @@ def test_log_px_bound_and_importance_sampling_against_the_exact_sum(tiny_vq_gen)
     assert over.mean() <= 3 * over.std(ddof=1) / np.sqrt(over.size) + 1e-3       # above only by noise
     assert np.mean(exact - r["is"]) < 0.5 * np.mean(exact - r["bound"])            # and closer than the bound
     np.testing.assert_allclose(r["bound"], r["log_p_code"] + r["reconstruction"], rtol=1e-6)
+    # run.log_px of the loaded run is the same estimate: the recipe's, importance sampling over codes.
+    np.testing.assert_allclose(loaded.log_px(x, k=50, key=jax.random.key(0)), r["is"], rtol=1e-5)
     # The generative model samples like any other row of a study.
     z, xs = gen.model.apply(gen.variables, method=lambda m: m.sample_with_latents(jax.random.key(2), 5))
     mean = gen.model.apply(gen.variables, method=lambda m: m.p_x_given_z(z).mean())

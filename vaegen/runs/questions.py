@@ -106,7 +106,7 @@ CODE_PROPOSAL_CODES = 10000
 
 class Questions:
     """Mixed into :class:`vaegen.Run` (which provides ``model``, ``variables``, ``spec``,
-    ``event_shape``, ``has_latents`` and ``check_x``)."""
+    ``event_shape``, ``has_latents``, ``recipe`` and ``check_x``)."""
 
     def _examples(self, x: Any, method: str, check: bool) -> tuple[jax.Array, bool]:
         if check:
@@ -154,6 +154,8 @@ class Questions:
         if self.spec.model.kind.trait("exact_log_likelihood"):
             out = objective_terms(self.model, self.variables, ExactLogLikelihood(), xs, self._key(key),
                                   batch_size=batch_size)["log_px"]
+        elif method == "is" and proposal == "posterior" and (own := self._recipe_estimate(xs, key, k)) is not None:
+            out = own
         elif method == "is":
             model, variables = self.model, self.variables
             if proposal == "posterior" and self.is_autoencoder and self.has_prior:
@@ -171,6 +173,14 @@ class Questions:
             log_joint, start = importance_lib.model_functions(self.model, self.variables, proposal=settings.start)
             out = ais_lib.AIS(settings).forward(log_joint, start, xs, self._key(key), batch_size=batch_size)["log_px"]
         return out[0] if single else out
+
+    def _recipe_estimate(self, xs: jax.Array, key: jax.Array | None, k: int) -> jax.Array | None:
+        """log p(x) ``[N]`` as the recipe that made this run generative measures it its own way (the VQ-VAE's
+        code prior: importance sampling over codes), or None where the registered estimators apply."""
+        if self.recipe is None:
+            return None
+        estimate = self.recipe.build().evaluate(self, xs, self._key(key), k=int(k))
+        return None if estimate is None else jnp.asarray(estimate.values["log_px"])
 
     def with_code_proposal(self, *, batch_size: int | None = None) -> tuple[Any, Any]:
         """``(model, variables)`` of a run whose q(z | x) is a point mass but which has a p(z) (a
