@@ -42,6 +42,7 @@ def add(sub) -> None:
     cp.add_argument("--only", default="", help="comma-separated variants to run, e.g. vae,ae (default: all)")
     cp.add_argument("--budget", type=float, default=None, metavar="MINUTES",
                     help="start no model or row after this many minutes (a lent GPU's time): the report covers the "
-                         "first seed as far as it got and every later seed measured in full, and lists what it skipped")
+                         "first seed as far as it got and every later seed measured in full, and lists what it skipped; "
+                         "finished models and rows are reused past it, so --budget 0 reports what a stopped study finished")
     cp.add_argument("--no-progress", action="store_true", help="no progress bars")
     cp.set_defaults(func=cmd_compare, accepts_overrides=True)
