@@ -54,3 +54,13 @@ def test_better_must_hold_for_every_seed():
     assert paired.verdict([1.0, -1.2, 1.0], [0.1, 0.1, 0.1]) == paired.SAME    # seeds disagree
     assert paired.verdict([-1.0, -1.2], [0.1, 0.1]) == paired.WORSE
     assert paired.cell(paired.Paired((1.0, 2.0), (0.1, 0.1), 10)) == "+1.5 ± 0.1 [seeds ±0.7]"
+
+
+def test_a_small_difference_is_shown_with_the_digits_its_error_needs():
+    """A standard error that one decimal would round to 0.0 gets the decimals that show it, so a significant
+    difference never reads "+0.0 ± 0.0"."""
+    small = paired.Paired((0.04, 0.05), (0.01, 0.012), 1000)
+    assert paired.number(small) == "+0.04 ± 0.01"
+    assert paired.cell(small) == "+0.04 ± 0.01 [seeds ±0.01]"
+    assert paired.number(paired.Paired((0.004,), (0.002,), 1000)) == "+0.004 ± 0.002"
+    assert paired.number(paired.Paired((1.0,), (0.05,), 1000)) == "+1.0 ± 0.1"

@@ -382,6 +382,9 @@ def metric_table(rows, results, cmp: "Comparisons | None" = None, reference: str
     lines = [head, "|" + "---|" * 14]
     for r in rows:
         res = results[r.name]
+        # every value the mean over the seeds (as the answer's), where it was measured for the first
+        val = ((lambda *keys, res=res: _get(res, *keys)) if cmp is None else
+               (lambda *keys, res=res, name=r.name: cmp.mean(name, *keys) if _get(res, *keys) is not None else None))
         kind = _kind(r)
         log_px = pm(r, "log_px") if "log_px" in res else ("undefined" if r.recipe is not None else "—")
         if "log_px" in res and kind is not None and kind.mark:
@@ -401,11 +404,11 @@ def metric_table(rows, results, cmp: "Comparisons | None" = None, reference: str
             delta = paired_lib.cell(cmp.pair(r.name, reference))
         elif r.name == reference:
             delta = "(reference)"
-        coded = (f"{res['coded']['net_bits_per_dim']:.4f}" if "coded" in res else
+        coded = (f"{val('coded', 'net_bits_per_dim'):.4f}" if "coded" in res else
                  "cannot code" if res.get("coded_undefined") else "—")
-        s = res.get("samples", {})
-        off = res.get("prior_mass_off_codes")
-        off_cell = "—" if off is None else f"{100 * off:.0f}% ({100 * res['held_out_codes_off_codes']:.0f}%)"
+        s = {key: val("samples", key) for key in ("fd", "precision", "recall", "confidence", "effective_classes")}
+        off = val("prior_mass_off_codes")
+        off_cell = "—" if off is None else f"{100 * off:.0f}% ({100 * val('held_out_codes_off_codes'):.0f}%)"
         cell = lambda text: str(text).replace("|", "\\|")
         lines.append(f"| {cell(r.label)} | {cell(r.sampled_from)} | {log_px} | {delta} | {coded} | {elbo} | "
                      f"{pm(r, 'reconstruction')} | "
@@ -477,7 +480,7 @@ class Comparisons:
         if p is None:
             return "not compared with"
         seeds = f", over {len(p.means)} seeds" if len(p.means) > 1 else ""
-        diff = f"{p.mean:+.1f} ± {p.stderr:.1f} {units}, paired{seeds}"
+        diff = f"{paired_lib.number(p)} {units}, paired{seeds}"
         if p.verdict == paired_lib.BETTER:
             return f"{higher} ({diff})"
         if p.verdict == paired_lib.WORSE:
@@ -663,7 +666,7 @@ def paired_table(rows, cmp: Comparisons, reference: str) -> str:
     images as one chain, so it has no per-image values and no paired error of its own)."""
     metrics = (("log_px", "Δ log p(x)"), ("elbo", "Δ ELBO"), ("reconstruction", "Δ reconstruction"))
     head = ("| model | " + " | ".join(h for _, h in metrics) + " | log p(x) against the reference | "
-            "Δ coded bits/dim (no error: one chain) |")
+            "Δ coded bits/dim (first seed; no error: one chain) |")
     lines = [head, "|" + "---|" * (len(metrics) + 3)]
     coded = lambda name: _get(cmp.by_seed.get(cmp.seeds[0], {}).get(name, {}), "coded", "net_bits_per_dim")
     for r in rows:
@@ -829,7 +832,8 @@ def write_report(ctx, rows, results, *, timings: dict[str, float], preset: str, 
     if any("coded" in results.get(r.name, {}) or results.get(r.name, {}).get("coded_undefined") for r in rows):
         n_coded = int(study.eval.coded_examples)
         lines += ["## Generative means compressive", "",
-                  f"Each model with a p(x) codes the first {n_coded} test images losslessly into one file "
+                  f"Each model with a p(x) (its first training seed's run) codes the first {n_coded} test images "
+                  "losslessly into one file "
                   "(`vaegen.compress`: bits back for a q(z|x) with a density or a discrete q(z|x), the quantized code for a point mass, the "
                   "discrete codes, pixel by pixel for MADE; docs/compression.md): the coded bits/dim are "
                   "the chain's, less the initial bits the first image pays once; the bounds are the row's own "

@@ -102,11 +102,26 @@ def verdict(means: Sequence[float], stderrs: Sequence[float], threshold: float =
     return SAME
 
 
+def digits_for(p: Paired, digits: int = 1) -> int:
+    """``digits`` decimals, or more where the standard error would otherwise round to zero."""
+    if 0 < p.stderr < 0.5 * 10.0 ** -digits:
+        return min(int(math.ceil(-math.log10(2 * p.stderr))), 6)
+    return digits
+
+
+def number(p: Paired, digits: int = 1) -> str:
+    """``+1.9 ± 0.3``: the mean difference and its paired standard error (``+0.04 ± 0.01`` where one
+    decimal would show a standard error of zero)."""
+    digits = digits_for(p, digits)
+    return f"{p.mean:+.{digits}f} ± {p.stderr:.{digits}f}"
+
+
 def cell(p: Paired | None, digits: int = 1) -> str:
-    """A table cell: ``+1.9 ± 0.3`` (the seeds' spread in brackets when there are several)."""
+    """A table cell: ``number(p)`` and, when there are several seeds, their spread in brackets."""
     if p is None:
         return "—"
-    text = f"{p.mean:+.{digits}f} ± {p.stderr:.{digits}f}"
+    text = number(p, digits)
+    digits = digits_for(p, digits)
     if p.seed_spread is not None:
         text += f" [seeds ±{p.seed_spread:.{digits}f}]"
     return text
