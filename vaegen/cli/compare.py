@@ -29,7 +29,8 @@ def add(sub) -> None:
                                     "WORKDIR/report/report.md with figures. Resumes: trained models and evaluated rows "
                                     "are reused. --config.KEY=VALUE applies to every model.")
     cp.add_argument("--preset", default="quick", choices=compare.PRESETS,
-                    help="quick: ~10 min on a 2-core CPU; standard: converged, 3 seeds, ~90 min on a 2-core CPU; full: "
+                    help="quick: ~10 min on a 2-core CPU; standard: early-stopped, 3 seeds, paired "
+                         "(about 70 min per seed measured on a busy 2-core CPU); full: "
                          "for a GPU; tiny: 8x8 digits, seconds")
     cp.add_argument("--workdir", default="runs/compare")
     cp.add_argument("--set", action="append", metavar="KEY=VALUE",

@@ -240,7 +240,8 @@ def study_settings(preset: str = "quick") -> CompareSettings:
 
     ``quick``: Fashion-MNIST, the ``vae_mlp_fmnist`` networks, 4 epochs and 500 test images -- about 10 minutes
     on a 2-core CPU.  ``standard``: the same models early-stopped (at most 20 epochs), 3 training seeds, log p(x)
-    with k = 1000 on 2,000 test images and the bounds on all of them -- about 90 minutes on the 2-core CPU.
+    with k = 1000 on 2,000 test images and the bounds on all of them -- about 70 minutes per seed measured on a
+    busy 2-core CPU (docs/results/compare-standard-2026-12-07).
     ``full``: trained for long (at most 100 epochs, early-stopped), 3 seeds, many more samples, k = 1000 on the
     whole test set, a wider sweep -- for a GPU.  ``tiny``: scikit-learn's 8x8 digits, for tests.
     """
@@ -249,7 +250,7 @@ def study_settings(preset: str = "quick") -> CompareSettings:
     s = CompareSettings(preset=preset)
     r = dataclasses.replace
     if preset == "standard":
-        # Converged as far as the 2-core CPU allows in about 90 minutes: every model early-stopped on its validation
+        # Converged as far as the 2-core CPU allows in a few hours: every model early-stopped on its validation
         # objective (at most 20 epochs), 3 training seeds, log p(x) with k = 1000 on 2,000 test images and the bounds on
         # the whole test set (docs/results/ records what it measured and how far each model was from converging).
         return r(s, seeds=3, epochs=20, patience=3, latent_map_epochs=10,
