@@ -193,6 +193,9 @@ def test_expost_command_makes_the_trained_ae_generative(tiny_study, capsys):
     ev = json.loads((ae / "eval_gmm.json").read_text())
     assert np.isfinite(ev["metrics"]["log_px"]["mean"]) and "around the code" in ev["metrics"]["log_px"]["estimator"]
     assert ev["recipe"] == "gmm" and "stochastic lower bound" in ev["log_px_meaning"]
+    # Its ELBO is the bound with the proposal around the code as q, and says so: the AE's own is -inf.
+    assert "proposal around the code" in ev["metrics"]["elbo"]["meaning"], ev["metrics"]["elbo"]
+    assert "-inf" in ev["metrics"]["elbo"]["meaning"]
     with pytest.raises(FileNotFoundError, match="no fitted diffusion density"):
         vaegen.load(ae, density="diffusion")
     capsys.readouterr()
