@@ -49,6 +49,7 @@ CONVOLUTIONAL = {"fmnist_convhvae_vampprior"}
 
 
 @pytest.mark.parametrize("name", sorted(reproduce.ROWS))
+@pytest.mark.slow
 def test_every_row_takes_a_training_step(name):
     """Each row's model, objective and optimiser, on 28x28 data, two fused steps (a few pseudo-inputs
     and a small batch so that the CPU check stays quick)."""
@@ -87,6 +88,7 @@ def test_every_row_takes_a_training_step(name):
     assert -2000 < float(np.mean(metrics[bound])) < 0
 
 
+@pytest.mark.slow
 def test_runner_trains_evaluates_and_tabulates_a_row(tmp_path, capsys):
     require_fashion_mnist()
     run = _load_script()
