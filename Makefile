@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 # its module-scoped fixtures (trained tiny runs, the tiny compare study) are built once, not once per process.
 TEST_WORKERS ?= 2
 
-.PHONY: venv data demo test docs wheel-check notebook bench bench-eval clean-venv
+.PHONY: venv data demo test test-fast docs wheel-check notebook bench bench-eval clean-venv
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,12 @@ demo: data
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope $(PYTEST_ARGS)
+
+# The suite without the tests marked slow (end-to-end trainings, studies, subprocesses, the docs'
+# examples and the notebook): the closed forms, estimators, components, errors and files, in under
+# 2 minutes on 2 cores.  `make test` runs them all.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadscope -m "not slow" $(PYTEST_ARGS)
 
 # The documentation site, from docs/ into site/, strictly: a broken link, a missing reference or a
 # docstring that does not render fails the build.  Its notebook page shows the executed notebook

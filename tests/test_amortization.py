@@ -14,6 +14,8 @@ import textwrap
 
 import pytest
 
+pytestmark = pytest.mark.slow  # the study runner end to end
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "amortization" / "run.py"
 QUANTITIES = ("log_px", "elbo_star", "elbo_amortized", "approximation_gap", "amortization_gap")

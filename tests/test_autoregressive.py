@@ -21,6 +21,7 @@ def _made(event=(6,), hidden=(16, 16), ordering="natural", seed=0):
 
 
 @pytest.mark.parametrize("ordering", ["natural", "random"])
+@pytest.mark.slow
 def test_probabilities_of_all_binary_images_sum_to_one(ordering):
     m, v = _made(ordering=ordering, seed=3)
     xs = jnp.asarray(list(itertools.product([0.0, 1.0], repeat=6)))          # [64, 6]
@@ -39,6 +40,7 @@ def test_each_conditional_sees_only_earlier_pixels():
     assert np.count_nonzero(jac[allowed]) > 0
 
 
+@pytest.mark.slow
 def test_sampler_follows_the_conditionals():
     m, v = _made(event=(2, 2, 1), hidden=(8,), seed=1)
     x, probs = m.apply(v, jax.random.key(0), 4000, method="sample_with_probs")
@@ -76,6 +78,7 @@ def test_config_errors(overrides, message):
         config.load_config("tiny", overrides)
 
 
+@pytest.mark.slow
 def test_exact_evaluation_reports_its_per_example_values(tmp_path):
     import vaegen
     from vaegen.runs import evaluate as evaluation

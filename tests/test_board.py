@@ -42,6 +42,7 @@ def _assert_board_equals_metrics(workdir):
     return ea, lines
 
 
+@pytest.mark.slow
 def test_board_has_every_number_of_metrics_and_images(tiny_config, tmp_path):
     c = tiny_config
     c.train.num_epochs = 2
@@ -71,6 +72,7 @@ def test_board_has_every_number_of_metrics_and_images(tiny_config, tmp_path):
     assert (shown[0].width, shown[0].height) == (6 * 9 - 1, 8)              # 6 tiles of 8x8, 1-pixel borders
 
 
+@pytest.mark.slow
 def test_resumed_run_appends_without_duplicating_steps(tiny_config, tmp_path):
     c = tiny_config
     c.train.num_epochs = 3

@@ -24,6 +24,7 @@ def _run(capsys, *argv):
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_train_evaluate_sample_reconstruct(tmp_path, capsys):
     w = str(tmp_path / "vae")
     code, out, _ = _run(capsys, "train", "--config", "tiny", "--workdir", w, "--config.train.num_epochs=2")
@@ -122,6 +123,7 @@ def test_bad_input_is_one_clear_line_and_nothing_written(tmp_path, capsys, args,
     assert not (w / "config.json").exists()
 
 
+@pytest.mark.slow
 def test_help_of_every_command(capsys):
     proc = subprocess.run([sys.executable, "-m", "vaegen.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "usage: vaegen" in proc.stdout

@@ -101,6 +101,7 @@ KINDS = {
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))
+@pytest.mark.slow
 def test_every_kind_of_model_decodes_its_file_bit_for_bit(kind):
     """Random parameters; one image, and an odd number (7: blocks of 1, 2 and 4 under bits back)."""
     name, make = KINDS[kind]
@@ -132,6 +133,7 @@ def trained(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_bits_back_costs_the_negative_elbo_over_a_chain_of_test_images(trained):
     """The 297 test digits coded in one chain by a trained VAE: without the initial bits (paid once, by
     the first image, and reported separately) the file costs the model's -ELBO in bits/dim within 2%
@@ -153,6 +155,7 @@ def test_bits_back_costs_the_negative_elbo_over_a_chain_of_test_images(trained):
     assert result["file_bits_per_dim"] < 1.0
 
 
+@pytest.mark.slow
 def test_a_trained_autoencoder_with_a_fitted_mixture_codes_its_codes(trained):
     run = vaegen.load(trained / "ae")
     x = run.split("test", max_examples=41)
@@ -168,6 +171,7 @@ def test_a_trained_autoencoder_with_a_fitted_mixture_codes_its_codes(trained):
         compression.compress(run, x)
 
 
+@pytest.mark.slow
 def test_made_codes_at_its_exact_log_likelihood(trained):
     """MADE's file (without the header) is its exact -log2 p(x) summed over the images, within the
     coder's state (at most 64 bits) and its 24-bit probabilities."""
@@ -210,6 +214,7 @@ def test_a_file_is_refused_by_another_model_and_when_damaged():
         compression.decompress(run, bytes(damaged))
 
 
+@pytest.mark.slow
 def test_what_cannot_code_is_refused_with_one_line():
     x = _binary(3)
     cases = [
@@ -324,6 +329,7 @@ def test_the_stack_pops_what_it_pushed_and_returns_to_its_initial_words():
 
 # --- the command line ------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_compress_and_decompress_on_the_command_line(trained, tmp_path, capsys):
     workdir = trained / "vae"
     out = tmp_path / "digits.vgz"

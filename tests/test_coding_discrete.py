@@ -120,6 +120,7 @@ def _enumerated(run, x):
 
 
 @pytest.mark.parametrize("latent", ["categorical", "bernoulli"])
+@pytest.mark.slow
 def test_the_chain_costs_the_exact_negative_elbo_of_a_trained_discrete_vae(trained, monkeypatch, latent):
     """The 297 test digits in one chain.  (1) The coded bits are the information content of what was coded,
     -log2 p(x|z) - log2 p(z) + log2 q(z|x) at the popped z's, within 0.1% (the probabilities' quantization to
@@ -157,6 +158,7 @@ def test_the_chain_costs_the_exact_negative_elbo_of_a_trained_discrete_vae(train
     assert sizes["coder"] == "discrete_bits_back" and 0 < sizes["net_bits_per_dim"] < 1
 
 
+@pytest.mark.slow
 def test_a_file_of_another_run_is_refused(trained):
     categorical, bernoulli = vaegen.load(trained / "categorical"), vaegen.load(trained / "bernoulli")
     x = categorical.split("test", max_examples=5)
@@ -212,6 +214,7 @@ def test_each_model_gets_its_own_coder():
                                                                                              "bits_back coder")
 
 
+@pytest.mark.slow
 def test_compress_and_decompress_a_discrete_vae_on_the_command_line(trained, tmp_path, capsys):
     workdir = trained / "categorical"
     out = tmp_path / "digits.vgz"

@@ -87,6 +87,7 @@ def tiny_study(tmp_path_factory):
     return workdir, summary
 
 
+@pytest.mark.slow
 def test_every_variant_trains_through_the_same_trainer(tiny_study):
     workdir, summary = tiny_study
     bounds = {"vae": "elbo", "fixed_scale_0.1_beta_1": "elbo", "ae": "reconstruction",
@@ -101,6 +102,7 @@ def test_every_variant_trains_through_the_same_trainer(tiny_study):
     assert dae_cfg["objective"]["walkback_steps"] == 2 and dae_cfg["inference"]["posterior"]["name"] == "point_mass"
 
 
+@pytest.mark.slow
 def test_rows_are_measured_honestly(tiny_study):
     _, summary = tiny_study
     rows = summary["rows"]
@@ -138,6 +140,7 @@ def test_rows_are_measured_honestly(tiny_study):
         assert 0.0 <= res["prior_mass_off_codes"] <= 1.0, name
 
 
+@pytest.mark.slow
 def test_report_builds_with_figures_and_answer(tiny_study):
     workdir, summary = tiny_study
     report = (workdir / "report" / "report.md").read_text()
@@ -155,6 +158,7 @@ def test_report_builds_with_figures_and_answer(tiny_study):
     assert summary["machine"]["cpu_count"] >= 1 and summary["timings_seconds"]["total_wall"] > 0
 
 
+@pytest.mark.slow
 def test_expost_command_makes_the_trained_ae_generative(tiny_study, capsys):
     workdir, _ = tiny_study
     ae = workdir / "ae"

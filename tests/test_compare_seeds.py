@@ -10,6 +10,8 @@ import pytest
 from vaegen import compilation
 from vaegen.studies import compare, compare_study
 
+pytestmark = pytest.mark.slow  # the tiny study, twice, and once killed and resumed
+
 SETTINGS = ["seeds=2"]
 ONLY = ["vae", "ae"]
 

@@ -18,6 +18,7 @@ from vaegen.config import loading, schema
 from vaegen.train import trainer
 
 
+@pytest.mark.slow
 def test_another_seed_or_stage_of_a_study_compiles_nothing(tmp_path):
     spec = schema.to_spec(loading.load_config("tiny", ["train.num_epochs=1", "train.tensorboard_images=4",
                                                        "train.latent_health_examples=50"]))
@@ -45,6 +46,7 @@ def test_another_seed_or_stage_of_a_study_compiles_nothing(tmp_path):
     ["objective=ciwae", "objective.num_samples=3", "objective.estimator=dreg"],
     ["objective=piwae", "objective.num_groups=2", "objective.num_samples=2", "objective.estimator=dreg"],
 ], ids=["elbo-stl", "iwae-stl", "iwae-dreg", "miwae-dreg", "ciwae-dreg", "piwae-dreg"])
+@pytest.mark.slow
 def test_every_gradient_estimator_compiles_once_and_resumes_bitwise(tmp_path, overrides):
     """The STL and DReG gradients (a custom VJP) and the multi-sample objectives: another seed,
     the next stage and a fresh run of the same model compile nothing, and the resumed run ends at
@@ -65,6 +67,7 @@ def test_every_gradient_estimator_compiles_once_and_resumes_bitwise(tmp_path, ov
     jax.tree_util.tree_map(np.testing.assert_array_equal, a.variables, b.variables)
 
 
+@pytest.mark.slow
 def test_the_seed_is_an_argument_and_gives_the_trajectory_of_a_constant_seed():
     """The seed's streams as an argument give bitwise the steps of the seed as a constant."""
     from vaegen import sharding

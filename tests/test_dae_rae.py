@@ -41,6 +41,7 @@ def test_corruptions_change_the_expected_fraction_of_pixels():
         dae.corrupt(key, x, "blur", 0.1)
 
 
+@pytest.mark.slow
 def test_walkback_terms(ae):
     m, v = ae
     x = _binary(jax.random.key(3))
@@ -56,6 +57,7 @@ def test_walkback_terms(ae):
     assert always["walkback"] < 0 and always["denoising"] < 0
 
 
+@pytest.mark.slow
 def test_markov_chain_samples(ae):
     m, v = ae
     out = dae.sample_chain(m, v, jax.random.key(5), 5, num_steps=6, corruption="salt_and_pepper", noise_level=0.3,
@@ -74,6 +76,7 @@ def test_markov_chain_samples(ae):
                          event_shape=EVENT, keep_every=2)
 
 
+@pytest.mark.slow
 def test_rae_objective_terms_and_decoder_penalty_gradient(ae):
     m, v = ae
     x = _binary(jax.random.key(6))

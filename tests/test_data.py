@@ -352,6 +352,7 @@ def fashion_dir(tmp_path_factory) -> str:
     return data_dir
 
 
+@pytest.mark.slow
 def test_fashion_mnist_from_debian(fashion_dir):
     assert data.is_prepared("fashion_mnist", fashion_dir)
     x, y = data.load_split("fashion_mnist", "train", fashion_dir)
@@ -373,6 +374,7 @@ def test_fashion_mnist_from_debian(fashion_dir):
     np.testing.assert_array_equal(y, y2)
 
 
+@pytest.mark.slow
 def test_fashion_mnist_splits(fashion_dir):
     cfg = _cfg(name="fashion_mnist", data_dir=fashion_dir, validation_size=5000, validation_seed=3)
     s = data.load_splits(cfg)

@@ -19,6 +19,7 @@ def dc():
     return module
 
 
+@pytest.mark.slow
 def test_every_stage_passes_flags_its_script_accepts(dc):
     """Each stage runs a benchmark script or a vaegen subcommand (``-m vaegen.cli NAME``) with flags
     its --help lists; the default stages fit one device command (600 s), a second-call stage alone."""

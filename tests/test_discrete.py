@@ -99,6 +99,7 @@ def _brute_force(run, x):
     return float(np.logaddexp.reduce(log_joint)), elbo
 
 
+@pytest.mark.slow
 def test_the_enumerated_elbo_and_log_px_are_the_brute_force_sums(trained):
     run, xs = trained
     fns = enumeration_lib.enumeration_functions(run)
@@ -115,6 +116,7 @@ def test_the_enumerated_elbo_and_log_px_are_the_brute_force_sums(trained):
     np.testing.assert_allclose(run.log_px(xs, method="exact"), exact["log_px"], rtol=0, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_importance_sampling_is_below_the_exact_log_px_in_expectation_and_converges_to_it(trained):
     run, xs = trained
     log_joint, q = importance_lib.model_functions(run)
@@ -175,6 +177,7 @@ def exact_elbo_gradient(trained):
     return _gradients(run, xs, _elbo(estimator="enumerate"), 1)[0]
 
 
+@pytest.mark.slow
 def test_gumbel_softmax_tends_to_the_exact_gradient_as_the_temperature_falls(trained, exact_elbo_gradient):
     run, xs = trained
     exact = exact_elbo_gradient
@@ -193,6 +196,7 @@ def test_gumbel_softmax_tends_to_the_exact_gradient_as_the_temperature_falls(tra
     _elbo(estimator="reinforce", num_samples=4, baseline="loo"),
     _elbo(estimator="reinforce", num_samples=1, baseline="none"),
 ], ids=["reinforce-loo", "reinforce-none"])
+@pytest.mark.slow
 def test_reinforce_is_unbiased_for_the_exact_gradient(trained, exact_elbo_gradient, objective):
     run, xs = trained
     g = _gradients(run, xs, objective, 4000)
@@ -200,6 +204,7 @@ def test_reinforce_is_unbiased_for_the_exact_gradient(trained, exact_elbo_gradie
     assert np.all(np.abs(z) <= 4), z
 
 
+@pytest.mark.slow
 def test_straight_through_is_biased_and_the_test_sees_it(trained, exact_elbo_gradient):
     """The check the unbiased estimators pass can fail: the straight-through mean misses the exact gradient."""
     run, xs = trained
@@ -208,6 +213,7 @@ def test_straight_through_is_biased_and_the_test_sees_it(trained, exact_elbo_gra
     assert np.max(np.abs(z)) > 10, z
 
 
+@pytest.mark.slow
 def test_vimco_is_unbiased_for_the_exact_gradient_of_iwae_k(trained):
     run, xs = trained
     k = 3
@@ -229,6 +235,7 @@ def test_vimco_is_unbiased_for_the_exact_gradient_of_iwae_k(trained):
     assert abs(float(values.mean()) - bound) <= 4 * float(values.std()) / math.sqrt(values.size)
 
 
+@pytest.mark.slow
 def test_every_estimator_reports_the_true_elbo_whatever_its_surrogate(trained):
     """The value of ``objective`` is the bound's (the surrogate only shapes the gradient), and every
     estimator's reported ELBO is an unbiased estimate of the exact one."""
@@ -269,6 +276,7 @@ def _metrics(workdir):
 
 
 @pytest.mark.parametrize("name", sorted(ESTIMATORS))
+@pytest.mark.slow
 def test_training_resumes_bitwise_and_another_seed_compiles_nothing(tmp_path, name):
     spec2 = _spec(overrides=["train.num_epochs=2", "model.prior.learned=True", *ESTIMATORS[name]])
     spec1 = dataclasses.replace(spec2, train=dataclasses.replace(spec2.train, num_epochs=1))
@@ -294,6 +302,7 @@ def test_training_resumes_bitwise_and_another_seed_compiles_nothing(tmp_path, na
     assert seed1["train/objective"] != full[0]["train/objective"]
 
 
+@pytest.mark.slow
 def test_a_trained_discrete_vae_learns(tmp_path):
     spec = _spec(overrides=["train.num_epochs=6", "optim.learning_rate=3e-3"])
     trainer_lib.train_and_evaluate(spec, tmp_path)
@@ -304,6 +313,7 @@ def test_a_trained_discrete_vae_learns(tmp_path):
 
 # --- evaluation, sampling and the command line --------------------------------------------------------
 
+@pytest.mark.slow
 def test_evaluate_labels_exact_and_stochastic_numbers_and_sample_works(trained, tmp_path, capsys):
     run, _ = trained
     workdir = str(run.workdir)

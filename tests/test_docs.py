@@ -103,6 +103,7 @@ def workspace(tmp_path_factory):
 
 
 @pytest.mark.parametrize("page", sorted(RUNNABLE))
+@pytest.mark.slow
 def test_the_examples_of_the_page_run(page, workspace, monkeypatch):
     monkeypatch.chdir(workspace)
     namespace = {"__name__": f"docs_example_{page}"}

@@ -337,6 +337,7 @@ def test_bad_input_on_the_command_line(case, argv, message, workdir, tmp_path, c
 
 
 @pytest.mark.parametrize("case, argv, env, message", PROCESS_CASES, ids=[c[0] for c in PROCESS_CASES])
+@pytest.mark.slow
 def test_bad_input_on_the_command_line_of_a_new_process(case, argv, env, message, workdir, tmp_path):
     env = dict(os.environ, **{k: f"{os.environ.get(k, '')} {v}".strip() for k, v in env.items()})
     before = _snapshot(tmp_path)

@@ -71,6 +71,7 @@ def _reference_log_weights(lg, xs, key, num_samples):
     return np.asarray(jax.vmap(one)(jnp.arange(xs.shape[0]), xs), np.float64)
 
 
+@pytest.mark.slow
 def test_is_matches_its_definition_whatever_the_chunks_and_batches(lg, xs):
     log_joint, q = E.model_functions(lg.model(), lg.variables())
     key = jax.random.key(7)
@@ -171,6 +172,7 @@ def test_ais_from_q_lands_on_the_exact_log_px(lg, xs):
     assert out["log_w"].shape == (16, 16) and np.all(out["acceptance"] > 0.5)
 
 
+@pytest.mark.slow
 def test_bdmc_bounds_sandwich_the_exact_log_px(lg):
     model, variables = lg.model(), lg.variables()
     log_joint, prior = E.model_functions(model, variables, proposal="prior")
@@ -195,6 +197,7 @@ def test_step_size_adapts_toward_the_target_acceptance():
     assert np.all((out["step_size"] > 0.02) & (out["step_size"] < 0.2)), out["step_size"]
 
 
+@pytest.mark.slow
 def test_ais_does_not_depend_on_the_batch_size_and_is_deterministic(lg, xs):
     log_joint, q = E.model_functions(lg.model(), lg.variables())
     ais = A.AIS(AISSettings(num_steps=20, num_chains=4, num_leapfrog=3, max_step_size=0.25))
@@ -250,6 +253,7 @@ _SHARDING_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_eight_devices_give_the_one_device_numbers():
     """IS, AIS, BDMC and per-example q* (fit_local), sharded over 8 CPU devices, give the
     1-device numbers example by example."""

@@ -30,6 +30,7 @@ def _run(capsys, *argv):
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_evaluate_every_estimator_from_the_command_line(vae_workdir, capsys):
     out_path = vae_workdir / "all.json"
     code, out, _ = _run(capsys, "evaluate", "--workdir", vae_workdir, "--estimators", "all", "--k", 64, "--ks", "1,8",
@@ -58,6 +59,7 @@ def test_evaluate_every_estimator_from_the_command_line(vae_workdir, capsys):
     assert set(result["timings"]) == {"elbo", "is", "ais", "bdmc", "diagnostics"}
 
 
+@pytest.mark.slow
 def test_per_example_values_back_every_reported_mean(vae_workdir, capsys):
     npz, out_path = vae_workdir / "per_example.npz", vae_workdir / "pe.json"
     code, out, _ = _run(capsys, "evaluate", "--workdir", vae_workdir, "--estimators", "elbo,iwae,is,ais", "--k", 16,
@@ -93,6 +95,7 @@ def test_paired_difference_is_the_mean_and_standard_error_of_the_differences():
         evaluation.paired_difference(a, b[:-1])
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_batch_size(vae_workdir):
     run = vaegen.load(vae_workdir)
     settings = dataclasses.replace(run.spec.eval, estimators="is", num_samples=32)

@@ -66,6 +66,7 @@ def _linear_gaussian_ae(lg):
                        event_shape=(lg.data_dim,), epoch=0, info={})
 
 
+@pytest.mark.slow
 def test_importance_sampling_with_the_code_proposal_matches_the_exact_log_px():
     lg = exact.LinearGaussian.random(jax.random.key(0), data_dim=6, latent_dim=2, s=0.5)
     ae = _linear_gaussian_ae(lg)
@@ -86,6 +87,7 @@ def test_importance_sampling_with_the_code_proposal_matches_the_exact_log_px():
     assert np.max(np.abs(error)) < 0.15
 
 
+@pytest.mark.slow
 def test_ae_with_a_fitted_mixture_is_sampled_ancestrally():
     lg = exact.LinearGaussian.random(jax.random.key(3), data_dim=5, latent_dim=2, s=0.3)
     ae = _linear_gaussian_ae(lg)

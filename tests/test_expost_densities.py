@@ -75,6 +75,7 @@ def test_a_random_flow_integrates_to_one_on_a_grid(kind):
     assert np.max(np.abs(np.asarray(log_prob(jnp.asarray(z[:50]))) - base)) > 0.1
 
 
+@pytest.mark.slow
 def test_the_fitted_flow_recovers_a_known_gaussian(fitted):
     z = _codes(1000, 2)
     got = np.asarray(fitted["flow"].log_prob(z))
@@ -87,6 +88,7 @@ def test_the_fitted_flow_recovers_a_known_gaussian(fitted):
 
 
 @pytest.mark.parametrize("name,tolerance", [("two_stage", 0.1), ("diffusion", 0.3)])
+@pytest.mark.slow
 def test_the_two_stage_estimate_and_the_diffusion_bound_lie_below_the_exact_log_density(fitted, name, tolerance):
     z = _codes(1000, 2)
     got = np.asarray(fitted[name].log_prob(z))
@@ -98,6 +100,7 @@ def test_the_two_stage_estimate_and_the_diffusion_bound_lie_below_the_exact_log_
 
 
 @pytest.mark.parametrize("name", ["two_stage", "diffusion"])
+@pytest.mark.slow
 def test_the_bounds_integrate_to_at_most_one(fitted, name):
     z, cell = _grid(MU - 6.5, MU + 6.5, 66)
     mass = float(np.sum(np.exp(np.asarray(fitted[name].log_prob(z)))) * cell)
@@ -123,6 +126,7 @@ def _log_px(model, variables, x, k=50):
                                                      jax.random.key(3), num_samples=k)["log_px"])
 
 
+@pytest.mark.slow
 def test_linear_gaussian_log_px_with_each_density_is_never_above_the_closed_form(fitted):
     """p(z) = N(0, I) exactly: the identity flow (an exact prior) gives the closed form; each fitted density
     (fitted to other codes: N(MU, COV)) gives a p(x) whose average log is below the closed form (Gibbs), and

@@ -184,6 +184,7 @@ def test_consecutive_nonfinite_steps_stop_the_run_with_one_clear_line(tmp_path, 
 
 # --- stop signals and SIGKILL: exact resumption ------------------------------------------------
 
+@pytest.mark.slow
 def test_sigterm_then_sigkill_resume_to_the_uninterrupted_parameters(reference, tmp_path, capsys, monkeypatch):
     w = tmp_path / "run"
     args = ["--config", "tiny", "--workdir", str(w), f"--config.train.num_epochs={EPOCHS}",
@@ -242,6 +243,7 @@ def _resume_to_the_reference(reference, w):
     assert not (w / train_lib.INTERRUPTED_DIR).exists()
 
 
+@pytest.mark.slow
 def test_sigint_from_outside_stops_with_status_130_and_resumes_to_the_uninterrupted_parameters(reference, tmp_path):
     """Ctrl-C on the `vaegen train` process: a checkpoint, exit status 128 + SIGINT (not the 143
     of SIGTERM), and the same command resumes to the uninterrupted run."""

@@ -42,6 +42,7 @@ def _run(lg, variables):
 
 
 @pytest.mark.parametrize("encoder", ["poor", "optimal"])
+@pytest.mark.slow
 def test_gaps_match_the_closed_forms(lg, xs, encoder):
     rng = np.random.RandomState(0)
     if encoder == "poor":
@@ -86,6 +87,7 @@ def tiny_run(tmp_path_factory):
     return w
 
 
+@pytest.mark.slow
 def test_gaps_command_writes_markdown_csv_and_json(tiny_run, capsys):
     code = cli.main(["gaps", "--workdir", str(tiny_run), "--family", "diag,fullcov", "--steps", "20", "--k", "50",
                      "--elbo-samples", "20", "--test-examples", "40", "--train-examples", "40", "--chunk-size", "20"])
@@ -129,6 +131,7 @@ def test_gaps_of_an_autoencoder_is_refused(tmp_path, capsys):
     assert code == 2 and "autoencoder" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_semi_amortized_training_runs_through_the_trainer(tmp_path):
     cfg = config_lib.load_config("tiny", ["train.num_epochs=2", "objective=semi_amortized",
                                           "objective.steps=2", "inference.posterior=full_covariance_gaussian"])

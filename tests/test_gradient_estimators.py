@@ -75,6 +75,7 @@ def _draws(model, variables, objective, xs, n, seed=7, part="posterior"):
 
 # --- values: the estimator shapes gradients only ------------------------------------------------
 
+@pytest.mark.slow
 def test_every_estimator_reports_the_same_bound(lg, xs, poor_q):
     model = lg.model()
     keys = jax.random.split(jax.random.key(3), xs.shape[0])
@@ -159,6 +160,7 @@ def test_piwae_trains_the_decoder_on_iwae_and_the_encoder_on_miwae(lg, xs, poor_
 
 # --- STL at the exact posterior; unbiasedness; variance -------------------------------------------
 
+@pytest.mark.slow
 def test_stl_gradient_has_zero_variance_when_q_is_the_exact_posterior():
     """W with orthogonal columns: p(z | x) is diagonal, so the optimal diagonal q is exact and
     log p(x, z) - log q(z | x) = log p(x) for every z: the path derivative is 0 in every draw,
@@ -198,6 +200,7 @@ def trained_tiny(tmp_path_factory):
     return run, jnp.asarray(gaps.split_data(run, "test", 4))
 
 
+@pytest.mark.slow
 def test_dreg_encoder_gradient_has_lower_variance_at_k64_on_a_trained_model(trained_tiny):
     run, x = trained_tiny
     var = {est: _draws(run.model, run.variables, _iwae(64, est), x, 200).var(0, ddof=1).sum()
@@ -237,6 +240,7 @@ def test_snr_is_the_closed_form_on_the_linear_gaussian_model(lg, xs, poor_q):
         assert s_["mean_stderr"] > 0 and s_["median_stderr"] > 0
 
 
+@pytest.mark.slow
 def test_snr_draws_compile_once_per_objective_and_do_not_depend_on_the_chunking(lg, xs, poor_q):
     from vaegen import compilation
 

@@ -63,6 +63,7 @@ def _exact(variables):
     return A, a, s1, W, b, cov_z1
 
 
+@pytest.mark.slow
 def test_prior_log_prob_and_samples_match_the_closed_form():
     model, variables = _linear_two_layer()
     A, a, s1, _, _, cov_z1 = _exact(variables)
@@ -82,6 +83,7 @@ def test_prior_log_prob_and_samples_match_the_closed_form():
 
 
 @pytest.mark.parametrize("hierarchy", ["bottom_up", "top_down"])
+@pytest.mark.slow
 def test_bounds_are_ordered_and_importance_sampling_converges_to_log_px(hierarchy):
     model, variables = _linear_two_layer(hierarchy)
     _, a, _, W, b, cov_z1 = _exact(variables)
@@ -101,6 +103,7 @@ def test_bounds_are_ordered_and_importance_sampling_converges_to_log_px(hierarch
     assert np.all(exact - np.asarray(elbo) > 0.0)
 
 
+@pytest.mark.slow
 def test_posterior_factorises_in_its_order():
     """log q(z | x) = log q(z1 | x) + log q(z2 | z1) (bottom-up), = log q(z2 | x) + log q(z1 | x, z2)
     (top-down), and ancestral samples have the joint's shape."""
@@ -143,6 +146,7 @@ def test_two_layer_configs_are_validated():
      "model.kind.decoder_sees_top=True", "model.kind.decoder_branch_hidden=(16,)",
      "model.kind.encoder_branch_hidden=(16,)", "model.decoder.gated=True", "model.kind.top_encoder.gated=True"],
 ])
+@pytest.mark.slow
 def test_two_layer_models_train_through_the_trainer(tmp_path, overrides):
     import vaegen
 

@@ -54,6 +54,7 @@ def fits(lg, xs, poor_encoder):
             for f in ("diag", "fullcov")}
 
 
+@pytest.mark.slow
 def test_fullcov_q_star_is_the_exact_posterior(lg, xs, fits):
     phi = fits["fullcov"].phi
     S, m = lg.posterior_covariance(), lg.posterior_mean(xs)
@@ -66,6 +67,7 @@ def test_fullcov_q_star_is_the_exact_posterior(lg, xs, fits):
     assert np.all(diag_gap > 0.05)
 
 
+@pytest.mark.slow
 def test_diag_q_star_attains_the_closed_form_optimum(lg, xs, fits):
     phi = fits["diag"].phi
     q_mean, q_var = np.asarray(phi["loc"], np.float64), np.exp(2 * np.asarray(phi["log_scale"], np.float64))
@@ -80,6 +82,7 @@ def test_diag_q_star_attains_the_closed_form_optimum(lg, xs, fits):
     assert np.all(fits["diag"].elbo - fits["diag"].elbo_init > 1.0) and fits["diag"].improved.all()
 
 
+@pytest.mark.slow
 def test_vmapped_q_star_equals_optimising_one_example_alone(lg, xs, poor_encoder, fits):
     model = lg.model()
     for i in (0, 5):
@@ -145,6 +148,7 @@ def test_flow_density_is_the_change_of_variables_and_starts_at_the_base():
     np.testing.assert_allclose(out["log_q"], out["log_prob"], rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_flow_q_star_beats_the_best_diagonal_gaussian(lg, xs):
     """The flow family can represent the correlated posterior, which no diagonal Gaussian can."""
     model, variables = lg.model(), lg.variables()  # the optimal diagonal q as the amortized q
@@ -175,6 +179,7 @@ def test_families_embed_a_diagonal_q_exactly(lg, xs):
         families.make_family("gaussian_mixture", model)
 
 
+@pytest.mark.slow
 def test_semi_amortized_with_no_steps_is_the_elbo(lg, xs, poor_encoder):
     model, x = lg.model(), jnp.asarray(xs[0])
     key = jax.random.key(5)
@@ -195,6 +200,7 @@ def test_semi_amortized_with_no_steps_is_the_elbo(lg, xs, poor_encoder):
     jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_sa, g_elbo)
 
 
+@pytest.mark.slow
 def test_semi_amortized_refinement_and_its_gradients(lg, xs, poor_encoder):
     model, x = lg.model(), jnp.asarray(xs[1])
     key = jax.random.key(6)
@@ -225,6 +231,7 @@ def test_semi_amortized_refinement_and_its_gradients(lg, xs, poor_encoder):
 
 
 @pytest.mark.parametrize("posterior", ["full_covariance_gaussian", "flow"])
+@pytest.mark.slow
 def test_richer_posteriors_build_from_the_config_and_train_on_the_elbo(posterior):
     from vaegen.config import loading as config_lib
     from vaegen.config.schema import to_spec

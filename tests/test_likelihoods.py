@@ -173,6 +173,7 @@ def _chi2_pvalue(counts, probs, min_expected=5.0):
 
 
 @pytest.mark.parametrize("k, coupled", CASES, ids=CASE_IDS)
+@pytest.mark.slow
 def test_sample_frequencies_match_the_probabilities(k, coupled):
     """Joint (red, green, blue) frequencies of one pixel against the scipy probabilities, with
     small scales so that the whole joint fits a grid of levels (channel-sequential sampling and the
@@ -390,6 +391,7 @@ def _colour_splits(n_train=400, n_val=100, n_test=100, seed=0):
                            test_labels=None, info=info)
 
 
+@pytest.mark.slow
 def test_tiny_model_trains_on_8bit_colour_images_and_reports_bits_per_dim(tmp_path, monkeypatch):
     cfg = config_lib.load_config("tiny", [
         "data.binarization=none", "model.likelihood=discretized_logistic", "model.likelihood.mixtures=2",

@@ -72,6 +72,7 @@ def test_mmd_is_unbiased_near_zero_for_one_gaussian_and_grows_with_a_mean_shift(
     assert means == sorted(means) and means[-1] > 0.1
 
 
+@pytest.mark.slow
 def test_wae_batch_objective_is_reconstruction_minus_weighted_mmd():
     cfg = config_lib.load_config("tiny:wae", ["objective.mmd_weight=7.0"])
     spec = schema.to_spec(cfg)
@@ -104,6 +105,7 @@ def _moment_gap(run):
     return float(np.sum(z.mean(0) ** 2) + np.linalg.norm(np.cov(z.T) - np.eye(z.shape[1])))
 
 
+@pytest.mark.slow
 def test_adversarial_ae_trains_its_discriminator_and_moves_the_codes_toward_the_prior(tmp_path):
     """A 2-D code on the digits: the discriminator starts out telling codes from N(0, I) apart and ends
     near chance, and the codes' first two moments approach N(0, I)'s."""
@@ -119,6 +121,7 @@ def test_adversarial_ae_trains_its_discriminator_and_moves_the_codes_toward_the_
     assert _moment_gap(last) < 0.5 * _moment_gap(first), (_moment_gap(first), _moment_gap(last))
 
 
+@pytest.mark.slow
 def test_adversarial_ae_resumes_bitwise_with_both_optimizers(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     _train(["train.num_epochs=3"], full)

@@ -3,7 +3,10 @@
 import pathlib
 
 import nbformat
+import pytest
 from nbclient import NotebookClient
+
+pytestmark = pytest.mark.slow  # the notebook, executed in a kernel of its own
 
 NOTEBOOK = pathlib.Path(__file__).resolve().parents[1] / "docs" / "why_vae_generative.ipynb"
 QUICK = "EPOCHS = 1\nTEST_IMAGES = 20\nIS_SAMPLES = 20"

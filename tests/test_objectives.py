@@ -99,6 +99,7 @@ def test_elbo_mc_kl_matches_analytic_in_expectation(lg, xs):
     assert np.all(np.abs(mc - analytic) < 5 * se + 1e-3)
 
 
+@pytest.mark.slow
 def test_results_do_not_depend_on_batching(lg, xs):
     model, variables = lg.model(), lg.variables()
     keys = jax.random.split(jax.random.key(3), xs.shape[0])

@@ -11,6 +11,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow  # each test runs vaegen commands in new processes
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 

@@ -78,6 +78,7 @@ def test_mixture_samples_land_in_the_components_in_proportion():
 
 
 @pytest.mark.parametrize("posterior", ["diagonal_gaussian", "full_covariance_gaussian"])
+@pytest.mark.slow
 def test_vampprior_is_the_posterior_averaged_over_the_pseudo_inputs(posterior):
     m, v = _model("vampprior", f"inference.posterior={posterior}")
     w = np.asarray(v["params"]["prior"][priors.PSEUDO_INPUTS_PARAM], np.float64)
@@ -95,6 +96,7 @@ def test_vampprior_is_the_posterior_averaged_over_the_pseudo_inputs(posterior):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_vampprior_takes_any_callable_posterior():
     """E.g. q(z2 | u) of a model with two stochastic layers: a function of arrays, not the model's module."""
     def q(u):  # u [K, 4] -> batch [K], event [2]
@@ -115,6 +117,7 @@ def test_vampprior_takes_any_callable_posterior():
         prior.apply(v, posterior=lambda u: q(u[:1]))
 
 
+@pytest.mark.slow
 def test_vampprior_gradients_reach_the_pseudo_inputs_and_the_encoder():
     m, v = _model("vampprior")
     z = jax.random.normal(jax.random.key(1), (5, 4))
@@ -174,6 +177,7 @@ def test_elbo_with_a_learned_prior_runs_batched_and_its_kl_is_monte_carlo(prior)
 
 
 @pytest.mark.parametrize("prior", ["mixture", "vampprior"])
+@pytest.mark.slow
 def test_training_with_a_learned_prior_raises_the_validation_bound(prior, tmp_path):
     cfg = load_config("tiny", [f"model.prior={prior}", "model.prior.components=10", "train.num_epochs=4",
                                "optim.learning_rate=3e-3"])

@@ -97,6 +97,7 @@ def test_gradient_normalisation(mode):
     assert np.all(np.isfinite(np.asarray(updates["w"])))
 
 
+@pytest.mark.slow
 def test_early_stopping_keeps_the_best_parameters_and_stays_stopped(tmp_path):
     # A learning rate high enough that the validation bound stops improving within 40 epochs.
     overrides = ["train.num_epochs=40", "train.early_stopping_patience=2", "optim.learning_rate=0.05"]
@@ -128,6 +129,7 @@ def test_early_stopping_keeps_the_best_parameters_and_stays_stopped(tmp_path):
     assert (tmp_path / "run" / "metrics.jsonl").read_text() == before
 
 
+@pytest.mark.slow
 def test_early_stopping_resumes_exactly(tmp_path):
     overrides = ["train.early_stopping_patience=2", "optim.learning_rate=0.05"]
     full = config_lib.load_config("tiny", overrides + ["train.num_epochs=40"])

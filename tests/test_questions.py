@@ -15,6 +15,8 @@ from vaegen.spec.eval import AISSettings
 from vaegen.registry import ESTIMATORS
 from vaegen.train.rng import purpose_key
 
+pytestmark = pytest.mark.slow  # every test reads the runs its module fixture trains
+
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):

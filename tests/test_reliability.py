@@ -234,6 +234,7 @@ def test_processes_racing_for_a_stale_lock_never_hold_it_together(tmp_path):
     _no_leftovers(w)
 
 
+@pytest.mark.slow
 def test_two_trainers_in_one_workdir_real_processes(tmp_path):
     """A second `vaegen train` in a workdir a running one holds stops at once with one line, and
     the first is undisturbed (metrics.jsonl: each epoch once).  The first then meets a full disk
@@ -430,6 +431,7 @@ def test_a_corrupt_or_foreign_checkpoint_names_itself_and_moving_it_away_falls_b
     assert vaegen.load(w).epoch == EPOCHS - 2
 
 
+@pytest.mark.slow
 def test_a_damaged_checkpoint_is_one_line_even_when_orbax_races_at_exit(at_epoch_2, tmp_path):
     """orbax's reads of a damaged checkpoint leave tensorstore callbacks that fail ("Event loop is
     closed") on their own threads, sometimes before the error line is printed: five tries in a row
@@ -478,6 +480,7 @@ def test_an_evaluation_never_replaces_an_earlier_result_silently(at_epoch_2, cap
 
 # --- the Python API checks its inputs --------------------------------------------------------------
 
+@pytest.mark.slow
 def test_the_api_checks_x_and_n_unless_told_not_to(reference):
     run = vaegen.load(reference)
     x = run.split("test", max_examples=2)

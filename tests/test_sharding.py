@@ -13,6 +13,7 @@ import textwrap
 
 import jax
 import numpy as np
+import pytest
 
 import vaegen
 from vaegen.config import loading as config_lib
@@ -81,6 +82,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_of_four_devices_shard_rows_evaluate_and_train_as_one_device(tmp_path):
     port, hosts = _free_port(), tmp_path / "two_hosts"
     env = dict(os.environ, XLA_FLAGS=xla_flags(xla_force_host_platform_device_count=4), JAX_PLATFORMS="cpu")

@@ -8,6 +8,10 @@ import math
 import pathlib
 import textwrap
 
+import pytest
+
+pytestmark = pytest.mark.slow  # the study runner end to end
+
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "snr" / "run.py"
 

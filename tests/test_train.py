@@ -41,6 +41,7 @@ def _train(config, workdir, **kwargs):
     return train_lib.train_and_evaluate(schema.to_spec(config), workdir, **kwargs)
 
 
+@pytest.mark.slow
 def test_training_raises_the_validation_bound(tmp_path):
     cfg = config_lib.load_config("tiny", ["train.num_epochs=6", "optim.learning_rate=3e-3"])
     _train(cfg, tmp_path)
@@ -63,6 +64,7 @@ def test_autoencoder_trains_with_the_same_trainer(tmp_path):
     assert "train/kl" not in m[0] and "validation/elbo" not in m[0]
 
 
+@pytest.mark.slow
 def test_resume_equals_uninterrupted(tmp_path):
     full, part = tmp_path / "full", tmp_path / "part"
     cfg4 = config_lib.load_config("tiny", ["train.num_epochs=4"])
@@ -102,6 +104,7 @@ def test_runs_from_before_new_config_keys_resume(tmp_path, monkeypatch):
     assert last["epoch"] == 2 and vaegen.load(tmp_path).epoch == 2
 
 
+@pytest.mark.slow
 def test_workdir_of_version_0_1_resumes_to_the_parameters_of_a_new_run(tmp_path):
     """A workdir written by vaegen 0.1 (flat config.json, checkpoints fingerprinted by that config)
     resumes under the config in the current shape to bitwise the parameters of a run trained
@@ -197,6 +200,7 @@ _SHARDING_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_eight_devices_follow_the_one_device_trajectory(tmp_path):
     env = dict(os.environ, XLA_FLAGS=xla_flags(xla_force_host_platform_device_count=8), JAX_PLATFORMS="cpu")
     proc = subprocess.run([sys.executable, "-c", _SHARDING_SCRIPT, str(tmp_path)], env=env,

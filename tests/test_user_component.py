@@ -53,6 +53,7 @@ def isolated_registry(monkeypatch):
             del sys.modules[name]
 
 
+@pytest.mark.slow
 def test_docs_example_trains_evaluates_samples_and_loads_elsewhere(tmp_path, monkeypatch, capsys,
                                                                       isolated_registry):
     files, commands = _docs_example()

@@ -144,6 +144,7 @@ def tiny_vq_run(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_a_vq_run_trains_and_resumes_bitwise(tiny_vq_run):
     a, b = vaegen.load(tiny_vq_run / "full"), vaegen.load(tiny_vq_run / "part")
     assert a.epoch == b.epoch == 3 and set(a.variables) == {"params", "codebook"}
@@ -168,6 +169,7 @@ def tiny_vq_gen(tiny_vq_run):
     return run, gen, loaded
 
 
+@pytest.mark.slow
 def test_log_px_bound_and_importance_sampling_against_the_exact_sum(tiny_vq_gen):
     run, gen, loaded = tiny_vq_gen
     x = run.split("test", max_examples=40)
@@ -203,6 +205,7 @@ def _rescaled(gen, a):
     return dataclasses.replace(gen, variables=v)
 
 
+@pytest.mark.slow
 def test_the_proposal_over_codes_is_scale_free_and_close_to_the_exact_sum_at_every_scale(tiny_vq_gen):
     """Codebooks of spread 0.01x, 1x and 30x the trained one (the same model): the exact log p(x)
     is the same, and so is every draw of the scale-free proposal, within a few hundredths of a nat
