@@ -40,6 +40,7 @@ import math
 import signal
 import sys
 import threading
+import warnings
 from typing import Any, Callable, Iterator
 
 import jax
@@ -167,8 +168,11 @@ def quiet_closed_event_loops() -> None:
     a race at the end of a failed operation, harmless (nothing waits for those callbacks), that
     Python prints as "unraisable" tracebacks -- sometimes *before* the one-line error is
     reported, so :func:`quiet_background_errors`, installed after it, is too late.  The command
-    line installs this at its start, for the whole process; every other exception is printed as
-    usual.  Idempotent."""
+    line installs this at its start, for the whole process, together with
+    :func:`_unretrieved_storage_reads` on asyncio's log (the same failed read, logged by asyncio
+    when its unawaited tasks are collected) and a filter of the warnings about its coroutines that
+    never ran; every other exception is printed as usual.
+    Idempotent."""
     global _closed_loops_quiet
     if _closed_loops_quiet:
         return
@@ -184,6 +188,36 @@ def quiet_closed_event_loops() -> None:
             thread_hook(a)
 
     sys.unraisablehook, threading.excepthook = on_unraisable, on_thread
+    logging.getLogger("asyncio").addFilter(_unretrieved_storage_reads)
+    # The coroutines of such a read that never started are reported when collected, often at exit
+    # ("sys:1: RuntimeWarning: coroutine 'Store._get_array_metadatas' was never awaited"); vaegen
+    # has no coroutines of its own, so in its command line every such coroutine is a library's.
+    warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
+
+
+def _from_storage(tb) -> bool:
+    """Whether a traceback passes through orbax or tensorstore."""
+    while tb is not None:
+        if tb.tb_frame.f_globals.get("__name__", "").startswith(("orbax", "tensorstore")):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _unretrieved_storage_reads(record: logging.LogRecord) -> bool:
+    """A filter of asyncio's log: drops "Task/Future exception was never retrieved" for a failure of
+    orbax's or tensorstore's own reads.  orbax reads a checkpoint's arrays in parallel tasks; when one
+    fails (a damaged file) its error is raised to vaegen, which reports it on one line, and the other
+    tasks' failures -- the same damage -- are never awaited, so asyncio logs each with a traceback
+    when it is collected, sometimes while a later command of the same process runs.  Anything else
+    asyncio logs passes."""
+    message = str(record.msg)
+    if not message.startswith(("Task exception was never retrieved", "Future exception was never retrieved")):
+        return True
+    exc = record.exc_info[1] if record.exc_info else None
+    if exc is None:
+        return True
+    return not (_from_storage(exc.__traceback__) or "tensorstore_spec" in str(exc))
 
 
 def quiet_background_errors() -> None:
