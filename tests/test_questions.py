@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 import vaegen
+from vaegen import cli
 from vaegen.errors import ConfigError, UndefinedEstimateError, UndefinedObjectiveError
 from vaegen.estimators import diagnostics, importance
 from vaegen.spec.eval import AISSettings
@@ -60,6 +61,20 @@ def test_reconstructions_and_codes(runs):
         np.testing.assert_allclose(run.codes(x), z, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(run.reconstruct(x), run.decode(z).mean(), rtol=1e-5, atol=1e-6)
         assert run.reconstruct(x[0]).shape == tuple(run.event_shape)
+
+
+def test_a_run_prints_as_one_short_line(runs, tmp_path):
+    """repr(run) names the workdir, the model and its parameter count on one line, never the
+    parameters; a run made generative by a recipe says whose p(z) it samples from."""
+    ae = runs["tiny:ae"]
+    for run in runs.values():
+        text = repr(run)
+        assert "\n" not in text and len(text) < 400 and text.startswith("Run(workdir=")
+        assert f"parameters={sum(np.size(v) for v in jax.tree_util.tree_leaves(run.variables['params'])):,}" in text
+    assert "prior=none," in repr(ae) and "recipe=" not in repr(ae)
+    assert cli.main(["expost", "--workdir", str(ae.workdir), "--max-codes", "200", "--k", "0", "--n", "4"]) == 0
+    with_gmm = vaegen.load(ae.workdir, density="gmm")
+    assert "recipe=gmm" in repr(with_gmm) and "prior=gmm (the recipe's; trained with none)" in repr(with_gmm)
 
 
 def test_questions_a_model_cannot_answer(runs):

@@ -75,6 +75,7 @@ class Run(Questions):
             prior = spec.model.prior.name
             if self.recipe is not None:           # made generative by a recipe (vaegen.load(..., density=...))
                 parts.append(f"recipe={self.recipe.name}")
+                prior = f"{self.recipe.name} (the recipe's; trained with {prior})"
             parts += [f"prior={prior}", f"posterior={spec.inference.posterior.name}", f"latent_dim={self.latent_dim}"]
         parts += [f"likelihood={spec.model.likelihood.name}", f"event_shape={tuple(self.event_shape)}"]
         try:
