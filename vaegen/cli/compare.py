@@ -30,7 +30,7 @@ def add(sub) -> None:
                                     "are reused. --config.KEY=VALUE applies to every model.")
     cp.add_argument("--preset", default="quick", choices=compare.PRESETS,
                     help="quick: ~10 min on a 2-core CPU; standard: early-stopped, 3 seeds, paired "
-                         "(about 3 h for the three seeds measured on a busy 2-core CPU); full: "
+                         "(91 min for the three seeds measured on a quiet 2-core CPU); full: "
                          "for a GPU; tiny: 8x8 digits, seconds")
     cp.add_argument("--workdir", default="runs/compare")
     cp.add_argument("--set", action="append", metavar="KEY=VALUE",

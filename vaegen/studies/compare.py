@@ -240,8 +240,8 @@ def study_settings(preset: str = "quick") -> CompareSettings:
 
     ``quick``: Fashion-MNIST, the ``vae_mlp_fmnist`` networks, 4 epochs and 500 test images -- about 10 minutes
     on a 2-core CPU.  ``standard``: the same models early-stopped (at most 20 epochs), 3 training seeds, log p(x)
-    with k = 1000 on 2,000 test images and the bounds on all of them -- about 3 hours for the three seeds (51-71
-    minutes each) measured on a busy 2-core CPU (docs/results/compare-standard-2026-12-07).
+    with k = 1000 on 2,000 test images and the bounds on all of them -- 91 minutes for the three seeds measured on
+    a quiet 2-core CPU, about 3 hours on a busy one (docs/results/compare-standard-2026-12-07).
     ``full``: trained for long (at most 100 epochs, early-stopped), 3 seeds, many more samples, k = 1000 on the
     whole test set, a wider sweep -- for a GPU.  ``tiny``: scikit-learn's 8x8 digits, for tests.
     """
