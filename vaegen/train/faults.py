@@ -195,10 +195,10 @@ def quiet_closed_event_loops() -> None:
     warnings.filterwarnings("ignore", message=r"coroutine '.*' was never awaited", category=RuntimeWarning)
 
 
-def _from_storage(tb) -> bool:
-    """Whether a traceback passes through orbax or tensorstore."""
+def _from_storage(tb, modules: tuple[str, ...] = ("orbax", "tensorstore")) -> bool:
+    """Whether a traceback passes through a module whose name starts with one of ``modules``."""
     while tb is not None:
-        if tb.tb_frame.f_globals.get("__name__", "").startswith(("orbax", "tensorstore")):
+        if tb.tb_frame.f_globals.get("__name__", "").startswith(modules):
             return True
         tb = tb.tb_next
     return False
@@ -229,12 +229,7 @@ def quiet_background_errors() -> None:
     unraisable, thread_hook = sys.unraisablehook, threading.excepthook
 
     def background(tb) -> bool:
-        while tb is not None:
-            name = tb.tb_frame.f_globals.get("__name__", "")
-            if name.startswith(("orbax", "tensorstore", "asyncio", "concurrent.futures")):
-                return True
-            tb = tb.tb_next
-        return False
+        return _from_storage(tb, ("orbax", "tensorstore", "asyncio", "concurrent.futures"))
 
     def on_unraisable(u):
         if isinstance(u.exc_value, (RuntimeError, KeyboardInterrupt, OSError, ValueError)) and (
